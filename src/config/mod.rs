@@ -1,0 +1,630 @@
+//! `ripcord.toml` → a typed [`Config`].
+//!
+//! Loading has two stages: `reader` walks the TOML document and reads every key into
+//! typed values, collecting each unknown key and wrong type with its key path and line;
+//! `validate` then checks what only makes sense across keys (missing slots, port clashes,
+//! a runtime/router pair this build cannot run). Both stages collect every problem before
+//! failing, so `ripcord config check` can print them all at once.
+//!
+//! This module never starts anything: it only describes. The daemon and the executors
+//! turn a [`ServiceConfig`] into running parts.
+
+mod reader;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use reader::{Reader, Spanned, Table};
+
+/// Where the config is looked for when neither `--config` nor `RIPCORD_CONFIG` is given.
+pub const DEFAULT_PATH: &str = "ripcord.toml";
+
+/// The whole configuration: one entry per service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// How a version runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// ripcord spawns the release as a child process on a slot port.
+    Process,
+}
+
+/// How traffic reaches the active release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Router {
+    /// The built-in reverse proxy on `listen`.
+    Proxy,
+}
+
+/// One of the two blue-green slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    Blue,
+    Green,
+}
+
+impl Slot {
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::Blue => Slot::Green,
+            Slot::Green => Slot::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::Blue => "blue",
+            Slot::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Slot> {
+        match s {
+            "blue" => Some(Slot::Blue),
+            "green" => Some(Slot::Green),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The two slot addresses of a blue-green service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Slots {
+    pub blue: SocketAddr,
+    pub green: SocketAddr,
+}
+
+impl Slots {
+    pub fn addr(&self, slot: Slot) -> SocketAddr {
+        match slot {
+            Slot::Blue => self.blue,
+            Slot::Green => self.green,
+        }
+    }
+}
+
+/// One service: a thing users reach, with its runtime, router and checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub runtime: Runtime,
+    pub router: Router,
+    /// Where the built-in proxy listens.
+    pub listen: SocketAddr,
+    pub slots: Slots,
+    /// The path probed on a slot to decide whether a release is healthy.
+    pub health_path: String,
+    /// How long a new release may take to become healthy before the deploy fails.
+    pub start_timeout_secs: u64,
+    /// How long the previous release stays warm after a deploy.
+    pub bake_secs: u64,
+    /// How long a stopping release gets between SIGTERM and SIGKILL.
+    pub stop_timeout_secs: u64,
+    /// The default argv of a release; `{port}` and `{version}` are substituted.
+    pub command: Option<Vec<String>>,
+    /// Extra environment for every release of this service.
+    pub env: BTreeMap<String, String>,
+    pub verify: Vec<Check>,
+    /// The deadline for the whole set of verification checks.
+    pub verify_deadline_secs: u64,
+}
+
+impl ServiceConfig {
+    /// The URL a health probe of `slot` requests.
+    pub fn health_url(&self, slot: Slot) -> String {
+        format!("http://{}{}", self.slots.addr(slot), self.health_path)
+    }
+}
+
+/// One verification check.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub kind: CheckKind,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum CheckKind {
+    Http {
+        url: String,
+        /// The expected status; any 2xx when not given.
+        status: Option<u16>,
+        body_contains: Option<String>,
+        /// A JSON field (dotted path) that must equal `json_equals`.
+        json_field: Option<String>,
+        json_equals: Option<String>,
+    },
+    Command {
+        argv: Vec<String>,
+        exit_code: i32,
+    },
+}
+
+/// One problem found in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// The key path, e.g. `service.web.slots.blue`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: ", self.file.display())?,
+            None => write!(f, "{}: ", self.file.display())?,
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Why a config could not be loaded: it could not be read, or it has problems.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} has {} problem{}", path.display(), errors.len(), if errors.len() == 1 { "" } else { "s" })]
+    Invalid {
+        path: PathBuf,
+        errors: Vec<ConfigError>,
+    },
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&src, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(src: &str, path: &Path) -> Result<Config, LoadError> {
+        let invalid = |errors| LoadError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        };
+        let doc = match toml_edit::Document::parse(src) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let mut reader = Reader::new(src, path);
+                let message = e.message().trim_end_matches('.').to_string();
+                reader.error(e.span(), "", format!("invalid TOML: {message}"));
+                return Err(invalid(reader.errors));
+            }
+        };
+        let mut reader = Reader::new(src, path);
+        let root = Table {
+            inner: doc.as_table(),
+            path: String::new(),
+            span: None,
+        };
+        let raw = read_root(&mut reader, &root);
+        validate::validate(&mut reader, &raw);
+        if !reader.errors.is_empty() {
+            let mut errors = reader.errors;
+            errors.sort_by_key(|e| e.line.unwrap_or(0));
+            return Err(invalid(errors));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            services: raw
+                .services
+                .into_iter()
+                .filter_map(RawService::build)
+                .map(|s| (s.name.clone(), s))
+                .collect(),
+        })
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.get(name)
+    }
+}
+
+/// What stage one read, before cross-key validation. Every field is optional: a missing
+/// or mistyped key has already been reported.
+pub(crate) struct RawConfig {
+    pub(crate) services: Vec<RawService>,
+}
+
+pub(crate) struct RawService {
+    pub(crate) name: String,
+    pub(crate) path: String,
+    pub(crate) span: Option<std::ops::Range<usize>>,
+    pub(crate) runtime: Option<Runtime>,
+    pub(crate) router: Option<Router>,
+    pub(crate) listen: Option<Spanned<SocketAddr>>,
+    pub(crate) slots: Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>>,
+    pub(crate) health_path: Option<Spanned<String>>,
+    pub(crate) start_timeout_secs: Option<u64>,
+    pub(crate) bake_secs: Option<u64>,
+    pub(crate) stop_timeout_secs: Option<u64>,
+    pub(crate) command: Option<Vec<String>>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) verify: Vec<Option<Check>>,
+    pub(crate) verify_deadline_secs: Option<u64>,
+}
+
+impl RawService {
+    /// The typed service; only called once both stages found no problem, so every
+    /// required value is present.
+    fn build(self) -> Option<ServiceConfig> {
+        let (blue, green) = self.slots?.value;
+        Some(ServiceConfig {
+            name: self.name,
+            runtime: self.runtime?,
+            router: self.router?,
+            listen: self.listen?.value,
+            slots: Slots {
+                blue: blue?,
+                green: green?,
+            },
+            health_path: self
+                .health_path
+                .map(|p| p.value)
+                .unwrap_or_else(|| "/health".to_string()),
+            start_timeout_secs: self.start_timeout_secs.unwrap_or(30),
+            bake_secs: self.bake_secs.unwrap_or(300),
+            stop_timeout_secs: self.stop_timeout_secs.unwrap_or(10),
+            command: self.command,
+            env: self.env,
+            verify: self.verify.into_iter().collect::<Option<Vec<_>>>()?,
+            verify_deadline_secs: self.verify_deadline_secs.unwrap_or(30),
+        })
+    }
+}
+
+const SERVICE_KEYS: &[&str] = &[
+    "runtime",
+    "router",
+    "listen",
+    "slots",
+    "health_path",
+    "start_timeout_secs",
+    "bake_secs",
+    "stop_timeout_secs",
+    "command",
+    "env",
+    "verify",
+    "verify_deadline_secs",
+];
+
+const CHECK_KEYS: &[&str] = &[
+    "name",
+    "http",
+    "status",
+    "body_contains",
+    "json_field",
+    "json_equals",
+    "command",
+    "exit_code",
+    "timeout_secs",
+];
+
+const DAY_SECS: i64 = 86_400;
+
+fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
+    r.deny_unknown(root, &["service"]);
+    let mut services = Vec::new();
+    if let Some(table) = r.table(root, "service") {
+        for (name, _) in table.inner.iter() {
+            let Some(svc) = r.table(&table, name) else {
+                continue;
+            };
+            services.push(read_service(r, name, &svc));
+        }
+    }
+    RawConfig { services }
+}
+
+fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
+    r.deny_unknown(t, SERVICE_KEYS);
+    if !valid_name(name) {
+        r.error(
+            t.span.clone(),
+            &t.path,
+            "a service name may hold only letters, digits, `-` and `_`, and starts with a letter"
+                .to_string(),
+        );
+    }
+    let runtime = r.string(t, "runtime").and_then(|s| match s.value.as_str() {
+        "process" => Some(Runtime::Process),
+        "docker" | "swarm" | "external" | "kubernetes" => {
+            r.error(
+                s.span,
+                &reader::join(&t.path, "runtime"),
+                format!(
+                    "runtime \"{}\" is not available in this version of ripcord yet; use \"process\"",
+                    s.value
+                ),
+            );
+            None
+        }
+        other => {
+            r.error(
+                s.span,
+                &reader::join(&t.path, "runtime"),
+                format!("unknown runtime \"{other}\"; expected \"process\""),
+            );
+            None
+        }
+    });
+    let runtime = runtime.or_else(|| {
+        // The embedded default: ripcord runs the app itself.
+        (!t.inner.contains_key("runtime")).then_some(Runtime::Process)
+    });
+    let router = match r.string(t, "router") {
+        Some(s) if s.value == "proxy" => Some(Router::Proxy),
+        Some(s) if s.value == "nginx" || s.value == "none" => {
+            r.error(
+                s.span,
+                &reader::join(&t.path, "router"),
+                format!(
+                    "router \"{}\" is not available in this version of ripcord yet; use \"proxy\"",
+                    s.value
+                ),
+            );
+            None
+        }
+        Some(s) => {
+            r.error(
+                s.span,
+                &reader::join(&t.path, "router"),
+                format!("unknown router \"{}\"; expected \"proxy\"", s.value),
+            );
+            None
+        }
+        None if !t.inner.contains_key("router") => Some(Router::Proxy),
+        None => None,
+    };
+    let listen = r
+        .string(t, "listen")
+        .and_then(|s| match parse_addr(&s.value) {
+            Ok(addr) => Some(Spanned {
+                value: addr,
+                span: s.span,
+            }),
+            Err(msg) => {
+                r.error(s.span, &reader::join(&t.path, "listen"), msg);
+                None
+            }
+        });
+    let slots = read_slots(r, t);
+    let health_path = r.string(t, "health_path");
+    if let Some(p) = &health_path
+        && !p.value.starts_with('/')
+    {
+        r.error(
+            p.span.clone(),
+            &reader::join(&t.path, "health_path"),
+            format!("must start with `/`, e.g. \"/{}\"", p.value),
+        );
+    }
+    let secs = |r: &mut Reader<'_>, key: &str, min: i64| {
+        r.integer(t, key, min, DAY_SECS).map(|v| v.value as u64)
+    };
+    let start_timeout_secs = secs(r, "start_timeout_secs", 1);
+    let bake_secs = secs(r, "bake_secs", 0);
+    let stop_timeout_secs = secs(r, "stop_timeout_secs", 1);
+    let verify_deadline_secs = secs(r, "verify_deadline_secs", 1);
+    let command = r.argv(t, "command").map(|a| a.value);
+    let mut env = BTreeMap::new();
+    if let Some(e) = r.table(t, "env") {
+        for (key, _) in e.inner.iter() {
+            if let Some(v) = r.string(&e, key) {
+                env.insert(key.to_string(), v.value);
+            }
+        }
+    }
+    let verify = r
+        .tables(t, "verify")
+        .iter()
+        .map(|c| read_check(r, c))
+        .collect();
+    RawService {
+        name: name.to_string(),
+        path: t.path.clone(),
+        span: t.span.clone(),
+        runtime,
+        router,
+        listen,
+        slots,
+        health_path,
+        start_timeout_secs,
+        bake_secs,
+        stop_timeout_secs,
+        command,
+        env,
+        verify,
+        verify_deadline_secs,
+    }
+}
+
+fn read_slots(
+    r: &mut Reader<'_>,
+    t: &Table<'_>,
+) -> Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>> {
+    let slots = r.table(t, "slots")?;
+    r.deny_unknown(&slots, &["blue", "green"]);
+    let one = |r: &mut Reader<'_>, key: &str| -> Option<SocketAddr> {
+        let Some(item) = slots.inner.get(key) else {
+            r.error(
+                slots.span.clone(),
+                &slots.path,
+                format!("missing slot `{key}`: blue-green needs both `blue` and `green`"),
+            );
+            return None;
+        };
+        let span = reader::item_span(&slots, key, item);
+        let key_path = reader::join(&slots.path, key);
+        if let Some(port) = item.as_integer() {
+            return match u16::try_from(port) {
+                Ok(p) if p > 0 => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
+                _ => {
+                    r.error(span, &key_path, format!("{port} is not a valid port (1-65535)"));
+                    None
+                }
+            };
+        }
+        if let Some(s) = item.as_str() {
+            return match parse_addr(s) {
+                Ok(a) => Some(a),
+                Err(msg) => {
+                    r.error(span, &key_path, msg);
+                    None
+                }
+            };
+        }
+        r.wrong_type(&slots, key, item, "a port number or \"host:port\"");
+        None
+    };
+    let blue = one(r, "blue");
+    let green = one(r, "green");
+    Some(Spanned {
+        value: (blue, green),
+        span: slots.span.clone(),
+    })
+}
+
+fn read_check(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Check> {
+    let before = r.errors.len();
+    r.deny_unknown(t, CHECK_KEYS);
+    let http = r.string(t, "http");
+    let command = r.argv(t, "command");
+    let status = r.integer(t, "status", 100, 599).map(|s| s.value as u16);
+    let body_contains = r.string(t, "body_contains").map(|s| s.value);
+    let json_field = r.string(t, "json_field").map(|s| s.value);
+    let json_equals = r.string(t, "json_equals").map(|s| s.value);
+    let exit_code = r
+        .integer(t, "exit_code", 0, 255)
+        .map(|s| s.value as i32)
+        .unwrap_or(0);
+    let timeout_secs = r
+        .integer(t, "timeout_secs", 1, 3600)
+        .map(|s| s.value as u64)
+        .unwrap_or(5);
+    let name = r.string(t, "name").map(|s| s.value);
+    if json_field.is_some() != json_equals.is_some() {
+        r.error(
+            t.span.clone(),
+            &t.path,
+            "`json_field` and `json_equals` go together: give both or neither".to_string(),
+        );
+    }
+    let kind = match (http, command) {
+        (Some(url), None) => {
+            if !url.value.starts_with("http://") {
+                r.error(
+                    url.span,
+                    &reader::join(&t.path, "http"),
+                    format!(
+                        "expected an http:// URL, found \"{}\" (https is not supported for checks yet)",
+                        url.value
+                    ),
+                );
+            }
+            CheckKind::Http {
+                url: url.value,
+                status,
+                body_contains,
+                json_field,
+                json_equals,
+            }
+        }
+        (None, Some(argv)) => CheckKind::Command {
+            argv: argv.value,
+            exit_code,
+        },
+        (Some(_), Some(_)) => {
+            r.error(
+                t.span.clone(),
+                &t.path,
+                "a check has either `http` or `command`, not both".to_string(),
+            );
+            return None;
+        }
+        (None, None) => {
+            if r.errors.len() == before {
+                r.error(
+                    t.span.clone(),
+                    &t.path,
+                    "a check needs `http = \"URL\"` or `command = [\"argv\", ...]`".to_string(),
+                );
+            }
+            return None;
+        }
+    };
+    if r.errors.len() > before {
+        return None;
+    }
+    let name = name.unwrap_or_else(|| match &kind {
+        CheckKind::Http { url, .. } => format!("GET {url}"),
+        CheckKind::Command { argv, .. } => argv.join(" "),
+    });
+    Some(Check {
+        name,
+        kind,
+        timeout_secs,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Parses `host:port` where host is an IP address or `localhost`.
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(format!("\"{s}\" has port 0; give a fixed port"));
+        }
+        return Ok(a);
+    }
+    if let Some(port) = s.strip_prefix("localhost:")
+        && let Ok(p) = port.parse::<u16>()
+        && p > 0
+    {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
+    }
+    Err(format!(
+        "\"{s}\" is not an address: expected \"host:port\" with an IP address, e.g. \"127.0.0.1:8080\""
+    ))
+}
+
+#[cfg(test)]
+mod tests;

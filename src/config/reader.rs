@@ -1,0 +1,320 @@
+//! Stage one of loading `ripcord.toml`: walk the parsed TOML document with its spans and
+//! read typed values, collecting *every* problem (unknown key, wrong type, bad value)
+//! with its key path and line instead of stopping at the first.
+//!
+//! This module only reads; it never decides whether a combination of values makes
+//! sense (that is stage two, in `validate.rs`).
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Item, TableLike, Value};
+
+use super::ConfigError;
+
+/// Collects errors while the document is read.
+pub(crate) struct Reader<'a> {
+    src: &'a str,
+    file: PathBuf,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+/// A table being read, with its key path and where it starts.
+pub(crate) struct Table<'a> {
+    pub(crate) inner: &'a dyn TableLike,
+    pub(crate) path: String,
+    pub(crate) span: Option<Range<usize>>,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(src: &'a str, file: &Path) -> Self {
+        Reader {
+            src,
+            file: file.to_path_buf(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The 1-based line of a byte offset.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.src.len());
+        self.src.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    pub(crate) fn error(&mut self, span: Option<Range<usize>>, key: &str, message: String) {
+        let line = span.map(|s| self.line_of(s.start));
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    /// Reports keys of `table` that are not in `allowed`.
+    pub(crate) fn deny_unknown(&mut self, table: &Table<'_>, allowed: &[&str]) {
+        for (key, _) in table.inner.iter() {
+            if !allowed.contains(&key) {
+                let span = key_span(table, key);
+                let hint = closest(key, allowed)
+                    .map(|c| format!(" (did you mean `{c}`?)"))
+                    .unwrap_or_default();
+                let expected = allowed
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.error(
+                    span,
+                    &join(&table.path, key),
+                    format!("unknown key{hint}; expected one of {expected}"),
+                );
+            }
+        }
+    }
+
+    pub(crate) fn string(&mut self, table: &Table<'_>, key: &str) -> Option<Spanned<String>> {
+        let item = table.inner.get(key)?;
+        match item.as_str() {
+            Some(s) => Some(Spanned::new(s.to_string(), item_span(table, key, item))),
+            None => {
+                self.wrong_type(table, key, item, "a string");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn integer(
+        &mut self,
+        table: &Table<'_>,
+        key: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<Spanned<i64>> {
+        let item = table.inner.get(key)?;
+        let span = item_span(table, key, item);
+        match item.as_integer() {
+            Some(n) if (min..=max).contains(&n) => Some(Spanned::new(n, span)),
+            Some(n) => {
+                self.error(
+                    span,
+                    &join(&table.path, key),
+                    format!("{n} is out of range: expected {min} to {max}"),
+                );
+                None
+            }
+            None => {
+                self.wrong_type(table, key, item, "an integer");
+                None
+            }
+        }
+    }
+
+    /// An array of strings (an argv): never a single shell string.
+    pub(crate) fn argv(&mut self, table: &Table<'_>, key: &str) -> Option<Spanned<Vec<String>>> {
+        let item = table.inner.get(key)?;
+        let span = item_span(table, key, item);
+        let Some(array) = item.as_array() else {
+            let hint = if item.is_str() {
+                " (an argument vector such as [\"/usr/bin/app\", \"--port\", \"{port}\"]; \
+                 ripcord never runs a shell string)"
+            } else {
+                ""
+            };
+            self.error(
+                span,
+                &join(&table.path, key),
+                format!(
+                    "expected an array of strings{hint}, found {}",
+                    type_name(item)
+                ),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, value) in array.iter().enumerate() {
+            match value.as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => {
+                    self.error(
+                        value.span().or(span.clone()),
+                        &format!("{}[{i}]", join(&table.path, key)),
+                        format!("expected a string, found {}", value.type_name()),
+                    );
+                    return None;
+                }
+            }
+        }
+        if out.is_empty() {
+            self.error(
+                span,
+                &join(&table.path, key),
+                "must not be empty: the first element is the program to run".to_string(),
+            );
+            return None;
+        }
+        Some(Spanned::new(out, span))
+    }
+
+    /// A sub-table (a `[a.b]` header or an inline table).
+    pub(crate) fn table<'t>(&mut self, table: &Table<'t>, key: &str) -> Option<Table<'t>> {
+        let item = table.inner.get(key)?;
+        let span = item_span(table, key, item);
+        match item.as_table_like() {
+            Some(inner) => Some(Table {
+                inner,
+                path: join(&table.path, key),
+                span,
+            }),
+            None => {
+                self.wrong_type(table, key, item, "a table");
+                None
+            }
+        }
+    }
+
+    /// An array of tables: `[[a.b]]` headers or an inline array of inline tables.
+    pub(crate) fn tables<'t>(&mut self, table: &Table<'t>, key: &str) -> Vec<Table<'t>> {
+        let Some(item) = table.inner.get(key) else {
+            return Vec::new();
+        };
+        let base = join(&table.path, key);
+        if let Some(aot) = item.as_array_of_tables() {
+            return aot
+                .iter()
+                .enumerate()
+                .map(|(i, t)| Table {
+                    inner: t,
+                    path: format!("{base}[{i}]"),
+                    span: t.span(),
+                })
+                .collect();
+        }
+        if let Some(array) = item.as_array() {
+            let mut out = Vec::new();
+            for (i, value) in array.iter().enumerate() {
+                match value.as_inline_table() {
+                    Some(t) => out.push(Table {
+                        inner: t,
+                        path: format!("{base}[{i}]"),
+                        span: value.span(),
+                    }),
+                    None => self.error(
+                        value.span(),
+                        &format!("{base}[{i}]"),
+                        format!("expected a table, found {}", value.type_name()),
+                    ),
+                }
+            }
+            return out;
+        }
+        self.wrong_type(table, key, item, "an array of tables");
+        Vec::new()
+    }
+
+    pub(crate) fn wrong_type(&mut self, table: &Table<'_>, key: &str, item: &Item, want: &str) {
+        let span = item_span(table, key, item);
+        self.error(
+            span,
+            &join(&table.path, key),
+            format!("expected {want}, found {}", type_name(item)),
+        );
+    }
+}
+
+/// A value with the byte range it came from, so stage two can point at its line.
+#[derive(Debug, Clone)]
+pub(crate) struct Spanned<T> {
+    pub(crate) value: T,
+    pub(crate) span: Option<Range<usize>>,
+}
+
+impl<T> Spanned<T> {
+    fn new(value: T, span: Option<Range<usize>>) -> Self {
+        Spanned { value, span }
+    }
+}
+
+pub(crate) fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn key_span(table: &Table<'_>, key: &str) -> Option<Range<usize>> {
+    table
+        .inner
+        .key(key)
+        .and_then(|k| k.span())
+        .or(table.span.clone())
+}
+
+/// Where a value sits: its own span, else its key's, else the table's.
+pub(crate) fn item_span(table: &Table<'_>, key: &str, item: &Item) -> Option<Range<usize>> {
+    item.span().or_else(|| key_span(table, key))
+}
+
+fn type_name(item: &Item) -> &'static str {
+    match item {
+        Item::Value(v) => value_type_name(v),
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+        Item::None => "nothing",
+    }
+}
+
+fn value_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::InlineTable(_) => "a table",
+    }
+}
+
+/// The allowed key closest to a misspelt one, when it is close enough to be a typo.
+fn closest<'k>(key: &str, allowed: &[&'k str]) -> Option<&'k str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(key, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4) || a.starts_with(key) || key.starts_with(a))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_keys_only() {
+        assert_eq!(
+            closest("bake_sec", &["bake_secs", "listen"]),
+            Some("bake_secs")
+        );
+        assert_eq!(closest("zzzzzz", &["bake_secs", "listen"]), None);
+    }
+}

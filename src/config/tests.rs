@@ -1,0 +1,162 @@
+use super::*;
+
+fn errors(src: &str) -> Vec<String> {
+    match Config::parse(src, Path::new("ripcord.toml")) {
+        Ok(_) => Vec::new(),
+        Err(LoadError::Invalid { errors, .. }) => errors.iter().map(|e| e.to_string()).collect(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn check(src: &str, expected: &[&str]) {
+    let got = errors(src);
+    assert_eq!(got, expected, "\nsource:\n{src}");
+}
+
+const GOOD: &str = r#"
+[service.web]
+listen = "127.0.0.1:8080"
+slots = { blue = 8081, green = "127.0.0.1:8082" }
+"#;
+
+#[test]
+fn minimal_service_gets_defaults() {
+    let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+    let web = cfg.service("web").unwrap();
+    assert_eq!(web.runtime, Runtime::Process);
+    assert_eq!(web.router, Router::Proxy);
+    assert_eq!(web.slots.blue, "127.0.0.1:8081".parse().unwrap());
+    assert_eq!(web.slots.green, "127.0.0.1:8082".parse().unwrap());
+    assert_eq!(web.health_path, "/health");
+    assert_eq!(web.bake_secs, 300);
+    assert_eq!(web.health_url(Slot::Green), "http://127.0.0.1:8082/health");
+}
+
+#[test]
+fn the_shipped_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ripcord.toml");
+    let cfg = Config::load(&path).unwrap_or_else(|e| match e {
+        LoadError::Invalid { errors, .. } => panic!("{errors:#?}"),
+        e => panic!("{e}"),
+    });
+    let web = cfg.service("web").unwrap();
+    assert_eq!(web.verify.len(), 3);
+    assert!(web.command.as_ref().unwrap().contains(&"{port}".to_string()));
+    assert_eq!(web.env.get("RUST_LOG").map(String::as_str), Some("info"));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    let src = r#"
+[service.web]
+listen = "127.0.0.1:8080"
+slots = { blue = 8081, green = 8081 }
+bake_sec = 10
+health_path = 5
+
+[service.api]
+listen = "127.0.0.1:8080"
+slots = { blue = 9001 }
+"#;
+    check(
+        src,
+        &[
+            "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`",
+            "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
+            "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
+            "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
+        ],
+    );
+}
+
+#[test]
+fn missing_slots_and_listen() {
+    check(
+        "[service.web]\nbake_secs = 1\n",
+        &[
+            "ripcord.toml:1: service.web.listen: missing: router \"proxy\" needs the address the proxy listens on, e.g. listen = \"127.0.0.1:8080\"",
+            "ripcord.toml:1: service.web.slots: missing: blue-green needs two slots, e.g. slots = { blue = 8081, green = 8082 }",
+        ],
+    );
+}
+
+#[test]
+fn wrong_types_and_values() {
+    let src = r#"
+[service.web]
+listen = "nowhere"
+slots = { blue = 0, green = true }
+bake_secs = -1
+command = "app --port {port}"
+runtime = "docker"
+"#;
+    check(
+        src,
+        &[
+            "ripcord.toml:3: service.web.listen: \"nowhere\" is not an address: expected \"host:port\" with an IP address, e.g. \"127.0.0.1:8080\"",
+            "ripcord.toml:4: service.web.slots.blue: 0 is not a valid port (1-65535)",
+            "ripcord.toml:4: service.web.slots.green: expected a port number or \"host:port\", found a boolean",
+            "ripcord.toml:5: service.web.bake_secs: -1 is out of range: expected 0 to 86400",
+            "ripcord.toml:6: service.web.command: expected an array of strings (an argument vector such as [\"/usr/bin/app\", \"--port\", \"{port}\"]; ripcord never runs a shell string), found a string",
+            "ripcord.toml:7: service.web.runtime: runtime \"docker\" is not available in this version of ripcord yet; use \"process\"",
+        ],
+    );
+}
+
+#[test]
+fn checks_are_validated() {
+    let src = r#"
+[service.web]
+listen = "127.0.0.1:8080"
+slots = { blue = 8081, green = 8082 }
+
+[[service.web.verify]]
+http = "http://127.0.0.1:8080/health"
+command = ["true"]
+
+[[service.web.verify]]
+timeout = 3
+
+[[service.web.verify]]
+http = "https://example.invalid/"
+json_field = "a"
+"#;
+    check(
+        src,
+        &[
+            "ripcord.toml:6: service.web.verify[0]: a check has either `http` or `command`, not both",
+            "ripcord.toml:11: service.web.verify[1].timeout: unknown key (did you mean `timeout_secs`?); expected one of `name`, `http`, `status`, `body_contains`, `json_field`, `json_equals`, `command`, `exit_code`, `timeout_secs`",
+            "ripcord.toml:13: service.web.verify[2]: `json_field` and `json_equals` go together: give both or neither",
+            "ripcord.toml:14: service.web.verify[2].http: expected an http:// URL, found \"https://example.invalid/\" (https is not supported for checks yet)",
+        ],
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let got = errors("[service.web]\nlisten = \n");
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("ripcord.toml:2: invalid TOML"), "{got:?}");
+}
+
+#[test]
+fn unknown_top_level_key_and_bad_name() {
+    check(
+        "[services.web]\n",
+        &["ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`"],
+    );
+    let got = errors("[service.\"my web\"]\nlisten = \"127.0.0.1:1\"\nslots = { blue = 2, green = 3 }\n");
+    assert_eq!(
+        got,
+        ["ripcord.toml:1: service.my web: a service name may hold only letters, digits, `-` and `_`, and starts with a letter"]
+    );
+}
+
+#[test]
+fn no_services_is_an_error() {
+    check(
+        "",
+        &["ripcord.toml: service: no services configured: add a `[service.NAME]` table (see examples/ripcord.toml)"],
+    );
+}

@@ -1,0 +1,92 @@
+//! Stage two of loading `ripcord.toml`: checks that need more than one key (missing
+//! slots, port clashes within and across services). Like stage one it collects every
+//! problem; it never reads the file system or the network.
+
+use std::net::SocketAddr;
+
+use super::reader::{Reader, join};
+use super::{RawConfig, Router};
+
+pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
+    if raw.services.is_empty() && r.errors.is_empty() {
+        r.error(
+            None,
+            "service",
+            "no services configured: add a `[service.NAME]` table (see examples/ripcord.toml)"
+                .to_string(),
+        );
+    }
+    // Every address a service binds or expects to own, to find clashes across services.
+    let mut taken: Vec<(SocketAddr, String, Option<std::ops::Range<usize>>)> = Vec::new();
+    for svc in &raw.services {
+        let listen_key = join(&svc.path, "listen");
+        if svc.router == Some(Router::Proxy)
+            && svc.listen.is_none()
+            && !r.errors.iter().any(|e| e.key == listen_key)
+        {
+            r.error(
+                svc.span.clone(),
+                &join(&svc.path, "listen"),
+                "missing: router \"proxy\" needs the address the proxy listens on, e.g. \
+                 listen = \"127.0.0.1:8080\""
+                    .to_string(),
+            );
+        }
+        match &svc.slots {
+            None => {
+                if !r.errors.iter().any(|e| e.key.starts_with(&join(&svc.path, "slots"))) {
+                    r.error(
+                        svc.span.clone(),
+                        &join(&svc.path, "slots"),
+                        "missing: blue-green needs two slots, e.g. slots = { blue = 8081, green = 8082 }"
+                            .to_string(),
+                    );
+                }
+            }
+            Some(slots) => {
+                if let (Some(b), Some(g)) = slots.value
+                    && b == g
+                {
+                    r.error(
+                        slots.span.clone(),
+                        &join(&svc.path, "slots"),
+                        format!("blue and green are both {b}: the slots need different ports"),
+                    );
+                }
+            }
+        }
+        let mut mine = Vec::new();
+        if let Some(l) = &svc.listen {
+            mine.push((l.value, join(&svc.path, "listen"), l.span.clone()));
+        }
+        if let Some(s) = &svc.slots {
+            for (addr, key) in [(s.value.0, "blue"), (s.value.1, "green")] {
+                if let Some(a) = addr {
+                    mine.push((a, join(&svc.path, &format!("slots.{key}")), s.span.clone()));
+                }
+            }
+        }
+        let first_of_mine = taken.len();
+        for (addr, key, span) in mine {
+            let same_slots = |k: &str| k.starts_with(&join(&svc.path, "slots."));
+            if let Some((_, other, _)) = taken.iter().enumerate().find_map(|(i, t)| {
+                // Blue equal to green in one service was reported above.
+                let reported = i >= first_of_mine && same_slots(&t.1) && same_slots(&key);
+                (clash(t.0, addr) && !reported).then_some(t)
+            }) {
+                r.error(
+                    span.clone(),
+                    &key,
+                    format!("port {} is already used by `{other}`", addr.port()),
+                );
+            }
+            taken.push((addr, key, span));
+        }
+    }
+}
+
+/// Two addresses clash when they share a port and one could receive the other's traffic
+/// (the same IP, or either is the unspecified address).
+fn clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}

@@ -1,0 +1,803 @@
+//! The release ledger: an embedded SQLite database (WAL) under the state dir that always
+//! knows what runs, what ran before, and what happened when.
+//!
+//! Tables: `releases` (every version of every service, how to run it, its config
+//! snapshot and status), `operations` (deploys and rollbacks as persisted state machines:
+//! one step per row change), `events` (the timeline, millisecond timestamps), `leases`
+//! (at most one operation per service across processes) and `slots` (what runs in each
+//! blue-green slot, so a restarted watcher can reconcile).
+//!
+//! Every multi-row change is one transaction, so a crash never leaves half a change.
+//! This module never starts or stops anything; it only records.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::now_ms;
+use crate::config::Slot;
+
+pub use schema::CURRENT as SCHEMA_VERSION;
+
+/// The ledger's file name inside the state dir.
+pub const FILE_NAME: &str = "ledger.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("ledger: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(
+        "the ledger has schema version {found} but this ripcord knows only up to {known}: \
+         it was written by a newer ripcord; use that version"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error(
+        "service `{service}` is busy: {holder} holds its lease since {since}; \
+         wait for it to finish (see `ripcord status {service}`)"
+    )]
+    Busy {
+        service: String,
+        holder: String,
+        since: String,
+    },
+    #[error("ledger: corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// Where a release stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseStatus {
+    /// Recorded; being deployed, not serving yet.
+    Pending,
+    /// Serving traffic.
+    Active,
+    /// The release that served before the active one: the first rollback target.
+    Previous,
+    /// Rolled away from, or never became healthy; not redeployed without `--force`.
+    Bad,
+    /// Served once and is no longer the previous one.
+    Retired,
+}
+
+impl ReleaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::Pending => "pending",
+            ReleaseStatus::Active => "active",
+            ReleaseStatus::Previous => "previous",
+            ReleaseStatus::Bad => "bad",
+            ReleaseStatus::Retired => "retired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, LedgerError> {
+        Ok(match s {
+            "pending" => ReleaseStatus::Pending,
+            "active" => ReleaseStatus::Active,
+            "previous" => ReleaseStatus::Previous,
+            "bad" => ReleaseStatus::Bad,
+            "retired" => ReleaseStatus::Retired,
+            other => {
+                return Err(LedgerError::Corrupt {
+                    what: "release status",
+                    detail: other.to_string(),
+                });
+            }
+        })
+    }
+}
+
+/// How a release runs: everything needed to start it again, cold, months later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSpec {
+    /// The argv template; `{port}` and `{version}` are substituted at start.
+    pub argv: Vec<String>,
+    /// The working directory the release was deployed from.
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    pub id: i64,
+    pub service: String,
+    pub version: String,
+    pub spec: ReleaseSpec,
+    pub config_snapshot: serde_json::Value,
+    pub status: ReleaseStatus,
+    pub status_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub activated_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationKind {
+    Deploy,
+    Rollback,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Deploy => "deploy",
+            OperationKind::Rollback => "rollback",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Operation {
+    pub id: i64,
+    pub service: String,
+    pub kind: String,
+    pub step: String,
+    /// `None` while running; then `succeeded`, `failed` or `interrupted`.
+    pub outcome: Option<String>,
+    pub from_release: Option<i64>,
+    pub to_release: Option<i64>,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub started_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub ts_ms: i64,
+    pub service: String,
+    pub release_id: Option<i64>,
+    pub operation_id: Option<i64>,
+    pub kind: String,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+}
+
+/// What one blue-green slot holds, as last recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotRecord {
+    pub service: String,
+    pub slot: Slot,
+    pub release_id: Option<i64>,
+    pub pid: Option<i64>,
+    /// The process start time (clock ticks since boot, from /proc) so a recycled pid is
+    /// never mistaken for ours.
+    pub pid_start: Option<u64>,
+    pub started_at_ms: Option<i64>,
+    /// A warm previous release is stopped once this passes.
+    pub warm_until_ms: Option<i64>,
+}
+
+/// A held lease; dropping it does not release it (call [`Ledger::release_lease`]), so a
+/// crash leaves a lease that the next process sees is stale by its dead pid.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub service: String,
+    pub token: String,
+}
+
+/// An event to append.
+#[derive(Debug, Default)]
+pub struct NewEvent<'a> {
+    pub release_id: Option<i64>,
+    pub operation_id: Option<i64>,
+    pub kind: &'a str,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+}
+
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger in `state_dir` and upgrades its schema.
+    pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        let path = state_dir.join(FILE_NAME);
+        let open_err = |source| LedgerError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        schema::upgrade(&mut conn)?;
+        Ok(Ledger { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> Result<i64, LedgerError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    // ---- leases -------------------------------------------------------------------
+
+    /// Takes the service's lease for one operation, or says who holds it. A lease whose
+    /// holder process is gone, or which expired, is taken over.
+    pub fn acquire_lease(
+        &mut self,
+        service: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Lease, LedgerError> {
+        let now = now_ms();
+        let pid = std::process::id() as i64;
+        let token = format!("{pid}-{now}-{}", rand_suffix());
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<(String, i64, i64, i64)> = tx
+            .query_row(
+                "SELECT holder, pid, acquired_at_ms, expires_at_ms FROM leases WHERE service = ?1",
+                [service],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        if let Some((holder, holder_pid, acquired, expires)) = existing
+            && expires > now
+            && pid_alive(holder_pid)
+        {
+            return Err(LedgerError::Busy {
+                service: service.to_string(),
+                holder,
+                since: format_ms(acquired),
+            });
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO leases (service, holder, pid, token, acquired_at_ms, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![service, holder, pid, token, now, now + ttl.as_millis() as i64],
+        )?;
+        tx.commit()?;
+        Ok(Lease {
+            service: service.to_string(),
+            token,
+        })
+    }
+
+    pub fn release_lease(&mut self, lease: &Lease) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "DELETE FROM leases WHERE service = ?1 AND token = ?2",
+            params![lease.service, lease.token],
+        )?;
+        Ok(())
+    }
+
+    /// Who holds the service's lease right now, if a live process does.
+    pub fn lease_holder(&self, service: &str) -> Result<Option<String>, LedgerError> {
+        let row: Option<(String, i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT holder, pid, expires_at_ms FROM leases WHERE service = ?1",
+                [service],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(h, pid, exp)| (exp > now_ms() && pid_alive(pid)).then_some(h)))
+    }
+
+    // ---- releases -----------------------------------------------------------------
+
+    /// Records a release, or refreshes the spec of an existing one with that version
+    /// (a redeploy). Returns the release as stored.
+    pub fn record_release(
+        &mut self,
+        service: &str,
+        version: &str,
+        spec: &ReleaseSpec,
+        config_snapshot: &serde_json::Value,
+    ) -> Result<Release, LedgerError> {
+        let spec_json = serde_json::to_string(spec).expect("a spec always serializes");
+        let snapshot = config_snapshot.to_string();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM releases WHERE service = ?1 AND version = ?2",
+                params![service, version],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = match existing {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE releases SET spec = ?2, config_snapshot = ?3 WHERE id = ?1",
+                    params![id, spec_json, snapshot],
+                )?;
+                id
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO releases (service, version, spec, config_snapshot, status, created_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                    params![service, version, spec_json, snapshot, now_ms()],
+                )?;
+                tx.last_insert_rowid()
+            }
+        };
+        tx.commit()?;
+        self.release(id)
+    }
+
+    pub fn release(&self, id: i64) -> Result<Release, LedgerError> {
+        Ok(self.conn.query_row(
+            &format!("SELECT {RELEASE_COLS} FROM releases WHERE id = ?1"),
+            [id],
+            row_to_release,
+        )??)
+    }
+
+    pub fn find_release(
+        &self,
+        service: &str,
+        version: &str,
+    ) -> Result<Option<Release>, LedgerError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {RELEASE_COLS} FROM releases WHERE service = ?1 AND version = ?2"),
+                params![service, version],
+                row_to_release,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// All releases of a service, newest first.
+    pub fn releases(&self, service: &str) -> Result<Vec<Release>, LedgerError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RELEASE_COLS} FROM releases WHERE service = ?1 ORDER BY id DESC"
+        ))?;
+        let rows = stmt.query_map([service], row_to_release)?;
+        rows.map(|r| r?).collect()
+    }
+
+    pub fn active_release(&self, service: &str) -> Result<Option<Release>, LedgerError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {RELEASE_COLS} FROM releases WHERE service = ?1 AND status = 'active'"
+                ),
+                [service],
+                row_to_release,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// The release a rollback goes back to by default: the `previous` one, else the most
+    /// recently active release that is not bad.
+    pub fn previous_good(&self, service: &str) -> Result<Option<Release>, LedgerError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {RELEASE_COLS} FROM releases
+                     WHERE service = ?1 AND status IN ('previous', 'retired')
+                       AND activated_at_ms IS NOT NULL
+                     ORDER BY status = 'previous' DESC, activated_at_ms DESC LIMIT 1"
+                ),
+                [service],
+                row_to_release,
+            )
+            .optional()?
+            .transpose()
+    }
+
+    /// Makes `release` the active one after a deploy: the old active becomes previous,
+    /// the old previous retires. One transaction.
+    pub fn promote(&mut self, service: &str, release: i64) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE releases SET status = 'retired' WHERE service = ?1 AND status = 'previous'",
+            [service],
+        )?;
+        tx.execute(
+            "UPDATE releases SET status = 'previous' WHERE service = ?1 AND status = 'active' AND id != ?2",
+            params![service, release],
+        )?;
+        tx.execute(
+            "UPDATE releases SET status = 'active', status_reason = NULL, activated_at_ms = ?2 WHERE id = ?1",
+            params![release, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Makes `target` active after a rollback and marks the release rolled away from bad
+    /// with the reason. One transaction.
+    pub fn rolled_back(
+        &mut self,
+        service: &str,
+        from: Option<i64>,
+        target: i64,
+        reason: &str,
+    ) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(from) = from {
+            tx.execute(
+                "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
+                params![from, reason],
+            )?;
+        }
+        tx.execute(
+            "UPDATE releases SET status = 'retired' WHERE service = ?1 AND status IN ('previous', 'active') AND id != ?2",
+            params![service, target],
+        )?;
+        tx.execute(
+            "UPDATE releases SET status = 'active', status_reason = NULL, activated_at_ms = ?2 WHERE id = ?1",
+            params![target, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn mark_bad(&mut self, release: i64, reason: &str) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
+            params![release, reason],
+        )?;
+        Ok(())
+    }
+
+    // ---- operations ---------------------------------------------------------------
+
+    pub fn begin_operation(
+        &mut self,
+        service: &str,
+        kind: OperationKind,
+        from: Option<i64>,
+        to: Option<i64>,
+        reason: Option<&str>,
+    ) -> Result<i64, LedgerError> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO operations (service, kind, step, from_release, to_release, reason, started_at_ms, updated_at_ms)
+             VALUES (?1, ?2, 'started', ?3, ?4, ?5, ?6, ?6)",
+            params![service, kind.as_str(), from, to, reason, now],
+        )?;
+        let id = tx.last_insert_rowid();
+        insert_event(
+            &tx,
+            service,
+            &NewEvent {
+                release_id: to,
+                operation_id: Some(id),
+                kind: &format!("{}_started", kind.as_str()),
+                message: format!("{} started", kind.as_str()),
+                data: reason.map(|r| serde_json::json!({ "reason": r })),
+            },
+            now,
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Moves an operation to its next step, with the event that says so, atomically.
+    pub fn step(&mut self, op: i64, step: &str, message: String) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let (service, to): (String, Option<i64>) = tx.query_row(
+            "SELECT service, to_release FROM operations WHERE id = ?1",
+            [op],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.execute(
+            "UPDATE operations SET step = ?2, updated_at_ms = ?3 WHERE id = ?1",
+            params![op, step, now],
+        )?;
+        insert_event(
+            &tx,
+            &service,
+            &NewEvent {
+                release_id: to,
+                operation_id: Some(op),
+                kind: step,
+                message,
+                data: None,
+            },
+            now,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn finish_operation(
+        &mut self,
+        op: i64,
+        outcome: &str,
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let (service, kind, to): (String, String, Option<i64>) = tx.query_row(
+            "SELECT service, kind, to_release FROM operations WHERE id = ?1",
+            [op],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        tx.execute(
+            "UPDATE operations SET step = ?2, outcome = ?2, error = ?3, updated_at_ms = ?4, finished_at_ms = ?4 WHERE id = ?1",
+            params![op, outcome, error, now],
+        )?;
+        let message = match error {
+            Some(e) => format!("{kind} {outcome}: {e}"),
+            None => format!("{kind} {outcome}"),
+        };
+        insert_event(
+            &tx,
+            &service,
+            &NewEvent {
+                release_id: to,
+                operation_id: Some(op),
+                kind: &format!("{kind}_{outcome}"),
+                message,
+                data: None,
+            },
+            now,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks every operation still running (a crashed process's) as interrupted.
+    pub fn interrupt_unfinished(&mut self) -> Result<Vec<Operation>, LedgerError> {
+        let open = self.operations_where("outcome IS NULL", [])?;
+        for op in &open {
+            self.finish_operation(
+                op.id,
+                "interrupted",
+                Some(&format!(
+                    "the process running it stopped during step `{}`",
+                    op.step
+                )),
+            )?;
+        }
+        Ok(open)
+    }
+
+    pub fn running_operation(&self, service: &str) -> Result<Option<Operation>, LedgerError> {
+        Ok(self
+            .operations_where("service = ?1 AND outcome IS NULL", [service])?
+            .into_iter()
+            .next())
+    }
+
+    pub fn operations(&self, service: &str) -> Result<Vec<Operation>, LedgerError> {
+        self.operations_where("service = ?1", [service])
+    }
+
+    pub fn operation(&self, id: i64) -> Result<Option<Operation>, LedgerError> {
+        Ok(self.operations_where("id = ?1", [id])?.into_iter().next())
+    }
+
+    fn operations_where<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+    ) -> Result<Vec<Operation>, LedgerError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, service, kind, step, outcome, from_release, to_release, reason, error,
+                    started_at_ms, updated_at_ms, finished_at_ms
+             FROM operations WHERE {filter} ORDER BY id DESC"
+        ))?;
+        let rows = stmt.query_map(params, |r| {
+            Ok(Operation {
+                id: r.get(0)?,
+                service: r.get(1)?,
+                kind: r.get(2)?,
+                step: r.get(3)?,
+                outcome: r.get(4)?,
+                from_release: r.get(5)?,
+                to_release: r.get(6)?,
+                reason: r.get(7)?,
+                error: r.get(8)?,
+                started_at_ms: r.get(9)?,
+                updated_at_ms: r.get(10)?,
+                finished_at_ms: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- events -------------------------------------------------------------------
+
+    pub fn event(&mut self, service: &str, event: NewEvent<'_>) -> Result<i64, LedgerError> {
+        insert_event(&self.conn, service, &event, now_ms())
+    }
+
+    /// The service's timeline, oldest first; `limit` keeps the newest.
+    pub fn events(&self, service: &str, limit: usize) -> Result<Vec<Event>, LedgerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, ts_ms, service, release_id, operation_id, kind, message, data
+             FROM (SELECT * FROM events WHERE service = ?1 ORDER BY id DESC LIMIT ?2)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![service, limit as i64], |r| {
+            let data: Option<String> = r.get(7)?;
+            Ok(Event {
+                id: r.get(0)?,
+                ts_ms: r.get(1)?,
+                service: r.get(2)?,
+                release_id: r.get(3)?,
+                operation_id: r.get(4)?,
+                kind: r.get(5)?,
+                message: r.get(6)?,
+                data: data.and_then(|d| serde_json::from_str(&d).ok()),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every service the ledger has heard of.
+    pub fn services(&self) -> Result<Vec<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT service FROM releases ORDER BY service")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- slots --------------------------------------------------------------------
+
+    pub fn set_slot(&mut self, rec: &SlotRecord) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO slots (service, slot, release_id, pid, pid_start, started_at_ms, warm_until_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                rec.service,
+                rec.slot.as_str(),
+                rec.release_id,
+                rec.pid,
+                rec.pid_start.map(|s| s as i64),
+                rec.started_at_ms,
+                rec.warm_until_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_slot(&mut self, service: &str, slot: Slot) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "DELETE FROM slots WHERE service = ?1 AND slot = ?2",
+            params![service, slot.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn slots(&self, service: &str) -> Result<Vec<SlotRecord>, LedgerError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT service, slot, release_id, pid, pid_start, started_at_ms, warm_until_ms
+             FROM slots WHERE service = ?1 ORDER BY slot",
+        )?;
+        let rows = stmt.query_map([service], |r| {
+            let slot: String = r.get(1)?;
+            let pid_start: Option<i64> = r.get(4)?;
+            Ok((
+                slot,
+                SlotRecord {
+                    service: r.get(0)?,
+                    slot: Slot::Blue,
+                    release_id: r.get(2)?,
+                    pid: r.get(3)?,
+                    pid_start: pid_start.map(|s| s as u64),
+                    started_at_ms: r.get(5)?,
+                    warm_until_ms: r.get(6)?,
+                },
+            ))
+        })?;
+        rows.map(|row| {
+            let (slot, mut rec) = row?;
+            rec.slot = Slot::parse(&slot).ok_or(LedgerError::Corrupt {
+                what: "slot name",
+                detail: slot,
+            })?;
+            Ok(rec)
+        })
+        .collect()
+    }
+}
+
+const RELEASE_COLS: &str =
+    "id, service, version, spec, config_snapshot, status, status_reason, created_at_ms, activated_at_ms";
+
+fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, LedgerError>> {
+    let spec: String = r.get(3)?;
+    let snapshot: String = r.get(4)?;
+    let status: String = r.get(5)?;
+    let id: i64 = r.get(0)?;
+    let service: String = r.get(1)?;
+    let version: String = r.get(2)?;
+    let status_reason: Option<String> = r.get(6)?;
+    let created_at_ms: i64 = r.get(7)?;
+    let activated_at_ms: Option<i64> = r.get(8)?;
+    Ok((|| {
+        Ok(Release {
+            id,
+            service,
+            version,
+            spec: serde_json::from_str(&spec).map_err(|e| LedgerError::Corrupt {
+                what: "release spec",
+                detail: e.to_string(),
+            })?,
+            config_snapshot: serde_json::from_str(&snapshot).map_err(|e| {
+                LedgerError::Corrupt {
+                    what: "config snapshot",
+                    detail: e.to_string(),
+                }
+            })?,
+            status: ReleaseStatus::parse(&status)?,
+            status_reason,
+            created_at_ms,
+            activated_at_ms,
+        })
+    })())
+}
+
+fn insert_event(
+    conn: &Connection,
+    service: &str,
+    e: &NewEvent<'_>,
+    ts_ms: i64,
+) -> Result<i64, LedgerError> {
+    conn.execute(
+        "INSERT INTO events (ts_ms, service, release_id, operation_id, kind, message, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            ts_ms,
+            service,
+            e.release_id,
+            e.operation_id,
+            e.kind,
+            e.message,
+            e.data.as_ref().map(|d| d.to_string())
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Whether a process with this pid exists on this host.
+pub fn pid_alive(pid: i64) -> bool {
+    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// A millisecond timestamp as `YYYY-MM-DD HH:MM:SS.mmm UTC`.
+pub fn format_ms(ms: i64) -> String {
+    crate::clock::format_utc(ms)
+}
+
+#[cfg(test)]
+mod tests;

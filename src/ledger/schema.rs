@@ -1,0 +1,98 @@
+//! The ledger's own schema migrations. The version lives in SQLite's `user_version`;
+//! each step runs in one immediate transaction, so two processes opening an old ledger
+//! at once upgrade it exactly once. Never edit a shipped step: add a new one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::LedgerError;
+
+/// Each entry upgrades the schema from version `index` to `index + 1`.
+const STEPS: &[&str] = &[
+    // v1: releases, operations, events, leases, slots.
+    r#"
+    CREATE TABLE releases (
+        id               INTEGER PRIMARY KEY,
+        service          TEXT NOT NULL,
+        version          TEXT NOT NULL,
+        spec             TEXT NOT NULL,
+        config_snapshot  TEXT NOT NULL,
+        status           TEXT NOT NULL
+            CHECK (status IN ('pending', 'active', 'previous', 'bad', 'retired')),
+        status_reason    TEXT,
+        created_at_ms    INTEGER NOT NULL,
+        activated_at_ms  INTEGER,
+        UNIQUE (service, version)
+    );
+    CREATE INDEX releases_by_service ON releases (service, status);
+
+    CREATE TABLE operations (
+        id              INTEGER PRIMARY KEY,
+        service         TEXT NOT NULL,
+        kind            TEXT NOT NULL CHECK (kind IN ('deploy', 'rollback')),
+        step            TEXT NOT NULL,
+        outcome         TEXT CHECK (outcome IN ('succeeded', 'failed', 'interrupted')),
+        from_release    INTEGER REFERENCES releases (id),
+        to_release      INTEGER REFERENCES releases (id),
+        reason          TEXT,
+        error           TEXT,
+        started_at_ms   INTEGER NOT NULL,
+        updated_at_ms   INTEGER NOT NULL,
+        finished_at_ms  INTEGER
+    );
+    CREATE INDEX operations_by_service ON operations (service, id);
+
+    CREATE TABLE events (
+        id            INTEGER PRIMARY KEY,
+        ts_ms         INTEGER NOT NULL,
+        service       TEXT NOT NULL,
+        release_id    INTEGER,
+        operation_id  INTEGER,
+        kind          TEXT NOT NULL,
+        message       TEXT NOT NULL,
+        data          TEXT
+    );
+    CREATE INDEX events_by_service ON events (service, id);
+
+    CREATE TABLE leases (
+        service         TEXT PRIMARY KEY,
+        holder          TEXT NOT NULL,
+        pid             INTEGER NOT NULL,
+        token           TEXT NOT NULL,
+        acquired_at_ms  INTEGER NOT NULL,
+        expires_at_ms   INTEGER NOT NULL
+    );
+
+    CREATE TABLE slots (
+        service        TEXT NOT NULL,
+        slot           TEXT NOT NULL CHECK (slot IN ('blue', 'green')),
+        release_id     INTEGER REFERENCES releases (id),
+        pid            INTEGER,
+        pid_start      INTEGER,
+        started_at_ms  INTEGER,
+        warm_until_ms  INTEGER,
+        PRIMARY KEY (service, slot)
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT: i64 = STEPS.len() as i64;
+
+pub(super) fn upgrade(conn: &mut Connection) -> Result<(), LedgerError> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > CURRENT {
+            return Err(LedgerError::TooNew {
+                found: version,
+                known: CURRENT,
+            });
+        }
+        if version == CURRENT {
+            return Ok(());
+        }
+        tx.execute_batch(STEPS[version as usize])?;
+        tx.pragma_update(None, "user_version", version + 1)?;
+        tx.commit()?;
+    }
+}

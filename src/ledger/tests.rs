@@ -1,0 +1,204 @@
+use super::*;
+
+fn spec(v: &str) -> ReleaseSpec {
+    ReleaseSpec {
+        argv: vec!["app".into(), "--version".into(), v.into()],
+        cwd: None,
+    }
+}
+
+fn open() -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    (dir, ledger)
+}
+
+#[test]
+fn fresh_ledger_is_at_current_schema_and_reopens() {
+    let (dir, ledger) = open();
+    assert_eq!(ledger.schema_version().unwrap(), SCHEMA_VERSION);
+    drop(ledger);
+    let again = Ledger::open(dir.path()).unwrap();
+    assert_eq!(again.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let (dir, ledger) = open();
+    ledger
+        .conn
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(ledger);
+    let err = Ledger::open(dir.path()).err().unwrap();
+    assert!(matches!(err, LedgerError::TooNew { .. }), "{err}");
+}
+
+#[test]
+fn deploys_and_rollback_move_statuses() {
+    let (_dir, mut l) = open();
+    let snap = serde_json::json!({});
+    let v1 = l.record_release("web", "v1", &spec("v1"), &snap).unwrap();
+    assert_eq!(v1.status, ReleaseStatus::Pending);
+    l.promote("web", v1.id).unwrap();
+    let v2 = l.record_release("web", "v2", &spec("v2"), &snap).unwrap();
+    l.promote("web", v2.id).unwrap();
+    assert_eq!(l.active_release("web").unwrap().unwrap().version, "v2");
+    assert_eq!(l.previous_good("web").unwrap().unwrap().version, "v1");
+
+    let v3 = l.record_release("web", "v3", &spec("v3"), &snap).unwrap();
+    l.promote("web", v3.id).unwrap();
+    assert_eq!(l.release(v1.id).unwrap().status, ReleaseStatus::Retired);
+    assert_eq!(l.release(v2.id).unwrap().status, ReleaseStatus::Previous);
+
+    l.rolled_back("web", Some(v3.id), v2.id, "5xx").unwrap();
+    let v3 = l.release(v3.id).unwrap();
+    assert_eq!(v3.status, ReleaseStatus::Bad);
+    assert_eq!(v3.status_reason.as_deref(), Some("5xx"));
+    assert_eq!(l.active_release("web").unwrap().unwrap().version, "v2");
+    // The next rollback target is the newest good release that served: v1.
+    assert_eq!(l.previous_good("web").unwrap().unwrap().version, "v1");
+    let versions: Vec<_> = l.releases("web").unwrap().into_iter().map(|r| r.version).collect();
+    assert_eq!(versions, ["v3", "v2", "v1"]);
+}
+
+#[test]
+fn redeploying_a_version_reuses_its_row() {
+    let (_dir, mut l) = open();
+    let snap = serde_json::json!({"a": 1});
+    let a = l.record_release("web", "v1", &spec("v1"), &snap).unwrap();
+    let mut s = spec("v1");
+    s.argv.push("--extra".into());
+    let b = l.record_release("web", "v1", &s, &snap).unwrap();
+    assert_eq!(a.id, b.id);
+    assert_eq!(b.spec, s);
+    assert_eq!(b.config_snapshot, snap);
+}
+
+#[test]
+fn operations_are_a_state_machine_with_events() {
+    let (_dir, mut l) = open();
+    let v1 = l
+        .record_release("web", "v1", &spec("v1"), &serde_json::json!({}))
+        .unwrap();
+    let op = l
+        .begin_operation("web", OperationKind::Deploy, None, Some(v1.id), None)
+        .unwrap();
+    l.step(op, "health_wait", "waiting for health".into()).unwrap();
+    assert_eq!(l.running_operation("web").unwrap().unwrap().step, "health_wait");
+    l.finish_operation(op, "succeeded", None).unwrap();
+    assert!(l.running_operation("web").unwrap().is_none());
+    let kinds: Vec<_> = l.events("web", 100).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["deploy_started", "health_wait", "deploy_succeeded"]);
+    let events = l.events("web", 100).unwrap();
+    assert!(events.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
+    assert_eq!(l.events("web", 1).unwrap()[0].kind, "deploy_succeeded");
+}
+
+#[test]
+fn unfinished_operations_are_interrupted() {
+    let (_dir, mut l) = open();
+    let op = l
+        .begin_operation("web", OperationKind::Rollback, None, None, Some("manual"))
+        .unwrap();
+    l.step(op, "switching", "switching".into()).unwrap();
+    let open = l.interrupt_unfinished().unwrap();
+    assert_eq!(open.len(), 1);
+    let op = l.operation(op).unwrap().unwrap();
+    assert_eq!(op.outcome.as_deref(), Some("interrupted"));
+    assert!(op.error.unwrap().contains("`switching`"));
+}
+
+#[test]
+fn a_lease_is_exclusive_across_connections() {
+    let (dir, mut a) = open();
+    let mut b = Ledger::open(dir.path()).unwrap();
+    let lease = a
+        .acquire_lease("web", "deploy web v2 (operation 1)", Duration::from_secs(60))
+        .unwrap();
+    let err = b
+        .acquire_lease("web", "rollback web", Duration::from_secs(60))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("deploy web v2 (operation 1)"), "{msg}");
+    assert!(matches!(err, LedgerError::Busy { .. }));
+    // Another service is independent.
+    b.acquire_lease("api", "deploy api", Duration::from_secs(60))
+        .unwrap();
+    a.release_lease(&lease).unwrap();
+    b.acquire_lease("web", "rollback web", Duration::from_secs(60))
+        .unwrap();
+}
+
+#[test]
+fn a_lease_of_a_dead_process_or_expired_is_taken_over() {
+    let (_dir, mut l) = open();
+    l.acquire_lease("web", "old", Duration::from_secs(60)).unwrap();
+    // Pretend the holder was a process that no longer exists.
+    l.conn
+        .execute("UPDATE leases SET pid = 999999999", [])
+        .unwrap();
+    assert_eq!(l.lease_holder("web").unwrap(), None);
+    l.acquire_lease("web", "new", Duration::from_secs(60)).unwrap();
+    assert_eq!(l.lease_holder("web").unwrap().as_deref(), Some("new"));
+    l.conn
+        .execute("UPDATE leases SET expires_at_ms = 0", [])
+        .unwrap();
+    l.acquire_lease("web", "newer", Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+fn concurrent_writers_never_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    Ledger::open(dir.path()).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let path = dir.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut l = Ledger::open(&path).unwrap();
+                for i in 0..50 {
+                    l.event(
+                        "web",
+                        NewEvent {
+                            kind: "note",
+                            message: format!("{t}-{i}"),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let l = Ledger::open(dir.path()).unwrap();
+    assert_eq!(l.events("web", 1000).unwrap().len(), 200);
+    let ok: String = l
+        .conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn slots_round_trip() {
+    let (_dir, mut l) = open();
+    let rec = SlotRecord {
+        service: "web".into(),
+        slot: Slot::Green,
+        release_id: None,
+        pid: Some(42),
+        pid_start: Some(7),
+        started_at_ms: Some(1),
+        warm_until_ms: None,
+    };
+    l.set_slot(&rec).unwrap();
+    let got = l.slots("web").unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].slot, Slot::Green);
+    assert_eq!(got[0].pid_start, Some(7));
+    l.clear_slot("web", Slot::Green).unwrap();
+    assert!(l.slots("web").unwrap().is_empty());
+}
