@@ -4,6 +4,7 @@
 //! for the code map and the invariants each module keeps.
 #![forbid(unsafe_code)]
 
-pub mod config;
 pub mod clock;
+pub mod config;
 pub mod ledger;
+pub mod proxy;

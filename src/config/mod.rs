@@ -494,7 +494,11 @@ fn read_slots(
             return match u16::try_from(port) {
                 Ok(p) if p > 0 => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
                 _ => {
-                    r.error(span, &key_path, format!("{port} is not a valid port (1-65535)"));
+                    r.error(
+                        span,
+                        &key_path,
+                        format!("{port} is not a valid port (1-65535)"),
+                    );
                     None
                 }
             };

@@ -41,7 +41,12 @@ fn the_shipped_example_loads() {
     });
     let web = cfg.service("web").unwrap();
     assert_eq!(web.verify.len(), 3);
-    assert!(web.command.as_ref().unwrap().contains(&"{port}".to_string()));
+    assert!(
+        web.command
+            .as_ref()
+            .unwrap()
+            .contains(&"{port}".to_string())
+    );
     assert_eq!(web.env.get("RUST_LOG").map(String::as_str), Some("info"));
 }
 
@@ -137,19 +142,27 @@ json_field = "a"
 fn syntax_errors_name_the_line() {
     let got = errors("[service.web]\nlisten = \n");
     assert_eq!(got.len(), 1);
-    assert!(got[0].starts_with("ripcord.toml:2: invalid TOML"), "{got:?}");
+    assert!(
+        got[0].starts_with("ripcord.toml:2: invalid TOML"),
+        "{got:?}"
+    );
 }
 
 #[test]
 fn unknown_top_level_key_and_bad_name() {
     check(
         "[services.web]\n",
-        &["ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`"],
+        &[
+            "ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`",
+        ],
     );
-    let got = errors("[service.\"my web\"]\nlisten = \"127.0.0.1:1\"\nslots = { blue = 2, green = 3 }\n");
+    let got =
+        errors("[service.\"my web\"]\nlisten = \"127.0.0.1:1\"\nslots = { blue = 2, green = 3 }\n");
     assert_eq!(
         got,
-        ["ripcord.toml:1: service.my web: a service name may hold only letters, digits, `-` and `_`, and starts with a letter"]
+        [
+            "ripcord.toml:1: service.my web: a service name may hold only letters, digits, `-` and `_`, and starts with a letter"
+        ]
     );
 }
 
@@ -157,6 +170,8 @@ fn unknown_top_level_key_and_bad_name() {
 fn no_services_is_an_error() {
     check(
         "",
-        &["ripcord.toml: service: no services configured: add a `[service.NAME]` table (see examples/ripcord.toml)"],
+        &[
+            "ripcord.toml: service: no services configured: add a `[service.NAME]` table (see examples/ripcord.toml)",
+        ],
     );
 }

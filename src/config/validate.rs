@@ -34,7 +34,11 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
         }
         match &svc.slots {
             None => {
-                if !r.errors.iter().any(|e| e.key.starts_with(&join(&svc.path, "slots"))) {
+                if !r
+                    .errors
+                    .iter()
+                    .any(|e| e.key.starts_with(&join(&svc.path, "slots")))
+                {
                     r.error(
                         svc.span.clone(),
                         &join(&svc.path, "slots"),

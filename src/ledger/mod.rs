@@ -726,8 +726,7 @@ impl Ledger {
     }
 }
 
-const RELEASE_COLS: &str =
-    "id, service, version, spec, config_snapshot, status, status_reason, created_at_ms, activated_at_ms";
+const RELEASE_COLS: &str = "id, service, version, spec, config_snapshot, status, status_reason, created_at_ms, activated_at_ms";
 
 fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, LedgerError>> {
     let spec: String = r.get(3)?;
@@ -748,11 +747,9 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, Led
                 what: "release spec",
                 detail: e.to_string(),
             })?,
-            config_snapshot: serde_json::from_str(&snapshot).map_err(|e| {
-                LedgerError::Corrupt {
-                    what: "config snapshot",
-                    detail: e.to_string(),
-                }
+            config_snapshot: serde_json::from_str(&snapshot).map_err(|e| LedgerError::Corrupt {
+                what: "config snapshot",
+                detail: e.to_string(),
             })?,
             status: ReleaseStatus::parse(&status)?,
             status_reason,

@@ -58,7 +58,12 @@ fn deploys_and_rollback_move_statuses() {
     assert_eq!(l.active_release("web").unwrap().unwrap().version, "v2");
     // The next rollback target is the newest good release that served: v1.
     assert_eq!(l.previous_good("web").unwrap().unwrap().version, "v1");
-    let versions: Vec<_> = l.releases("web").unwrap().into_iter().map(|r| r.version).collect();
+    let versions: Vec<_> = l
+        .releases("web")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.version)
+        .collect();
     assert_eq!(versions, ["v3", "v2", "v1"]);
 }
 
@@ -84,11 +89,20 @@ fn operations_are_a_state_machine_with_events() {
     let op = l
         .begin_operation("web", OperationKind::Deploy, None, Some(v1.id), None)
         .unwrap();
-    l.step(op, "health_wait", "waiting for health".into()).unwrap();
-    assert_eq!(l.running_operation("web").unwrap().unwrap().step, "health_wait");
+    l.step(op, "health_wait", "waiting for health".into())
+        .unwrap();
+    assert_eq!(
+        l.running_operation("web").unwrap().unwrap().step,
+        "health_wait"
+    );
     l.finish_operation(op, "succeeded", None).unwrap();
     assert!(l.running_operation("web").unwrap().is_none());
-    let kinds: Vec<_> = l.events("web", 100).unwrap().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<_> = l
+        .events("web", 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, ["deploy_started", "health_wait", "deploy_succeeded"]);
     let events = l.events("web", 100).unwrap();
     assert!(events.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
@@ -114,7 +128,11 @@ fn a_lease_is_exclusive_across_connections() {
     let (dir, mut a) = open();
     let mut b = Ledger::open(dir.path()).unwrap();
     let lease = a
-        .acquire_lease("web", "deploy web v2 (operation 1)", Duration::from_secs(60))
+        .acquire_lease(
+            "web",
+            "deploy web v2 (operation 1)",
+            Duration::from_secs(60),
+        )
         .unwrap();
     let err = b
         .acquire_lease("web", "rollback web", Duration::from_secs(60))
@@ -133,18 +151,21 @@ fn a_lease_is_exclusive_across_connections() {
 #[test]
 fn a_lease_of_a_dead_process_or_expired_is_taken_over() {
     let (_dir, mut l) = open();
-    l.acquire_lease("web", "old", Duration::from_secs(60)).unwrap();
+    l.acquire_lease("web", "old", Duration::from_secs(60))
+        .unwrap();
     // Pretend the holder was a process that no longer exists.
     l.conn
         .execute("UPDATE leases SET pid = 999999999", [])
         .unwrap();
     assert_eq!(l.lease_holder("web").unwrap(), None);
-    l.acquire_lease("web", "new", Duration::from_secs(60)).unwrap();
+    l.acquire_lease("web", "new", Duration::from_secs(60))
+        .unwrap();
     assert_eq!(l.lease_holder("web").unwrap().as_deref(), Some("new"));
     l.conn
         .execute("UPDATE leases SET expires_at_ms = 0", [])
         .unwrap();
-    l.acquire_lease("web", "newer", Duration::from_secs(60)).unwrap();
+    l.acquire_lease("web", "newer", Duration::from_secs(60))
+        .unwrap();
 }
 
 #[test]

@@ -1,0 +1,293 @@
+//! The built-in reverse proxy (`router = "proxy"`): listens on a service's `listen`
+//! address and forwards every request to the active slot.
+//!
+//! The switch is one atomic pointer swap; each request reads the target once, so a
+//! request in flight finishes on the slot it started on. Every request is recorded
+//! (status, latency, slot, release) into a bounded channel with `try_send`: the request
+//! path never waits on the ledger, on a lock held across IO, or on the guard. When the
+//! channel is full the record is dropped and counted, never the request.
+
+mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Slot;
+
+pub use headers::strip_hop_by_hop;
+
+/// Where traffic goes: one slot and the release running in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub slot: Slot,
+    pub addr: SocketAddr,
+    pub release_id: i64,
+    pub version: String,
+}
+
+/// One proxied request, as the guard sees it.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub slot: Slot,
+    pub release_id: i64,
+    pub status: u16,
+    /// Time to the response head (or to the error), in microseconds.
+    pub latency_us: u64,
+    /// Whether ripcord answered itself because the slot could not be reached.
+    pub upstream_error: bool,
+    pub at_ms: i64,
+}
+
+/// Counters the proxy keeps without any lock.
+#[derive(Debug, Default)]
+pub struct ProxyCounters {
+    pub requests: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    /// Records dropped because the guard's channel was full.
+    pub records_dropped: AtomicU64,
+}
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+struct Shared {
+    service: Arc<str>,
+    target: ArcSwapOption<Target>,
+    client: Client<HttpConnector, Incoming>,
+    records: Option<mpsc::Sender<RequestRecord>>,
+    counters: ProxyCounters,
+}
+
+/// A running proxy. Cloning shares it.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Binds `listen` and serves until [`Proxy::shutdown`]. With no target set, every
+    /// request gets a 503 that says so.
+    pub async fn bind(
+        service: &str,
+        listen: SocketAddr,
+        records: Option<mpsc::Sender<RequestRecord>>,
+    ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
+        let listener = TcpListener::bind(listen).await?;
+        let local_addr = listener.local_addr()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let shared = Arc::new(Shared {
+            service: Arc::from(service),
+            target: ArcSwapOption::empty(),
+            client,
+            records,
+            counters: ProxyCounters::default(),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
+        Ok((
+            Proxy {
+                shared,
+                local_addr,
+                shutdown,
+            },
+            task,
+        ))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sends new requests to `target` from now on and returns the old target. Requests
+    /// already in flight finish where they started.
+    pub fn switch(&self, target: Option<Target>) -> Option<Arc<Target>> {
+        self.shared.target.swap(target.map(Arc::new))
+    }
+
+    pub fn target(&self) -> Option<Arc<Target>> {
+        self.shared.target.load_full()
+    }
+
+    pub fn counters(&self) -> &ProxyCounters {
+        &self.shared.counters
+    }
+
+    /// Stops accepting; the accept task then drains open connections for at most
+    /// `drain` before it returns.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// How long open connections get to finish after shutdown is asked for.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(service = %shared.service, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let svc = service_fn(move |req| handle(shared.clone(), req, peer));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let counters = &shared.counters;
+    counters.requests.fetch_add(1, Ordering::Relaxed);
+    // Read the target exactly once: this request stays on this slot whatever happens.
+    let Some(target) = shared.target.load_full() else {
+        return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "ripcord: service `{}` has no active release yet: deploy one with `ripcord deploy {} VERSION`\n",
+                shared.service, shared.service
+            ),
+        ));
+    };
+    counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    let (mut parts, body) = req.into_parts();
+    headers::prepare_request(&mut parts.headers, peer);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(target.addr.to_string())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(e) => {
+            counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Ok(plain(
+                StatusCode::BAD_REQUEST,
+                format!("ripcord: bad request target: {e}\n"),
+            ));
+        }
+    };
+    let result = shared
+        .client
+        .request(Request::from_parts(parts, body))
+        .await;
+    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let response = match result {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            record(&shared, &target, parts.status.as_u16(), start, false);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            record(&shared, &target, 502, start, true);
+            plain(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "ripcord: service `{}`: release {} in slot {} ({}) did not answer: {}\n",
+                    shared.service,
+                    target.version,
+                    target.slot,
+                    target.addr,
+                    error_chain(&e)
+                ),
+            )
+        }
+    };
+    Ok(response)
+}
+
+fn record(shared: &Shared, target: &Target, status: u16, start: Instant, upstream_error: bool) {
+    let Some(tx) = &shared.records else { return };
+    let rec = RequestRecord {
+        slot: target.slot,
+        release_id: target.release_id,
+        status,
+        latency_us: start.elapsed().as_micros() as u64,
+        upstream_error,
+        at_ms: crate::clock::now_ms(),
+    };
+    if tx.try_send(rec).is_err() {
+        shared
+            .counters
+            .records_dropped
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn plain(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+//! Proxy tests over real loopback HTTP: small upstream servers built on hyper stand in
+//! for the two slots.
+
+use super::*;
+use http_body_util::channel::Channel;
+
+/// An upstream that answers `name` plus what it saw, with a few behaviours by path.
+async fn upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let seen: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+                    let resp: Response<ProxyBody> = match path.as_str() {
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_millis(400)).await;
+                            text(name)
+                        }
+                        "/stream" => {
+                            let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(4);
+                            tokio::spawn(async move {
+                                for i in 0..3 {
+                                    let _ = tx.send_data(Bytes::from(format!("part{i};"))).await;
+                                    tokio::time::sleep(Duration::from_millis(150)).await;
+                                }
+                            });
+                            Response::new(body.boxed())
+                        }
+                        "/echo" => {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            Response::new(Full::new(body).map_err(|n| match n {}).boxed())
+                        }
+                        _ => {
+                            let mut r = text(&format!("{name} saw {}", seen.join(",")));
+                            r.headers_mut()
+                                .insert("connection", HeaderValue::from_static("x-up-hop"));
+                            r.headers_mut()
+                                .insert("x-up-hop", HeaderValue::from_static("1"));
+                            r.headers_mut()
+                                .insert("keep-alive", HeaderValue::from_static("timeout=5"));
+                            r
+                        }
+                    };
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn text(s: &str) -> Response<ProxyBody> {
+    Response::new(
+        Full::new(Bytes::from(s.to_string()))
+            .map_err(|n| match n {})
+            .boxed(),
+    )
+}
+
+fn target(slot: Slot, addr: SocketAddr, id: i64) -> Target {
+    Target {
+        slot,
+        addr,
+        release_id: id,
+        version: format!("v{id}"),
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn get(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    url: String,
+) -> (u16, hyper::HeaderMap, String) {
+    let resp = c.get(url.parse().unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn proxy(records: Option<mpsc::Sender<RequestRecord>>) -> Proxy {
+    Proxy::bind("web", "127.0.0.1:0".parse().unwrap(), records)
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn no_target_is_a_clear_503() {
+    let p = proxy(None).await;
+    let (status, _, body) = get(&client(), format!("http://{}/", p.local_addr())).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no active release"), "{body}");
+}
+
+#[tokio::test]
+async fn forwards_to_the_active_slot_and_switches() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = proxy(Some(tx)).await;
+    let c = client();
+    let url = format!("http://{}/x?y=1", p.local_addr());
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    assert!(get(&c, url.clone()).await.2.starts_with("blue"));
+    let old = p.switch(Some(target(Slot::Green, green, 2))).unwrap();
+    assert_eq!(old.slot, Slot::Blue);
+    assert!(get(&c, url.clone()).await.2.starts_with("green"));
+    let first = rx.recv().await.unwrap();
+    let second = rx.recv().await.unwrap();
+    assert_eq!(
+        (first.slot, first.release_id, first.status),
+        (Slot::Blue, 1, 200)
+    );
+    assert_eq!((second.slot, second.release_id), (Slot::Green, 2));
+    assert_eq!(p.counters().requests.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded_either_way() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let c = client();
+    let req = Request::get(format!("http://{}/", p.local_addr()))
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("x-end-to-end", "kept")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert!(resp.headers().get("x-up-hop").is_none());
+    assert!(resp.headers().get("keep-alive").is_none());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("x-end-to-end"), "{body}");
+    assert!(body.contains("x-forwarded-for"), "{body}");
+    assert!(!body.contains("x-private"), "{body}");
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_its_slot() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let url = format!("http://{}/slow", p.local_addr());
+    let slow = tokio::spawn(async move { get(&client(), url).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.switch(Some(target(Slot::Green, green, 2)));
+    let after = get(&client(), format!("http://{}/", p.local_addr())).await;
+    assert!(after.2.starts_with("green"));
+    let (status, _, body) = slow.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "blue"));
+}
+
+#[tokio::test]
+async fn a_dead_slot_gets_a_502_that_says_which() {
+    // A port that was just free: nothing listens there.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(4);
+    let p = proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Green, dead, 7)));
+    let (status, _, body) = get(&client(), format!("http://{}/", p.local_addr())).await;
+    assert_eq!(status, 502);
+    assert!(body.contains("release v7 in slot green"), "{body}");
+    assert!(body.contains(&dead.to_string()), "{body}");
+    let rec = rx.recv().await.unwrap();
+    assert!(rec.upstream_error);
+    assert_eq!(rec.status, 502);
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let c = client();
+    // Response streaming: the first part arrives well before the whole body is done.
+    let start = Instant::now();
+    let resp = c
+        .get(format!("http://{}/stream", p.local_addr()).parse().unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let first_at = start.elapsed();
+    assert_eq!(&first[..], b"part0;");
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"part1;part2;");
+    assert!(
+        first_at < Duration::from_millis(250) && start.elapsed() >= Duration::from_millis(300),
+        "first part at {first_at:?}, all at {:?}",
+        start.elapsed()
+    );
+    // Request bodies pass through unchanged.
+    let payload = Bytes::from(vec![b'x'; 256 * 1024]);
+    let req = Request::post(format!("http://{}/echo", p.local_addr()))
+        .body(Full::new(payload.clone()))
+        .unwrap();
+    let echoed = c
+        .request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(echoed, payload);
+}
+
+#[tokio::test]
+async fn keep_alive_connections_are_reused() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    // One raw TCP connection carrying three requests proves the proxy keeps it open.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    let mut seen = 0;
+    for _ in 0..3 {
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        seen += 1;
+    }
+    assert_eq!(seen, 3);
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting() {
+    let p = proxy(None).await;
+    let addr = p.local_addr();
+    p.shutdown();
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the proxy still accepts after shutdown");
+}
