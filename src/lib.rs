@@ -4,7 +4,13 @@
 //! for the code map and the invariants each module keeps.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo_app;
+pub mod execute;
+pub mod http;
 pub mod ledger;
 pub mod proxy;
+pub mod verify;
+pub mod watch;

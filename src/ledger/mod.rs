@@ -344,11 +344,11 @@ impl Ledger {
     }
 
     pub fn release(&self, id: i64) -> Result<Release, LedgerError> {
-        Ok(self.conn.query_row(
+        self.conn.query_row(
             &format!("SELECT {RELEASE_COLS} FROM releases WHERE id = ?1"),
             [id],
             row_to_release,
-        )??)
+        )?
     }
 
     pub fn find_release(

@@ -1,0 +1,447 @@
+//! The command line: parses arguments, runs one command, maps the outcome to the
+//! documented exit codes (0 ok, 1 failure, 2 usage or config error, 3 refused by a
+//! guard, 4 verification failed). Human output is for people; `--json` output is a
+//! compatibility promise for scripts.
+
+mod demo;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, LoadError};
+use crate::ledger::Ledger;
+use crate::watch::control::{self, Request};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ripcord",
+    version,
+    about = "Automatic, fast, verified rollbacks: deploy, guard, roll back, verify",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The config file [default: ./ripcord.toml]
+    #[arg(long, global = true, env = "RIPCORD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the ledger, logs and control socket live
+    #[arg(
+        long,
+        global = true,
+        env = "RIPCORD_STATE_DIR",
+        value_name = "DIR",
+        default_value = ".ripcord"
+    )]
+    pub state_dir: PathBuf,
+    /// Machine-readable output (a compatibility promise)
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The whole loop on the embedded default, in a temporary directory
+    Demo,
+    /// Deploy VERSION of SERVICE: start it in the idle slot, health-gate, switch, verify
+    Deploy {
+        service: String,
+        version: String,
+        /// Deploy even a release marked bad (needs --reason)
+        #[arg(long)]
+        force: bool,
+        /// Why: kept in the ledger
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// The release's argv ({port} and {version} are substituted); default: the
+        /// recorded one, else the config's `command`
+        #[arg(last = true, value_name = "ARGV")]
+        argv: Vec<String>,
+    },
+    /// Roll SERVICE back to the previous good release (or --to a given one), then verify
+    Rollback {
+        service: String,
+        /// A version, or a release id written #ID
+        #[arg(long, value_name = "RELEASE")]
+        to: Option<String>,
+        /// Why: kept in the ledger with the release rolled away from
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Run SERVICE's verification checks now
+    Verify { service: String },
+    /// What runs, what ran before, what is happening
+    Status { service: Option<String> },
+    /// Every release of SERVICE, newest first
+    Releases { service: String },
+    /// SERVICE's timeline from the ledger
+    Events {
+        service: String,
+        /// How many of the newest events
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Run the guard daemon: proxies, releases, control socket (foreground)
+    Watch,
+    /// Check the config file and report every problem
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run the demo application (used by `ripcord demo`, tests and benchmarks)
+    #[command(hide = true)]
+    DemoApp(crate::demo_app::DemoAppArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Report every problem with its key path and line; exit 2 when there are any
+    Check,
+}
+
+/// A command's failure: what to print and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        CliError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl<E: std::error::Error> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError::new(1, e.to_string())
+    }
+}
+
+/// Parses the process arguments and runs; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Command::DemoApp(args) = cli.command {
+        return crate::demo_app::run(args);
+    }
+    init_tracing(matches!(cli.command, Command::Watch));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+pub async fn run(cli: Cli) -> Result<i32, CliError> {
+    let state_dir = cli.state_dir.clone();
+    let json = cli.json;
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => config_check(cli.config.as_deref(), json),
+        Command::Deploy {
+            service,
+            version,
+            force,
+            reason,
+            argv,
+        } => {
+            let cwd = std::env::current_dir().ok();
+            let request = Request::Deploy {
+                service,
+                version,
+                argv: (!argv.is_empty()).then_some(argv),
+                cwd,
+                force,
+                reason,
+            };
+            operation(&state_dir, request, json).await
+        }
+        Command::Rollback {
+            service,
+            to,
+            reason,
+        } => {
+            operation(
+                &state_dir,
+                Request::Rollback {
+                    service,
+                    to,
+                    reason,
+                },
+                json,
+            )
+            .await
+        }
+        Command::Verify { service } => {
+            verify(cli.config.as_deref(), &state_dir, &service, json).await
+        }
+        Command::Status { service } => {
+            output::status(cli.config.as_deref(), &state_dir, service.as_deref(), json).await
+        }
+        Command::Releases { service } => {
+            let ledger = open_ledger(&state_dir)?;
+            output::releases(&ledger, &service, json)
+        }
+        Command::Events { service, limit } => {
+            let ledger = open_ledger(&state_dir)?;
+            output::events(&ledger, &service, limit, json)
+        }
+        Command::Watch => watch(cli.config.as_deref(), &state_dir).await,
+        Command::Demo => demo::run(json).await,
+        Command::DemoApp(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// The config path: --config, RIPCORD_CONFIG, or ./ripcord.toml.
+fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
+}
+
+pub(crate) fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
+    let path = config_path(flag);
+    if flag.is_none() && !path.exists() {
+        return Err(CliError::new(
+            2,
+            format!(
+                "no config: {} does not exist; pass --config FILE or set RIPCORD_CONFIG \
+                 (a commented example is in examples/ripcord.toml)",
+                path.display()
+            ),
+        ));
+    }
+    Config::load(&path).map_err(|e| match e {
+        LoadError::Invalid { ref errors, .. } => {
+            let mut msg = e.to_string();
+            for err in errors {
+                msg.push_str(&format!("\n  {err}"));
+            }
+            msg.push_str("\n(run `ripcord config check` to see them again)");
+            CliError::new(2, msg)
+        }
+        e @ LoadError::Read { .. } => CliError::new(2, e.to_string()),
+    })
+}
+
+fn open_ledger(state_dir: &Path) -> Result<Ledger, CliError> {
+    if !state_dir.join(crate::ledger::FILE_NAME).exists() {
+        return Err(CliError::new(
+            1,
+            format!(
+                "no ledger in {}: nothing was deployed with this state dir yet (pass --state-dir DIR \
+                 if it lives elsewhere)",
+                state_dir.display()
+            ),
+        ));
+    }
+    Ledger::open(state_dir).map_err(|e| CliError::new(1, e.to_string()))
+}
+
+fn config_check(flag: Option<&Path>, json: bool) -> Result<i32, CliError> {
+    let path = config_path(flag);
+    match Config::load(&path) {
+        Ok(cfg) => {
+            if json {
+                output::print_json(&serde_json::json!({
+                    "ok": true,
+                    "file": path,
+                    "services": cfg.services.keys().collect::<Vec<_>>(),
+                }));
+            } else {
+                let names: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
+                println!(
+                    "✓ {}: {} service{} ({})",
+                    path.display(),
+                    names.len(),
+                    if names.len() == 1 { "" } else { "s" },
+                    names.join(", ")
+                );
+            }
+            Ok(0)
+        }
+        Err(LoadError::Invalid { errors, .. }) => {
+            if json {
+                output::print_json(&serde_json::json!({
+                    "ok": false,
+                    "file": path,
+                    "errors": errors,
+                }));
+            } else {
+                for e in &errors {
+                    println!("✗ {e}");
+                }
+                println!(
+                    "{} problem{} in {}",
+                    errors.len(),
+                    if errors.len() == 1 { "" } else { "s" },
+                    path.display()
+                );
+            }
+            Ok(2)
+        }
+        Err(e) => Err(CliError::new(2, e.to_string())),
+    }
+}
+
+/// Sends a deploy or rollback to the watcher and shows its progress.
+async fn operation(state_dir: &Path, request: Request, json: bool) -> Result<i32, CliError> {
+    let (exit, result, error) = control::call(state_dir, &request, |msg| {
+        if !json {
+            for line in msg.lines() {
+                eprintln!("  {line}");
+            }
+        }
+    })
+    .await?;
+    if json {
+        output::print_json(&serde_json::json!({
+            "ok": exit == 0,
+            "exit": exit,
+            "result": result,
+            "error": error,
+        }));
+        return Ok(exit);
+    }
+    match error {
+        Some(e) => {
+            eprintln!("✗ {e}");
+            Ok(exit)
+        }
+        None => {
+            output::outcome(&result);
+            Ok(0)
+        }
+    }
+}
+
+async fn verify(
+    flag: Option<&Path>,
+    state_dir: &Path,
+    service: &str,
+    json: bool,
+) -> Result<i32, CliError> {
+    let cfg = load_config(flag)?;
+    let svc = cfg
+        .service(service)
+        .ok_or_else(|| unknown_service(&cfg, service))?;
+    // `{version}` in a check means the version that should be serving.
+    let version = Ledger::open(state_dir)
+        .ok()
+        .and_then(|l| l.active_release(service).ok().flatten())
+        .map(|r| r.version)
+        .unwrap_or_default();
+    let report = crate::verify::run(
+        &svc.verify,
+        Duration::from_secs(svc.verify_deadline_secs),
+        &version,
+    )
+    .await;
+    if json {
+        output::print_json(&report);
+    } else {
+        print!("{}", report.render());
+        let failed = report.failures().len();
+        if report.ok {
+            println!(
+                "✓ {service}: {} check{} passed",
+                report.checks.len(),
+                plural(report.checks.len())
+            );
+        } else {
+            println!(
+                "✗ {service}: {failed} of {} check{} failed",
+                report.checks.len(),
+                plural(report.checks.len())
+            );
+        }
+    }
+    Ok(if report.ok { 0 } else { 4 })
+}
+
+pub(crate) fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+pub(crate) fn unknown_service(cfg: &Config, service: &str) -> CliError {
+    let known: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
+    CliError::new(
+        2,
+        format!(
+            "no service `{service}` in {} (it has: {})",
+            cfg.path.display(),
+            known.join(", ")
+        ),
+    )
+}
+
+async fn watch(flag: Option<&Path>, state_dir: &Path) -> Result<i32, CliError> {
+    let cfg = load_config(flag)?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let names: Vec<String> = cfg
+        .services
+        .values()
+        .map(|s| format!("{} on {}", s.name, s.listen))
+        .collect();
+    let state = state_dir.to_path_buf();
+    tokio::spawn(async move {
+        if ready_rx.await.is_ok() {
+            eprintln!(
+                "ripcord watch: guarding {} (state dir {}); Ctrl-C or SIGTERM stops it",
+                names.join(", "),
+                state.display()
+            );
+        }
+    });
+    crate::watch::run(cfg, state_dir, shutdown_signal(), Some(ready_tx))
+        .await
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    Ok(0)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

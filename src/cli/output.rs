@@ -1,0 +1,291 @@
+//! What the read commands print: aligned tables for people, stable JSON for scripts.
+//! Status is built from the ledger (so it works without a watcher) plus, when a watcher
+//! answers, its live facts.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::CliError;
+use crate::clock::{format_utc, now_ms};
+use crate::ledger::{Ledger, ReleaseStatus};
+use crate::watch::control::{self, Request};
+
+pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("output serializes")
+    );
+}
+
+/// Prints rows as columns padded to the widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub(crate) fn releases(ledger: &Ledger, service: &str, json: bool) -> Result<i32, CliError> {
+    let releases = ledger.releases(service)?;
+    if json {
+        print_json(&releases);
+        return Ok(0);
+    }
+    if releases.is_empty() {
+        println!("{service} has no releases yet");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = releases
+        .iter()
+        .map(|r| {
+            vec![
+                format!("#{}", r.id),
+                r.version.clone(),
+                r.status.as_str().to_string(),
+                format_utc(r.created_at_ms),
+                r.activated_at_ms
+                    .map(format_utc)
+                    .unwrap_or_else(|| "-".into()),
+                r.status_reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "VERSION",
+            "STATUS",
+            "CREATED",
+            "LAST ACTIVATED",
+            "REASON",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+pub(crate) fn events(
+    ledger: &Ledger,
+    service: &str,
+    limit: usize,
+    json: bool,
+) -> Result<i32, CliError> {
+    let events = ledger.events(service, limit)?;
+    if json {
+        print_json(&events);
+        return Ok(0);
+    }
+    for e in &events {
+        println!("{}  {:<18} {}", format_utc(e.ts_ms), e.kind, e.message);
+    }
+    if events.is_empty() {
+        println!("{service} has no events yet");
+    }
+    Ok(0)
+}
+
+/// The one-line summary of a finished deploy or rollback.
+pub(crate) fn outcome(result: &Value) {
+    let service = result["service"].as_str().unwrap_or("?");
+    let version = result["active"]["version"].as_str().unwrap_or("?");
+    let slot = result["active"]["slot"].as_str().unwrap_or("?");
+    let switch_ms = result["switch_ms"].as_u64().unwrap_or(0);
+    let verify_ms = result["verify"]["elapsed_ms"].as_u64().unwrap_or(0);
+    match result["kind"].as_str() {
+        Some("rollback") => {
+            let how = if result["warm"].as_bool() == Some(true) {
+                "warm: a traffic switch"
+            } else {
+                "cold: started, health-checked"
+            };
+            let from = result["from"]["version"].as_str();
+            println!(
+                "✓ {service} rolled back to {version} in slot {slot} ({how}; traffic back after {switch_ms} ms, verified in {verify_ms} ms){}",
+                from.map(|f| format!("; {f} is marked bad"))
+                    .unwrap_or_default()
+            );
+        }
+        _ => println!(
+            "✓ {service} {version} is serving from slot {slot} (traffic switched after {switch_ms} ms, verified in {verify_ms} ms)"
+        ),
+    }
+}
+
+/// One service's status: the JSON shape `status --json` promises.
+pub(crate) fn service_status(
+    ledger: &Ledger,
+    service: &str,
+    live: Option<&Value>,
+) -> Result<Value, CliError> {
+    let now = now_ms();
+    let active = ledger.active_release(service)?;
+    let operation = ledger.running_operation(service)?;
+    let slots = ledger.slots(service)?;
+    let watcher = ledger.lease_holder("@watcher")?;
+    let active_slot = active
+        .as_ref()
+        .and_then(|a| slots.iter().find(|s| s.release_id == Some(a.id)))
+        .map(|s| s.slot);
+    let warm = slots.iter().find(|s| {
+        Some(s.slot) != active_slot && s.warm_until_ms.is_some_and(|t| t > now) && watcher.is_some()
+    });
+    let previous = ledger.previous_good(service)?;
+    let state = match (&operation, warm) {
+        (Some(op), _) if op.kind == "rollback" => "rolling_back",
+        (Some(_), _) => "deploying",
+        (None, Some(w))
+            if previous
+                .as_ref()
+                .is_some_and(|p| Some(p.id) == w.release_id)
+                && previous
+                    .as_ref()
+                    .is_some_and(|p| p.status == ReleaseStatus::Previous) =>
+        {
+            "baking"
+        }
+        _ => "steady",
+    };
+    Ok(json!({
+        "service": service,
+        "state": state,
+        "active": active.as_ref().map(|a| json!({
+            "release": a.id,
+            "version": a.version,
+            "slot": active_slot,
+            "since_ms": a.activated_at_ms,
+        })),
+        "previous": previous.as_ref().map(|p| {
+            let warm = slots.iter().find(|s| s.release_id == Some(p.id) && watcher.is_some());
+            json!({
+                "release": p.id,
+                "version": p.version,
+                "status": p.status,
+                "warm": warm.is_some(),
+                "warm_until_ms": warm.and_then(|w| w.warm_until_ms),
+            })
+        }),
+        "operation": operation.as_ref().map(|o| json!({
+            "id": o.id, "kind": o.kind, "step": o.step, "started_at_ms": o.started_at_ms,
+        })),
+        "watcher": { "running": watcher.is_some(), "holder": watcher },
+        "live": live,
+    }))
+}
+
+pub(crate) async fn status(
+    config: Option<&Path>,
+    state_dir: &Path,
+    service: Option<&str>,
+    json: bool,
+) -> Result<i32, CliError> {
+    let ledger = super::open_ledger(state_dir)?;
+    let names: Vec<String> = match service {
+        Some(s) => vec![s.to_string()],
+        None => {
+            let mut names = ledger.services()?;
+            if let Ok(cfg) = super::load_config(config) {
+                names.extend(cfg.services.keys().cloned());
+            }
+            names.sort();
+            names.dedup();
+            names
+        }
+    };
+    let mut out = Vec::new();
+    for name in &names {
+        let live = match control::call(
+            state_dir,
+            &Request::Live {
+                service: name.clone(),
+            },
+            |_| {},
+        )
+        .await
+        {
+            Ok((0, v, _)) => Some(v),
+            _ => None,
+        };
+        out.push(service_status(&ledger, name, live.as_ref())?);
+    }
+    if json {
+        match service {
+            Some(_) => print_json(&out[0]),
+            None => print_json(&out),
+        }
+        return Ok(0);
+    }
+    if out.is_empty() {
+        println!("no services yet: deploy one with `ripcord deploy SERVICE VERSION`");
+    }
+    for s in &out {
+        print_status(s);
+    }
+    Ok(0)
+}
+
+fn print_status(s: &Value) {
+    let name = s["service"].as_str().unwrap_or("?");
+    let state = s["state"].as_str().unwrap_or("?");
+    println!("{name}: {state}");
+    match s["active"].as_object() {
+        Some(a) => println!(
+            "  active    {} (#{}) in slot {} since {}",
+            a["version"].as_str().unwrap_or("?"),
+            a["release"],
+            a["slot"].as_str().unwrap_or("-"),
+            a["since_ms"].as_i64().map(format_utc).unwrap_or_default()
+        ),
+        None => println!("  active    none"),
+    }
+    if let Some(p) = s["previous"].as_object() {
+        let warm = match p["warm_until_ms"].as_i64() {
+            Some(t) => format!("warm until {}", format_utc(t)),
+            None if p["warm"].as_bool() == Some(true) => "warm".to_string(),
+            None => "cold: a rollback starts it first".to_string(),
+        };
+        println!(
+            "  previous  {} (#{}), {warm}",
+            p["version"].as_str().unwrap_or("?"),
+            p["release"]
+        );
+    }
+    if let Some(op) = s["operation"].as_object() {
+        println!(
+            "  running   {} #{} at step {}",
+            op["kind"].as_str().unwrap_or("?"),
+            op["id"],
+            op["step"].as_str().unwrap_or("?")
+        );
+    }
+    match s["watcher"]["holder"].as_str() {
+        Some(h) => println!("  watcher   {h}"),
+        None => println!("  watcher   not running: start `ripcord watch`"),
+    }
+    if let Some(p) = s["live"]["proxy"].as_object() {
+        println!(
+            "  proxy     {} served {} requests ({} upstream errors)",
+            p["listen"].as_str().unwrap_or("?"),
+            p["requests"],
+            p["upstream_errors"]
+        );
+    }
+}

@@ -1,0 +1,982 @@
+//! Executors: the only code that changes infrastructure. A [`ServiceExec`] owns one
+//! service's blue-green slots (runtime `process`) and its proxy (router `proxy`), and
+//! runs deploys and rollbacks as persisted state machines: every step is written to the
+//! ledger before it runs, and the outcome after.
+//!
+//! One operation per service at a time: the ledger lease excludes other processes, an
+//! async mutex excludes other tasks of this one. The slot table is behind a plain mutex
+//! that is never held across an await, so status reads never wait on an operation.
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::clock::now_ms;
+use crate::config::{ServiceConfig, Slot};
+use crate::http::HttpClient;
+use crate::ledger::{
+    Ledger, LedgerError, NewEvent, OperationKind, Release, ReleaseSpec, ReleaseStatus, SlotRecord,
+};
+use crate::proxy::{Proxy, Target};
+use crate::verify::{self, VerifyReport};
+use process::{RunningProcess, StartSpec};
+
+/// The ledger, shared by the tasks of one process. Never held across an await.
+pub type SharedLedger = Arc<Mutex<Ledger>>;
+
+/// Where an operation reports its progress for people (a CLI waiting on the socket).
+pub type Progress = Option<mpsc::UnboundedSender<String>>;
+
+/// How long a release rolled away from keeps serving the requests it already has.
+pub const ROLLBACK_DRAIN: Duration = Duration::from_secs(5);
+
+/// Why an operation did not succeed; each maps to a documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// Refused by a guard (busy service, bad release): exit 3.
+    #[error("{0}")]
+    Refused(String),
+    /// Verification failed: exit 4.
+    #[error("{message}")]
+    VerifyFailed {
+        message: String,
+        report: VerifyReport,
+    },
+    /// A usage problem (no command to run): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else: exit 1.
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl ExecError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExecError::Refused(_) => 3,
+            ExecError::VerifyFailed { .. } => 4,
+            ExecError::Usage(_) => 2,
+            ExecError::Failed(_) => 1,
+            ExecError::Ledger(LedgerError::Busy { .. }) => 3,
+            ExecError::Ledger(_) => 1,
+        }
+    }
+}
+
+pub struct DeployRequest {
+    pub version: String,
+    /// The argv for this release; else the recorded one, else the config's `command`.
+    pub argv: Option<Vec<String>>,
+    pub cwd: Option<PathBuf>,
+    pub force: bool,
+    pub reason: Option<String>,
+}
+
+pub struct RollbackRequest {
+    /// A version, or a release id as `#ID` or `ID`.
+    pub to: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// What a finished operation reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub service: String,
+    pub operation: i64,
+    pub kind: &'static str,
+    pub active: ReleaseRef,
+    pub from: Option<ReleaseRef>,
+    /// Whether a rollback found its target warm (a traffic switch only).
+    pub warm: Option<bool>,
+    /// From the start of the operation until traffic was on the new release.
+    pub switch_ms: u64,
+    pub total_ms: u64,
+    pub verify: VerifyReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseRef {
+    pub release: i64,
+    pub version: String,
+    pub slot: Option<Slot>,
+}
+
+/// A release running in a slot.
+#[derive(Clone)]
+pub struct SlotProc {
+    pub release: Release,
+    pub proc: Arc<RunningProcess>,
+    /// Set on a release that no longer gets traffic: it is stopped once this passes.
+    pub warm_until_ms: Option<i64>,
+}
+
+pub struct ServiceExec {
+    pub cfg: ServiceConfig,
+    pub proxy: Proxy,
+    ledger: SharedLedger,
+    state_dir: PathBuf,
+    slots: Mutex<BTreeMap<Slot, SlotProc>>,
+    op: tokio::sync::Mutex<()>,
+    http: HttpClient,
+}
+
+impl ServiceExec {
+    pub fn new(cfg: ServiceConfig, proxy: Proxy, ledger: SharedLedger, state_dir: &Path) -> Self {
+        ServiceExec {
+            cfg,
+            proxy,
+            ledger,
+            state_dir: state_dir.to_path_buf(),
+            slots: Mutex::new(BTreeMap::new()),
+            op: tokio::sync::Mutex::new(()),
+            http: HttpClient::default(),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of what runs in each slot right now.
+    pub fn slots(&self) -> BTreeMap<Slot, SlotProc> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_slot(&self, slot: Slot, sp: Option<SlotProc>) -> Result<(), LedgerError> {
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            match &sp {
+                Some(sp) => slots.insert(slot, sp.clone()),
+                None => slots.remove(&slot),
+            };
+        }
+        let mut ledger = self.ledger();
+        match sp {
+            Some(sp) => ledger.set_slot(&SlotRecord {
+                service: self.name().to_string(),
+                slot,
+                release_id: Some(sp.release.id),
+                pid: Some(sp.proc.pid as i64),
+                pid_start: sp.proc.pid_start,
+                started_at_ms: Some(now_ms()),
+                warm_until_ms: sp.warm_until_ms,
+            }),
+            None => ledger.clear_slot(self.name(), slot),
+        }
+    }
+
+    fn event(&self, release: Option<i64>, op: Option<i64>, kind: &str, message: String) {
+        tracing::info!(service = %self.name(), kind, "{message}");
+        let result = self.ledger().event(
+            self.name(),
+            NewEvent {
+                release_id: release,
+                operation_id: op,
+                kind,
+                message,
+                data: None,
+            },
+        );
+        if let Err(e) = result {
+            tracing::error!(service = %self.name(), error = %e, "cannot write event to the ledger");
+        }
+    }
+
+    /// Runs `f` holding this service's lease and operation lock.
+    async fn exclusive<T, F>(&self, holder: String, f: F) -> Result<T, ExecError>
+    where
+        F: AsyncFnOnce() -> Result<T, ExecError>,
+    {
+        let Ok(_guard) = self.op.try_lock() else {
+            let holder = self
+                .ledger()
+                .lease_holder(self.name())?
+                .unwrap_or_else(|| "another operation of this watcher".to_string());
+            return Err(ExecError::Refused(format!(
+                "service `{}` is busy: {holder} is running; wait for it to finish (see `ripcord status {}`)",
+                self.name(),
+                self.name()
+            )));
+        };
+        let ttl = Duration::from_secs(
+            self.cfg.start_timeout_secs
+                + self.cfg.verify_deadline_secs
+                + 2 * self.cfg.stop_timeout_secs
+                + 60,
+        );
+        let lease = self.ledger().acquire_lease(self.name(), &holder, ttl)?;
+        let result = f().await;
+        if let Err(e) = self.ledger().release_lease(&lease) {
+            tracing::error!(service = %self.name(), error = %e, "cannot release the lease");
+        }
+        result
+    }
+
+    // ---- deploy -------------------------------------------------------------------
+
+    pub async fn deploy(
+        &self,
+        req: DeployRequest,
+        progress: Progress,
+    ) -> Result<Outcome, ExecError> {
+        let existing = self.ledger().find_release(self.name(), &req.version)?;
+        if let Some(r) = &existing {
+            if r.status == ReleaseStatus::Bad && !req.force {
+                return Err(ExecError::Refused(format!(
+                    "{} {} is marked bad ({}): deploying it again needs --force --reason TEXT",
+                    self.name(),
+                    r.version,
+                    r.status_reason.as_deref().unwrap_or("no reason recorded")
+                )));
+            }
+            if r.status == ReleaseStatus::Active {
+                return Err(ExecError::Failed(format!(
+                    "{} {} is already active: deploy a new version, or roll back with `ripcord rollback {}`",
+                    self.name(),
+                    r.version,
+                    self.name()
+                )));
+            }
+        }
+        if req.force && req.reason.is_none() {
+            return Err(ExecError::Usage(
+                "--force needs --reason TEXT: the ledger keeps why".into(),
+            ));
+        }
+        let argv = req
+            .argv
+            .clone()
+            .or_else(|| existing.as_ref().map(|r| r.spec.argv.clone()))
+            .or_else(|| self.cfg.command.clone())
+            .ok_or_else(|| {
+                ExecError::Usage(format!(
+                    "no command for {} {}: pass it after `--` (ripcord deploy {} {} -- PROGRAM ARGS...) \
+                     or set `command` in [service.{}]",
+                    self.name(),
+                    req.version,
+                    self.name(),
+                    req.version,
+                    self.name()
+                ))
+            })?;
+        let holder = format!(
+            "`ripcord deploy {} {}` (watcher pid {})",
+            self.name(),
+            req.version,
+            std::process::id()
+        );
+        self.exclusive(holder, async || {
+            self.deploy_locked(req, argv, progress).await
+        })
+        .await
+    }
+
+    async fn deploy_locked(
+        &self,
+        req: DeployRequest,
+        argv: Vec<String>,
+        progress: Progress,
+    ) -> Result<Outcome, ExecError> {
+        let start = Instant::now();
+        let spec = ReleaseSpec {
+            argv,
+            cwd: req.cwd.clone(),
+        };
+        let snapshot = serde_json::to_value(&self.cfg).unwrap_or_default();
+        let (release, from, op) = {
+            let mut ledger = self.ledger();
+            let release = ledger.record_release(self.name(), &req.version, &spec, &snapshot)?;
+            let from = ledger.active_release(self.name())?;
+            let op = ledger.begin_operation(
+                self.name(),
+                OperationKind::Deploy,
+                from.as_ref().map(|r| r.id),
+                Some(release.id),
+                req.reason.as_deref(),
+            )?;
+            (release, from, op)
+        };
+        let active_slot = self.proxy.target().map(|t| t.slot);
+        let slot = active_slot.map_or(Slot::Blue, Slot::other);
+        say(
+            &progress,
+            format!(
+                "deploying {} {} to slot {slot}",
+                self.name(),
+                release.version
+            ),
+        );
+        let result = self
+            .deploy_steps(op, &release, from.as_ref(), slot, start, &progress)
+            .await;
+        match &result {
+            Ok(_) => self.ledger().finish_operation(op, "succeeded", None)?,
+            Err(e) => self
+                .ledger()
+                .finish_operation(op, "failed", Some(&e.to_string()))?,
+        }
+        result
+    }
+
+    async fn deploy_steps(
+        &self,
+        op: i64,
+        release: &Release,
+        from: Option<&Release>,
+        slot: Slot,
+        start: Instant,
+        progress: &Progress,
+    ) -> Result<Outcome, ExecError> {
+        self.start_healthy(op, release, slot, progress)
+            .await
+            .inspect_err(|e| {
+                if let Err(le) = self.ledger().mark_bad(release.id, &e.to_string()) {
+                    tracing::error!(error = %le, "cannot mark the release bad");
+                }
+            })?;
+        let old = self.switch_to(op, release, slot)?;
+        self.ledger().promote(self.name(), release.id)?;
+        let switch_ms = start.elapsed().as_millis() as u64;
+        say(
+            progress,
+            format!(
+                "traffic is on {} (slot {slot}) after {switch_ms} ms",
+                release.version
+            ),
+        );
+        // The previous release stays warm for the bake period: a rollback is a switch.
+        if let Some(old) = &old {
+            self.keep_warm(old.slot, Duration::from_secs(self.cfg.bake_secs))?;
+        }
+        self.ledger()
+            .step(op, "verifying", format!("verifying {}", release.version))?;
+        let report = verify::run(
+            &self.cfg.verify,
+            Duration::from_secs(self.cfg.verify_deadline_secs),
+            &release.version,
+        )
+        .await;
+        say(
+            progress,
+            format!("verification:\n{}", report.render().trim_end()),
+        );
+        if !report.ok {
+            return Err(self
+                .verify_failed_after_deploy(op, release, from, old, report)
+                .await);
+        }
+        Ok(Outcome {
+            service: self.name().to_string(),
+            operation: op,
+            kind: "deploy",
+            active: release_ref(release, Some(slot)),
+            from: from.map(|f| release_ref(f, old.as_ref().map(|o| o.slot))),
+            warm: None,
+            switch_ms,
+            total_ms: start.elapsed().as_millis() as u64,
+            verify: report,
+        })
+    }
+
+    /// A deploy whose verification failed goes back to the release before it, when that
+    /// one is still warm; the new release is marked bad either way.
+    async fn verify_failed_after_deploy(
+        &self,
+        op: i64,
+        release: &Release,
+        from: Option<&Release>,
+        old: Option<Arc<Target>>,
+        report: VerifyReport,
+    ) -> ExecError {
+        let reason = format!(
+            "verification failed: {}",
+            report
+                .failures()
+                .iter()
+                .map(|c| format!("{} ({})", c.name, c.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let back = match (from, old) {
+            (Some(from), Some(old)) if self.slot_alive(old.slot, from.id) => {
+                self.proxy.switch(Some((*old).clone()));
+                let new_slot = old.slot.other();
+                let result =
+                    self.ledger()
+                        .rolled_back(self.name(), Some(release.id), from.id, &reason);
+                if let Err(e) = result {
+                    return e.into();
+                }
+                self.clear_warm(old.slot);
+                self.stop_slot(new_slot, Some(op)).await;
+                format!("; traffic is back on {}", from.version)
+            }
+            _ => {
+                let _ = self.ledger().mark_bad(release.id, &reason);
+                "; there is no warm previous release to go back to, so it keeps serving".to_string()
+            }
+        };
+        ExecError::VerifyFailed {
+            message: format!("{} {}: {reason}{back}", self.name(), release.version),
+            report,
+        }
+    }
+
+    // ---- rollback -----------------------------------------------------------------
+
+    pub async fn rollback(
+        &self,
+        req: RollbackRequest,
+        progress: Progress,
+    ) -> Result<Outcome, ExecError> {
+        let (target, active) = {
+            let ledger = self.ledger();
+            let active = ledger.active_release(self.name())?;
+            let target = match &req.to {
+                Some(to) => find_release(&ledger, self.name(), to)?,
+                None => ledger.previous_good(self.name())?.ok_or_else(|| {
+                    ExecError::Failed(format!(
+                        "no previous release of {} to roll back to: the ledger has no release that served before {}",
+                        self.name(),
+                        active.as_ref().map_or("now".to_string(), |a| a.version.clone())
+                    ))
+                })?,
+            };
+            (target, active)
+        };
+        if target.status == ReleaseStatus::Bad {
+            return Err(ExecError::Refused(format!(
+                "{} {} is marked bad ({}): ripcord does not roll back to a bad release",
+                self.name(),
+                target.version,
+                target
+                    .status_reason
+                    .as_deref()
+                    .unwrap_or("no reason recorded")
+            )));
+        }
+        if active.as_ref().is_some_and(|a| a.id == target.id) {
+            return Err(ExecError::Failed(format!(
+                "{} {} is already active",
+                self.name(),
+                target.version
+            )));
+        }
+        let holder = format!(
+            "`ripcord rollback {}` to {} (watcher pid {})",
+            self.name(),
+            target.version,
+            std::process::id()
+        );
+        let reason = req.reason.unwrap_or_else(|| "manual rollback".to_string());
+        self.exclusive(holder, async || {
+            self.rollback_locked(target, active, reason, progress).await
+        })
+        .await
+    }
+
+    async fn rollback_locked(
+        &self,
+        target: Release,
+        from: Option<Release>,
+        reason: String,
+        progress: Progress,
+    ) -> Result<Outcome, ExecError> {
+        let start = Instant::now();
+        let op = self.ledger().begin_operation(
+            self.name(),
+            OperationKind::Rollback,
+            from.as_ref().map(|r| r.id),
+            Some(target.id),
+            Some(&reason),
+        )?;
+        let result = self
+            .rollback_steps(op, &target, from.as_ref(), &reason, start, &progress)
+            .await;
+        match &result {
+            Ok(_) => self.ledger().finish_operation(op, "succeeded", None)?,
+            Err(e) => self
+                .ledger()
+                .finish_operation(op, "failed", Some(&e.to_string()))?,
+        }
+        result
+    }
+
+    async fn rollback_steps(
+        &self,
+        op: i64,
+        target: &Release,
+        from: Option<&Release>,
+        reason: &str,
+        start: Instant,
+        progress: &Progress,
+    ) -> Result<Outcome, ExecError> {
+        let warm_slot = self
+            .slots()
+            .iter()
+            .find(|(_, sp)| sp.release.id == target.id && sp.proc.exited().is_none())
+            .map(|(slot, _)| *slot);
+        let warm = match warm_slot {
+            Some(slot) => self.probe(slot).await.is_ok(),
+            None => false,
+        };
+        let slot = match (warm, warm_slot) {
+            (true, Some(slot)) => {
+                say(
+                    progress,
+                    format!(
+                        "{} is warm in slot {slot}: switching traffic",
+                        target.version
+                    ),
+                );
+                slot
+            }
+            _ => {
+                let slot = self.proxy.target().map_or(Slot::Blue, |t| t.slot.other());
+                say(
+                    progress,
+                    format!(
+                        "{} is not running: starting it in slot {slot}",
+                        target.version
+                    ),
+                );
+                self.start_healthy(op, target, slot, progress).await?;
+                slot
+            }
+        };
+        let old = self.switch_to(op, target, slot)?;
+        self.ledger()
+            .rolled_back(self.name(), from.map(|f| f.id), target.id, reason)?;
+        let switch_ms = start.elapsed().as_millis() as u64;
+        self.clear_warm(slot);
+        say(
+            progress,
+            format!(
+                "traffic is on {} (slot {slot}) after {switch_ms} ms",
+                target.version
+            ),
+        );
+        // The release rolled away from finishes what it has in flight, then stops.
+        if let Some(old) = &old {
+            self.keep_warm(old.slot, ROLLBACK_DRAIN)?;
+        }
+        self.ledger()
+            .step(op, "verifying", format!("verifying {}", target.version))?;
+        let report = verify::run(
+            &self.cfg.verify,
+            Duration::from_secs(self.cfg.verify_deadline_secs),
+            &target.version,
+        )
+        .await;
+        say(
+            progress,
+            format!("verification:\n{}", report.render().trim_end()),
+        );
+        if !report.ok {
+            return Err(ExecError::VerifyFailed {
+                message: format!(
+                    "{} rolled back to {}, but verification failed",
+                    self.name(),
+                    target.version
+                ),
+                report,
+            });
+        }
+        Ok(Outcome {
+            service: self.name().to_string(),
+            operation: op,
+            kind: "rollback",
+            active: release_ref(target, Some(slot)),
+            from: from.map(|f| release_ref(f, old.as_ref().map(|o| o.slot))),
+            warm: Some(warm),
+            switch_ms,
+            total_ms: start.elapsed().as_millis() as u64,
+            verify: report,
+        })
+    }
+
+    // ---- steps shared by deploy and rollback --------------------------------------
+
+    /// Starts `release` in `slot` (stopping whatever was there) and waits until it is
+    /// healthy. On failure the new process is stopped and the error carries its last
+    /// log lines.
+    async fn start_healthy(
+        &self,
+        op: i64,
+        release: &Release,
+        slot: Slot,
+        progress: &Progress,
+    ) -> Result<(), ExecError> {
+        if self.slots().contains_key(&slot) {
+            self.ledger().step(
+                op,
+                "freeing_slot",
+                format!("stopping what runs in slot {slot} to make room"),
+            )?;
+            self.stop_slot(slot, Some(op)).await;
+        }
+        let addr = self.cfg.slots.addr(slot);
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(ExecError::Failed(format!(
+                "slot {slot} ({addr}) is not free: {e}; another program holds the port, stop it \
+                 or change `slots` in the config"
+            )));
+        }
+        self.ledger().step(
+            op,
+            "starting",
+            format!("starting {} in slot {slot} ({addr})", release.version),
+        )?;
+        let log_path = self.log_path(release, slot);
+        let spec = StartSpec {
+            service: self.name().to_string(),
+            release_id: release.id,
+            version: release.version.clone(),
+            slot,
+            addr,
+            argv: release.spec.argv.clone(),
+            cwd: release.spec.cwd.clone(),
+            env: self.cfg.env.clone(),
+            log_path: log_path.clone(),
+        };
+        let proc = Arc::new(process::start(&spec).map_err(|e| ExecError::Failed(e.to_string()))?);
+        self.set_slot(
+            slot,
+            Some(SlotProc {
+                release: release.clone(),
+                proc: proc.clone(),
+                warm_until_ms: None,
+            }),
+        )?;
+        self.ledger().step(
+            op,
+            "health_wait",
+            format!(
+                "waiting up to {}s for {} to answer {}",
+                self.cfg.start_timeout_secs,
+                release.version,
+                self.cfg.health_url(slot)
+            ),
+        )?;
+        say(
+            progress,
+            format!("waiting for {} to become healthy", release.version),
+        );
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let t0 = Instant::now();
+        match self.wait_healthy(slot, &proc, deadline).await {
+            Ok(()) => {
+                self.event(
+                    Some(release.id),
+                    Some(op),
+                    "healthy",
+                    format!(
+                        "{} is healthy in slot {slot} after {} ms",
+                        release.version,
+                        t0.elapsed().as_millis()
+                    ),
+                );
+                Ok(())
+            }
+            Err(why) => {
+                self.stop_slot(slot, Some(op)).await;
+                let tail = process::tail_lines(&log_path, 10);
+                let mut msg = format!(
+                    "{} {} never became healthy, so it got no traffic: {why}",
+                    self.name(),
+                    release.version
+                );
+                if tail.is_empty() {
+                    msg.push_str(&format!("\n(its log {} is empty)", log_path.display()));
+                } else {
+                    msg.push_str(&format!("\nlast lines of {}:", log_path.display()));
+                    for line in tail {
+                        msg.push_str(&format!("\n  | {line}"));
+                    }
+                }
+                Err(ExecError::Failed(msg))
+            }
+        }
+    }
+
+    async fn wait_healthy(
+        &self,
+        slot: Slot,
+        proc: &RunningProcess,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        loop {
+            if let Some(status) = proc.exited() {
+                return Err(format!("it exited ({status}) before it became healthy"));
+            }
+            match self.probe(slot).await {
+                Ok(()) => {
+                    // A foreign listener could answer on a port we failed to bind:
+                    // healthy only counts while our process is alive.
+                    if let Some(status) = proc.exited() {
+                        return Err(format!("it exited ({status}) before it became healthy"));
+                    }
+                    return Ok(());
+                }
+                Err(last) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "not healthy after {}s; last probe: {last}",
+                        self.cfg.start_timeout_secs
+                    ));
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One health probe of a slot.
+    pub async fn probe(&self, slot: Slot) -> Result<(), String> {
+        let url = self.cfg.health_url(slot);
+        match self.http.get(&url, Duration::from_secs(1)).await {
+            Ok(r) if (200..300).contains(&r.status) => Ok(()),
+            Ok(r) => Err(format!("{url} answered {}", r.status)),
+            Err(e) => Err(format!("{url}: {e}")),
+        }
+    }
+
+    /// Points the proxy at `release` in `slot`; returns the target it replaced.
+    fn switch_to(
+        &self,
+        op: i64,
+        release: &Release,
+        slot: Slot,
+    ) -> Result<Option<Arc<Target>>, ExecError> {
+        self.ledger().step(
+            op,
+            "switching",
+            format!("switching traffic to {} in slot {slot}", release.version),
+        )?;
+        let old = self.proxy.switch(Some(Target {
+            slot,
+            addr: self.cfg.slots.addr(slot),
+            release_id: release.id,
+            version: release.version.clone(),
+        }));
+        self.event(
+            Some(release.id),
+            Some(op),
+            "traffic_switched",
+            format!(
+                "traffic switched to {} in slot {slot}{}",
+                release.version,
+                old.as_ref()
+                    .map(|o| format!(" (from {} in slot {})", o.version, o.slot))
+                    .unwrap_or_default()
+            ),
+        );
+        Ok(old.filter(|o| o.slot != slot))
+    }
+
+    fn keep_warm(&self, slot: Slot, how_long: Duration) -> Result<(), LedgerError> {
+        let Some(mut sp) = self.slots().remove(&slot) else {
+            return Ok(());
+        };
+        sp.warm_until_ms = Some(now_ms() + how_long.as_millis() as i64);
+        self.set_slot(slot, Some(sp))
+    }
+
+    fn clear_warm(&self, slot: Slot) {
+        if let Some(mut sp) = self.slots().remove(&slot) {
+            sp.warm_until_ms = None;
+            let _ = self.set_slot(slot, Some(sp));
+        }
+    }
+
+    fn slot_alive(&self, slot: Slot, release: i64) -> bool {
+        self.slots()
+            .get(&slot)
+            .is_some_and(|sp| sp.release.id == release && sp.proc.exited().is_none())
+    }
+
+    /// Stops what runs in `slot` and forgets it.
+    async fn stop_slot(&self, slot: Slot, op: Option<i64>) {
+        let Some(sp) = self.slots().remove(&slot) else {
+            return;
+        };
+        let outcome = sp
+            .proc
+            .stop(Duration::from_secs(self.cfg.stop_timeout_secs))
+            .await;
+        if let Err(e) = self.set_slot(slot, None) {
+            tracing::error!(error = %e, "cannot clear the slot in the ledger");
+        }
+        let how = match outcome {
+            process::StopOutcome::AlreadyExited => "had already exited",
+            process::StopOutcome::Terminated => "stopped",
+            process::StopOutcome::Killed => "killed after the stop timeout",
+        };
+        self.event(
+            Some(sp.release.id),
+            op,
+            "release_stopped",
+            format!("{} in slot {slot} {how}", sp.release.version),
+        );
+    }
+
+    fn log_path(&self, release: &Release, slot: Slot) -> PathBuf {
+        self.state_dir
+            .join("logs")
+            .join(self.name())
+            .join(format!("{}-{slot}.log", sanitize(&release.version)))
+    }
+
+    // ---- the watcher's housekeeping -----------------------------------------------
+
+    /// Stops warm releases whose bake (or drain) time is over. Skipped while an
+    /// operation runs: it will decide what to keep.
+    pub async fn bake_tick(&self) {
+        let Ok(_guard) = self.op.try_lock() else {
+            return;
+        };
+        let now = now_ms();
+        let active = self.proxy.target().map(|t| t.slot);
+        let expired: Vec<(Slot, SlotProc)> = self
+            .slots()
+            .into_iter()
+            .filter(|(slot, sp)| {
+                Some(*slot) != active && sp.warm_until_ms.is_some_and(|t| t <= now)
+            })
+            .collect();
+        for (slot, sp) in expired {
+            self.event(
+                Some(sp.release.id),
+                None,
+                "bake_ended",
+                format!(
+                    "{} in slot {slot} is no longer kept warm: stopping it",
+                    sp.release.version
+                ),
+            );
+            self.stop_slot(slot, None).await;
+        }
+    }
+
+    /// After a watcher (re)start: kill what an earlier watcher left running, then bring
+    /// the active release back up in its slot and point the proxy at it.
+    pub async fn reconcile(&self) -> Result<Option<Release>, ExecError> {
+        let holder = format!("watcher reconcile (pid {})", std::process::id());
+        self.exclusive(holder, async || {
+            let records = self.ledger().slots(self.name())?;
+            let mut active_slot = None;
+            let active = self.ledger().active_release(self.name())?;
+            for rec in records {
+                if rec.release_id.is_some() && rec.release_id == active.as_ref().map(|a| a.id) {
+                    active_slot = Some(rec.slot);
+                }
+                if let Some(pid) = rec.pid {
+                    let start = rec.pid_start;
+                    let killed =
+                        tokio::task::spawn_blocking(move || process::kill_orphan(pid, start))
+                            .await
+                            .unwrap_or(false);
+                    if killed {
+                        self.event(
+                            rec.release_id,
+                            None,
+                            "orphan_stopped",
+                            format!(
+                                "stopped pid {pid} in slot {} left by an earlier watcher",
+                                rec.slot
+                            ),
+                        );
+                    }
+                }
+                self.ledger().clear_slot(self.name(), rec.slot)?;
+            }
+            let Some(active) = active else {
+                return Ok(None);
+            };
+            let slot = active_slot.unwrap_or(Slot::Blue);
+            let op = self.ledger().begin_operation(
+                self.name(),
+                OperationKind::Deploy,
+                Some(active.id),
+                Some(active.id),
+                Some("watcher restart: bring the active release back up"),
+            )?;
+            let result = self.start_healthy(op, &active, slot, &None).await;
+            match result {
+                Ok(()) => {
+                    self.switch_to(op, &active, slot)?;
+                    self.ledger().finish_operation(op, "succeeded", None)?;
+                    Ok(Some(active))
+                }
+                Err(e) => {
+                    self.ledger()
+                        .finish_operation(op, "failed", Some(&e.to_string()))?;
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Stops every release of this service (watcher shutdown).
+    pub async fn stop_all(&self) {
+        let slots: Vec<Slot> = self.slots().into_keys().collect();
+        for slot in slots {
+            self.stop_slot(slot, None).await;
+        }
+    }
+}
+
+fn say(progress: &Progress, message: String) {
+    if let Some(tx) = progress {
+        let _ = tx.send(message);
+    }
+}
+
+fn release_ref(r: &Release, slot: Option<Slot>) -> ReleaseRef {
+    ReleaseRef {
+        release: r.id,
+        version: r.version.clone(),
+        slot,
+    }
+}
+
+/// Finds a release by version, or by id written `#ID`.
+pub fn find_release(ledger: &Ledger, service: &str, to: &str) -> Result<Release, ExecError> {
+    if let Some(r) = ledger.find_release(service, to)? {
+        return Ok(r);
+    }
+    if let Some(id) = to.strip_prefix('#').and_then(|s| s.parse::<i64>().ok())
+        && let Ok(r) = ledger.release(id)
+        && r.service == service
+    {
+        return Ok(r);
+    }
+    Err(ExecError::Failed(format!(
+        "{service} has no release `{to}`: see `ripcord releases {service}`"
+    )))
+}
+
+/// A version made safe to use in a file name.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

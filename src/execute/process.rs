@@ -1,0 +1,316 @@
+//! Runtime `process`: a release is a child process started from an argument vector
+//! (never a shell string) with `{port}` and `{version}` substituted, in its own process
+//! group, its stdout and stderr appended to a log file under the state dir.
+//!
+//! Stopping sends SIGTERM to the whole group, waits, then SIGKILL. A process left behind
+//! by a crashed watcher is recognised by its pid *and* its start time before it is
+//! killed, so a recycled pid is never touched.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::config::Slot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot open log file {}: {source}", path.display())]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StartSpec {
+    pub service: String,
+    pub release_id: i64,
+    pub version: String,
+    pub slot: Slot,
+    pub addr: SocketAddr,
+    /// The argv template as recorded in the ledger.
+    pub argv: Vec<String>,
+    /// Where relative program paths are resolved and the process runs.
+    pub cwd: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub log_path: PathBuf,
+}
+
+/// A started release. Its exit is observed by a task; `exited()` reports it.
+#[derive(Debug)]
+pub struct RunningProcess {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (from /proc), recorded for reconciliation.
+    pub pid_start: Option<u64>,
+    pub log_path: PathBuf,
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+/// `{port}` and `{version}` in every argument.
+pub fn substitute(argv: &[String], port: u16, version: &str) -> Vec<String> {
+    argv.iter()
+        .map(|a| {
+            a.replace("{port}", &port.to_string())
+                .replace("{version}", version)
+        })
+        .collect()
+}
+
+/// Starts a release and returns once the process exists (not once it is healthy).
+pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
+    let argv = substitute(&spec.argv, spec.addr.port(), &spec.version);
+    let mut program = PathBuf::from(&argv[0]);
+    // A relative path with a slash means "relative to where the deploy ran", not to the
+    // watcher's directory.
+    if let Some(cwd) = &spec.cwd
+        && program.is_relative()
+        && argv[0].contains('/')
+    {
+        program = cwd.join(program);
+    }
+    if let Some(dir) = spec.log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| ProcessError::Log {
+            path: spec.log_path.clone(),
+            source,
+        })?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .map_err(|source| ProcessError::Log {
+            path: spec.log_path.clone(),
+            source,
+        })?;
+    let log_err = log.try_clone().map_err(|source| ProcessError::Log {
+        path: spec.log_path.clone(),
+        source,
+    })?;
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&argv[1..])
+        .envs(&spec.env)
+        .env("PORT", spec.addr.port().to_string())
+        .env("RIPCORD_SERVICE", &spec.service)
+        .env("RIPCORD_VERSION", &spec.version)
+        .env("RIPCORD_SLOT", spec.slot.as_str())
+        .env("RIPCORD_RELEASE_ID", spec.release_id.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        // Its own group, so a stop reaches everything the release started, and a Ctrl-C
+        // in the watcher's terminal does not kill releases behind its back.
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
+    let pid = child.id().expect("a just-spawned child has a pid");
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        if let Ok(status) = child.wait().await {
+            let _ = tx.send(Some(status));
+        }
+    });
+    Ok(RunningProcess {
+        pid,
+        pid_start: process_start_ticks(pid as i64),
+        log_path: spec.log_path.clone(),
+        exit: rx,
+    })
+}
+
+impl RunningProcess {
+    /// The exit status, once the process has exited.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(&self) -> Option<ExitStatus> {
+        let mut rx = self.exit.clone();
+        rx.wait_for(|s| s.is_some()).await.ok().and_then(|s| *s)
+    }
+
+    /// SIGTERM to the group; SIGKILL after `timeout`. Returns how it ended.
+    pub async fn stop(&self, timeout: Duration) -> StopOutcome {
+        if self.exited().is_some() {
+            return StopOutcome::AlreadyExited;
+        }
+        let group = Pid::from_raw(self.pid as i32);
+        let _ = killpg(group, Signal::SIGTERM);
+        if tokio::time::timeout(timeout, self.wait()).await.is_ok() {
+            return StopOutcome::Terminated;
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+        StopOutcome::Killed
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    AlreadyExited,
+    Terminated,
+    Killed,
+}
+
+/// Kills a process group left behind by an earlier watcher, if `pid` still is that
+/// process (same start time). Returns whether something was killed.
+pub fn kill_orphan(pid: i64, pid_start: Option<u64>) -> bool {
+    if pid <= 0 || process_start_ticks(pid).is_none() || process_start_ticks(pid) != pid_start {
+        return false;
+    }
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    for _ in 0..50 {
+        if process_start_ticks(pid) != pid_start {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    true
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+pub fn process_start_ticks(pid: i64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); a zombie has exited already.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
+}
+
+/// The last `n` lines of a log file (reads only its tail).
+pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, argv: &[&str]) -> StartSpec {
+        StartSpec {
+            service: "web".into(),
+            release_id: 1,
+            version: "v1".into(),
+            slot: Slot::Blue,
+            addr: "127.0.0.1:9".parse().unwrap(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            cwd: None,
+            env: BTreeMap::from([("EXTRA".to_string(), "yes".to_string())]),
+            log_path: dir.join("logs/web/v1.log"),
+        }
+    }
+
+    #[test]
+    fn substitutes_port_and_version_per_argument() {
+        let argv = vec![
+            "app".into(),
+            "--listen=127.0.0.1:{port}".into(),
+            "{version}".into(),
+        ];
+        assert_eq!(
+            substitute(&argv, 8081, "v2"),
+            ["app", "--listen=127.0.0.1:8081", "v2"]
+        );
+        // A shell metacharacter stays one literal argument.
+        let argv = vec!["echo".into(), "$(rm -rf /); {version}".into()];
+        assert_eq!(substitute(&argv, 1, "x")[1], "$(rm -rf /); x");
+    }
+
+    #[tokio::test]
+    async fn output_goes_to_the_log_and_exit_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(
+            dir.path(),
+            &[
+                "sh",
+                "-c",
+                "echo out $PORT $RIPCORD_VERSION $EXTRA; echo err >&2; exit 3",
+                "{port}",
+            ],
+        );
+        let p = start(&s).unwrap();
+        let status = p.wait().await.unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(tail_lines(&s.log_path, 10), ["out 9 v1 yes", "err"]);
+        assert_eq!(
+            p.stop(Duration::from_secs(1)).await,
+            StopOutcome::AlreadyExited
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_terminates_then_kills_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = start(&spec(dir.path(), &["sleep", "30"])).unwrap();
+        assert!(p.pid_start.is_some());
+        assert_eq!(
+            p.stop(Duration::from_secs(5)).await,
+            StopOutcome::Terminated
+        );
+        // A process that ignores SIGTERM is killed after the timeout.
+        let p = start(&spec(
+            dir.path(),
+            &["sh", "-c", "trap '' TERM; sleep 30 & wait"],
+        ))
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            p.stop(Duration::from_millis(300)).await,
+            StopOutcome::Killed
+        );
+        assert!(p.exited().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = start(&spec(dir.path(), &["/nonexistent/app"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot start `/nonexistent/app`"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn orphans_are_killed_only_when_start_time_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = start(&spec(dir.path(), &["sleep", "30"])).unwrap();
+        let pid = p.pid as i64;
+        assert!(!kill_orphan(pid, p.pid_start.map(|s| s + 1)));
+        assert!(p.exited().is_none());
+        assert!(kill_orphan(pid, p.pid_start));
+        assert!(p.wait().await.is_some());
+    }
+}

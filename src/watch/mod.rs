@@ -1,0 +1,455 @@
+//! `ripcord watch`: the daemon. It owns every service's proxy and release processes,
+//! serves the control socket that `deploy`, `rollback` and `status` use, stops warm
+//! releases when their bake time is over, and on start reconciles with the ledger (kills
+//! what a crashed watcher left behind, brings each active release back up).
+//!
+//! At most one watcher runs per state dir (a ledger lease). On shutdown it stops
+//! accepting, drains the proxies with a timeout, then stops the releases.
+
+pub mod control;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::execute::{DeployRequest, ExecError, RollbackRequest, ServiceExec, SharedLedger};
+use crate::ledger::{Ledger, LedgerError, NewEvent};
+use crate::proxy::{DRAIN_TIMEOUT, Proxy, RequestRecord};
+use control::{Reply, Request};
+
+/// The pseudo-service whose lease marks the one watcher of a state dir.
+const WATCHER_LEASE: &str = "@watcher";
+
+/// How often warm releases are checked for the end of their bake time.
+const BAKE_TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot create state dir {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("another watcher is running on state dir {}: {holder}", state_dir.display())]
+    AlreadyRunning { state_dir: PathBuf, holder: String },
+    #[error("cannot listen on the control socket {}: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "service `{service}`: the proxy cannot listen on {addr}: {source}; is another program using it?"
+    )]
+    ProxyBind {
+        service: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Traffic the proxy saw for one release, since the watcher started.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReleaseTraffic {
+    pub requests: u64,
+    pub status_5xx: u64,
+    pub upstream_errors: u64,
+    pub mean_latency_ms: f64,
+    #[serde(skip)]
+    latency_sum_us: u64,
+}
+
+type TrafficMap = Arc<Mutex<HashMap<i64, ReleaseTraffic>>>;
+
+struct Service {
+    exec: Arc<ServiceExec>,
+    traffic: TrafficMap,
+    proxy_task: tokio::task::JoinHandle<()>,
+}
+
+/// Creates the state dir owner-only if it does not exist.
+pub fn ensure_state_dir(path: &Path) -> Result<(), WatchError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| WatchError::StateDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Runs the watcher until `shutdown` resolves. `ready` is told once every service was
+/// reconciled and the control socket accepts.
+pub async fn run(
+    config: Config,
+    state_dir: &Path,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), WatchError> {
+    ensure_state_dir(state_dir)?;
+    let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::open(state_dir)?));
+    let watcher_lease = {
+        let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let holder = format!("ripcord watch (pid {})", std::process::id());
+        // Its lease lasts as long as the process: a dead watcher's pid frees it.
+        let lease = l
+            .acquire_lease(
+                WATCHER_LEASE,
+                &holder,
+                Duration::from_secs(100 * 365 * 86_400),
+            )
+            .map_err(|e| match e {
+                LedgerError::Busy { holder, .. } => WatchError::AlreadyRunning {
+                    state_dir: state_dir.to_path_buf(),
+                    holder,
+                },
+                e => e.into(),
+            })?;
+        for op in l.interrupt_unfinished()? {
+            tracing::warn!(
+                service = %op.service,
+                operation = op.id,
+                step = %op.step,
+                "an earlier watcher stopped during this operation; it is marked interrupted"
+            );
+        }
+        lease
+    };
+
+    let socket = control::socket_path(state_dir);
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|source| WatchError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| WatchError::Socket {
+            path: socket.clone(),
+            source,
+        },
+    )?;
+
+    let mut services: BTreeMap<String, Service> = BTreeMap::new();
+    for (name, cfg) in &config.services {
+        let (tx, rx) = mpsc::channel(65_536);
+        let (proxy, proxy_task) =
+            Proxy::bind(name, cfg.listen, Some(tx))
+                .await
+                .map_err(|source| WatchError::ProxyBind {
+                    service: name.clone(),
+                    addr: cfg.listen,
+                    source,
+                })?;
+        let traffic: TrafficMap = Arc::default();
+        tokio::spawn(count_traffic(rx, traffic.clone()));
+        let exec = Arc::new(ServiceExec::new(
+            cfg.clone(),
+            proxy,
+            ledger.clone(),
+            state_dir,
+        ));
+        services.insert(
+            name.clone(),
+            Service {
+                exec,
+                traffic,
+                proxy_task,
+            },
+        );
+    }
+
+    for (name, svc) in &services {
+        record(
+            &ledger,
+            name,
+            "watcher_started",
+            format!(
+                "watcher started (pid {}); proxy on {}",
+                std::process::id(),
+                svc.exec.cfg.listen
+            ),
+        );
+        match svc.exec.reconcile().await {
+            Ok(Some(r)) => {
+                tracing::info!(service = %name, version = %r.version, "active release serving again")
+            }
+            Ok(None) => tracing::info!(service = %name, "no active release yet"),
+            Err(e) => {
+                tracing::error!(service = %name, error = %e, "cannot bring the active release back up");
+                record(
+                    &ledger,
+                    name,
+                    "reconcile_failed",
+                    format!("cannot bring the active release back up: {e}"),
+                );
+            }
+        }
+    }
+    let services = Arc::new(services);
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
+
+    let mut bake = tokio::time::interval(BAKE_TICK);
+    bake.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_client(stream, services.clone(), config.path.clone()));
+                }
+            }
+            _ = bake.tick() => {
+                for svc in services.values() {
+                    let exec = svc.exec.clone();
+                    tokio::spawn(async move { exec.bake_tick().await });
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+
+    tracing::info!("shutting down: draining the proxies, then stopping releases");
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    for svc in services.values() {
+        svc.exec.proxy.shutdown();
+    }
+    for svc in services.values() {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
+            while !svc.proxy_task.is_finished() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+    for (name, svc) in services.iter() {
+        svc.exec.stop_all().await;
+        record(
+            &ledger,
+            name,
+            "watcher_stopped",
+            "watcher stopped; releases stopped".into(),
+        );
+    }
+    let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    l.release_lease(&watcher_lease)?;
+    Ok(())
+}
+
+fn record(ledger: &SharedLedger, service: &str, kind: &str, message: String) {
+    let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = l.event(
+        service,
+        NewEvent {
+            kind,
+            message,
+            ..Default::default()
+        },
+    ) {
+        tracing::error!(error = %e, "cannot write event to the ledger");
+    }
+}
+
+async fn count_traffic(mut rx: mpsc::Receiver<RequestRecord>, traffic: TrafficMap) {
+    while let Some(rec) = rx.recv().await {
+        let mut t = traffic.lock().unwrap_or_else(|p| p.into_inner());
+        let e = t.entry(rec.release_id).or_default();
+        e.requests += 1;
+        e.status_5xx += u64::from(rec.status >= 500);
+        e.upstream_errors += u64::from(rec.upstream_error);
+        e.latency_sum_us += rec.latency_us;
+        e.mean_latency_ms = e.latency_sum_us as f64 / e.requests as f64 / 1000.0;
+    }
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    services: Arc<BTreeMap<String, Service>>,
+    config_path: PathBuf,
+) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let Ok(Some(line)) = lines.next_line().await else {
+        return;
+    };
+    let done = |exit: i32, result: serde_json::Value, error: Option<String>| Reply::Done {
+        exit,
+        result,
+        error,
+    };
+    let request = match serde_json::from_str::<Request>(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = send(
+                &mut write,
+                &done(
+                    2,
+                    serde_json::Value::Null,
+                    Some(format!("bad request: {e}")),
+                ),
+            )
+            .await;
+            return;
+        }
+    };
+    let service_name = match &request {
+        Request::Deploy { service, .. }
+        | Request::Rollback { service, .. }
+        | Request::Live { service } => Some(service.clone()),
+        Request::Ping => None,
+    };
+    let svc = match &service_name {
+        Some(name) => match services.get(name) {
+            Some(s) => Some(s),
+            None => {
+                let known: Vec<&str> = services.keys().map(String::as_str).collect();
+                let msg = format!(
+                    "service `{name}` is not in the watcher's config {} (it has: {}); \
+                     restart the watcher after changing the config",
+                    config_path.display(),
+                    known.join(", ")
+                );
+                let _ = send(&mut write, &done(2, serde_json::Value::Null, Some(msg))).await;
+                return;
+            }
+        },
+        None => None,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    // Operations run in their own task: a client that goes away does not cancel a
+    // rollback halfway.
+    let op: tokio::task::JoinHandle<Result<serde_json::Value, ExecError>> = match (request, svc) {
+        (Request::Ping, _) => {
+            let _ = send(
+                &mut write,
+                &done(0, serde_json::json!({ "pid": std::process::id() }), None),
+            )
+            .await;
+            return;
+        }
+        (Request::Live { .. }, Some(svc)) => {
+            let live = live(svc);
+            let _ = send(&mut write, &done(0, live, None)).await;
+            return;
+        }
+        (
+            Request::Deploy {
+                version,
+                argv,
+                cwd,
+                force,
+                reason,
+                ..
+            },
+            Some(svc),
+        ) => {
+            let exec = svc.exec.clone();
+            tokio::spawn(async move {
+                let req = DeployRequest {
+                    version,
+                    argv,
+                    cwd,
+                    force,
+                    reason,
+                };
+                exec.deploy(req, Some(tx))
+                    .await
+                    .map(|o| serde_json::to_value(o).unwrap_or_default())
+            })
+        }
+        (Request::Rollback { to, reason, .. }, Some(svc)) => {
+            let exec = svc.exec.clone();
+            tokio::spawn(async move {
+                exec.rollback(RollbackRequest { to, reason }, Some(tx))
+                    .await
+                    .map(|o| serde_json::to_value(o).unwrap_or_default())
+            })
+        }
+        _ => return,
+    };
+    while let Some(message) = rx.recv().await {
+        let _ = send(&mut write, &Reply::Progress { message }).await;
+    }
+    let reply = match op.await {
+        Ok(Ok(result)) => done(0, result, None),
+        Ok(Err(e)) => {
+            let result = match &e {
+                ExecError::VerifyFailed { report, .. } => serde_json::json!({ "verify": report }),
+                _ => serde_json::Value::Null,
+            };
+            done(e.exit_code(), result, Some(e.to_string()))
+        }
+        Err(e) => done(
+            1,
+            serde_json::Value::Null,
+            Some(format!("the operation task failed: {e}")),
+        ),
+    };
+    let _ = send(&mut write, &reply).await;
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(reply).expect("replies serialize");
+    line.push('\n');
+    write.write_all(line.as_bytes()).await
+}
+
+/// What only the watcher knows: processes, proxy counters, traffic per release.
+fn live(svc: &Service) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = svc.exec.proxy.counters();
+    let slots: Vec<serde_json::Value> = svc
+        .exec
+        .slots()
+        .into_iter()
+        .map(|(slot, sp)| {
+            serde_json::json!({
+                "slot": slot,
+                "release": sp.release.id,
+                "version": sp.release.version,
+                "pid": sp.proc.pid,
+                "running": sp.proc.exited().is_none(),
+                "warm_until_ms": sp.warm_until_ms,
+                "log": sp.proc.log_path,
+            })
+        })
+        .collect();
+    let traffic = svc
+        .traffic
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    serde_json::json!({
+        "pid": std::process::id(),
+        "at_ms": now_ms(),
+        "proxy": {
+            "listen": svc.exec.proxy.local_addr(),
+            "target": svc.exec.proxy.target().map(|t| serde_json::json!({
+                "slot": t.slot, "release": t.release_id, "version": t.version, "addr": t.addr,
+            })),
+            "requests": c.requests.load(Relaxed),
+            "in_flight": c.in_flight.load(Relaxed),
+            "upstream_errors": c.upstream_errors.load(Relaxed),
+            "records_dropped": c.records_dropped.load(Relaxed),
+        },
+        "slots": slots,
+        "traffic": traffic.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
+    })
+}
