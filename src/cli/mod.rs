@@ -50,6 +50,7 @@ pub enum Command {
     /// Deploy VERSION of SERVICE: start it in the idle slot, health-gate, switch, verify
     Deploy {
         service: String,
+        #[arg(id = "release_version", value_name = "VERSION")]
         version: String,
         /// Deploy even a release marked bad (needs --reason)
         #[arg(long)]
@@ -159,6 +160,7 @@ fn init_tracing(daemon: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -443,5 +445,16 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -231,6 +231,22 @@ impl ServiceExec {
         req: DeployRequest,
         progress: Progress,
     ) -> Result<Outcome, ExecError> {
+        let holder = format!(
+            "`ripcord deploy {} {}` (watcher pid {})",
+            self.name(),
+            req.version,
+            std::process::id()
+        );
+        // Busy comes first: the answer to "can I deploy now?" is no, whatever else.
+        self.exclusive(holder, async || {
+            let argv = self.plan_deploy(&req)?;
+            self.deploy_locked(req, argv, progress).await
+        })
+        .await
+    }
+
+    /// Checks a deploy against the ledger and finds the argv it runs.
+    fn plan_deploy(&self, req: &DeployRequest) -> Result<Vec<String>, ExecError> {
         let existing = self.ledger().find_release(self.name(), &req.version)?;
         if let Some(r) = &existing {
             if r.status == ReleaseStatus::Bad && !req.force {
@@ -271,16 +287,7 @@ impl ServiceExec {
                     self.name()
                 ))
             })?;
-        let holder = format!(
-            "`ripcord deploy {} {}` (watcher pid {})",
-            self.name(),
-            req.version,
-            std::process::id()
-        );
-        self.exclusive(holder, async || {
-            self.deploy_locked(req, argv, progress).await
-        })
-        .await
+        Ok(argv)
     }
 
     async fn deploy_locked(
@@ -441,6 +448,27 @@ impl ServiceExec {
         req: RollbackRequest,
         progress: Progress,
     ) -> Result<Outcome, ExecError> {
+        let holder = format!(
+            "`ripcord rollback {}` (watcher pid {})",
+            self.name(),
+            std::process::id()
+        );
+        let reason = req
+            .reason
+            .clone()
+            .unwrap_or_else(|| "manual rollback".to_string());
+        self.exclusive(holder, async || {
+            let (target, active) = self.plan_rollback(&req)?;
+            self.rollback_locked(target, active, reason, progress).await
+        })
+        .await
+    }
+
+    /// Finds the release a rollback goes to, and the one it leaves.
+    fn plan_rollback(
+        &self,
+        req: &RollbackRequest,
+    ) -> Result<(Release, Option<Release>), ExecError> {
         let (target, active) = {
             let ledger = self.ledger();
             let active = ledger.active_release(self.name())?;
@@ -474,17 +502,7 @@ impl ServiceExec {
                 target.version
             )));
         }
-        let holder = format!(
-            "`ripcord rollback {}` to {} (watcher pid {})",
-            self.name(),
-            target.version,
-            std::process::id()
-        );
-        let reason = req.reason.unwrap_or_else(|| "manual rollback".to_string());
-        self.exclusive(holder, async || {
-            self.rollback_locked(target, active, reason, progress).await
-        })
-        .await
+        Ok((target, active))
     }
 
     async fn rollback_locked(

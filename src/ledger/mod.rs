@@ -233,6 +233,14 @@ impl Ledger {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
+    /// SQLite's own consistency check of the whole file.
+    pub fn integrity_ok(&self) -> Result<bool, LedgerError> {
+        let verdict: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        Ok(verdict == "ok")
+    }
+
     // ---- leases -------------------------------------------------------------------
 
     /// Takes the service's lease for one operation, or says who holds it. A lease whose

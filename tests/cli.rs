@@ -1,0 +1,243 @@
+//! The real binary's exit codes, messages and `--json` shapes, for commands that need no
+//! watcher.
+
+mod common;
+
+use assert_cmd::Command;
+use common::free_port;
+
+fn ripcord(dir: &std::path::Path) -> Command {
+    let mut c = Command::cargo_bin("ripcord").unwrap();
+    c.current_dir(dir)
+        .env_remove("RIPCORD_CONFIG")
+        .env_remove("RIPCORD_STATE_DIR");
+    c
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn config_check_accepts_the_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ripcord.toml");
+    let out = ripcord(dir.path())
+        .args(["--config", example, "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("✓") && text(&out.stdout).contains("1 service (web)"));
+}
+
+#[test]
+fn config_check_reports_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ripcord.toml"),
+        "[service.web]\nlisten = \"127.0.0.1:8080\"\nslots = { blue = 8080, green = 8082 }\nbake = 3\n\n[service.api]\nslots = { blue = 9001, green = \"x\" }\n",
+    )
+    .unwrap();
+    // ./ripcord.toml is the default.
+    let out = ripcord(dir.path())
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    let expected = [
+        "✗ ripcord.toml:3: service.web.slots.blue: port 8080 is already used by `service.web.listen`",
+        "✗ ripcord.toml:4: service.web.bake: unknown key (did you mean `bake_secs`?)",
+        "✗ ripcord.toml:6: service.api.listen: missing: router \"proxy\" needs the address",
+        "✗ ripcord.toml:7: service.api.slots.green: \"x\" is not an address",
+        "4 problems in ripcord.toml",
+    ];
+    for e in expected {
+        assert!(stdout.contains(e), "missing {e:?} in:\n{stdout}");
+    }
+
+    let out = ripcord(dir.path())
+        .args(["--json", "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 4);
+    assert_eq!(errors[1]["line"], 4);
+    assert_eq!(errors[1]["key"], "service.web.bake");
+    assert!(
+        errors[1]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown key")
+    );
+}
+
+#[test]
+fn the_config_path_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("elsewhere.toml");
+    std::fs::write(
+        &path,
+        "[service.web]\nlisten = \"127.0.0.1:1\"\nslots = { blue = 2, green = 3 }\n",
+    )
+    .unwrap();
+    let out = ripcord(dir.path())
+        .env("RIPCORD_CONFIG", &path)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("elsewhere.toml"));
+}
+
+#[test]
+fn a_missing_config_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ripcord(dir.path())
+        .args(["verify", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no config: ripcord.toml does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn deploy_without_a_watcher_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ripcord(dir.path())
+        .args(["deploy", "web", "v1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no watcher is running") && err.contains("ripcord watch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn read_commands_without_a_ledger_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["releases", "web"][..], &["events", "web"], &["status"]] {
+        let out = ripcord(dir.path()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("no ledger in .ripcord"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn verify_exits_4_when_a_check_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = free_port();
+    std::fs::write(
+        dir.path().join("ripcord.toml"),
+        format!(
+            r#"[service.web]
+listen = "127.0.0.1:{}"
+slots = {{ blue = {}, green = {} }}
+
+[[service.web.verify]]
+name = "always fine"
+command = ["true"]
+
+[[service.web.verify]]
+http = "http://127.0.0.1:{dead}/health"
+timeout_secs = 2
+"#,
+            free_port(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let out = ripcord(dir.path())
+        .args(["verify", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("✓ always fine"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("✗ GET http://127.0.0.1:{dead}/health")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 of 2 checks failed"), "{stdout}");
+
+    let out = ripcord(dir.path())
+        .args(["verify", "web", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["checks"][0]["ok"], true);
+    assert_eq!(v["checks"][1]["ok"], false);
+
+    let out = ripcord(dir.path())
+        .args(["verify", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no service `nope`"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ripcord(dir.path()).args(["deploy"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = ripcord(dir.path()).args(["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = ripcord(dir.path()).args(["--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for cmd in [
+        "demo", "deploy", "rollback", "verify", "status", "releases", "events", "watch", "config",
+    ] {
+        assert!(help.contains(cmd), "--help lacks {cmd}");
+    }
+    assert!(
+        !help.contains("demo-app"),
+        "the internal demo-app command is hidden"
+    );
+}
+
+#[test]
+fn the_demo_runs_the_whole_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ripcord(dir.path())
+        .env("TMPDIR", dir.path())
+        .args(["demo", "--json"])
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    let releases = v["releases"].as_array().unwrap();
+    assert_eq!(releases[0]["version"], "v2");
+    assert_eq!(releases[0]["status"], "bad");
+    assert_eq!(releases[1]["status"], "active");
+    assert!(v["by_version"]["v2"]["5xx"].as_u64().unwrap() > 0, "{v:#}");
+    // The demo cleans up after itself.
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "the demo left {left:?}");
+}

@@ -1,0 +1,349 @@
+//! Shared fixtures for the integration tests: a real `ripcord watch` process on a
+//! temporary state dir with free loopback ports, the real CLI, and a bounded load loop.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ripcord::http::HttpClient;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ripcord");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary project: a config, a state dir, and (once started) a watcher.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub listen: u16,
+    pub blue: u16,
+    pub green: u16,
+    pub watcher: Option<Child>,
+}
+
+impl Project {
+    /// A config for service `web` on fresh ports; `extra` is appended inside
+    /// `[service.web]` (before any sub-tables), `tail` after everything.
+    pub fn new(extra: &str, tail: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, blue, green) = (free_port(), free_port(), free_port());
+        // A test may set its own start timeout; TOML refuses a key given twice.
+        let start_timeout = if extra.contains("start_timeout_secs") {
+            ""
+        } else {
+            "start_timeout_secs = 10\n"
+        };
+        let config = format!(
+            r#"[service.web]
+listen = "127.0.0.1:{listen}"
+slots = {{ blue = {blue}, green = {green} }}
+{start_timeout}stop_timeout_secs = 5
+command = [{BIN:?}, "demo-app", "--port", "{{port}}", "--version", "{{version}}"]
+{extra}
+
+[[service.web.verify]]
+http = "http://127.0.0.1:{listen}/health"
+
+[[service.web.verify]]
+http = "http://127.0.0.1:{listen}/api/verify"
+json_field = "version"
+json_equals = "{{version}}"
+{tail}
+"#
+        );
+        std::fs::write(dir.path().join("ripcord.toml"), config).unwrap();
+        Project {
+            dir,
+            listen,
+            blue,
+            green,
+            watcher: None,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("ripcord.toml")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.listen)
+    }
+
+    /// The CLI with this project's config and state dir.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(self.config())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RIPCORD_CONFIG")
+            .env_remove("RIPCORD_STATE_DIR");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and parses stdout as JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): stdout {} stderr {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Starts `ripcord watch` and waits (bounded) until it answers on its socket.
+    pub fn start_watcher(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("watcher.log")).unwrap();
+        let child = self
+            .cmd(&["watch"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.watcher = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.run(&["--json", "status", "web"]);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if !v["live"].is_null() {
+                    return;
+                }
+            }
+            if let Some(status) = self.watcher.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the watcher exited ({status}): {}", self.watcher_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the watcher never became ready: {}",
+                self.watcher_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn watcher_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("watcher.log")).unwrap_or_default()
+    }
+
+    pub fn watcher_pid(&self) -> i32 {
+        self.watcher.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the watcher to exit.
+    pub fn stop_watcher(&mut self) -> std::process::ExitStatus {
+        let mut child = self.watcher.take().unwrap();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the watcher did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `deploy web VERSION -- demo-app ... EXTRA`.
+    pub fn deploy(&self, version: &str, extra: &[&str]) -> Output {
+        let mut args = vec!["deploy", "web", version];
+        if !extra.is_empty() {
+            args.extend([
+                "--",
+                BIN,
+                "demo-app",
+                "--port",
+                "{port}",
+                "--version",
+                "{version}",
+            ]);
+            args.extend_from_slice(extra);
+        }
+        self.run(&args)
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.watcher.take() {
+            // SIGTERM first so the watcher stops its releases too.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a load loop saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok_by_version: BTreeMap<String, u64>,
+    /// Non-2xx answers and transport errors, with what happened.
+    pub failures: Vec<String>,
+}
+
+/// A bounded load loop: `workers` tasks on keep-alive connections send GET /api/load
+/// until stopped, at most `max_time` and `max_requests` in all.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<LoadReport>,
+    pub sent: Arc<AtomicU64>,
+}
+
+impl Load {
+    pub fn start(url: String, workers: usize, max_time: Duration, max_requests: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), sent.clone());
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let report = Arc::new(Mutex::new(LoadReport::default()));
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for _ in 0..workers {
+                    let (s, n, url, report) = (s.clone(), n.clone(), url.clone(), report.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let client = HttpClient::default();
+                        while !s.load(Ordering::Relaxed)
+                            && start.elapsed() < max_time
+                            && n.fetch_add(1, Ordering::Relaxed) < max_requests
+                        {
+                            let r = client.get(&url, Duration::from_secs(5)).await;
+                            let outcome = match r {
+                                Ok(resp) if resp.status == 200 => {
+                                    let v: serde_json::Value =
+                                        serde_json::from_slice(&resp.body).unwrap_or_default();
+                                    Ok(v["version"].as_str().unwrap_or("?").to_string())
+                                }
+                                Ok(resp) => Err(format!(
+                                    "status {}: {}",
+                                    resp.status,
+                                    String::from_utf8_lossy(&resp.body)
+                                )),
+                                Err(e) => Err(format!("error: {e}")),
+                            };
+                            {
+                                let mut rep = report.lock().unwrap();
+                                match outcome {
+                                    Ok(version) => {
+                                        *rep.ok_by_version.entry(version).or_default() += 1
+                                    }
+                                    Err(failure) => rep.failures.push(failure),
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                Arc::try_unwrap(report).unwrap().into_inner().unwrap()
+            })
+        });
+        Load { stop, handle, sent }
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+/// GET a URL once (blocking), returning status and body.
+pub fn get(url: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match HttpClient::default().get(url, Duration::from_secs(5)).await {
+            Ok(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+            Err(e) => (0, e.to_string()),
+        }
+    })
+}
+
+/// The version the service answers with right now.
+pub fn serving(p: &Project) -> String {
+    let (status, body) = get(&p.url("/api/which"));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["version"].as_str().unwrap().to_string()
+}
+
+pub fn pid_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+}
+
+/// Waits (bounded) until `f` holds.
+pub fn eventually(what: &str, max: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + max;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
