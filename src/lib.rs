@@ -7,8 +7,10 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod decide;
 pub mod demo_app;
 pub mod execute;
+pub mod guard;
 pub mod http;
 pub mod ledger;
 pub mod proxy;

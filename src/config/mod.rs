@@ -126,6 +126,114 @@ pub struct ServiceConfig {
     pub verify: Vec<Check>,
     /// The deadline for the whole set of verification checks.
     pub verify_deadline_secs: u64,
+    /// What the guard watches for, and when it acts.
+    pub triggers: Triggers,
+    /// How long an investigation waits for `ripcord ack` before it rolls back.
+    pub investigate_secs: u64,
+    /// A release using more resident memory than this is killed (counted as an OOM kill).
+    pub memory_limit_mb: Option<u64>,
+}
+
+/// The guard's trigger rules for one service; `None` means the rule is off. Defaults are
+/// the runbook's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Triggers {
+    pub error_rate: Option<ErrorRateRule>,
+    pub latency_p95: Option<LatencyRule>,
+    /// Any OOM kill of the release rolls it back.
+    pub oom_kills: bool,
+    /// An unexpected exit of the active release rolls it back.
+    pub crash: bool,
+    pub cpu: Option<CpuRule>,
+    pub health: Option<HealthRule>,
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Triggers {
+            error_rate: Some(ErrorRateRule::default()),
+            latency_p95: Some(LatencyRule::default()),
+            oom_kills: true,
+            crash: true,
+            cpu: Some(CpuRule::default()),
+            health: Some(HealthRule::default()),
+        }
+    }
+}
+
+/// 5xx ratio above `above` over `window_secs` (Wilson lower bound, at least `min_samples`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorRateRule {
+    pub above: f64,
+    pub window_secs: u64,
+    pub min_samples: u64,
+}
+
+impl Default for ErrorRateRule {
+    fn default() -> Self {
+        ErrorRateRule {
+            above: 0.10,
+            window_secs: 120,
+            min_samples: 20,
+        }
+    }
+}
+
+/// p95 above `factor` × the previous release's healthy p95, and above `floor_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencyRule {
+    pub factor: f64,
+    pub window_secs: u64,
+    pub min_samples: u64,
+    pub floor_ms: u64,
+}
+
+impl Default for LatencyRule {
+    fn default() -> Self {
+        LatencyRule {
+            factor: 5.0,
+            window_secs: 120,
+            min_samples: 50,
+            floor_ms: 25,
+        }
+    }
+}
+
+/// CPU above `above` of one core for `for_secs`: investigate (or roll back at once).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuRule {
+    pub above: f64,
+    pub for_secs: u64,
+    /// `action = "investigate"` (the default) or `"rollback"`.
+    pub investigate: bool,
+}
+
+impl Default for CpuRule {
+    fn default() -> Self {
+        CpuRule {
+            above: 0.95,
+            for_secs: 300,
+            investigate: true,
+        }
+    }
+}
+
+/// Consecutive failed health probes of the active release.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthRule {
+    pub consecutive_failures: u32,
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+}
+
+impl Default for HealthRule {
+    fn default() -> Self {
+        HealthRule {
+            consecutive_failures: 3,
+            interval_secs: 5,
+            timeout_secs: 2,
+        }
+    }
 }
 
 impl ServiceConfig {
@@ -276,6 +384,9 @@ pub(crate) struct RawService {
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) verify: Vec<Option<Check>>,
     pub(crate) verify_deadline_secs: Option<u64>,
+    pub(crate) triggers: Option<Triggers>,
+    pub(crate) investigate_secs: Option<u64>,
+    pub(crate) memory_limit_mb: Option<u64>,
 }
 
 impl RawService {
@@ -303,6 +414,9 @@ impl RawService {
             env: self.env,
             verify: self.verify.into_iter().collect::<Option<Vec<_>>>()?,
             verify_deadline_secs: self.verify_deadline_secs.unwrap_or(30),
+            triggers: self.triggers?,
+            investigate_secs: self.investigate_secs.unwrap_or(300),
+            memory_limit_mb: self.memory_limit_mb,
         })
     }
 }
@@ -320,6 +434,9 @@ const SERVICE_KEYS: &[&str] = &[
     "env",
     "verify",
     "verify_deadline_secs",
+    "triggers",
+    "investigate_secs",
+    "memory_limit_mb",
 ];
 
 const CHECK_KEYS: &[&str] = &[
@@ -440,6 +557,11 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let bake_secs = secs(r, "bake_secs", 0);
     let stop_timeout_secs = secs(r, "stop_timeout_secs", 1);
     let verify_deadline_secs = secs(r, "verify_deadline_secs", 1);
+    let investigate_secs = secs(r, "investigate_secs", 0);
+    let memory_limit_mb = r
+        .integer(t, "memory_limit_mb", 1, 1 << 30)
+        .map(|v| v.value as u64);
+    let triggers = read_triggers(r, t);
     let command = r.argv(t, "command").map(|a| a.value);
     let mut env = BTreeMap::new();
     if let Some(e) = r.table(t, "env") {
@@ -470,7 +592,131 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         env,
         verify,
         verify_deadline_secs,
+        triggers,
+        investigate_secs,
+        memory_limit_mb,
     }
+}
+
+/// `[service.NAME.triggers]`: each rule is a table; `enabled = false` turns it off and
+/// a key left out keeps the runbook's default. Returns `None` when a key was wrong.
+fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
+    let mut out = Triggers::default();
+    let Some(tt) = r.table(t, "triggers") else {
+        return (!t.inner.contains_key("triggers")).then_some(out);
+    };
+    let before = r.errors.len();
+    r.deny_unknown(
+        &tt,
+        &[
+            "error_rate",
+            "latency_p95",
+            "oom_kills",
+            "crash",
+            "cpu",
+            "health",
+        ],
+    );
+    let enabled = |r: &mut Reader<'_>, rt: &Table<'_>| r.boolean(rt, "enabled").unwrap_or(true);
+    if let Some(rt) = r.table(&tt, "error_rate") {
+        r.deny_unknown(&rt, &["enabled", "above", "window_secs", "min_samples"]);
+        let d = ErrorRateRule::default();
+        let rule = ErrorRateRule {
+            above: r.fraction(&rt, "above").unwrap_or(d.above),
+            window_secs: r
+                .integer(&rt, "window_secs", 1, DAY_SECS)
+                .map_or(d.window_secs, |v| v.value as u64),
+            min_samples: r
+                .integer(&rt, "min_samples", 1, 1_000_000)
+                .map_or(d.min_samples, |v| v.value as u64),
+        };
+        out.error_rate = enabled(r, &rt).then_some(rule);
+    }
+    if let Some(rt) = r.table(&tt, "latency_p95") {
+        r.deny_unknown(
+            &rt,
+            &[
+                "enabled",
+                "factor",
+                "window_secs",
+                "min_samples",
+                "floor_ms",
+            ],
+        );
+        let d = LatencyRule::default();
+        let rule = LatencyRule {
+            factor: r.float(&rt, "factor", 1.0, 1000.0).unwrap_or(d.factor),
+            window_secs: r
+                .integer(&rt, "window_secs", 1, DAY_SECS)
+                .map_or(d.window_secs, |v| v.value as u64),
+            min_samples: r
+                .integer(&rt, "min_samples", 1, 1_000_000)
+                .map_or(d.min_samples, |v| v.value as u64),
+            floor_ms: r
+                .integer(&rt, "floor_ms", 0, 3_600_000)
+                .map_or(d.floor_ms, |v| v.value as u64),
+        };
+        out.latency_p95 = enabled(r, &rt).then_some(rule);
+    }
+    if let Some(b) = r.boolean(&tt, "oom_kills") {
+        out.oom_kills = b;
+    }
+    if let Some(b) = r.boolean(&tt, "crash") {
+        out.crash = b;
+    }
+    if let Some(rt) = r.table(&tt, "cpu") {
+        r.deny_unknown(&rt, &["enabled", "above", "for_secs", "action"]);
+        let d = CpuRule::default();
+        let investigate = match r.string(&rt, "action") {
+            None => true,
+            Some(a) if a.value == "investigate" => true,
+            Some(a) if a.value == "rollback" => false,
+            Some(a) => {
+                r.error(
+                    a.span,
+                    &reader::join(&rt.path, "action"),
+                    format!(
+                        "unknown action \"{}\"; expected \"investigate\" or \"rollback\"",
+                        a.value
+                    ),
+                );
+                true
+            }
+        };
+        let rule = CpuRule {
+            above: r.float(&rt, "above", 0.0, 1024.0).unwrap_or(d.above),
+            for_secs: r
+                .integer(&rt, "for_secs", 1, DAY_SECS)
+                .map_or(d.for_secs, |v| v.value as u64),
+            investigate,
+        };
+        out.cpu = enabled(r, &rt).then_some(rule);
+    }
+    if let Some(rt) = r.table(&tt, "health") {
+        r.deny_unknown(
+            &rt,
+            &[
+                "enabled",
+                "consecutive_failures",
+                "interval_secs",
+                "timeout_secs",
+            ],
+        );
+        let d = HealthRule::default();
+        let rule = HealthRule {
+            consecutive_failures: r
+                .integer(&rt, "consecutive_failures", 1, 1000)
+                .map_or(d.consecutive_failures, |v| v.value as u32),
+            interval_secs: r
+                .integer(&rt, "interval_secs", 1, 3600)
+                .map_or(d.interval_secs, |v| v.value as u64),
+            timeout_secs: r
+                .integer(&rt, "timeout_secs", 1, 3600)
+                .map_or(d.timeout_secs, |v| v.value as u64),
+        };
+        out.health = enabled(r, &rt).then_some(rule);
+    }
+    (r.errors.len() == before).then_some(out)
 }
 
 fn read_slots(

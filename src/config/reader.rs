@@ -114,6 +114,52 @@ impl<'a> Reader<'a> {
         }
     }
 
+    pub(crate) fn boolean(&mut self, table: &Table<'_>, key: &str) -> Option<bool> {
+        let item = table.inner.get(key)?;
+        match item.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.wrong_type(table, key, item, "true or false");
+                None
+            }
+        }
+    }
+
+    /// A number (integer or float) within `min..=max`.
+    pub(crate) fn float(
+        &mut self,
+        table: &Table<'_>,
+        key: &str,
+        min: f64,
+        max: f64,
+    ) -> Option<f64> {
+        let item = table.inner.get(key)?;
+        let span = item_span(table, key, item);
+        let value = item
+            .as_float()
+            .or_else(|| item.as_integer().map(|i| i as f64));
+        match value {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            Some(v) => {
+                self.error(
+                    span,
+                    &join(&table.path, key),
+                    format!("{v} is out of range: expected {min} to {max}"),
+                );
+                None
+            }
+            None => {
+                self.wrong_type(table, key, item, "a number");
+                None
+            }
+        }
+    }
+
+    /// A ratio between 0 and 1 (`0.1` is 10%).
+    pub(crate) fn fraction(&mut self, table: &Table<'_>, key: &str) -> Option<f64> {
+        self.float(table, key, 0.0, 1.0)
+    }
+
     /// An array of strings (an argv): never a single shell string.
     pub(crate) fn argv(&mut self, table: &Table<'_>, key: &str) -> Option<Spanned<Vec<String>>> {
         let item = table.inner.get(key)?;

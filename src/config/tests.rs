@@ -67,7 +67,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -172,6 +172,50 @@ fn no_services_is_an_error() {
         "",
         &[
             "ripcord.toml: service: no services configured: add a `[service.NAME]` table (see examples/ripcord.toml)",
+        ],
+    );
+}
+
+#[test]
+fn triggers_default_to_the_runbook_and_can_be_tuned_or_turned_off() {
+    let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+    let t = &cfg.service("web").unwrap().triggers;
+    assert_eq!(t.error_rate.as_ref().unwrap().above, 0.10);
+    assert_eq!(t.error_rate.as_ref().unwrap().window_secs, 120);
+    assert_eq!(t.latency_p95.as_ref().unwrap().factor, 5.0);
+    assert_eq!(t.cpu.as_ref().unwrap().for_secs, 300);
+    assert!(t.cpu.as_ref().unwrap().investigate);
+    assert_eq!(t.health.as_ref().unwrap().consecutive_failures, 3);
+    assert!(t.oom_kills);
+
+    let src = format!(
+        "{GOOD}investigate_secs = 30\nmemory_limit_mb = 64\n[service.web.triggers]\n\
+         error_rate = {{ above = 0.2, window_secs = 30 }}\nlatency_p95 = {{ enabled = false }}\n\
+         cpu = {{ above = 1.5, for_secs = 10, action = \"rollback\" }}\noom_kills = false\n"
+    );
+    let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
+    let web = cfg.service("web").unwrap();
+    assert_eq!(web.investigate_secs, 30);
+    assert_eq!(web.memory_limit_mb, Some(64));
+    let t = &web.triggers;
+    assert_eq!(t.error_rate.as_ref().unwrap().above, 0.2);
+    assert_eq!(t.error_rate.as_ref().unwrap().min_samples, 20);
+    assert!(t.latency_p95.is_none());
+    assert!(!t.cpu.as_ref().unwrap().investigate);
+    assert!(!t.oom_kills);
+}
+
+#[test]
+fn trigger_mistakes_are_reported() {
+    let src = format!(
+        "{GOOD}[service.web.triggers]\nerror_rate = {{ above = 10 }}\ncpu = {{ action = \"panic\" }}\nlatency = {{}}\n"
+    );
+    check(
+        &src,
+        &[
+            "ripcord.toml:6: service.web.triggers.error_rate.above: 10 is out of range: expected 0 to 1",
+            "ripcord.toml:7: service.web.triggers.cpu.action: unknown action \"panic\"; expected \"investigate\" or \"rollback\"",
+            "ripcord.toml:8: service.web.triggers.latency: unknown key (did you mean `latency_p95`?); expected one of `error_rate`, `latency_p95`, `oom_kills`, `crash`, `cpu`, `health`",
         ],
     );
 }
