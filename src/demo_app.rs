@@ -115,6 +115,11 @@ pub struct DemoAppArgs {
     #[arg(long)]
     pub fail_health: bool,
 
+    /// Crash: exit with code 70 when the misbehaviours begin (a real process exit, so
+    /// only for a separate process, never in-process)
+    #[arg(long)]
+    pub crash: bool,
+
     /// Print a message to stderr and exit with CODE before binding
     #[arg(long, value_name = "CODE", allow_negative_numbers = true)]
     pub exit_at_start: Option<i32>,
@@ -141,6 +146,7 @@ impl Default for DemoAppArgs {
             leak_mb_per_sec: 0,
             cpu_burn: 0,
             fail_health: false,
+            crash: false,
             exit_at_start: None,
             start_delay_ms: 0,
             after_secs: 0,
@@ -640,10 +646,14 @@ impl Misbehaviour {
         let leak_per_tick = usize::try_from(args.leak_mb_per_sec.saturating_mul(1024 * 1024) / 10)
             .unwrap_or(usize::MAX);
         let burners = args.cpu_burn;
+        let crash = args.crash;
         let burn_stop = Arc::clone(&stop);
         let task = tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             eprintln!("{APP_NAME}: misbehaving now: {}", describe.join(", "));
+            if crash {
+                std::process::exit(70);
+            }
             for index in 0..burners {
                 start_burner(index, Arc::clone(&burn_stop));
             }
@@ -684,6 +694,9 @@ fn describe_misbehaviour(args: &DemoAppArgs) -> Vec<String> {
     }
     if args.fail_health {
         parts.push("failing health".to_owned());
+    }
+    if args.crash {
+        parts.push("crash (exit 70)".to_owned());
     }
     parts
 }

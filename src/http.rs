@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -31,7 +31,7 @@ pub struct HttpResponse {
 /// A reusable client (connection pool included).
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Default for HttpClient {
@@ -49,6 +49,27 @@ impl Default for HttpClient {
 
 impl HttpClient {
     pub async fn get(&self, url: &str, timeout: Duration) -> Result<HttpResponse, HttpError> {
+        self.send(hyper::Method::GET, url, None, timeout).await
+    }
+
+    /// POSTs a JSON document.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<HttpResponse, HttpError> {
+        self.send(hyper::Method::POST, url, Some(body.to_string()), timeout)
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        body: Option<String>,
+        timeout: Duration,
+    ) -> Result<HttpResponse, HttpError> {
         let uri: hyper::Uri =
             url.parse()
                 .map_err(|e: hyper::http::uri::InvalidUri| HttpError::BadUrl {
@@ -61,10 +82,20 @@ impl HttpClient {
                 reason: "only http:// is supported".to_string(),
             });
         }
+        let mut req = hyper::Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| HttpError::BadUrl {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
         let fut = async {
             let resp = self
                 .client
-                .get(uri)
+                .request(req)
                 .await
                 .map_err(|e| HttpError::Request(error_chain(&e)))?;
             let status = resp.status().as_u16();

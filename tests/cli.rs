@@ -213,31 +213,3 @@ fn usage_errors_exit_2() {
         "the internal demo-app command is hidden"
     );
 }
-
-#[test]
-fn the_demo_runs_the_whole_loop() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = ripcord(dir.path())
-        .env("TMPDIR", dir.path())
-        .args(["demo", "--json"])
-        .timeout(std::time::Duration::from_secs(120))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["ok"], true);
-    let releases = v["releases"].as_array().unwrap();
-    assert_eq!(releases[0]["version"], "v2");
-    assert_eq!(releases[0]["status"], "bad");
-    assert_eq!(releases[1]["status"], "active");
-    assert!(v["by_version"]["v2"]["5xx"].as_u64().unwrap() > 0, "{v:#}");
-    // The demo cleans up after itself.
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-    assert!(left.is_empty(), "the demo left {left:?}");
-}

@@ -1,33 +1,100 @@
-//! `ripcord demo`: the whole loop on the embedded default, in a temporary state dir with
-//! free loopback ports and the bundled demo app: a watcher, v1 deployed, v2 deployed and
-//! misbehaving under steady traffic, a rollback back to v1, verification, the ledger's
-//! history. Nothing outside the temporary directory is touched.
+//! `ripcord demo`: the whole loop on the embedded default, in a temporary directory with
+//! free loopback ports and the bundled demo app. A watcher, a bounded load generator
+//! (about 200 requests a second), a good v1, then a v2 with a fault; the guard detects
+//! it, rolls back and verifies with nobody involved, and the incident report is written.
+//! Nothing outside the temporary directory is touched; only the report is kept.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
 use serde_json::{Value, json};
 
 use super::CliError;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::http::HttpClient;
+use crate::ledger::Ledger;
 use crate::watch::control::{self, Request};
 
-/// The demo's traffic: at most this many requests, at most this long.
+/// The demo's traffic: at most this many requests, for at most this long.
 const LOAD_MAX_REQUESTS: u64 = 20_000;
-const LOAD_MAX_TIME: Duration = Duration::from_secs(60);
+const LOAD_MAX_TIME: Duration = Duration::from_secs(90);
+/// One request every this often: 200 requests a second.
+const LOAD_EVERY: Duration = Duration::from_millis(5);
+/// How long the demo waits for the guard before it gives up.
+const GUARD_DEADLINE: Duration = Duration::from_secs(40);
 
-/// Status counts per version, as the demo's client saw them.
-type Seen = Arc<Mutex<BTreeMap<String, (u64, u64)>>>;
+/// The fault v2 carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// 30% of API requests answer 500; health stays green
+    Errors,
+    /// every API request takes 300 ms longer
+    Latency,
+    /// memory grows until the memory limit kills it
+    Oom,
+    /// the process exits a second after it starts
+    Crash,
+    /// /health starts failing a second after it starts
+    Health,
+    /// a core is burned: investigate, then roll back when nobody acknowledges
+    Cpu,
+}
 
-pub(super) async fn run(json: bool) -> Result<i32, CliError> {
+impl Scenario {
+    fn v2_args(self) -> &'static [&'static str] {
+        match self {
+            Scenario::Errors => &["--error-ratio", "0.3"],
+            Scenario::Latency => &["--latency-ms", "300"],
+            Scenario::Oom => &["--leak-mb-per-sec", "80", "--after-secs", "1"],
+            Scenario::Crash => &["--crash", "--after-secs", "1"],
+            Scenario::Health => &["--fail-health", "--after-secs", "1"],
+            Scenario::Cpu => &["--cpu-burn", "1", "--after-secs", "1"],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Scenario::Errors => {
+                "answers 30% of API requests with 500 while its health check passes"
+            }
+            Scenario::Latency => "adds 300 ms to every API request",
+            Scenario::Oom => "leaks 80 MiB a second (memory limit 64 MiB)",
+            Scenario::Crash => "crashes a second after it starts",
+            Scenario::Health => "fails its health check a second after it starts",
+            Scenario::Cpu => "burns a whole core a second after it starts",
+        }
+    }
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+struct LoadStats {
+    sent: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    first_failure_ms: Mutex<Option<i64>>,
+}
+
+pub(super) async fn run(scenario: Scenario, json: bool) -> Result<i32, CliError> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("ripcord-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, json, started).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let result = run_in(&dir, scenario, json, started).await;
+    // Keep the report, remove the rest.
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        if entry.file_name() != "report" {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
     result
 }
 
@@ -37,17 +104,24 @@ fn free_port() -> Result<u16, CliError> {
         .port())
 }
 
-fn step(json: bool, msg: &str) {
+fn say(json: bool, msg: &str) {
     if !json {
-        println!("\n▶ {msg}");
+        println!("{msg}");
     }
 }
 
-async fn run_in(dir: &Path, json: bool, started: Instant) -> Result<i32, CliError> {
+async fn run_in(
+    dir: &Path,
+    scenario: Scenario,
+    json: bool,
+    started: Instant,
+) -> Result<i32, CliError> {
     let exe = std::env::current_exe()?;
     let (listen, blue, green) = (free_port()?, free_port()?, free_port()?);
     let config_path = dir.join("ripcord.toml");
     let state_dir = dir.join("state");
+    // Tighter than the runbook's defaults so the demo fits in a minute: the same rules,
+    // shorter windows.
     let config_text = format!(
         r#"[service.web]
 runtime = "process"
@@ -55,8 +129,16 @@ router = "proxy"
 listen = "127.0.0.1:{listen}"
 slots = {{ blue = {blue}, green = {green} }}
 health_path = "/health"
-bake_secs = 120
+bake_secs = 300
+memory_limit_mb = 64
+investigate_secs = 5
 command = [{exe:?}, "demo-app", "--port", "{{port}}", "--version", "{{version}}"]
+
+[service.web.triggers]
+error_rate = {{ above = 0.10, window_secs = 30 }}
+latency_p95 = {{ factor = 5.0, window_secs = 30 }}
+cpu = {{ above = 0.60, for_secs = 3, action = "investigate" }}
+health = {{ consecutive_failures = 3, interval_secs = 1, timeout_secs = 1 }}
 
 [[service.web.verify]]
 http = "http://127.0.0.1:{listen}/health"
@@ -71,17 +153,16 @@ json_equals = "{{version}}"
     std::fs::write(&config_path, &config_text)?;
     let config =
         Config::load(&config_path).map_err(|e| CliError::new(1, format!("demo config: {e}")))?;
-    if !json {
-        println!(
-            "ripcord demo: a watcher, two releases, a bad one, a rollback (in {})",
-            dir.display()
-        );
-    }
-
-    step(
+    say(
         json,
-        &format!("ripcord watch   (proxy on 127.0.0.1:{listen}, slots {blue}/{green})"),
+        &format!(
+            "ripcord demo ({}): v2 {}; the guard should roll it back on its own.\n  state in {}",
+            scenario_name(scenario),
+            scenario.describe(),
+            dir.display()
+        ),
     );
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let watcher_state = state_dir.clone();
@@ -103,87 +184,245 @@ json_equals = "{{version}}"
             format!("the watcher did not start: {err:?}"),
         ));
     }
+    say(
+        json,
+        &format!("▶ watcher up: proxy on 127.0.0.1:{listen}, slots {blue} and {green}"),
+    );
 
-    let mut timings: Vec<(String, u64)> = Vec::new();
-    let result = async {
-        let v1 = deploy(&state_dir, "v1", &[], json).await?;
-        timings.push(("deploy v1 (cold start, health, switch, verify)".into(), v1["total_ms"].as_u64().unwrap_or(0)));
-
-        step(json, "steady traffic through the proxy (a bounded loop on loopback)");
-        let seen: Seen = Arc::default();
-        let (load_stop, load) = start_load(listen, seen.clone());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-
-        let v2 = deploy(&state_dir, "v2", &["--error-ratio", "0.3"], json).await?;
-        timings.push(("deploy v2 (answers 30% of /api with 500)".into(), v2["total_ms"].as_u64().unwrap_or(0)));
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        if !json {
-            let s = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            if let Some((ok, bad)) = s.get("v2") {
-                println!("  users see v2 failing: {bad} of {} requests answered 5xx", ok + bad);
-            }
-        }
-
-        step(json, "ripcord rollback web --reason \"v2 answers 5xx\"");
-        let rb = call(&state_dir, Request::Rollback {
-            service: "web".into(),
-            to: None,
-            reason: Some("v2 answers 5xx".into()),
-        }, json).await?;
-        timings.push(("rollback to v1 (warm: traffic switch)".into(), rb["switch_ms"].as_u64().unwrap_or(0)));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = load_stop.send(());
-        let total_requests = load.await.unwrap_or(0);
-
-        step(json, "ripcord verify web");
-        let cfg = Config::load(&config_path).map_err(|e| CliError::new(1, e.to_string()))?;
-        let svc = cfg.service("web").expect("the demo config has web");
-        let report = crate::verify::run(&svc.verify, Duration::from_secs(10), "v1").await;
-        if !json {
-            print!("{}", report.render());
-        }
-
-        let ledger = crate::ledger::Ledger::open(&state_dir)?;
-        let releases = ledger.releases("web")?;
-        let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let summary = json!({
-            "ok": report.ok,
-            "elapsed_ms": started.elapsed().as_millis() as u64,
-            "timings_ms": timings.iter().map(|(k, v)| json!({"step": k, "ms": v})).collect::<Vec<_>>(),
-            "requests": total_requests,
-            "by_version": seen.iter().map(|(v, (ok, bad))| (v.clone(), json!({"ok": ok, "5xx": bad}))).collect::<serde_json::Map<_, _>>(),
-            "releases": releases,
-        });
-        if json {
-            super::output::print_json(&summary);
-        } else {
-            step(json, "ripcord releases web");
-            super::output::releases(&ledger, "web", false)?;
-            println!("\nWhat happened:");
-            for (what, ms) in &timings {
-                println!("  {ms:>6} ms  {what}");
-            }
-            println!("  {total_requests} requests through the proxy: by version {:?} (ok, 5xx)", seen);
-            println!(
-                "\n{} demo finished in {:.1} s. Today the rollback is by hand; the guard (next) makes it automatic.",
-                if report.ok { "✓" } else { "✗" },
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Ok::<i32, CliError>(if report.ok { 0 } else { 4 })
-    }
-    .await;
+    let result = drive(&state_dir, dir, listen, scenario, json, started).await;
     let _ = stop_tx.send(());
     let _ = watcher.await;
     result
 }
 
-async fn deploy(
+fn scenario_name(s: Scenario) -> String {
+    s.to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
+}
+
+async fn drive(
     state_dir: &Path,
-    version: &str,
-    extra: &[&str],
+    dir: &Path,
+    listen: u16,
+    scenario: Scenario,
     json: bool,
-) -> Result<Value, CliError> {
+    started: Instant,
+) -> Result<i32, CliError> {
+    let v1 = deploy(state_dir, "v1", &[]).await?;
+    say(
+        json,
+        &format!(
+            "▶ deploy web v1: healthy, serving, verified ({} ms)",
+            v1["total_ms"].as_u64().unwrap_or(0)
+        ),
+    );
+
+    let stats = Arc::new(LoadStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load(listen, stats.clone(), stop.clone()));
+    say(
+        json,
+        "▶ traffic: about 200 requests a second through the proxy",
+    );
+    // A second of healthy traffic gives v1 a baseline p95 for the latency rule.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let mut watermark = last_event_id(state_dir);
+    let v2 = deploy(state_dir, "v2", scenario.v2_args()).await?;
+    let v2_deployed_ms = now_ms();
+    say(
+        json,
+        &format!(
+            "▶ deploy web v2 ({}): healthy at start, serving, verified ({} ms)",
+            scenario.v2_args().join(" "),
+            v2["total_ms"].as_u64().unwrap_or(0)
+        ),
+    );
+    say(json, "▶ the guard is watching v2…");
+
+    // Follow the ledger until the incident for v2 closes.
+    let deadline = Instant::now() + GUARD_DEADLINE;
+    let incident = loop {
+        for e in new_events(state_dir, &mut watermark) {
+            if matches!(
+                e.kind.as_str(),
+                "trigger_fired"
+                    | "decision"
+                    | "incident_opened"
+                    | "rollback_started"
+                    | "traffic_switched"
+                    | "rollback_succeeded"
+                    | "rollback_failed"
+                    | "frozen"
+                    | "oom_killed"
+                    | "release_stopped"
+            ) {
+                say(
+                    json,
+                    &format!(
+                        "  +{:>6.3} s  {:<18} {}",
+                        (e.ts_ms - v2_deployed_ms) as f64 / 1000.0,
+                        e.kind,
+                        e.message
+                    ),
+                );
+            }
+        }
+        let closed = Ledger::open(state_dir)
+            .ok()
+            .and_then(|l| l.incidents(Some("web")).ok())
+            .and_then(|list| list.into_iter().find(|i| i.status != "open"));
+        if let Some(i) = closed {
+            break Some(i);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A little more traffic on v1 shows the recovery in the chart.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.await;
+    for e in new_events(state_dir, &mut watermark) {
+        if e.kind == "release_stopped" {
+            say(
+                json,
+                &format!(
+                    "  +{:>6.3} s  {:<18} {}",
+                    (e.ts_ms - v2_deployed_ms) as f64 / 1000.0,
+                    e.kind,
+                    e.message
+                ),
+            );
+        }
+    }
+
+    let ledger = Ledger::open(state_dir)?;
+    let incident = match incident {
+        Some(i) => ledger.incident(i.id)?.unwrap_or(i),
+        None => {
+            return Err(CliError::new(
+                1,
+                format!(
+                    "the guard did not act within {} s: see `ripcord events web --state-dir {}`",
+                    GUARD_DEADLINE.as_secs(),
+                    state_dir.display()
+                ),
+            ));
+        }
+    };
+    let releases = ledger.releases("web")?;
+    let events = ledger.events("web", 10_000)?;
+    let report_dir = dir.join("report");
+    let report = crate::report::write(
+        &report_dir,
+        &crate::report::ReportInput {
+            incident: &incident,
+            events: &events,
+            releases: &releases,
+        },
+    )?;
+    let impact = incident.impact.clone().unwrap_or(Value::Null);
+    let rolled_back = incident.switched_at_ms.is_some();
+    let verified = incident.verified_at_ms.is_some() && incident.status == "resolved";
+    let v2_status = releases
+        .iter()
+        .find(|r| r.version == "v2")
+        .map(|r| r.status.as_str())
+        .unwrap_or("?");
+    let active = releases
+        .iter()
+        .find(|r| r.status == crate::ledger::ReleaseStatus::Active)
+        .map(|r| r.version.clone());
+    let failed = stats.failed.load(Ordering::Relaxed);
+    let summary = json!({
+        "scenario": scenario_name(scenario),
+        "rolled_back": rolled_back,
+        "verified": verified,
+        "active": active,
+        "bad_release_status": v2_status,
+        "incident": incident.id,
+        "rule": incident.rule,
+        "failed_requests": failed,
+        "total_requests": stats.sent.load(Ordering::Relaxed),
+        "first_bad_to_trigger_ms": impact["first_bad_to_trigger_ms"],
+        "first_bad_to_switch_ms": impact["first_bad_to_switch_ms"],
+        "first_bad_to_verified_ms": impact["first_bad_to_verified_ms"],
+        "total_ms": started.elapsed().as_millis() as u64,
+        "report": report,
+    });
+    if json {
+        super::output::print_json(&summary);
+    } else {
+        let ms = |k: &str| {
+            impact[k]
+                .as_i64()
+                .map_or("unknown".to_string(), |v| format!("{v} ms"))
+        };
+        println!(
+            "\nWhat happened (incident #{}, rule {}):",
+            incident.id, incident.rule
+        );
+        println!(
+            "  first bad request → trigger        {}",
+            ms("first_bad_to_trigger_ms")
+        );
+        println!(
+            "  first bad request → traffic on v1  {}",
+            ms("first_bad_to_switch_ms")
+        );
+        println!(
+            "  first bad request → verified       {}",
+            ms("first_bad_to_verified_ms")
+        );
+        println!(
+            "  requests that failed for users     {failed} of {}",
+            stats.sent.load(Ordering::Relaxed)
+        );
+        println!(
+            "  v2 is now                          {v2_status} (redeploying it needs --force --reason)"
+        );
+        println!("  report                             {}", report.display());
+        println!(
+            "\n{} demo finished in {:.1} s: nobody had to notice.",
+            if rolled_back && verified {
+                "✓"
+            } else {
+                "✗"
+            },
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(if rolled_back && verified { 0 } else { 1 })
+}
+
+fn last_event_id(state_dir: &Path) -> i64 {
+    Ledger::open(state_dir)
+        .ok()
+        .and_then(|l| l.events("web", 1).ok())
+        .and_then(|e| e.last().map(|e| e.id))
+        .unwrap_or(0)
+}
+
+fn new_events(state_dir: &Path, watermark: &mut i64) -> Vec<crate::ledger::Event> {
+    let Ok(l) = Ledger::open(state_dir) else {
+        return Vec::new();
+    };
+    let events: Vec<_> = l
+        .events("web", 500)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.id > *watermark)
+        .collect();
+    if let Some(last) = events.last() {
+        *watermark = last.id;
+    }
+    events
+}
+
+async fn deploy(state_dir: &Path, version: &str, extra: &[&str]) -> Result<Value, CliError> {
     let exe = std::env::current_exe()?;
     let mut argv: Vec<String> = [
         exe.to_string_lossy().as_ref(),
@@ -197,20 +436,9 @@ async fn deploy(
     .map(|s| s.to_string())
     .collect();
     argv.extend(extra.iter().map(|s| s.to_string()));
-    step(
-        json,
-        &format!(
-            "ripcord deploy web {version}{}",
-            if extra.is_empty() {
-                String::new()
-            } else {
-                format!("   (demo-app {})", extra.join(" "))
-            }
-        ),
-    );
-    call(
+    let (exit, result, error) = control::call(
         state_dir,
-        Request::Deploy {
+        &Request::Deploy {
             service: "web".into(),
             version: version.into(),
             argv: Some(argv),
@@ -218,55 +446,49 @@ async fn deploy(
             force: false,
             reason: None,
         },
-        json,
+        |_| {},
     )
-    .await
-}
-
-async fn call(state_dir: &Path, request: Request, json: bool) -> Result<Value, CliError> {
-    let (exit, result, error) = control::call(state_dir, &request, |m| {
-        if !json {
-            for line in m.lines() {
-                println!("  {line}");
-            }
-        }
-    })
     .await?;
-    if let Some(e) = error {
-        return Err(CliError::new(exit, e));
+    match error {
+        Some(e) => Err(CliError::new(exit, format!("deploy {version}: {e}"))),
+        None => Ok(result),
     }
-    if !json {
-        super::output::outcome(&result);
-    }
-    Ok(result)
 }
 
-/// Requests `/api/demo` in a bounded loop until told to stop; counts answers by version.
-fn start_load(
-    port: u16,
-    seen: Seen,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<u64>,
-) {
-    let (tx, mut rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(async move {
-        let client = HttpClient::default();
-        let url = format!("http://127.0.0.1:{port}/api/demo");
-        let start = Instant::now();
-        let mut n = 0;
-        while n < LOAD_MAX_REQUESTS && start.elapsed() < LOAD_MAX_TIME && rx.try_recv().is_err() {
-            n += 1;
-            if let Ok(r) = client.get(&url, Duration::from_secs(2)).await {
-                let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                let version = v["version"].as_str().unwrap_or("?").to_string();
-                let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                let e = s.entry(version).or_default();
-                if r.status >= 500 { e.1 += 1 } else { e.0 += 1 }
+/// About 200 requests a second on `/api/demo`, each in its own task (at most 64 in
+/// flight), until told to stop or the bounds are reached.
+async fn load(port: u16, stats: Arc<LoadStats>, stop: Arc<AtomicBool>) {
+    let client = HttpClient::default();
+    let url = format!("http://127.0.0.1:{port}/api/demo");
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(LOAD_EVERY);
+    while !stop.load(Ordering::Relaxed)
+        && start.elapsed() < LOAD_MAX_TIME
+        && stats.sent.load(Ordering::Relaxed) < LOAD_MAX_REQUESTS
+    {
+        tick.tick().await;
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+        let (client, url, stats) = (client.clone(), url.clone(), stats.clone());
+        tokio::spawn(async move {
+            let ok =
+                matches!(client.get(&url, Duration::from_secs(5)).await, Ok(r) if r.status == 200);
+            if ok {
+                stats.ok.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = stats
+                    .first_failure_ms
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert(now_ms());
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        n
-    });
-    (tx, handle)
+            drop(permit);
+        });
+    }
+    // Let the requests in flight finish (bounded).
+    let _ = tokio::time::timeout(Duration::from_secs(5), limit.acquire_many(64)).await;
 }

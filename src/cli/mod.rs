@@ -4,6 +4,7 @@
 //! compatibility promise for scripts.
 
 mod demo;
+mod guard_cmd;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -45,8 +46,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// The whole loop on the embedded default, in a temporary directory
-    Demo,
+    /// The whole loop on the embedded default, in a temporary directory: a bad release
+    /// is rolled back by the guard with nobody involved
+    Demo {
+        /// The fault the bad release carries
+        #[arg(long, value_enum, default_value = "errors")]
+        scenario: demo::Scenario,
+    },
     /// Deploy VERSION of SERVICE: start it in the idle slot, health-gate, switch, verify
     Deploy {
         service: String,
@@ -88,6 +94,26 @@ pub enum Command {
     },
     /// Run the guard daemon: proxies, releases, control socket (foreground)
     Watch,
+    /// Stop everything for SERVICE: no deploy, no rollback, automatic or manual
+    Freeze {
+        service: String,
+        /// Why (e.g. "data corruption in orders"): kept in the ledger and the incident
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Allow deploys and rollbacks of SERVICE again
+    Unfreeze {
+        service: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Acknowledge SERVICE's investigation: the guard will not roll it back for it
+    Ack { service: String },
+    /// Incidents: list, show one, write its report
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
     /// Check the config file and report every problem
     Config {
         #[command(subcommand)]
@@ -96,6 +122,25 @@ pub enum Command {
     /// Run the demo application (used by `ripcord demo`, tests and benchmarks)
     #[command(hide = true)]
     DemoApp(crate::demo_app::DemoAppArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentCommand {
+    /// Every incident, newest first
+    List {
+        /// Only this service's
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// One incident with its timeline
+    Show { id: i64 },
+    /// Write the incident's Markdown report and SVG chart
+    Report {
+        id: i64,
+        /// Where to write [default: STATE_DIR/reports]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,7 +177,12 @@ pub fn main() -> i32 {
     if let Command::DemoApp(args) = cli.command {
         return crate::demo_app::run(args);
     }
-    init_tracing(matches!(cli.command, Command::Watch));
+    init_tracing(match cli.command {
+        Command::Watch => "info",
+        // The demo narrates itself; the in-process watcher's warnings would repeat it.
+        Command::Demo { .. } => "error",
+        _ => "warn",
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -153,8 +203,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_tracing(daemon: bool) {
-    let default = if daemon { "info" } else { "warn" };
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -212,6 +261,26 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status { service } => {
             output::status(cli.config.as_deref(), &state_dir, service.as_deref(), json).await
         }
+        Command::Freeze { service, reason } => {
+            guard_cmd::freeze(&state_dir, &service, &reason, json)
+        }
+        Command::Unfreeze { service, reason } => {
+            guard_cmd::unfreeze(&state_dir, &service, &reason, json)
+        }
+        Command::Ack { service } => guard_cmd::ack(&state_dir, &service, json),
+        Command::Incident { command } => {
+            let ledger = open_ledger(&state_dir)?;
+            match command {
+                IncidentCommand::List { service } => {
+                    guard_cmd::incident_list(&ledger, service.as_deref(), json)
+                }
+                IncidentCommand::Show { id } => guard_cmd::incident_show(&ledger, id, json),
+                IncidentCommand::Report { id, out } => {
+                    let out = out.unwrap_or_else(|| state_dir.join("reports"));
+                    guard_cmd::incident_report(&ledger, id, &out, json)
+                }
+            }
+        }
         Command::Releases { service } => {
             let ledger = open_ledger(&state_dir)?;
             output::releases(&ledger, &service, json)
@@ -221,7 +290,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             output::events(&ledger, &service, limit, json)
         }
         Command::Watch => watch(cli.config.as_deref(), &state_dir).await,
-        Command::Demo => demo::run(json).await,
+        Command::Demo { scenario } => demo::run(scenario, json).await,
         Command::DemoApp(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -149,9 +149,13 @@ pub(crate) fn service_status(
         Some(s.slot) != active_slot && s.warm_until_ms.is_some_and(|t| t > now) && watcher.is_some()
     });
     let previous = ledger.previous_good(service)?;
+    let guard = ledger.service_state(service)?;
+    let investigating = guard.investigating_release.is_some() && guard.acked_at_ms.is_none();
     let state = match (&operation, warm) {
+        _ if guard.frozen_reason.is_some() => "frozen",
         (Some(op), _) if op.kind == "rollback" => "rolling_back",
         (Some(_), _) => "deploying",
+        _ if investigating => "investigating",
         (None, Some(w))
             if previous
                 .as_ref()
@@ -185,6 +189,13 @@ pub(crate) fn service_status(
         }),
         "operation": operation.as_ref().map(|o| json!({
             "id": o.id, "kind": o.kind, "step": o.step, "started_at_ms": o.started_at_ms,
+        })),
+        "frozen": guard.frozen_reason.as_ref().map(|r| json!({ "reason": r, "since_ms": guard.frozen_at_ms })),
+        "investigation": guard.investigating_release.map(|r| json!({
+            "release": r,
+            "since_ms": guard.investigating_since_ms,
+            "deadline_ms": guard.investigating_deadline_ms,
+            "acknowledged": guard.acked_at_ms.is_some(),
         })),
         "watcher": { "running": watcher.is_some(), "holder": watcher },
         "live": live,
@@ -275,6 +286,36 @@ fn print_status(s: &Value) {
             op["id"],
             op["step"].as_str().unwrap_or("?")
         );
+    }
+    if let Some(f) = s["frozen"].as_object() {
+        println!(
+            "  FROZEN    {} (since {}): `ripcord unfreeze {name} --reason TEXT` to allow changes",
+            f["reason"].as_str().unwrap_or("?"),
+            f["since_ms"].as_i64().map(format_utc).unwrap_or_default()
+        );
+    }
+    if let Some(i) = s["investigation"].as_object() {
+        let acked = i["acknowledged"].as_bool() == Some(true);
+        println!(
+            "  investigating release #{}: {}",
+            i["release"],
+            if acked {
+                "acknowledged, no automatic rollback".to_string()
+            } else {
+                format!(
+                    "rolled back at {} unless `ripcord ack {name}`",
+                    i["deadline_ms"]
+                        .as_i64()
+                        .map(format_utc)
+                        .unwrap_or_default()
+                )
+            }
+        );
+    }
+    if let Some(rules) = s["live"]["guard"]["rules"].as_object() {
+        for (rule, verdict) in rules {
+            println!("  guard     {rule:<12} {}", verdict.as_str().unwrap_or("?"));
+        }
     }
     match s["watcher"]["holder"].as_str() {
         Some(h) => println!("  watcher   {h}"),

@@ -132,6 +132,8 @@ pub struct ServiceConfig {
     pub investigate_secs: u64,
     /// A release using more resident memory than this is killed (counted as an OOM kill).
     pub memory_limit_mb: Option<u64>,
+    /// Webhooks told of triggers, decisions, rollbacks, freezes and investigations.
+    pub webhooks: Vec<String>,
 }
 
 /// The guard's trigger rules for one service; `None` means the rule is off. Defaults are
@@ -387,6 +389,7 @@ pub(crate) struct RawService {
     pub(crate) triggers: Option<Triggers>,
     pub(crate) investigate_secs: Option<u64>,
     pub(crate) memory_limit_mb: Option<u64>,
+    pub(crate) webhooks: Vec<String>,
 }
 
 impl RawService {
@@ -417,6 +420,7 @@ impl RawService {
             triggers: self.triggers?,
             investigate_secs: self.investigate_secs.unwrap_or(300),
             memory_limit_mb: self.memory_limit_mb,
+            webhooks: self.webhooks,
         })
     }
 }
@@ -437,6 +441,7 @@ const SERVICE_KEYS: &[&str] = &[
     "triggers",
     "investigate_secs",
     "memory_limit_mb",
+    "notify",
 ];
 
 const CHECK_KEYS: &[&str] = &[
@@ -562,6 +567,23 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         .integer(t, "memory_limit_mb", 1, 1 << 30)
         .map(|v| v.value as u64);
     let triggers = read_triggers(r, t);
+    let mut webhooks = Vec::new();
+    if let Some(n) = r.table(t, "notify") {
+        r.deny_unknown(&n, &["webhooks"]);
+        if let Some(list) = r.argv(&n, "webhooks") {
+            for url in list.value {
+                if url.starts_with("http://") {
+                    webhooks.push(url);
+                } else {
+                    r.error(
+                        list.span.clone(),
+                        &reader::join(&n.path, "webhooks"),
+                        format!("\"{url}\" is not an http:// URL"),
+                    );
+                }
+            }
+        }
+    }
     let command = r.argv(t, "command").map(|a| a.value);
     let mut env = BTreeMap::new();
     if let Some(e) = r.table(t, "env") {
@@ -595,6 +617,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         triggers,
         investigate_secs,
         memory_limit_mb,
+        webhooks,
     }
 }
 

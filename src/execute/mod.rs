@@ -98,6 +98,9 @@ pub struct Outcome {
     pub warm: Option<bool>,
     /// From the start of the operation until traffic was on the new release.
     pub switch_ms: u64,
+    /// When traffic went to the new release, and when verification passed.
+    pub switched_at_ms: i64,
+    pub verified_at_ms: i64,
     pub total_ms: u64,
     pub verify: VerifyReport,
 }
@@ -187,6 +190,7 @@ impl ServiceExec {
                 kind,
                 message,
                 data: None,
+                incident_id: None,
             },
         );
         if let Err(e) = result {
@@ -247,6 +251,7 @@ impl ServiceExec {
 
     /// Checks a deploy against the ledger and finds the argv it runs.
     fn plan_deploy(&self, req: &DeployRequest) -> Result<Vec<String>, ExecError> {
+        self.refuse_if_frozen("deploy")?;
         let existing = self.ledger().find_release(self.name(), &req.version)?;
         if let Some(r) = &existing {
             if r.status == ReleaseStatus::Bad && !req.force {
@@ -354,6 +359,7 @@ impl ServiceExec {
                 }
             })?;
         let old = self.switch_to(op, release, slot)?;
+        let switched_at_ms = now_ms();
         self.ledger().promote(self.name(), release.id)?;
         let switch_ms = start.elapsed().as_millis() as u64;
         say(
@@ -392,6 +398,8 @@ impl ServiceExec {
             from: from.map(|f| release_ref(f, old.as_ref().map(|o| o.slot))),
             warm: None,
             switch_ms,
+            switched_at_ms,
+            verified_at_ms: now_ms(),
             total_ms: start.elapsed().as_millis() as u64,
             verify: report,
         })
@@ -469,6 +477,7 @@ impl ServiceExec {
         &self,
         req: &RollbackRequest,
     ) -> Result<(Release, Option<Release>), ExecError> {
+        self.refuse_if_frozen("roll back")?;
         let (target, active) = {
             let ledger = self.ledger();
             let active = ledger.active_release(self.name())?;
@@ -575,6 +584,7 @@ impl ServiceExec {
             }
         };
         let old = self.switch_to(op, target, slot)?;
+        let switched_at_ms = now_ms();
         self.ledger()
             .rolled_back(self.name(), from.map(|f| f.id), target.id, reason)?;
         let switch_ms = start.elapsed().as_millis() as u64;
@@ -620,9 +630,25 @@ impl ServiceExec {
             from: from.map(|f| release_ref(f, old.as_ref().map(|o| o.slot))),
             warm: Some(warm),
             switch_ms,
+            switched_at_ms,
+            verified_at_ms: now_ms(),
             total_ms: start.elapsed().as_millis() as u64,
             verify: report,
         })
+    }
+
+    /// Frozen means no deploy and no rollback, automatic or manual.
+    fn refuse_if_frozen(&self, what: &str) -> Result<(), ExecError> {
+        let state = self.ledger().service_state(self.name())?;
+        match state.frozen_reason {
+            Some(reason) => Err(ExecError::Refused(format!(
+                "{} is frozen ({reason}): ripcord will not {what} it until \
+                 `ripcord unfreeze {} --reason TEXT`",
+                self.name(),
+                self.name()
+            ))),
+            None => Ok(()),
+        }
     }
 
     // ---- steps shared by deploy and rollback --------------------------------------
@@ -945,6 +971,28 @@ impl ServiceExec {
             }
         })
         .await
+    }
+
+    /// Kills a release that exceeds the service's memory limit (the guard's watchdog):
+    /// counted as an OOM kill.
+    pub fn kill_for_memory(&self, slot: Slot, release: i64) {
+        let Some(sp) = self.slots().remove(&slot) else {
+            return;
+        };
+        if sp.release.id != release || sp.proc.oom_killed() {
+            return;
+        }
+        sp.proc.kill_for_memory();
+        self.event(
+            Some(release),
+            None,
+            "oom_killed",
+            format!(
+                "{} in slot {slot} exceeded memory_limit_mb = {}: killed",
+                sp.release.version,
+                self.cfg.memory_limit_mb.unwrap_or(0)
+            ),
+        );
     }
 
     /// Stops every release of this service (watcher shutdown).

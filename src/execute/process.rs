@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -57,6 +58,10 @@ pub struct RunningProcess {
     pub pid_start: Option<u64>,
     pub log_path: PathBuf,
     exit: watch::Receiver<Option<ExitStatus>>,
+    /// Set when ripcord asked it to stop: its exit is then no crash.
+    stopping: AtomicBool,
+    /// Set when ripcord killed it for exceeding the memory limit.
+    oom_killed: AtomicBool,
 }
 
 /// `{port}` and `{version}` in every argument.
@@ -133,6 +138,8 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
         pid_start: process_start_ticks(pid as i64),
         log_path: spec.log_path.clone(),
         exit: rx,
+        stopping: AtomicBool::new(false),
+        oom_killed: AtomicBool::new(false),
     })
 }
 
@@ -148,8 +155,26 @@ impl RunningProcess {
         rx.wait_for(|s| s.is_some()).await.ok().and_then(|s| *s)
     }
 
+    /// Whether ripcord asked it to stop (so an exit is expected).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Whether ripcord killed it for exceeding its memory limit.
+    pub fn oom_killed(&self) -> bool {
+        self.oom_killed.load(Ordering::Relaxed)
+    }
+
+    /// Kills the group at once for exceeding the memory limit (an OOM kill).
+    pub fn kill_for_memory(&self) {
+        if self.exited().is_none() && !self.oom_killed.swap(true, Ordering::Relaxed) {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+
     /// SIGTERM to the group; SIGKILL after `timeout`. Returns how it ended.
     pub async fn stop(&self, timeout: Duration) -> StopOutcome {
+        self.stopping.store(true, Ordering::Relaxed);
         if self.exited().is_some() {
             return StopOutcome::AlreadyExited;
         }
@@ -200,6 +225,33 @@ pub fn process_start_ticks(pid: i64) -> Option<u64> {
         return None;
     }
     fields.get(22 - 3)?.parse().ok()
+}
+
+/// CPU time used so far (user + system), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Resident memory in MiB (VmRSS).
+pub fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Clock ticks per second for /proc CPU times.
+pub fn ticks_per_sec() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100, |t| t as u64)
 }
 
 /// The last `n` lines of a log file (reads only its tail).

@@ -213,8 +213,9 @@ pub fn health(
     Verdict::Ok(format!("{consecutive_failures} consecutive failures"))
 }
 
-/// CPU share (of one core) above `above` for `for_secs`: every sample in that span is
-/// above, and the samples cover it.
+/// CPU share (of one core) above `above` on average over `for_secs`, once the samples
+/// cover that span: an average, as a monitoring query would take, so one scheduling dip
+/// on a busy host does not reset the clock.
 pub fn cpu(rule: &CpuRule, samples: &[(i64, f64)], release_id: i64, now_ms: i64) -> Verdict {
     let from = now_ms - rule.for_secs as i64 * 1000;
     let Some(&(first_at, _)) = samples.first() else {
@@ -225,33 +226,36 @@ pub fn cpu(rule: &CpuRule, samples: &[(i64, f64)], release_id: i64, now_ms: i64)
         .filter(|(at, _)| *at >= from)
         .map(|(_, s)| *s)
         .collect();
-    let Some(min) = recent.iter().copied().reduce(f64::min) else {
+    if recent.is_empty() {
         return Verdict::NoData("no recent CPU samples".to_string());
-    };
-    if first_at > from {
+    }
+    let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+    // The first sample is a delta over the second before it: it covers from then.
+    if first_at - 1000 > from {
         return Verdict::Ok(format!(
-            "CPU watched for {} s of the {} s the rule needs",
-            (now_ms - first_at) / 1000,
+            "CPU {} over {} s watched of the {} s the rule needs",
+            pct(mean),
+            (now_ms - first_at) / 1000 + 1,
             rule.for_secs
         ));
     }
-    if min > rule.above {
+    if mean > rule.above {
         return Verdict::Fired(Finding {
             rule: Rule::Cpu,
             release_id,
             at_ms: now_ms,
             summary: format!(
-                "CPU above {} of a core for {} s (lowest sample {})",
-                pct(rule.above),
+                "CPU {} of a core on average over {} s is above {}",
+                pct(mean),
                 rule.for_secs,
-                pct(min)
+                pct(rule.above)
             ),
-            values: json!({ "min_share": min, "threshold": rule.above, "for_secs": rule.for_secs }),
+            values: json!({ "mean_share": mean, "samples": recent.len(), "threshold": rule.above, "for_secs": rule.for_secs }),
         });
     }
     Verdict::Ok(format!(
-        "CPU lowest sample {} in the last {} s",
-        pct(min),
+        "CPU {} on average over {} s",
+        pct(mean),
         rule.for_secs
     ))
 }
@@ -410,9 +414,14 @@ mod tests {
             cpu(&rule, &burning[..5], 1, 4_000),
             Verdict::Ok(_)
         ));
+        // One dip on a busy host does not reset the clock; a lower average does not fire.
         let mut dip = burning.clone();
-        dip[15].1 = 0.5;
-        assert!(matches!(cpu(&rule, &dip, 1, 20_000), Verdict::Ok(_)));
+        dip[15].1 = 0.8;
+        assert!(cpu(&rule, &dip, 1, 20_000).fired().is_some());
+        let idle: Vec<(i64, f64)> = (0..=20)
+            .map(|s| (s * 1000, if s % 2 == 0 { 0.99 } else { 0.5 }))
+            .collect();
+        assert!(matches!(cpu(&rule, &idle, 1, 20_000), Verdict::Ok(_)));
         assert!(matches!(cpu(&rule, &[], 1, 20_000), Verdict::NoData(_)));
     }
 }

@@ -10,6 +10,7 @@
 //! Every multi-row change is one transaction, so a crash never leaves half a change.
 //! This module never starts or stops anything; it only records.
 
+mod guard;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::now_ms;
 use crate::config::Slot;
 
+pub use guard::{Incident, IncidentUpdate, ServiceState};
 pub use schema::CURRENT as SCHEMA_VERSION;
 
 /// The ledger's file name inside the state dir.
@@ -117,6 +119,8 @@ pub struct Release {
     pub status_reason: Option<String>,
     pub created_at_ms: i64,
     pub activated_at_ms: Option<i64>,
+    /// The p95 latency this release showed while healthy: the next release's baseline.
+    pub healthy_p95_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -162,6 +166,7 @@ pub struct Event {
     pub kind: String,
     pub message: String,
     pub data: Option<serde_json::Value>,
+    pub incident_id: Option<i64>,
 }
 
 /// What one blue-green slot holds, as last recorded.
@@ -195,6 +200,7 @@ pub struct NewEvent<'a> {
     pub kind: &'a str,
     pub message: String,
     pub data: Option<serde_json::Value>,
+    pub incident_id: Option<i64>,
 }
 
 pub struct Ledger {
@@ -503,6 +509,7 @@ impl Ledger {
                 kind: &format!("{}_started", kind.as_str()),
                 message: format!("{} started", kind.as_str()),
                 data: reason.map(|r| serde_json::json!({ "reason": r })),
+                incident_id: None,
             },
             now,
         )?;
@@ -532,6 +539,7 @@ impl Ledger {
                 kind: step,
                 message,
                 data: None,
+                incident_id: None,
             },
             now,
         )?;
@@ -569,6 +577,7 @@ impl Ledger {
                 kind: &format!("{kind}_{outcome}"),
                 message,
                 data: None,
+                incident_id: None,
             },
             now,
         )?;
@@ -644,12 +653,35 @@ impl Ledger {
 
     /// The service's timeline, oldest first; `limit` keeps the newest.
     pub fn events(&self, service: &str, limit: usize) -> Result<Vec<Event>, LedgerError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, ts_ms, service, release_id, operation_id, kind, message, data
-             FROM (SELECT * FROM events WHERE service = ?1 ORDER BY id DESC LIMIT ?2)
-             ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![service, limit as i64], |r| {
+        self.events_where("service = ?1", params![service], limit)
+    }
+
+    /// The service's events between two instants (inclusive), oldest first.
+    pub fn events_between(
+        &self,
+        service: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Event>, LedgerError> {
+        self.events_where(
+            "service = ?1 AND ts_ms BETWEEN ?2 AND ?3",
+            params![service, from_ms, to_ms],
+            100_000,
+        )
+    }
+
+    fn events_where<P: rusqlite::Params>(
+        &self,
+        filter: &str,
+        params: P,
+        limit: usize,
+    ) -> Result<Vec<Event>, LedgerError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, ts_ms, service, release_id, operation_id, kind, message, data, incident_id
+             FROM (SELECT * FROM events WHERE {filter} ORDER BY id DESC LIMIT {limit})
+             ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params, |r| {
             let data: Option<String> = r.get(7)?;
             Ok(Event {
                 id: r.get(0)?,
@@ -660,6 +692,7 @@ impl Ledger {
                 kind: r.get(5)?,
                 message: r.get(6)?,
                 data: data.and_then(|d| serde_json::from_str(&d).ok()),
+                incident_id: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -734,7 +767,7 @@ impl Ledger {
     }
 }
 
-const RELEASE_COLS: &str = "id, service, version, spec, config_snapshot, status, status_reason, created_at_ms, activated_at_ms";
+const RELEASE_COLS: &str = "id, service, version, spec, config_snapshot, status, status_reason, created_at_ms, activated_at_ms, healthy_p95_us";
 
 fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, LedgerError>> {
     let spec: String = r.get(3)?;
@@ -746,6 +779,7 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, Led
     let status_reason: Option<String> = r.get(6)?;
     let created_at_ms: i64 = r.get(7)?;
     let activated_at_ms: Option<i64> = r.get(8)?;
+    let healthy_p95_us: Option<i64> = r.get(9)?;
     Ok((|| {
         Ok(Release {
             id,
@@ -763,6 +797,7 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, Led
             status_reason,
             created_at_ms,
             activated_at_ms,
+            healthy_p95_us: healthy_p95_us.map(|v| v as u64),
         })
     })())
 }
@@ -774,8 +809,8 @@ fn insert_event(
     ts_ms: i64,
 ) -> Result<i64, LedgerError> {
     conn.execute(
-        "INSERT INTO events (ts_ms, service, release_id, operation_id, kind, message, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO events (ts_ms, service, release_id, operation_id, kind, message, data, incident_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             ts_ms,
             service,
@@ -783,7 +818,8 @@ fn insert_event(
             e.operation_id,
             e.kind,
             e.message,
-            e.data.as_ref().map(|d| d.to_string())
+            e.data.as_ref().map(|d| d.to_string()),
+            e.incident_id
         ],
     )?;
     Ok(conn.last_insert_rowid())

@@ -73,7 +73,47 @@ const STEPS: &[&str] = &[
         PRIMARY KEY (service, slot)
     );
     "#,
+    // v2: the guard: baselines, frozen/investigating state, incidents.
+    r#"
+    ALTER TABLE releases ADD COLUMN healthy_p95_us INTEGER;
+    ALTER TABLE events ADD COLUMN incident_id INTEGER;
+
+    CREATE TABLE service_state (
+        service                    TEXT PRIMARY KEY,
+        frozen_reason              TEXT,
+        frozen_at_ms               INTEGER,
+        investigating_release      INTEGER,
+        investigating_since_ms     INTEGER,
+        investigating_deadline_ms  INTEGER,
+        acked_at_ms                INTEGER
+    );
+
+    CREATE TABLE incidents (
+        id               INTEGER PRIMARY KEY,
+        service          TEXT NOT NULL,
+        release_id       INTEGER REFERENCES releases (id),
+        status           TEXT NOT NULL
+            CHECK (status IN ('open', 'resolved', 'failed', 'frozen')),
+        rule             TEXT NOT NULL,
+        summary          TEXT NOT NULL,
+        opened_at_ms     INTEGER NOT NULL,
+        first_bad_at_ms  INTEGER,
+        switched_at_ms   INTEGER,
+        verified_at_ms   INTEGER,
+        closed_at_ms     INTEGER,
+        decision         TEXT,
+        impact           TEXT,
+        series           TEXT
+    );
+    CREATE INDEX incidents_by_service ON incidents (service, id);
+    "#,
 ];
+
+/// The SQL of one upgrade step (tests build old ledgers with it).
+#[cfg(test)]
+pub(super) fn step(index: usize) -> &'static str {
+    STEPS[index]
+}
 
 /// The schema version this build writes.
 pub const CURRENT: i64 = STEPS.len() as i64;

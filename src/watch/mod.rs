@@ -7,14 +7,14 @@
 //! accepting, drains the proxies with a timeout, then stops the releases.
 
 pub mod control;
+pub mod guard;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -23,7 +23,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::execute::{DeployRequest, ExecError, RollbackRequest, ServiceExec, SharedLedger};
 use crate::ledger::{Ledger, LedgerError, NewEvent};
-use crate::proxy::{DRAIN_TIMEOUT, Proxy, RequestRecord};
+use crate::proxy::{DRAIN_TIMEOUT, Proxy};
 use control::{Reply, Request};
 
 /// The pseudo-service whose lease marks the one watcher of a state dir.
@@ -58,22 +58,9 @@ pub enum WatchError {
     },
 }
 
-/// Traffic the proxy saw for one release, since the watcher started.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct ReleaseTraffic {
-    pub requests: u64,
-    pub status_5xx: u64,
-    pub upstream_errors: u64,
-    pub mean_latency_ms: f64,
-    #[serde(skip)]
-    latency_sum_us: u64,
-}
-
-type TrafficMap = Arc<Mutex<HashMap<i64, ReleaseTraffic>>>;
-
 struct Service {
     exec: Arc<ServiceExec>,
-    traffic: TrafficMap,
+    view: guard::SharedView,
     proxy_task: tokio::task::JoinHandle<()>,
 }
 
@@ -155,19 +142,32 @@ pub async fn run(
                     addr: cfg.listen,
                     source,
                 })?;
-        let traffic: TrafficMap = Arc::default();
-        tokio::spawn(count_traffic(rx, traffic.clone()));
         let exec = Arc::new(ServiceExec::new(
             cfg.clone(),
-            proxy,
+            proxy.clone(),
             ledger.clone(),
             state_dir,
         ));
+        // Signal sources feed the guard; the guard decides and acts through `exec`.
+        let (obs_tx, obs_rx) = mpsc::channel(1024);
+        if let Some(rule) = &cfg.triggers.health {
+            tokio::spawn(crate::signals::probe::run(
+                cfg.clone(),
+                rule.clone(),
+                proxy.clone(),
+                obs_tx.clone(),
+            ));
+        }
+        tokio::spawn(crate::signals::process::run(exec.clone(), obs_tx));
+        let view: guard::SharedView = Arc::default();
+        let notifier = crate::notify::Notifier::start(cfg.webhooks.clone());
+        let g = guard::Guard::new(exec.clone(), ledger.clone(), notifier, view.clone());
+        tokio::spawn(g.run(rx, obs_rx));
         services.insert(
             name.clone(),
             Service {
                 exec,
-                traffic,
+                view,
                 proxy_task,
             },
         );
@@ -264,18 +264,6 @@ fn record(ledger: &SharedLedger, service: &str, kind: &str, message: String) {
         },
     ) {
         tracing::error!(error = %e, "cannot write event to the ledger");
-    }
-}
-
-async fn count_traffic(mut rx: mpsc::Receiver<RequestRecord>, traffic: TrafficMap) {
-    while let Some(rec) = rx.recv().await {
-        let mut t = traffic.lock().unwrap_or_else(|p| p.into_inner());
-        let e = t.entry(rec.release_id).or_default();
-        e.requests += 1;
-        e.status_5xx += u64::from(rec.status >= 500);
-        e.upstream_errors += u64::from(rec.upstream_error);
-        e.latency_sum_us += rec.latency_us;
-        e.mean_latency_ms = e.latency_sum_us as f64 / e.requests as f64 / 1000.0;
     }
 }
 
@@ -431,11 +419,7 @@ fn live(svc: &Service) -> serde_json::Value {
             })
         })
         .collect();
-    let traffic = svc
-        .traffic
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let view = svc.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
     serde_json::json!({
         "pid": std::process::id(),
         "at_ms": now_ms(),
@@ -450,6 +434,11 @@ fn live(svc: &Service) -> serde_json::Value {
             "records_dropped": c.records_dropped.load(Relaxed),
         },
         "slots": slots,
-        "traffic": traffic.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
+        "traffic": view.traffic.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
+        "guard": {
+            "release": view.release_id,
+            "rules": view.rules,
+            "last_decision": view.last_decision,
+        },
     })
 }

@@ -326,7 +326,7 @@ pub fn get(url: &str) -> (u16, String) {
 
 /// The version the service answers with right now.
 pub fn serving(p: &Project) -> String {
-    let (status, body) = get(&p.url("/api/which"));
+    let (status, body) = get(&p.url("/health"));
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["version"].as_str().unwrap().to_string()

@@ -1,0 +1,233 @@
+//! The guard's commands for people: freeze and unfreeze a service, acknowledge an
+//! investigation, and read incidents. They write the ledger directly (a running
+//! watcher picks the change up within a second), so they work with or without it.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::output::print_json;
+use super::{CliError, open_ledger};
+use crate::clock::format_utc;
+use crate::ledger::{Incident, IncidentUpdate, Ledger};
+
+fn open_or_create(state_dir: &Path) -> Result<Ledger, CliError> {
+    crate::watch::ensure_state_dir(state_dir).map_err(|e| CliError::new(1, e.to_string()))?;
+    Ok(Ledger::open(state_dir)?)
+}
+
+pub(super) fn freeze(
+    state_dir: &Path,
+    service: &str,
+    reason: &str,
+    json: bool,
+) -> Result<i32, CliError> {
+    let mut ledger = open_or_create(state_dir)?;
+    if let Some(already) = ledger.service_state(service)?.frozen_reason {
+        if json {
+            print_json(
+                &json!({ "service": service, "frozen": true, "changed": false, "reason": already }),
+            );
+        } else {
+            println!("{service} was already frozen ({already})");
+        }
+        return Ok(0);
+    }
+    let incident = ledger.open_incident(
+        service,
+        ledger.active_release(service)?.map(|r| r.id),
+        "data_corruption",
+        &format!("frozen by a person: {reason}"),
+        None,
+        &json!({ "action": { "action": "freeze" }, "reasons": ["data corruption → stop everything (a person said so)", reason] }),
+    )?;
+    ledger.freeze(service, reason, Some(incident))?;
+    ledger.update_incident(
+        incident,
+        IncidentUpdate {
+            status: Some("frozen"),
+            ..Default::default()
+        },
+    )?;
+    if json {
+        print_json(
+            &json!({ "service": service, "frozen": true, "changed": true, "incident": incident }),
+        );
+    } else {
+        println!(
+            "✓ {service} is frozen: no deploy and no rollback, automatic or manual, until \
+             `ripcord unfreeze {service} --reason TEXT` (incident #{incident})"
+        );
+    }
+    Ok(0)
+}
+
+pub(super) fn unfreeze(
+    state_dir: &Path,
+    service: &str,
+    reason: &str,
+    json: bool,
+) -> Result<i32, CliError> {
+    let mut ledger = open_ledger(state_dir)?;
+    let changed = ledger.unfreeze(service, reason)?;
+    for i in ledger.incidents(Some(service))? {
+        if i.status == "frozen" && i.closed_at_ms.is_none() {
+            ledger.update_incident(
+                i.id,
+                IncidentUpdate {
+                    closed_at_ms: Some(crate::clock::now_ms()),
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    if json {
+        print_json(&json!({ "service": service, "frozen": false, "changed": changed }));
+    } else if changed {
+        println!("✓ {service} is unfrozen: deploys and rollbacks are allowed again");
+    } else {
+        println!("{service} was not frozen");
+    }
+    Ok(0)
+}
+
+pub(super) fn ack(state_dir: &Path, service: &str, json: bool) -> Result<i32, CliError> {
+    let mut ledger = open_ledger(state_dir)?;
+    match ledger.ack(service)? {
+        Some(release) => {
+            if json {
+                print_json(
+                    &json!({ "service": service, "acknowledged": true, "release": release }),
+                );
+            } else {
+                println!(
+                    "✓ acknowledged: the guard will not roll back release #{release} of {service} for this investigation"
+                );
+            }
+            Ok(0)
+        }
+        None => Err(CliError::new(
+            1,
+            format!(
+                "{service} has no investigation to acknowledge (see `ripcord status {service}`)"
+            ),
+        )),
+    }
+}
+
+pub(super) fn incident_list(
+    ledger: &Ledger,
+    service: Option<&str>,
+    json: bool,
+) -> Result<i32, CliError> {
+    let incidents = ledger.incidents(service)?;
+    if json {
+        print_json(&incidents.iter().map(brief).collect::<Vec<_>>());
+        return Ok(0);
+    }
+    if incidents.is_empty() {
+        println!("no incidents");
+    }
+    for i in &incidents {
+        println!(
+            "#{:<4} {:<10} {:<9} {:<16} {}  {}",
+            i.id,
+            i.service,
+            i.status,
+            i.rule,
+            format_utc(i.opened_at_ms),
+            i.summary
+        );
+    }
+    Ok(0)
+}
+
+fn brief(i: &Incident) -> serde_json::Value {
+    json!({
+        "id": i.id, "service": i.service, "release_id": i.release_id, "status": i.status,
+        "rule": i.rule, "summary": i.summary, "opened_at_ms": i.opened_at_ms,
+        "first_bad_at_ms": i.first_bad_at_ms, "switched_at_ms": i.switched_at_ms,
+        "verified_at_ms": i.verified_at_ms, "closed_at_ms": i.closed_at_ms, "impact": i.impact,
+    })
+}
+
+fn get(ledger: &Ledger, id: i64) -> Result<Incident, CliError> {
+    ledger.incident(id)?.ok_or_else(|| {
+        CliError::new(
+            1,
+            format!("no incident #{id} (see `ripcord incident list`)"),
+        )
+    })
+}
+
+/// The incident's part of the service timeline.
+fn timeline(ledger: &Ledger, i: &Incident) -> Result<Vec<crate::ledger::Event>, CliError> {
+    let from = i
+        .first_bad_at_ms
+        .unwrap_or(i.opened_at_ms)
+        .min(i.opened_at_ms)
+        - 60_000;
+    let to = i.closed_at_ms.or(i.verified_at_ms).unwrap_or(i64::MAX / 2) + 10_000;
+    Ok(ledger.events_between(&i.service, from, to)?)
+}
+
+pub(super) fn incident_show(ledger: &Ledger, id: i64, json: bool) -> Result<i32, CliError> {
+    let i = get(ledger, id)?;
+    let events = timeline(ledger, &i)?;
+    if json {
+        let mut v = brief(&i);
+        v["decision"] = i.decision.clone().unwrap_or_default();
+        v["timeline"] = serde_json::to_value(&events).unwrap_or_default();
+        print_json(&v);
+        return Ok(0);
+    }
+    println!(
+        "incident #{} on {}: {} ({})",
+        i.id, i.service, i.status, i.rule
+    );
+    println!("  {}", i.summary);
+    if let Some(reasons) = i.decision.as_ref().and_then(|d| d["reasons"].as_array()) {
+        for r in reasons {
+            println!("  decision: {}", r.as_str().unwrap_or_default());
+        }
+    }
+    if let Some(imp) = &i.impact {
+        println!(
+            "  impact: {} of {} requests failed; first bad → switch {} ms, → verified {} ms",
+            imp["failed_requests"],
+            imp["total_requests"],
+            imp["first_bad_to_switch_ms"],
+            imp["first_bad_to_verified_ms"]
+        );
+    }
+    println!("timeline:");
+    for e in &events {
+        println!("  {}  {:<18} {}", format_utc(e.ts_ms), e.kind, e.message);
+    }
+    Ok(0)
+}
+
+pub(super) fn incident_report(
+    ledger: &Ledger,
+    id: i64,
+    out: &Path,
+    json: bool,
+) -> Result<i32, CliError> {
+    let i = get(ledger, id)?;
+    let events = ledger.events(&i.service, 100_000)?;
+    let releases = ledger.releases(&i.service)?;
+    let path = crate::report::write(
+        out,
+        &crate::report::ReportInput {
+            incident: &i,
+            events: &events,
+            releases: &releases,
+        },
+    )?;
+    if json {
+        print_json(&json!({ "incident": id, "report": path }));
+    } else {
+        println!("✓ wrote {}", path.display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,43 @@
+//! Signal sources: tasks that only observe and send [`Observation`]s down a bounded
+//! channel to the guard. A source never decides and never changes anything; it stops
+//! when its channel closes or it is told to.
+//!
+//! The built-in proxy is a source too: its per-request records arrive on their own
+//! channel (see `proxy::RequestRecord`).
+
+pub mod probe;
+pub mod process;
+
+use serde::Serialize;
+
+use crate::config::Slot;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Observation {
+    /// One health probe of the active slot.
+    Health {
+        release_id: i64,
+        ok: bool,
+        detail: String,
+        at_ms: i64,
+    },
+    /// A resource sample of a release's process.
+    Resources {
+        release_id: i64,
+        slot: Slot,
+        /// CPU time over wall time since the last sample: 1.0 is one core.
+        cpu_share: Option<f64>,
+        rss_mb: Option<f64>,
+        at_ms: i64,
+    },
+    /// A release's process exited without ripcord asking it to.
+    Exit {
+        release_id: i64,
+        slot: Slot,
+        status: String,
+        /// ripcord killed it for exceeding `memory_limit_mb`.
+        oom: bool,
+        at_ms: i64,
+    },
+}

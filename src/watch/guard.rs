@@ -1,0 +1,768 @@
+//! The per-service guard task: feeds request records and signal observations into the
+//! active release's windows, evaluates the triggers every tick, asks `decide` what to do,
+//! and acts through exactly the path a person uses (`ServiceExec::rollback`), with an
+//! incident, events and notifications around it.
+//!
+//! It watches whatever release the proxy serves, from the deploy's switch through the
+//! bake and after it. A rollback that fails escalates: the service is frozen and people
+//! are told; it is never retried in a loop.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::clock::now_ms;
+use crate::decide::{self, Action, Decision, Investigation};
+use crate::execute::{ExecError, RollbackRequest, ServiceExec, SharedLedger};
+use crate::guard::triggers::{self, Finding, Rule, Verdict};
+use crate::guard::window::Window;
+use crate::ledger::{IncidentUpdate, Ledger, NewEvent};
+use crate::notify::Notifier;
+use crate::proxy::RequestRecord;
+use crate::signals::Observation;
+
+/// How often the triggers are evaluated.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How long the per-second series behind incident charts is kept.
+const SERIES_SECS: u64 = 900;
+/// How often the ledger's view (frozen, investigating, baseline) is refreshed.
+const STATE_REFRESH_MS: i64 = 500;
+/// How often a healthy release's p95 is saved as the next release's baseline.
+const BASELINE_EVERY_MS: i64 = 5_000;
+
+/// Traffic the proxy saw for one release, since the watcher started.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ReleaseTraffic {
+    pub requests: u64,
+    pub status_5xx: u64,
+    pub upstream_errors: u64,
+}
+
+/// What `status` can show about the guard: per-rule verdicts for the active release.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GuardView {
+    pub release_id: Option<i64>,
+    /// Rule → `ok: ...`, `no data: ...` or `fired: ...`.
+    pub rules: BTreeMap<String, String>,
+    pub last_decision: Option<Decision>,
+    pub traffic: BTreeMap<i64, ReleaseTraffic>,
+}
+
+pub type SharedView = Arc<Mutex<GuardView>>;
+
+/// Everything the guard tracks about one release while it serves.
+struct Watch {
+    errors: Window,
+    latency: Window,
+    total: u64,
+    failed: u64,
+    first_bad_ms: Option<i64>,
+    health_streak: u32,
+    probes: u64,
+    last_probe: String,
+    cpu: VecDeque<(i64, f64)>,
+    exit: Option<(String, bool, i64)>,
+    last_baseline_ms: i64,
+}
+
+impl Watch {
+    fn new(exec: &ServiceExec) -> Self {
+        let t = &exec.cfg.triggers;
+        Watch {
+            errors: Window::new(t.error_rate.as_ref().map_or(120, |r| r.window_secs)),
+            latency: Window::new(t.latency_p95.as_ref().map_or(120, |r| r.window_secs)),
+            total: 0,
+            failed: 0,
+            first_bad_ms: None,
+            health_streak: 0,
+            probes: 0,
+            last_probe: String::new(),
+            cpu: VecDeque::new(),
+            exit: None,
+            last_baseline_ms: now_ms(),
+        }
+    }
+
+    fn bad(&mut self, at_ms: i64) {
+        self.first_bad_ms.get_or_insert(at_ms);
+    }
+}
+
+/// The ledger's view of the service, refreshed now and then (never on the request path).
+#[derive(Default)]
+struct LedgerView {
+    frozen: Option<String>,
+    investigating: Option<Investigation>,
+    has_rollback_target: bool,
+    baseline_p95_us: Option<u64>,
+    refreshed_ms: i64,
+}
+
+pub struct Guard {
+    exec: Arc<ServiceExec>,
+    ledger: SharedLedger,
+    notifier: Notifier,
+    view: SharedView,
+    watches: HashMap<i64, Watch>,
+    series: Window,
+    active: Option<i64>,
+    state: LedgerView,
+    acting: Arc<AtomicBool>,
+    /// Set when an automatic rollback found the service busy: decide again.
+    retry: Arc<AtomicBool>,
+    /// Releases the guard acted on (rolled back, investigated, froze).
+    flagged: std::collections::HashSet<i64>,
+    /// The last decision acted on, so an unchanged decision is not repeated.
+    last_action: Option<Action>,
+}
+
+impl Guard {
+    pub fn new(
+        exec: Arc<ServiceExec>,
+        ledger: SharedLedger,
+        notifier: Notifier,
+        view: SharedView,
+    ) -> Self {
+        Guard {
+            exec,
+            ledger,
+            notifier,
+            view,
+            watches: HashMap::new(),
+            series: Window::new(SERIES_SECS),
+            active: None,
+            state: LedgerView::default(),
+            acting: Arc::new(AtomicBool::new(false)),
+            retry: Arc::new(AtomicBool::new(false)),
+            flagged: Default::default(),
+            last_action: None,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.exec.cfg.name
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs until both channels close.
+    pub async fn run(
+        mut self,
+        mut records: mpsc::Receiver<RequestRecord>,
+        mut observations: mpsc::Receiver<Observation>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                rec = records.recv() => match rec {
+                    Some(rec) => self.on_request(rec),
+                    None => break,
+                },
+                obs = observations.recv() => {
+                    if let Some(obs) = obs {
+                        self.on_observation(obs);
+                    }
+                }
+                _ = tick.tick() => self.evaluate(now_ms()),
+            }
+        }
+    }
+
+    fn watch(&mut self, release: i64) -> &mut Watch {
+        let exec = self.exec.clone();
+        self.watches
+            .entry(release)
+            .or_insert_with(|| Watch::new(&exec))
+    }
+
+    fn on_request(&mut self, rec: RequestRecord) {
+        let error = rec.status >= 500;
+        self.series.add(rec.at_ms, error, rec.latency_us);
+        {
+            let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            let t = view.traffic.entry(rec.release_id).or_default();
+            t.requests += 1;
+            t.status_5xx += u64::from(error);
+            t.upstream_errors += u64::from(rec.upstream_error);
+        }
+        // A request slower than the latency rule's limit is a bad one too.
+        let slow = self
+            .slow_limit_us()
+            .is_some_and(|limit| rec.latency_us >= limit);
+        let w = self.watch(rec.release_id);
+        if slow {
+            w.bad(rec.at_ms);
+        }
+        w.errors.add(rec.at_ms, error, rec.latency_us);
+        w.latency.add(rec.at_ms, error, rec.latency_us);
+        w.total += 1;
+        if error {
+            w.failed += 1;
+            w.bad(rec.at_ms);
+        }
+    }
+
+    /// The latency rule's limit for the active release, once a baseline is known.
+    fn slow_limit_us(&self) -> Option<u64> {
+        let rule = self.exec.cfg.triggers.latency_p95.as_ref()?;
+        let baseline = self.state.baseline_p95_us?;
+        Some(((baseline as f64 * rule.factor) as u64).max(rule.floor_ms * 1000))
+    }
+
+    fn on_observation(&mut self, obs: Observation) {
+        match obs {
+            Observation::Health {
+                release_id,
+                ok,
+                detail,
+                at_ms,
+            } => {
+                let w = self.watch(release_id);
+                w.probes += 1;
+                w.last_probe = detail;
+                if ok {
+                    w.health_streak = 0;
+                } else {
+                    w.health_streak += 1;
+                    w.bad(at_ms);
+                }
+            }
+            Observation::Resources {
+                release_id,
+                slot,
+                cpu_share,
+                rss_mb,
+                at_ms,
+            } => {
+                if let (Some(limit), Some(rss)) = (self.exec.cfg.memory_limit_mb, rss_mb)
+                    && rss > limit as f64
+                {
+                    self.exec.kill_for_memory(slot, release_id);
+                }
+                if let Some(share) = cpu_share {
+                    let keep_ms = self
+                        .exec
+                        .cfg
+                        .triggers
+                        .cpu
+                        .as_ref()
+                        .map_or(300, |c| c.for_secs) as i64
+                        * 1000
+                        + 5_000;
+                    let w = self.watch(release_id);
+                    w.cpu.push_back((at_ms, share));
+                    while w.cpu.front().is_some_and(|(t, _)| *t < at_ms - keep_ms) {
+                        w.cpu.pop_front();
+                    }
+                }
+            }
+            Observation::Exit {
+                release_id,
+                status,
+                oom,
+                at_ms,
+                ..
+            } => {
+                let w = self.watch(release_id);
+                w.exit = Some((status, oom, at_ms));
+                w.bad(at_ms);
+            }
+        }
+    }
+
+    fn refresh_state(&mut self, now: i64) {
+        if now - self.state.refreshed_ms < STATE_REFRESH_MS {
+            return;
+        }
+        let name = self.name().to_string();
+        let l = self.ledger();
+        let st = l.service_state(&name).unwrap_or_default();
+        let previous = l.previous_good(&name).ok().flatten();
+        drop(l);
+        // A freeze or unfreeze by a person (`ripcord freeze`) is told at once.
+        if self.state.refreshed_ms > 0 && st.frozen_reason != self.state.frozen {
+            match &st.frozen_reason {
+                Some(why) => {
+                    self.notifier
+                        .send("freeze", &name, format!("FROZEN: {why}"), json!({}))
+                }
+                None => self
+                    .notifier
+                    .send("unfreeze", &name, "unfrozen".to_string(), json!({})),
+            }
+        }
+        self.state = LedgerView {
+            frozen: st.frozen_reason,
+            investigating: match (
+                st.investigating_release,
+                st.investigating_since_ms,
+                st.investigating_deadline_ms,
+            ) {
+                (Some(release_id), Some(since_ms), Some(deadline_ms)) => Some(Investigation {
+                    release_id,
+                    since_ms,
+                    deadline_ms,
+                    acked: st.acked_at_ms.is_some(),
+                }),
+                _ => None,
+            },
+            has_rollback_target: previous.is_some(),
+            baseline_p95_us: previous.and_then(|p| p.healthy_p95_us),
+            refreshed_ms: now,
+        };
+    }
+
+    /// The rules' verdicts for the active release.
+    fn verdicts(&mut self, release: i64, now: i64) -> Vec<(Rule, Verdict)> {
+        let triggers = self.exec.cfg.triggers.clone();
+        let baseline = self.state.baseline_p95_us;
+        let w = self.watch(release);
+        let mut out = Vec::new();
+        if let Some(rule) = &triggers.error_rate {
+            out.push((
+                Rule::ErrorRate,
+                triggers::error_rate(rule, &w.errors.stats(now), release, now),
+            ));
+        }
+        if let Some(rule) = &triggers.latency_p95 {
+            out.push((
+                Rule::LatencyP95,
+                triggers::latency_p95(rule, &w.latency, baseline, release, now),
+            ));
+        }
+        if let Some(rule) = &triggers.health {
+            out.push((
+                Rule::Health,
+                triggers::health(rule, w.health_streak, w.probes, &w.last_probe, release, now),
+            ));
+        }
+        if let Some(rule) = &triggers.cpu {
+            let samples: Vec<(i64, f64)> = w.cpu.iter().copied().collect();
+            out.push((Rule::Cpu, triggers::cpu(rule, &samples, release, now)));
+        }
+        if let Some((status, oom, at)) = &w.exit {
+            let (rule, on, what) = if *oom {
+                (
+                    Rule::OomKill,
+                    triggers.oom_kills,
+                    "killed for exceeding its memory limit (an OOM kill)",
+                )
+            } else {
+                (Rule::Crash, triggers.crash, "exited unexpectedly")
+            };
+            if on {
+                out.push((
+                    rule,
+                    Verdict::Fired(Finding {
+                        rule,
+                        release_id: release,
+                        at_ms: *at,
+                        summary: format!("the release's process {what} ({status})"),
+                        values: json!({ "status": status, "oom": oom }),
+                    }),
+                ));
+            }
+        }
+        out
+    }
+
+    fn evaluate(&mut self, now: i64) {
+        let Some(target) = self.exec.proxy.target() else {
+            return;
+        };
+        let release = target.release_id;
+        if self.active != Some(release) {
+            // The release leaving is the next one's baseline: save its p95 if it was
+            // healthy, so a deploy right after it still has one.
+            if let Some(old) = self.active {
+                self.store_baseline(old, now);
+            }
+            // A release (re)starts serving: its health, process and first-bad facts start
+            // fresh; its request windows keep what they hold (they age out by time).
+            self.active = Some(release);
+            self.last_action = None;
+            // What "previous good release" means just changed: read it now.
+            self.state.refreshed_ms = 0;
+            self.watches.retain(|id, _| *id == release);
+            let w = self.watch(release);
+            w.health_streak = 0;
+            w.probes = 0;
+            w.exit = None;
+            w.cpu.clear();
+            w.first_bad_ms = None;
+            w.failed = 0;
+            w.total = 0;
+        }
+        if self.retry.swap(false, Ordering::Relaxed) {
+            self.last_action = None;
+        }
+        self.refresh_state(now);
+        let verdicts = self.verdicts(release, now);
+        let findings: Vec<Finding> = verdicts
+            .iter()
+            .filter_map(|(_, v)| v.fired().cloned())
+            .collect();
+        self.save_baseline(release, &findings, now);
+        let state = decide::State {
+            frozen: self.state.frozen.clone(),
+            investigating: self
+                .state
+                .investigating
+                .clone()
+                .filter(|i| i.release_id == release),
+            acting: self.acting.load(Ordering::Relaxed),
+            has_rollback_target: self.state.has_rollback_target,
+            investigate_secs: self.exec.cfg.investigate_secs,
+            cpu_investigates: self
+                .exec
+                .cfg
+                .triggers
+                .cpu
+                .as_ref()
+                .is_none_or(|c| c.investigate),
+        };
+        let decision = decide::decide(&state, &findings, now);
+        {
+            let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            view.release_id = Some(release);
+            view.rules = verdicts
+                .iter()
+                .map(|(rule, v)| {
+                    let text = match v {
+                        Verdict::Ok(s) => format!("ok: {s}"),
+                        Verdict::NoData(s) => format!("no data: {s}"),
+                        Verdict::Fired(f) => format!("fired: {}", f.summary),
+                    };
+                    (rule.as_str().to_string(), text)
+                })
+                .collect();
+            if decision.action != Action::None {
+                view.last_decision = Some(decision.clone());
+            }
+        }
+        if decision.action == Action::None || self.last_action.as_ref() == Some(&decision.action) {
+            return;
+        }
+        self.last_action = Some(decision.action.clone());
+        self.flagged.insert(release);
+        self.act(decision, findings, release, now);
+    }
+
+    /// Saves a healthy release's p95 now and then: the next release's baseline.
+    fn save_baseline(&mut self, release: i64, findings: &[Finding], now: i64) {
+        let w = self.watch(release);
+        if !findings.is_empty() || now - w.last_baseline_ms < BASELINE_EVERY_MS {
+            return;
+        }
+        self.store_baseline(release, now);
+    }
+
+    /// Saves `release`'s p95 as a healthy baseline when its window is big and clean enough.
+    fn store_baseline(&mut self, release: i64, now: i64) {
+        // A release the guard acted on is never anyone's baseline.
+        if self.flagged.contains(&release) {
+            return;
+        }
+        let Some(rule) = self.exec.cfg.triggers.latency_p95.clone() else {
+            return;
+        };
+        let Some(w) = self.watches.get_mut(&release) else {
+            return;
+        };
+        w.last_baseline_ms = now;
+        let stats = w.latency.stats(now);
+        if stats.requests < rule.min_samples
+            || stats.errors > 0 && stats.error_ratio().unwrap_or(0.0) > 0.05
+        {
+            return;
+        }
+        if let Some(p95) = stats.p95_us
+            && let Err(e) = self.ledger().set_healthy_p95(release, p95)
+        {
+            tracing::warn!(error = %e, "cannot save the baseline p95");
+        }
+    }
+
+    fn event(
+        &self,
+        release: Option<i64>,
+        incident: Option<i64>,
+        kind: &str,
+        message: String,
+        data: Option<serde_json::Value>,
+    ) {
+        tracing::warn!(service = %self.name(), kind, "{message}");
+        let r = self.ledger().event(
+            self.name(),
+            NewEvent {
+                release_id: release,
+                kind,
+                message,
+                data,
+                incident_id: incident,
+                ..Default::default()
+            },
+        );
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot write event to the ledger");
+        }
+    }
+
+    /// The open incident for this release, or a new one.
+    fn incident(&self, release: i64, findings: &[Finding], decision: &Decision) -> Option<i64> {
+        let name = self.name().to_string();
+        if let Ok(Some(open)) = self.ledger().open_incident_of(&name)
+            && open.release_id == Some(release)
+        {
+            return Some(open.id);
+        }
+        let first = findings.first();
+        let rule = first.map_or("decision", |f| f.rule.as_str());
+        let summary = first.map_or_else(|| decision.reasons.join("; "), |f| f.summary.clone());
+        let first_bad = self.watches.get(&release).and_then(|w| w.first_bad_ms);
+        let decision_json = serde_json::to_value(decision).unwrap_or_default();
+        match self.ledger().open_incident(
+            &name,
+            Some(release),
+            rule,
+            &summary,
+            first_bad,
+            &decision_json,
+        ) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open an incident");
+                None
+            }
+        }
+    }
+
+    fn act(&mut self, decision: Decision, findings: Vec<Finding>, release: i64, now: i64) {
+        let name = self.name().to_string();
+        let incident = self.incident(release, &findings, &decision);
+        for f in &findings {
+            self.event(
+                Some(release),
+                incident,
+                "trigger_fired",
+                format!("{} fired: {}", f.rule.as_str(), f.summary),
+                Some(json!({ "rule": f.rule, "values": f.values, "at_ms": f.at_ms })),
+            );
+            self.notifier.send(
+                "trigger",
+                &name,
+                format!("{} fired: {}", f.rule.as_str(), f.summary),
+                json!(f),
+            );
+        }
+        let reasons = decision.reasons.join("; ");
+        self.event(
+            Some(release),
+            incident,
+            "decision",
+            format!("decision: {}", reasons),
+            Some(serde_json::to_value(&decision).unwrap_or_default()),
+        );
+        self.notifier.send(
+            "decision",
+            &name,
+            reasons.clone(),
+            serde_json::to_value(&decision).unwrap_or_default(),
+        );
+        match decision.action {
+            Action::None => {}
+            Action::Investigate {
+                release_id,
+                deadline_ms,
+            } => {
+                if let Err(e) =
+                    self.ledger()
+                        .start_investigation(&name, release_id, now, deadline_ms)
+                {
+                    tracing::error!(error = %e, "cannot record the investigation");
+                }
+                self.state.refreshed_ms = 0;
+                self.notifier.send(
+                    "investigate",
+                    &name,
+                    format!(
+                        "investigating: {reasons}. Run `ripcord ack {name}` to keep the release; otherwise it is rolled back in {} s",
+                        (deadline_ms - now) / 1000
+                    ),
+                    json!({ "release_id": release_id, "deadline_ms": deadline_ms }),
+                );
+            }
+            Action::Freeze => {
+                let _ = self.ledger().freeze(&name, &reasons, incident);
+                if let Some(id) = incident {
+                    let _ = self.ledger().update_incident(
+                        id,
+                        IncidentUpdate {
+                            status: Some("frozen"),
+                            ..Default::default()
+                        },
+                    );
+                }
+                self.state.refreshed_ms = 0;
+                self.notifier
+                    .send("freeze", &name, format!("FROZEN: {reasons}"), json!({}));
+            }
+            Action::Escalate { release_id } => {
+                self.notifier.send(
+                    "escalate",
+                    &name,
+                    format!("needs a person: {reasons}"),
+                    json!({ "release_id": release_id }),
+                );
+            }
+            Action::Rollback { kind, release_id } => {
+                self.acting.store(true, Ordering::Relaxed);
+                let exec = self.exec.clone();
+                let ledger = self.ledger.clone();
+                let notifier = self.notifier.clone();
+                let acting = self.acting.clone();
+                let retry = self.retry.clone();
+                let watch_stats = self
+                    .watches
+                    .get(&release_id)
+                    .map(|w| (w.total, w.failed, w.first_bad_ms));
+                let series = self.series.clone();
+                let detected_ms = findings.iter().map(|f| f.at_ms).min().unwrap_or(now);
+                tokio::spawn(async move {
+                    let reason = format!("automatic ({kind:?}): {reasons}");
+                    let result = exec
+                        .rollback(
+                            RollbackRequest {
+                                to: None,
+                                reason: Some(reason),
+                            },
+                            None,
+                        )
+                        .await;
+                    let again = finish_rollback(
+                        exec,
+                        ledger,
+                        notifier,
+                        incident,
+                        result,
+                        watch_stats,
+                        series,
+                        detected_ms,
+                    )
+                    .await;
+                    retry.store(again, Ordering::Relaxed);
+                    acting.store(false, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+}
+
+/// Records how an automatic rollback ended: the incident's times, impact and series;
+/// on failure, escalation (freeze and notify) instead of another try. Returns true when
+/// the service was only busy, so the guard should decide again.
+#[allow(clippy::too_many_arguments)]
+async fn finish_rollback(
+    exec: Arc<ServiceExec>,
+    ledger: SharedLedger,
+    notifier: Notifier,
+    incident: Option<i64>,
+    result: Result<crate::execute::Outcome, ExecError>,
+    stats: Option<(u64, u64, Option<i64>)>,
+    series: Window,
+    detected_ms: i64,
+) -> bool {
+    let name = exec.cfg.name.clone();
+    let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let (total, failed, first_bad) = stats.unwrap_or((0, 0, None));
+    match result {
+        Ok(outcome) => {
+            let first = first_bad.unwrap_or(detected_ms);
+            let points = series.points(first - 60_000, outcome.verified_at_ms + 5_000);
+            let window: Vec<_> = points
+                .iter()
+                .filter(|p| p.t_ms + 1000 > first && p.t_ms <= outcome.switched_at_ms)
+                .collect();
+            let peak_ratio = window
+                .iter()
+                .filter(|p| p.requests > 0)
+                .map(|p| p.errors as f64 / p.requests as f64)
+                .fold(0.0, f64::max);
+            let peak_p95 = window.iter().filter_map(|p| p.p95_ms).fold(0.0, f64::max);
+            let impact = json!({
+                "failed_requests": failed,
+                "total_requests": total,
+                "first_bad_at_ms": first_bad,
+                "detected_at_ms": detected_ms,
+                "errors_seen_ms": outcome.switched_at_ms - first,
+                "first_bad_to_trigger_ms": detected_ms - first,
+                "first_bad_to_switch_ms": outcome.switched_at_ms - first,
+                "first_bad_to_verified_ms": outcome.verified_at_ms - first,
+                "peak_5xx_ratio": peak_ratio,
+                "peak_p95_ms": peak_p95,
+            });
+            if let Some(id) = incident {
+                let _ = lock().update_incident(
+                    id,
+                    IncidentUpdate {
+                        status: Some("resolved"),
+                        switched_at_ms: Some(outcome.switched_at_ms),
+                        verified_at_ms: Some(outcome.verified_at_ms),
+                        closed_at_ms: Some(outcome.verified_at_ms),
+                        impact: Some(impact.clone()),
+                        series: Some(json!(points)),
+                    },
+                );
+            }
+            let _ = lock().end_investigation(&name);
+            notifier.send(
+                "rollback_done",
+                &name,
+                format!(
+                    "rolled back to {} and verified; traffic was back {} ms after the first bad request",
+                    outcome.active.version,
+                    outcome.switched_at_ms - first
+                ),
+                json!({ "outcome": outcome, "impact": impact, "incident": incident }),
+            );
+            false
+        }
+        Err(e) => {
+            let msg = format!("automatic rollback failed: {e}");
+            // A busy service is not a failed rollback: the guard decides again shortly.
+            if matches!(e, ExecError::Refused(_))
+                && !msg.contains("frozen")
+                && !msg.contains("marked bad")
+            {
+                tracing::warn!(service = %name, "{msg}; will decide again");
+                return true;
+            }
+            let _ = lock().freeze(&name, &msg, incident);
+            if let Some(id) = incident {
+                let _ = lock().update_incident(
+                    id,
+                    IncidentUpdate {
+                        status: Some("failed"),
+                        closed_at_ms: Some(now_ms()),
+                        ..Default::default()
+                    },
+                );
+            }
+            notifier.send(
+                "rollback_failed",
+                &name,
+                format!("{msg}; the service is frozen until a person unfreezes it"),
+                json!({ "incident": incident }),
+            );
+            false
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The guard on real processes: every fault of the runbook is rolled back with nobody
+//! involved, freeze blocks everything, an investigation waits for a person, a dead
+//! webhook delays nothing, a failed rollback escalates.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs `ripcord demo --scenario NAME --json` in a private temp dir and returns its
+/// summary and the report's text.
+fn demo(scenario: &str) -> (serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--scenario", scenario, "--json"])
+        .env("TMPDIR", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "demo {scenario} failed:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = std::fs::read_to_string(v["report"].as_str().unwrap()).unwrap();
+    // Only the report is left behind.
+    let demo_dir = std::fs::read_dir(dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let left: Vec<String> = std::fs::read_dir(&demo_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["report"], "the demo left more than its report");
+    (v, report)
+}
+
+fn assert_rolled_back(v: &serde_json::Value, rule: &str) {
+    assert_eq!(v["rolled_back"], true, "{v:#}");
+    assert_eq!(v["verified"], true, "{v:#}");
+    assert_eq!(v["active"], "v1", "{v:#}");
+    assert_eq!(v["bad_release_status"], "bad", "{v:#}");
+    assert_eq!(v["rule"], rule, "{v:#}");
+    assert!(v["first_bad_to_switch_ms"].as_i64().is_some(), "{v:#}");
+    assert!(v["total_ms"].as_u64().unwrap() < 60_000, "{v:#}");
+}
+
+#[test]
+fn errors_are_rolled_back_fast_with_few_failed_requests() {
+    let (v, report) = demo("errors");
+    assert_rolled_back(&v, "error_rate");
+    let switch = v["first_bad_to_switch_ms"].as_i64().unwrap();
+    assert!(
+        switch < 2_000,
+        "first bad request → switch took {switch} ms: {v:#}"
+    );
+    assert!(v["failed_requests"].as_u64().unwrap() < 100, "{v:#}");
+    assert!(report.contains("Incident #1"), "{report}");
+}
+
+#[test]
+fn latency_is_rolled_back() {
+    let (v, _) = demo("latency");
+    assert_rolled_back(&v, "latency_p95");
+}
+
+#[test]
+fn an_oom_kill_is_rolled_back() {
+    let (v, _) = demo("oom");
+    assert_rolled_back(&v, "oom_kills");
+}
+
+#[test]
+fn a_crash_is_rolled_back() {
+    let (v, _) = demo("crash");
+    assert_eq!(v["rolled_back"], true, "{v:#}");
+    // The 502s of a dead upstream or its exit, whichever the guard sees first.
+    assert!(
+        ["error_rate", "crash"].contains(&v["rule"].as_str().unwrap()),
+        "{v:#}"
+    );
+    assert_rolled_back(&v, v["rule"].as_str().unwrap());
+}
+
+#[test]
+fn failing_health_checks_are_rolled_back() {
+    let (v, _) = demo("health");
+    assert_rolled_back(&v, "health");
+}
+
+#[test]
+fn cpu_is_investigated_then_rolled_back_without_an_ack() {
+    let (v, _) = demo("cpu");
+    assert_rolled_back(&v, "cpu");
+}
+
+#[test]
+fn a_bad_release_under_watch_is_rolled_back_and_recorded() {
+    let mut p = Project::new("", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
+    std::thread::sleep(Duration::from_millis(500));
+    // Bad a second after it starts: its deploy-time verification passes, as in life.
+    assert_ok(
+        &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),
+        "deploy v2",
+    );
+    eventually("the guard rolls v2 back", Duration::from_secs(20), || {
+        serving(&p) == "v1"
+    });
+    let report = load.stop();
+    assert!(
+        !report.failures.is_empty(),
+        "v2 should have failed some requests"
+    );
+
+    let releases = p.json(&["releases", "web"]);
+    assert_eq!(releases[0]["version"], "v2");
+    assert_eq!(releases[0]["status"], "bad");
+    assert!(
+        releases[0]["status_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("automatic"),
+        "{releases:#}"
+    );
+
+    eventually("the incident is resolved", Duration::from_secs(10), || {
+        p.json(&["incident", "list"])[0]["status"] == "resolved"
+    });
+    let list = p.json(&["incident", "list"]);
+    let id = list[0]["id"].as_i64().unwrap();
+    assert_eq!(list[0]["rule"], "error_rate");
+    let show = p.json(&["incident", "show", &id.to_string()]);
+    let kinds: Vec<&str> = show["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "deploy_started",
+        "traffic_switched",
+        "incident_opened",
+        "trigger_fired",
+        "decision",
+        "rollback_started",
+        "verifying",
+        "rollback_succeeded",
+    ] {
+        assert!(
+            kinds.contains(&k),
+            "no {k} in the incident timeline {kinds:?}"
+        );
+    }
+    let impact = &show["impact"];
+    assert!(impact["failed_requests"].as_u64().unwrap() > 0, "{show:#}");
+    assert!(
+        impact["first_bad_to_switch_ms"].as_i64().unwrap() < 5_000,
+        "{show:#}"
+    );
+
+    // The report command writes the Markdown and the chart.
+    let out_dir = p.dir.path().join("reports");
+    let out = p.run(&[
+        "incident",
+        "report",
+        &id.to_string(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_ok(&out, "incident report");
+    assert!(out_dir.join(format!("incident-{id}.md")).exists());
+
+    // Deploying the bad release again is refused without --force --reason.
+    let out = p.deploy("v2", &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let out = p.run(&["deploy", "web", "v2", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn freeze_blocks_deploy_and_rollback_until_unfrozen() {
+    let mut p = Project::new("", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    assert_ok(
+        &p.run(&["freeze", "web", "--reason", "orders table corrupt"]),
+        "freeze",
+    );
+    let status = p.json(&["status", "web"]);
+    assert_eq!(status["state"], "frozen", "{status:#}");
+    assert_eq!(status["frozen"]["reason"], "orders table corrupt");
+
+    let out = p.deploy("v3", &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("frozen (orders table corrupt)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("frozen"), "{}", stderr(&out));
+    assert_eq!(serving(&p), "v2");
+    let incidents = p.json(&["incident", "list"]);
+    assert_eq!(incidents[0]["status"], "frozen");
+    assert_eq!(incidents[0]["rule"], "data_corruption");
+
+    assert_ok(
+        &p.run(&["unfreeze", "web", "--reason", "restored from backup"]),
+        "unfreeze",
+    );
+    assert_ok(&p.run(&["rollback", "web"]), "rollback after unfreeze");
+    assert_eq!(serving(&p), "v1");
+}
+
+#[test]
+fn an_acknowledged_investigation_is_not_rolled_back() {
+    let extra = "investigate_secs = 3\n[service.web.triggers]\ncpu = { above = 0.5, for_secs = 2 }";
+    let mut p = Project::new(extra, "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.deploy("v2", &["--cpu-burn", "1"]), "deploy v2");
+    eventually("an investigation opens", Duration::from_secs(20), || {
+        p.json(&["status", "web"])["state"] == "investigating"
+    });
+    assert_ok(&p.run(&["ack", "web"]), "ack");
+    // Past the investigation's deadline, v2 still serves.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(serving(&p), "v2");
+    let status = p.json(&["status", "web"]);
+    assert_eq!(status["investigation"]["acknowledged"], true, "{status:#}");
+    // Nothing to acknowledge elsewhere.
+    let out = p.run(&["ack", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn dead_and_silent_webhooks_do_not_delay_a_rollback() {
+    // One receiver refuses connections; the other accepts and never answers.
+    let dead = free_port();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        silent.set_nonblocking(true).unwrap();
+        while Instant::now() < deadline {
+            if let Ok((s, _)) = silent.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let extra = format!(
+        "[service.web.notify]\nwebhooks = [\"http://127.0.0.1:{dead}/hook\", \"http://{silent_addr}/hook\"]"
+    );
+    let mut p = Project::new(&extra, "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
+    std::thread::sleep(Duration::from_millis(500));
+    // Bad a second after it starts: its deploy-time verification passes, as in life.
+    assert_ok(
+        &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),
+        "deploy v2",
+    );
+    eventually("the guard rolls v2 back", Duration::from_secs(20), || {
+        serving(&p) == "v1"
+    });
+    load.stop();
+    eventually("the incident is resolved", Duration::from_secs(10), || {
+        p.json(&["incident", "list"])[0]["status"] == "resolved"
+    });
+    let list = p.json(&["incident", "list"]);
+    let switch = list[0]["impact"]["first_bad_to_switch_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        switch < 2_000,
+        "the rollback waited on webhooks: {switch} ms"
+    );
+}
+
+#[test]
+fn a_failed_rollback_escalates_to_a_freeze() {
+    // v1 runs from a copy of the binary that is deleted once v1 is stopped, so the
+    // guard's rollback to v1 cannot start it: a real failure, not a mock.
+    let mut p = Project::new("bake_secs = 1", "");
+    let copy = p.dir.path().join("app-v1");
+    std::fs::copy(BIN, &copy).unwrap();
+    p.start_watcher();
+    let out = p.run(&[
+        "deploy",
+        "web",
+        "v1",
+        "--",
+        copy.to_str().unwrap(),
+        "demo-app",
+        "--port",
+        "{port}",
+        "--version",
+        "{version}",
+    ]);
+    assert_ok(&out, "deploy v1");
+    assert_ok(
+        &p.deploy("v2", &["--error-ratio", "0.6", "--after-secs", "5"]),
+        "deploy v2",
+    );
+    eventually("v1's bake ends", Duration::from_secs(4), || {
+        p.json(&["status", "web"])["previous"]["warm"] == false
+    });
+    std::fs::remove_file(&copy).unwrap();
+    let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(60), 200_000);
+    eventually(
+        "the guard gives up on the rollback",
+        Duration::from_secs(30),
+        || {
+            p.json(&["incident", "list"])
+                .as_array()
+                .is_some_and(|l| !l.is_empty() && l[0]["status"] != "open")
+        },
+    );
+    load.stop();
+    let list = p.json(&["incident", "list"]);
+    assert_eq!(list[0]["status"], "failed", "{list:#}");
+    let status = p.json(&["status", "web"]);
+    assert_eq!(status["state"], "frozen", "{status:#}");
+    assert!(
+        status["frozen"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("automatic rollback failed"),
+        "{status:#}"
+    );
+    // The failed attempt left traffic where it was, and nothing retries in a loop.
+    assert_eq!(get(&p.url("/health")).0, 200);
+    let events = p.json(&["events", "web", "--limit", "500"]);
+    let attempts = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "rollback_started")
+        .count();
+    assert_eq!(attempts, 1, "{events:#}");
+    // A person must unfreeze before anything else happens.
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
