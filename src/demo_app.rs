@@ -103,6 +103,11 @@ pub struct DemoAppArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub latency_ms: u64,
 
+    /// Up to N more milliseconds on every /api response, spread evenly (background
+    /// noise, from the start: not a misbehaviour)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub jitter_ms: u64,
+
     /// Grow resident memory by N MiB per second until killed
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub leak_mb_per_sec: u64,
@@ -143,6 +148,7 @@ impl Default for DemoAppArgs {
             app_version: "v0".to_owned(),
             error_ratio: 0.0,
             latency_ms: 0,
+            jitter_ms: 0,
             leak_mb_per_sec: 0,
             cpu_burn: 0,
             fail_health: false,
@@ -392,6 +398,7 @@ struct State {
     /// and exact rather than subject to floating-point rounding.
     error_ppm: u64,
     latency: Duration,
+    jitter_ms: u64,
     fail_health: bool,
     /// Every request answered, for the `request` field of `/api` responses.
     requests: AtomicU64,
@@ -408,6 +415,7 @@ impl State {
             misbehave_at: Instant::now() + Duration::from_secs(args.after_secs),
             error_ppm: (args.error_ratio * 1_000_000.0).round() as u64,
             latency: Duration::from_millis(args.latency_ms),
+            jitter_ms: args.jitter_ms,
             fail_health: args.fail_health,
             requests: AtomicU64::new(0),
             faulty_api_requests: AtomicU64::new(0),
@@ -465,6 +473,14 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<ResponseBody>
         let n = state.faulty_api_requests.fetch_add(1, Ordering::Relaxed);
         state.should_fail(n)
     };
+    if state.jitter_ms > 0 {
+        // splitmix64 of the request number: even, repeatable noise without a RNG crate.
+        let mut z = request_number.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        tokio::time::sleep(Duration::from_micros(z % (state.jitter_ms * 1000 + 1))).await;
+    }
     if misbehaving && !state.latency.is_zero() {
         tokio::time::sleep(state.latency).await;
     }

@@ -19,9 +19,6 @@ use crate::http::HttpClient;
 use crate::ledger::Ledger;
 use crate::watch::control::{self, Request};
 
-/// The demo's traffic: at most this many requests, for at most this long.
-const LOAD_MAX_REQUESTS: u64 = 20_000;
-const LOAD_MAX_TIME: Duration = Duration::from_secs(90);
 /// One request every this often: 200 requests a second.
 const LOAD_EVERY: Duration = Duration::from_millis(5);
 /// How long the demo waits for the guard before it gives up.
@@ -42,6 +39,11 @@ pub enum Scenario {
     Health,
     /// a core is burned: investigate, then roll back when nobody acknowledges
     Cpu,
+    /// a sudden 100% failure of the API a second after it starts
+    Outage,
+    /// nothing is wrong: 1% background errors and latency jitter, which must never
+    /// cause a rollback (runs for --duration-secs)
+    Healthy,
 }
 
 impl Scenario {
@@ -53,6 +55,15 @@ impl Scenario {
             Scenario::Crash => &["--crash", "--after-secs", "1"],
             Scenario::Health => &["--fail-health", "--after-secs", "1"],
             Scenario::Cpu => &["--cpu-burn", "1", "--after-secs", "1"],
+            Scenario::Outage => &["--error-ratio", "1.0", "--after-secs", "1"],
+            Scenario::Healthy => &[
+                "--error-ratio",
+                "0.01",
+                "--jitter-ms",
+                "20",
+                "--after-secs",
+                "1",
+            ],
         }
     }
 
@@ -66,6 +77,8 @@ impl Scenario {
             Scenario::Crash => "crashes a second after it starts",
             Scenario::Health => "fails its health check a second after it starts",
             Scenario::Cpu => "burns a whole core a second after it starts",
+            Scenario::Outage => "fails every API request from a second after it starts",
+            Scenario::Healthy => "is healthy: 1% background errors and up to 20 ms of jitter",
         }
     }
 }
@@ -79,11 +92,15 @@ struct LoadStats {
     first_failure_ms: Mutex<Option<i64>>,
 }
 
-pub(super) async fn run(scenario: Scenario, json: bool) -> Result<i32, CliError> {
+pub(super) async fn run(
+    scenario: Scenario,
+    duration_secs: u64,
+    json: bool,
+) -> Result<i32, CliError> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("ripcord-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, scenario, json, started).await;
+    let result = run_in(&dir, scenario, duration_secs, json, started).await;
     // Keep the report, remove the rest.
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         if entry.file_name() != "report" {
@@ -113,6 +130,7 @@ fn say(json: bool, msg: &str) {
 async fn run_in(
     dir: &Path,
     scenario: Scenario,
+    duration_secs: u64,
     json: bool,
     started: Instant,
 ) -> Result<i32, CliError> {
@@ -189,7 +207,16 @@ json_equals = "{{version}}"
         &format!("▶ watcher up: proxy on 127.0.0.1:{listen}, slots {blue} and {green}"),
     );
 
-    let result = drive(&state_dir, dir, listen, scenario, json, started).await;
+    let result = drive(
+        &state_dir,
+        dir,
+        listen,
+        scenario,
+        duration_secs,
+        json,
+        started,
+    )
+    .await;
     let _ = stop_tx.send(());
     let _ = watcher.await;
     result
@@ -206,10 +233,18 @@ async fn drive(
     dir: &Path,
     listen: u16,
     scenario: Scenario,
+    duration_secs: u64,
     json: bool,
     started: Instant,
 ) -> Result<i32, CliError> {
-    let v1 = deploy(state_dir, "v1", &[]).await?;
+    // In the healthy run both releases carry the same background noise: v1's baseline
+    // must be as noisy as v2.
+    let v1_args: &[&str] = if scenario == Scenario::Healthy {
+        scenario.v2_args()
+    } else {
+        &[]
+    };
+    let v1 = deploy(state_dir, "v1", v1_args).await?;
     say(
         json,
         &format!(
@@ -220,7 +255,17 @@ async fn drive(
 
     let stats = Arc::new(LoadStats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(load(listen, stats.clone(), stop.clone()));
+    let run_for = if scenario == Scenario::Healthy {
+        Duration::from_secs(duration_secs)
+    } else {
+        GUARD_DEADLINE
+    };
+    let load = tokio::spawn(load(
+        listen,
+        stats.clone(),
+        stop.clone(),
+        run_for + Duration::from_secs(30),
+    ));
     say(
         json,
         "▶ traffic: about 200 requests a second through the proxy",
@@ -241,8 +286,9 @@ async fn drive(
     );
     say(json, "▶ the guard is watching v2…");
 
-    // Follow the ledger until the incident for v2 closes.
-    let deadline = Instant::now() + GUARD_DEADLINE;
+    // Follow the ledger until the incident for v2 closes (or, in the healthy run, until
+    // the time is up: any incident then is a false rollback).
+    let deadline = Instant::now() + run_for;
     let incident = loop {
         for e in new_events(state_dir, &mut watermark) {
             if matches!(
@@ -276,6 +322,15 @@ async fn drive(
         if let Some(i) = closed {
             break Some(i);
         }
+        if scenario == Scenario::Healthy {
+            let opened = Ledger::open(state_dir)
+                .ok()
+                .and_then(|l| l.incidents(Some("web")).ok())
+                .unwrap_or_default();
+            if let Some(i) = opened.into_iter().next() {
+                break Some(i);
+            }
+        }
         if Instant::now() > deadline {
             break None;
         }
@@ -300,6 +355,16 @@ async fn drive(
     }
 
     let ledger = Ledger::open(state_dir)?;
+    if scenario == Scenario::Healthy {
+        return healthy_summary(
+            &ledger,
+            incident.is_some(),
+            &stats,
+            duration_secs,
+            json,
+            started,
+        );
+    }
     let incident = match incident {
         Some(i) => ledger.incident(i.id)?.unwrap_or(i),
         None => {
@@ -398,6 +463,45 @@ async fn drive(
     Ok(if rolled_back && verified { 0 } else { 1 })
 }
 
+/// The healthy run's verdict: any incident is a false rollback.
+fn healthy_summary(
+    ledger: &Ledger,
+    any: bool,
+    stats: &LoadStats,
+    duration_secs: u64,
+    json: bool,
+    started: Instant,
+) -> Result<i32, CliError> {
+    let incidents = ledger.incidents(Some("web"))?;
+    let false_rollbacks = incidents
+        .iter()
+        .filter(|i| i.switched_at_ms.is_some())
+        .count();
+    let summary = json!({
+        "scenario": "healthy",
+        "duration_secs": duration_secs,
+        "incidents": incidents.len(),
+        "false_rollbacks": false_rollbacks,
+        "rolled_back": false_rollbacks > 0,
+        "failed_requests": stats.failed.load(Ordering::Relaxed),
+        "total_requests": stats.sent.load(Ordering::Relaxed),
+        "total_ms": started.elapsed().as_millis() as u64,
+    });
+    if json {
+        super::output::print_json(&summary);
+    } else {
+        println!(
+            "
+{} healthy run of {duration_secs} s: {} incidents, {false_rollbacks} false rollbacks; {} of {} requests failed (the 1% background)",
+            if any { "✗" } else { "✓" },
+            incidents.len(),
+            stats.failed.load(Ordering::Relaxed),
+            stats.sent.load(Ordering::Relaxed)
+        );
+    }
+    Ok(if incidents.is_empty() { 0 } else { 1 })
+}
+
 fn last_event_id(state_dir: &Path) -> i64 {
     Ledger::open(state_dir)
         .ok()
@@ -457,15 +561,16 @@ async fn deploy(state_dir: &Path, version: &str, extra: &[&str]) -> Result<Value
 
 /// About 200 requests a second on `/api/demo`, each in its own task (at most 64 in
 /// flight), until told to stop or the bounds are reached.
-async fn load(port: u16, stats: Arc<LoadStats>, stop: Arc<AtomicBool>) {
+async fn load(port: u16, stats: Arc<LoadStats>, stop: Arc<AtomicBool>, max_time: Duration) {
+    let max_requests = 200 * max_time.as_secs() + 1_000;
     let client = HttpClient::default();
     let url = format!("http://127.0.0.1:{port}/api/demo");
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     let start = Instant::now();
     let mut tick = tokio::time::interval(LOAD_EVERY);
     while !stop.load(Ordering::Relaxed)
-        && start.elapsed() < LOAD_MAX_TIME
-        && stats.sent.load(Ordering::Relaxed) < LOAD_MAX_REQUESTS
+        && start.elapsed() < max_time
+        && stats.sent.load(Ordering::Relaxed) < max_requests
     {
         tick.tick().await;
         let Ok(permit) = limit.clone().acquire_owned().await else {

@@ -52,6 +52,9 @@ pub enum Command {
         /// The fault the bad release carries
         #[arg(long, value_enum, default_value = "errors")]
         scenario: demo::Scenario,
+        /// How long the `healthy` scenario runs, in seconds
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        duration_secs: u64,
     },
     /// Deploy VERSION of SERVICE: start it in the idle slot, health-gate, switch, verify
     Deploy {
@@ -290,7 +293,10 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             output::events(&ledger, &service, limit, json)
         }
         Command::Watch => watch(cli.config.as_deref(), &state_dir).await,
-        Command::Demo { scenario } => demo::run(scenario, json).await,
+        Command::Demo {
+            scenario,
+            duration_secs,
+        } => demo::run(scenario, duration_secs, json).await,
         Command::DemoApp(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -7,7 +7,7 @@ pub mod window;
 
 #[cfg(test)]
 mod tests {
-    use super::triggers::{Verdict, error_rate, latency_p95};
+    use super::triggers::{Verdict, error_rate, error_rate_recent, latency_p95};
     use super::window::Window;
     use crate::config::{ErrorRateRule, LatencyRule};
     use proptest::prelude::*;
@@ -35,6 +35,7 @@ mod tests {
             let lat = LatencyRule::default();
             let mut errors_w = Window::new(er.window_secs);
             let mut lat_w = Window::new(lat.window_secs);
+            let mut recent = std::collections::VecDeque::new();
             let baseline_us = 15_000;
             for ms in (0..180_000i64).step_by(5) {
                 let error = rng.next() < 0.01;
@@ -42,6 +43,13 @@ mod tests {
                 let latency = if rng.next() < 0.005 { 100_000.0 } else { jitter } as u64;
                 errors_w.add(ms, error, latency);
                 lat_w.add(ms, error, latency);
+                if recent.len() == 2 * er.min_samples as usize {
+                    recent.pop_front();
+                }
+                recent.push_back(error);
+                let recent_errors = recent.iter().filter(|e| **e).count() as u64;
+                let v = error_rate_recent(&er, recent_errors, recent.len() as u64, 1, ms);
+                prop_assert!(!matches!(v, Verdict::Fired(_)), "recent error_rate fired at {ms} ms: {v:?}");
                 if ms % 1000 == 0 {
                     let v = error_rate(&er, &errors_w.stats(ms), 1, ms);
                     prop_assert!(!matches!(v, Verdict::Fired(_)), "error_rate fired at {ms} ms: {v:?}");

@@ -85,47 +85,80 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
+/// The 5xx ratio over the rule's time window.
 pub fn error_rate(
     rule: &ErrorRateRule,
     stats: &WindowStats,
     release_id: i64,
     now_ms: i64,
 ) -> Verdict {
-    if stats.requests < rule.min_samples {
+    ratio_verdict(
+        rule,
+        stats.errors,
+        stats.requests,
+        &format!("over the last {} s", rule.window_secs),
+        release_id,
+        now_ms,
+    )
+}
+
+/// The 5xx ratio over the release's most recent requests: a sudden failure shows here
+/// before it outweighs a window of healthy traffic. The same bound and threshold apply.
+pub fn error_rate_recent(
+    rule: &ErrorRateRule,
+    errors: u64,
+    requests: u64,
+    release_id: i64,
+    now_ms: i64,
+) -> Verdict {
+    ratio_verdict(
+        rule,
+        errors,
+        requests,
+        &format!("in the last {requests} requests"),
+        release_id,
+        now_ms,
+    )
+}
+
+fn ratio_verdict(
+    rule: &ErrorRateRule,
+    errors: u64,
+    requests: u64,
+    window: &str,
+    release_id: i64,
+    now_ms: i64,
+) -> Verdict {
+    if requests < rule.min_samples {
         return Verdict::NoData(format!(
-            "{} request{} in the last {} s (needs {} to judge the 5xx ratio)",
-            stats.requests,
-            if stats.requests == 1 { "" } else { "s" },
-            rule.window_secs,
+            "{requests} request{} {window} (needs {} to judge the 5xx ratio)",
+            if requests == 1 { "" } else { "s" },
             rule.min_samples
         ));
     }
-    let ratio = stats.errors as f64 / stats.requests as f64;
-    let lower = wilson_lower(stats.errors, stats.requests, Z);
+    let ratio = errors as f64 / requests as f64;
+    let lower = wilson_lower(errors, requests, Z);
     if lower > rule.above {
         return Verdict::Fired(Finding {
             rule: Rule::ErrorRate,
             release_id,
             at_ms: now_ms,
             summary: format!(
-                "5xx ratio {} ({} of {} requests; 99% lower bound {}) over the last {} s is above {}",
+                "5xx ratio {} ({errors} of {requests} requests; 99% lower bound {}) {window} is above {}",
                 pct(ratio),
-                stats.errors,
-                stats.requests,
                 pct(lower),
-                rule.window_secs,
                 pct(rule.above)
             ),
             values: json!({
-                "ratio": ratio, "lower_bound": lower, "errors": stats.errors,
-                "requests": stats.requests, "threshold": rule.above, "window_secs": rule.window_secs,
+                "ratio": ratio, "lower_bound": lower, "errors": errors,
+                "requests": requests, "threshold": rule.above, "window": window,
+                "window_secs": rule.window_secs,
             }),
         });
     }
     Verdict::Ok(format!(
-        "5xx ratio {} of {} requests (threshold {})",
+        "5xx ratio {} of {requests} requests {window} (threshold {})",
         pct(ratio),
-        stats.requests,
         pct(rule.above)
     ))
 }

@@ -68,6 +68,9 @@ struct Watch {
     cpu: VecDeque<(i64, f64)>,
     exit: Option<(String, bool, i64)>,
     last_baseline_ms: i64,
+    /// Whether each of the most recent requests failed, newest last.
+    recent: VecDeque<bool>,
+    recent_cap: usize,
 }
 
 impl Watch {
@@ -85,6 +88,10 @@ impl Watch {
             cpu: VecDeque::new(),
             exit: None,
             last_baseline_ms: now_ms(),
+            recent: VecDeque::new(),
+            // Twice the minimum sample count: enough for the bound, short enough to
+            // see a sudden failure within a fraction of a second at a few hundred req/s.
+            recent_cap: 2 * t.error_rate.as_ref().map_or(20, |r| r.min_samples as usize),
         }
     }
 
@@ -204,6 +211,10 @@ impl Guard {
         w.errors.add(rec.at_ms, error, rec.latency_us);
         w.latency.add(rec.at_ms, error, rec.latency_us);
         w.total += 1;
+        if w.recent.len() == w.recent_cap {
+            w.recent.pop_front();
+        }
+        w.recent.push_back(error);
         if error {
             w.failed += 1;
             w.bad(rec.at_ms);
@@ -246,6 +257,13 @@ impl Guard {
                     && rss > limit as f64
                 {
                     self.exec.kill_for_memory(slot, release_id);
+                    // The guard killed it: the OOM kill is a fact now, not when the exit
+                    // is noticed.
+                    let w = self.watch(release_id);
+                    if w.exit.is_none() {
+                        w.exit = Some((format!("RSS {rss:.0} MiB over {limit} MiB"), true, at_ms));
+                        w.bad(at_ms);
+                    }
                 }
                 if let Some(share) = cpu_share {
                     let keep_ms = self
@@ -329,7 +347,22 @@ impl Guard {
         if let Some(rule) = &triggers.error_rate {
             out.push((
                 Rule::ErrorRate,
-                triggers::error_rate(rule, &w.errors.stats(now), release, now),
+                match triggers::error_rate(rule, &w.errors.stats(now), release, now) {
+                    Verdict::Fired(f) => Verdict::Fired(f),
+                    slow => {
+                        let errors = w.recent.iter().filter(|e| **e).count() as u64;
+                        match triggers::error_rate_recent(
+                            rule,
+                            errors,
+                            w.recent.len() as u64,
+                            release,
+                            now,
+                        ) {
+                            Verdict::Fired(f) => Verdict::Fired(f),
+                            _ => slow,
+                        }
+                    }
+                },
             ));
         }
         if let Some(rule) = &triggers.latency_p95 {
@@ -400,6 +433,7 @@ impl Guard {
             w.first_bad_ms = None;
             w.failed = 0;
             w.total = 0;
+            w.recent.clear();
         }
         if self.retry.swap(false, Ordering::Relaxed) {
             self.last_action = None;
@@ -524,7 +558,21 @@ impl Guard {
         {
             return Some(open.id);
         }
-        let first = findings.first();
+        // The incident is named after the most specific cause among what fired (an OOM
+        // kill explains the 5xx it caused), whichever branch of the tree acted.
+        let cause = [
+            Rule::DataCorruption,
+            Rule::OomKill,
+            Rule::Crash,
+            Rule::Health,
+            Rule::LatencyP95,
+            Rule::Cpu,
+            Rule::ErrorRate,
+        ];
+        let first = cause
+            .iter()
+            .find_map(|r| findings.iter().find(|f| f.rule == *r))
+            .or(findings.first());
         let rule = first.map_or("decision", |f| f.rule.as_str());
         let summary = first.map_or_else(|| decision.reasons.join("; "), |f| f.summary.clone());
         let first_bad = self.watches.get(&release).and_then(|w| w.first_bad_ms);
