@@ -356,3 +356,36 @@ fn a_failed_rollback_escalates_to_a_freeze() {
     let out = p.run(&["rollback", "web"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+#[test]
+fn a_failing_integrity_check_freezes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("corrupt");
+    let extra = format!(
+        "[service.web.integrity]\nname = \"orders checksum\"\ncommand = [\"test\", \"!\", \"-e\", {:?}]\ninterval_secs = 1",
+        marker.to_str().unwrap()
+    );
+    let mut p = Project::new(&extra, "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    std::fs::write(&marker, "x").unwrap();
+    eventually("the service is frozen", Duration::from_secs(10), || {
+        p.json(&["status", "web"])["state"] == "frozen"
+    });
+    let status = p.json(&["status", "web"]);
+    assert!(
+        status["frozen"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("orders checksum"),
+        "{status:#}"
+    );
+    // Frozen means no rollback either, and traffic stays where it is.
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(serving(&p), "v2");
+    let list = p.json(&["incident", "list"]);
+    assert_eq!(list[0]["rule"], "data_corruption");
+    assert_eq!(list[0]["status"], "frozen");
+}

@@ -134,6 +134,15 @@ pub struct ServiceConfig {
     pub memory_limit_mb: Option<u64>,
     /// Webhooks told of triggers, decisions, rollbacks, freezes and investigations.
     pub webhooks: Vec<String>,
+    /// A data-integrity check run on an interval; its failure freezes the service.
+    pub integrity: Option<IntegrityCheck>,
+}
+
+/// `[service.NAME.integrity]`: a check (HTTP or command) and how often it runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrityCheck {
+    pub check: Check,
+    pub interval_secs: u64,
 }
 
 /// The guard's trigger rules for one service; `None` means the rule is off. Defaults are
@@ -390,6 +399,7 @@ pub(crate) struct RawService {
     pub(crate) investigate_secs: Option<u64>,
     pub(crate) memory_limit_mb: Option<u64>,
     pub(crate) webhooks: Vec<String>,
+    pub(crate) integrity: Option<IntegrityCheck>,
 }
 
 impl RawService {
@@ -421,6 +431,7 @@ impl RawService {
             investigate_secs: self.investigate_secs.unwrap_or(300),
             memory_limit_mb: self.memory_limit_mb,
             webhooks: self.webhooks,
+            integrity: self.integrity,
         })
     }
 }
@@ -442,6 +453,7 @@ const SERVICE_KEYS: &[&str] = &[
     "investigate_secs",
     "memory_limit_mb",
     "notify",
+    "integrity",
 ];
 
 const CHECK_KEYS: &[&str] = &[
@@ -567,6 +579,17 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         .integer(t, "memory_limit_mb", 1, 1 << 30)
         .map(|v| v.value as u64);
     let triggers = read_triggers(r, t);
+    let integrity = r.table(t, "integrity").and_then(|it| {
+        let mut allowed = CHECK_KEYS.to_vec();
+        allowed.push("interval_secs");
+        let interval_secs = r
+            .integer(&it, "interval_secs", 1, DAY_SECS)
+            .map_or(30, |v| v.value as u64);
+        read_check_allowing(r, &it, &allowed).map(|check| IntegrityCheck {
+            check,
+            interval_secs,
+        })
+    });
     let mut webhooks = Vec::new();
     if let Some(n) = r.table(t, "notify") {
         r.deny_unknown(&n, &["webhooks"]);
@@ -618,6 +641,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         investigate_secs,
         memory_limit_mb,
         webhooks,
+        integrity,
     }
 }
 
@@ -793,8 +817,13 @@ fn read_slots(
 }
 
 fn read_check(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Check> {
+    read_check_allowing(r, t, CHECK_KEYS)
+}
+
+/// A check whose table may also hold `allowed` keys beyond the check's own.
+fn read_check_allowing(r: &mut Reader<'_>, t: &Table<'_>, allowed: &[&str]) -> Option<Check> {
     let before = r.errors.len();
-    r.deny_unknown(t, CHECK_KEYS);
+    r.deny_unknown(t, allowed);
     let http = r.string(t, "http");
     let command = r.argv(t, "command");
     let status = r.integer(t, "status", 100, 599).map(|s| s.value as u16);

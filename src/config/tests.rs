@@ -67,7 +67,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`, `integrity`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -217,5 +217,22 @@ fn trigger_mistakes_are_reported() {
             "ripcord.toml:7: service.web.triggers.cpu.action: unknown action \"panic\"; expected \"investigate\" or \"rollback\"",
             "ripcord.toml:8: service.web.triggers.latency: unknown key (did you mean `latency_p95`?); expected one of `error_rate`, `latency_p95`, `oom_kills`, `crash`, `cpu`, `health`",
         ],
+    );
+}
+
+#[test]
+fn an_integrity_check_has_an_interval() {
+    let src = format!(
+        "{GOOD}[service.web.integrity]\ncommand = [\"pg-check\", \"orders\"]\ninterval_secs = 10\n"
+    );
+    let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
+    let it = cfg.service("web").unwrap().integrity.clone().unwrap();
+    assert_eq!(it.interval_secs, 10);
+    assert!(matches!(it.check.kind, CheckKind::Command { .. }));
+    let src = format!("{GOOD}[service.web.integrity]\ninterval = 10\n");
+    let got = errors(&src);
+    assert!(
+        got[0].contains("service.web.integrity.interval: unknown key"),
+        "{got:?}"
     );
 }

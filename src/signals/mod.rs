@@ -5,6 +5,7 @@
 //! The built-in proxy is a source too: its per-request records arrive on their own
 //! channel (see `proxy::RequestRecord`).
 
+pub mod integrity;
 pub mod probe;
 pub mod process;
 
@@ -29,6 +30,12 @@ pub enum Observation {
         /// CPU time over wall time since the last sample: 1.0 is one core.
         cpu_share: Option<f64>,
         rss_mb: Option<f64>,
+        at_ms: i64,
+    },
+    /// One run of the configured data-integrity check.
+    Integrity {
+        ok: bool,
+        detail: String,
         at_ms: i64,
     },
     /// A release's process exited without ripcord asking it to.

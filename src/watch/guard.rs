@@ -122,6 +122,8 @@ pub struct Guard {
     acting: Arc<AtomicBool>,
     /// Set when an automatic rollback found the service busy: decide again.
     retry: Arc<AtomicBool>,
+    /// The integrity check's last failure, while it fails.
+    integrity: Option<(String, i64)>,
     /// Releases the guard acted on (rolled back, investigated, froze).
     flagged: std::collections::HashSet<i64>,
     /// The last decision acted on, so an unchanged decision is not repeated.
@@ -147,6 +149,7 @@ impl Guard {
             acting: Arc::new(AtomicBool::new(false)),
             retry: Arc::new(AtomicBool::new(false)),
             flagged: Default::default(),
+            integrity: None,
             last_action: None,
         }
     }
@@ -282,6 +285,9 @@ impl Guard {
                     }
                 }
             }
+            Observation::Integrity { ok, detail, at_ms } => {
+                self.integrity = (!ok).then_some((detail, at_ms));
+            }
             Observation::Exit {
                 release_id,
                 status,
@@ -342,8 +348,20 @@ impl Guard {
     fn verdicts(&mut self, release: i64, now: i64) -> Vec<(Rule, Verdict)> {
         let triggers = self.exec.cfg.triggers.clone();
         let baseline = self.state.baseline_p95_us;
-        let w = self.watch(release);
         let mut out = Vec::new();
+        if let Some((detail, at)) = &self.integrity {
+            out.push((
+                Rule::DataCorruption,
+                Verdict::Fired(Finding {
+                    rule: Rule::DataCorruption,
+                    release_id: release,
+                    at_ms: *at,
+                    summary: format!("the integrity check failed: {detail}"),
+                    values: json!({ "detail": detail }),
+                }),
+            ));
+        }
+        let w = self.watch(release);
         if let Some(rule) = &triggers.error_rate {
             out.push((
                 Rule::ErrorRate,

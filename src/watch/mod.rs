@@ -158,6 +158,12 @@ pub async fn run(
                 obs_tx.clone(),
             ));
         }
+        if let Some(check) = &cfg.integrity {
+            tokio::spawn(crate::signals::integrity::run(
+                check.clone(),
+                obs_tx.clone(),
+            ));
+        }
         tokio::spawn(crate::signals::process::run(exec.clone(), obs_tx));
         let view: guard::SharedView = Arc::default();
         let notifier = crate::notify::Notifier::start(cfg.webhooks.clone());
