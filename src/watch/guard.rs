@@ -70,6 +70,7 @@ struct Watch {
     last_baseline_ms: i64,
     /// Whether each of the most recent requests failed, newest last.
     recent: VecDeque<bool>,
+    created_ms: i64,
     recent_cap: usize,
 }
 
@@ -89,6 +90,7 @@ impl Watch {
             exit: None,
             last_baseline_ms: now_ms(),
             recent: VecDeque::new(),
+            created_ms: now_ms(),
             // Twice the minimum sample count: enough for the bound, short enough to
             // see a sudden failure within a fraction of a second at a few hundred req/s.
             recent_cap: 2 * t.error_rate.as_ref().map_or(20, |r| r.min_samples as usize),
@@ -443,15 +445,16 @@ impl Guard {
             // What "previous good release" means just changed: read it now.
             self.state.refreshed_ms = 0;
             self.watches.retain(|id, _| *id == release);
-            let w = self.watch(release);
-            w.health_streak = 0;
-            w.probes = 0;
-            w.exit = None;
-            w.cpu.clear();
-            w.first_bad_ms = None;
-            w.failed = 0;
-            w.total = 0;
-            w.recent.clear();
+            // A watch made in the last tick or so holds this activation's first requests
+            // (they can arrive before the tick notices the switch): keep it. An older one
+            // is left from an earlier time this release served: start it over.
+            let stale = self
+                .watches
+                .get(&release)
+                .is_some_and(|w| now - w.created_ms > 1_000);
+            if stale {
+                self.watches.remove(&release);
+            }
         }
         if self.retry.swap(false, Ordering::Relaxed) {
             self.last_action = None;
