@@ -61,8 +61,22 @@ fn errors_are_rolled_back_fast_with_few_failed_requests() {
         "first bad request → switch took {switch} ms: {v:#}"
     );
     assert!(v["failed_requests"].as_u64().unwrap() < 100, "{v:#}");
-    for part in ["# Incident #1: web", "## Timeline", "`trigger_fired`", "`decision`", "`traffic_switched`", "## Impact", "## Root cause", "24 h after", "- [ ] Fix forward", "incident-1.svg"] {
-        assert!(report.contains(part), "the report lacks {part:?}:\n{report}");
+    for part in [
+        "# Incident #1: web",
+        "## Timeline",
+        "`trigger_fired`",
+        "`decision`",
+        "`traffic_switched`",
+        "## Impact",
+        "## Root cause",
+        "24 h after",
+        "- [ ] Fix forward",
+        "incident-1.svg",
+    ] {
+        assert!(
+            report.contains(part),
+            "the report lacks {part:?}:\n{report}"
+        );
     }
 }
 

@@ -125,7 +125,7 @@ impl Ledger {
         incident: Option<i64>,
     ) -> Result<bool, LedgerError> {
         self.ensure_state_row(service)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let changed = tx.execute(
             "UPDATE service_state SET frozen_reason = ?2, frozen_at_ms = ?3
              WHERE service = ?1 AND frozen_reason IS NULL",
@@ -152,7 +152,7 @@ impl Ledger {
 
     /// Returns false when the service was not frozen.
     pub fn unfreeze(&mut self, service: &str, reason: &str) -> Result<bool, LedgerError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let changed = tx.execute(
             "UPDATE service_state SET frozen_reason = NULL, frozen_at_ms = NULL
              WHERE service = ?1 AND frozen_reason IS NOT NULL",
@@ -235,7 +235,7 @@ impl Ledger {
         decision: &serde_json::Value,
     ) -> Result<i64, LedgerError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         tx.execute(
             "INSERT INTO incidents (service, release_id, status, rule, summary, opened_at_ms, first_bad_at_ms, decision)
              VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7)",

@@ -229,6 +229,16 @@ impl Ledger {
         Ok(Ledger { conn, path })
     }
 
+    /// A write transaction that takes the write lock at BEGIN, where the busy timeout
+    /// applies. A deferred transaction that reads and then writes would instead fail at
+    /// once with SQLITE_BUSY when another process holds the lock at that moment (seen:
+    /// an automatic rollback failed while `ripcord demo` read the ledger).
+    fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>, LedgerError> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -260,9 +270,7 @@ impl Ledger {
         let now = now_ms();
         let pid = std::process::id() as i64;
         let token = format!("{pid}-{now}-{}", rand_suffix());
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.write_tx()?;
         let existing: Option<(String, i64, i64, i64)> = tx
             .query_row(
                 "SELECT holder, pid, acquired_at_ms, expires_at_ms FROM leases WHERE service = ?1",
@@ -326,9 +334,7 @@ impl Ledger {
     ) -> Result<Release, LedgerError> {
         let spec_json = serde_json::to_string(spec).expect("a spec always serializes");
         let snapshot = config_snapshot.to_string();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.write_tx()?;
         let existing: Option<i64> = tx
             .query_row(
                 "SELECT id FROM releases WHERE service = ?1 AND version = ?2",
@@ -424,9 +430,7 @@ impl Ledger {
     /// the old previous retires. One transaction.
     pub fn promote(&mut self, service: &str, release: i64) -> Result<(), LedgerError> {
         let now = now_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.write_tx()?;
         tx.execute(
             "UPDATE releases SET status = 'retired' WHERE service = ?1 AND status = 'previous'",
             [service],
@@ -453,9 +457,7 @@ impl Ledger {
         reason: &str,
     ) -> Result<(), LedgerError> {
         let now = now_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.write_tx()?;
         if let Some(from) = from {
             tx.execute(
                 "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
@@ -493,7 +495,7 @@ impl Ledger {
         reason: Option<&str>,
     ) -> Result<i64, LedgerError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         tx.execute(
             "INSERT INTO operations (service, kind, step, from_release, to_release, reason, started_at_ms, updated_at_ms)
              VALUES (?1, ?2, 'started', ?3, ?4, ?5, ?6, ?6)",
@@ -520,7 +522,7 @@ impl Ledger {
     /// Moves an operation to its next step, with the event that says so, atomically.
     pub fn step(&mut self, op: i64, step: &str, message: String) -> Result<(), LedgerError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let (service, to): (String, Option<i64>) = tx.query_row(
             "SELECT service, to_release FROM operations WHERE id = ?1",
             [op],
@@ -554,7 +556,7 @@ impl Ledger {
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.write_tx()?;
         let (service, kind, to): (String, String, Option<i64>) = tx.query_row(
             "SELECT service, kind, to_release FROM operations WHERE id = ?1",
             [op],

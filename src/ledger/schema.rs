@@ -119,6 +119,12 @@ pub(super) fn step(index: usize) -> &'static str {
 pub const CURRENT: i64 = STEPS.len() as i64;
 
 pub(super) fn upgrade(conn: &mut Connection) -> Result<(), LedgerError> {
+    // Readers (every CLI command) must not take the write lock just to learn the schema
+    // is current: check first, lock only to upgrade.
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == CURRENT {
+        return Ok(());
+    }
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;

@@ -223,3 +223,34 @@ fn slots_round_trip() {
     l.clear_slot("web", Slot::Green).unwrap();
     assert!(l.slots("web").unwrap().is_empty());
 }
+
+/// Regression: a deferred transaction that read and then wrote failed at once with
+/// SQLITE_BUSY while another process held the write lock, which failed an automatic
+/// rollback during `ripcord demo`. Writes now wait for the lock.
+#[test]
+fn a_write_waits_for_another_process_holding_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(dir.path()).unwrap();
+    let op = l
+        .begin_operation("web", OperationKind::Rollback, None, None, None)
+        .unwrap();
+    let path = dir.path().to_path_buf();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut other = rusqlite::Connection::open(path.join(FILE_NAME)).unwrap();
+        let tx = other
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    l.step(op, "switching", "switching".into()).unwrap();
+    l.finish_operation(op, "succeeded", None).unwrap();
+    holder.join().unwrap();
+    assert_eq!(
+        l.operation(op).unwrap().unwrap().outcome.as_deref(),
+        Some("succeeded")
+    );
+}
