@@ -213,3 +213,41 @@ fn usage_errors_exit_2() {
         "the internal demo-app command is hidden"
     );
 }
+
+#[test]
+fn the_runbook_is_generated_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ripcord.toml");
+    let out = ripcord(dir.path())
+        .args(["--config", example, "runbook"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let md = text(&out.stdout);
+    assert!(md.starts_with("# Rollback runbook"), "{md}");
+    assert!(
+        md.contains("## Service `web`") && md.contains("ripcord rollback web"),
+        "{md}"
+    );
+    // A read command creates no state.
+    assert!(!dir.path().join(".ripcord").exists());
+    let file = dir.path().join("RUNBOOK.md");
+    let out = ripcord(dir.path())
+        .args([
+            "--config",
+            example,
+            "runbook",
+            "web",
+            "--out",
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), md);
+    let out = ripcord(dir.path())
+        .args(["--config", example, "runbook", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

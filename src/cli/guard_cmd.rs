@@ -231,3 +231,68 @@ pub(super) fn incident_report(
     }
     Ok(0)
 }
+
+pub(super) fn runbook(
+    config: Option<&Path>,
+    state_dir: &Path,
+    service: Option<&str>,
+    out: Option<&Path>,
+    json: bool,
+) -> Result<i32, CliError> {
+    let cfg = super::load_config(config)?;
+    let names: Vec<&String> = match service {
+        Some(s) => vec![
+            cfg.services
+                .get_key_value(s)
+                .map(|(k, _)| k)
+                .ok_or_else(|| super::unknown_service(&cfg, s))?,
+        ],
+        None => cfg.services.keys().collect(),
+    };
+    // The ledger is optional: a runbook can be written before the first deploy.
+    let ledger = state_dir
+        .join(crate::ledger::FILE_NAME)
+        .exists()
+        .then(|| Ledger::open(state_dir).ok())
+        .flatten();
+    let mut facts_owned = Vec::new();
+    for name in &names {
+        let active = ledger
+            .as_ref()
+            .and_then(|l| l.active_release(name).ok().flatten());
+        let previous = ledger
+            .as_ref()
+            .and_then(|l| l.previous_good(name).ok().flatten());
+        facts_owned.push((
+            cfg.services.get(*name).expect("listed above"),
+            active,
+            previous,
+        ));
+    }
+    let facts: Vec<crate::report::runbook::ServiceFacts<'_>> = facts_owned
+        .iter()
+        .map(
+            |(cfg, active, previous)| crate::report::runbook::ServiceFacts {
+                cfg,
+                active: active.as_ref(),
+                previous: previous.as_ref(),
+            },
+        )
+        .collect();
+    let md = crate::report::runbook::markdown(&facts, &cfg.path.display().to_string());
+    match out {
+        Some(path) => {
+            let tmp = path.with_extension("md.tmp");
+            std::fs::write(&tmp, &md)?;
+            std::fs::rename(&tmp, path)?;
+            if json {
+                print_json(&json!({ "runbook": path }));
+            } else {
+                println!("✓ wrote {}", path.display());
+            }
+        }
+        None if json => print_json(&json!({ "markdown": md })),
+        None => print!("{md}"),
+    }
+    Ok(0)
+}

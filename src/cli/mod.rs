@@ -112,6 +112,14 @@ pub enum Command {
     },
     /// Acknowledge SERVICE's investigation: the guard will not roll it back for it
     Ack { service: String },
+    /// The rollback runbook, generated from the config and the ledger (Markdown)
+    Runbook {
+        /// Only this service
+        service: Option<String>,
+        /// Write it to FILE instead of printing it
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Incidents: list, show one, write its report
     Incident {
         #[command(subcommand)]
@@ -271,6 +279,13 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             guard_cmd::unfreeze(&state_dir, &service, &reason, json)
         }
         Command::Ack { service } => guard_cmd::ack(&state_dir, &service, json),
+        Command::Runbook { service, out } => guard_cmd::runbook(
+            cli.config.as_deref(),
+            &state_dir,
+            service.as_deref(),
+            out.as_deref(),
+            json,
+        ),
         Command::Incident { command } => {
             let ledger = open_ledger(&state_dir)?;
             match command {

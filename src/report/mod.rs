@@ -8,6 +8,8 @@
 //! of two recorded instants. Nothing reads the clock, so the same incident always
 //! renders the same bytes (which is what lets the snapshot tests hold).
 
+pub mod runbook;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write as _};
