@@ -14,6 +14,7 @@ pub mod guard;
 pub mod http;
 pub mod ledger;
 pub mod notify;
+pub mod prometheus;
 pub mod proxy;
 pub mod report;
 pub mod signals;

@@ -278,6 +278,15 @@ pub enum CheckKind {
         argv: Vec<String>,
         exit_code: i32,
     },
+    /// A PromQL instant query whose every value must be below and/or above a bound.
+    /// Empty, NaN or unreachable is "no data": a failed check, never a pass.
+    Prometheus {
+        query: String,
+        below: Option<f64>,
+        above: Option<f64>,
+        /// The server, from `[service.NAME.prometheus] url`.
+        url: Option<String>,
+    },
 }
 
 /// One problem found in the config file.
@@ -454,11 +463,15 @@ const SERVICE_KEYS: &[&str] = &[
     "memory_limit_mb",
     "notify",
     "integrity",
+    "prometheus",
 ];
 
 const CHECK_KEYS: &[&str] = &[
     "name",
     "http",
+    "prometheus",
+    "below",
+    "above",
     "status",
     "body_contains",
     "json_field",
@@ -579,7 +592,20 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         .integer(t, "memory_limit_mb", 1, 1 << 30)
         .map(|v| v.value as u64);
     let triggers = read_triggers(r, t);
-    let integrity = r.table(t, "integrity").and_then(|it| {
+    let prometheus_url = r.table(t, "prometheus").and_then(|pt| {
+        r.deny_unknown(&pt, &["url"]);
+        let url = r.string(&pt, "url")?;
+        if !url.value.starts_with("http://") {
+            r.error(
+                url.span,
+                &reader::join(&pt.path, "url"),
+                format!("\"{}\" is not an http:// URL", url.value),
+            );
+            return None;
+        }
+        Some(url.value)
+    });
+    let mut integrity = r.table(t, "integrity").and_then(|it| {
         let mut allowed = CHECK_KEYS.to_vec();
         allowed.push("interval_secs");
         let interval_secs = r
@@ -616,11 +642,31 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             }
         }
     }
-    let verify = r
+    let mut verify: Vec<Option<Check>> = r
         .tables(t, "verify")
         .iter()
         .map(|c| read_check(r, c))
         .collect();
+    // Prometheus checks query the service's server.
+    let mut needs_url = false;
+    let mut checks: Vec<&mut Check> = verify.iter_mut().flatten().collect();
+    if let Some(i) = integrity.as_mut() {
+        checks.push(&mut i.check);
+    }
+    for c in checks {
+        if let CheckKind::Prometheus { url, .. } = &mut c.kind {
+            url.clone_from(&prometheus_url);
+            needs_url |= url.is_none();
+        }
+    }
+    if needs_url && !t.inner.contains_key("prometheus") {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "prometheus"),
+            "missing: a prometheus check needs the server, e.g. [service.NAME.prometheus] url = \"http://127.0.0.1:9090\""
+                .to_string(),
+        );
+    }
     RawService {
         name: name.to_string(),
         path: t.path.clone(),
@@ -846,48 +892,68 @@ fn read_check_allowing(r: &mut Reader<'_>, t: &Table<'_>, allowed: &[&str]) -> O
             "`json_field` and `json_equals` go together: give both or neither".to_string(),
         );
     }
-    let kind = match (http, command) {
-        (Some(url), None) => {
-            if !url.value.starts_with("http://") {
-                r.error(
-                    url.span,
-                    &reader::join(&t.path, "http"),
-                    format!(
-                        "expected an http:// URL, found \"{}\" (https is not supported for checks yet)",
-                        url.value
-                    ),
-                );
-            }
-            CheckKind::Http {
-                url: url.value,
-                status,
-                body_contains,
-                json_field,
-                json_equals,
-            }
+    let prometheus = r.string(t, "prometheus");
+    let below = r.float(t, "below", f64::MIN, f64::MAX);
+    let above = r.float(t, "above", f64::MIN, f64::MAX);
+    let given = [http.is_some(), command.is_some(), prometheus.is_some()]
+        .iter()
+        .filter(|g| **g)
+        .count();
+    if given > 1 {
+        r.error(
+            t.span.clone(),
+            &t.path,
+            "a check has exactly one of `http`, `command` or `prometheus`".to_string(),
+        );
+        return None;
+    }
+    let kind = if let Some(url) = http {
+        if !url.value.starts_with("http://") {
+            r.error(
+                url.span,
+                &reader::join(&t.path, "http"),
+                format!(
+                    "expected an http:// URL, found \"{}\" (https is not supported for checks yet)",
+                    url.value
+                ),
+            );
         }
-        (None, Some(argv)) => CheckKind::Command {
+        CheckKind::Http {
+            url: url.value,
+            status,
+            body_contains,
+            json_field,
+            json_equals,
+        }
+    } else if let Some(argv) = command {
+        CheckKind::Command {
             argv: argv.value,
             exit_code,
-        },
-        (Some(_), Some(_)) => {
+        }
+    } else if let Some(q) = prometheus {
+        if below.is_none() && above.is_none() {
+            r.error(
+                q.span.clone(),
+                &t.path,
+                "a prometheus check needs `below = N` or `above = N` (or both)".to_string(),
+            );
+        }
+        CheckKind::Prometheus {
+            query: q.value,
+            below,
+            above,
+            url: None,
+        }
+    } else {
+        if r.errors.len() == before {
             r.error(
                 t.span.clone(),
                 &t.path,
-                "a check has either `http` or `command`, not both".to_string(),
+                "a check needs `http = \"URL\"`, `command = [\"argv\", ...]` or `prometheus = \"QUERY\"`"
+                    .to_string(),
             );
-            return None;
         }
-        (None, None) => {
-            if r.errors.len() == before {
-                r.error(
-                    t.span.clone(),
-                    &t.path,
-                    "a check needs `http = \"URL\"` or `command = [\"argv\", ...]`".to_string(),
-                );
-            }
-            return None;
-        }
+        return None;
     };
     if r.errors.len() > before {
         return None;
@@ -895,6 +961,7 @@ fn read_check_allowing(r: &mut Reader<'_>, t: &Table<'_>, allowed: &[&str]) -> O
     let name = name.unwrap_or_else(|| match &kind {
         CheckKind::Http { url, .. } => format!("GET {url}"),
         CheckKind::Command { argv, .. } => argv.join(" "),
+        CheckKind::Prometheus { query, .. } => format!("prometheus: {query}"),
     });
     Some(Check {
         name,

@@ -67,7 +67,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`, `integrity`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -130,8 +130,8 @@ json_field = "a"
     check(
         src,
         &[
-            "ripcord.toml:6: service.web.verify[0]: a check has either `http` or `command`, not both",
-            "ripcord.toml:11: service.web.verify[1].timeout: unknown key (did you mean `timeout_secs`?); expected one of `name`, `http`, `status`, `body_contains`, `json_field`, `json_equals`, `command`, `exit_code`, `timeout_secs`",
+            "ripcord.toml:6: service.web.verify[0]: a check has exactly one of `http`, `command` or `prometheus`",
+            "ripcord.toml:11: service.web.verify[1].timeout: unknown key (did you mean `timeout_secs`?); expected one of `name`, `http`, `prometheus`, `below`, `above`, `status`, `body_contains`, `json_field`, `json_equals`, `command`, `exit_code`, `timeout_secs`",
             "ripcord.toml:13: service.web.verify[2]: `json_field` and `json_equals` go together: give both or neither",
             "ripcord.toml:14: service.web.verify[2].http: expected an http:// URL, found \"https://example.invalid/\" (https is not supported for checks yet)",
         ],
@@ -235,4 +235,29 @@ fn an_integrity_check_has_an_interval() {
         got[0].contains("service.web.integrity.interval: unknown key"),
         "{got:?}"
     );
+}
+
+#[test]
+fn prometheus_checks_need_a_server_and_a_bound() {
+    let src = format!(
+        "{GOOD}[[service.web.verify]]\nprometheus = \"up\"\nabove = 0.5\n[[service.web.verify]]\nprometheus = \"up\"\n"
+    );
+    check(
+        &src,
+        &[
+            "ripcord.toml:2: service.web.prometheus: missing: a prometheus check needs the server, e.g. [service.NAME.prometheus] url = \"http://127.0.0.1:9090\"",
+            "ripcord.toml:9: service.web.verify[1]: a prometheus check needs `below = N` or `above = N` (or both)",
+        ],
+    );
+    let src = format!(
+        "{GOOD}[service.web.prometheus]\nurl = \"http://127.0.0.1:9090\"\n[[service.web.verify]]\nprometheus = \"up\"\nabove = 0.5\n"
+    );
+    let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
+    match &cfg.service("web").unwrap().verify[0].kind {
+        CheckKind::Prometheus { url, above, .. } => {
+            assert_eq!(url.as_deref(), Some("http://127.0.0.1:9090"));
+            assert_eq!(*above, Some(0.5));
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -211,6 +211,21 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
             CheckKind::Command { argv, exit_code } => {
                 format!("`{}` exits {exit_code}", argv.join(" "))
             }
+            CheckKind::Prometheus {
+                query,
+                below,
+                above,
+                ..
+            } => {
+                let mut bounds = Vec::new();
+                if let Some(b) = below {
+                    bounds.push(format!("below {b}"));
+                }
+                if let Some(a) = above {
+                    bounds.push(format!("above {a}"));
+                }
+                format!("Prometheus `{query}` is {}", bounds.join(" and "))
+            }
         };
         let _ = writeln!(out, "- {}: {what} (timeout {} s)", v.name, v.timeout_secs);
     }

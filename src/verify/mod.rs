@@ -133,6 +133,43 @@ async fn one(
             }
             (true, format!("status {}", resp.status))
         }
+        CheckKind::Prometheus {
+            query,
+            below,
+            above,
+            url,
+        } => {
+            let Some(base) = url else {
+                return (false, "no Prometheus server configured".to_string());
+            };
+            let query = query.replace("{version}", version);
+            match crate::prometheus::query(client, base, &query, timeout).await {
+                crate::prometheus::QueryResult::NoData { why } => {
+                    (false, format!("no data: {why}"))
+                }
+                crate::prometheus::QueryResult::Values { values } => {
+                    for (series, v) in &values {
+                        let name = if series.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{series} ")
+                        };
+                        if let Some(b) = below
+                            && *v >= *b
+                        {
+                            return (false, format!("{name}{v} is not below {b}"));
+                        }
+                        if let Some(a) = above
+                            && *v <= *a
+                        {
+                            return (false, format!("{name}{v} is not above {a}"));
+                        }
+                    }
+                    let shown: Vec<String> = values.iter().map(|(_, v)| v.to_string()).collect();
+                    (true, format!("value {}", shown.join(", ")))
+                }
+            }
+        }
         CheckKind::Command { argv, exit_code } => {
             let argv: Vec<String> = argv
                 .iter()
