@@ -404,6 +404,9 @@ struct State {
     requests: AtomicU64,
     /// `/api` requests seen while misbehaving, which decides which of them fail.
     faulty_api_requests: AtomicU64,
+    /// `/api` answers by outcome, for `/metrics`.
+    api_ok: AtomicU64,
+    api_failed: AtomicU64,
 }
 
 impl State {
@@ -419,6 +422,8 @@ impl State {
             fail_health: args.fail_health,
             requests: AtomicU64::new(0),
             faulty_api_requests: AtomicU64::new(0),
+            api_ok: AtomicU64::new(0),
+            api_failed: AtomicU64::new(0),
         }
     }
 
@@ -458,6 +463,26 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<ResponseBody>
         );
     }
 
+    if path == "/metrics" && method == Method::GET {
+        // Prometheus text format: the app's own request counts, labelled with its
+        // version, as an instrumented app would expose them.
+        let ok = state.api_ok.load(Ordering::Relaxed);
+        let failed = state.api_failed.load(Ordering::Relaxed);
+        let v = &state.version;
+        let text = format!(
+            "# HELP demo_requests_total API requests answered, by status code.\n\
+             # TYPE demo_requests_total counter\n\
+             demo_requests_total{{version=\"{v}\",code=\"200\"}} {ok}\n\
+             demo_requests_total{{version=\"{v}\",code=\"500\"}} {failed}\n"
+        );
+        return response(
+            state,
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            full_body(text),
+        );
+    }
+
     if path != "/api" && !path.starts_with("/api/") {
         return response(
             state,
@@ -485,6 +510,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<ResponseBody>
         tokio::time::sleep(state.latency).await;
     }
     if fail {
+        state.api_failed.fetch_add(1, Ordering::Relaxed);
         return json_response(
             state,
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -509,6 +535,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<ResponseBody>
         resp.headers_mut().insert(CONTENT_TYPE, content_type);
         return resp;
     }
+    state.api_ok.fetch_add(1, Ordering::Relaxed);
     json_response(
         state,
         StatusCode::OK,

@@ -24,19 +24,27 @@ impl Drop for Prometheus {
 
 /// Starts Prometheus scraping itself every second and waits (bounded) for `up == 1`.
 fn start_prometheus() -> Prometheus {
+    start_prometheus_on(free_port(), &[])
+}
+
+/// Starts Prometheus on `port`, scraping itself and `apps` (job `app`) every second.
+fn start_prometheus_on(port: u16, apps: &[u16]) -> Prometheus {
     let bin = which("prometheus").unwrap_or_else(|| {
         panic!("the `prometheus` binary is missing: install it (`apt-get install -y prometheus`); .ci/run does")
     });
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-        ),
-    )
-    .unwrap();
+    let mut yml = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+    );
+    if !apps.is_empty() {
+        let targets: Vec<String> = apps.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+        yml.push_str(&format!(
+            "  - job_name: app\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ));
+    }
+    std::fs::write(&config, yml).unwrap();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let child = Command::new(bin)
         .arg(format!("--config.file={}", config.display()))
@@ -54,7 +62,7 @@ fn start_prometheus() -> Prometheus {
         port,
         _dir: dir,
     };
-    let url = format!("http://127.0.0.1:{port}/api/v1/query?query=up");
+    let url = format!("http://127.0.0.1:{port}/api/v1/query?query=up%7Bjob%3D%22self%22%7D");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, body) = get(&url);
@@ -173,5 +181,61 @@ below = 1
         stdout(&out).contains("no data: unreachable"),
         "{}",
         stdout(&out)
+    );
+}
+
+#[test]
+fn a_metric_rule_on_the_apps_own_metrics_rolls_back() {
+    let prom_port = free_port();
+    // The built-in 5xx rule is off: the app's own metrics, through Prometheus, decide.
+    let extra = format!(
+        r#"[service.web.triggers]
+error_rate = {{ enabled = false }}
+
+[service.web.prometheus]
+url = "http://127.0.0.1:{prom_port}"
+
+[[service.web.prometheus.rules]]
+name = "app 5xx ratio"
+query = 'sum(rate(demo_requests_total{{version="{{version}}",code="500"}}[5s])) / sum(rate(demo_requests_total{{version="{{version}}"}}[5s]))'
+above = 0.1
+consecutive = 2
+interval_secs = 1"#
+    );
+    let mut p = Project::new(&extra, "");
+    let _prom = start_prometheus_on(prom_port, &[p.blue, p.green]);
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(90), 500_000);
+    std::thread::sleep(Duration::from_secs(3));
+    // While v1 is healthy the rule evaluates within bounds, never "fired".
+    let status = p.json(&["status", "web"]);
+    let rule = status["live"]["guard"]["rules"]["metric"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!rule.starts_with("fired"), "{status:#}");
+
+    assert_ok(
+        &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),
+        "deploy v2",
+    );
+    eventually(
+        "the metric rule rolls v2 back",
+        Duration::from_secs(45),
+        || serving(&p) == "v1",
+    );
+    load.stop();
+    eventually("the incident is resolved", Duration::from_secs(10), || {
+        p.json(&["incident", "list"])[0]["status"] == "resolved"
+    });
+    let list = p.json(&["incident", "list"]);
+    assert_eq!(list[0]["rule"], "metric", "{list:#}");
+    assert!(
+        list[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("app 5xx ratio"),
+        "{list:#}"
     );
 }

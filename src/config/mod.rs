@@ -136,6 +136,28 @@ pub struct ServiceConfig {
     pub webhooks: Vec<String>,
     /// A data-integrity check run on an interval; its failure freezes the service.
     pub integrity: Option<IntegrityCheck>,
+    /// The Prometheus server for checks and metric rules, and the rules.
+    pub prometheus: Option<PrometheusConfig>,
+}
+
+/// `[service.NAME.prometheus]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrometheusConfig {
+    pub url: String,
+    pub rules: Vec<MetricRule>,
+}
+
+/// `[[service.NAME.prometheus.rules]]`: a PromQL trigger computed from the user's own
+/// metrics; `{version}` in the query is the active release's version.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricRule {
+    pub name: String,
+    pub query: String,
+    pub above: Option<f64>,
+    pub below: Option<f64>,
+    /// How many evaluations in a row must breach before it fires.
+    pub consecutive: u32,
+    pub interval_secs: u64,
 }
 
 /// `[service.NAME.integrity]`: a check (HTTP or command) and how often it runs.
@@ -409,6 +431,7 @@ pub(crate) struct RawService {
     pub(crate) memory_limit_mb: Option<u64>,
     pub(crate) webhooks: Vec<String>,
     pub(crate) integrity: Option<IntegrityCheck>,
+    pub(crate) prometheus: Option<PrometheusConfig>,
 }
 
 impl RawService {
@@ -441,6 +464,7 @@ impl RawService {
             memory_limit_mb: self.memory_limit_mb,
             webhooks: self.webhooks,
             integrity: self.integrity,
+            prometheus: self.prometheus,
         })
     }
 }
@@ -592,19 +616,36 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         .integer(t, "memory_limit_mb", 1, 1 << 30)
         .map(|v| v.value as u64);
     let triggers = read_triggers(r, t);
-    let prometheus_url = r.table(t, "prometheus").and_then(|pt| {
-        r.deny_unknown(&pt, &["url"]);
-        let url = r.string(&pt, "url")?;
-        if !url.value.starts_with("http://") {
-            r.error(
-                url.span,
-                &reader::join(&pt.path, "url"),
-                format!("\"{}\" is not an http:// URL", url.value),
-            );
-            return None;
-        }
-        Some(url.value)
+    let prometheus = r.table(t, "prometheus").and_then(|pt| {
+        r.deny_unknown(&pt, &["url", "rules"]);
+        let url = match r.string(&pt, "url") {
+            Some(url) if url.value.starts_with("http://") => Some(url.value),
+            Some(url) => {
+                r.error(
+                    url.span,
+                    &reader::join(&pt.path, "url"),
+                    format!("\"{}\" is not an http:// URL", url.value),
+                );
+                None
+            }
+            None => {
+                r.error(
+                    pt.span.clone(),
+                    &reader::join(&pt.path, "url"),
+                    "missing: the Prometheus server, e.g. url = \"http://127.0.0.1:9090\""
+                        .to_string(),
+                );
+                None
+            }
+        };
+        let rules = r
+            .tables(&pt, "rules")
+            .iter()
+            .filter_map(|rt| read_metric_rule(r, rt))
+            .collect();
+        Some(PrometheusConfig { url: url?, rules })
     });
+    let prometheus_url = prometheus.as_ref().map(|p| p.url.clone());
     let mut integrity = r.table(t, "integrity").and_then(|it| {
         let mut allowed = CHECK_KEYS.to_vec();
         allowed.push("interval_secs");
@@ -688,7 +729,57 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         memory_limit_mb,
         webhooks,
         integrity,
+        prometheus,
     }
+}
+
+fn read_metric_rule(r: &mut Reader<'_>, t: &Table<'_>) -> Option<MetricRule> {
+    let before = r.errors.len();
+    r.deny_unknown(
+        t,
+        &[
+            "name",
+            "query",
+            "above",
+            "below",
+            "consecutive",
+            "interval_secs",
+        ],
+    );
+    let query = r.string(t, "query");
+    let above = r.float(t, "above", f64::MIN, f64::MAX);
+    let below = r.float(t, "below", f64::MIN, f64::MAX);
+    let consecutive = r
+        .integer(t, "consecutive", 1, 1000)
+        .map_or(2, |v| v.value as u32);
+    let interval_secs = r
+        .integer(t, "interval_secs", 1, 3600)
+        .map_or(10, |v| v.value as u64);
+    let name = r.string(t, "name").map(|n| n.value);
+    let Some(query) = query else {
+        r.error(
+            t.span.clone(),
+            &t.path,
+            "a metric rule needs `query = \"PROMQL\"`".to_string(),
+        );
+        return None;
+    };
+    if above.is_none() && below.is_none() {
+        r.error(
+            t.span.clone(),
+            &t.path,
+            "a metric rule fires when its value is `above = N` or `below = N`: give one"
+                .to_string(),
+        );
+    }
+    (r.errors.len() == before).then(|| MetricRule {
+        name: name.unwrap_or_else(|| query.value.clone()),
+        query: query.value,
+        above,
+        below,
+        consecutive,
+        interval_secs,
+    })
 }
 
 /// `[service.NAME.triggers]`: each rule is a table; `enabled = false` turns it off and

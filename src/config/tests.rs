@@ -261,3 +261,25 @@ fn prometheus_checks_need_a_server_and_a_bound() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn metric_rules_are_read_and_checked() {
+    let src = format!(
+        "{GOOD}[service.web.prometheus]\nurl = \"http://127.0.0.1:9090\"\n[[service.web.prometheus.rules]]\nname = \"5xx\"\nquery = \"x\"\nabove = 0.1\n[[service.web.prometheus.rules]]\nquery = \"y\"\n"
+    );
+    let got = errors(&src);
+    assert_eq!(
+        got,
+        [
+            "ripcord.toml:11: service.web.prometheus.rules[1]: a metric rule fires when its value is `above = N` or `below = N`: give one"
+        ]
+    );
+    let src = format!(
+        "{GOOD}[service.web.prometheus]\nurl = \"http://127.0.0.1:9090\"\n[[service.web.prometheus.rules]]\nquery = \"x\"\nbelow = 5\n"
+    );
+    let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
+    let p = cfg.service("web").unwrap().prometheus.clone().unwrap();
+    assert_eq!(p.rules[0].name, "x");
+    assert_eq!((p.rules[0].consecutive, p.rules[0].interval_secs), (2, 10));
+    assert_eq!(p.rules[0].below, Some(5.0));
+}

@@ -137,7 +137,7 @@ pub fn decide(state: &State, findings: &[Finding], now_ms: i64) -> Decision {
             f,
         );
     }
-    for rule in [Rule::Crash, Rule::OomKill, Rule::LatencyP95] {
+    for rule in [Rule::Crash, Rule::OomKill, Rule::LatencyP95, Rule::Metric] {
         if let Some(f) = with(rule) {
             let branch = format!("{} → cannot wait → rollback", rule.as_str());
             return rollback(RollbackKind::CannotWait, &branch, f);

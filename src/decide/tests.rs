@@ -42,6 +42,7 @@ fn the_runbook_tree() {
         (&[Rule::Crash], rb(RollbackKind::CannotWait)),
         (&[Rule::OomKill], rb(RollbackKind::CannotWait)),
         (&[Rule::LatencyP95], rb(RollbackKind::CannotWait)),
+        (&[Rule::Metric], rb(RollbackKind::CannotWait)),
         (
             &[Rule::Cpu],
             Action::Investigate {

@@ -21,6 +21,8 @@ pub enum Rule {
     Crash,
     Cpu,
     Health,
+    /// A metric rule (a PromQL query against the user's Prometheus).
+    Metric,
     DataCorruption,
 }
 
@@ -33,6 +35,7 @@ impl Rule {
             Rule::Crash => "crash",
             Rule::Cpu => "cpu",
             Rule::Health => "health",
+            Rule::Metric => "metric",
             Rule::DataCorruption => "data_corruption",
         }
     }

@@ -8,6 +8,7 @@
 pub mod integrity;
 pub mod probe;
 pub mod process;
+pub mod prometheus;
 
 use serde::Serialize;
 
@@ -30,6 +31,13 @@ pub enum Observation {
         /// CPU time over wall time since the last sample: 1.0 is one core.
         cpu_share: Option<f64>,
         rss_mb: Option<f64>,
+        at_ms: i64,
+    },
+    /// One evaluation of a metric rule (a PromQL query).
+    Metric {
+        rule: String,
+        release_id: i64,
+        result: crate::prometheus::QueryResult,
         at_ms: i64,
     },
     /// One run of the configured data-integrity check.

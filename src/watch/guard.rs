@@ -102,6 +102,16 @@ impl Watch {
     }
 }
 
+/// A metric rule's evaluations for one release.
+struct MetricState {
+    release_id: i64,
+    /// Evaluations in a row that breached the bound.
+    breaches: u32,
+    /// The last evaluation, for people: `0.31 above 0.1`, `no data: empty result`.
+    last: String,
+    at_ms: i64,
+}
+
 /// The ledger's view of the service, refreshed now and then (never on the request path).
 #[derive(Default)]
 struct LedgerView {
@@ -126,6 +136,8 @@ pub struct Guard {
     retry: Arc<AtomicBool>,
     /// The integrity check's last failure, while it fails.
     integrity: Option<(String, i64)>,
+    /// Each metric rule's state for the active release.
+    metrics: BTreeMap<String, MetricState>,
     /// Releases the guard acted on (rolled back, investigated, froze).
     flagged: std::collections::HashSet<i64>,
     /// The last decision acted on, so an unchanged decision is not repeated.
@@ -152,6 +164,7 @@ impl Guard {
             retry: Arc::new(AtomicBool::new(false)),
             flagged: Default::default(),
             integrity: None,
+            metrics: BTreeMap::new(),
             last_action: None,
         }
     }
@@ -300,6 +313,72 @@ impl Guard {
                     }
                 }
             }
+            Observation::Metric {
+                rule,
+                release_id,
+                result,
+                at_ms,
+            } => {
+                let Some(cfg) = self
+                    .exec
+                    .cfg
+                    .prometheus
+                    .as_ref()
+                    .and_then(|p| p.rules.iter().find(|r| r.name == rule))
+                else {
+                    return;
+                };
+                let (breach, last) = match &result {
+                    crate::prometheus::QueryResult::NoData { why } => {
+                        (false, format!("no data: {why}"))
+                    }
+                    crate::prometheus::QueryResult::Values { values } => {
+                        let bad = values.iter().find_map(|(series, v)| {
+                            let s = if series.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{series} ")
+                            };
+                            match (cfg.above, cfg.below) {
+                                (Some(a), _) if *v > a => Some(format!("{s}{v} above {a}")),
+                                (_, Some(b)) if *v < b => Some(format!("{s}{v} below {b}")),
+                                _ => None,
+                            }
+                        });
+                        match bad {
+                            Some(b) => (true, b),
+                            None => (
+                                false,
+                                format!(
+                                    "within bounds ({})",
+                                    values
+                                        .iter()
+                                        .map(|(_, v)| v.to_string())
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            ),
+                        }
+                    }
+                };
+                let st = self.metrics.entry(rule).or_insert(MetricState {
+                    release_id,
+                    breaches: 0,
+                    last: String::new(),
+                    at_ms,
+                });
+                if st.release_id != release_id {
+                    st.release_id = release_id;
+                    st.breaches = 0;
+                }
+                // "No data" is never a breach, and it breaks a run of breaches.
+                st.breaches = if breach { st.breaches + 1 } else { 0 };
+                st.last = last;
+                st.at_ms = at_ms;
+                if breach {
+                    self.watch(release_id).bad(at_ms);
+                }
+            }
             Observation::Integrity { ok, detail, at_ms } => {
                 self.integrity = (!ok).then_some((detail, at_ms));
             }
@@ -375,6 +454,32 @@ impl Guard {
                     values: json!({ "detail": detail }),
                 }),
             ));
+        }
+        if let Some(p) = &self.exec.cfg.prometheus {
+            for rule in &p.rules {
+                let verdict = match self.metrics.get(&rule.name) {
+                    None => Verdict::NoData(format!("{}: not evaluated yet", rule.name)),
+                    Some(st) if st.release_id != release => Verdict::NoData(format!(
+                        "{}: not evaluated for this release yet",
+                        rule.name
+                    )),
+                    Some(st) if st.breaches >= rule.consecutive => Verdict::Fired(Finding {
+                        rule: Rule::Metric,
+                        release_id: release,
+                        at_ms: st.at_ms,
+                        summary: format!(
+                            "metric rule `{}`: {} for {} evaluations in a row ({} s apart)",
+                            rule.name, st.last, st.breaches, rule.interval_secs
+                        ),
+                        values: json!({ "rule": rule.name, "query": rule.query, "last": st.last, "breaches": st.breaches }),
+                    }),
+                    Some(st) if st.last.starts_with("no data") => {
+                        Verdict::NoData(format!("{}: {}", rule.name, st.last))
+                    }
+                    Some(st) => Verdict::Ok(format!("{}: {}", rule.name, st.last)),
+                };
+                out.push((Rule::Metric, verdict));
+            }
         }
         let w = self.watch(release);
         if let Some(rule) = &triggers.error_rate {

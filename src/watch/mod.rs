@@ -158,6 +158,16 @@ pub async fn run(
                 obs_tx.clone(),
             ));
         }
+        if let Some(p) = &cfg.prometheus {
+            for rule in &p.rules {
+                tokio::spawn(crate::signals::prometheus::run(
+                    p.url.clone(),
+                    rule.clone(),
+                    proxy.clone(),
+                    obs_tx.clone(),
+                ));
+            }
+        }
         if let Some(check) = &cfg.integrity {
             tokio::spawn(crate::signals::integrity::run(
                 check.clone(),

@@ -1,0 +1,43 @@
+//! Metric rules: PromQL queries against the user's Prometheus, evaluated on an interval.
+//! Each evaluation is reported as it came back (values, or "no data" with why); the
+//! guard decides what a breach means.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Observation;
+use crate::clock::now_ms;
+use crate::config::MetricRule;
+use crate::http::HttpClient;
+use crate::prometheus::query;
+use crate::proxy::Proxy;
+
+/// Evaluates `rule` until the channel closes. `{version}` in the query is the version
+/// the proxy serves at that moment, so a rule can be scoped to the active release.
+pub async fn run(url: String, rule: MetricRule, proxy: Proxy, tx: mpsc::Sender<Observation>) {
+    let client = HttpClient::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(rule.interval_secs));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(target) = proxy.target() else {
+            if tx.is_closed() {
+                return;
+            }
+            continue;
+        };
+        let promql = rule.query.replace("{version}", &target.version);
+        let timeout = Duration::from_secs(rule.interval_secs.clamp(1, 10));
+        let result = query(&client, &url, &promql, timeout).await;
+        let obs = Observation::Metric {
+            rule: rule.name.clone(),
+            release_id: target.release_id,
+            result,
+            at_ms: now_ms(),
+        };
+        if tx.send(obs).await.is_err() {
+            return;
+        }
+    }
+}
