@@ -118,7 +118,11 @@ fn cpu_is_investigated_then_rolled_back_without_an_ack() {
 
 #[test]
 fn a_bad_release_under_watch_is_rolled_back_and_recorded() {
-    let mut p = Project::new("", "");
+    let metrics_port = free_port();
+    let mut p = Project::new(
+        &format!("[watch]\nmetrics_listen = \"127.0.0.1:{metrics_port}\""),
+        "",
+    );
     p.start_watcher();
     assert_ok(&p.deploy("v1", &[]), "deploy v1");
     let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
@@ -182,6 +186,18 @@ fn a_bad_release_under_watch_is_rolled_back_and_recorded() {
         impact["first_bad_to_switch_ms"].as_i64().unwrap() < 5_000,
         "{show:#}"
     );
+
+    // ripcord's own metrics tell the same story.
+    let (status, metrics) = get(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    assert_eq!(status, 200);
+    for line in [
+        "ripcord_rollbacks_total{service=\"web\",trigger=\"error_rate\",outcome=\"verified\"} 1",
+        "ripcord_rollback_duration_seconds_count{service=\"web\"} 1",
+        "ripcord_trigger_state{service=\"web\",rule=\"error_rate\",state=\"ok\"}",
+        "ripcord_signal_lag_seconds{service=\"web\",signal=\"proxy\"}",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
 
     // The report command writes the Markdown and the chart.
     let out_dir = p.dir.path().join("reports");

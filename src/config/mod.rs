@@ -30,6 +30,9 @@ pub struct Config {
     #[serde(skip)]
     pub path: PathBuf,
     pub services: BTreeMap<String, ServiceConfig>,
+    /// `[watch] metrics_listen`: where `ripcord watch` serves its own `/metrics`
+    /// (a loopback address), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How a version runs.
@@ -390,6 +393,7 @@ impl Config {
         }
         Ok(Config {
             path: path.to_path_buf(),
+            metrics_listen: raw.metrics_listen.as_ref().map(|m| m.value),
             services: raw
                 .services
                 .into_iter()
@@ -408,6 +412,7 @@ impl Config {
 /// or mistyped key has already been reported.
 pub(crate) struct RawConfig {
     pub(crate) services: Vec<RawService>,
+    pub(crate) metrics_listen: Option<Spanned<SocketAddr>>,
 }
 
 pub(crate) struct RawService {
@@ -508,7 +513,30 @@ const CHECK_KEYS: &[&str] = &[
 const DAY_SECS: i64 = 86_400;
 
 fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
-    r.deny_unknown(root, &["service"]);
+    r.deny_unknown(root, &["service", "watch"]);
+    let mut metrics_listen = None;
+    if let Some(w) = r.table(root, "watch") {
+        r.deny_unknown(&w, &["metrics_listen"]);
+        if let Some(addr) = r.string(&w, "metrics_listen") {
+            match parse_addr(&addr.value) {
+                Ok(a) if a.ip().is_loopback() => {
+                    metrics_listen = Some(Spanned {
+                        value: a,
+                        span: addr.span,
+                    })
+                }
+                Ok(_) => r.error(
+                    addr.span,
+                    "watch.metrics_listen",
+                    format!(
+                        "\"{}\" is not a loopback address: ripcord's metrics are served on 127.0.0.1 or ::1 only",
+                        addr.value
+                    ),
+                ),
+                Err(msg) => r.error(addr.span, "watch.metrics_listen", msg),
+            }
+        }
+    }
     let mut services = Vec::new();
     if let Some(table) = r.table(root, "service") {
         for (name, _) in table.inner.iter() {
@@ -518,7 +546,10 @@ fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
             services.push(read_service(r, name, &svc));
         }
     }
-    RawConfig { services }
+    RawConfig {
+        services,
+        metrics_listen,
+    }
 }
 
 fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {

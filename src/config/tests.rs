@@ -153,7 +153,7 @@ fn unknown_top_level_key_and_bad_name() {
     check(
         "[services.web]\n",
         &[
-            "ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`",
+            "ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`, `watch`",
         ],
     );
     let got =
@@ -282,4 +282,25 @@ fn metric_rules_are_read_and_checked() {
     assert_eq!(p.rules[0].name, "x");
     assert_eq!((p.rules[0].consecutive, p.rules[0].interval_secs), (2, 10));
     assert_eq!(p.rules[0].below, Some(5.0));
+}
+
+#[test]
+fn metrics_listen_must_be_loopback_and_free() {
+    let src = format!("[watch]\nmetrics_listen = \"0.0.0.0:9464\"\n{GOOD}");
+    check(
+        &src,
+        &[
+            "ripcord.toml:2: watch.metrics_listen: \"0.0.0.0:9464\" is not a loopback address: ripcord's metrics are served on 127.0.0.1 or ::1 only",
+        ],
+    );
+    let src = format!("[watch]\nmetrics_listen = \"127.0.0.1:8080\"\n{GOOD}");
+    check(
+        &src,
+        &[
+            "ripcord.toml:5: service.web.listen: port 8080 is already used by `watch.metrics_listen`",
+        ],
+    );
+    let src = format!("[watch]\nmetrics_listen = \"127.0.0.1:9464\"\n{GOOD}");
+    let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
+    assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
 }

@@ -18,6 +18,9 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
     }
     // Every address a service binds or expects to own, to find clashes across services.
     let mut taken: Vec<(SocketAddr, String, Option<std::ops::Range<usize>>)> = Vec::new();
+    if let Some(m) = &raw.metrics_listen {
+        taken.push((m.value, "watch.metrics_listen".to_string(), m.span.clone()));
+    }
     for svc in &raw.services {
         let listen_key = join(&svc.path, "listen");
         if svc.router == Some(Router::Proxy)

@@ -137,7 +137,9 @@ pub struct Guard {
     /// The integrity check's last failure, while it fails.
     integrity: Option<(String, i64)>,
     /// Each metric rule's state for the active release.
-    metrics: BTreeMap<String, MetricState>,
+    metric_rules: BTreeMap<String, MetricState>,
+    /// ripcord's own metrics.
+    metrics: super::metrics::Metrics,
     /// Releases the guard acted on (rolled back, investigated, froze).
     flagged: std::collections::HashSet<i64>,
     /// The last decision acted on, so an unchanged decision is not repeated.
@@ -150,6 +152,7 @@ impl Guard {
         ledger: SharedLedger,
         notifier: Notifier,
         view: SharedView,
+        metrics: super::metrics::Metrics,
     ) -> Self {
         Guard {
             exec,
@@ -164,7 +167,8 @@ impl Guard {
             retry: Arc::new(AtomicBool::new(false)),
             flagged: Default::default(),
             integrity: None,
-            metrics: BTreeMap::new(),
+            metric_rules: BTreeMap::new(),
+            metrics,
             last_action: None,
         }
     }
@@ -198,14 +202,26 @@ impl Guard {
                     }
                 }
                 _ = tick.tick() => {
+                    let (mut oldest, mut n, mut errors) = (i64::MAX, 0u64, 0u64);
                     let closed = loop {
                         match records.try_recv() {
-                            Ok(rec) => self.on_request(rec),
+                            Ok(rec) => {
+                                oldest = oldest.min(rec.at_ms);
+                                n += 1;
+                                errors += u64::from(rec.status >= 500);
+                                self.on_request(rec);
+                            }
                             Err(mpsc::error::TryRecvError::Empty) => break false,
                             Err(mpsc::error::TryRecvError::Disconnected) => break true,
                         }
                     };
-                    self.evaluate(now_ms());
+                    let now = now_ms();
+                    if n > 0 {
+                        let name = &self.exec.cfg.name;
+                        self.metrics.requests(name, n, errors);
+                        self.metrics.signal_lag(name, "proxy", (now - oldest).max(0) as f64 / 1000.0);
+                    }
+                    self.evaluate(now);
                     if closed {
                         return;
                     }
@@ -361,7 +377,7 @@ impl Guard {
                         }
                     }
                 };
-                let st = self.metrics.entry(rule).or_insert(MetricState {
+                let st = self.metric_rules.entry(rule).or_insert(MetricState {
                     release_id,
                     breaches: 0,
                     last: String::new(),
@@ -439,13 +455,14 @@ impl Guard {
     }
 
     /// The rules' verdicts for the active release.
-    fn verdicts(&mut self, release: i64, now: i64) -> Vec<(Rule, Verdict)> {
+    /// Each is labelled by its rule, or `metric:NAME` for a metric rule.
+    fn verdicts(&mut self, release: i64, now: i64) -> Vec<(String, Verdict)> {
         let triggers = self.exec.cfg.triggers.clone();
         let baseline = self.state.baseline_p95_us;
         let mut out = Vec::new();
         if let Some((detail, at)) = &self.integrity {
             out.push((
-                Rule::DataCorruption,
+                Rule::DataCorruption.as_str().to_string(),
                 Verdict::Fired(Finding {
                     rule: Rule::DataCorruption,
                     release_id: release,
@@ -457,7 +474,7 @@ impl Guard {
         }
         if let Some(p) = &self.exec.cfg.prometheus {
             for rule in &p.rules {
-                let verdict = match self.metrics.get(&rule.name) {
+                let verdict = match self.metric_rules.get(&rule.name) {
                     None => Verdict::NoData(format!("{}: not evaluated yet", rule.name)),
                     Some(st) if st.release_id != release => Verdict::NoData(format!(
                         "{}: not evaluated for this release yet",
@@ -478,13 +495,13 @@ impl Guard {
                     }
                     Some(st) => Verdict::Ok(format!("{}: {}", rule.name, st.last)),
                 };
-                out.push((Rule::Metric, verdict));
+                out.push((format!("metric:{}", rule.name), verdict));
             }
         }
         let w = self.watch(release);
         if let Some(rule) = &triggers.error_rate {
             out.push((
-                Rule::ErrorRate,
+                Rule::ErrorRate.as_str().to_string(),
                 match triggers::error_rate(rule, &w.errors.stats(now), release, now) {
                     Verdict::Fired(f) => Verdict::Fired(f),
                     slow => {
@@ -505,19 +522,22 @@ impl Guard {
         }
         if let Some(rule) = &triggers.latency_p95 {
             out.push((
-                Rule::LatencyP95,
+                Rule::LatencyP95.as_str().to_string(),
                 triggers::latency_p95(rule, &w.latency, baseline, release, now),
             ));
         }
         if let Some(rule) = &triggers.health {
             out.push((
-                Rule::Health,
+                Rule::Health.as_str().to_string(),
                 triggers::health(rule, w.health_streak, w.probes, &w.last_probe, release, now),
             ));
         }
         if let Some(rule) = &triggers.cpu {
             let samples: Vec<(i64, f64)> = w.cpu.iter().copied().collect();
-            out.push((Rule::Cpu, triggers::cpu(rule, &samples, release, now)));
+            out.push((
+                Rule::Cpu.as_str().to_string(),
+                triggers::cpu(rule, &samples, release, now),
+            ));
         }
         if let Some((status, oom, at)) = &w.exit {
             let (rule, on, what) = if *oom {
@@ -531,7 +551,7 @@ impl Guard {
             };
             if on {
                 out.push((
-                    rule,
+                    rule.as_str().to_string(),
                     Verdict::Fired(Finding {
                         rule,
                         release_id: release,
@@ -608,13 +628,15 @@ impl Guard {
             view.release_id = Some(release);
             view.rules = verdicts
                 .iter()
-                .map(|(rule, v)| {
-                    let text = match v {
-                        Verdict::Ok(s) => format!("ok: {s}"),
-                        Verdict::NoData(s) => format!("no data: {s}"),
-                        Verdict::Fired(f) => format!("fired: {}", f.summary),
+                .map(|(label, v)| {
+                    let (state, text) = match v {
+                        Verdict::Ok(s) => ("ok", format!("ok: {s}")),
+                        Verdict::NoData(s) => ("no_data", format!("no data: {s}")),
+                        Verdict::Fired(f) => ("fired", format!("fired: {}", f.summary)),
                     };
-                    (rule.as_str().to_string(), text)
+                    self.metrics
+                        .trigger_state(&self.exec.cfg.name, label, state);
+                    (label.clone(), text)
                 })
                 .collect();
             if decision.action != Action::None {
@@ -823,8 +845,12 @@ impl Guard {
                     .map(|w| (w.total, w.failed, w.first_bad_ms));
                 let series = self.series.clone();
                 let detected_ms = findings.iter().map(|f| f.at_ms).min().unwrap_or(now);
+                let metrics = self.metrics.clone();
+                let trigger = findings.first().map_or("decision", |f| f.rule.as_str());
                 tokio::spawn(async move {
                     let reason = format!("automatic ({kind:?}): {reasons}");
+                    let started = std::time::Instant::now();
+                    let name = exec.cfg.name.clone();
                     let result = exec
                         .rollback(
                             RollbackRequest {
@@ -834,7 +860,7 @@ impl Guard {
                             None,
                         )
                         .await;
-                    let again = finish_rollback(
+                    let ended = finish_rollback(
                         exec,
                         ledger,
                         notifier,
@@ -845,7 +871,12 @@ impl Guard {
                         detected_ms,
                     )
                     .await;
-                    retry.store(again, Ordering::Relaxed);
+                    let secs = Some(started.elapsed().as_secs_f64());
+                    match ended {
+                        Ended::Verified => metrics.rollback(&name, trigger, "verified", secs),
+                        Ended::Failed => metrics.rollback(&name, trigger, "failed", secs),
+                        Ended::Busy => retry.store(true, Ordering::Relaxed),
+                    }
                     acting.store(false, Ordering::Relaxed);
                 });
             }
@@ -853,9 +884,17 @@ impl Guard {
     }
 }
 
+/// How an automatic rollback ended.
+enum Ended {
+    Verified,
+    /// Failed and escalated (frozen, notified).
+    Failed,
+    /// The service was busy with another operation: decide again.
+    Busy,
+}
+
 /// Records how an automatic rollback ended: the incident's times, impact and series;
-/// on failure, escalation (freeze and notify) instead of another try. Returns true when
-/// the service was only busy, so the guard should decide again.
+/// on failure, escalation (freeze and notify) instead of another try.
 #[allow(clippy::too_many_arguments)]
 async fn finish_rollback(
     exec: Arc<ServiceExec>,
@@ -866,7 +905,7 @@ async fn finish_rollback(
     stats: Option<(u64, u64, Option<i64>)>,
     series: Window,
     detected_ms: i64,
-) -> bool {
+) -> Ended {
     let name = exec.cfg.name.clone();
     let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
     let (total, failed, first_bad) = stats.unwrap_or((0, 0, None));
@@ -920,7 +959,7 @@ async fn finish_rollback(
                 ),
                 json!({ "outcome": outcome, "impact": impact, "incident": incident }),
             );
-            false
+            Ended::Verified
         }
         Err(e) => {
             let msg = format!("automatic rollback failed: {e}");
@@ -930,7 +969,7 @@ async fn finish_rollback(
                 && !msg.contains("marked bad")
             {
                 tracing::warn!(service = %name, "{msg}; will decide again");
-                return true;
+                return Ended::Busy;
             }
             let _ = lock().freeze(&name, &msg, incident);
             if let Some(id) = incident {
@@ -949,7 +988,7 @@ async fn finish_rollback(
                 format!("{msg}; the service is frozen until a person unfreezes it"),
                 json!({ "incident": incident }),
             );
-            false
+            Ended::Failed
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod guard;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -46,6 +47,11 @@ pub enum WatchError {
     #[error("cannot listen on the control socket {}: {source}", path.display())]
     Socket {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr} (watch.metrics_listen): {source}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error(
@@ -131,6 +137,13 @@ pub async fn run(
         },
     )?;
 
+    let own_metrics = metrics::Metrics::default();
+    if let Some(addr) = config.metrics_listen {
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| WatchError::MetricsBind { addr, source })?;
+        tokio::spawn(metrics::serve(listener, own_metrics.clone()));
+    }
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     for (name, cfg) in &config.services {
         let (tx, rx) = mpsc::channel(65_536);
@@ -177,7 +190,13 @@ pub async fn run(
         tokio::spawn(crate::signals::process::run(exec.clone(), obs_tx));
         let view: guard::SharedView = Arc::default();
         let notifier = crate::notify::Notifier::start(cfg.webhooks.clone());
-        let g = guard::Guard::new(exec.clone(), ledger.clone(), notifier, view.clone());
+        let g = guard::Guard::new(
+            exec.clone(),
+            ledger.clone(),
+            notifier,
+            view.clone(),
+            own_metrics.clone(),
+        );
         tokio::spawn(g.run(rx, obs_rx));
         services.insert(
             name.clone(),
