@@ -7,6 +7,7 @@
 //! async mutex excludes other tasks of this one. The slot table is behind a plain mutex
 //! that is never held across an await, so status reads never wait on an operation.
 
+pub mod nginx;
 pub mod process;
 
 use std::collections::BTreeMap;
