@@ -545,6 +545,7 @@ async fn deploy(state_dir: &Path, version: &str, extra: &[&str]) -> Result<Value
         &Request::Deploy {
             service: "web".into(),
             version: version.into(),
+            slot: None,
             argv: Some(argv),
             cwd: None::<PathBuf>,
             force: false,

@@ -64,6 +64,10 @@ pub enum Command {
         /// Deploy even a release marked bad (needs --reason)
         #[arg(long)]
         force: bool,
+        /// The slot to deploy to (default: the idle one); with runtime `external`, the
+        /// slot where the new version already runs
+        #[arg(long, value_parser = ["blue", "green"])]
+        slot: Option<String>,
         /// Why: kept in the ledger
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -236,6 +240,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             service,
             version,
             force,
+            slot,
             reason,
             argv,
         } => {
@@ -243,6 +248,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             let request = Request::Deploy {
                 service,
                 version,
+                slot: slot.as_deref().and_then(crate::config::Slot::parse),
                 argv: (!argv.is_empty()).then_some(argv),
                 cwd,
                 force,
@@ -504,7 +510,7 @@ async fn watch(flag: Option<&Path>, state_dir: &Path) -> Result<i32, CliError> {
     let names: Vec<String> = cfg
         .services
         .values()
-        .map(|s| format!("{} on {}", s.name, s.listen))
+        .map(|s| format!("{} ({})", s.name, s.entry()))
         .collect();
     let state = state_dir.to_path_buf();
     tokio::spawn(async move {

@@ -41,6 +41,9 @@ pub struct Config {
 pub enum Runtime {
     /// ripcord spawns the release as a child process on a slot port.
     Process,
+    /// Someone else runs the slots (the runbook's ports 8000/8001): ripcord health-checks
+    /// and switches, and starts and stops nothing.
+    External,
 }
 
 /// How traffic reaches the active release.
@@ -49,10 +52,29 @@ pub enum Runtime {
 pub enum Router {
     /// The built-in reverse proxy on `listen`.
     Proxy,
+    /// The user's nginx: ripcord owns one upstream block in a site file.
+    Nginx,
+}
+
+/// `[service.NAME.nginx]`: the site file and upstream block ripcord owns, and how to test
+/// and reload nginx (argv, never a shell string).
+#[derive(Debug, Clone, Serialize)]
+pub struct NginxConfig {
+    pub site: PathBuf,
+    pub upstream: String,
+    pub access_log: Option<PathBuf>,
+    pub test_command: Vec<String>,
+    pub reload_command: Vec<String>,
+    /// The main nginx.conf, to read a named `log_format` from.
+    pub conf: Option<PathBuf>,
+    /// A `log_format` string, or the name of one declared in `conf`.
+    pub log_format: Option<String>,
 }
 
 /// One of the two blue-green slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     Blue,
@@ -111,8 +133,10 @@ pub struct ServiceConfig {
     pub name: String,
     pub runtime: Runtime,
     pub router: Router,
-    /// Where the built-in proxy listens.
-    pub listen: SocketAddr,
+    /// Where the built-in proxy listens (router `proxy` only).
+    pub listen: Option<SocketAddr>,
+    /// The nginx site and upstream (router `nginx` only).
+    pub nginx: Option<NginxConfig>,
     pub slots: Slots,
     /// The path probed on a slot to decide whether a release is healthy.
     pub health_path: String,
@@ -273,6 +297,18 @@ impl Default for HealthRule {
 }
 
 impl ServiceConfig {
+    /// Where users reach the service, for people: `the built-in proxy on ADDR` or
+    /// `nginx (upstream NAME in SITE)`.
+    pub fn entry(&self) -> String {
+        match (&self.router, self.listen, &self.nginx) {
+            (Router::Proxy, Some(l), _) => format!("the built-in proxy on {l}"),
+            (Router::Nginx, _, Some(n)) => {
+                format!("nginx (upstream `{}` in {})", n.upstream, n.site.display())
+            }
+            _ => "an unconfigured router".to_string(),
+        }
+    }
+
     /// The URL a health probe of `slot` requests.
     pub fn health_url(&self, slot: Slot) -> String {
         format!("http://{}{}", self.slots.addr(slot), self.health_path)
@@ -422,6 +458,7 @@ pub(crate) struct RawService {
     pub(crate) runtime: Option<Runtime>,
     pub(crate) router: Option<Router>,
     pub(crate) listen: Option<Spanned<SocketAddr>>,
+    pub(crate) nginx: Option<NginxConfig>,
     pub(crate) slots: Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>>,
     pub(crate) health_path: Option<Spanned<String>>,
     pub(crate) start_timeout_secs: Option<u64>,
@@ -448,7 +485,8 @@ impl RawService {
             name: self.name,
             runtime: self.runtime?,
             router: self.router?,
-            listen: self.listen?.value,
+            listen: self.listen.map(|l| l.value),
+            nginx: self.nginx,
             slots: Slots {
                 blue: blue?,
                 green: green?,
@@ -493,6 +531,7 @@ const SERVICE_KEYS: &[&str] = &[
     "notify",
     "integrity",
     "prometheus",
+    "nginx",
 ];
 
 const CHECK_KEYS: &[&str] = &[
@@ -564,12 +603,13 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     }
     let runtime = r.string(t, "runtime").and_then(|s| match s.value.as_str() {
         "process" => Some(Runtime::Process),
-        "docker" | "swarm" | "external" | "kubernetes" => {
+        "external" => Some(Runtime::External),
+        "docker" | "swarm" | "kubernetes" => {
             r.error(
                 s.span,
                 &reader::join(&t.path, "runtime"),
                 format!(
-                    "runtime \"{}\" is not available in this version of ripcord yet; use \"process\"",
+                    "runtime \"{}\" is not available in this version of ripcord yet; use \"process\" or \"external\"",
                     s.value
                 ),
             );
@@ -579,7 +619,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             r.error(
                 s.span,
                 &reader::join(&t.path, "runtime"),
-                format!("unknown runtime \"{other}\"; expected \"process\""),
+                format!("unknown runtime \"{other}\"; expected \"process\" or \"external\""),
             );
             None
         }
@@ -590,14 +630,13 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     });
     let router = match r.string(t, "router") {
         Some(s) if s.value == "proxy" => Some(Router::Proxy),
-        Some(s) if s.value == "nginx" || s.value == "none" => {
+        Some(s) if s.value == "nginx" => Some(Router::Nginx),
+        Some(s) if s.value == "none" => {
             r.error(
                 s.span,
                 &reader::join(&t.path, "router"),
-                format!(
-                    "router \"{}\" is not available in this version of ripcord yet; use \"proxy\"",
-                    s.value
-                ),
+                "router \"none\" is not available in this version of ripcord yet; use \"proxy\" or \"nginx\""
+                    .to_string(),
             );
             None
         }
@@ -605,7 +644,10 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             r.error(
                 s.span,
                 &reader::join(&t.path, "router"),
-                format!("unknown router \"{}\"; expected \"proxy\"", s.value),
+                format!(
+                    "unknown router \"{}\"; expected \"proxy\" or \"nginx\"",
+                    s.value
+                ),
             );
             None
         }
@@ -625,6 +667,15 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             }
         });
     let slots = read_slots(r, t);
+    let nginx = r.table(t, "nginx").and_then(|n| read_nginx(r, &n));
+    if router == Some(Router::Nginx) && !t.inner.contains_key("nginx") {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "nginx"),
+            "missing: router \"nginx\" needs [service.NAME.nginx] with `site` and `upstream`"
+                .to_string(),
+        );
+    }
     let health_path = r.string(t, "health_path");
     if let Some(p) = &health_path
         && !p.value.starts_with('/')
@@ -746,6 +797,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         runtime,
         router,
         listen,
+        nginx,
         slots,
         health_path,
         start_timeout_secs,
@@ -762,6 +814,55 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         integrity,
         prometheus,
     }
+}
+
+fn read_nginx(r: &mut Reader<'_>, t: &Table<'_>) -> Option<NginxConfig> {
+    let before = r.errors.len();
+    r.deny_unknown(
+        t,
+        &[
+            "site",
+            "upstream",
+            "access_log",
+            "test_command",
+            "reload_command",
+            "conf",
+            "log_format",
+        ],
+    );
+    let site = r.string(t, "site");
+    let upstream = r.string(t, "upstream");
+    let access_log = r.string(t, "access_log").map(|s| PathBuf::from(s.value));
+    let test_command = r.argv(t, "test_command").map(|a| a.value);
+    let reload_command = r.argv(t, "reload_command").map(|a| a.value);
+    let conf = r.string(t, "conf").map(|s| PathBuf::from(s.value));
+    let log_format = r.string(t, "log_format").map(|s| s.value);
+    for (key, given) in [("site", site.is_some()), ("upstream", upstream.is_some())] {
+        if !given && !r.errors.iter().any(|e| e.key == reader::join(&t.path, key)) {
+            r.error(
+                t.span.clone(),
+                &reader::join(&t.path, key),
+                match key {
+                    "site" => "missing: the site file ripcord edits, e.g. site = \"/etc/nginx/sites-available/app\"",
+                    _ => "missing: the name of the upstream block ripcord owns, e.g. upstream = \"app\"",
+                }
+                .to_string(),
+            );
+        }
+    }
+    if r.errors.len() > before {
+        return None;
+    }
+    Some(NginxConfig {
+        site: PathBuf::from(site?.value),
+        upstream: upstream?.value,
+        access_log,
+        test_command: test_command.unwrap_or_else(|| vec!["nginx".into(), "-t".into()]),
+        reload_command: reload_command
+            .unwrap_or_else(|| vec!["nginx".into(), "-s".into(), "reload".into()]),
+        conf,
+        log_format,
+    })
 }
 
 fn read_metric_rule(r: &mut Reader<'_>, t: &Table<'_>) -> Option<MetricRule> {

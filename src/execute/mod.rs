@@ -9,6 +9,7 @@
 
 pub mod nginx;
 pub mod process;
+pub mod router;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,14 +20,15 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
-use crate::config::{ServiceConfig, Slot};
+use crate::config::{Runtime, ServiceConfig, Slot};
 use crate::http::HttpClient;
 use crate::ledger::{
     Ledger, LedgerError, NewEvent, OperationKind, Release, ReleaseSpec, ReleaseStatus, SlotRecord,
 };
-use crate::proxy::{Proxy, Target};
+use crate::proxy::Target;
 use crate::verify::{self, VerifyReport};
 use process::{RunningProcess, StartSpec};
+pub use router::Router;
 
 /// The ledger, shared by the tasks of one process. Never held across an await.
 pub type SharedLedger = Arc<Mutex<Ledger>>;
@@ -74,6 +76,9 @@ impl ExecError {
 
 pub struct DeployRequest {
     pub version: String,
+    /// The slot to deploy to; default the idle one. Runtime `external` runs each slot
+    /// elsewhere, so this names where the new version already runs.
+    pub slot: Option<Slot>,
     /// The argv for this release; else the recorded one, else the config's `command`.
     pub argv: Option<Vec<String>>,
     pub cwd: Option<PathBuf>,
@@ -117,14 +122,22 @@ pub struct ReleaseRef {
 #[derive(Clone)]
 pub struct SlotProc {
     pub release: Release,
-    pub proc: Arc<RunningProcess>,
+    /// The process, when ripcord runs it (runtime `process`); `None` for `external`.
+    pub proc: Option<Arc<RunningProcess>>,
     /// Set on a release that no longer gets traffic: it is stopped once this passes.
     pub warm_until_ms: Option<i64>,
 }
 
+impl SlotProc {
+    /// Whether it still runs as far as ripcord can tell (an external slot always does).
+    pub fn running(&self) -> bool {
+        self.proc.as_ref().is_none_or(|p| p.exited().is_none())
+    }
+}
+
 pub struct ServiceExec {
     pub cfg: ServiceConfig,
-    pub proxy: Proxy,
+    pub router: Router,
     ledger: SharedLedger,
     state_dir: PathBuf,
     slots: Mutex<BTreeMap<Slot, SlotProc>>,
@@ -133,10 +146,10 @@ pub struct ServiceExec {
 }
 
 impl ServiceExec {
-    pub fn new(cfg: ServiceConfig, proxy: Proxy, ledger: SharedLedger, state_dir: &Path) -> Self {
+    pub fn new(cfg: ServiceConfig, router: Router, ledger: SharedLedger, state_dir: &Path) -> Self {
         ServiceExec {
             cfg,
-            proxy,
+            router,
             ledger,
             state_dir: state_dir.to_path_buf(),
             slots: Mutex::new(BTreeMap::new()),
@@ -172,8 +185,8 @@ impl ServiceExec {
                 service: self.name().to_string(),
                 slot,
                 release_id: Some(sp.release.id),
-                pid: Some(sp.proc.pid as i64),
-                pid_start: sp.proc.pid_start,
+                pid: sp.proc.as_ref().map(|p| p.pid as i64),
+                pid_start: sp.proc.as_ref().and_then(|p| p.pid_start),
                 started_at_ms: Some(now_ms()),
                 warm_until_ms: sp.warm_until_ms,
             }),
@@ -277,6 +290,10 @@ impl ServiceExec {
                 "--force needs --reason TEXT: the ledger keeps why".into(),
             ));
         }
+        if self.cfg.runtime == Runtime::External {
+            // Someone else runs the release; the ledger keeps what it was told.
+            return Ok(req.argv.clone().unwrap_or_default());
+        }
         let argv = req
             .argv
             .clone()
@@ -321,8 +338,15 @@ impl ServiceExec {
             )?;
             (release, from, op)
         };
-        let active_slot = self.proxy.target().map(|t| t.slot);
-        let slot = active_slot.map_or(Slot::Blue, Slot::other);
+        let active_slot = self.router.target().map(|t| t.slot);
+        let slot = req
+            .slot
+            .unwrap_or_else(|| active_slot.map_or(Slot::Blue, Slot::other));
+        if Some(slot) == active_slot {
+            return Err(ExecError::Usage(format!(
+                "slot {slot} serves traffic now; deploy to the other slot"
+            )));
+        }
         say(
             &progress,
             format!(
@@ -359,7 +383,14 @@ impl ServiceExec {
                     tracing::error!(error = %le, "cannot mark the release bad");
                 }
             })?;
-        let old = self.switch_to(op, release, slot)?;
+        let old = match self.switch_to(op, release, slot).await {
+            Ok(old) => old,
+            Err(e) => {
+                // The router kept traffic where it was; the new release never served.
+                self.stop_slot(slot, Some(op)).await;
+                return Err(e);
+            }
+        };
         let switched_at_ms = now_ms();
         self.ledger().promote(self.name(), release.id)?;
         let switch_ms = start.elapsed().as_millis() as u64;
@@ -374,6 +405,7 @@ impl ServiceExec {
         if let Some(old) = &old {
             self.keep_warm(old.slot, Duration::from_secs(self.cfg.bake_secs))?;
         }
+        self.router.settle().await;
         self.ledger()
             .step(op, "verifying", format!("verifying {}", release.version))?;
         let report = verify::run(
@@ -427,7 +459,15 @@ impl ServiceExec {
         );
         let back = match (from, old) {
             (Some(from), Some(old)) if self.slot_alive(old.slot, from.id) => {
-                self.proxy.switch(Some((*old).clone()));
+                if let Err(e) = self.router.switch((*old).clone()).await {
+                    let _ = self.ledger().mark_bad(release.id, &reason);
+                    return ExecError::Failed(format!(
+                        "{} {}: {reason}; switching back to {} failed too: {e}",
+                        self.name(),
+                        release.version,
+                        from.version
+                    ));
+                }
                 let new_slot = old.slot.other();
                 let result =
                     self.ledger()
@@ -554,7 +594,7 @@ impl ServiceExec {
         let warm_slot = self
             .slots()
             .iter()
-            .find(|(_, sp)| sp.release.id == target.id && sp.proc.exited().is_none())
+            .find(|(_, sp)| sp.release.id == target.id && sp.running())
             .map(|(slot, _)| *slot);
         let warm = match warm_slot {
             Some(slot) => self.probe(slot).await.is_ok(),
@@ -572,7 +612,7 @@ impl ServiceExec {
                 slot
             }
             _ => {
-                let slot = self.proxy.target().map_or(Slot::Blue, |t| t.slot.other());
+                let slot = self.router.target().map_or(Slot::Blue, |t| t.slot.other());
                 say(
                     progress,
                     format!(
@@ -584,7 +624,7 @@ impl ServiceExec {
                 slot
             }
         };
-        let old = self.switch_to(op, target, slot)?;
+        let old = self.switch_to(op, target, slot).await?;
         let switched_at_ms = now_ms();
         self.ledger()
             .rolled_back(self.name(), from.map(|f| f.id), target.id, reason)?;
@@ -601,6 +641,7 @@ impl ServiceExec {
         if let Some(old) = &old {
             self.keep_warm(old.slot, ROLLBACK_DRAIN)?;
         }
+        self.router.settle().await;
         self.ledger()
             .step(op, "verifying", format!("verifying {}", target.version))?;
         let report = verify::run(
@@ -673,6 +714,9 @@ impl ServiceExec {
             self.stop_slot(slot, Some(op)).await;
         }
         let addr = self.cfg.slots.addr(slot);
+        if self.cfg.runtime == Runtime::External {
+            return self.adopt_external(op, release, slot, progress).await;
+        }
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(ExecError::Failed(format!(
                 "slot {slot} ({addr}) is not free: {e}; another program holds the port, stop it \
@@ -701,7 +745,7 @@ impl ServiceExec {
             slot,
             Some(SlotProc {
                 release: release.clone(),
-                proc: proc.clone(),
+                proc: Some(proc.clone()),
                 warm_until_ms: None,
             }),
         )?;
@@ -721,7 +765,7 @@ impl ServiceExec {
         );
         let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
         let t0 = Instant::now();
-        match self.wait_healthy(slot, &proc, deadline).await {
+        match self.wait_healthy(slot, Some(&proc), deadline).await {
             Ok(()) => {
                 self.event(
                     Some(release.id),
@@ -756,21 +800,77 @@ impl ServiceExec {
         }
     }
 
+    /// Runtime `external`: the release already runs in `slot` (someone else started
+    /// it); ripcord only health-gates it and records it there.
+    async fn adopt_external(
+        &self,
+        op: i64,
+        release: &Release,
+        slot: Slot,
+        progress: &Progress,
+    ) -> Result<(), ExecError> {
+        self.ledger().step(
+            op,
+            "health_wait",
+            format!(
+                "waiting up to {}s for {} in slot {slot} (run by someone else) to answer {}",
+                self.cfg.start_timeout_secs,
+                release.version,
+                self.cfg.health_url(slot)
+            ),
+        )?;
+        say(
+            progress,
+            format!(
+                "checking {} in slot {slot} (runtime external)",
+                release.version
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        self.wait_healthy(slot, None, deadline)
+            .await
+            .map_err(|why| {
+                ExecError::Failed(format!(
+                    "{} {} in slot {slot} ({}) is not healthy, so it gets no traffic: {why}; \
+                     runtime \"external\" starts nothing: start it there first",
+                    self.name(),
+                    release.version,
+                    self.cfg.slots.addr(slot)
+                ))
+            })?;
+        self.set_slot(
+            slot,
+            Some(SlotProc {
+                release: release.clone(),
+                proc: None,
+                warm_until_ms: None,
+            }),
+        )?;
+        self.event(
+            Some(release.id),
+            Some(op),
+            "healthy",
+            format!("{} is healthy in slot {slot}", release.version),
+        );
+        Ok(())
+    }
+
     async fn wait_healthy(
         &self,
         slot: Slot,
-        proc: &RunningProcess,
+        proc: Option<&RunningProcess>,
         deadline: Instant,
     ) -> Result<(), String> {
+        let exited = || proc.and_then(|p| p.exited());
         loop {
-            if let Some(status) = proc.exited() {
+            if let Some(status) = exited() {
                 return Err(format!("it exited ({status}) before it became healthy"));
             }
             match self.probe(slot).await {
                 Ok(()) => {
                     // A foreign listener could answer on a port we failed to bind:
                     // healthy only counts while our process is alive.
-                    if let Some(status) = proc.exited() {
+                    if let Some(status) = exited() {
                         return Err(format!("it exited ({status}) before it became healthy"));
                     }
                     return Ok(());
@@ -797,8 +897,9 @@ impl ServiceExec {
         }
     }
 
-    /// Points the proxy at `release` in `slot`; returns the target it replaced.
-    fn switch_to(
+    /// Points the router at `release` in `slot`; returns the target it replaced. A
+    /// router that refuses (nginx -t fails) leaves traffic where it was.
+    async fn switch_to(
         &self,
         op: i64,
         release: &Release,
@@ -809,12 +910,22 @@ impl ServiceExec {
             "switching",
             format!("switching traffic to {} in slot {slot}", release.version),
         )?;
-        let old = self.proxy.switch(Some(Target {
-            slot,
-            addr: self.cfg.slots.addr(slot),
-            release_id: release.id,
-            version: release.version.clone(),
-        }));
+        let old = self
+            .router
+            .switch(Target {
+                slot,
+                addr: self.cfg.slots.addr(slot),
+                release_id: release.id,
+                version: release.version.clone(),
+            })
+            .await
+            .map_err(|e| {
+                ExecError::Failed(format!(
+                    "{}: traffic could not be switched to {} in slot {slot}, so it stays where it was: {e}",
+                    self.name(),
+                    release.version
+                ))
+            })?;
         self.event(
             Some(release.id),
             Some(op),
@@ -848,7 +959,7 @@ impl ServiceExec {
     fn slot_alive(&self, slot: Slot, release: i64) -> bool {
         self.slots()
             .get(&slot)
-            .is_some_and(|sp| sp.release.id == release && sp.proc.exited().is_none())
+            .is_some_and(|sp| sp.release.id == release && sp.running())
     }
 
     /// Stops what runs in `slot` and forgets it.
@@ -856,10 +967,14 @@ impl ServiceExec {
         let Some(sp) = self.slots().remove(&slot) else {
             return;
         };
-        let outcome = sp
-            .proc
-            .stop(Duration::from_secs(self.cfg.stop_timeout_secs))
-            .await;
+        let outcome = match &sp.proc {
+            Some(proc) => {
+                proc.stop(Duration::from_secs(self.cfg.stop_timeout_secs))
+                    .await
+            }
+            // Someone else runs it: ripcord only stops routing to it.
+            None => process::StopOutcome::NotOurs,
+        };
         if let Err(e) = self.set_slot(slot, None) {
             tracing::error!(error = %e, "cannot clear the slot in the ledger");
         }
@@ -867,6 +982,7 @@ impl ServiceExec {
             process::StopOutcome::AlreadyExited => "had already exited",
             process::StopOutcome::Terminated => "stopped",
             process::StopOutcome::Killed => "killed after the stop timeout",
+            process::StopOutcome::NotOurs => "left running (runtime external)",
         };
         self.event(
             Some(sp.release.id),
@@ -892,7 +1008,7 @@ impl ServiceExec {
             return;
         };
         let now = now_ms();
-        let active = self.proxy.target().map(|t| t.slot);
+        let active = self.router.target().map(|t| t.slot);
         let expired: Vec<(Slot, SlotProc)> = self
             .slots()
             .into_iter()
@@ -960,7 +1076,7 @@ impl ServiceExec {
             let result = self.start_healthy(op, &active, slot, &None).await;
             match result {
                 Ok(()) => {
-                    self.switch_to(op, &active, slot)?;
+                    self.switch_to(op, &active, slot).await?;
                     self.ledger().finish_operation(op, "succeeded", None)?;
                     Ok(Some(active))
                 }
@@ -980,10 +1096,13 @@ impl ServiceExec {
         let Some(sp) = self.slots().remove(&slot) else {
             return;
         };
-        if sp.release.id != release || sp.proc.oom_killed() {
+        let Some(proc) = &sp.proc else {
+            return;
+        };
+        if sp.release.id != release || proc.oom_killed() {
             return;
         }
-        sp.proc.kill_for_memory();
+        proc.kill_for_memory();
         self.event(
             Some(release),
             None,

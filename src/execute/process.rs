@@ -194,6 +194,8 @@ pub enum StopOutcome {
     AlreadyExited,
     Terminated,
     Killed,
+    /// Not a process ripcord runs (runtime `external`).
+    NotOurs,
 }
 
 /// Kills a process group left behind by an earlier watcher, if `pid` still is that

@@ -45,9 +45,15 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
     let _ = writeln!(out, "## Service `{name}`\n");
     let _ = writeln!(
         out,
-        "- Users reach it through the built-in proxy on `{}`; releases run as processes in \
-         two slots, blue `{}` and green `{}`.",
-        c.listen, c.slots.blue, c.slots.green
+        "- Users reach it through {}; releases run {} in two slots, blue `{}` and green `{}`.",
+        c.entry(),
+        match c.runtime {
+            crate::config::Runtime::Process => "as processes ripcord starts",
+            crate::config::Runtime::External =>
+                "elsewhere (runtime `external`: ripcord starts nothing)",
+        },
+        c.slots.blue,
+        c.slots.green
     );
     match s.active {
         Some(a) => {

@@ -1,5 +1,5 @@
-//! HTTP health probes of the slot the proxy sends traffic to, on an interval with a
-//! timeout. It follows the proxy's target, so after a switch it probes the new release.
+//! HTTP health probes of the slot that gets traffic, on an interval with a
+//! timeout. It follows the router's target, so after a switch it probes the new release.
 
 use std::time::Duration;
 
@@ -8,14 +8,14 @@ use tokio::sync::mpsc;
 use super::Observation;
 use crate::clock::now_ms;
 use crate::config::{HealthRule, ServiceConfig};
+use crate::execute::Router;
 use crate::http::HttpClient;
-use crate::proxy::Proxy;
 
 /// Probes until the channel closes.
 pub async fn run(
     cfg: ServiceConfig,
     rule: HealthRule,
-    proxy: Proxy,
+    router: Router,
     tx: mpsc::Sender<Observation>,
 ) {
     let client = HttpClient::default();
@@ -23,7 +23,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(target) = proxy.target() else {
+        let Some(target) = router.target() else {
             if tx.is_closed() {
                 return;
             }

@@ -31,15 +31,19 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
         }
         n = n.wrapping_add(1);
         for (slot, sp) in exec.slots() {
-            let pid = sp.proc.pid;
-            if let Some(status) = sp.proc.exited() {
-                if !sp.proc.stopping() && !reported.contains(&pid) {
+            // An external slot's process is not ours to watch.
+            let Some(proc) = sp.proc.clone() else {
+                continue;
+            };
+            let pid = proc.pid;
+            if let Some(status) = proc.exited() {
+                if !proc.stopping() && !reported.contains(&pid) {
                     reported.push(pid);
                     let obs = Observation::Exit {
                         release_id: sp.release.id,
                         slot,
                         status: status.to_string(),
-                        oom: sp.proc.oom_killed(),
+                        oom: proc.oom_killed(),
                         at_ms: now_ms(),
                     };
                     if tx.send(obs).await.is_err() {
@@ -75,7 +79,11 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
             }
         }
         // Forget pids that are gone, so the maps stay small.
-        let live: Vec<u32> = exec.slots().values().map(|sp| sp.proc.pid).collect();
+        let live: Vec<u32> = exec
+            .slots()
+            .values()
+            .filter_map(|sp| sp.proc.as_ref().map(|p| p.pid))
+            .collect();
         last.retain(|pid, _| live.contains(pid));
         reported.retain(|pid| live.contains(pid));
     }

@@ -21,6 +21,9 @@ pub enum Request {
     Deploy {
         service: String,
         version: String,
+        /// The slot to deploy to (default: the idle one).
+        #[serde(default)]
+        slot: Option<crate::config::Slot>,
         argv: Option<Vec<String>>,
         cwd: Option<PathBuf>,
         force: bool,

@@ -566,7 +566,7 @@ impl Guard {
     }
 
     fn evaluate(&mut self, now: i64) {
-        let Some(target) = self.exec.proxy.target() else {
+        let Some(target) = self.exec.router.target() else {
             return;
         };
         let release = target.release_id;

@@ -21,8 +21,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
+use crate::config;
 use crate::config::Config;
-use crate::execute::{DeployRequest, ExecError, RollbackRequest, ServiceExec, SharedLedger};
+use crate::execute::router::NginxRouter;
+use crate::execute::{
+    DeployRequest, ExecError, RollbackRequest, Router, ServiceExec, SharedLedger,
+};
 use crate::ledger::{Ledger, LedgerError, NewEvent};
 use crate::proxy::{DRAIN_TIMEOUT, Proxy};
 use control::{Reply, Request};
@@ -67,7 +71,10 @@ pub enum WatchError {
 struct Service {
     exec: Arc<ServiceExec>,
     view: guard::SharedView,
-    proxy_task: tokio::task::JoinHandle<()>,
+    /// The built-in proxy's accept task (router `proxy`).
+    proxy_task: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps the guard's record channel open when no proxy feeds it.
+    _records: Option<mpsc::Sender<crate::proxy::RequestRecord>>,
 }
 
 /// Creates the state dir owner-only if it does not exist.
@@ -147,17 +154,31 @@ pub async fn run(
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     for (name, cfg) in &config.services {
         let (tx, rx) = mpsc::channel(65_536);
-        let (proxy, proxy_task) =
-            Proxy::bind(name, cfg.listen, Some(tx))
-                .await
-                .map_err(|source| WatchError::ProxyBind {
-                    service: name.clone(),
-                    addr: cfg.listen,
-                    source,
-                })?;
+        // Request records come from the built-in proxy; with nginx they will come from
+        // its access log. The sender is kept for the watcher's life either way: the
+        // guard stops when its record channel closes.
+        let (router, proxy_task, records_tx) = match (cfg.router, cfg.listen, &cfg.nginx) {
+            (config::Router::Proxy, Some(listen), _) => {
+                let (proxy, task) =
+                    Proxy::bind(name, listen, Some(tx))
+                        .await
+                        .map_err(|source| WatchError::ProxyBind {
+                            service: name.clone(),
+                            addr: listen,
+                            source,
+                        })?;
+                (Router::Proxy(proxy), Some(task), None)
+            }
+            (config::Router::Nginx, _, Some(n)) => {
+                let state_file = state_dir.join("nginx").join(format!("{name}.json"));
+                let r = NginxRouter::new(n, cfg.slots, state_file);
+                (Router::Nginx(Arc::new(r)), None, Some(tx))
+            }
+            _ => unreachable!("config validation guarantees a proxy address or an nginx table"),
+        };
         let exec = Arc::new(ServiceExec::new(
             cfg.clone(),
-            proxy.clone(),
+            router.clone(),
             ledger.clone(),
             state_dir,
         ));
@@ -167,7 +188,7 @@ pub async fn run(
             tokio::spawn(crate::signals::probe::run(
                 cfg.clone(),
                 rule.clone(),
-                proxy.clone(),
+                router.clone(),
                 obs_tx.clone(),
             ));
         }
@@ -176,7 +197,7 @@ pub async fn run(
                 tokio::spawn(crate::signals::prometheus::run(
                     p.url.clone(),
                     rule.clone(),
-                    proxy.clone(),
+                    router.clone(),
                     obs_tx.clone(),
                 ));
             }
@@ -204,6 +225,7 @@ pub async fn run(
                 exec,
                 view,
                 proxy_task,
+                _records: records_tx,
             },
         );
     }
@@ -214,9 +236,9 @@ pub async fn run(
             name,
             "watcher_started",
             format!(
-                "watcher started (pid {}); proxy on {}",
+                "watcher started (pid {}); traffic through {}",
                 std::process::id(),
-                svc.exec.cfg.listen
+                svc.exec.cfg.entry()
             ),
         );
         match svc.exec.reconcile().await {
@@ -264,11 +286,13 @@ pub async fn run(
     drop(listener);
     let _ = std::fs::remove_file(&socket);
     for svc in services.values() {
-        svc.exec.proxy.shutdown();
+        if let Some(p) = svc.exec.router.proxy() {
+            p.shutdown();
+        }
     }
     for svc in services.values() {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), async {
-            while !svc.proxy_task.is_finished() {
+            while svc.proxy_task.as_ref().is_some_and(|t| !t.is_finished()) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
@@ -379,6 +403,7 @@ async fn serve_client(
                 cwd,
                 force,
                 reason,
+                slot,
                 ..
             },
             Some(svc),
@@ -386,6 +411,7 @@ async fn serve_client(
             let exec = svc.exec.clone();
             tokio::spawn(async move {
                 let req = DeployRequest {
+                    slot,
                     version,
                     argv,
                     cwd,
@@ -437,7 +463,6 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> st
 /// What only the watcher knows: processes, proxy counters, traffic per release.
 fn live(svc: &Service) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed;
-    let c = svc.exec.proxy.counters();
     let slots: Vec<serde_json::Value> = svc
         .exec
         .slots()
@@ -447,10 +472,10 @@ fn live(svc: &Service) -> serde_json::Value {
                 "slot": slot,
                 "release": sp.release.id,
                 "version": sp.release.version,
-                "pid": sp.proc.pid,
-                "running": sp.proc.exited().is_none(),
+                "pid": sp.proc.as_ref().map(|p| p.pid),
+                "running": sp.running(),
                 "warm_until_ms": sp.warm_until_ms,
-                "log": sp.proc.log_path,
+                "log": sp.proc.as_ref().map(|p| p.log_path.clone()),
             })
         })
         .collect();
@@ -458,16 +483,20 @@ fn live(svc: &Service) -> serde_json::Value {
     serde_json::json!({
         "pid": std::process::id(),
         "at_ms": now_ms(),
-        "proxy": {
-            "listen": svc.exec.proxy.local_addr(),
-            "target": svc.exec.proxy.target().map(|t| serde_json::json!({
-                "slot": t.slot, "release": t.release_id, "version": t.version, "addr": t.addr,
-            })),
-            "requests": c.requests.load(Relaxed),
-            "in_flight": c.in_flight.load(Relaxed),
-            "upstream_errors": c.upstream_errors.load(Relaxed),
-            "records_dropped": c.records_dropped.load(Relaxed),
-        },
+        "router": svc.exec.cfg.entry(),
+        "target": svc.exec.router.target().map(|t| serde_json::json!({
+            "slot": t.slot, "release": t.release_id, "version": t.version, "addr": t.addr,
+        })),
+        "proxy": svc.exec.router.proxy().map(|p| {
+            let c = p.counters();
+            serde_json::json!({
+                "listen": p.local_addr(),
+                "requests": c.requests.load(Relaxed),
+                "in_flight": c.in_flight.load(Relaxed),
+                "upstream_errors": c.upstream_errors.load(Relaxed),
+                "records_dropped": c.records_dropped.load(Relaxed),
+            })
+        }),
         "slots": slots,
         "traffic": view.traffic.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
         "guard": {

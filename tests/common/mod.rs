@@ -247,6 +247,20 @@ pub struct Load {
 
 impl Load {
     pub fn start(url: String, workers: usize, max_time: Duration, max_requests: u64) -> Load {
+        Load::start_with(url, workers, max_time, max_requests, true)
+    }
+
+    /// With `keep_alive` false every request opens its own connection: nginx's reload
+    /// closes idle keep-alive connections of its old workers, and a request racing that
+    /// close fails in any client that does not retry; that is nginx's behaviour, not the
+    /// switch's, so tests of nginx switches measure with fresh connections.
+    pub fn start_with(
+        url: String,
+        workers: usize,
+        max_time: Duration,
+        max_requests: u64,
+        keep_alive: bool,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (s, n) = (stop.clone(), sent.clone());
@@ -263,11 +277,14 @@ impl Load {
                 for _ in 0..workers {
                     let (s, n, url, report) = (s.clone(), n.clone(), url.clone(), report.clone());
                     tasks.push(tokio::spawn(async move {
-                        let client = HttpClient::default();
+                        let mut client = HttpClient::default();
                         while !s.load(Ordering::Relaxed)
                             && start.elapsed() < max_time
                             && n.fetch_add(1, Ordering::Relaxed) < max_requests
                         {
+                            if !keep_alive {
+                                client = HttpClient::default();
+                            }
                             let r = client.get(&url, Duration::from_secs(5)).await;
                             let outcome = match r {
                                 Ok(resp) if resp.status == 200 => {

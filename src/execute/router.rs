@@ -1,0 +1,128 @@
+//! Routers: how traffic reaches the active slot. `proxy` is the built-in reverse proxy
+//! (an atomic pointer swap); `nginx` rewrites the user's upstream block, tests and
+//! reloads nginx (`nginx.rs`). Both remember the current target so the guard and the
+//! signal sources know which release serves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use super::nginx;
+use crate::config::{NginxConfig, Slots};
+use crate::proxy::{Proxy, Target};
+
+/// nginx answers from old workers for a moment after `nginx -s reload` returns (its
+/// master starts new workers, then retires the old ones; about 100-200 ms on an idle
+/// host, longer on a busy one): verification waits this long after a switch so it
+/// judges the new slot, not the old one.
+pub const NGINX_SETTLE: Duration = Duration::from_millis(1000);
+
+#[derive(Clone)]
+pub enum Router {
+    Proxy(Proxy),
+    Nginx(Arc<NginxRouter>),
+}
+
+pub struct NginxRouter {
+    pub site: nginx::SiteConfig,
+    pub slots: Slots,
+    target: ArcSwapOption<Target>,
+}
+
+impl NginxRouter {
+    pub fn new(cfg: &NginxConfig, slots: Slots, state_file: std::path::PathBuf) -> Self {
+        let mut site = nginx::SiteConfig::new(cfg.site.clone(), cfg.upstream.clone(), state_file);
+        site.test_command = cfg.test_command.clone();
+        site.reload_command = cfg.reload_command.clone();
+        NginxRouter {
+            site,
+            slots,
+            target: ArcSwapOption::empty(),
+        }
+    }
+
+    /// What the upstream block points at now, as a slot (if it is one of ours).
+    pub fn current_slot(&self) -> Result<Option<crate::config::Slot>, String> {
+        let sw = nginx::current(&self.site).map_err(|e| e.to_string())?;
+        Ok([crate::config::Slot::Blue, crate::config::Slot::Green]
+            .into_iter()
+            .find(|s| addr_matches(&sw.active, self.slots.addr(*s))))
+    }
+}
+
+/// Whether an nginx server address names this socket address (`localhost:8000` and
+/// `127.0.0.1:8000` both do).
+fn addr_matches(server: &str, addr: std::net::SocketAddr) -> bool {
+    server == addr.to_string()
+        || (addr.ip().is_loopback() && server == format!("localhost:{}", addr.port()))
+}
+
+impl Router {
+    /// The target new requests go to.
+    pub fn target(&self) -> Option<Arc<Target>> {
+        match self {
+            Router::Proxy(p) => p.target(),
+            Router::Nginx(n) => n.target.load_full(),
+        }
+    }
+
+    pub fn proxy(&self) -> Option<&Proxy> {
+        match self {
+            Router::Proxy(p) => Some(p),
+            Router::Nginx(_) => None,
+        }
+    }
+
+    /// Sends new requests to `target`; returns the target it replaced. For nginx this
+    /// rewrites the site file, runs `nginx -t` and the reload; on failure the previous
+    /// file is back and nginx's words are in the error.
+    pub async fn switch(&self, target: Target) -> Result<Option<Arc<Target>>, String> {
+        match self {
+            Router::Proxy(p) => Ok(p.switch(Some(target))),
+            Router::Nginx(n) => {
+                let sw = nginx::Switch {
+                    active: target.addr.to_string(),
+                    standby: Some(n.slots.addr(target.slot.other()).to_string()),
+                };
+                let n2 = n.clone();
+                tokio::task::spawn_blocking(move || nginx::switch(&n2.site, &sw))
+                    .await
+                    .map_err(|e| format!("the nginx switch task failed: {e}"))?
+                    .map_err(|e| format!("{e:#}"))?;
+                Ok(n.target.swap(Some(Arc::new(target))))
+            }
+        }
+    }
+
+    /// Waits until a switch has surely taken effect for new connections.
+    pub async fn settle(&self) {
+        if let Router::Nginx(_) = self {
+            tokio::time::sleep(NGINX_SETTLE).await;
+        }
+    }
+
+    /// Records the target without touching the router (after reconciling with what
+    /// nginx already serves).
+    pub fn assume(&self, target: Target) {
+        match self {
+            Router::Proxy(p) => {
+                p.switch(Some(target));
+            }
+            Router::Nginx(n) => n.target.store(Some(Arc::new(target))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_match_slots() {
+        let a: std::net::SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        assert!(addr_matches("127.0.0.1:8000", a));
+        assert!(addr_matches("localhost:8000", a));
+        assert!(!addr_matches("127.0.0.1:8001", a));
+    }
+}

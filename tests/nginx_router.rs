@@ -1,0 +1,318 @@
+//! Router `nginx` end to end with real nginx: the runbook's setup (nginx in front of two
+//! slots run by someone else, runtime `external`), and ripcord's own processes behind
+//! nginx; deploy, rollback by hand and by the guard, zero failed requests in a switch.
+
+mod common;
+mod nginx_fixture;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{BIN, Load, assert_ok, eventually, get, stderr, stdout};
+use nginx_fixture::{Nginx, free_port, primary_backup_site};
+
+/// A demo app we run ourselves (runtime `external`: ripcord must not start it).
+struct App(Child);
+
+impl App {
+    fn start(port: u16, version: &str, extra: &[&str]) -> App {
+        let child = Command::new(BIN)
+            .args([
+                "demo-app",
+                "--port",
+                &port.to_string(),
+                "--version",
+                version,
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("the app answers", Duration::from_secs(10), || {
+            get(&format!("http://127.0.0.1:{port}/health")).0 == 200
+        });
+        App(child)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    nginx: Nginx,
+    blue: u16,
+    green: u16,
+    watcher: Option<Child>,
+}
+
+impl Setup {
+    /// nginx on a free port with the runbook's site file (primary blue, backup green),
+    /// and a ripcord config for it with `runtime`.
+    fn new(runtime: &str, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, blue, green) = (free_port(), free_port(), free_port());
+        let site = dir.path().join("sites/app");
+        std::fs::create_dir_all(site.parent().unwrap()).unwrap();
+        std::fs::write(
+            &site,
+            primary_backup_site(
+                port,
+                &format!("127.0.0.1:{blue}"),
+                &format!("127.0.0.1:{green}"),
+            ),
+        )
+        .unwrap();
+        let nginx = Nginx::start(&dir.path().join("nginx"), site.to_str().unwrap(), port);
+        let argv = |v: Vec<String>| {
+            format!(
+                "[{}]",
+                v.iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let config = format!(
+            r#"[service.web]
+runtime = "{runtime}"
+router = "nginx"
+slots = {{ blue = {blue}, green = {green} }}
+start_timeout_secs = 10
+command = [{BIN:?}, "demo-app", "--port", "{{port}}", "--version", "{{version}}"]
+{extra}
+
+[service.web.nginx]
+site = {site:?}
+upstream = "app"
+test_command = {test}
+reload_command = {reload}
+
+[[service.web.verify]]
+http = "http://127.0.0.1:{port}/api/verify"
+json_field = "version"
+json_equals = "{{version}}"
+"#,
+            site = site.to_str().unwrap(),
+            test = argv(nginx.test_command()),
+            reload = argv(nginx.reload_command()),
+        );
+        std::fs::write(dir.path().join("ripcord.toml"), config).unwrap();
+        Setup {
+            dir,
+            nginx,
+            blue,
+            green,
+            watcher: None,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(self.dir.path().join("ripcord.toml"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(args)
+            .env_remove("RIPCORD_CONFIG")
+            .env_remove("RIPCORD_STATE_DIR");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_slice(&self.run(&all).stdout).unwrap()
+    }
+
+    fn start_watcher(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("watcher.log")).unwrap();
+        self.watcher = Some(
+            self.cmd(&["watch"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap(),
+        );
+        eventually("the watcher answers", Duration::from_secs(20), || {
+            let out = self.run(&["--json", "status", "web"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v["live"].is_object())
+        });
+    }
+
+    fn serving(&self) -> String {
+        let (status, body) = get(&format!("http://127.0.0.1:{}/health", self.nginx.port));
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["version"].as_str().unwrap().to_string()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.nginx.port)
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(mut w) = self.watcher.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(w.id().to_string())
+                .status();
+            for _ in 0..200 {
+                if w.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+#[test]
+fn the_runbooks_setup_external_slots_behind_nginx() {
+    let mut s = Setup::new("external", "");
+    // Someone else runs both slots, as in the runbook (ports 8000 and 8001 there).
+    let _v1 = App::start(s.blue, "v1", &[]);
+    let _v2 = App::start(s.green, "v2", &[]);
+    s.start_watcher();
+    assert_ok(
+        &s.run(&["deploy", "web", "v1", "--slot", "blue"]),
+        "deploy v1",
+    );
+    assert_eq!(s.serving(), "v1");
+
+    let load = Load::start_with(
+        s.url("/api/load"),
+        4,
+        Duration::from_secs(60),
+        200_000,
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = s.run(&["deploy", "web", "v2", "--slot", "green"]);
+    assert_ok(&out, "deploy v2");
+    assert_eq!(s.serving(), "v2");
+    let site = std::fs::read_to_string(s.dir.path().join("sites/app")).unwrap();
+    assert!(
+        site.contains(&format!(
+            "server 127.0.0.1:{} max_fails=3 fail_timeout=10s;",
+            s.green
+        )) && site.contains(&format!("server 127.0.0.1:{} backup;", s.blue)),
+        "{site}"
+    );
+
+    let out = s.run(&["rollback", "web", "--reason", "by hand"]);
+    assert_ok(&out, "rollback");
+    assert!(
+        stdout(&out).contains("rolled back to v1"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(s.serving(), "v1");
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert!(
+        report.failures.is_empty(),
+        "requests failed during the nginx switches: {:?}",
+        report.failures
+    );
+
+    // ripcord started and stopped nothing: both apps still run.
+    assert_eq!(get(&format!("http://127.0.0.1:{}/health", s.green)).0, 200);
+    let status = s.json(&["status", "web"]);
+    assert_eq!(status["active"]["version"], "v1", "{status:#}");
+    assert!(
+        status["live"]["router"]
+            .as_str()
+            .unwrap()
+            .starts_with("nginx"),
+        "{status:#}"
+    );
+
+    // An external slot that does not answer gets no traffic.
+    drop(_v2);
+    let out = s.run(&["deploy", "web", "v3", "--slot", "green"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("runtime \"external\" starts nothing"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(s.serving(), "v1");
+}
+
+#[test]
+fn ripcords_processes_behind_nginx_and_the_guard_rolls_back() {
+    let mut s = Setup::new("process", "");
+    s.start_watcher();
+    assert_ok(&s.run(&["deploy", "web", "v1"]), "deploy v1");
+    assert_eq!(s.serving(), "v1");
+    // Health checks probe the slots directly; the guard watches the active one.
+    let out = s.run(&[
+        "deploy",
+        "web",
+        "v2",
+        "--",
+        BIN,
+        "demo-app",
+        "--port",
+        "{port}",
+        "--version",
+        "{version}",
+        "--fail-health",
+        "--after-secs",
+        "4",
+    ]);
+    assert_ok(&out, "deploy v2");
+    assert_eq!(s.serving(), "v2");
+    eventually(
+        "the guard rolls v2 back through nginx",
+        Duration::from_secs(40),
+        || get(&s.url("/health")).1.contains("\"v1\""),
+    );
+    let list = s.json(&["incident", "list"]);
+    assert_eq!(list[0]["rule"], "health", "{list:#}");
+    eventually("the incident is resolved", Duration::from_secs(10), || {
+        s.json(&["incident", "list"])[0]["status"] == "resolved"
+    });
+    let releases = s.json(&["releases", "web"]);
+    assert_eq!(releases[0]["status"], "bad");
+}
+
+#[test]
+fn a_site_that_fails_nginx_t_keeps_traffic_where_it_was() {
+    let mut s = Setup::new("process", "");
+    s.start_watcher();
+    assert_ok(&s.run(&["deploy", "web", "v1"]), "deploy v1");
+    // The user breaks their own site file outside ripcord's block.
+    let site = s.dir.path().join("sites/app");
+    let mut text = std::fs::read_to_string(&site).unwrap();
+    text.push_str("\nbogus_directive on;\n");
+    std::fs::write(&site, &text).unwrap();
+    let out = s.run(&["deploy", "web", "v2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("stays where it was") && err.contains("bogus_directive"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&site).unwrap(),
+        text,
+        "the site file was not restored"
+    );
+    assert_eq!(s.serving(), "v1");
+}
