@@ -13,6 +13,7 @@ pub mod execute;
 pub mod guard;
 pub mod http;
 pub mod ledger;
+pub mod migrate;
 pub mod notify;
 pub mod prometheus;
 pub mod proxy;

@@ -251,3 +251,102 @@ fn the_runbook_is_generated_from_the_config() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn migrations_check_names_phases_and_exits_by_severity() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/migrations");
+    let out = ripcord(dir.path())
+        .args(["migrations", "check", &format!("{fixtures}/alembic")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("003_switch.py:6: error drop-column"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[003]: contract"), "{stdout}");
+    assert!(
+        stdout.contains("[001]: expand") && stdout.contains("downgrade: data-loss"),
+        "{stdout}"
+    );
+
+    let out = ripcord(dir.path())
+        .args([
+            "--json",
+            "migrations",
+            "check",
+            &format!("{fixtures}/alembic"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 3);
+    for f in files {
+        assert_eq!(f["kind"], "alembic");
+        assert!(
+            ["expand", "migrate", "contract"].contains(&f["phase"].as_str().unwrap()),
+            "{f:#}"
+        );
+        assert!(f["upgrade"]["findings"].is_array() && f["downgrade"]["state"].is_string());
+        for finding in f["upgrade"]["findings"].as_array().unwrap() {
+            for key in ["rule", "severity", "line", "risk", "message", "fix"] {
+                assert!(
+                    !finding[key].is_null(),
+                    "finding without {key}: {finding:#}"
+                );
+            }
+        }
+    }
+
+    // A migration done the safe way passes (its suppression carries a reason).
+    let out = ripcord(dir.path())
+        .args([
+            "migrations",
+            "check",
+            &format!("{fixtures}/safe"),
+            "--format",
+            "github",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // Usage errors exit 2.
+    for args in [
+        vec!["migrations", "check", "/nonexistent/dir"],
+        vec!["migrations", "check", fixtures, "--disable", "no-such-rule"],
+        vec![
+            "migrations",
+            "check",
+            fixtures,
+            "--severity",
+            "drop-column=fatal",
+        ],
+    ] {
+        let out = ripcord(dir.path()).args(&args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Turning the rule off, or making it a warning, clears the error.
+    let out = ripcord(dir.path())
+        .args([
+            "migrations",
+            "check",
+            &format!("{fixtures}/alembic"),
+            "--severity",
+            "drop-column=warning",
+            "--severity",
+            "rename-column=warning",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}

@@ -129,6 +129,11 @@ pub enum Command {
         #[command(subcommand)]
         command: IncidentCommand,
     },
+    /// Migrations: which changes make a rollback unsafe
+    Migrations {
+        #[command(subcommand)]
+        command: MigrationsCommand,
+    },
     /// Check the config file and report every problem
     Config {
         #[command(subcommand)]
@@ -155,6 +160,30 @@ pub enum IncidentCommand {
         /// Where to write [default: STATE_DIR/reports]
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrationsCommand {
+    /// Check SQL and Alembic migrations (files or directories): locks, data loss, what
+    /// breaks the old code, each revision's phase and whether its downgrade is safe.
+    /// Exit 1 when an error-severity finding remains
+    Check {
+        /// Files or directories (Alembic versions/, diesel, golang-migrate, Flyway, plain .sql)
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// text (default), json, or github (workflow annotations)
+        #[arg(long, value_parser = ["text", "json", "github"], default_value = "text")]
+        format: String,
+        /// The PostgreSQL major version the migrations run against
+        #[arg(long, value_name = "N", default_value_t = 15)]
+        pg_version: u32,
+        /// Turn a rule off (repeatable)
+        #[arg(long, value_name = "RULE")]
+        disable: Vec<String>,
+        /// Change a rule's severity: RULE=error|warning|info (repeatable)
+        #[arg(long, value_name = "RULE=LEVEL")]
+        severity: Vec<String>,
     },
 }
 
@@ -305,6 +334,22 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 }
             }
         }
+        Command::Migrations {
+            command:
+                MigrationsCommand::Check {
+                    paths,
+                    format,
+                    pg_version,
+                    disable,
+                    severity,
+                },
+        } => migrations_check(
+            &paths,
+            if json { "json" } else { &format },
+            pg_version,
+            &disable,
+            &severity,
+        ),
         Command::Releases { service } => {
             let ledger = open_ledger(&state_dir)?;
             output::releases(&ledger, &service, json)
@@ -486,6 +531,66 @@ async fn verify(
         }
     }
     Ok(if report.ok { 0 } else { 4 })
+}
+
+fn migrations_check(
+    paths: &[PathBuf],
+    format: &str,
+    pg_version: u32,
+    disable: &[String],
+    severity: &[String],
+) -> Result<i32, CliError> {
+    use crate::migrate;
+    let known = migrate::rule_ids();
+    let unknown = |rule: &str| {
+        CliError::new(
+            2,
+            format!("unknown rule `{rule}`; the rules are: {}", known.join(", ")),
+        )
+    };
+    let mut settings = migrate::Settings {
+        pg_version,
+        ..Default::default()
+    };
+    for rule in disable {
+        if !known.contains(&rule.as_str()) {
+            return Err(unknown(rule));
+        }
+        settings.disabled.insert(rule.clone());
+    }
+    for pair in severity {
+        let Some((rule, level)) = pair.split_once('=') else {
+            return Err(CliError::new(
+                2,
+                format!("--severity {pair}: expected RULE=error|warning|info"),
+            ));
+        };
+        if !known.contains(&rule) {
+            return Err(unknown(rule));
+        }
+        let level = migrate::Severity::parse(level).ok_or_else(|| {
+            CliError::new(
+                2,
+                format!("--severity {pair}: `{level}` is not error, warning or info"),
+            )
+        })?;
+        settings.severity.insert(rule.to_string(), level);
+    }
+    let files =
+        migrate::discover::read_paths(paths).map_err(|e| CliError::new(2, e.to_string()))?;
+    if files.is_empty() {
+        return Err(CliError::new(
+            2,
+            "no .sql or .py migration files under the given paths".to_string(),
+        ));
+    }
+    let report = migrate::check(&migrate::plan(files), &settings);
+    match format {
+        "json" => output::print_json(&migrate::render_json(&report)),
+        "github" => print!("{}", migrate::render_github(&report)),
+        _ => print!("{}", migrate::render_text(&report)),
+    }
+    Ok(migrate::exit_code(&report))
 }
 
 pub(crate) fn plural(n: usize) -> &'static str {

@@ -1,0 +1,92 @@
+//! The one IO edge of `migrate/`: reads the files and directories named on the command
+//! line into [`SourceFile`]s for [`super::plan`]. Only the CLI calls it; the checker itself
+//! never touches the disk.
+//!
+//! It picks `.sql` and `.py` files, walks directories in sorted order, skips hidden
+//! entries and `__pycache__`, and names the path in every error. It never follows a
+//! symlinked directory (a link loop would never end).
+
+use std::path::{Path, PathBuf};
+
+use super::SourceFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid UTF-8")]
+    NotUtf8 { path: PathBuf },
+    #[error("{path} does not exist")]
+    Missing { path: PathBuf },
+}
+
+/// Reads every `.sql` and `.py` file under `paths` (files are taken whatever their
+/// extension, since the user named them).
+pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<SourceFile>, DiscoverError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                DiscoverError::Missing { path: p.clone() }
+            } else {
+                DiscoverError::Read {
+                    path: p.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        if meta.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(read(p)?);
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), DiscoverError> {
+    let err = |e| DiscoverError::Read {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(err)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || name == "__pycache__" {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| DiscoverError::Read {
+            path: path.clone(),
+            source: e,
+        })?;
+        if meta.is_dir() {
+            walk(&path, out)?;
+        } else if name.ends_with(".sql") || name.ends_with(".py") {
+            out.push(read(&path)?);
+        }
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<SourceFile, DiscoverError> {
+    let bytes = std::fs::read(path).map_err(|e| DiscoverError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| DiscoverError::NotUtf8 {
+        path: path.to_path_buf(),
+    })?;
+    Ok(SourceFile {
+        path: path.to_string_lossy().into_owned(),
+        text,
+    })
+}

@@ -1,0 +1,262 @@
+//! Recognises migration layouts from paths and pairs each upgrade with its downgrade:
+//! Alembic `versions/*.py`, diesel `DIR/up.sql` + `DIR/down.sql`, golang-migrate
+//! `N_name.up.sql` / `N_name.down.sql`, Flyway `V1__x.sql` / `U1__x.sql`, dbmate and goose
+//! files with up and down sections, and plain `.sql`.
+//!
+//! Pure: it sees paths and text only; it never reads the disk. It orders migrations the
+//! way they run (Alembic along the revision chain, the rest by version), because the
+//! checker learns column types and indexes from earlier migrations.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::{Kind, Layout, Migration, Script, SourceFile, alembic};
+
+/// Pairs up/down files and recognises layouts.
+pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
+    files.sort_by(|a, b| natural(&a.path, &b.path));
+    let mut sql = Vec::new();
+    let mut py = Vec::new();
+    // key -> (layout, up, down)
+    let mut pairs: BTreeMap<String, (Layout, Option<SourceFile>, Option<SourceFile>)> =
+        BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for f in files {
+        let (dir, base) = match f.path.rfind(['/', '\\']) {
+            Some(i) => (f.path[..i].to_string(), f.path[i + 1..].to_string()),
+            None => (String::new(), f.path.clone()),
+        };
+        let lower = base.to_ascii_lowercase();
+        if lower.ends_with(".py") {
+            let is_revision = f.text.contains("def upgrade")
+                || (f.path.contains("versions/") && lower != "__init__.py");
+            if is_revision && lower != "env.py" {
+                py.push(f);
+            }
+            continue;
+        }
+        if !lower.ends_with(".sql") {
+            continue;
+        }
+        let pair = if lower == "up.sql" || lower == "down.sql" {
+            Some((Layout::Diesel, format!("{dir}/"), lower == "up.sql"))
+        } else if let Some(stem) = lower.strip_suffix(".up.sql") {
+            Some((Layout::GolangMigrate, format!("{dir}/{stem}"), true))
+        } else if let Some(stem) = lower.strip_suffix(".down.sql") {
+            Some((Layout::GolangMigrate, format!("{dir}/{stem}"), false))
+        } else if let Some(version) = flyway_version(&base, 'V') {
+            Some((Layout::Flyway, format!("{dir}/V{version}"), true))
+        } else {
+            flyway_version(&base, 'U')
+                .map(|version| (Layout::Flyway, format!("{dir}/V{version}"), false))
+        };
+        match pair {
+            Some((layout, key, is_up)) => {
+                let entry = pairs.entry(key.clone()).or_insert_with(|| {
+                    order.push(key.clone());
+                    (layout, None, None)
+                });
+                let slot = if is_up { &mut entry.1 } else { &mut entry.2 };
+                if slot.is_none() {
+                    *slot = Some(f);
+                } else {
+                    // Two files for one slot (e.g. V1__a.sql and V1__b.sql): keep both by
+                    // giving the second its own migration.
+                    sql.push((f.path.clone(), single(f)));
+                }
+            }
+            None => sql.push((f.path.clone(), single(f))),
+        }
+    }
+    for key in order {
+        let Some((layout, up, down)) = pairs.remove(&key) else {
+            continue;
+        };
+        let path = up
+            .as_ref()
+            .or(down.as_ref())
+            .map(|f| f.path.clone())
+            .unwrap_or_default();
+        let script = |f: SourceFile| Script {
+            path: f.path,
+            text: f.text,
+            first_line: 1,
+        };
+        sql.push((
+            path.clone(),
+            Migration {
+                path,
+                kind: Kind::Sql,
+                layout,
+                up: up.map(script),
+                down: down.map(script),
+            },
+        ));
+    }
+    sql.sort_by(|a, b| natural(&a.0, &b.0));
+    let mut out: Vec<Migration> = sql.into_iter().map(|(_, m)| m).collect();
+    out.extend(order_alembic(py));
+    out
+}
+
+/// A plain `.sql` file, or one with dbmate/goose up and down sections.
+fn single(f: SourceFile) -> Migration {
+    if let Some((up, down)) = sections(&f) {
+        return Migration {
+            path: f.path.clone(),
+            kind: Kind::Sql,
+            layout: Layout::Sections,
+            up: Some(up),
+            down,
+        };
+    }
+    Migration {
+        path: f.path.clone(),
+        kind: Kind::Sql,
+        layout: Layout::Plain,
+        up: Some(Script {
+            path: f.path,
+            text: f.text,
+            first_line: 1,
+        }),
+        down: None,
+    }
+}
+
+fn sections(f: &SourceFile) -> Option<(Script, Option<Script>)> {
+    let marker = |l: &str, which: &str| {
+        let t = l.trim().to_ascii_lowercase();
+        t.starts_with(&format!("-- migrate:{which}"))
+            || t.starts_with(&format!("-- +goose {which}"))
+    };
+    let lines: Vec<&str> = f.text.split('\n').collect();
+    let up_at = lines.iter().position(|l| marker(l, "up"))?;
+    let down_at = lines.iter().position(|l| marker(l, "down"));
+    let take = |from: usize, to: usize| Script {
+        path: f.path.clone(),
+        text: lines[from..to].join("\n"),
+        first_line: from + 1,
+    };
+    let up_end = match down_at {
+        Some(d) if d > up_at => d,
+        _ => lines.len(),
+    };
+    let up = take(up_at, up_end);
+    let down = down_at.map(|d| {
+        let end = if up_at > d { up_at } else { lines.len() };
+        take(d, end)
+    });
+    Some((up, down))
+}
+
+/// `V1_2__name.sql` -> `1_2` (Flyway's version part), for the given prefix letter.
+fn flyway_version(base: &str, prefix: char) -> Option<String> {
+    let rest = base.strip_prefix(prefix)?;
+    let (version, _) = rest.split_once("__")?;
+    (!version.is_empty()
+        && version
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '_'))
+    .then(|| version.replace('_', "."))
+}
+
+/// Orders Alembic revisions parents first; revisions whose chain cannot be read come
+/// last, in path order.
+fn order_alembic(files: Vec<SourceFile>) -> Vec<Migration> {
+    let infos: Vec<(SourceFile, Option<String>, Vec<String>)> = files
+        .into_iter()
+        .map(|f| {
+            let (rev, down) = alembic::revision_info(&f.text);
+            (f, rev, down.unwrap_or_default())
+        })
+        .collect();
+    let known: HashSet<String> = infos.iter().filter_map(|i| i.1.clone()).collect();
+    let mut done: HashSet<String> = HashSet::new();
+    let mut emitted = vec![false; infos.len()];
+    let mut order = Vec::new();
+    loop {
+        let mut progressed = false;
+        for (i, (_, rev, parents)) in infos.iter().enumerate() {
+            if emitted[i] || rev.is_none() {
+                continue;
+            }
+            if parents
+                .iter()
+                .all(|p| done.contains(p) || !known.contains(p))
+            {
+                emitted[i] = true;
+                if let Some(r) = rev {
+                    done.insert(r.clone());
+                }
+                order.push(i);
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    // Cycles and revisions without an id, in path order.
+    order.extend((0..infos.len()).filter(|i| !emitted[*i]));
+    let mut slots: HashMap<usize, SourceFile> = HashMap::new();
+    for (i, (f, _, _)) in infos.into_iter().enumerate() {
+        slots.insert(i, f);
+    }
+    order
+        .into_iter()
+        .filter_map(|i| slots.remove(&i))
+        .map(|f| Migration {
+            path: f.path.clone(),
+            kind: Kind::Alembic,
+            layout: Layout::Alembic,
+            up: Some(Script {
+                path: f.path.clone(),
+                text: f.text.clone(),
+                first_line: 1,
+            }),
+            down: Some(Script {
+                path: f.path,
+                text: f.text,
+                first_line: 1,
+            }),
+        })
+        .collect()
+}
+
+/// Compares paths with digit runs as numbers, so `10_x` sorts after `9_x`.
+pub(crate) fn natural(a: &str, b: &str) -> Ordering {
+    let mut a = a.chars().peekable();
+    let mut b = b.chars().peekable();
+    loop {
+        match (a.peek().copied(), b.peek().copied()) {
+            (None, None) => return Ordering::Equal,
+            (None, _) => return Ordering::Less,
+            (_, None) => return Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let mut na = String::new();
+                while let Some(c) = a.peek().copied().filter(char::is_ascii_digit) {
+                    na.push(c);
+                    a.next();
+                }
+                let mut nb = String::new();
+                while let Some(c) = b.peek().copied().filter(char::is_ascii_digit) {
+                    nb.push(c);
+                    b.next();
+                }
+                let ta = na.trim_start_matches('0');
+                let tb = nb.trim_start_matches('0');
+                let ord = ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb));
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(&y);
+                }
+                a.next();
+                b.next();
+            }
+        }
+    }
+}

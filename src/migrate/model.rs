@@ -1,0 +1,308 @@
+//! The intermediate form both front ends lower to: a list of schema operations with their
+//! lines, the transaction markers between them, and the suppression comments of the
+//! script. The rules only ever see this form, so SQL and Alembic are judged alike.
+//!
+//! Nothing here decides whether an operation is safe.
+
+use super::types::Ty;
+
+/// Where a default value comes from and how PostgreSQL evaluates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DefaultKind {
+    /// `NULL`: the same as no default.
+    Null,
+    /// A literal or another immutable expression.
+    Constant,
+    /// A stable function such as `now()`: evaluated once, so no rewrite from PG 11.
+    Stable(String),
+    /// A volatile function (or one ripcord does not know, which PostgreSQL also treats
+    /// as volatile unless declared otherwise): every row gets its own value.
+    Volatile(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ConKind {
+    ForeignKey,
+    Check,
+    Unique,
+    PrimaryKey,
+    Exclude,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct AddColumn {
+    pub table: String,
+    pub column: String,
+    pub ty: Option<Ty>,
+    pub if_not_exists: bool,
+    pub not_null: bool,
+    pub default: Option<DefaultKind>,
+    /// Alembic `default=` (client side) on a column without `server_default=`.
+    pub orm_default_only: bool,
+    pub stored_generated: bool,
+    pub identity_or_serial: bool,
+    pub references: Option<String>,
+    pub unique: bool,
+    pub primary_key: bool,
+    pub check: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Op {
+    CreateTable {
+        table: String,
+        if_not_exists: bool,
+        columns: Vec<(String, Option<Ty>)>,
+    },
+    DropTable {
+        table: String,
+        if_exists: bool,
+        cascade: bool,
+    },
+    /// DROP SCHEMA / DROP DATABASE.
+    DropSchema {
+        what: &'static str,
+        name: String,
+        cascade: bool,
+    },
+    /// DROP VIEW / TYPE / SEQUENCE / FUNCTION ...: objects old code may use.
+    DropOther {
+        what: String,
+        name: String,
+        cascade: bool,
+    },
+    Truncate {
+        tables: Vec<String>,
+        cascade: bool,
+    },
+    Dml {
+        verb: &'static str,
+        table: String,
+    },
+    RenameColumn {
+        table: String,
+        from: String,
+        to: String,
+    },
+    RenameTable {
+        table: String,
+        to: String,
+    },
+    RenameSchema {
+        name: String,
+    },
+    /// A type rename or an enum value rename.
+    RenameType {
+        name: String,
+        detail: String,
+    },
+    AddColumn(Box<AddColumn>),
+    DropColumn {
+        table: String,
+        column: String,
+        if_exists: bool,
+        cascade: bool,
+    },
+    AlterType {
+        table: String,
+        column: String,
+        to: Ty,
+        from: Option<Ty>,
+        using: bool,
+    },
+    SetNotNull {
+        table: String,
+        column: String,
+    },
+    DropNotNull {
+        table: String,
+        column: String,
+    },
+    /// SET DEFAULT / DROP DEFAULT: catalog only.
+    ChangeDefault {
+        table: String,
+    },
+    AddConstraint {
+        table: String,
+        name: Option<String>,
+        kind: ConKind,
+        not_valid: bool,
+        using_index: bool,
+        /// For `CHECK (col IS NOT NULL)`: the column it proves non-null.
+        not_null_column: Option<String>,
+    },
+    ValidateConstraint {
+        table: String,
+        name: String,
+    },
+    DropConstraint {
+        table: String,
+        name: String,
+    },
+    CreateIndex {
+        table: String,
+        name: Option<String>,
+        columns: Vec<String>,
+        concurrently: bool,
+        unique: bool,
+        if_not_exists: bool,
+    },
+    DropIndex {
+        name: String,
+        concurrently: bool,
+        if_exists: bool,
+    },
+    Reindex {
+        target: String,
+        concurrently: bool,
+    },
+    Partition {
+        table: String,
+        attach: bool,
+        concurrently: bool,
+    },
+    /// VACUUM (FULL or not) and CLUSTER.
+    Vacuum {
+        table: String,
+        full: bool,
+        cluster: bool,
+    },
+    /// `SET [LOCAL] lock_timeout|statement_timeout`.
+    SetTimeout {
+        lock: bool,
+        local: bool,
+    },
+    CreateDomain {
+        name: String,
+        has_constraint: bool,
+    },
+    AlterDomainAddConstraint {
+        name: String,
+        not_valid: bool,
+    },
+    EnumAddValue {
+        name: String,
+        value: String,
+        if_not_exists: bool,
+    },
+    Begin,
+    Commit,
+    Rollback,
+    /// Alembic `autocommit_block()`: commits what came before, runs outside a transaction.
+    AutocommitStart,
+    AutocommitEnd,
+    /// `batch_alter_table(..., recreate="always")`: copies the table.
+    BatchRecreate {
+        table: String,
+    },
+    /// Understood and harmless to running code: CREATE VIEW, COMMENT, GRANT, SELECT, ...
+    Benign {
+        what: String,
+    },
+    /// Not understood: becomes an `unknown` finding.
+    Unknown {
+        rule: &'static str,
+        why: String,
+    },
+    /// The downgrade declares itself irreversible (`raise NotImplementedError`).
+    Irreversible,
+}
+
+/// One operation at one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Action {
+    pub line: usize,
+    /// A second line a suppression may sit on (the `op.execute(` call for SQL inside it).
+    pub anchor: Option<usize>,
+    pub op: Op,
+    /// String literals the statement uses (to spot a new enum value used too early).
+    pub strings: Vec<String>,
+}
+
+impl Action {
+    pub(crate) fn new(line: usize, op: Op) -> Action {
+        Action {
+            line,
+            anchor: None,
+            op,
+            strings: Vec::new(),
+        }
+    }
+}
+
+/// A `ripcord:allow` comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Allow {
+    pub line: usize,
+    pub rules: Vec<String>,
+    /// `None` when the comment gives no `because ...`.
+    pub reason: Option<String>,
+}
+
+/// One direction of a migration, lowered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Lowered {
+    pub actions: Vec<Action>,
+    pub allows: Vec<Allow>,
+    /// True when the runner wraps the script in a transaction.
+    pub runner_tx: bool,
+    /// The direction's body exists but holds no operation (`pass`, an empty file).
+    pub empty: bool,
+    /// The direction does not exist at all (no `downgrade()`).
+    pub missing: bool,
+    /// The line the direction starts at (the `def`), for findings about it as a whole.
+    pub line: usize,
+}
+
+/// Parses a suppression comment body (the text after `--` or `#`).
+///
+/// Accepts `ripcord:allow` and `ripcord: allow`, then rule ids separated by commas or
+/// spaces, then `because` and the reason.
+pub(crate) fn parse_allow(comment: &str, line: usize) -> Option<Allow> {
+    let lower = comment.to_ascii_lowercase();
+    let at = lower.find("ripcord:")?;
+    let rest = comment[at + "ripcord:".len()..].trim_start();
+    let rest = rest
+        .strip_prefix("allow")
+        .or_else(|| rest.strip_prefix("ALLOW"))?;
+    let (ids, reason) = match find_word(rest, "because") {
+        Some(i) => {
+            let reason = rest[i + "because".len()..].trim();
+            (&rest[..i], (!reason.is_empty()).then(|| reason.to_string()))
+        }
+        None => (rest, None),
+    };
+    let rules = ids
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    Some(Allow {
+        line,
+        rules,
+        reason,
+    })
+}
+
+/// True when the comment declares the downgrade irreversible on purpose.
+pub(crate) fn is_irreversible_marker(comment: &str) -> bool {
+    comment
+        .to_ascii_lowercase()
+        .contains("ripcord:irreversible")
+}
+
+fn find_word(hay: &str, word: &str) -> Option<usize> {
+    let lower = hay.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(word) {
+        let at = from + i;
+        let before_ok = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric();
+        let end = at + word.len();
+        let after_ok = end >= lower.len() || !lower.as_bytes()[end].is_ascii_alphanumeric();
+        if before_ok && after_ok {
+            return Some(at);
+        }
+        from = end;
+    }
+    None
+}

@@ -1,0 +1,1475 @@
+//! The rules: walks the lowered operations of each direction with a model of the
+//! transaction they run in (the runner's, explicit BEGIN/COMMIT, Alembic's
+//! `autocommit_block()`), of the tables the migration created (exempt from lock rules)
+//! and of what earlier migrations left behind (column types, indexes, validated NOT NULL
+//! checks), and turns them into findings, the migration's phase and the downgrade's state.
+//!
+//! Pure and total: every operation is judged, an unknown one is reported as unknown, and
+//! no rule may conclude "safe" from a fact it does not have.
+
+use std::collections::{HashMap, HashSet};
+
+use super::model::{Action, ConKind, DefaultKind, Lowered, Op};
+use super::types::{Change, Ty, type_change};
+use super::{
+    DownReport, DownState, FileReport, Finding, Kind, Layout, Migration, Phase, PhaseReason, Risk,
+    Settings, Severity, Suppressed, UpReport, alembic, sql,
+};
+
+use Risk::{BreaksOldCode as B, DataLoss as D, Fails as F, Lock as L, Unknown as U};
+use Severity::{Error, Info, Warning};
+
+/// A rule's fixed facts; the message is written where the rule fires.
+pub(crate) struct Rule {
+    pub id: &'static str,
+    pub severity: Severity,
+    pub risk: &'static [Risk],
+    pub fix: &'static str,
+}
+
+const fn rule(
+    id: &'static str,
+    severity: Severity,
+    risk: &'static [Risk],
+    fix: &'static str,
+) -> Rule {
+    Rule {
+        id,
+        severity,
+        risk,
+        fix,
+    }
+}
+
+/// Every rule, in the order of MIGRATION-RULES.md, then ripcord's own.
+pub(crate) const RULES: &[Rule] = &[
+    rule(
+        "drop-column",
+        Error,
+        &[D, B],
+        "stop using the column, ship that release, then drop it in a later migration",
+    ),
+    rule(
+        "drop-table",
+        Error,
+        &[D, B],
+        "stop using the table, ship that release, then drop it in a later migration",
+    ),
+    rule(
+        "drop-schema",
+        Error,
+        &[D, B],
+        "drop the objects inside explicitly, one reviewed statement each",
+    ),
+    rule(
+        "drop-cascade",
+        Error,
+        &[D],
+        "drop the dependent objects explicitly instead of CASCADE",
+    ),
+    rule(
+        "truncate",
+        Error,
+        &[D],
+        "delete explicitly, per table, in a reviewed data migration",
+    ),
+    rule(
+        "backfill-in-migration",
+        Warning,
+        &[D, L],
+        "move the data change to a separate, batched backfill release",
+    ),
+    rule(
+        "rename-column",
+        Error,
+        &[B],
+        "add the new column, write both, backfill, switch reads, then drop the old one",
+    ),
+    rule(
+        "rename-table",
+        Error,
+        &[B],
+        "create the new table (or a view shim under the old name) and move over in phases",
+    ),
+    rule(
+        "rename-schema",
+        Error,
+        &[B],
+        "create the new schema and move objects over in phases",
+    ),
+    rule(
+        "rename-type",
+        Error,
+        &[B],
+        "add the new enum value (or type), backfill, and stop using the old one",
+    ),
+    rule(
+        "change-column-type",
+        Error,
+        &[L, B],
+        "add a column of the new type, write both, backfill in batches, then switch",
+    ),
+    rule(
+        "add-not-null-column-without-default",
+        Error,
+        &[F, B],
+        "add the column nullable (or with a constant default), backfill, then add the constraint",
+    ),
+    rule(
+        "volatile-default",
+        Error,
+        &[L],
+        "add the column without a default, SET DEFAULT in a second statement, then backfill in batches",
+    ),
+    rule(
+        "stored-generated-column",
+        Error,
+        &[L],
+        "add a plain column filled by a trigger, then backfill in batches",
+    ),
+    rule(
+        "add-serial-column",
+        Error,
+        &[L],
+        "create a new table with the column, or add a nullable column backed by a sequence default and backfill",
+    ),
+    rule(
+        "set-not-null",
+        Error,
+        &[L, B],
+        "ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, VALIDATE it in another transaction, then SET NOT NULL (PostgreSQL 12+ skips the scan)",
+    ),
+    rule(
+        "drop-not-null",
+        Warning,
+        &[B],
+        "update every reader to handle NULL before the release that allows it",
+    ),
+    rule(
+        "add-foreign-key",
+        Error,
+        &[L],
+        "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in another transaction",
+    ),
+    rule(
+        "add-check-constraint",
+        Error,
+        &[L],
+        "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in another transaction",
+    ),
+    rule(
+        "validate-in-same-transaction",
+        Error,
+        &[L],
+        "VALIDATE the constraint in a separate transaction or migration",
+    ),
+    rule(
+        "add-unique-constraint",
+        Error,
+        &[L, F],
+        "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... UNIQUE USING INDEX",
+    ),
+    rule(
+        "add-primary-key",
+        Error,
+        &[L],
+        "SET NOT NULL safely first, CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... PRIMARY KEY USING INDEX",
+    ),
+    rule(
+        "add-exclusion-constraint",
+        Error,
+        &[L],
+        "there is no online way: schedule downtime, or enforce it in the application",
+    ),
+    rule(
+        "create-index-without-concurrently",
+        Error,
+        &[L],
+        "CREATE INDEX CONCURRENTLY, outside a transaction (Alembic: postgresql_concurrently=True inside autocommit_block())",
+    ),
+    rule(
+        "drop-index-without-concurrently",
+        Warning,
+        &[L],
+        "DROP INDEX CONCURRENTLY, outside a transaction",
+    ),
+    rule(
+        "concurrently-in-transaction",
+        Error,
+        &[F],
+        "run it outside a transaction: Alembic `with op.get_context().autocommit_block():`, or a non-transactional migration",
+    ),
+    rule(
+        "reindex-without-concurrently",
+        Error,
+        &[L],
+        "REINDEX ... CONCURRENTLY (PostgreSQL 12+), or pg_repack",
+    ),
+    rule(
+        "partition-attach-detach",
+        Warning,
+        &[L],
+        "add a CHECK matching the bound before ATTACH; DETACH ... CONCURRENTLY (PostgreSQL 14+) outside a transaction",
+    ),
+    rule(
+        "vacuum-full-or-cluster",
+        Error,
+        &[L],
+        "use pg_repack, or plain VACUUM outside the migration",
+    ),
+    rule(
+        "missing-lock-timeout",
+        Warning,
+        &[L],
+        "start with SET lock_timeout = '2s' (and a statement_timeout) so a blocked lock fails fast instead of queueing every query behind it",
+    ),
+    rule(
+        "domain-with-constraint",
+        Warning,
+        &[L],
+        "put a CHECK constraint (NOT VALID, then VALIDATE) on the column instead",
+    ),
+    rule(
+        "enum-add-value-in-transaction",
+        Error,
+        &[F, B],
+        "add the value in its own migration outside a transaction (autocommit_block) and use it from a later one",
+    ),
+    rule(
+        "transaction-nesting",
+        Error,
+        &[F],
+        "let the runner manage the transaction; for statements that need none use autocommit_block() or a non-transactional migration",
+    ),
+    rule(
+        "not-idempotent",
+        Warning,
+        &[F],
+        "use IF [NOT] EXISTS, so a retry after a failure outside a transaction can finish the job",
+    ),
+    rule(
+        "downgrade-missing",
+        Warning,
+        &[F],
+        "write a downgrade that restores what the upgrade changed, or declare it irreversible with `raise NotImplementedError(...)` / `-- ripcord:irreversible because ...`",
+    ),
+    rule(
+        "downgrade-irreversible",
+        Info,
+        &[F],
+        "plan the recovery: a rollback past this migration needs a restore or a roll forward",
+    ),
+    rule(
+        "downgrade-empty",
+        Warning,
+        &[U],
+        "write the downgrade, or declare the migration irreversible: an empty one hides that rollback will not restore the schema",
+    ),
+    rule(
+        "downgrade-data-loss",
+        Warning,
+        &[D],
+        "keep the data (rename or archive it) or accept the loss explicitly with a ripcord:allow reason",
+    ),
+    rule(
+        "downgrade-fails",
+        Error,
+        &[F],
+        "make the downgrade tolerate the data the new code wrote: nullable or with a default, or a backfill before the constraint",
+    ),
+    rule(
+        "implicit-drop",
+        Warning,
+        &[D],
+        "drop dependent indexes and constraints explicitly, after checking nothing needs them",
+    ),
+    rule(
+        "orm-side-default",
+        Error,
+        &[F, B],
+        "use server_default= so the database fills existing rows and inserts from other code",
+    ),
+    rule(
+        "expand-and-contract",
+        Warning,
+        &[B],
+        "ship the expand step (add) in one release and the contract step (drop) in a later one",
+    ),
+    rule(
+        "batch-recreate-table",
+        Error,
+        &[L],
+        "on PostgreSQL use plain op.* calls (batch mode recreate=\"auto\" alters in place)",
+    ),
+    rule(
+        "unknown-statement",
+        Warning,
+        &[U],
+        "review it by hand; if it is safe, say why with a ripcord:allow comment",
+    ),
+    rule(
+        "parse-error",
+        Warning,
+        &[U],
+        "fix the syntax error so the file can be analysed",
+    ),
+    rule(
+        "suppression-without-reason",
+        Error,
+        &[U],
+        "add `because <reason>` to the ripcord:allow comment",
+    ),
+    rule(
+        "suppression-unknown-rule",
+        Warning,
+        &[U],
+        "use a rule id from `ripcord migrations rules`",
+    ),
+];
+
+/// All rule ids, for settings validation.
+pub fn rule_ids() -> Vec<&'static str> {
+    RULES.iter().map(|r| r.id).collect()
+}
+
+fn find_rule(id: &str) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.id == id)
+}
+
+/// What earlier migrations left behind, learned in run order.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Schema {
+    columns: HashMap<(String, String), Ty>,
+    /// index name -> (table, columns)
+    indexes: HashMap<String, (String, Vec<String>)>,
+    /// NOT VALID `CHECK (col IS NOT NULL)` constraints: name -> (table, column).
+    not_null_checks: HashMap<String, (String, String)>,
+    validated_not_null: HashSet<(String, String)>,
+}
+
+/// The unqualified, unquoted, lowercase name used to match objects.
+fn norm(name: &str) -> String {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    last.trim().trim_matches('"').to_ascii_lowercase()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Up,
+    Down,
+}
+
+struct Raw {
+    finding: Finding,
+    anchor: Option<usize>,
+}
+
+/// What the upgrade created, so the downgrade's drops of it read as "data written since".
+#[derive(Default, Clone)]
+struct Created {
+    tables: HashSet<String>,
+    columns: HashSet<(String, String)>,
+    indexes: HashSet<String>,
+}
+
+struct Engine<'a> {
+    settings: &'a Settings,
+    side: Side,
+    kind: Kind,
+    schema: &'a mut Schema,
+    created: Created,
+    from_up: Created,
+    in_tx: bool,
+    runner_tx: bool,
+    explicit: Vec<usize>,
+    lock_timeout: bool,
+    lock_timeout_local: bool,
+    timeout_reported: bool,
+    not_valid: HashSet<String>,
+    enum_values: Vec<String>,
+    expanded: HashSet<String>,
+    irreversible: Option<usize>,
+    findings: Vec<Raw>,
+    phases: Vec<(Phase, usize, String)>,
+    anchor: Option<usize>,
+}
+
+impl Engine<'_> {
+    fn emit(&mut self, id: &'static str, line: usize, message: String) {
+        let Some(r) = find_rule(id) else {
+            return;
+        };
+        self.findings.push(Raw {
+            finding: Finding {
+                rule: r.id,
+                severity: r.severity,
+                line,
+                risk: r.risk.to_vec(),
+                message,
+                fix: r.fix.to_string(),
+                path: None,
+            },
+            anchor: self.anchor,
+        });
+    }
+
+    fn mark(&mut self, phase: Phase, line: usize, why: String) {
+        if self.side == Side::Up {
+            self.phases.push((phase, line, why));
+        }
+    }
+
+    fn existing(&self, table: &str) -> bool {
+        !self.created.tables.contains(&norm(table))
+    }
+
+    fn new_column(&self, table: &str, column: &str) -> bool {
+        !self.existing(table) || self.created.columns.contains(&(norm(table), norm(column)))
+    }
+
+    /// A statement that queues for a lock on an existing table: without lock_timeout,
+    /// it blocks every query that arrives after it while it waits.
+    fn lock_taken(&mut self, line: usize, what: &str) {
+        if !self.lock_timeout && !self.timeout_reported {
+            self.timeout_reported = true;
+            self.emit(
+                "missing-lock-timeout",
+                line,
+                format!("{what} waits for a lock with no lock_timeout set: while it waits, every query on the table queues behind it"),
+            );
+        }
+    }
+
+    fn reset_tx_state(&mut self) {
+        self.not_valid.clear();
+        self.enum_values.clear();
+        if self.lock_timeout_local {
+            self.lock_timeout = false;
+            self.lock_timeout_local = false;
+        }
+    }
+
+    fn data_loss(&mut self, up_rule: &'static str, line: usize, up_msg: String, down_msg: String) {
+        match self.side {
+            Side::Up => self.emit(up_rule, line, up_msg),
+            Side::Down => self.emit("downgrade-data-loss", line, down_msg),
+        }
+    }
+
+    fn action(&mut self, a: &Action) {
+        let line = a.line;
+        self.anchor = a.anchor;
+        if self.in_tx
+            && !self.enum_values.is_empty()
+            && !matches!(a.op, Op::EnumAddValue { .. })
+            && let Some(v) = a.strings.iter().find(|s| self.enum_values.contains(s))
+        {
+            self.emit(
+                "enum-add-value-in-transaction",
+                line,
+                format!("uses enum value '{v}' added earlier in the same transaction: PostgreSQL refuses with \"unsafe use of new value\""),
+            );
+        }
+        let pg = self.settings.pg_version;
+        match &a.op {
+            Op::CreateTable {
+                table,
+                if_not_exists,
+                columns,
+            } => {
+                self.created.tables.insert(norm(table));
+                for (c, ty) in columns {
+                    if let (Some(ty), Side::Up) = (ty, self.side) {
+                        self.schema
+                            .columns
+                            .insert((norm(table), norm(c)), ty.clone());
+                    }
+                }
+                if !self.in_tx && !if_not_exists {
+                    self.emit("not-idempotent", line, format!("CREATE TABLE {table} runs outside a transaction without IF NOT EXISTS: a retry fails"));
+                }
+                self.mark(Phase::Expand, line, format!("creates table {table}"));
+            }
+            Op::DropTable { table, cascade, .. } => {
+                if self.existing(table) {
+                    self.lock_taken(line, &format!("DROP TABLE {table}"));
+                    let since = if self.from_up.tables.contains(&norm(table)) {
+                        "rows written since the upgrade created it are lost"
+                    } else {
+                        "its rows are lost"
+                    };
+                    self.data_loss(
+                        "drop-table",
+                        line,
+                        format!("drops table {table} and all its rows: code still using it breaks, and a rollback cannot bring the data back"),
+                        format!("drops table {table}: {since}"),
+                    );
+                    self.mark(Phase::Contract, line, format!("drops table {table}"));
+                }
+                if *cascade {
+                    self.emit("drop-cascade", line, format!("DROP TABLE {table} CASCADE also drops every view and foreign key that depends on it"));
+                }
+            }
+            Op::DropSchema {
+                what,
+                name,
+                cascade,
+            } => {
+                let cascade = if *cascade {
+                    " with everything in it (CASCADE)"
+                } else {
+                    ""
+                };
+                self.data_loss(
+                    "drop-schema",
+                    line,
+                    format!("drops {what} {name}{cascade}: its data is lost"),
+                    format!("drops {what} {name}{cascade}: its data is lost"),
+                );
+                self.mark(Phase::Contract, line, format!("drops {what} {name}"));
+            }
+            Op::DropOther {
+                what,
+                name,
+                cascade,
+            } => {
+                if *cascade {
+                    self.emit(
+                        "drop-cascade",
+                        line,
+                        format!(
+                            "DROP {} {name} CASCADE also drops everything that depends on it",
+                            what.to_ascii_uppercase()
+                        ),
+                    );
+                }
+                self.mark(Phase::Contract, line, format!("drops {what} {name}"));
+            }
+            Op::Truncate { tables, cascade } => {
+                let list = tables.join(", ");
+                let cascade = if *cascade {
+                    ", and CASCADE empties every table that references them"
+                } else {
+                    ""
+                };
+                self.data_loss(
+                    "truncate",
+                    line,
+                    format!("TRUNCATE {list} deletes every row under ACCESS EXCLUSIVE{cascade}"),
+                    format!("TRUNCATE {list} deletes every row{cascade}"),
+                );
+                self.mark(Phase::Migrate, line, format!("truncates {list}"));
+            }
+            Op::Dml { verb, table } => {
+                if self.existing(table) {
+                    if self.side == Side::Down && *verb == "DELETE" {
+                        self.emit(
+                            "downgrade-data-loss",
+                            line,
+                            format!("DELETE FROM {table}: rows are removed"),
+                        );
+                    } else {
+                        self.emit("backfill-in-migration", line, format!("{verb} on existing table {table} inside a schema migration: it holds row locks for the whole transaction and cannot be paused or batched"));
+                    }
+                    self.mark(
+                        Phase::Migrate,
+                        line,
+                        format!("{} rows of {table}", verb.to_ascii_lowercase()),
+                    );
+                }
+            }
+            Op::RenameColumn { table, from, to } => {
+                if self.existing(table) {
+                    self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                    if self.side == Side::Up {
+                        self.emit("rename-column", line, format!("renames {table}.{from} to {to}: the running code (and the code a rollback brings back) still uses {from}"));
+                        if self.expanded.contains(&norm(table)) {
+                            self.emit("expand-and-contract", line, format!("adds to {table} and renames {from} in the same migration: the old code has no release in between"));
+                        }
+                    }
+                    self.mark(
+                        Phase::Contract,
+                        line,
+                        format!("renames column {table}.{from}"),
+                    );
+                }
+            }
+            Op::RenameTable { table, to } => {
+                if self.existing(table) {
+                    self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                    if self.side == Side::Up {
+                        self.emit(
+                            "rename-table",
+                            line,
+                            format!(
+                                "renames table {table} to {to}: the running code still uses {table}"
+                            ),
+                        );
+                    }
+                    self.mark(Phase::Contract, line, format!("renames table {table}"));
+                }
+            }
+            Op::RenameSchema { name } => {
+                if self.side == Side::Up {
+                    self.emit(
+                        "rename-schema",
+                        line,
+                        format!("renames schema {name}: code using qualified names breaks"),
+                    );
+                }
+                self.mark(Phase::Contract, line, format!("renames schema {name}"));
+            }
+            Op::RenameType { name, detail } => {
+                if self.side == Side::Up {
+                    self.emit(
+                        "rename-type",
+                        line,
+                        format!("type {name}: {detail}; code using the old name breaks"),
+                    );
+                }
+                self.mark(Phase::Contract, line, format!("type {name}: {detail}"));
+            }
+            Op::AddColumn(add) => self.add_column(line, add, pg),
+            Op::DropColumn {
+                table,
+                column,
+                cascade,
+                ..
+            } => {
+                if self.new_column(table, column) {
+                    return;
+                }
+                self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                let since = if self.from_up.columns.contains(&(norm(table), norm(column))) {
+                    "values written since the upgrade added it are lost"
+                } else {
+                    "its values are lost"
+                };
+                self.data_loss(
+                    "drop-column",
+                    line,
+                    format!("drops column {table}.{column} and its data: code that still reads or writes it breaks, and a rollback cannot restore the values"),
+                    format!("drops column {table}.{column}: {since}"),
+                );
+                let (t, c) = (norm(table), norm(column));
+                let mut deps: Vec<String> = self
+                    .schema
+                    .indexes
+                    .iter()
+                    .filter(|(_, (it, cols))| *it == t && cols.iter().any(|x| norm(x) == c))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                deps.sort();
+                if !deps.is_empty() {
+                    self.emit(
+                        "implicit-drop",
+                        line,
+                        format!(
+                            "dropping {table}.{column} also drops index {}",
+                            deps.join(", ")
+                        ),
+                    );
+                }
+                if *cascade {
+                    self.emit("implicit-drop", line, format!("DROP COLUMN {column} CASCADE also drops the views and constraints that depend on it"));
+                }
+                if self.side == Side::Up && self.expanded.contains(&t) {
+                    self.emit("expand-and-contract", line, format!("adds to {table} and drops {column} in the same migration: the old code has no release in between"));
+                }
+                if self.side == Side::Up {
+                    self.schema.columns.remove(&(t.clone(), c.clone()));
+                }
+                self.mark(
+                    Phase::Contract,
+                    line,
+                    format!("drops column {table}.{column}"),
+                );
+            }
+            Op::AlterType {
+                table,
+                column,
+                to,
+                from,
+                using,
+            } => {
+                let key = (norm(table), norm(column));
+                if self.new_column(table, column) {
+                    if self.side == Side::Up {
+                        self.schema.columns.insert(key, to.clone());
+                    }
+                    return;
+                }
+                let from = from
+                    .clone()
+                    .or_else(|| self.schema.columns.get(&key).cloned());
+                self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                match type_change(from.as_ref(), to, *using) {
+                    Change::Free => {
+                        self.mark(
+                            Phase::Expand,
+                            line,
+                            format!("widens {table}.{column} to {to}"),
+                        );
+                    }
+                    Change::Unknown(hint) => {
+                        self.emit("change-column-type", line, format!("changes {table}.{column} to {to}: {hint}; ripcord does not know its current type (give existing_type=, or let an earlier migration in the run create it)"));
+                        self.mark(
+                            Phase::Contract,
+                            line,
+                            format!("changes the type of {table}.{column}"),
+                        );
+                    }
+                    Change::Rewrite { narrowing } => {
+                        let from_s = from
+                            .as_ref()
+                            .map(|f| format!(" from {f}"))
+                            .unwrap_or_default();
+                        let how = if *using { " with USING" } else { "" };
+                        self.emit("change-column-type", line, format!("changes {table}.{column}{from_s} to {to}{how}: rewrites the table (and its indexes) under ACCESS EXCLUSIVE, and the old code may not fit the new type"));
+                        if narrowing && self.side == Side::Down {
+                            self.emit("downgrade-fails", line, format!("changes {table}.{column} back to {to}: fails if the new code stored values that do not fit"));
+                        }
+                        self.mark(
+                            Phase::Contract,
+                            line,
+                            format!("changes the type of {table}.{column}"),
+                        );
+                    }
+                }
+                if self.side == Side::Up {
+                    self.schema.columns.insert(key, to.clone());
+                }
+            }
+            Op::SetNotNull { table, column } => {
+                if self.new_column(table, column) {
+                    return;
+                }
+                self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                let proven = pg >= 12
+                    && self
+                        .schema
+                        .validated_not_null
+                        .contains(&(norm(table), norm(column)));
+                match (self.side, proven) {
+                    (Side::Up, false) => self.emit("set-not-null", line, format!("SET NOT NULL on {table}.{column} scans the whole table under ACCESS EXCLUSIVE, and old code that leaves it empty starts failing")),
+                    (Side::Down, _) => self.emit("downgrade-fails", line, format!("sets {table}.{column} NOT NULL again: fails if the new code wrote NULLs (and scans the table under ACCESS EXCLUSIVE)")),
+                    (Side::Up, true) => {}
+                }
+                self.mark(
+                    Phase::Contract,
+                    line,
+                    format!("makes {table}.{column} NOT NULL"),
+                );
+            }
+            Op::DropNotNull { table, column } => {
+                if self.new_column(table, column) {
+                    return;
+                }
+                self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                if self.side == Side::Up {
+                    self.emit("drop-not-null", line, format!("DROP NOT NULL on {table}.{column}: code reading it (including the code a rollback brings back) may not expect NULL"));
+                }
+                self.mark(
+                    Phase::Expand,
+                    line,
+                    format!("allows NULL in {table}.{column}"),
+                );
+            }
+            Op::ChangeDefault { table } => {
+                if self.existing(table) {
+                    self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                }
+            }
+            Op::AddConstraint {
+                table,
+                name,
+                kind,
+                not_valid,
+                using_index,
+                not_null_column,
+            } => {
+                if !self.existing(table) {
+                    return;
+                }
+                self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                let cname = name.clone().unwrap_or_else(|| "(unnamed)".into());
+                if *not_valid {
+                    if let Some(n) = name {
+                        self.not_valid.insert(norm(n));
+                        if let (Some(col), Side::Up) = (not_null_column, self.side) {
+                            self.schema
+                                .not_null_checks
+                                .insert(norm(n), (norm(table), norm(col)));
+                        }
+                    }
+                } else {
+                    match kind {
+                        ConKind::ForeignKey => self.emit("add-foreign-key", line, format!("adds foreign key {cname} on {table} without NOT VALID: checks every row while holding SHARE ROW EXCLUSIVE on both tables (writes blocked)")),
+                        ConKind::Check => {
+                            self.emit("add-check-constraint", line, format!("adds check {cname} on {table} without NOT VALID: scans every row under ACCESS EXCLUSIVE"));
+                            if let (Some(col), Side::Up) = (not_null_column, self.side) {
+                                self.schema.validated_not_null.insert((norm(table), norm(col)));
+                            }
+                        }
+                        ConKind::Unique if !using_index => self.emit("add-unique-constraint", line, format!("adds unique constraint {cname} on {table}: builds the index under ACCESS EXCLUSIVE, and fails if duplicates exist")),
+                        ConKind::PrimaryKey if !using_index => self.emit("add-primary-key", line, format!("adds a primary key on {table}: builds the index under ACCESS EXCLUSIVE (and scans for NULLs)")),
+                        ConKind::Exclude => self.emit("add-exclusion-constraint", line, format!("adds exclusion constraint {cname} on {table}: builds its index under ACCESS EXCLUSIVE")),
+                        _ => {}
+                    }
+                }
+                self.mark(
+                    Phase::Expand,
+                    line,
+                    format!("adds constraint {cname} on {table}"),
+                );
+            }
+            Op::ValidateConstraint { table, name } => {
+                if self.in_tx && self.not_valid.contains(&norm(name)) {
+                    self.emit("validate-in-same-transaction", line, format!("validates {name} on {table} in the transaction that added it NOT VALID: the ACCESS EXCLUSIVE lock from the ADD is held through the whole validation scan"));
+                }
+                if let Some(key) = self.schema.not_null_checks.get(&norm(name)).cloned()
+                    && self.side == Side::Up
+                {
+                    self.schema.validated_not_null.insert(key);
+                }
+            }
+            Op::DropConstraint { table, name } => {
+                if self.existing(table) {
+                    self.lock_taken(line, &format!("ALTER TABLE {table}"));
+                    self.mark(
+                        Phase::Expand,
+                        line,
+                        format!("drops constraint {name} on {table}"),
+                    );
+                }
+            }
+            Op::CreateIndex {
+                table,
+                name,
+                columns,
+                concurrently,
+                if_not_exists,
+                ..
+            } => {
+                let label = name.clone().unwrap_or_else(|| format!("on {table}"));
+                if let Some(n) = name {
+                    self.created.indexes.insert(norm(n));
+                    if self.side == Side::Up {
+                        self.schema.indexes.insert(
+                            norm(n),
+                            (norm(table), columns.iter().map(|c| norm(c)).collect()),
+                        );
+                    }
+                }
+                if *concurrently && self.in_tx {
+                    self.emit("concurrently-in-transaction", line, format!("CREATE INDEX CONCURRENTLY {label} inside a transaction: PostgreSQL refuses it{}", self.tx_hint()));
+                }
+                if !concurrently && self.existing(table) {
+                    self.lock_taken(line, &format!("CREATE INDEX {label}"));
+                    self.emit("create-index-without-concurrently", line, format!("CREATE INDEX {label} without CONCURRENTLY takes SHARE on {table}: writes are blocked for the whole build"));
+                }
+                if !self.in_tx && !if_not_exists {
+                    self.emit("not-idempotent", line, format!("CREATE INDEX {label} runs outside a transaction without IF NOT EXISTS: after a failure the retry fails (and a failed CONCURRENTLY build leaves an INVALID index to drop first)"));
+                }
+                self.mark(Phase::Expand, line, format!("creates index {label}"));
+            }
+            Op::DropIndex {
+                name,
+                concurrently,
+                if_exists,
+            } => {
+                if self.created.indexes.contains(&norm(name)) {
+                    return;
+                }
+                if *concurrently && self.in_tx {
+                    self.emit("concurrently-in-transaction", line, format!("DROP INDEX CONCURRENTLY {name} inside a transaction: PostgreSQL refuses it{}", self.tx_hint()));
+                }
+                if !concurrently {
+                    self.lock_taken(line, &format!("DROP INDEX {name}"));
+                    self.emit("drop-index-without-concurrently", line, format!("DROP INDEX {name} without CONCURRENTLY takes ACCESS EXCLUSIVE on its table"));
+                }
+                if !self.in_tx && !if_exists {
+                    self.emit("not-idempotent", line, format!("DROP INDEX {name} runs outside a transaction without IF EXISTS: a retry fails"));
+                }
+                if self.side == Side::Up {
+                    self.schema.indexes.remove(&norm(name));
+                }
+                self.mark(Phase::Expand, line, format!("drops index {name}"));
+            }
+            Op::Reindex {
+                target,
+                concurrently,
+            } => {
+                if *concurrently && self.in_tx {
+                    self.emit("concurrently-in-transaction", line, format!("REINDEX CONCURRENTLY {target} inside a transaction: PostgreSQL refuses it{}", self.tx_hint()));
+                }
+                if !concurrently {
+                    self.lock_taken(line, &format!("REINDEX {target}"));
+                    let how = if pg >= 12 {
+                        "use REINDEX CONCURRENTLY"
+                    } else {
+                        "before PostgreSQL 12 only pg_repack avoids it"
+                    };
+                    self.emit("reindex-without-concurrently", line, format!("REINDEX {target} without CONCURRENTLY blocks writes (and reads that use the index) for the whole rebuild; {how}"));
+                }
+            }
+            Op::Partition {
+                table,
+                attach,
+                concurrently,
+            } => {
+                if !self.existing(table) {
+                    return;
+                }
+                if *attach {
+                    self.lock_taken(line, &format!("ATTACH PARTITION on {table}"));
+                    self.emit("partition-attach-detach", line, format!("ATTACH PARTITION on {table} scans the partition under ACCESS EXCLUSIVE unless a valid CHECK constraint matches the bound"));
+                } else if !concurrently {
+                    self.lock_taken(line, &format!("DETACH PARTITION on {table}"));
+                    self.emit(
+                        "partition-attach-detach",
+                        line,
+                        format!(
+                            "DETACH PARTITION on {table} takes ACCESS EXCLUSIVE on the parent table"
+                        ),
+                    );
+                } else if self.in_tx {
+                    self.emit("concurrently-in-transaction", line, format!("DETACH PARTITION ... CONCURRENTLY on {table} inside a transaction: PostgreSQL refuses it{}", self.tx_hint()));
+                } else if pg < 14 {
+                    self.emit("partition-attach-detach", line, format!("DETACH PARTITION ... CONCURRENTLY needs PostgreSQL 14; the target is {pg}"));
+                }
+            }
+            Op::Vacuum {
+                table,
+                full,
+                cluster,
+            } => {
+                let what = if *cluster {
+                    "CLUSTER"
+                } else if *full {
+                    "VACUUM FULL"
+                } else {
+                    "VACUUM"
+                };
+                if self.in_tx && !cluster {
+                    self.emit(
+                        "concurrently-in-transaction",
+                        line,
+                        format!(
+                            "{what} cannot run inside a transaction block{}",
+                            self.tx_hint()
+                        ),
+                    );
+                }
+                if *full || *cluster {
+                    self.lock_taken(line, what);
+                    self.emit("vacuum-full-or-cluster", line, format!("{what} {table} rewrites the table under ACCESS EXCLUSIVE: reads and writes wait for the whole rewrite"));
+                }
+            }
+            Op::SetTimeout { lock, local } => {
+                if *lock && (!local || self.in_tx) {
+                    self.lock_timeout = true;
+                    self.lock_timeout_local = *local;
+                }
+            }
+            Op::CreateDomain {
+                name,
+                has_constraint,
+            } => {
+                if *has_constraint {
+                    self.emit("domain-with-constraint", line, format!("domain {name} has a constraint: changing it later re-checks every column of the domain under lock, and the check is invisible on the tables"));
+                }
+            }
+            Op::AlterDomainAddConstraint { name, not_valid } => {
+                if !not_valid {
+                    self.emit("domain-with-constraint", line, format!("adds a constraint to domain {name}: scans every column of that domain in every table"));
+                }
+            }
+            Op::EnumAddValue { name, value, .. } => {
+                if self.in_tx {
+                    if pg < 12 {
+                        self.emit("enum-add-value-in-transaction", line, format!("ALTER TYPE {name} ADD VALUE '{value}' cannot run inside a transaction before PostgreSQL 12{}", self.tx_hint()));
+                    }
+                    self.enum_values.push(value.clone());
+                }
+                self.mark(
+                    Phase::Expand,
+                    line,
+                    format!("adds value '{value}' to type {name}"),
+                );
+            }
+            Op::Begin => {
+                if self.in_tx {
+                    let whose = if self.explicit.is_empty() {
+                        "the migration runner's transaction"
+                    } else {
+                        "an open BEGIN"
+                    };
+                    self.emit("transaction-nesting", line, format!("BEGIN inside {whose}: PostgreSQL only warns, and the next COMMIT ends the outer transaction early"));
+                }
+                self.explicit.push(line);
+                self.in_tx = true;
+            }
+            Op::Commit | Op::Rollback => {
+                let word = if matches!(a.op, Op::Commit) {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                if self.explicit.pop().is_none() {
+                    if self.kind == Kind::Alembic {
+                        self.emit("transaction-nesting", line, format!("{word} through op.execute ends Alembic's transaction; the driver opens a new one for the next statement, so CONCURRENTLY still fails after it"));
+                    } else if self.in_tx {
+                        self.emit("transaction-nesting", line, format!("{word} ends the migration runner's transaction: what follows runs without one, and a failure leaves the migration half applied"));
+                    } else {
+                        self.emit(
+                            "transaction-nesting",
+                            line,
+                            format!("{word} without a BEGIN"),
+                        );
+                    }
+                }
+                self.reset_tx_state();
+                // Alembic's driver starts a new transaction on the next statement.
+                self.in_tx = self.kind == Kind::Alembic && self.runner_tx;
+            }
+            Op::AutocommitStart => {
+                self.reset_tx_state();
+                self.in_tx = false;
+            }
+            Op::AutocommitEnd => {
+                self.in_tx = self.runner_tx;
+            }
+            Op::BatchRecreate { table } => {
+                if self.existing(table) {
+                    self.lock_taken(line, &format!("batch_alter_table({table})"));
+                    self.emit("batch-recreate-table", line, format!("batch_alter_table({table}, recreate=\"always\") copies the whole table into a new one and drops the old: writes in between are lost or blocked"));
+                }
+            }
+            Op::Benign { .. } => {}
+            Op::Unknown { rule, why } => {
+                self.emit(rule, line, why.clone());
+                self.mark(Phase::Unknown, line, why.clone());
+            }
+            Op::Irreversible => {
+                self.irreversible.get_or_insert(line);
+            }
+        }
+    }
+
+    fn tx_hint(&self) -> &'static str {
+        if self.kind == Kind::Alembic {
+            " (Alembic runs upgrade() in a transaction; wrap it in `with op.get_context().autocommit_block():`)"
+        } else if self.explicit.is_empty() {
+            " (the migration runner wraps this file in a transaction; mark it non-transactional)"
+        } else {
+            " (an explicit BEGIN is open)"
+        }
+    }
+
+    fn add_column(&mut self, line: usize, add: &super::model::AddColumn, pg: u32) {
+        let (table, column) = (&add.table, &add.column);
+        let key = (norm(table), norm(column));
+        if let (Some(ty), Side::Up) = (&add.ty, self.side) {
+            self.schema.columns.insert(key.clone(), ty.clone());
+        }
+        if !self.existing(table) {
+            return;
+        }
+        self.created.columns.insert(key);
+        self.expanded.insert(norm(table));
+        self.lock_taken(line, &format!("ALTER TABLE {table}"));
+        let generated = add.identity_or_serial || add.stored_generated;
+        let mut contract = false;
+        if add.not_null && add.default.is_none() && !generated {
+            contract = true;
+            if add.orm_default_only {
+                let msg = format!(
+                    "column {table}.{column} is NOT NULL with only an ORM-side default=: the database has no default, so adding it fails on a non-empty table and inserts from other code fail"
+                );
+                match self.side {
+                    Side::Up => self.emit("orm-side-default", line, msg),
+                    Side::Down => self.emit("downgrade-fails", line, msg),
+                }
+            } else {
+                match self.side {
+                    Side::Up => self.emit("add-not-null-column-without-default", line, format!("adds NOT NULL column {table}.{column} without a default: fails if the table has rows, and the old code's inserts fail")),
+                    Side::Down => self.emit("downgrade-fails", line, format!("re-adds {table}.{column} as NOT NULL without a default: fails once the table has rows")),
+                }
+            }
+        }
+        match &add.default {
+            Some(DefaultKind::Volatile(f)) => self.emit("volatile-default", line, format!("adds {table}.{column} with volatile default {f}: every row gets its own value, so the table is rewritten under ACCESS EXCLUSIVE")),
+            Some(DefaultKind::Stable(_) | DefaultKind::Constant) if pg < 11 => self.emit("volatile-default", line, format!("adds {table}.{column} with a default: before PostgreSQL 11 (the target is {pg}) any default rewrites the table under ACCESS EXCLUSIVE")),
+            _ => {}
+        }
+        if add.stored_generated {
+            self.emit("stored-generated-column", line, format!("adds stored generated column {table}.{column}: rewrites the table under ACCESS EXCLUSIVE"));
+        }
+        if add.identity_or_serial {
+            self.emit("add-serial-column", line, format!("adds serial/identity column {table}.{column} to an existing table: fills every row, rewriting the table under ACCESS EXCLUSIVE"));
+        }
+        if let Some(r) = &add.references {
+            self.emit("add-foreign-key", line, format!("adds {table}.{column} with a foreign key to {r}: takes SHARE ROW EXCLUSIVE on {r} too (writes blocked); add it NOT VALID separately"));
+        }
+        if add.unique {
+            self.emit(
+                "add-unique-constraint",
+                line,
+                format!("adds {table}.{column} UNIQUE: builds the index under ACCESS EXCLUSIVE"),
+            );
+        }
+        if add.primary_key {
+            self.emit(
+                "add-primary-key",
+                line,
+                format!(
+                    "adds {table}.{column} as PRIMARY KEY: builds the index under ACCESS EXCLUSIVE"
+                ),
+            );
+        }
+        if add.check {
+            self.emit(
+                "add-check-constraint",
+                line,
+                format!(
+                    "adds {table}.{column} with a CHECK: scans the table under ACCESS EXCLUSIVE"
+                ),
+            );
+        }
+        if contract {
+            self.mark(Phase::Contract, line, format!("adds NOT NULL column {table}.{column} without a default: the old code's inserts fail"));
+        } else {
+            self.mark(Phase::Expand, line, format!("adds column {table}.{column}"));
+        }
+    }
+
+    fn finish(&mut self) {
+        if let (Some(&begin), false) = (self.explicit.first(), self.runner_tx) {
+            self.anchor = None;
+            self.emit(
+                "transaction-nesting",
+                begin,
+                "BEGIN without a matching COMMIT: the transaction is never committed".into(),
+            );
+        }
+    }
+}
+
+/// Lowers both directions of a migration.
+fn lower(m: &Migration) -> (Lowered, Lowered, Option<String>, Option<Vec<String>>) {
+    match m.kind {
+        Kind::Alembic => {
+            let text = m.up.as_ref().map(|s| s.text.as_str()).unwrap_or("");
+            let f = alembic::lower(text);
+            (f.up, f.down, f.revision, f.down_revision)
+        }
+        Kind::Sql => {
+            let one = |s: &super::Script| {
+                let script = sql::lower(&s.text, s.first_line);
+                let runner_tx = !script.no_transaction
+                    && (m.layout != Layout::GolangMigrate || script.statements > 1);
+                let mut actions = script.actions;
+                if script.irreversible {
+                    actions.push(super::model::Action::new(s.first_line, Op::Irreversible));
+                }
+                Lowered {
+                    empty: actions.is_empty(),
+                    actions,
+                    allows: script.allows,
+                    runner_tx,
+                    missing: false,
+                    line: s.first_line,
+                }
+            };
+            let up = match &m.up {
+                Some(s) => one(s),
+                None => {
+                    let mut l = Lowered::default();
+                    l.actions.push(super::model::Action::new(
+                        1,
+                        Op::Unknown {
+                            rule: "unknown-statement",
+                            why: "a down migration without its up migration".into(),
+                        },
+                    ));
+                    l
+                }
+            };
+            let down = match &m.down {
+                Some(s) => one(s),
+                None => Lowered {
+                    missing: true,
+                    line: 1,
+                    ..Lowered::default()
+                },
+            };
+            (up, down, None, None)
+        }
+    }
+}
+
+struct Evaluated {
+    findings: Vec<Raw>,
+    phases: Vec<(Phase, usize, String)>,
+    created: Created,
+    irreversible: Option<usize>,
+}
+
+fn evaluate(
+    l: &Lowered,
+    side: Side,
+    kind: Kind,
+    settings: &Settings,
+    schema: &mut Schema,
+    from_up: Created,
+) -> Evaluated {
+    let mut e = Engine {
+        settings,
+        side,
+        kind,
+        schema,
+        created: Created::default(),
+        from_up,
+        in_tx: l.runner_tx,
+        runner_tx: l.runner_tx,
+        explicit: Vec::new(),
+        lock_timeout: false,
+        lock_timeout_local: false,
+        timeout_reported: false,
+        not_valid: HashSet::new(),
+        enum_values: Vec::new(),
+        expanded: HashSet::new(),
+        irreversible: None,
+        findings: Vec::new(),
+        phases: Vec::new(),
+        anchor: None,
+    };
+    for a in &l.actions {
+        e.action(a);
+    }
+    e.finish();
+    Evaluated {
+        findings: e.findings,
+        phases: e.phases,
+        created: e.created,
+        irreversible: e.irreversible,
+    }
+}
+
+fn phase_of(marks: &[(Phase, usize, String)]) -> (Phase, Option<PhaseReason>) {
+    for p in [
+        Phase::Contract,
+        Phase::Unknown,
+        Phase::Migrate,
+        Phase::Expand,
+    ] {
+        if let Some((_, line, why)) = marks.iter().find(|m| m.0 == p) {
+            return (
+                p,
+                Some(PhaseReason {
+                    line: *line,
+                    why: why.clone(),
+                }),
+            );
+        }
+    }
+    (Phase::Expand, None)
+}
+
+/// Applies settings and suppressions; adds findings about the suppressions themselves.
+fn settle(
+    raw: Vec<Raw>,
+    l: &Lowered,
+    settings: &Settings,
+    path: Option<&str>,
+) -> (Vec<Finding>, Vec<Suppressed>) {
+    let mut findings = Vec::new();
+    let mut suppressed = Vec::new();
+    let mut meta = Vec::new();
+    for allow in &l.allows {
+        if allow.reason.is_none() {
+            meta.push((
+                "suppression-without-reason",
+                allow.line,
+                format!(
+                    "ripcord:allow {} gives no reason: it is ignored until it says `because ...`",
+                    allow.rules.join(", ")
+                ),
+            ));
+        }
+        for id in &allow.rules {
+            if find_rule(id).is_none() {
+                meta.push((
+                    "suppression-unknown-rule",
+                    allow.line,
+                    format!("ripcord:allow names unknown rule `{id}`"),
+                ));
+            }
+        }
+        if allow.rules.is_empty() {
+            meta.push((
+                "suppression-unknown-rule",
+                allow.line,
+                "ripcord:allow names no rule".to_string(),
+            ));
+        }
+    }
+    let all = raw
+        .into_iter()
+        .chain(meta.into_iter().map(|(id, line, message)| Raw {
+            finding: meta_finding(id, line, message),
+            anchor: None,
+        }));
+    for Raw {
+        mut finding,
+        anchor,
+    } in all
+    {
+        if settings.disabled.contains(finding.rule) {
+            continue;
+        }
+        if let Some(s) = settings.severity.get(finding.rule) {
+            finding.severity = *s;
+        }
+        finding.path = path.map(str::to_string);
+        let near = |l: usize| {
+            l == finding.line
+                || l + 1 == finding.line
+                || anchor.is_some_and(|a| l == a || l + 1 == a)
+        };
+        let allow = l.allows.iter().find(|a| {
+            a.reason.is_some() && near(a.line) && a.rules.iter().any(|r| r == finding.rule)
+        });
+        let is_meta = finding.rule.starts_with("suppression-");
+        match allow {
+            Some(a) if !is_meta => suppressed.push(Suppressed {
+                finding,
+                reason: a.reason.clone().unwrap_or_default(),
+            }),
+            _ => findings.push(finding),
+        }
+    }
+    findings.sort_by(|a, b| a.line.cmp(&b.line).then(a.rule.cmp(b.rule)));
+    suppressed.sort_by_key(|a| a.finding.line);
+    (findings, suppressed)
+}
+
+pub(crate) fn check_migration(
+    m: &Migration,
+    settings: &Settings,
+    schema: &mut Schema,
+) -> FileReport {
+    let (up_l, down_l, revision, down_revision) = lower(m);
+    let up = evaluate(
+        &up_l,
+        Side::Up,
+        m.kind,
+        settings,
+        schema,
+        Created::default(),
+    );
+    // The downgrade is judged against the schema the upgrade left. The engine only
+    // records schema facts on the upgrade side, so later migrations never see the
+    // downgrade (and no per-migration copy of the schema is needed).
+    let down = evaluate(
+        &down_l,
+        Side::Down,
+        m.kind,
+        settings,
+        schema,
+        up.created.clone(),
+    );
+    let (phase, phase_reason) = phase_of(&up.phases);
+
+    let up_did_something = up_l
+        .actions
+        .iter()
+        .any(|a| !matches!(a.op, Op::Benign { .. }));
+    let mut down_raw = down.findings;
+    let state = if down_l.missing {
+        if up_did_something {
+            down_raw.push(Raw {
+                finding: meta_finding("downgrade-missing", down_l.line.max(1), match m.layout {
+                    Layout::Alembic => "no downgrade() function: a rollback of this revision cannot run".to_string(),
+                    Layout::Plain => "no down migration: this file has no convention ripcord knows for one (use a paired layout or dbmate/goose sections)".to_string(),
+                    _ => "no down migration file next to this one: a rollback cannot run".to_string(),
+                }),
+                anchor: None,
+            });
+        }
+        DownState::Missing
+    } else if let Some(line) = down.irreversible {
+        down_raw.push(Raw {
+            finding: meta_finding(
+                "downgrade-irreversible",
+                line,
+                "the downgrade declares the migration irreversible".to_string(),
+            ),
+            anchor: None,
+        });
+        DownState::Missing
+    } else if down_l.empty && up_did_something {
+        down_raw.push(Raw {
+            finding: meta_finding("downgrade-empty", down_l.line.max(1), "the downgrade does nothing while the upgrade changes the schema: a rollback would leave the new schema in place".to_string()),
+            anchor: None,
+        });
+        DownState::Empty
+    } else {
+        let has = |r: Risk| {
+            down_raw
+                .iter()
+                .any(|f| f.finding.risk.contains(&r) && f.finding.rule != "missing-lock-timeout")
+        };
+        if has(Risk::Fails) {
+            DownState::Fails
+        } else if has(Risk::DataLoss) {
+            DownState::DataLoss
+        } else if has(Risk::Unknown) {
+            DownState::Unknown
+        } else {
+            DownState::Ok
+        }
+    };
+
+    let down_path = m
+        .down
+        .as_ref()
+        .filter(|d| d.path != m.path)
+        .map(|d| d.path.clone());
+    let (up_findings, up_suppressed) = settle(up.findings, &up_l, settings, None);
+    let (down_findings, down_suppressed) =
+        settle(down_raw, &down_l, settings, down_path.as_deref());
+    FileReport {
+        path: m.path.clone(),
+        kind: m.kind,
+        layout: m.layout,
+        phase,
+        phase_reason,
+        revision,
+        down_revision,
+        upgrade: UpReport {
+            findings: up_findings,
+            suppressed: up_suppressed,
+        },
+        downgrade: DownReport {
+            state,
+            path: down_path,
+            findings: down_findings,
+            suppressed: down_suppressed,
+        },
+    }
+}
+
+fn meta_finding(id: &'static str, line: usize, message: String) -> Finding {
+    let r = find_rule(id).unwrap_or(&RULES[0]);
+    Finding {
+        rule: r.id,
+        severity: r.severity,
+        line,
+        risk: r.risk.to_vec(),
+        message,
+        fix: r.fix.to_string(),
+        path: None,
+    }
+}

@@ -1,0 +1,1176 @@
+//! Tests for the checker: a bad and a good example per rule (table-driven), the Alembic
+//! `op` forms, layouts, transactions, phases, downgrades, suppressions, the three output
+//! formats (insta snapshots) and the never-panic property.
+
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn src(path: &str, text: &str) -> SourceFile {
+    SourceFile {
+        path: path.to_string(),
+        text: text.to_string(),
+    }
+}
+
+fn run_files(files: Vec<SourceFile>, settings: &Settings) -> Report {
+    check(&plan(files), settings)
+}
+
+fn run(path: &str, text: &str) -> FileReport {
+    let mut r = run_files(vec![src(path, text)], &Settings::default());
+    assert_eq!(r.files.len(), 1, "one migration for {path}");
+    r.files.remove(0)
+}
+
+/// Upgrade rule ids for a plain `.sql` file, without `missing-lock-timeout` (which
+/// nearly every lock-taking example also triggers and which has its own case).
+fn up_rules(text: &str) -> BTreeSet<&'static str> {
+    run("m.sql", text)
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| f.rule)
+        .filter(|r| *r != "missing-lock-timeout")
+        .collect()
+}
+
+/// The data-driven helper: the exact set of upgrade rules `input` triggers.
+fn check_rules(input: &str, expected: &[&str]) {
+    let got = up_rules(input);
+    let want: BTreeSet<&str> = expected.iter().copied().collect();
+    assert_eq!(got, want, "rules for:\n{input}");
+}
+
+/// (rule, bad example, good example), each from the rule's own description.
+const CASES: &[(&str, &str, &str)] = &[
+    (
+        "drop-column",
+        "ALTER TABLE users DROP COLUMN email;",
+        "ALTER TABLE users ADD COLUMN nick text; ALTER TABLE users DROP COLUMN nick;",
+    ),
+    (
+        "drop-table",
+        "DROP TABLE users;",
+        "CREATE TABLE scratch (id int); DROP TABLE scratch;",
+    ),
+    ("drop-schema", "DROP SCHEMA app;", "CREATE SCHEMA app;"),
+    (
+        "drop-cascade",
+        "DROP VIEW active_users CASCADE;",
+        "DROP VIEW active_users;",
+    ),
+    (
+        "truncate",
+        "TRUNCATE users CASCADE;",
+        "CREATE TABLE t (id int);",
+    ),
+    (
+        "backfill-in-migration",
+        "UPDATE users SET active = true;",
+        "CREATE TABLE roles (id int); INSERT INTO roles VALUES (1);",
+    ),
+    (
+        "rename-column",
+        "ALTER TABLE users RENAME COLUMN name TO full_name;",
+        "ALTER TABLE users ADD COLUMN full_name text;",
+    ),
+    (
+        "rename-table",
+        "ALTER TABLE users RENAME TO accounts;",
+        "CREATE VIEW accounts AS SELECT * FROM users;",
+    ),
+    (
+        "rename-schema",
+        "ALTER SCHEMA app RENAME TO core;",
+        "CREATE SCHEMA core;",
+    ),
+    (
+        "rename-type",
+        "ALTER TYPE mood RENAME VALUE 'sad' TO 'blue';",
+        "ALTER TYPE mood ADD VALUE 'blue';",
+    ),
+    (
+        "change-column-type",
+        "ALTER TABLE users ALTER COLUMN age TYPE bigint;",
+        "ALTER TABLE users ADD COLUMN age_big bigint;",
+    ),
+    (
+        "add-not-null-column-without-default",
+        "ALTER TABLE users ADD COLUMN tier text NOT NULL;",
+        "ALTER TABLE users ADD COLUMN tier text NOT NULL DEFAULT 'free';",
+    ),
+    (
+        "volatile-default",
+        "ALTER TABLE users ADD COLUMN token uuid DEFAULT gen_random_uuid();",
+        "ALTER TABLE users ADD COLUMN seen timestamptz DEFAULT now();",
+    ),
+    (
+        "stored-generated-column",
+        "ALTER TABLE users ADD COLUMN total int GENERATED ALWAYS AS (a + b) STORED;",
+        "ALTER TABLE users ADD COLUMN total int;",
+    ),
+    (
+        "add-serial-column",
+        "ALTER TABLE users ADD COLUMN seq bigserial;",
+        "CREATE TABLE events (id bigserial PRIMARY KEY);",
+    ),
+    (
+        "set-not-null",
+        "ALTER TABLE users ALTER COLUMN email SET NOT NULL;",
+        "ALTER TABLE users ADD CONSTRAINT email_nn CHECK (email IS NOT NULL) NOT VALID;",
+    ),
+    (
+        "drop-not-null",
+        "ALTER TABLE users ALTER COLUMN email DROP NOT NULL;",
+        "ALTER TABLE users ALTER COLUMN email SET DEFAULT '';",
+    ),
+    (
+        "add-foreign-key",
+        "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id);",
+        "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;",
+    ),
+    (
+        "add-check-constraint",
+        "ALTER TABLE users ADD CONSTRAINT age_pos CHECK (age > 0);",
+        "ALTER TABLE users ADD CONSTRAINT age_pos CHECK (age > 0) NOT VALID;",
+    ),
+    (
+        "validate-in-same-transaction",
+        "ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;\nALTER TABLE orders VALIDATE CONSTRAINT fk;",
+        "-- no-transaction\nBEGIN;\nALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;\nCOMMIT;\nBEGIN;\nALTER TABLE orders VALIDATE CONSTRAINT fk;\nCOMMIT;",
+    ),
+    (
+        "add-unique-constraint",
+        "ALTER TABLE users ADD CONSTRAINT email_uq UNIQUE (email);",
+        "ALTER TABLE users ADD CONSTRAINT email_uq UNIQUE USING INDEX email_idx;",
+    ),
+    (
+        "add-primary-key",
+        "ALTER TABLE users ADD PRIMARY KEY (id);",
+        "ALTER TABLE users ADD CONSTRAINT users_pk PRIMARY KEY USING INDEX users_id_idx;",
+    ),
+    (
+        "add-exclusion-constraint",
+        "ALTER TABLE rooms ADD CONSTRAINT no_overlap EXCLUDE USING gist (during WITH &&);",
+        "CREATE TABLE rooms2 (during tsrange);",
+    ),
+    (
+        "create-index-without-concurrently",
+        "CREATE INDEX users_email_idx ON users (email);",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+    ),
+    (
+        "drop-index-without-concurrently",
+        "DROP INDEX users_email_idx;",
+        "-- no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS users_email_idx;",
+    ),
+    (
+        "concurrently-in-transaction",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+    ),
+    (
+        "reindex-without-concurrently",
+        "-- no-transaction\nREINDEX INDEX users_email_idx;",
+        "-- no-transaction\nREINDEX INDEX CONCURRENTLY users_email_idx;",
+    ),
+    (
+        "partition-attach-detach",
+        "ALTER TABLE metrics DETACH PARTITION metrics_2020;",
+        "-- no-transaction\nALTER TABLE metrics DETACH PARTITION metrics_2020 CONCURRENTLY;",
+    ),
+    (
+        "vacuum-full-or-cluster",
+        "-- no-transaction\nVACUUM FULL users;",
+        "-- no-transaction\nVACUUM users;",
+    ),
+    (
+        "missing-lock-timeout",
+        "ALTER TABLE users ADD COLUMN x int;",
+        "SET lock_timeout = '2s';\nALTER TABLE users ADD COLUMN x int;",
+    ),
+    (
+        "domain-with-constraint",
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0);",
+        "CREATE DOMAIN positive AS int;",
+    ),
+    (
+        "enum-add-value-in-transaction",
+        "ALTER TYPE mood ADD VALUE 'ok';\nCREATE TABLE t (m mood DEFAULT 'ok');",
+        "ALTER TYPE mood ADD VALUE 'ok';",
+    ),
+    (
+        "transaction-nesting",
+        "BEGIN;\nALTER TABLE users ADD COLUMN x int;\nCOMMIT;",
+        "ALTER TABLE users ADD COLUMN x int;",
+    ),
+    (
+        "not-idempotent",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY users_email_idx ON users (email);",
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+    ),
+    ("unknown-statement", "FROBNICATE the database;", "SELECT 1;"),
+    (
+        "implicit-drop",
+        "ALTER TABLE users DROP COLUMN email CASCADE;",
+        "ALTER TABLE users DROP COLUMN email;",
+    ),
+    (
+        "expand-and-contract",
+        "ALTER TABLE users ADD COLUMN full_name text;\nALTER TABLE users DROP COLUMN name;",
+        "ALTER TABLE users DROP COLUMN name;",
+    ),
+];
+
+#[test]
+fn every_rule_case_bad_fires_and_good_does_not() {
+    for (rule, bad, good) in CASES {
+        let all = |text: &str| -> BTreeSet<&'static str> {
+            run("m.sql", text)
+                .upgrade
+                .findings
+                .iter()
+                .map(|f| f.rule)
+                .collect()
+        };
+        assert!(
+            all(bad).contains(rule),
+            "{rule}: bad example did not fire: {:?}\n{bad}",
+            all(bad)
+        );
+        assert!(
+            !all(good).contains(rule),
+            "{rule}: good example fired: {:?}\n{good}",
+            all(good)
+        );
+    }
+}
+
+#[test]
+fn every_rule_has_a_case_or_a_dedicated_test() {
+    // Rules judged on downgrades, Alembic-only forms and meta rules have their own tests.
+    let dedicated = [
+        "downgrade-missing",
+        "downgrade-irreversible",
+        "downgrade-empty",
+        "downgrade-data-loss",
+        "downgrade-fails",
+        "orm-side-default",
+        "batch-recreate-table",
+        "parse-error",
+        "suppression-without-reason",
+        "suppression-unknown-rule",
+    ];
+    for id in rule_ids() {
+        assert!(
+            CASES.iter().any(|c| c.0 == id) || dedicated.contains(&id),
+            "rule {id} has no test case"
+        );
+    }
+}
+
+#[test]
+fn rule_ids_are_kebab_case_and_unique() {
+    let ids = rule_ids();
+    let set: BTreeSet<_> = ids.iter().collect();
+    assert_eq!(set.len(), ids.len());
+    for id in ids {
+        assert!(
+            id.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn tables_created_in_the_same_migration_are_exempt_from_lock_rules() {
+    check_rules(
+        "CREATE TABLE t (id int);\nCREATE INDEX t_idx ON t (id);\nALTER TABLE t ADD COLUMN c int NOT NULL;\nALTER TABLE t ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES users (id);\nALTER TABLE t ALTER COLUMN c SET NOT NULL;",
+        &[],
+    );
+}
+
+#[test]
+fn binary_coercible_type_changes_are_not_rewrites() {
+    let create = src(
+        "migrations/1_create.up.sql",
+        "CREATE TABLE items (name varchar(10), note varchar(50), price numeric(10,2), qty int, addr cidr);",
+    );
+    let cases = [
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE varchar(20);",
+            false,
+        ),
+        ("ALTER TABLE items ALTER COLUMN name TYPE text;", false),
+        ("ALTER TABLE items ALTER COLUMN note TYPE varchar;", false),
+        (
+            "ALTER TABLE items ALTER COLUMN price TYPE numeric(12,2);",
+            false,
+        ),
+        ("ALTER TABLE items ALTER COLUMN price TYPE numeric;", false),
+        ("ALTER TABLE items ALTER COLUMN addr TYPE inet;", false),
+        ("ALTER TABLE items ALTER COLUMN name TYPE varchar(5);", true),
+        (
+            "ALTER TABLE items ALTER COLUMN price TYPE numeric(12,3);",
+            true,
+        ),
+        ("ALTER TABLE items ALTER COLUMN qty TYPE bigint;", true),
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE varchar(20) USING name::varchar;",
+            true,
+        ),
+    ];
+    for (stmt, rewrite) in cases {
+        let r = run_files(
+            vec![create.clone(), src("migrations/2_alter.up.sql", stmt)],
+            &Settings::default(),
+        );
+        let fired = r.files[1]
+            .upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "change-column-type");
+        assert_eq!(fired, rewrite, "{stmt}");
+        assert_eq!(
+            r.files[1].phase,
+            if rewrite {
+                Phase::Contract
+            } else {
+                Phase::Expand
+            },
+            "{stmt}"
+        );
+    }
+}
+
+#[test]
+fn pg_version_decides_whether_a_constant_default_rewrites() {
+    let stmt = "ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free';";
+    let mut s = Settings::default();
+    let rules = |s: &Settings| -> Vec<&'static str> {
+        run_files(vec![src("m.sql", stmt)], s).files[0]
+            .upgrade
+            .findings
+            .iter()
+            .map(|f| f.rule)
+            .collect()
+    };
+    assert!(!rules(&s).contains(&"volatile-default"));
+    s.pg_version = 10;
+    assert!(rules(&s).contains(&"volatile-default"));
+}
+
+#[test]
+fn set_not_null_after_a_validated_check_is_safe_from_pg12() {
+    let files = || {
+        vec![
+            src(
+                "m/1_a.up.sql",
+                "SET lock_timeout = '1s';\nALTER TABLE users ADD CONSTRAINT email_nn CHECK (email IS NOT NULL) NOT VALID;",
+            ),
+            src(
+                "m/2_b.up.sql",
+                "ALTER TABLE users VALIDATE CONSTRAINT email_nn;",
+            ),
+            src(
+                "m/3_c.up.sql",
+                "SET lock_timeout = '1s';\nALTER TABLE users ALTER COLUMN email SET NOT NULL;",
+            ),
+        ]
+    };
+    let r = run_files(files(), &Settings::default());
+    assert!(
+        r.files[2]
+            .upgrade
+            .findings
+            .iter()
+            .all(|f| f.rule != "set-not-null")
+    );
+    let old = Settings {
+        pg_version: 11,
+        ..Settings::default()
+    };
+    let r = run_files(files(), &old);
+    assert!(
+        r.files[2]
+            .upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "set-not-null")
+    );
+}
+
+#[test]
+fn enum_add_value_in_a_transaction_fails_before_pg12() {
+    let old = Settings {
+        pg_version: 11,
+        ..Settings::default()
+    };
+    let r = run_files(vec![src("m.sql", "ALTER TYPE mood ADD VALUE 'ok';")], &old);
+    assert!(
+        r.files[0]
+            .upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "enum-add-value-in-transaction")
+    );
+}
+
+#[test]
+fn settings_turn_rules_off_and_change_severity() {
+    let mut s = Settings::default();
+    s.disabled.insert("missing-lock-timeout".into());
+    s.severity.insert("drop-column".into(), Severity::Warning);
+    let r = run_files(
+        vec![src("m.sql", "ALTER TABLE users DROP COLUMN email;")],
+        &s,
+    );
+    let f = &r.files[0].upgrade.findings;
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, Severity::Warning);
+    assert_eq!(exit_code(&r), 0);
+}
+
+#[test]
+fn statements_sqlparser_cannot_parse_are_recognised_or_reported() {
+    check_rules("REINDEX TABLE users;", &["reindex-without-concurrently"]);
+    check_rules(
+        "CLUSTER users USING users_pkey;",
+        &["vacuum-full-or-cluster"],
+    );
+    check_rules(
+        "ALTER DOMAIN positive ADD CONSTRAINT p CHECK (VALUE > 0);",
+        &["domain-with-constraint"],
+    );
+    let r = run("m.sql", "SELECT 1;\n\nFROBNICATE\n  everything;\n");
+    let f = &r.upgrade.findings;
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].rule, f[0].line), ("unknown-statement", 3));
+    assert_eq!(r.phase, Phase::Unknown);
+}
+
+#[test]
+fn do_blocks_are_opened() {
+    let text = "DO $$\nBEGIN\n  ALTER TABLE users ADD CONSTRAINT age_pos CHECK (age > 0);\nEXCEPTION WHEN duplicate_object THEN NULL;\nEND $$;";
+    let r = run("m.sql", text);
+    let f: Vec<_> = r
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.rule, f.line))
+        .collect();
+    assert!(f.contains(&("add-check-constraint", 3)), "{f:?}");
+}
+
+#[test]
+fn placeholders_and_comments_do_not_break_parsing() {
+    let text = "-- a comment; with a semicolon\n/* block /* nested */ ; */\nALTER TABLE ${schema}.users ADD COLUMN note text DEFAULT 'a;b';\nCREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;";
+    check_rules(text, &[]);
+    let pieces = sql::split_for_test(text);
+    assert_eq!(pieces.len(), 2);
+    assert_eq!(pieces[0].0, 3);
+}
+
+// ---------------------------------------------------------------- transactions
+
+#[test]
+fn golang_migrate_single_statement_files_run_outside_a_transaction() {
+    let one = run(
+        "m/1_idx.up.sql",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);",
+    );
+    assert!(
+        one.upgrade
+            .findings
+            .iter()
+            .all(|f| f.rule != "concurrently-in-transaction")
+    );
+    let two = run(
+        "m/1_idx.up.sql",
+        "SET lock_timeout = '1s';\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (email);",
+    );
+    assert!(
+        two.upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "concurrently-in-transaction")
+    );
+}
+
+#[test]
+fn explicit_begin_without_commit_is_reported() {
+    let r = run("m.sql", "-- no-transaction\nBEGIN;\nSELECT 1;");
+    assert!(
+        r.upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "transaction-nesting" && f.line == 2)
+    );
+}
+
+#[test]
+fn commit_inside_a_runner_transaction_is_reported() {
+    check_rules("SELECT 1;\nCOMMIT;", &["transaction-nesting"]);
+}
+
+// ---------------------------------------------------------------- alembic
+
+const ALEMBIC_ALL: &str = r#""""every op form
+
+Revision ID: b2
+Revises: a1
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "b2"
+down_revision = "a1"
+
+ADD_FLAG = "ALTER TABLE users ADD COLUMN flag boolean"
+
+
+def _helper():
+    op.drop_column("users", "legacy")
+
+
+def upgrade():
+    op.execute("SET lock_timeout = '2s'")
+    op.create_table("events", sa.Column("id", sa.Integer(), primary_key=True))
+    op.create_index("events_id_idx", "events", ["id"])
+    op.add_column("users", sa.Column("tier", sa.String(20), nullable=False))
+    op.add_column("users", sa.Column("plan", sa.Text(), nullable=False, server_default="free"))
+    op.add_column("users", sa.Column("token", sa.Text(), server_default=sa.text("gen_random_uuid()")))
+    op.add_column("users", sa.Column("kind", sa.Text(), nullable=False, default="a"))
+    op.alter_column("users", "name", new_column_name="full_name")
+    op.alter_column("users", "email", existing_type=sa.String(50), type_=sa.String(100))
+    op.alter_column("users", "age", existing_type=sa.Integer(), type_=sa.BigInteger())
+    op.alter_column("users", "bio", nullable=False)
+    op.create_foreign_key("orders_user_fk", "orders", "users", ["user_id"], ["id"])
+    op.create_check_constraint("age_pos", "users", "age > 0", postgresql_not_valid=True)
+    op.create_unique_constraint("email_uq", "users", ["email"])
+    op.create_index("users_email_idx", "users", ["email"])
+    op.create_index("users_name_idx", "users", ["name"], postgresql_concurrently=True)
+    with op.get_context().autocommit_block():
+        op.create_index("users_bio_idx", "users", ["bio"], postgresql_concurrently=True, if_not_exists=True)
+    with op.batch_alter_table("accounts") as batch_op:
+        batch_op.add_column(sa.Column("region", sa.Text(), nullable=False))
+        batch_op.drop_column("old")
+    op.execute(sa.text("UPDATE users SET tier = 'free'"))
+    op.get_bind().execute(sa.text("""
+        ALTER TABLE users
+          RENAME TO accounts_old
+    """))
+    conn = op.get_bind()
+    conn.execute(sa.text(f"DELETE FROM {table}"))
+    op.execute(ADD_FLAG)
+    _helper()
+    op.rename_table("things", "items")
+    op.drop_table("ghosts")
+    op.frobnicate("x")
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("VACUUM")
+    else:
+        op.execute("VACUUM FULL users")
+
+
+def downgrade():
+    op.drop_column("users", "tier")
+    op.add_column("users", sa.Column("name", sa.Text(), nullable=False))
+"#;
+
+#[test]
+fn alembic_every_op_form() {
+    let r = run("alembic/versions/b2_all.py", ALEMBIC_ALL);
+    assert_eq!(r.kind, Kind::Alembic);
+    assert_eq!(r.revision.as_deref(), Some("b2"));
+    assert_eq!(r.down_revision, Some(vec!["a1".to_string()]));
+    let got: BTreeSet<(usize, &str)> = r
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .collect();
+    let want: BTreeSet<(usize, &str)> = [
+        (16, "drop-column"),
+        (16, "expand-and-contract"),
+        (23, "add-not-null-column-without-default"),
+        (25, "volatile-default"),
+        (26, "orm-side-default"),
+        (27, "rename-column"),
+        (27, "expand-and-contract"),
+        (29, "change-column-type"),
+        (30, "set-not-null"),
+        (31, "add-foreign-key"),
+        (33, "add-unique-constraint"),
+        (34, "create-index-without-concurrently"),
+        (35, "concurrently-in-transaction"),
+        (39, "add-not-null-column-without-default"),
+        (40, "drop-column"),
+        (40, "expand-and-contract"),
+        (41, "backfill-in-migration"),
+        // The SQL inside the triple-quoted string: the line of the statement itself.
+        (43, "rename-table"),
+        (47, "unknown-statement"),
+        (50, "rename-table"),
+        (51, "drop-table"),
+        (52, "unknown-statement"),
+        // Only the PostgreSQL branch of the dialect `if` is analysed.
+        (56, "vacuum-full-or-cluster"),
+        (56, "concurrently-in-transaction"),
+    ]
+    .into_iter()
+    .collect();
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}\nextra {extra:?}"
+    );
+    // The VARCHAR widening (line 28) is binary-coercible and the autocommit block's
+    // CONCURRENTLY index (line 37) runs outside the transaction: neither is reported.
+    assert_eq!(r.phase, Phase::Contract);
+    // Downgrade: drops what the upgrade added (data loss) and re-adds a NOT NULL
+    // column without a default (fails).
+    assert_eq!(r.downgrade.state, DownState::Fails);
+    let down: Vec<_> = r
+        .downgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .collect();
+    assert!(down.contains(&(60, "downgrade-data-loss")), "{down:?}");
+    assert!(down.contains(&(61, "downgrade-fails")), "{down:?}");
+}
+
+#[test]
+fn alembic_not_valid_then_validate_across_autocommit_block() {
+    let text = r#"
+from alembic import op
+revision = "c3"
+down_revision = None
+
+def upgrade():
+    op.execute("SET lock_timeout = '2s'")
+    op.create_foreign_key("fk", "orders", "users", ["user_id"], ["id"], postgresql_not_valid=True)
+    with op.get_context().autocommit_block():
+        op.execute("ALTER TABLE orders VALIDATE CONSTRAINT fk")
+
+def downgrade():
+    op.drop_constraint("fk", "orders")
+"#;
+    let r = run("versions/c3.py", text);
+    assert!(r.upgrade.findings.is_empty(), "{:?}", r.upgrade.findings);
+    assert_eq!(r.down_revision, Some(vec![]));
+    assert_eq!(r.downgrade.state, DownState::Ok);
+    let same_tx = text.replace(
+        "    with op.get_context().autocommit_block():\n        op.execute",
+        "    op.execute",
+    );
+    let r = run("versions/c3.py", &same_tx);
+    assert!(
+        r.upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "validate-in-same-transaction")
+    );
+}
+
+#[test]
+fn alembic_batch_recreate_and_execute_commit() {
+    let text = r#"
+from alembic import op
+def upgrade():
+    with op.batch_alter_table("users", recreate="always") as b:
+        b.alter_column("name", nullable=True)
+    op.execute("COMMIT")
+    op.create_index("i", "users", ["x"], postgresql_concurrently=True, if_not_exists=True)
+def downgrade():
+    pass
+"#;
+    let r = run("versions/d4.py", text);
+    let rules: Vec<_> = r.upgrade.findings.iter().map(|f| f.rule).collect();
+    assert!(rules.contains(&"batch-recreate-table"), "{rules:?}");
+    assert!(rules.contains(&"drop-not-null"), "{rules:?}");
+    assert!(rules.contains(&"transaction-nesting"), "{rules:?}");
+    // The driver reopens a transaction after COMMIT, so CONCURRENTLY still fails.
+    assert!(rules.contains(&"concurrently-in-transaction"), "{rules:?}");
+    assert_eq!(r.downgrade.state, DownState::Empty);
+}
+
+#[test]
+fn alembic_syntax_error_is_an_unknown_finding_with_its_line() {
+    let text = "from alembic import op\n\ndef upgrade():\n    op.drop_column('users', 'x'\n\ndef downgrade():\n    pass\n";
+    let r = run("versions/e5.py", text);
+    assert!(
+        r.upgrade.findings.iter().any(|f| f.rule == "parse-error"),
+        "{:?}",
+        r.upgrade.findings
+    );
+}
+
+#[test]
+fn alembic_downgrade_states() {
+    let base = "from alembic import op\nimport sqlalchemy as sa\ndef upgrade():\n    op.add_column('users', sa.Column('x', sa.Text()))\n";
+    let missing = run("versions/a.py", base);
+    assert_eq!(missing.downgrade.state, DownState::Missing);
+    assert!(
+        missing
+            .downgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "downgrade-missing")
+    );
+    let empty = run(
+        "versions/a.py",
+        &format!("{base}def downgrade():\n    pass\n"),
+    );
+    assert_eq!(empty.downgrade.state, DownState::Empty);
+    let loss = run(
+        "versions/a.py",
+        &format!("{base}def downgrade():\n    op.drop_column('users', 'x')\n"),
+    );
+    assert_eq!(loss.downgrade.state, DownState::DataLoss);
+    assert_eq!(loss.phase, Phase::Expand);
+    let irreversible = run(
+        "versions/a.py",
+        &format!("{base}def downgrade():\n    raise NotImplementedError('one way')\n"),
+    );
+    assert_eq!(irreversible.downgrade.state, DownState::Missing);
+    assert!(
+        irreversible
+            .downgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "downgrade-irreversible")
+    );
+    let ok = run(
+        "versions/a.py",
+        "from alembic import op\ndef upgrade():\n    op.create_table('t')\ndef downgrade():\n    op.drop_table('t')\n",
+    );
+    // Dropping the table the upgrade created still loses rows written since.
+    assert_eq!(ok.downgrade.state, DownState::DataLoss);
+    let unknown = run(
+        "versions/a.py",
+        &format!("{base}def downgrade():\n    op.execute(build_sql())\n"),
+    );
+    assert_eq!(unknown.downgrade.state, DownState::Unknown);
+}
+
+// ---------------------------------------------------------------- phases
+
+#[test]
+fn phases() {
+    assert_eq!(
+        run("m.sql", "ALTER TABLE users ADD COLUMN x int;").phase,
+        Phase::Expand
+    );
+    assert_eq!(
+        run("m.sql", "UPDATE users SET x = 1;").phase,
+        Phase::Migrate
+    );
+    assert_eq!(
+        run("m.sql", "ALTER TABLE users DROP COLUMN x;").phase,
+        Phase::Contract
+    );
+    assert_eq!(run("m.sql", "FROBNICATE;").phase, Phase::Unknown);
+    let r = run(
+        "m.sql",
+        "ALTER TABLE users ADD COLUMN x int;\nALTER TABLE users DROP COLUMN y;",
+    );
+    assert_eq!(r.phase, Phase::Contract);
+    assert_eq!(r.phase_reason.map(|p| p.line), Some(2));
+}
+
+// ---------------------------------------------------------------- layouts
+
+#[test]
+fn layouts_pair_up_and_down() {
+    let files = vec![
+        src(
+            "diesel/2024-01-01-000000_add/up.sql",
+            "ALTER TABLE users ADD COLUMN x int;",
+        ),
+        src(
+            "diesel/2024-01-01-000000_add/down.sql",
+            "ALTER TABLE users DROP COLUMN x;",
+        ),
+        src("gm/10_b.up.sql", "SELECT 1;"),
+        src("gm/9_a.up.sql", "ALTER TABLE users ADD COLUMN y int;"),
+        src("gm/9_a.down.sql", ""),
+        src("fw/V1_1__init.sql", "CREATE TABLE t (id int);"),
+        src("fw/U1_1__init.sql", "DROP TABLE t;"),
+        src("plain/001.sql", "CREATE TABLE p (id int);"),
+        src(
+            "dbmate/20240101_x.sql",
+            "-- migrate:up\nALTER TABLE users ADD COLUMN z int NOT NULL;\n\n-- migrate:down\nALTER TABLE users DROP COLUMN z;\n",
+        ),
+        src(
+            "alembic/versions/2.py",
+            "revision = '2'\ndown_revision = '1'\ndef upgrade():\n    pass\ndef downgrade():\n    pass\n",
+        ),
+        src(
+            "alembic/versions/1.py",
+            "revision = '1'\ndown_revision = None\ndef upgrade():\n    pass\ndef downgrade():\n    pass\n",
+        ),
+        src("alembic/env.py", "def run_migrations_online(): pass\n"),
+        src("README.md", "not a migration"),
+    ];
+    let plan = plan(files);
+    let got: Vec<(&str, Layout, bool)> = plan
+        .iter()
+        .map(|m| (m.path.as_str(), m.layout, m.down.is_some()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("dbmate/20240101_x.sql", Layout::Sections, true),
+            ("diesel/2024-01-01-000000_add/up.sql", Layout::Diesel, true),
+            ("fw/V1_1__init.sql", Layout::Flyway, true),
+            ("gm/9_a.up.sql", Layout::GolangMigrate, true),
+            ("gm/10_b.up.sql", Layout::GolangMigrate, false),
+            ("plain/001.sql", Layout::Plain, false),
+            ("alembic/versions/1.py", Layout::Alembic, true),
+            ("alembic/versions/2.py", Layout::Alembic, true),
+        ]
+    );
+    let report = check(&plan, &Settings::default());
+    let state = |p: &str| {
+        report
+            .files
+            .iter()
+            .find(|f| f.path == p)
+            .map(|f| f.downgrade.state)
+    };
+    assert_eq!(
+        state("diesel/2024-01-01-000000_add/up.sql"),
+        Some(DownState::DataLoss)
+    );
+    assert_eq!(state("gm/9_a.up.sql"), Some(DownState::Empty));
+    assert_eq!(state("fw/V1_1__init.sql"), Some(DownState::DataLoss));
+    assert_eq!(state("plain/001.sql"), Some(DownState::Missing));
+    let dbmate = report
+        .files
+        .iter()
+        .find(|f| f.path.starts_with("dbmate"))
+        .unwrap();
+    assert_eq!(
+        dbmate
+            .upgrade
+            .findings
+            .iter()
+            .find(|f| f.rule == "add-not-null-column-without-default")
+            .map(|f| f.line),
+        Some(2)
+    );
+    assert_eq!(
+        dbmate
+            .downgrade
+            .findings
+            .iter()
+            .find(|f| f.rule == "downgrade-data-loss")
+            .map(|f| f.line),
+        Some(5)
+    );
+    let diesel = report
+        .files
+        .iter()
+        .find(|f| f.path.starts_with("diesel"))
+        .unwrap();
+    assert_eq!(
+        diesel.downgrade.path.as_deref(),
+        Some("diesel/2024-01-01-000000_add/down.sql")
+    );
+}
+
+#[test]
+fn orphan_down_file_is_not_silent() {
+    let r = run("gm/3_c.down.sql", "DROP TABLE t;");
+    assert!(
+        r.upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "unknown-statement")
+    );
+}
+
+// ---------------------------------------------------------------- suppressions
+
+#[test]
+fn suppressions_need_a_reason() {
+    let with = run(
+        "m.sql",
+        "SET lock_timeout = '1s';\n-- ripcord:allow drop-column because the column was unused since v41\nALTER TABLE users DROP COLUMN legacy;",
+    );
+    assert!(
+        with.upgrade.findings.is_empty(),
+        "{:?}",
+        with.upgrade.findings
+    );
+    assert_eq!(with.upgrade.suppressed.len(), 1);
+    assert_eq!(
+        with.upgrade.suppressed[0].reason,
+        "the column was unused since v41"
+    );
+
+    let same_line = run(
+        "m.sql",
+        "SET lock_timeout = '1s';\nALTER TABLE users DROP COLUMN legacy; -- ripcord:allow drop-column because unused",
+    );
+    assert!(
+        same_line.upgrade.findings.is_empty(),
+        "{:?}",
+        same_line.upgrade.findings
+    );
+
+    let without = run(
+        "m.sql",
+        "SET lock_timeout = '1s';\n-- ripcord:allow drop-column\nALTER TABLE users DROP COLUMN legacy;",
+    );
+    let rules: Vec<_> = without
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .collect();
+    assert_eq!(
+        rules,
+        vec![(2, "suppression-without-reason"), (3, "drop-column")]
+    );
+
+    let unknown = run(
+        "m.sql",
+        "-- ripcord:allow no-such-rule because reasons\nSELECT 1;",
+    );
+    assert!(
+        unknown
+            .upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "suppression-unknown-rule")
+    );
+}
+
+#[test]
+fn python_suppressions_cover_the_call_and_sql_inside_it() {
+    let text = r#"from alembic import op
+def upgrade():
+    op.execute("SET lock_timeout = '1s'")
+    # ripcord: allow drop-column because nothing reads it since release 41
+    op.drop_column("users", "legacy")
+    # ripcord: allow create-index-without-concurrently because the table has 10 rows
+    op.execute("""
+        CREATE INDEX small_idx ON users (x)
+    """)
+    op.drop_column("users", "other")  # ripcord: allow drop-column
+def downgrade():
+    pass
+"#;
+    let r = run("versions/f.py", text);
+    let rules: Vec<_> = r
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .collect();
+    assert_eq!(
+        rules,
+        vec![(10, "drop-column"), (10, "suppression-without-reason")]
+    );
+    assert_eq!(r.upgrade.suppressed.len(), 2);
+}
+
+// ---------------------------------------------------------------- output
+
+fn sample_report() -> Report {
+    let files = vec![
+        src(
+            "migrations/2024-05-01_add_tier/up.sql",
+            "ALTER TABLE users ADD COLUMN tier text NOT NULL;\nCREATE INDEX users_tier_idx ON users (tier);\n",
+        ),
+        src(
+            "migrations/2024-05-01_add_tier/down.sql",
+            "ALTER TABLE users DROP COLUMN tier;\n",
+        ),
+        src(
+            "alembic/versions/a1_drop_legacy.py",
+            "\"\"\"drop legacy\n\"\"\"\nfrom alembic import op\nimport sqlalchemy as sa\n\nrevision = \"a1\"\ndown_revision = None\n\n\ndef upgrade():\n    op.execute(\"SET lock_timeout = '2s'\")\n    op.drop_column(\"users\", \"legacy\")\n\n\ndef downgrade():\n    op.add_column(\"users\", sa.Column(\"legacy\", sa.Text(), nullable=False))\n",
+        ),
+    ];
+    run_files(files, &Settings::default())
+}
+
+#[test]
+fn snapshot_text() {
+    insta::assert_snapshot!("text", render_text(&sample_report()));
+}
+
+#[test]
+fn snapshot_json() {
+    let json = serde_json::to_string_pretty(&render_json(&sample_report())).unwrap_or_default();
+    insta::assert_snapshot!("json", json);
+}
+
+#[test]
+fn snapshot_github() {
+    insta::assert_snapshot!("github", render_github(&sample_report()));
+}
+
+#[test]
+fn json_shape_is_the_promised_one() {
+    let v = render_json(&sample_report());
+    let f = &v["files"][0];
+    for key in ["path", "kind", "phase", "upgrade", "downgrade"] {
+        assert!(f.get(key).is_some(), "{key}");
+    }
+    assert!(f["downgrade"]["state"].is_string());
+    let finding = &f["upgrade"]["findings"][0];
+    for key in ["rule", "severity", "line", "risk", "message", "fix"] {
+        assert!(finding.get(key).is_some(), "{key}");
+    }
+    assert_eq!(v["files"][1]["revision"], "a1");
+    assert_eq!(exit_code(&sample_report()), 1);
+    assert_eq!(exit_code(&Report { files: vec![] }), 0);
+}
+
+#[test]
+fn discover_reads_sql_and_py_and_names_missing_paths() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let versions = dir.path().join("versions");
+    std::fs::create_dir_all(&versions).expect("mkdir");
+    std::fs::write(versions.join("a.py"), "def upgrade():\n    pass\n").expect("write");
+    std::fs::write(dir.path().join("1.sql"), "SELECT 1;").expect("write");
+    std::fs::write(dir.path().join("notes.txt"), "x").expect("write");
+    let files = discover::read_paths(&[dir.path().to_path_buf()]).expect("read");
+    assert_eq!(files.len(), 2);
+    let missing = dir.path().join("nope");
+    let err = discover::read_paths(std::slice::from_ref(&missing)).expect_err("missing");
+    assert!(err.to_string().contains(&missing.display().to_string()));
+}
+
+// ---------------------------------------------------------------- never panics
+
+fn sql_fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("ALTER TABLE users ADD COLUMN c int NOT NULL DEFAULT random();".to_string()),
+        Just("CREATE INDEX CONCURRENTLY i ON t (c);".to_string()),
+        Just("BEGIN;".to_string()),
+        Just("COMMIT;".to_string()),
+        Just("DO $$ BEGIN ".to_string()),
+        Just("$$;".to_string()),
+        Just("'".to_string()),
+        Just("/*".to_string()),
+        Just("-- ripcord:allow ".to_string()),
+        Just("E'\\'".to_string()),
+        Just("$a$".to_string()),
+        Just("\n".to_string()),
+        "[ -~]{0,20}",
+    ]
+}
+
+fn py_fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("def upgrade():\n".to_string()),
+        Just("def downgrade():\n".to_string()),
+        Just("    op.add_column('t', sa.Column('c', sa.Text(), nullable=False))\n".to_string()),
+        Just("    with op.batch_alter_table('t') as b:\n".to_string()),
+        Just("        b.drop_column('c')\n".to_string()),
+        Just("    op.execute(\"\"\"".to_string()),
+        Just("\"\"\")\n".to_string()),
+        Just("    with op.get_context().autocommit_block():\n".to_string()),
+        Just("    # ripcord: allow drop-column\n".to_string()),
+        Just("(".to_string()),
+        "[ -~\n]{0,20}",
+    ]
+}
+
+proptest! {
+    #[test]
+    fn check_never_panics_on_arbitrary_text(text in "\\PC*") {
+        for path in ["x.sql", "versions/x.py", "d/up.sql", "1_a.down.sql"] {
+            let r = run_files(vec![src(path, &text)], &Settings::default());
+            let _ = render_text(&r);
+            let _ = render_json(&r);
+            let _ = render_github(&r);
+        }
+    }
+
+    #[test]
+    fn check_never_panics_on_sql_like_text(parts in proptest::collection::vec(sql_fragment(), 0..30)) {
+        let text = parts.concat();
+        let r = run_files(vec![src("x.sql", &text)], &Settings::default());
+        // Never silent: a file with a statement produces a finding or an understood op.
+        prop_assert_eq!(r.files.len(), 1);
+    }
+
+    #[test]
+    fn check_never_panics_on_python_like_text(parts in proptest::collection::vec(py_fragment(), 0..30)) {
+        let text = parts.concat();
+        let r = run_files(vec![src("versions/x.py", &format!("def upgrade():\n{text}"))], &Settings::default());
+        prop_assert_eq!(r.files.len(), 1);
+    }
+}
+
+#[test]
+fn deeply_nested_input_does_not_overflow_the_stack() {
+    let deep = format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000));
+    let _ = run("x.sql", &format!("SELECT {deep};"));
+    let _ = run(
+        "versions/x.py",
+        &format!("def upgrade():\n    op.execute({deep})\n    x = {deep}\n"),
+    );
+    let nested_text = format!(
+        "{}'SELECT 1'{}",
+        "sa.text(".repeat(2_000),
+        ")".repeat(2_000)
+    );
+    let _ = run(
+        "versions/y.py",
+        &format!("def upgrade():\n    op.execute({nested_text})\n"),
+    );
+}
+
+#[test]
+fn alembic_typed_header_of_the_current_template() {
+    let text = r#""""add x
+
+Revision ID: 3f2a
+Revises: 1b9c
+Create Date: 2024-05-01
+"""
+from typing import Sequence, Union
+
+from alembic import op
+import sqlalchemy as sa
+
+revision: str = "3f2a"
+down_revision: Union[str, None] = "1b9c"
+branch_labels: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    # ### commands auto generated by Alembic - please adjust! ###
+    op.add_column("users", sa.Column("x", sa.Integer(), nullable=True))
+    # ### end Alembic commands ###
+
+
+def downgrade() -> None:
+    op.drop_column("users", "x")
+"#;
+    let r = run("alembic/versions/3f2a_add_x.py", text);
+    assert_eq!(r.revision.as_deref(), Some("3f2a"));
+    assert_eq!(r.down_revision, Some(vec!["1b9c".to_string()]));
+    assert_eq!(r.phase, Phase::Expand);
+    assert_eq!(r.downgrade.state, DownState::DataLoss);
+    let merge = run(
+        "versions/m.py",
+        "revision = 'm'\ndown_revision = ('a', 'b')\ndef upgrade():\n    pass\ndef downgrade():\n    pass\n",
+    );
+    assert_eq!(
+        merge.down_revision,
+        Some(vec!["a".to_string(), "b".to_string()])
+    );
+    assert_eq!(merge.downgrade.state, DownState::Ok);
+}
