@@ -55,19 +55,36 @@ impl Setup {
     /// nginx on a free port with the runbook's site file (primary blue, backup green),
     /// and a ripcord config for it with `runtime`.
     fn new(runtime: &str, extra: &str) -> Setup {
+        Setup::with_nginx_extra(runtime, extra, "")
+    }
+
+    /// `nginx_extra` goes into `[service.web.nginx]`; with `access_log` in it, the site
+    /// declares a custom `log_format ripcord` and logs through it.
+    fn with_nginx_extra(runtime: &str, extra: &str, nginx_extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (port, blue, green) = (free_port(), free_port(), free_port());
         let site = dir.path().join("sites/app");
         std::fs::create_dir_all(site.parent().unwrap()).unwrap();
-        std::fs::write(
-            &site,
-            primary_backup_site(
-                port,
-                &format!("127.0.0.1:{blue}"),
-                &format!("127.0.0.1:{green}"),
-            ),
-        )
-        .unwrap();
+        let mut text = primary_backup_site(
+            port,
+            &format!("127.0.0.1:{blue}"),
+            &format!("127.0.0.1:{green}"),
+        );
+        if nginx_extra.contains("access_log") {
+            let log = dir.path().join("access.log");
+            text = format!(
+                "log_format ripcord '$remote_addr - [$time_local] \"$request\" $status $body_bytes_sent '\n    \
+                 'rt=$request_time urt=\"$upstream_response_time\" ua=\"$upstream_addr\" ts=$msec';\n{}",
+                text.replace(
+                    &format!("listen 127.0.0.1:{port};"),
+                    &format!(
+                        "listen 127.0.0.1:{port};\n    access_log {} ripcord;",
+                        log.display()
+                    ),
+                )
+            );
+        }
+        std::fs::write(&site, text).unwrap();
         let nginx = Nginx::start(&dir.path().join("nginx"), site.to_str().unwrap(), port);
         let argv = |v: Vec<String>| {
             format!(
@@ -90,6 +107,7 @@ command = [{BIN:?}, "demo-app", "--port", "{{port}}", "--version", "{{version}}"
 [service.web.nginx]
 site = {site:?}
 upstream = "app"
+{nginx_extra}
 test_command = {test}
 reload_command = {reload}
 
@@ -315,4 +333,75 @@ fn a_site_that_fails_nginx_t_keeps_traffic_where_it_was() {
         "the site file was not restored"
     );
     assert_eq!(s.serving(), "v1");
+}
+
+#[test]
+fn the_access_log_with_a_custom_log_format_drives_a_rollback() {
+    let nginx_extra = "access_log = \"ACCESS\"\nconf = \"SITE\"\nlog_format = \"ripcord\"";
+    // The placeholders are filled below once the temp dir exists.
+    let mut s = Setup::with_nginx_extra("process", "", nginx_extra);
+    let config_path = s.dir.path().join("ripcord.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("ACCESS", s.dir.path().join("access.log").to_str().unwrap())
+        .replace("SITE", s.dir.path().join("sites/app").to_str().unwrap());
+    std::fs::write(&config_path, config).unwrap();
+    s.start_watcher();
+    assert_ok(&s.run(&["deploy", "web", "v1"]), "deploy v1");
+    let load = Load::start_with(
+        s.url("/api/load"),
+        4,
+        Duration::from_secs(60),
+        200_000,
+        false,
+    );
+    eventually(
+        "the guard reads the access log",
+        Duration::from_secs(20),
+        || {
+            s.json(&["status", "web"])["live"]["access_log"]["lines"]
+                .as_u64()
+                .unwrap_or(0)
+                > 20
+        },
+    );
+    let out = s.run(&[
+        "deploy",
+        "web",
+        "v2",
+        "--",
+        BIN,
+        "demo-app",
+        "--port",
+        "{port}",
+        "--version",
+        "{version}",
+        "--error-ratio",
+        "0.5",
+        "--after-secs",
+        "3",
+    ]);
+    assert_ok(&out, "deploy v2");
+    eventually(
+        "the guard rolls v2 back on the access log's 5xx",
+        Duration::from_secs(40),
+        || get(&s.url("/health")).1.contains("\"v1\""),
+    );
+    load.stop();
+    let list = s.json(&["incident", "list"]);
+    assert_eq!(list[0]["rule"], "error_rate", "{list:#}");
+    // A line nginx did not write is counted and skipped, never fatal.
+    let log = s.dir.path().join("access.log");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut f, b"this is not an access log line\n").unwrap();
+    eventually(
+        "the malformed line is counted",
+        Duration::from_secs(10),
+        || {
+            s.json(&["status", "web"])["live"]["access_log"]["malformed"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
 }

@@ -6,6 +6,7 @@
 //! channel (see `proxy::RequestRecord`).
 
 pub mod integrity;
+pub mod nginx_log;
 pub mod probe;
 pub mod process;
 pub mod prometheus;

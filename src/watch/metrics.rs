@@ -40,6 +40,8 @@ struct Inner {
     lag: BTreeMap<(String, String), f64>,
     /// service → (requests, 5xx) seen by the proxy.
     requests: BTreeMap<String, (u64, u64)>,
+    /// service → the nginx access-log follower's counters.
+    access_logs: BTreeMap<String, Arc<crate::signals::nginx_log::FollowStats>>,
 }
 
 /// The shared registry; cheap to clone.
@@ -87,6 +89,10 @@ impl Metrics {
         let e = m.requests.entry(service.into()).or_default();
         e.0 += requests;
         e.1 += errors;
+    }
+
+    pub fn access_log(&self, service: &str, stats: Arc<crate::signals::nginx_log::FollowStats>) {
+        self.lock().access_logs.insert(service.into(), stats);
     }
 
     /// The Prometheus text exposition.
@@ -191,6 +197,37 @@ impl Metrics {
                 out,
                 "ripcord_proxy_5xx_total{{service=\"{}\"}} {e}",
                 esc(svc)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ripcord_access_log_lines_total nginx access-log lines read (malformed included)."
+        );
+        let _ = writeln!(out, "# TYPE ripcord_access_log_lines_total counter");
+        let snaps: Vec<(String, crate::signals::nginx_log::FollowSnapshot)> = m
+            .access_logs
+            .iter()
+            .map(|(svc, st)| (svc.clone(), st.snapshot()))
+            .collect();
+        for (svc, snap) in &snaps {
+            let _ = writeln!(
+                out,
+                "ripcord_access_log_lines_total{{service=\"{}\"}} {}",
+                esc(svc),
+                snap.lines
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ripcord_access_log_malformed_total nginx access-log lines that did not parse."
+        );
+        let _ = writeln!(out, "# TYPE ripcord_access_log_malformed_total counter");
+        for (svc, snap) in &snaps {
+            let _ = writeln!(
+                out,
+                "ripcord_access_log_malformed_total{{service=\"{}\"}} {}",
+                esc(svc),
+                snap.malformed
             );
         }
         out

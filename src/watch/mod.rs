@@ -53,6 +53,8 @@ pub enum WatchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("service `{service}`: the nginx log_format: {reason}")]
+    LogFormat { service: String, reason: String },
     #[error("cannot serve metrics on {addr} (watch.metrics_listen): {source}")]
     MetricsBind {
         addr: std::net::SocketAddr,
@@ -75,6 +77,8 @@ struct Service {
     proxy_task: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the guard's record channel open when no proxy feeds it.
     _records: Option<mpsc::Sender<crate::proxy::RequestRecord>>,
+    /// The nginx access-log follower's counters, when it runs.
+    access_log: Option<Arc<crate::signals::nginx_log::FollowStats>>,
 }
 
 /// Creates the state dir owner-only if it does not exist.
@@ -182,6 +186,15 @@ pub async fn run(
             ledger.clone(),
             state_dir,
         ));
+        // With nginx, the requests come from its access log.
+        let access_log = match (&cfg.nginx, &records_tx) {
+            (Some(n), Some(tx)) if n.access_log.is_some() => {
+                let stats = follow_access_log(name, n, exec.clone(), tx.clone())?;
+                own_metrics.access_log(name, stats.clone());
+                Some(stats)
+            }
+            _ => None,
+        };
         // Signal sources feed the guard; the guard decides and acts through `exec`.
         let (obs_tx, obs_rx) = mpsc::channel(1024);
         if let Some(rule) = &cfg.triggers.health {
@@ -226,6 +239,7 @@ pub async fn run(
                 view,
                 proxy_task,
                 _records: records_tx,
+                access_log,
             },
         );
     }
@@ -310,6 +324,69 @@ pub async fn run(
     let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
     l.release_lease(&watcher_lease)?;
     Ok(())
+}
+
+/// Starts following nginx's access log and turns each line into a request record for the
+/// guard, attributed to a release by its upstream address (the slot it went to).
+fn follow_access_log(
+    service: &str,
+    n: &config::NginxConfig,
+    exec: Arc<ServiceExec>,
+    records: mpsc::Sender<crate::proxy::RequestRecord>,
+) -> Result<Arc<crate::signals::nginx_log::FollowStats>, WatchError> {
+    use crate::signals::nginx_log::{Follower, LogFormat};
+    let err = |reason: String| WatchError::LogFormat {
+        service: service.to_string(),
+        reason,
+    };
+    let conf = match &n.conf {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let format = LogFormat::from_setting(n.log_format.as_deref(), conf.as_deref())
+        .map_err(|e| err(e.to_string()))?;
+    let path = n.access_log.clone().expect("checked by the caller");
+    let stats = Arc::new(crate::signals::nginx_log::FollowStats::default());
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(
+        Follower::new(path, format)
+            .start_at_end(true)
+            .run(tx, stats.clone()),
+    );
+    tokio::spawn(async move {
+        while let Some(batch) = rx.recv().await {
+            // Which release each slot address serves right now.
+            let slots: Vec<(String, config::Slot, i64)> = exec
+                .slots()
+                .into_iter()
+                .map(|(slot, sp)| (exec.cfg.slots.addr(slot).to_string(), slot, sp.release.id))
+                .collect();
+            for rec in batch {
+                let Some(addr) = rec.upstream_addr.as_deref() else {
+                    continue;
+                };
+                let Some((_, slot, release_id)) = slots.iter().find(|(a, _, _)| a == addr) else {
+                    continue;
+                };
+                let latency_us = rec.upstream_time_us.or(rec.request_time_us).unwrap_or(0);
+                let record = crate::proxy::RequestRecord {
+                    slot: *slot,
+                    release_id: *release_id,
+                    status: rec.status,
+                    latency_us,
+                    upstream_error: rec.status == 502 || rec.status == 504,
+                    at_ms: rec.at_ms.unwrap_or_else(now_ms),
+                };
+                if records.try_send(record).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(stats)
 }
 
 fn record(ledger: &SharedLedger, service: &str, kind: &str, message: String) {
@@ -498,6 +575,18 @@ fn live(svc: &Service) -> serde_json::Value {
             })
         }),
         "slots": slots,
+        "access_log": svc.access_log.as_ref().map(|a| {
+            let s = a.snapshot();
+            serde_json::json!({
+                "lines": s.lines,
+                "malformed": s.malformed,
+                "rotations": s.rotations,
+                "truncations": s.truncations,
+                "state": format!("{:?}", s.state).to_lowercase(),
+                "last_malformed": s.last_malformed,
+                "last_error": s.last_error,
+            })
+        }),
         "traffic": view.traffic.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>(),
         "guard": {
             "release": view.release_id,
