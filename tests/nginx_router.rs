@@ -365,6 +365,22 @@ fn the_access_log_with_a_custom_log_format_drives_a_rollback() {
                 > 20
         },
     );
+    // Rotate the log the way logrotate does (rename, then nginx reopens): the guard
+    // must follow the new file and still see what v2 does.
+    let log = s.dir.path().join("access.log");
+    std::fs::rename(&log, s.dir.path().join("access.log.1")).unwrap();
+    let mut reopen = s.nginx.base_args();
+    reopen.extend(["-s".to_string(), "reopen".to_string()]);
+    assert!(
+        Command::new(&reopen[0])
+            .args(&reopen[1..])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually("nginx writes the new log", Duration::from_secs(10), || {
+        log.exists()
+    });
     let out = s.run(&[
         "deploy",
         "web",
@@ -390,8 +406,11 @@ fn the_access_log_with_a_custom_log_format_drives_a_rollback() {
     load.stop();
     let list = s.json(&["incident", "list"]);
     assert_eq!(list[0]["rule"], "error_rate", "{list:#}");
+    let rotations = s.json(&["status", "web"])["live"]["access_log"]["rotations"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(rotations >= 1, "the follower did not notice the rotation");
     // A line nginx did not write is counted and skipped, never fatal.
-    let log = s.dir.path().join("access.log");
     let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
     std::io::Write::write_all(&mut f, b"this is not an access log line\n").unwrap();
     eventually(
