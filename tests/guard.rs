@@ -421,3 +421,75 @@ fn a_failing_integrity_check_freezes_everything() {
     assert_eq!(list[0]["rule"], "data_corruption");
     assert_eq!(list[0]["status"], "frozen");
 }
+
+#[test]
+fn a_rollback_across_a_contract_migration_is_refused_by_hand_and_by_the_guard() {
+    let extra =
+        "[service.web.migrations]\ndir = \"migrations\"\nhead_command = [\"cat\", \"head\"]";
+    let mut p = Project::new(extra, "");
+    // The Alembic chain 001 (expand) → 002 (migrate) → 003 (contract: drops a column).
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/migrations/alembic/versions");
+    let versions = p.dir.path().join("migrations/versions");
+    std::fs::create_dir_all(&versions).unwrap();
+    for f in std::fs::read_dir(&fixtures).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), versions.join(f.file_name())).unwrap();
+    }
+    let head = p.dir.path().join("head");
+    p.start_watcher();
+    std::fs::write(&head, "001 (head)\n").unwrap();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    std::fs::write(&head, "003 (head)\n").unwrap();
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    let releases = p.json(&["releases", "web"]);
+    assert_eq!(releases[0]["migration_head"], "003");
+    assert_eq!(releases[1]["migration_head"], "001");
+
+    // By hand: refused with what to do, unless forced with a reason.
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("contract migrations ran") && err.contains("003_switch.py"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Roll forward") && err.contains("--force --reason"),
+        "{err}"
+    );
+    assert_eq!(serving(&p), "v2");
+    let out = p.run(&["rollback", "web", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_ok(
+        &p.run(&[
+            "rollback",
+            "web",
+            "--force",
+            "--reason",
+            "schema restored by hand",
+        ]),
+        "forced rollback",
+    );
+    assert_eq!(serving(&p), "v1");
+
+    // By the guard: it may not roll back over the contract either; it freezes and tells.
+    assert_ok(
+        &p.deploy("v3", &["--error-ratio", "0.6", "--after-secs", "1"]),
+        "deploy v3",
+    );
+    let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(60), 100_000);
+    eventually("the guard escalates", Duration::from_secs(30), || {
+        p.json(&["status", "web"])["state"] == "frozen"
+    });
+    load.stop();
+    let status = p.json(&["status", "web"]);
+    assert!(
+        status["frozen"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("contract"),
+        "{status:#}"
+    );
+    assert_eq!(p.json(&["incident", "list"])[0]["status"], "failed");
+}

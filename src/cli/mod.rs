@@ -85,6 +85,9 @@ pub enum Command {
         /// Why: kept in the ledger with the release rolled away from
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Roll back even across a contract migration (needs --reason)
+        #[arg(long)]
+        force: bool,
     },
     /// Run SERVICE's verification checks now
     Verify { service: String },
@@ -289,13 +292,21 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             service,
             to,
             reason,
+            force,
         } => {
+            if force && reason.is_none() {
+                return Err(CliError::new(
+                    2,
+                    "--force needs --reason TEXT: the ledger keeps why",
+                ));
+            }
             operation(
                 &state_dir,
                 Request::Rollback {
                     service,
                     to,
                     reason,
+                    force,
                 },
                 json,
             )

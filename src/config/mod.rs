@@ -56,6 +56,17 @@ pub enum Router {
     Nginx,
 }
 
+/// `[service.NAME.migrations]`: the migrations directory and a command that prints the
+/// schema head today (e.g. `["alembic", "current"]`); each release records its head,
+/// and a rollback across a `contract` migration is refused.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationsConfig {
+    /// Relative to the config file's directory when not absolute.
+    pub dir: PathBuf,
+    pub head_command: Vec<String>,
+    pub pg_version: u32,
+}
+
 /// `[service.NAME.nginx]`: the site file and upstream block ripcord owns, and how to test
 /// and reload nginx (argv, never a shell string).
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +148,8 @@ pub struct ServiceConfig {
     pub listen: Option<SocketAddr>,
     /// The nginx site and upstream (router `nginx` only).
     pub nginx: Option<NginxConfig>,
+    /// Where the migrations live and how to read the schema head (the rollback guard).
+    pub migrations: Option<MigrationsConfig>,
     pub slots: Slots,
     /// The path probed on a slot to decide whether a release is healthy.
     pub health_path: String,
@@ -427,6 +440,7 @@ impl Config {
             errors.sort_by_key(|e| e.line.unwrap_or(0));
             return Err(invalid(errors));
         }
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         Ok(Config {
             path: path.to_path_buf(),
             metrics_listen: raw.metrics_listen.as_ref().map(|m| m.value),
@@ -434,7 +448,14 @@ impl Config {
                 .services
                 .into_iter()
                 .filter_map(RawService::build)
-                .map(|s| (s.name.clone(), s))
+                .map(|mut s| {
+                    if let Some(m) = s.migrations.as_mut()
+                        && m.dir.is_relative()
+                    {
+                        m.dir = base.join(&m.dir);
+                    }
+                    (s.name.clone(), s)
+                })
                 .collect(),
         })
     }
@@ -459,6 +480,7 @@ pub(crate) struct RawService {
     pub(crate) router: Option<Router>,
     pub(crate) listen: Option<Spanned<SocketAddr>>,
     pub(crate) nginx: Option<NginxConfig>,
+    pub(crate) migrations: Option<MigrationsConfig>,
     pub(crate) slots: Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>>,
     pub(crate) health_path: Option<Spanned<String>>,
     pub(crate) start_timeout_secs: Option<u64>,
@@ -487,6 +509,7 @@ impl RawService {
             router: self.router?,
             listen: self.listen.map(|l| l.value),
             nginx: self.nginx,
+            migrations: self.migrations,
             slots: Slots {
                 blue: blue?,
                 green: green?,
@@ -532,6 +555,7 @@ const SERVICE_KEYS: &[&str] = &[
     "integrity",
     "prometheus",
     "nginx",
+    "migrations",
 ];
 
 const CHECK_KEYS: &[&str] = &[
@@ -668,6 +692,26 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         });
     let slots = read_slots(r, t);
     let nginx = r.table(t, "nginx").and_then(|n| read_nginx(r, &n));
+    let migrations = r.table(t, "migrations").and_then(|m| {
+        r.deny_unknown(&m, &["dir", "head_command", "pg_version"]);
+        let dir = r.string(&m, "dir");
+        let head = r.argv(&m, "head_command");
+        let pg_version = r.integer(&m, "pg_version", 9, 99).map_or(15, |v| v.value as u32);
+        if dir.is_none() || head.is_none() {
+            r.error(
+                m.span.clone(),
+                &m.path,
+                "needs `dir` (the migrations) and `head_command` (an argv that prints today's schema head)"
+                    .to_string(),
+            );
+            return None;
+        }
+        Some(MigrationsConfig {
+            dir: PathBuf::from(dir?.value),
+            head_command: head?.value,
+            pg_version,
+        })
+    });
     if router == Some(Router::Nginx) && !t.inner.contains_key("nginx") {
         r.error(
             t.span.clone(),
@@ -798,6 +842,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         router,
         listen,
         nginx,
+        migrations,
         slots,
         health_path,
         start_timeout_secs,

@@ -42,9 +42,12 @@ pub const ROLLBACK_DRAIN: Duration = Duration::from_secs(5);
 /// Why an operation did not succeed; each maps to a documented exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// Refused by a guard (busy service, bad release): exit 3.
+    /// Refused by a guard (frozen, bad release, contract migration): exit 3.
     #[error("{0}")]
     Refused(String),
+    /// Another operation holds the service: exit 3, and worth trying again later.
+    #[error("{0}")]
+    Busy(String),
     /// Verification failed: exit 4.
     #[error("{message}")]
     VerifyFailed {
@@ -64,7 +67,7 @@ pub enum ExecError {
 impl ExecError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExecError::Refused(_) => 3,
+            ExecError::Refused(_) | ExecError::Busy(_) => 3,
             ExecError::VerifyFailed { .. } => 4,
             ExecError::Usage(_) => 2,
             ExecError::Failed(_) => 1,
@@ -90,6 +93,8 @@ pub struct RollbackRequest {
     /// A version, or a release id as `#ID` or `ID`.
     pub to: Option<String>,
     pub reason: Option<String>,
+    /// Roll back even across a contract migration (needs a reason).
+    pub force: bool,
 }
 
 /// What a finished operation reports.
@@ -222,7 +227,7 @@ impl ServiceExec {
                 .ledger()
                 .lease_holder(self.name())?
                 .unwrap_or_else(|| "another operation of this watcher".to_string());
-            return Err(ExecError::Refused(format!(
+            return Err(ExecError::Busy(format!(
                 "service `{}` is busy: {holder} is running; wait for it to finish (see `ripcord status {}`)",
                 self.name(),
                 self.name()
@@ -328,6 +333,12 @@ impl ServiceExec {
         let (release, from, op) = {
             let mut ledger = self.ledger();
             let release = ledger.record_release(self.name(), &req.version, &spec, &snapshot)?;
+            drop(ledger);
+            if let Some(head) = self.read_migration_head(&progress) {
+                self.ledger().set_migration_head(release.id, &head)?;
+            }
+            let mut ledger = self.ledger();
+            let release = ledger.release(release.id)?;
             let from = ledger.active_release(self.name())?;
             let op = ledger.begin_operation(
                 self.name(),
@@ -552,7 +563,122 @@ impl ServiceExec {
                 target.version
             )));
         }
+        self.check_migrations(req, &target, active.as_ref())?;
         Ok((target, active))
+    }
+
+    /// Today's schema head, from `[service.NAME.migrations] head_command`.
+    fn read_migration_head(&self, progress: &Progress) -> Option<String> {
+        let m = self.cfg.migrations.as_ref()?;
+        let out = std::process::Command::new(&m.head_command[0])
+            .args(&m.head_command[1..])
+            .current_dir(m.dir.parent().unwrap_or(&m.dir))
+            .stdin(std::process::Stdio::null())
+            .output();
+        // `alembic current` prints `003 (head)`: the first word is the revision.
+        match out {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let head = text.split_whitespace().next().map(str::to_string);
+                if head.is_none() {
+                    say(
+                        progress,
+                        "the migration head command printed nothing: no head recorded".into(),
+                    );
+                }
+                head
+            }
+            Ok(o) => {
+                say(
+                    progress,
+                    format!(
+                        "`{}` failed ({}): no migration head recorded",
+                        m.head_command.join(" "),
+                        o.status
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                say(
+                    progress,
+                    format!(
+                        "cannot run `{}`: {e}: no migration head recorded",
+                        m.head_command.join(" ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A rollback onto a schema the old code cannot run on is refused: the migrations
+    /// applied since the target's head are checked, and any `contract` among them stops
+    /// it, unless forced with a reason.
+    fn check_migrations(
+        &self,
+        req: &RollbackRequest,
+        target: &Release,
+        active: Option<&Release>,
+    ) -> Result<(), ExecError> {
+        let Some(m) = &self.cfg.migrations else {
+            return Ok(());
+        };
+        let (Some(target_head), Some(current_head)) = (
+            target.migration_head.as_deref(),
+            active.and_then(|a| a.migration_head.as_deref()),
+        ) else {
+            return Ok(());
+        };
+        if target_head == current_head {
+            return Ok(());
+        }
+        if req.force && req.reason.is_some() {
+            return Ok(());
+        }
+        let files =
+            crate::migrate::discover::read_paths(std::slice::from_ref(&m.dir)).map_err(|e| {
+                ExecError::Refused(format!(
+                    "cannot read the migrations to judge this rollback: {e}"
+                ))
+            })?;
+        let settings = crate::migrate::Settings {
+            pg_version: m.pg_version,
+            ..Default::default()
+        };
+        let report = crate::migrate::check(&crate::migrate::plan(files), &settings);
+        let between =
+            crate::migrate::guard::between(&report, current_head, target_head).map_err(|e| {
+                ExecError::Refused(format!(
+                    "{} cannot tell which migrations a rollback to {} would undo ({e}); \
+                 roll back anyway with --force --reason TEXT if you know the schema allows it",
+                    self.name(),
+                    target.version
+                ))
+            })?;
+        let contracts = between.contracts();
+        if contracts.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = contracts
+            .iter()
+            .map(|f| {
+                let why = f
+                    .phase_reason
+                    .as_ref()
+                    .map(|r| format!(" (line {}: {})", r.line, r.why))
+                    .unwrap_or_default();
+                format!("{}{why}", f.path)
+            })
+            .collect();
+        Err(ExecError::Refused(format!(
+            "rolling {} back to {} would run its code on a schema it cannot use: since its head `{target_head}` \
+             these contract migrations ran: {}. Roll forward with a fix instead, or restore the database to \
+             that schema first; to roll back anyway: --force --reason TEXT",
+            self.name(),
+            target.version,
+            list.join("; ")
+        )))
     }
 
     async fn rollback_locked(

@@ -121,6 +121,8 @@ pub struct Release {
     pub activated_at_ms: Option<i64>,
     /// The p95 latency this release showed while healthy: the next release's baseline.
     pub healthy_p95_us: Option<u64>,
+    /// The schema head (migration revision) when this release was deployed.
+    pub migration_head: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -476,6 +478,14 @@ impl Ledger {
         Ok(())
     }
 
+    pub fn set_migration_head(&mut self, release: i64, head: &str) -> Result<(), LedgerError> {
+        self.conn.execute(
+            "UPDATE releases SET migration_head = ?2 WHERE id = ?1",
+            params![release, head],
+        )?;
+        Ok(())
+    }
+
     pub fn mark_bad(&mut self, release: i64, reason: &str) -> Result<(), LedgerError> {
         self.conn.execute(
             "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
@@ -769,7 +779,7 @@ impl Ledger {
     }
 }
 
-const RELEASE_COLS: &str = "id, service, version, spec, config_snapshot, status, status_reason, created_at_ms, activated_at_ms, healthy_p95_us";
+const RELEASE_COLS: &str = "id, service, version, spec, config_snapshot, status, status_reason, created_at_ms, activated_at_ms, healthy_p95_us, migration_head";
 
 fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, LedgerError>> {
     let spec: String = r.get(3)?;
@@ -782,6 +792,7 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, Led
     let created_at_ms: i64 = r.get(7)?;
     let activated_at_ms: Option<i64> = r.get(8)?;
     let healthy_p95_us: Option<i64> = r.get(9)?;
+    let migration_head: Option<String> = r.get(10)?;
     Ok((|| {
         Ok(Release {
             id,
@@ -800,6 +811,7 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Release, Led
             created_at_ms,
             activated_at_ms,
             healthy_p95_us: healthy_p95_us.map(|v| v as u64),
+            migration_head,
         })
     })())
 }

@@ -107,6 +107,10 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX incidents_by_service ON incidents (service, id);
     "#,
+    // v3: each release's schema head, for the migration rollback guard.
+    r#"
+    ALTER TABLE releases ADD COLUMN migration_head TEXT;
+    "#,
 ];
 
 /// The SQL of one upgrade step (tests build old ledgers with it).

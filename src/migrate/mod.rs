@@ -16,6 +16,7 @@
 
 mod alembic;
 pub mod discover;
+pub mod guard;
 mod layout;
 mod model;
 mod output;

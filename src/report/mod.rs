@@ -1117,6 +1117,7 @@ mod tests {
             created_at_ms: F - 3_700_000,
             activated_at_ms: Some(F - 46_788),
             healthy_p95_us: Some(41_000),
+            migration_head: None,
         }
     }
 

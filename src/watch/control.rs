@@ -33,6 +33,9 @@ pub enum Request {
         service: String,
         to: Option<String>,
         reason: Option<String>,
+        /// Across a contract migration (needs a reason).
+        #[serde(default)]
+        force: bool,
     },
     /// Live facts only the watcher has (proxy counters, processes).
     Live {

@@ -854,6 +854,7 @@ impl Guard {
                     let result = exec
                         .rollback(
                             RollbackRequest {
+                                force: false,
                                 to: None,
                                 reason: Some(reason),
                             },
@@ -964,10 +965,10 @@ async fn finish_rollback(
         Err(e) => {
             let msg = format!("automatic rollback failed: {e}");
             // A busy service is not a failed rollback: the guard decides again shortly.
-            if matches!(e, ExecError::Refused(_))
-                && !msg.contains("frozen")
-                && !msg.contains("marked bad")
-            {
+            if matches!(
+                e,
+                ExecError::Busy(_) | ExecError::Ledger(crate::ledger::LedgerError::Busy { .. })
+            ) {
                 tracing::warn!(service = %name, "{msg}; will decide again");
                 return Ended::Busy;
             }

@@ -500,10 +500,15 @@ async fn serve_client(
                     .map(|o| serde_json::to_value(o).unwrap_or_default())
             })
         }
-        (Request::Rollback { to, reason, .. }, Some(svc)) => {
+        (
+            Request::Rollback {
+                to, reason, force, ..
+            },
+            Some(svc),
+        ) => {
             let exec = svc.exec.clone();
             tokio::spawn(async move {
-                exec.rollback(RollbackRequest { to, reason }, Some(tx))
+                exec.rollback(RollbackRequest { to, reason, force }, Some(tx))
                     .await
                     .map(|o| serde_json::to_value(o).unwrap_or_default())
             })

@@ -1,0 +1,174 @@
+//! The rollback guard's view of migrations: which migrations were applied between an
+//! older release's schema head and today's, and whether any of them is a `contract` (the
+//! old code cannot run on the schema it leaves). Pure: a checked report in, a verdict out.
+
+use super::{FileReport, Phase, Report};
+
+/// What stands between today's schema and the release a rollback goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Between<'a> {
+    /// Applied after the target's head, up to today's head, newest first.
+    pub applied: Vec<&'a FileReport>,
+}
+
+impl Between<'_> {
+    /// The contract migrations among them: a rollback over these breaks the old code.
+    pub fn contracts(&self) -> Vec<&FileReport> {
+        self.applied
+            .iter()
+            .copied()
+            .filter(|f| f.phase == Phase::Contract)
+            .collect()
+    }
+}
+
+/// A migration's identity as a schema head: the Alembic revision, else the file's name
+/// without directory and extensions (`003_add.up.sql` → `003_add`).
+pub fn head_of(f: &FileReport) -> String {
+    if let Some(r) = &f.revision {
+        return r.clone();
+    }
+    let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+    // diesel keeps each migration in a directory: `2024-01-01-000000_x/up.sql`.
+    let name = if name == "up.sql" {
+        f.path.rsplit('/').nth(1).unwrap_or(name)
+    } else {
+        name
+    };
+    name.split('.').next().unwrap_or(name).to_string()
+}
+
+/// The migrations applied after `target_head` up to `current_head`. Alembic follows
+/// `down_revision` links (merges included); other layouts use their file order.
+pub fn between<'a>(
+    report: &'a Report,
+    current_head: &str,
+    target_head: &str,
+) -> Result<Between<'a>, String> {
+    if current_head == target_head {
+        return Ok(Between {
+            applied: Vec::new(),
+        });
+    }
+    let find = |head: &str| report.files.iter().find(|f| head_of(f) == head);
+    let Some(current) = find(current_head) else {
+        return Err(format!(
+            "today's schema head `{current_head}` is not among the migrations checked"
+        ));
+    };
+    if current.revision.is_some() {
+        // Walk back from today's head to the target along down_revision links.
+        let mut applied = Vec::new();
+        let mut frontier = vec![current];
+        let mut seen = std::collections::BTreeSet::new();
+        let mut reached = false;
+        while let Some(f) = frontier.pop() {
+            let head = head_of(f);
+            if head == target_head {
+                reached = true;
+                continue;
+            }
+            if !seen.insert(head) {
+                continue;
+            }
+            applied.push(f);
+            for parent in f.down_revision.iter().flatten() {
+                match find(parent) {
+                    Some(p) => frontier.push(p),
+                    None if parent == target_head => reached = true,
+                    None => {}
+                }
+            }
+        }
+        if !reached {
+            return Err(format!(
+                "`{target_head}` is not an ancestor of today's head `{current_head}`: the chain \
+                 of down_revision links does not reach it"
+            ));
+        }
+        return Ok(Between { applied });
+    }
+    // Ordered layouts: everything after the target, up to today's head.
+    let mut files: Vec<&FileReport> = report.files.iter().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let pos = |head: &str| files.iter().position(|f| head_of(f) == head);
+    let (Some(cur), Some(tgt)) = (pos(current_head), pos(target_head)) else {
+        return Err(format!(
+            "the target's schema head `{target_head}` is not among the migrations checked"
+        ));
+    };
+    if tgt > cur {
+        return Err(format!(
+            "the target's schema head `{target_head}` is newer than today's `{current_head}`"
+        ));
+    }
+    let mut applied: Vec<&FileReport> = files[tgt + 1..=cur].to_vec();
+    applied.reverse();
+    Ok(Between { applied })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Settings, SourceFile, check, plan};
+    use super::*;
+
+    fn alembic(rev: &str, down: &str, up: &str) -> SourceFile {
+        SourceFile {
+            path: format!("versions/{rev}.py"),
+            text: format!(
+                "revision = \"{rev}\"\ndown_revision = {down}\nfrom alembic import op\nimport sqlalchemy as sa\n\ndef upgrade():\n    {up}\n\ndef downgrade():\n    pass\n"
+            ),
+        }
+    }
+
+    #[test]
+    fn alembic_chains_and_contracts() {
+        let files = vec![
+            alembic(
+                "001",
+                "None",
+                "op.add_column('users', sa.Column('email_new', sa.String(), nullable=True))",
+            ),
+            alembic(
+                "002",
+                "\"001\"",
+                "op.execute(\"UPDATE users SET email_new = email\")",
+            ),
+            alembic("003", "\"002\"", "op.drop_column('users', 'email')"),
+        ];
+        let report = check(&plan(files), &Settings::default());
+        let b = between(&report, "003", "001").unwrap();
+        let heads: Vec<String> = b.applied.iter().map(|f| head_of(f)).collect();
+        assert_eq!(heads, ["003", "002"]);
+        assert_eq!(b.contracts().len(), 1);
+        assert_eq!(head_of(b.contracts()[0]), "003");
+        assert!(
+            between(&report, "002", "001")
+                .unwrap()
+                .contracts()
+                .is_empty()
+        );
+        assert!(between(&report, "003", "003").unwrap().applied.is_empty());
+        assert!(between(&report, "003", "999").is_err());
+        assert!(between(&report, "999", "001").is_err());
+    }
+
+    #[test]
+    fn ordered_layouts_use_file_order() {
+        let sql = |path: &str, text: &str| SourceFile {
+            path: path.into(),
+            text: text.into(),
+        };
+        let files = vec![
+            sql("m/001_add.up.sql", "ALTER TABLE t ADD COLUMN c int;"),
+            sql("m/001_add.down.sql", "ALTER TABLE t DROP COLUMN c;"),
+            sql("m/002_drop.up.sql", "ALTER TABLE t DROP COLUMN old;"),
+            sql("m/002_drop.down.sql", "ALTER TABLE t ADD COLUMN old int;"),
+        ];
+        let report = check(&plan(files), &Settings::default());
+        let b = between(&report, "002_drop", "001_add").unwrap();
+        assert_eq!(b.applied.len(), 1);
+        assert_eq!(b.contracts().len(), 1);
+        assert!(between(&report, "001_add", "002_drop").is_err());
+    }
+}
