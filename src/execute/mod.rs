@@ -416,19 +416,7 @@ impl ServiceExec {
         if let Some(old) = &old {
             self.keep_warm(old.slot, Duration::from_secs(self.cfg.bake_secs))?;
         }
-        self.router.settle().await;
-        self.ledger()
-            .step(op, "verifying", format!("verifying {}", release.version))?;
-        let report = verify::run(
-            &self.cfg.verify,
-            Duration::from_secs(self.cfg.verify_deadline_secs),
-            &release.version,
-        )
-        .await;
-        say(
-            progress,
-            format!("verification:\n{}", report.render().trim_end()),
-        );
+        let report = self.verify_serving(op, release, progress).await?;
         if !report.ok {
             return Err(self
                 .verify_failed_after_deploy(op, release, from, old, report)
@@ -767,19 +755,7 @@ impl ServiceExec {
         if let Some(old) = &old {
             self.keep_warm(old.slot, ROLLBACK_DRAIN)?;
         }
-        self.router.settle().await;
-        self.ledger()
-            .step(op, "verifying", format!("verifying {}", target.version))?;
-        let report = verify::run(
-            &self.cfg.verify,
-            Duration::from_secs(self.cfg.verify_deadline_secs),
-            &target.version,
-        )
-        .await;
-        say(
-            progress,
-            format!("verification:\n{}", report.render().trim_end()),
-        );
+        let report = self.verify_serving(op, target, progress).await?;
         if !report.ok {
             return Err(ExecError::VerifyFailed {
                 message: format!(
@@ -817,6 +793,30 @@ impl ServiceExec {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Runs the configured checks against `release`, once the router's switch has surely
+    /// taken effect; the step and the outcome go to the ledger and the progress.
+    async fn verify_serving(
+        &self,
+        op: i64,
+        release: &Release,
+        progress: &Progress,
+    ) -> Result<VerifyReport, ExecError> {
+        self.router.settle().await;
+        self.ledger()
+            .step(op, "verifying", format!("verifying {}", release.version))?;
+        let report = verify::run(
+            &self.cfg.verify,
+            Duration::from_secs(self.cfg.verify_deadline_secs),
+            &release.version,
+        )
+        .await;
+        say(
+            progress,
+            format!("verification:\n{}", report.render().trim_end()),
+        );
+        Ok(report)
     }
 
     // ---- steps shared by deploy and rollback --------------------------------------
