@@ -217,12 +217,22 @@ fn rules(setup: &str, statement: &str) -> Vec<String> {
 const SCHEMA: &str = "CREATE TABLE u (id int PRIMARY KEY);
 CREATE TABLE t (id int PRIMARY KEY, a int, c varchar(10), n numeric(10,2));";
 
+/// (setup, statement, locks on t/u, rewrite, a rule the checker must report, rules it
+/// must not report)
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a [&'a str],
+    bool,
+    Option<&'a str>,
+    &'a [&'a str],
+);
+
 #[test]
 fn the_checkers_lock_claims_match_postgres() {
     let pg = start();
-    // (setup, statement, locks on t/u, rewrite, a rule the checker must report, rules it must not)
     let fk = "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) NOT VALID;";
-    let cases: &[(&str, &str, &[&str], bool, Option<&str>, &[&str])] = &[
+    let cases: &[Case] = &[
         (
             "",
             "ALTER TABLE t ADD COLUMN x int",
