@@ -41,21 +41,6 @@ impl NginxRouter {
             target: ArcSwapOption::empty(),
         }
     }
-
-    /// What the upstream block points at now, as a slot (if it is one of ours).
-    pub fn current_slot(&self) -> Result<Option<crate::config::Slot>, String> {
-        let sw = nginx::current(&self.site).map_err(|e| e.to_string())?;
-        Ok([crate::config::Slot::Blue, crate::config::Slot::Green]
-            .into_iter()
-            .find(|s| addr_matches(&sw.active, self.slots.addr(*s))))
-    }
-}
-
-/// Whether an nginx server address names this socket address (`localhost:8000` and
-/// `127.0.0.1:8000` both do).
-fn addr_matches(server: &str, addr: std::net::SocketAddr) -> bool {
-    server == addr.to_string()
-        || (addr.ip().is_loopback() && server == format!("localhost:{}", addr.port()))
 }
 
 impl Router {
@@ -100,29 +85,5 @@ impl Router {
         if let Router::Nginx(_) = self {
             tokio::time::sleep(NGINX_SETTLE).await;
         }
-    }
-
-    /// Records the target without touching the router (after reconciling with what
-    /// nginx already serves).
-    pub fn assume(&self, target: Target) {
-        match self {
-            Router::Proxy(p) => {
-                p.switch(Some(target));
-            }
-            Router::Nginx(n) => n.target.store(Some(Arc::new(target))),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn server_addresses_match_slots() {
-        let a: std::net::SocketAddr = "127.0.0.1:8000".parse().unwrap();
-        assert!(addr_matches("127.0.0.1:8000", a));
-        assert!(addr_matches("localhost:8000", a));
-        assert!(!addr_matches("127.0.0.1:8001", a));
     }
 }

@@ -287,7 +287,7 @@ impl Ledger {
             return Err(LedgerError::Busy {
                 service: service.to_string(),
                 holder,
-                since: format_ms(acquired),
+                since: crate::clock::format_utc(acquired),
             });
         }
         tx.execute(
@@ -620,10 +620,6 @@ impl Ledger {
             .next())
     }
 
-    pub fn operations(&self, service: &str) -> Result<Vec<Operation>, LedgerError> {
-        self.operations_where("service = ?1", [service])
-    }
-
     pub fn operation(&self, id: i64) -> Result<Option<Operation>, LedgerError> {
         Ok(self.operations_where("id = ?1", [id])?.into_iter().next())
     }
@@ -847,11 +843,6 @@ pub fn pid_alive(pid: i64) -> bool {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
-}
-
-/// A millisecond timestamp as `YYYY-MM-DD HH:MM:SS.mmm UTC`.
-pub fn format_ms(ms: i64) -> String {
-    crate::clock::format_utc(ms)
 }
 
 #[cfg(test)]

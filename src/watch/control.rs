@@ -123,8 +123,3 @@ pub async fn call(
     }
     Err(ClientError::NoAnswer { socket })
 }
-
-/// Whether a watcher answers on this state dir's socket.
-pub async fn watcher_running(state_dir: &Path) -> bool {
-    call(state_dir, &Request::Ping, |_| {}).await.is_ok()
-}

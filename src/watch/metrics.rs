@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -272,11 +271,6 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                 .await;
         });
     }
-}
-
-/// Binds the metrics address (a clear error names it).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

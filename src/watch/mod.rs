@@ -150,7 +150,7 @@ pub async fn run(
 
     let own_metrics = metrics::Metrics::default();
     if let Some(addr) = config.metrics_listen {
-        let listener = metrics::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| WatchError::MetricsBind { addr, source })?;
         tokio::spawn(metrics::serve(listener, own_metrics.clone()));
