@@ -369,6 +369,11 @@ impl ServiceExec {
         let result = self
             .deploy_steps(op, &release, from.as_ref(), slot, start, &progress)
             .await;
+        self.finish(op, result)
+    }
+
+    /// Records how an operation ended and passes its result on.
+    fn finish<T>(&self, op: i64, result: Result<T, ExecError>) -> Result<T, ExecError> {
         match &result {
             Ok(_) => self.ledger().finish_operation(op, "succeeded", None)?,
             Err(e) => self
@@ -687,13 +692,7 @@ impl ServiceExec {
         let result = self
             .rollback_steps(op, &target, from.as_ref(), &reason, start, &progress)
             .await;
-        match &result {
-            Ok(_) => self.ledger().finish_operation(op, "succeeded", None)?,
-            Err(e) => self
-                .ledger()
-                .finish_operation(op, "failed", Some(&e.to_string()))?,
-        }
-        result
+        self.finish(op, result)
     }
 
     async fn rollback_steps(
@@ -1199,19 +1198,14 @@ impl ServiceExec {
                 Some(active.id),
                 Some("watcher restart: bring the active release back up"),
             )?;
-            let result = self.start_healthy(op, &active, slot, &None).await;
-            match result {
-                Ok(()) => {
-                    self.switch_to(op, &active, slot).await?;
-                    self.ledger().finish_operation(op, "succeeded", None)?;
-                    Ok(Some(active))
-                }
-                Err(e) => {
-                    self.ledger()
-                        .finish_operation(op, "failed", Some(&e.to_string()))?;
-                    Err(e)
-                }
+            // A failed switch is recorded as a failed operation too, not left open.
+            let result = async {
+                self.start_healthy(op, &active, slot, &None).await?;
+                self.switch_to(op, &active, slot).await?;
+                Ok(Some(active.clone()))
             }
+            .await;
+            self.finish(op, result)
         })
         .await
     }
