@@ -273,7 +273,9 @@ async fn drive(
     // A second of healthy traffic gives v1 a baseline p95 for the latency rule.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
-    let mut watermark = last_event_id(state_dir);
+    // One connection for the whole follow loop: it polls every 50 ms.
+    let ledger = Ledger::open(state_dir)?;
+    let mut watermark = last_event_id(&ledger);
     let v2 = deploy(state_dir, "v2", scenario.v2_args()).await?;
     let v2_deployed_ms = now_ms();
     say(
@@ -290,7 +292,7 @@ async fn drive(
     // the time is up: any incident then is a false rollback).
     let deadline = Instant::now() + run_for;
     let incident = loop {
-        for e in new_events(state_dir, &mut watermark) {
+        for e in new_events(&ledger, &mut watermark) {
             if matches!(
                 e.kind.as_str(),
                 "trigger_fired"
@@ -304,32 +306,18 @@ async fn drive(
                     | "oom_killed"
                     | "release_stopped"
             ) {
-                say(
-                    json,
-                    &format!(
-                        "  +{:>6.3} s  {:<18} {}",
-                        (e.ts_ms - v2_deployed_ms) as f64 / 1000.0,
-                        e.kind,
-                        e.message
-                    ),
-                );
+                print_event(json, &e, v2_deployed_ms);
             }
         }
-        let closed = Ledger::open(state_dir)
-            .ok()
-            .and_then(|l| l.incidents(Some("web")).ok())
-            .and_then(|list| list.into_iter().find(|i| i.status != "open"));
-        if let Some(i) = closed {
-            break Some(i);
+        let incidents = ledger.incidents(Some("web")).unwrap_or_default();
+        if let Some(i) = incidents.iter().find(|i| i.status != "open") {
+            break Some(i.clone());
         }
-        if scenario == Scenario::Healthy {
-            let opened = Ledger::open(state_dir)
-                .ok()
-                .and_then(|l| l.incidents(Some("web")).ok())
-                .unwrap_or_default();
-            if let Some(i) = opened.into_iter().next() {
-                break Some(i);
-            }
+        // In the healthy run any incident at all is the answer.
+        if scenario == Scenario::Healthy
+            && let Some(i) = incidents.first()
+        {
+            break Some(i.clone());
         }
         if Instant::now() > deadline {
             break None;
@@ -340,21 +328,12 @@ async fn drive(
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = load.await;
-    for e in new_events(state_dir, &mut watermark) {
+    for e in new_events(&ledger, &mut watermark) {
         if e.kind == "release_stopped" {
-            say(
-                json,
-                &format!(
-                    "  +{:>6.3} s  {:<18} {}",
-                    (e.ts_ms - v2_deployed_ms) as f64 / 1000.0,
-                    e.kind,
-                    e.message
-                ),
-            );
+            print_event(json, &e, v2_deployed_ms);
         }
     }
 
-    let ledger = Ledger::open(state_dir)?;
     if scenario == Scenario::Healthy {
         return healthy_summary(
             &ledger,
@@ -502,19 +481,29 @@ fn healthy_summary(
     Ok(if incidents.is_empty() { 0 } else { 1 })
 }
 
-fn last_event_id(state_dir: &Path) -> i64 {
-    Ledger::open(state_dir)
+/// One timeline line, timed from the deploy of v2.
+fn print_event(json: bool, e: &crate::ledger::Event, since_ms: i64) {
+    say(
+        json,
+        &format!(
+            "  +{:>6.3} s  {:<18} {}",
+            (e.ts_ms - since_ms) as f64 / 1000.0,
+            e.kind,
+            e.message
+        ),
+    );
+}
+
+fn last_event_id(ledger: &Ledger) -> i64 {
+    ledger
+        .events("web", 1)
         .ok()
-        .and_then(|l| l.events("web", 1).ok())
         .and_then(|e| e.last().map(|e| e.id))
         .unwrap_or(0)
 }
 
-fn new_events(state_dir: &Path, watermark: &mut i64) -> Vec<crate::ledger::Event> {
-    let Ok(l) = Ledger::open(state_dir) else {
-        return Vec::new();
-    };
-    let events: Vec<_> = l
+fn new_events(ledger: &Ledger, watermark: &mut i64) -> Vec<crate::ledger::Event> {
+    let events: Vec<_> = ledger
         .events("web", 500)
         .unwrap_or_default()
         .into_iter()
