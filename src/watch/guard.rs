@@ -140,6 +140,8 @@ pub struct Guard {
     metric_rules: BTreeMap<String, MetricState>,
     /// ripcord's own metrics.
     metrics: super::metrics::Metrics,
+    /// Traffic per release, counted here and published to the view on each tick.
+    traffic: BTreeMap<i64, ReleaseTraffic>,
     /// Releases the guard acted on (rolled back, investigated, froze).
     flagged: std::collections::HashSet<i64>,
     /// The last decision acted on, so an unchanged decision is not repeated.
@@ -168,6 +170,7 @@ impl Guard {
             flagged: Default::default(),
             integrity: None,
             metric_rules: BTreeMap::new(),
+            traffic: BTreeMap::new(),
             metrics,
             last_action: None,
         }
@@ -240,13 +243,10 @@ impl Guard {
     fn on_request(&mut self, rec: RequestRecord) {
         let error = rec.status >= 500;
         self.series.add(rec.at_ms, error, rec.latency_us);
-        {
-            let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
-            let t = view.traffic.entry(rec.release_id).or_default();
-            t.requests += 1;
-            t.status_5xx += u64::from(error);
-            t.upstream_errors += u64::from(rec.upstream_error);
-        }
+        let t = self.traffic.entry(rec.release_id).or_default();
+        t.requests += 1;
+        t.status_5xx += u64::from(error);
+        t.upstream_errors += u64::from(rec.upstream_error);
         // A request slower than the latency rule's limit is a bad one too.
         let slow = self
             .slow_limit_us()
@@ -626,6 +626,8 @@ impl Guard {
         {
             let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
             view.release_id = Some(release);
+            // Published once per tick rather than locked for every request record.
+            view.traffic.clone_from(&self.traffic);
             view.rules = verdicts
                 .iter()
                 .map(|(label, v)| {
