@@ -27,7 +27,7 @@ const GUARD_DEADLINE: Duration = Duration::from_secs(40);
 /// The fault v2 carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Scenario {
-    /// 30% of API requests answer 500; health stays green
+    /// 30% of API requests answer 500 from a second after it starts; health stays green
     Errors,
     /// every API request takes 300 ms longer
     Latency,
@@ -49,7 +49,7 @@ pub enum Scenario {
 impl Scenario {
     fn v2_args(self) -> &'static [&'static str] {
         match self {
-            Scenario::Errors => &["--error-ratio", "0.3"],
+            Scenario::Errors => &["--error-ratio", "0.3", "--after-secs", "1"],
             Scenario::Latency => &["--latency-ms", "300"],
             Scenario::Oom => &["--leak-mb-per-sec", "80", "--after-secs", "1"],
             Scenario::Crash => &["--crash", "--after-secs", "1"],
@@ -70,7 +70,7 @@ impl Scenario {
     fn describe(self) -> &'static str {
         match self {
             Scenario::Errors => {
-                "answers 30% of API requests with 500 while its health check passes"
+                "answers 30% of API requests with 500 from a second after it starts, while its health check passes"
             }
             Scenario::Latency => "adds 300 ms to every API request",
             Scenario::Oom => "leaks 80 MiB a second (memory limit 64 MiB)",
