@@ -84,7 +84,7 @@ type ResponseBody = BoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
 )]
 pub struct DemoAppArgs {
     /// Address to listen on
-    #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_LISTEN)]
+    #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_LISTEN, env = "DEMO_LISTEN")]
     pub listen: SocketAddr,
 
     /// Port to listen on, overriding the port of --listen
@@ -92,15 +92,20 @@ pub struct DemoAppArgs {
     pub port: Option<u16>,
 
     /// Version the app reports on /health, /api and in x-demo-version
-    #[arg(long = "version", value_name = "TEXT", default_value = "v0")]
+    #[arg(
+        long = "version",
+        value_name = "TEXT",
+        default_value = "v0",
+        env = "DEMO_VERSION"
+    )]
     pub app_version: String,
 
     /// Ratio of /api requests that fail with 500, between 0 and 1, spread deterministically
-    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_ratio)]
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_ratio, env = "DEMO_ERROR_RATIO")]
     pub error_ratio: f64,
 
     /// Milliseconds added before every /api response
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, env = "DEMO_LATENCY_MS")]
     pub latency_ms: u64,
 
     /// Up to N more milliseconds on every /api response, spread evenly (background
@@ -109,20 +114,25 @@ pub struct DemoAppArgs {
     pub jitter_ms: u64,
 
     /// Grow resident memory by N MiB per second until killed
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        env = "DEMO_LEAK_MB_PER_SEC"
+    )]
     pub leak_mb_per_sec: u64,
 
     /// Number of threads that busy-loop to burn CPU
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, env = "DEMO_CPU_BURN")]
     pub cpu_burn: usize,
 
     /// Answer /health with 503
-    #[arg(long)]
+    #[arg(long, env = "DEMO_FAIL_HEALTH")]
     pub fail_health: bool,
 
     /// Crash: exit with code 70 when the misbehaviours begin (a real process exit, so
     /// only for a separate process, never in-process)
-    #[arg(long)]
+    #[arg(long, env = "DEMO_CRASH")]
     pub crash: bool,
 
     /// Print a message to stderr and exit with CODE before binding
@@ -135,7 +145,7 @@ pub struct DemoAppArgs {
 
     /// Seconds after start before the error, latency, leak, cpu-burn and fail-health
     /// misbehaviours begin (0 means from the start)
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, env = "DEMO_AFTER_SECS")]
     pub after_secs: u64,
 }
 

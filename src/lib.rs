@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod decide;
 pub mod demo_app;
+pub mod docker;
 pub mod execute;
 pub mod guard;
 pub mod http;

@@ -52,13 +52,20 @@ struct Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // Signal the postmaster itself: the child we hold may be `runuser`, which does
+        // not pass SIGINT on, and a postmaster left running outlives its deleted dir.
+        let postmaster = std::fs::read_to_string(self._dir.path().join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+        let pid = postmaster.unwrap_or(self.child.id());
         let _ = Command::new("kill")
             .arg("-INT")
-            .arg(self.child.id().to_string())
+            .arg(pid.to_string())
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            let _ = self.child.try_wait();
+            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

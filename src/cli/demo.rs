@@ -537,6 +537,7 @@ async fn deploy(state_dir: &Path, version: &str, extra: &[&str]) -> Result<Value
             slot: None,
             argv: Some(argv),
             cwd: None::<PathBuf>,
+            image: None,
             force: false,
             reason: None,
         },

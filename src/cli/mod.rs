@@ -4,6 +4,7 @@
 //! compatibility promise for scripts.
 
 mod demo;
+mod doctor;
 mod guard_cmd;
 mod output;
 
@@ -71,6 +72,10 @@ pub enum Command {
         /// Why: kept in the ledger
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
+        /// Runtime docker: deploy this image reference instead of IMAGE:VERSION; the
+        /// ledger pins the image id it resolves to
+        #[arg(long, value_name = "REF")]
+        image: Option<String>,
         /// The release's argv ({port} and {version} are substituted); default: the
         /// recorded one, else the config's `command`
         #[arg(last = true, value_name = "ARGV")]
@@ -119,6 +124,9 @@ pub enum Command {
     },
     /// Acknowledge SERVICE's investigation: the guard will not roll it back for it
     Ack { service: String },
+    /// Rollback readiness of SERVICE: the previous release, its image and env snapshot,
+    /// the slot ports, the engine, the health URL; exit 1 when a rollback would fail
+    Doctor { service: String },
     /// The rollback runbook, generated from the config and the ledger (Markdown)
     Runbook {
         /// Only this service
@@ -274,6 +282,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             force,
             slot,
             reason,
+            image,
             argv,
         } => {
             let cwd = std::env::current_dir().ok();
@@ -283,6 +292,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 slot: slot.as_deref().and_then(crate::config::Slot::parse),
                 argv: (!argv.is_empty()).then_some(argv),
                 cwd,
+                image,
                 force,
                 reason,
             };
@@ -325,6 +335,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             guard_cmd::unfreeze(&state_dir, &service, &reason, json)
         }
         Command::Ack { service } => guard_cmd::ack(&state_dir, &service, json),
+        Command::Doctor { service } => {
+            doctor::run(cli.config.as_deref(), &state_dir, &service, json).await
+        }
         Command::Runbook { service, out } => guard_cmd::runbook(
             cli.config.as_deref(),
             &state_dir,

@@ -44,6 +44,9 @@ pub enum Runtime {
     /// Someone else runs the slots (the runbook's ports 8000/8001): ripcord health-checks
     /// and switches, and starts and stops nothing.
     External,
+    /// A release is an image pinned by digest, run as a container through the Docker
+    /// Engine API with its own env snapshot.
+    Docker,
 }
 
 /// How traffic reaches the active release.
@@ -54,6 +57,29 @@ pub enum Router {
     Proxy,
     /// The user's nginx: ripcord owns one upstream block in a site file.
     Nginx,
+    /// No router: one container published on `[service.NAME.docker] publish`, replaced
+    /// in place (image replace; a short downtime window, reported).
+    None,
+}
+
+/// `[service.NAME.docker]`: how a release's container runs (runtime `docker`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DockerConfig {
+    /// The repository deployed as `IMAGE:VERSION` (`deploy --image REF` overrides).
+    pub image: Option<String>,
+    /// The env file snapshotted at deploy time (relative to the config file).
+    pub env_file: Option<PathBuf>,
+    /// The port the app listens on inside the container.
+    pub container_port: u16,
+    /// Router `none`: the host address the one container is published on.
+    pub publish: Option<SocketAddr>,
+    pub memory_limit_mb: Option<u64>,
+    /// Docker's restart policy: `no`, `on-failure[:N]`, `always` or `unless-stopped`.
+    pub restart: String,
+    /// The container name (blue-green adds `-blue` / `-green`).
+    pub name: String,
+    /// Replaces the image's command, when given.
+    pub command: Option<Vec<String>>,
 }
 
 /// `[service.NAME.migrations]`: the migrations directory and a command that prints the
@@ -148,6 +174,8 @@ pub struct ServiceConfig {
     pub listen: Option<SocketAddr>,
     /// The nginx site and upstream (router `nginx` only).
     pub nginx: Option<NginxConfig>,
+    /// How containers run (runtime `docker` only).
+    pub docker: Option<DockerConfig>,
     /// Where the migrations live and how to read the schema head (the rollback guard).
     pub migrations: Option<MigrationsConfig>,
     pub slots: Slots,
@@ -318,6 +346,9 @@ impl ServiceConfig {
             (Router::Nginx, _, Some(n)) => {
                 format!("nginx (upstream `{}` in {})", n.upstream, n.site.display())
             }
+            (Router::None, _, _) => {
+                format!("the container published on {} (no router)", self.slots.blue)
+            }
             _ => "an unconfigured router".to_string(),
         }
     }
@@ -454,6 +485,11 @@ impl Config {
                     {
                         m.dir = base.join(&m.dir);
                     }
+                    if let Some(f) = s.docker.as_mut().and_then(|d| d.env_file.as_mut())
+                        && f.is_relative()
+                    {
+                        *f = base.join(&*f);
+                    }
                     (s.name.clone(), s)
                 })
                 .collect(),
@@ -480,6 +516,7 @@ pub(crate) struct RawService {
     pub(crate) router: Option<Router>,
     pub(crate) listen: Option<Spanned<SocketAddr>>,
     pub(crate) nginx: Option<NginxConfig>,
+    pub(crate) docker: Option<DockerConfig>,
     pub(crate) migrations: Option<MigrationsConfig>,
     pub(crate) slots: Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>>,
     pub(crate) health_path: Option<Spanned<String>>,
@@ -502,13 +539,20 @@ impl RawService {
     /// The typed service; only called once both stages found no problem, so every
     /// required value is present.
     fn build(self) -> Option<ServiceConfig> {
-        let (blue, green) = self.slots?.value;
+        // Router `none` has one address: both "slots" are the published port.
+        let (blue, green) = match (&self.slots, self.docker.as_ref().and_then(|d| d.publish)) {
+            (_, Some(publish)) if self.router == Some(Router::None) => {
+                (Some(publish), Some(publish))
+            }
+            (slots, _) => slots.as_ref()?.value,
+        };
         Some(ServiceConfig {
             name: self.name,
             runtime: self.runtime?,
             router: self.router?,
             listen: self.listen.map(|l| l.value),
             nginx: self.nginx,
+            docker: self.docker,
             migrations: self.migrations,
             slots: Slots {
                 blue: blue?,
@@ -556,6 +600,7 @@ const SERVICE_KEYS: &[&str] = &[
     "prometheus",
     "nginx",
     "migrations",
+    "docker",
 ];
 
 const CHECK_KEYS: &[&str] = &[
@@ -628,12 +673,13 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let runtime = r.string(t, "runtime").and_then(|s| match s.value.as_str() {
         "process" => Some(Runtime::Process),
         "external" => Some(Runtime::External),
-        "docker" | "swarm" | "kubernetes" => {
+        "docker" => Some(Runtime::Docker),
+        "swarm" | "kubernetes" => {
             r.error(
                 s.span,
                 &reader::join(&t.path, "runtime"),
                 format!(
-                    "runtime \"{}\" is not available in this version of ripcord yet; use \"process\" or \"external\"",
+                    "runtime \"{}\" is not available in this version of ripcord yet; use \"process\", \"external\" or \"docker\"",
                     s.value
                 ),
             );
@@ -643,7 +689,9 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             r.error(
                 s.span,
                 &reader::join(&t.path, "runtime"),
-                format!("unknown runtime \"{other}\"; expected \"process\" or \"external\""),
+                format!(
+                    "unknown runtime \"{other}\"; expected \"process\", \"external\" or \"docker\""
+                ),
             );
             None
         }
@@ -656,20 +704,24 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         Some(s) if s.value == "proxy" => Some(Router::Proxy),
         Some(s) if s.value == "nginx" => Some(Router::Nginx),
         Some(s) if s.value == "none" => {
-            r.error(
-                s.span,
-                &reader::join(&t.path, "router"),
-                "router \"none\" is not available in this version of ripcord yet; use \"proxy\" or \"nginx\""
-                    .to_string(),
-            );
-            None
+            if runtime != Some(Runtime::Docker) {
+                r.error(
+                    s.span,
+                    &reader::join(&t.path, "router"),
+                    "router \"none\" (image replace) needs runtime = \"docker\"; use \"proxy\" or \"nginx\" for blue-green"
+                        .to_string(),
+                );
+                None
+            } else {
+                Some(Router::None)
+            }
         }
         Some(s) => {
             r.error(
                 s.span,
                 &reader::join(&t.path, "router"),
                 format!(
-                    "unknown router \"{}\"; expected \"proxy\" or \"nginx\"",
+                    "unknown router \"{}\"; expected \"proxy\", \"nginx\" or \"none\"",
                     s.value
                 ),
             );
@@ -692,6 +744,23 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         });
     let slots = read_slots(r, t);
     let nginx = r.table(t, "nginx").and_then(|n| read_nginx(r, &n));
+    let docker = r.table(t, "docker").and_then(|d| read_docker(r, &d, name));
+    if runtime == Some(Runtime::Docker) && !t.inner.contains_key("docker") {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "docker"),
+            "missing: runtime \"docker\" needs [service.NAME.docker] with at least `container_port`"
+                .to_string(),
+        );
+    }
+    if router == Some(Router::None) && docker.as_ref().is_some_and(|d| d.publish.is_none()) {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "docker.publish"),
+            "missing: router \"none\" needs the host address its one container is published on, e.g. publish = \"127.0.0.1:8000\""
+                .to_string(),
+        );
+    }
     let migrations = r.table(t, "migrations").and_then(|m| {
         r.deny_unknown(&m, &["dir", "head_command", "pg_version"]);
         let dir = r.string(&m, "dir");
@@ -842,6 +911,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         router,
         listen,
         nginx,
+        docker,
         migrations,
         slots,
         health_path,
@@ -859,6 +929,99 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         integrity,
         prometheus,
     }
+}
+
+fn read_docker(r: &mut Reader<'_>, t: &Table<'_>, service: &str) -> Option<DockerConfig> {
+    let before = r.errors.len();
+    r.deny_unknown(
+        t,
+        &[
+            "image",
+            "env_file",
+            "container_port",
+            "publish",
+            "memory_limit_mb",
+            "restart",
+            "name",
+            "command",
+        ],
+    );
+    let image = r.string(t, "image").map(|s| s.value);
+    let env_file = r.string(t, "env_file").map(|s| PathBuf::from(s.value));
+    let container_port = r.integer(t, "container_port", 1, 65535);
+    if container_port.is_none() && !t.inner.contains_key("container_port") {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "container_port"),
+            "missing: the port the app listens on inside the container, e.g. container_port = 8080"
+                .to_string(),
+        );
+    }
+    let publish = r
+        .string(t, "publish")
+        .and_then(|s| match parse_addr(&s.value) {
+            Ok(a) => Some(a),
+            Err(msg) => {
+                r.error(s.span, &reader::join(&t.path, "publish"), msg);
+                None
+            }
+        });
+    let memory_limit_mb = r
+        .integer(t, "memory_limit_mb", 6, 1 << 30)
+        .map(|v| v.value as u64);
+    let restart = r.string(t, "restart");
+    if let Some(p) = &restart {
+        let policy = p.value.split(':').next().unwrap_or("");
+        let count_ok = match p.value.split_once(':') {
+            Some(("on-failure", n)) => n.parse::<u32>().is_ok(),
+            Some(_) => false,
+            None => true,
+        };
+        if !["no", "on-failure", "always", "unless-stopped"].contains(&policy) || !count_ok {
+            r.error(
+                p.span.clone(),
+                &reader::join(&t.path, "restart"),
+                format!(
+                    "\"{}\" is not a restart policy; expected \"no\", \"on-failure[:N]\", \"always\" or \"unless-stopped\"",
+                    p.value
+                ),
+            );
+        }
+    }
+    let name = r.string(t, "name");
+    if let Some(n) = &name
+        && !valid_container_name(&n.value)
+    {
+        r.error(
+            n.span.clone(),
+            &reader::join(&t.path, "name"),
+            format!(
+                "\"{}\" is not a container name: letters, digits, `_`, `.` and `-`, starting with a letter or digit",
+                n.value
+            ),
+        );
+    }
+    let command = r.argv(t, "command").map(|a| a.value);
+    if r.errors.len() > before {
+        return None;
+    }
+    Some(DockerConfig {
+        image,
+        env_file,
+        container_port: container_port?.value as u16,
+        publish,
+        memory_limit_mb,
+        restart: restart.map_or_else(|| "no".to_string(), |r| r.value),
+        name: name.map_or_else(|| service.to_string(), |n| n.value),
+        command,
+    })
+}
+
+/// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn valid_container_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 fn read_nginx(r: &mut Reader<'_>, t: &Table<'_>) -> Option<NginxConfig> {

@@ -67,7 +67,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -94,7 +94,7 @@ listen = "nowhere"
 slots = { blue = 0, green = true }
 bake_secs = -1
 command = "app --port {port}"
-runtime = "docker"
+runtime = "kubernetes"
 "#;
     check(
         src,
@@ -104,7 +104,7 @@ runtime = "docker"
             "ripcord.toml:4: service.web.slots.green: expected a port number or \"host:port\", found a boolean",
             "ripcord.toml:5: service.web.bake_secs: -1 is out of range: expected 0 to 86400",
             "ripcord.toml:6: service.web.command: expected an array of strings (an argument vector such as [\"/usr/bin/app\", \"--port\", \"{port}\"]; ripcord never runs a shell string), found a string",
-            "ripcord.toml:7: service.web.runtime: runtime \"docker\" is not available in this version of ripcord yet; use \"process\" or \"external\"",
+            "ripcord.toml:7: service.web.runtime: runtime \"kubernetes\" is not available in this version of ripcord yet; use \"process\", \"external\" or \"docker\"",
         ],
     );
 }
@@ -303,4 +303,77 @@ fn metrics_listen_must_be_loopback_and_free() {
     let src = format!("[watch]\nmetrics_listen = \"127.0.0.1:9464\"\n{GOOD}");
     let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
     assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+}
+
+#[test]
+fn docker_blue_green_and_image_replace_load() {
+    let src = r#"
+[service.web]
+runtime = "docker"
+listen = "127.0.0.1:8080"
+slots = { blue = 8081, green = 8082 }
+
+[service.web.docker]
+image = "registry.local/web"
+env_file = "web.env"
+container_port = 8000
+memory_limit_mb = 256
+restart = "on-failure:3"
+
+[service.api]
+runtime = "docker"
+router = "none"
+
+[service.api.docker]
+container_port = 9000
+publish = "127.0.0.1:9100"
+name = "api-main"
+"#;
+    let cfg = Config::parse(src, Path::new("/etc/ripcord/ripcord.toml")).unwrap();
+    let web = cfg.service("web").unwrap();
+    let d = web.docker.as_ref().unwrap();
+    assert_eq!(web.runtime, Runtime::Docker);
+    assert_eq!(d.image.as_deref(), Some("registry.local/web"));
+    assert_eq!(
+        d.env_file.as_deref(),
+        Some(Path::new("/etc/ripcord/web.env"))
+    );
+    assert_eq!(d.restart, "on-failure:3");
+    assert_eq!(d.name, "web");
+    let api = cfg.service("api").unwrap();
+    assert_eq!(api.router, Router::None);
+    // Image replace has one address: both "slots" are the published one.
+    assert_eq!(api.slots.blue, "127.0.0.1:9100".parse().unwrap());
+    assert_eq!(api.slots.green, api.slots.blue);
+    let d = api.docker.as_ref().unwrap();
+    assert_eq!((d.name.as_str(), d.restart.as_str()), ("api-main", "no"));
+}
+
+#[test]
+fn docker_mistakes_are_reported_with_their_lines() {
+    check(
+        r#"
+[service.web]
+runtime = "process"
+router = "none"
+listen = "127.0.0.1:8080"
+slots = { blue = 8081, green = 8082 }
+
+[service.api]
+runtime = "docker"
+router = "none"
+
+[service.api.docker]
+restart = "sometimes"
+name = "-bad"
+publish = "127.0.0.1:8080"
+container_port = 70000
+"#,
+        &[
+            "ripcord.toml:4: service.web.router: router \"none\" (image replace) needs runtime = \"docker\"; use \"proxy\" or \"nginx\" for blue-green",
+            "ripcord.toml:13: service.api.docker.restart: \"sometimes\" is not a restart policy; expected \"no\", \"on-failure[:N]\", \"always\" or \"unless-stopped\"",
+            "ripcord.toml:14: service.api.docker.name: \"-bad\" is not a container name: letters, digits, `_`, `.` and `-`, starting with a letter or digit",
+            "ripcord.toml:16: service.api.docker.container_port: 70000 is out of range: expected 1 to 65535",
+        ],
+    );
 }

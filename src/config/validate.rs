@@ -36,6 +36,8 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
             );
         }
         match &svc.slots {
+            // Image replace has one published address instead of two slots.
+            None if svc.router == Some(Router::None) => {}
             None => {
                 if !r
                     .errors
@@ -65,6 +67,11 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
         let mut mine = Vec::new();
         if let Some(l) = &svc.listen {
             mine.push((l.value, join(&svc.path, "listen"), l.span.clone()));
+        }
+        if let Some(p) = svc.docker.as_ref().and_then(|d| d.publish)
+            && svc.router == Some(Router::None)
+        {
+            mine.push((p, join(&svc.path, "docker.publish"), svc.span.clone()));
         }
         if let Some(s) = &svc.slots {
             for (addr, key) in [(s.value.0, "blue"), (s.value.1, "green")] {

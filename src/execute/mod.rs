@@ -7,8 +7,11 @@
 //! async mutex excludes other tasks of this one. The slot table is behind a plain mutex
 //! that is never held across an await, so status reads never wait on an operation.
 
+pub mod container;
+pub mod envfile;
 pub mod nginx;
 pub mod process;
+pub mod replace;
 pub mod router;
 
 use std::collections::BTreeMap;
@@ -85,6 +88,8 @@ pub struct DeployRequest {
     /// The argv for this release; else the recorded one, else the config's `command`.
     pub argv: Option<Vec<String>>,
     pub cwd: Option<PathBuf>,
+    /// Runtime docker: the image reference (default `IMAGE:VERSION` from the config).
+    pub image: Option<String>,
     pub force: bool,
     pub reason: Option<String>,
 }
@@ -113,6 +118,9 @@ pub struct Outcome {
     pub switched_at_ms: i64,
     pub verified_at_ms: i64,
     pub total_ms: u64,
+    /// Router `none`: how long users had no answer while the container was replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
     pub verify: VerifyReport,
 }
 
@@ -129,6 +137,8 @@ pub struct SlotProc {
     pub release: Release,
     /// The process, when ripcord runs it (runtime `process`); `None` for `external`.
     pub proc: Option<Arc<RunningProcess>>,
+    /// The container, for runtime `docker`.
+    pub container: Option<Arc<container::ContainerHandle>>,
     /// Set on a release that no longer gets traffic: it is stopped once this passes.
     pub warm_until_ms: Option<i64>,
 }
@@ -136,7 +146,11 @@ pub struct SlotProc {
 impl SlotProc {
     /// Whether it still runs as far as ripcord can tell (an external slot always does).
     pub fn running(&self) -> bool {
-        self.proc.as_ref().is_none_or(|p| p.exited().is_none())
+        match (&self.proc, &self.container) {
+            (Some(p), _) => p.exited().is_none(),
+            (None, Some(c)) => c.exited().is_none(),
+            (None, None) => true,
+        }
     }
 }
 
@@ -148,6 +162,8 @@ pub struct ServiceExec {
     slots: Mutex<BTreeMap<Slot, SlotProc>>,
     op: tokio::sync::Mutex<()>,
     http: HttpClient,
+    /// The Docker engine, connected on first use (runtime `docker`).
+    engine: tokio::sync::OnceCell<crate::docker::Engine>,
 }
 
 impl ServiceExec {
@@ -160,6 +176,7 @@ impl ServiceExec {
             slots: Mutex::new(BTreeMap::new()),
             op: tokio::sync::Mutex::new(()),
             http: HttpClient::default(),
+            engine: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -194,6 +211,7 @@ impl ServiceExec {
                 pid_start: sp.proc.as_ref().and_then(|p| p.pid_start),
                 started_at_ms: Some(now_ms()),
                 warm_until_ms: sp.warm_until_ms,
+                container: sp.container.as_ref().map(|c| c.id.clone()),
             }),
             None => ledger.clear_slot(self.name(), slot),
         }
@@ -262,14 +280,15 @@ impl ServiceExec {
         );
         // Busy comes first: the answer to "can I deploy now?" is no, whatever else.
         self.exclusive(holder, async || {
-            let argv = self.plan_deploy(&req)?;
-            self.deploy_locked(req, argv, progress).await
+            let spec = self.plan_deploy(&req).await?;
+            self.deploy_locked(req, spec, progress).await
         })
         .await
     }
 
-    /// Checks a deploy against the ledger and finds the argv it runs.
-    fn plan_deploy(&self, req: &DeployRequest) -> Result<Vec<String>, ExecError> {
+    /// Checks a deploy against the ledger and pins what it runs: the argv, or for
+    /// runtime docker the image id and env snapshot.
+    async fn plan_deploy(&self, req: &DeployRequest) -> Result<ReleaseSpec, ExecError> {
         self.refuse_if_frozen("deploy")?;
         let existing = self.ledger().find_release(self.name(), &req.version)?;
         if let Some(r) = &existing {
@@ -297,7 +316,36 @@ impl ServiceExec {
         }
         if self.cfg.runtime == Runtime::External {
             // Someone else runs the release; the ledger keeps what it was told.
-            return Ok(req.argv.clone().unwrap_or_default());
+            return Ok(ReleaseSpec {
+                argv: req.argv.clone().unwrap_or_default(),
+                cwd: req.cwd.clone(),
+                image: None,
+            });
+        }
+        if self.cfg.runtime == Runtime::Docker {
+            if req.argv.is_some() {
+                return Err(ExecError::Usage(
+                    "runtime docker deploys images: pass --image REF (or set `image`), not an argv; \
+                     a different command goes in [service.NAME.docker] command"
+                        .into(),
+                ));
+            }
+            let image = self.pin_image(&req.version, req.image.as_deref()).await?;
+            return Ok(ReleaseSpec {
+                argv: Vec::new(),
+                cwd: None,
+                image: Some(image),
+            });
+        }
+        if req.image.is_some() {
+            return Err(ExecError::Usage(format!(
+                "--image needs runtime = \"docker\"; {} runs {}",
+                self.name(),
+                match self.cfg.runtime {
+                    Runtime::Process => "processes",
+                    _ => "elsewhere",
+                }
+            )));
         }
         let argv = req
             .argv
@@ -315,20 +363,20 @@ impl ServiceExec {
                     self.name()
                 ))
             })?;
-        Ok(argv)
+        Ok(ReleaseSpec {
+            argv,
+            cwd: req.cwd.clone(),
+            image: None,
+        })
     }
 
     async fn deploy_locked(
         &self,
         req: DeployRequest,
-        argv: Vec<String>,
+        spec: ReleaseSpec,
         progress: Progress,
     ) -> Result<Outcome, ExecError> {
         let start = Instant::now();
-        let spec = ReleaseSpec {
-            argv,
-            cwd: req.cwd.clone(),
-        };
         let snapshot = serde_json::to_value(&self.cfg).unwrap_or_default();
         let (release, from, op) = {
             let mut ledger = self.ledger();
@@ -353,6 +401,28 @@ impl ServiceExec {
         let slot = req
             .slot
             .unwrap_or_else(|| active_slot.map_or(Slot::Blue, Slot::other));
+        if self.cfg.router == crate::config::Router::None {
+            say(
+                &progress,
+                format!(
+                    "deploying {} {} (image replace on {})",
+                    self.name(),
+                    release.version,
+                    self.cfg.slots.blue
+                ),
+            );
+            let result = self
+                .deploy_steps(
+                    op,
+                    &release,
+                    from.as_ref(),
+                    replace::REPLACE_SLOT,
+                    start,
+                    &progress,
+                )
+                .await;
+            return self.finish(op, result);
+        }
         if Some(slot) == active_slot {
             return Err(ExecError::Usage(format!(
                 "slot {slot} serves traffic now; deploy to the other slot"
@@ -392,6 +462,11 @@ impl ServiceExec {
         start: Instant,
         progress: &Progress,
     ) -> Result<Outcome, ExecError> {
+        if self.cfg.router == crate::config::Router::None {
+            return self
+                .replace_steps(op, release, from, None, start, progress)
+                .await;
+        }
         self.start_healthy(op, release, slot, progress)
             .await
             .inspect_err(|e| {
@@ -438,6 +513,7 @@ impl ServiceExec {
             switched_at_ms,
             verified_at_ms: now_ms(),
             total_ms: start.elapsed().as_millis() as u64,
+            downtime_ms: None,
             verify: report,
         })
     }
@@ -704,6 +780,11 @@ impl ServiceExec {
         start: Instant,
         progress: &Progress,
     ) -> Result<Outcome, ExecError> {
+        if self.cfg.router == crate::config::Router::None {
+            return self
+                .replace_steps(op, target, from, Some(reason), start, progress)
+                .await;
+        }
         let warm_slot = self
             .slots()
             .iter()
@@ -776,6 +857,106 @@ impl ServiceExec {
             switched_at_ms,
             verified_at_ms: now_ms(),
             total_ms: start.elapsed().as_millis() as u64,
+            downtime_ms: None,
+            verify: report,
+        })
+    }
+
+    /// Router `none`: a deploy (`rollback_reason` None) or a rollback replaces the one
+    /// container. A deploy whose verification fails is replaced back by the release
+    /// before it.
+    async fn replace_steps(
+        &self,
+        op: i64,
+        release: &Release,
+        from: Option<&Release>,
+        rollback_reason: Option<&str>,
+        start: Instant,
+        progress: &Progress,
+    ) -> Result<Outcome, ExecError> {
+        let slot = replace::REPLACE_SLOT;
+        let suffix = if rollback_reason.is_some() {
+            "rollback"
+        } else {
+            "next"
+        };
+        let replaced = self
+            .replace_with(op, release, suffix, progress)
+            .await
+            .inspect_err(|e| {
+                if rollback_reason.is_none()
+                    && let Err(le) = self.ledger().mark_bad(release.id, &e.to_string())
+                {
+                    tracing::error!(error = %le, "cannot mark the release bad");
+                }
+            })?;
+        self.switch_to(op, release, slot).await?;
+        let switched_at_ms = now_ms();
+        match rollback_reason {
+            Some(reason) => {
+                self.ledger()
+                    .rolled_back(self.name(), from.map(|f| f.id), release.id, reason)?;
+            }
+            None => self.ledger().promote(self.name(), release.id)?,
+        }
+        let switch_ms = start.elapsed().as_millis() as u64;
+        let report = self.verify_serving(op, release, progress).await?;
+        if !report.ok {
+            let reason = format!(
+                "verification failed: {}",
+                report
+                    .failures()
+                    .iter()
+                    .map(|c| format!("{} ({})", c.name, c.detail))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            let back = match (rollback_reason, from) {
+                (None, Some(from)) => {
+                    match self.replace_with(op, from, "rollback", progress).await {
+                        Ok(_) => {
+                            self.switch_to(op, from, slot).await?;
+                            self.ledger().rolled_back(
+                                self.name(),
+                                Some(release.id),
+                                from.id,
+                                &reason,
+                            )?;
+                            format!("; {} runs again", from.version)
+                        }
+                        Err(e) => {
+                            self.ledger().mark_bad(release.id, &reason)?;
+                            format!("; putting {} back failed too: {e}", from.version)
+                        }
+                    }
+                }
+                (None, None) => {
+                    self.ledger().mark_bad(release.id, &reason)?;
+                    "; there is no earlier release to put back, so it keeps running".to_string()
+                }
+                (Some(_), _) => String::new(),
+            };
+            return Err(ExecError::VerifyFailed {
+                message: format!("{} {}: {reason}{back}", self.name(), release.version),
+                report,
+            });
+        }
+        Ok(Outcome {
+            service: self.name().to_string(),
+            operation: op,
+            kind: if rollback_reason.is_some() {
+                "rollback"
+            } else {
+                "deploy"
+            },
+            active: release_ref(release, Some(slot)),
+            from: from.map(|f| release_ref(f, Some(slot))),
+            warm: rollback_reason.map(|_| false),
+            switch_ms,
+            switched_at_ms,
+            verified_at_ms: now_ms(),
+            total_ms: start.elapsed().as_millis() as u64,
+            downtime_ms: Some(replaced.downtime_ms),
             verify: report,
         })
     }
@@ -842,6 +1023,9 @@ impl ServiceExec {
         if self.cfg.runtime == Runtime::External {
             return self.adopt_external(op, release, slot, progress).await;
         }
+        if self.cfg.runtime == Runtime::Docker {
+            return self.start_container(op, release, slot, progress).await;
+        }
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(ExecError::Failed(format!(
                 "slot {slot} ({addr}) is not free: {e}; another program holds the port, stop it \
@@ -871,6 +1055,7 @@ impl ServiceExec {
             Some(SlotProc {
                 release: release.clone(),
                 proc: Some(proc.clone()),
+                container: None,
                 warm_until_ms: None,
             }),
         )?;
@@ -890,7 +1075,7 @@ impl ServiceExec {
         );
         let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
         let t0 = Instant::now();
-        match self.wait_healthy(slot, Some(&proc), deadline).await {
+        match self.wait_healthy(slot, Some(&proc), None, deadline).await {
             Ok(()) => {
                 self.event(
                     Some(release.id),
@@ -952,7 +1137,7 @@ impl ServiceExec {
             ),
         );
         let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
-        self.wait_healthy(slot, None, deadline)
+        self.wait_healthy(slot, None, None, deadline)
             .await
             .map_err(|why| {
                 ExecError::Failed(format!(
@@ -968,6 +1153,7 @@ impl ServiceExec {
             Some(SlotProc {
                 release: release.clone(),
                 proc: None,
+                container: None,
                 warm_until_ms: None,
             }),
         )?;
@@ -984,18 +1170,35 @@ impl ServiceExec {
         &self,
         slot: Slot,
         proc: Option<&RunningProcess>,
+        container: Option<&container::ContainerHandle>,
         deadline: Instant,
     ) -> Result<(), String> {
-        let exited = || proc.and_then(|p| p.exited());
+        self.wait_healthy_at(&self.cfg.health_url(slot), proc, container, deadline)
+            .await
+    }
+
+    /// Probes `url` until it answers 2xx, the release exits, or the deadline passes.
+    async fn wait_healthy_at(
+        &self,
+        url: &str,
+        proc: Option<&RunningProcess>,
+        container: Option<&container::ContainerHandle>,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let exited = async || match (proc, container) {
+            (Some(p), _) => p.exited().map(|s| s.to_string()),
+            (None, Some(c)) => self.container_ended(c).await,
+            (None, None) => None,
+        };
         loop {
-            if let Some(status) = exited() {
+            if let Some(status) = exited().await {
                 return Err(format!("it exited ({status}) before it became healthy"));
             }
-            match self.probe(slot).await {
+            match self.probe_url(url).await {
                 Ok(()) => {
                     // A foreign listener could answer on a port we failed to bind:
                     // healthy only counts while our process is alive.
-                    if let Some(status) = exited() {
+                    if let Some(status) = exited().await {
                         return Err(format!("it exited ({status}) before it became healthy"));
                     }
                     return Ok(());
@@ -1014,8 +1217,11 @@ impl ServiceExec {
 
     /// One health probe of a slot.
     pub async fn probe(&self, slot: Slot) -> Result<(), String> {
-        let url = self.cfg.health_url(slot);
-        match self.http.get(&url, Duration::from_secs(1)).await {
+        self.probe_url(&self.cfg.health_url(slot)).await
+    }
+
+    async fn probe_url(&self, url: &str) -> Result<(), String> {
+        match self.http.get(url, Duration::from_secs(1)).await {
             Ok(r) if (200..300).contains(&r.status) => Ok(()),
             Ok(r) => Err(format!("{url} answered {}", r.status)),
             Err(e) => Err(format!("{url}: {e}")),
@@ -1092,13 +1298,14 @@ impl ServiceExec {
         let Some(sp) = self.slots().remove(&slot) else {
             return;
         };
-        let outcome = match &sp.proc {
-            Some(proc) => {
+        let outcome = match (&sp.proc, &sp.container) {
+            (Some(proc), _) => {
                 proc.stop(Duration::from_secs(self.cfg.stop_timeout_secs))
                     .await
             }
+            (None, Some(c)) => self.stop_container(c).await,
             // Someone else runs it: ripcord only stops routing to it.
-            None => process::StopOutcome::NotOurs,
+            (None, None) => process::StopOutcome::NotOurs,
         };
         if let Err(e) = self.set_slot(slot, None) {
             tracing::error!(error = %e, "cannot clear the slot in the ledger");
@@ -1160,47 +1367,33 @@ impl ServiceExec {
     pub async fn reconcile(&self) -> Result<Option<Release>, ExecError> {
         let holder = format!("watcher reconcile (pid {})", std::process::id());
         self.exclusive(holder, async || {
-            let records = self.ledger().slots(self.name())?;
-            let mut active_slot = None;
             let active = self.ledger().active_release(self.name())?;
-            for rec in records {
-                if rec.release_id.is_some() && rec.release_id == active.as_ref().map(|a| a.id) {
-                    active_slot = Some(rec.slot);
-                }
-                if let Some(pid) = rec.pid {
-                    let start = rec.pid_start;
-                    let killed =
-                        tokio::task::spawn_blocking(move || process::kill_orphan(pid, start))
-                            .await
-                            .unwrap_or(false);
-                    if killed {
-                        self.event(
-                            rec.release_id,
-                            None,
-                            "orphan_stopped",
-                            format!(
-                                "stopped pid {pid} in slot {} left by an earlier watcher",
-                                rec.slot
-                            ),
-                        );
-                    }
-                }
-                self.ledger().clear_slot(self.name(), rec.slot)?;
-            }
+            let (active_slot, adopted) = if self.cfg.runtime == Runtime::Docker {
+                self.adopt_containers(active.as_ref()).await?
+            } else {
+                (self.stop_orphans(active.as_ref()).await?, false)
+            };
             let Some(active) = active else {
                 return Ok(None);
             };
             let slot = active_slot.unwrap_or(Slot::Blue);
+            let why = if adopted {
+                "watcher restart: route to the active release's running container"
+            } else {
+                "watcher restart: bring the active release back up"
+            };
             let op = self.ledger().begin_operation(
                 self.name(),
                 OperationKind::Deploy,
                 Some(active.id),
                 Some(active.id),
-                Some("watcher restart: bring the active release back up"),
+                Some(why),
             )?;
             // A failed switch is recorded as a failed operation too, not left open.
             let result = async {
-                self.start_healthy(op, &active, slot, &None).await?;
+                if !adopted {
+                    self.start_healthy(op, &active, slot, &None).await?;
+                }
                 self.switch_to(op, &active, slot).await?;
                 Ok(Some(active.clone()))
             }
@@ -1208,6 +1401,37 @@ impl ServiceExec {
             self.finish(op, result)
         })
         .await
+    }
+
+    /// Kills what an earlier watcher's processes left running; returns the slot the
+    /// active release was in.
+    async fn stop_orphans(&self, active: Option<&Release>) -> Result<Option<Slot>, ExecError> {
+        let records = self.ledger().slots(self.name())?;
+        let mut active_slot = None;
+        for rec in records {
+            if rec.release_id.is_some() && rec.release_id == active.map(|a| a.id) {
+                active_slot = Some(rec.slot);
+            }
+            if let Some(pid) = rec.pid {
+                let start = rec.pid_start;
+                let killed = tokio::task::spawn_blocking(move || process::kill_orphan(pid, start))
+                    .await
+                    .unwrap_or(false);
+                if killed {
+                    self.event(
+                        rec.release_id,
+                        None,
+                        "orphan_stopped",
+                        format!(
+                            "stopped pid {pid} in slot {} left by an earlier watcher",
+                            rec.slot
+                        ),
+                    );
+                }
+            }
+            self.ledger().clear_slot(self.name(), rec.slot)?;
+        }
+        Ok(active_slot)
     }
 
     /// Kills a release that exceeds the service's memory limit (the guard's watchdog):
@@ -1235,8 +1459,12 @@ impl ServiceExec {
         );
     }
 
-    /// Stops every release of this service (watcher shutdown).
+    /// Stops every release of this service (watcher shutdown). Containers keep running:
+    /// they do not need the watcher, and the next one adopts them.
     pub async fn stop_all(&self) {
+        if self.cfg.runtime == Runtime::Docker {
+            return;
+        }
         let slots: Vec<Slot> = self.slots().into_keys().collect();
         for slot in slots {
             self.stop_slot(slot, None).await;
@@ -1275,7 +1503,7 @@ pub fn find_release(ledger: &Ledger, service: &str, to: &str) -> Result<Release,
 }
 
 /// A version made safe to use in a file name.
-fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "._-".contains(c) {

@@ -22,6 +22,9 @@ pub const NGINX_SETTLE: Duration = Duration::from_millis(1000);
 pub enum Router {
     Proxy(Proxy),
     Nginx(Arc<NginxRouter>),
+    /// Router `none`: users reach the one published container directly; a "switch"
+    /// only records which release that is (the container replace is the switch).
+    Direct(Arc<ArcSwapOption<Target>>),
 }
 
 pub struct NginxRouter {
@@ -49,13 +52,14 @@ impl Router {
         match self {
             Router::Proxy(p) => p.target(),
             Router::Nginx(n) => n.target.load_full(),
+            Router::Direct(t) => t.load_full(),
         }
     }
 
     pub fn proxy(&self) -> Option<&Proxy> {
         match self {
             Router::Proxy(p) => Some(p),
-            Router::Nginx(_) => None,
+            Router::Nginx(_) | Router::Direct(_) => None,
         }
     }
 
@@ -65,6 +69,7 @@ impl Router {
     pub async fn switch(&self, target: Target) -> Result<Option<Arc<Target>>, String> {
         match self {
             Router::Proxy(p) => Ok(p.switch(Some(target))),
+            Router::Direct(t) => Ok(t.swap(Some(Arc::new(target)))),
             Router::Nginx(n) => {
                 let sw = nginx::Switch {
                     active: target.addr.to_string(),

@@ -106,6 +106,29 @@ pub struct ReleaseSpec {
     pub argv: Vec<String>,
     /// The working directory the release was deployed from.
     pub cwd: Option<PathBuf>,
+    /// Runtime `docker`: the image pinned at deploy time and how its container runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRelease>,
+}
+
+/// A container release, pinned: the image id it resolved to, its env snapshot and its
+/// run settings, so a rollback months later runs exactly what ran then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRelease {
+    /// What was deployed, as given (`registry/app:v2`).
+    pub reference: String,
+    /// The image id (`sha256:...`) the reference resolved to at deploy time: what runs.
+    pub id: String,
+    /// The registry digest (`app@sha256:...`), when the image came from a registry.
+    pub repo_digest: Option<String>,
+    /// The env file snapshot under the state dir (owner-only); never printed.
+    pub env_snapshot: Option<PathBuf>,
+    /// The names (never the values) of the snapshot's variables.
+    pub env_keys: Vec<String>,
+    pub container_port: u16,
+    pub memory_limit_mb: Option<u64>,
+    pub restart: String,
+    pub command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +207,8 @@ pub struct SlotRecord {
     pub started_at_ms: Option<i64>,
     /// A warm previous release is stopped once this passes.
     pub warm_until_ms: Option<i64>,
+    /// The container id, for runtime `docker`.
+    pub container: Option<String>,
 }
 
 /// A held lease; dropping it does not release it (call [`Ledger::release_lease`]), so a
@@ -719,8 +744,8 @@ impl Ledger {
 
     pub fn set_slot(&mut self, rec: &SlotRecord) -> Result<(), LedgerError> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO slots (service, slot, release_id, pid, pid_start, started_at_ms, warm_until_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR REPLACE INTO slots (service, slot, release_id, pid, pid_start, started_at_ms, warm_until_ms, container)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 rec.service,
                 rec.slot.as_str(),
@@ -728,7 +753,8 @@ impl Ledger {
                 rec.pid,
                 rec.pid_start.map(|s| s as i64),
                 rec.started_at_ms,
-                rec.warm_until_ms
+                rec.warm_until_ms,
+                rec.container
             ],
         )?;
         Ok(())
@@ -744,7 +770,7 @@ impl Ledger {
 
     pub fn slots(&self, service: &str) -> Result<Vec<SlotRecord>, LedgerError> {
         let mut stmt = self.conn.prepare(
-            "SELECT service, slot, release_id, pid, pid_start, started_at_ms, warm_until_ms
+            "SELECT service, slot, release_id, pid, pid_start, started_at_ms, warm_until_ms, container
              FROM slots WHERE service = ?1 ORDER BY slot",
         )?;
         let rows = stmt.query_map([service], |r| {
@@ -760,6 +786,7 @@ impl Ledger {
                     pid_start: pid_start.map(|s| s as u64),
                     started_at_ms: r.get(5)?,
                     warm_until_ms: r.get(6)?,
+                    container: r.get(7)?,
                 },
             ))
         })?;

@@ -111,6 +111,10 @@ const STEPS: &[&str] = &[
     r#"
     ALTER TABLE releases ADD COLUMN migration_head TEXT;
     "#,
+    // v4: the container a slot runs (runtime docker).
+    r#"
+    ALTER TABLE slots ADD COLUMN container TEXT;
+    "#,
 ];
 
 /// The SQL of one upgrade step (tests build old ledgers with it).

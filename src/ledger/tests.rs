@@ -4,6 +4,7 @@ fn spec(v: &str) -> ReleaseSpec {
     ReleaseSpec {
         argv: vec!["app".into(), "--version".into(), v.into()],
         cwd: None,
+        image: None,
     }
 }
 
@@ -214,6 +215,7 @@ fn slots_round_trip() {
         pid_start: Some(7),
         started_at_ms: Some(1),
         warm_until_ms: None,
+        container: Some("abc123".into()),
     };
     l.set_slot(&rec).unwrap();
     let got = l.slots("web").unwrap();

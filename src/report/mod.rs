@@ -1110,6 +1110,7 @@ mod tests {
             spec: ReleaseSpec {
                 argv: vec!["./web".into(), "--port".into(), "{port}".into()],
                 cwd: Some("/srv/web".into()),
+                image: None,
             },
             config_snapshot: json!({}),
             status,

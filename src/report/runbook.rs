@@ -51,6 +51,8 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
             crate::config::Runtime::Process => "as processes ripcord starts",
             crate::config::Runtime::External =>
                 "elsewhere (runtime `external`: ripcord starts nothing)",
+            crate::config::Runtime::Docker =>
+                "as Docker containers from images pinned by digest, each with the env file snapshot taken when it was deployed",
         },
         c.slots.blue,
         c.slots.green

@@ -5,6 +5,7 @@
 //! The built-in proxy is a source too: its per-request records arrive on their own
 //! channel (see `proxy::RequestRecord`).
 
+pub mod docker;
 pub mod integrity;
 pub mod nginx_log;
 pub mod probe;

@@ -26,6 +26,9 @@ pub enum Request {
         slot: Option<crate::config::Slot>,
         argv: Option<Vec<String>>,
         cwd: Option<PathBuf>,
+        /// Runtime docker: the image reference to deploy (default `IMAGE:VERSION`).
+        #[serde(default)]
+        image: Option<String>,
         force: bool,
         reason: Option<String>,
     },

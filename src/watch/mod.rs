@@ -178,6 +178,11 @@ pub async fn run(
                 let r = NginxRouter::new(n, cfg.slots, state_file);
                 (Router::Nginx(Arc::new(r)), None, Some(tx))
             }
+            (config::Router::None, _, _) => (
+                Router::Direct(Arc::new(arc_swap::ArcSwapOption::empty())),
+                None,
+                None,
+            ),
             _ => unreachable!("config validation guarantees a proxy address or an nginx table"),
         };
         let exec = Arc::new(ServiceExec::new(
@@ -221,7 +226,11 @@ pub async fn run(
                 obs_tx.clone(),
             ));
         }
-        tokio::spawn(crate::signals::process::run(exec.clone(), obs_tx));
+        if cfg.runtime == config::Runtime::Docker {
+            tokio::spawn(crate::signals::docker::run(exec.clone(), obs_tx));
+        } else {
+            tokio::spawn(crate::signals::process::run(exec.clone(), obs_tx));
+        }
         let view: guard::SharedView = Arc::default();
         let notifier = crate::notify::Notifier::start(cfg.webhooks.clone());
         let g = guard::Guard::new(
@@ -478,6 +487,7 @@ async fn serve_client(
                 version,
                 argv,
                 cwd,
+                image,
                 force,
                 reason,
                 slot,
@@ -492,6 +502,7 @@ async fn serve_client(
                     version,
                     argv,
                     cwd,
+                    image,
                     force,
                     reason,
                 };

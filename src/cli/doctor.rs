@@ -1,0 +1,333 @@
+//! `ripcord doctor SERVICE`: would a rollback work today? Each check is a ✓ or a ✗
+//! with what to do. Exit 1 when any check that a rollback needs fails.
+//!
+//! It reads the config, the ledger and (runtime docker) the engine; it changes nothing
+//! and needs no running watcher.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{CliError, load_config, open_ledger};
+use crate::config::{Runtime, ServiceConfig, Slot};
+use crate::execute::envfile;
+use crate::ledger::{Ledger, Release};
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    /// What to do when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+    /// A rollback fails today when a blocking check fails.
+    pub blocking: bool,
+}
+
+fn pass(name: &str, detail: String) -> Check {
+    Check {
+        name: name.to_string(),
+        ok: true,
+        detail,
+        fix: None,
+        blocking: true,
+    }
+}
+
+fn fail(name: &str, detail: String, fix: String) -> Check {
+    Check {
+        name: name.to_string(),
+        ok: false,
+        detail,
+        fix: Some(fix),
+        blocking: true,
+    }
+}
+
+pub(super) async fn run(
+    config: Option<&Path>,
+    state_dir: &Path,
+    service: &str,
+    json: bool,
+) -> Result<i32, CliError> {
+    let cfg = load_config(config)?;
+    let svc = cfg.service(service).ok_or_else(|| {
+        CliError::new(
+            2,
+            format!(
+                "no service `{service}` in {}: configured are {}",
+                cfg.path.display(),
+                cfg.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+    let ledger = open_ledger(state_dir)?;
+    let checks = checks(svc, &ledger).await;
+    let ready = checks.iter().all(|c| c.ok || !c.blocking);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "service": service, "rollback_ready": ready, "checks": checks })
+        );
+    } else {
+        println!("rollback readiness of {service}:");
+        for c in &checks {
+            let mark = if c.ok {
+                "✓"
+            } else if c.blocking {
+                "✗"
+            } else {
+                "!"
+            };
+            println!("  {mark} {}: {}", c.name, c.detail);
+            if let Some(fix) = &c.fix
+                && !c.ok
+            {
+                println!("      → {fix}");
+            }
+        }
+        if ready {
+            println!("a rollback of {service} would work today");
+        } else {
+            println!("a rollback of {service} would FAIL today: fix the ✗ above");
+        }
+    }
+    Ok(if ready { 0 } else { 1 })
+}
+
+async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
+    let name = svc.name.as_str();
+    let mut out = Vec::new();
+    let state = ledger.service_state(name).ok();
+    match state.as_ref().and_then(|s| s.frozen_reason.clone()) {
+        Some(reason) => out.push(fail(
+            "not frozen",
+            format!("{name} is frozen ({reason}): no rollback runs"),
+            format!("when the data is safe: ripcord unfreeze {name} --reason TEXT"),
+        )),
+        None => out.push(pass("not frozen", format!("{name} is not frozen"))),
+    }
+    let active = ledger.active_release(name).ok().flatten();
+    let previous = ledger.previous_good(name).ok().flatten();
+    match &active {
+        Some(a) => out.push(pass("active release", format!("{} (#{})", a.version, a.id))),
+        None => out.push(Check {
+            blocking: false,
+            ..fail(
+                "active release",
+                "none: nothing was deployed yet".to_string(),
+                format!("ripcord deploy {name} VERSION"),
+            )
+        }),
+    }
+    let Some(prev) = previous else {
+        out.push(fail(
+            "previous good release",
+            "none: the ledger has no earlier good release to go back to".to_string(),
+            "deploy a second version; the one before it becomes the rollback target".to_string(),
+        ));
+        return out;
+    };
+    out.push(pass(
+        "previous good release",
+        format!("{} (#{})", prev.version, prev.id),
+    ));
+    match svc.runtime {
+        Runtime::Docker => docker_checks(svc, &prev, &mut out).await,
+        Runtime::Process => {
+            let argv0 = prev.spec.argv.first().cloned().unwrap_or_default();
+            let found =
+                Path::new(&argv0).is_absolute() && Path::new(&argv0).exists() || which(&argv0);
+            out.push(if found {
+                pass("program", format!("{argv0} exists"))
+            } else {
+                fail(
+                    "program",
+                    format!("`{argv0}` (how {} starts) is not found", prev.version),
+                    "put the program back where the ledger recorded it".to_string(),
+                )
+            });
+        }
+        Runtime::External => {}
+    }
+    // Slots: free, or held by this service.
+    if svc.router != crate::config::Router::None {
+        for slot in [Slot::Blue, Slot::Green] {
+            out.push(slot_check(svc, ledger, slot));
+        }
+    }
+    // The health URL of the active slot answers.
+    let records = ledger.slots(name).unwrap_or_default();
+    let active_slot = records
+        .iter()
+        .find(|r| r.release_id.is_some() && r.release_id == active.as_ref().map(|a| a.id))
+        .map(|r| r.slot);
+    if let Some(slot) = active_slot {
+        let url = svc.health_url(slot);
+        let http = crate::http::HttpClient::default();
+        out.push(match http.get(&url, Duration::from_secs(2)).await {
+            Ok(r) if (200..300).contains(&r.status) => {
+                pass("health URL", format!("{url} answers {}", r.status))
+            }
+            Ok(r) => Check {
+                blocking: false,
+                ..fail(
+                    "health URL",
+                    format!("{url} answers {}", r.status),
+                    "the active release is unhealthy: the guard should be rolling it back"
+                        .to_string(),
+                )
+            },
+            Err(e) => Check {
+                blocking: false,
+                ..fail(
+                    "health URL",
+                    format!("{url}: {e}"),
+                    "is `ripcord watch` running? it keeps the active release up".to_string(),
+                )
+            },
+        });
+    }
+    out
+}
+
+async fn docker_checks(svc: &ServiceConfig, prev: &Release, out: &mut Vec<Check>) {
+    let engine = match crate::docker::Engine::connect().await {
+        Ok(e) => {
+            match e.describe().await {
+                Ok(info) => out.push(pass(
+                    "docker engine",
+                    format!(
+                        "engine {} answers (API {}, client speaks {})",
+                        info.version, info.api_version, info.client_api_version
+                    ),
+                )),
+                Err(err) => {
+                    out.push(fail(
+                        "docker engine",
+                        err.to_string(),
+                        "start the Docker daemon (systemctl start docker) or set DOCKER_HOST"
+                            .into(),
+                    ));
+                    return;
+                }
+            }
+            e
+        }
+        Err(err) => {
+            out.push(fail(
+                "docker engine",
+                err.to_string(),
+                "start the Docker daemon (systemctl start docker) or set DOCKER_HOST".into(),
+            ));
+            return;
+        }
+    };
+    let Some(img) = &prev.spec.image else {
+        out.push(fail(
+            "image pinned",
+            format!("{} has no pinned image in the ledger", prev.version),
+            format!(
+                "deploy {} again with runtime docker so the ledger pins it",
+                prev.version
+            ),
+        ));
+        return;
+    };
+    match engine.image_present(&img.id).await {
+        Ok(true) => out.push(pass(
+            "image present",
+            format!(
+                "{} ({}) is on this engine",
+                img.reference,
+                crate::execute::container::short_id(&img.id)
+            ),
+        )),
+        Ok(false) => out.push(fail(
+            "image present",
+            format!(
+                "{} was {} ({}), and no image with that id is on this engine",
+                prev.version,
+                img.reference,
+                crate::execute::container::short_id(&img.id)
+            ),
+            format!(
+                "pull it by digest ({}) or rebuild and load the exact image; a different build is not the same release",
+                img.repo_digest.as_deref().unwrap_or(&img.reference)
+            ),
+        )),
+        Err(e) => out.push(fail(
+            "image present",
+            e.to_string(),
+            "check the engine".into(),
+        )),
+    }
+    match &img.env_snapshot {
+        None => out.push(pass(
+            "env snapshot",
+            format!("{} runs without an env file", prev.version),
+        )),
+        Some(path) => match envfile::read(path) {
+            Ok(vars) => out.push(pass(
+                "env snapshot",
+                format!(
+                    "{} holds {} variable(s) ({}); values not shown",
+                    path.display(),
+                    vars.len(),
+                    vars.iter()
+                        .map(|(k, _)| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            Err(e) => out.push(fail(
+                "env snapshot",
+                e.to_string(),
+                format!(
+                    "the snapshot is how {} runs with its own config: restore it from a backup of the state dir",
+                    prev.version
+                ),
+            )),
+        },
+    }
+    let _ = svc;
+}
+
+/// A slot port is fine when it is free, or when the ledger says this service runs there.
+fn slot_check(svc: &ServiceConfig, ledger: &Ledger, slot: Slot) -> Check {
+    let addr = svc.slots.addr(slot);
+    let name = format!("slot {slot} port");
+    if std::net::TcpListener::bind(addr).is_ok() {
+        return pass(&name, format!("{addr} is free"));
+    }
+    let ours = ledger
+        .slots(&svc.name)
+        .unwrap_or_default()
+        .iter()
+        .any(|r| r.slot == slot && r.release_id.is_some());
+    if ours {
+        pass(&name, format!("{addr} is held by {}'s release", svc.name))
+    } else {
+        fail(
+            &name,
+            format!("{addr} is held by a program that is not {}'s", svc.name),
+            format!(
+                "stop what listens on {addr} (ss -ltnp 'sport = :{}'), or change `slots`",
+                addr.port()
+            ),
+        )
+    }
+}
+
+fn which(program: &str) -> bool {
+    if program.is_empty() {
+        return false;
+    }
+    if program.contains('/') {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}

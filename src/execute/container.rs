@@ -1,0 +1,532 @@
+//! Runtime `docker`: a release is an image pinned by id plus its env snapshot and run
+//! settings ([`ImageRelease`]); it runs as a container labelled `ripcord.service` and
+//! `ripcord.release`. ripcord never touches a container without its service label.
+//!
+//! Blue-green puts `<name>-blue` and `<name>-green` on the slot ports behind the proxy
+//! or nginx. Router `none` (image replace, `replace.rs`) keeps one container `<name>` on
+//! the published address.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::envfile;
+use super::{ExecError, Progress, ServiceExec, SlotProc, process, sanitize, say};
+use crate::config::{DockerConfig, Slot};
+use crate::docker::{ContainerSpec, Engine, ImageInfo};
+use crate::ledger::{ImageRelease, Release};
+
+pub const LABEL_SERVICE: &str = "ripcord.service";
+pub const LABEL_RELEASE: &str = "ripcord.release";
+pub const LABEL_VERSION: &str = "ripcord.version";
+pub const LABEL_SLOT: &str = "ripcord.slot";
+
+/// A container ripcord runs for one slot.
+pub struct ContainerHandle {
+    pub id: String,
+    pub name: String,
+    /// Set once ripcord asks it to stop: its exit is then not a crash.
+    stopping: AtomicBool,
+    /// How it ended, once the engine said so (an event or an inspect).
+    exited: Mutex<Option<String>>,
+    oom: AtomicBool,
+}
+
+impl ContainerHandle {
+    pub fn new(id: String, name: String) -> Self {
+        ContainerHandle {
+            id,
+            name,
+            stopping: AtomicBool::new(false),
+            exited: Mutex::new(None),
+            oom: AtomicBool::new(false),
+        }
+    }
+
+    pub fn exited(&self) -> Option<String> {
+        self.exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn oom_killed(&self) -> bool {
+        self.oom.load(Ordering::SeqCst)
+    }
+
+    /// Records that it ended (from an engine event or an inspect); the first word wins.
+    pub fn mark_exited(&self, how: String, oom: bool) {
+        if oom {
+            self.oom.store(true, Ordering::SeqCst);
+        }
+        let mut e = self.exited.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_none() {
+            *e = Some(how);
+        }
+    }
+
+    pub fn mark_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// It was started again after a stop (a failed replace put it back).
+    pub fn clear_stopping(&self) {
+        self.stopping.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Describes an exit for people: `exit code 137 (OOM-killed)`.
+pub fn describe_exit(code: Option<i64>, oom: bool) -> String {
+    let code = code.map_or("an unknown exit code".to_string(), |c| {
+        format!("exit code {c}")
+    });
+    if oom {
+        format!("{code} (killed for memory: OOM)")
+    } else {
+        code
+    }
+}
+
+impl ServiceExec {
+    pub(super) fn docker_cfg(&self) -> Result<&DockerConfig, ExecError> {
+        self.cfg.docker.as_ref().ok_or_else(|| {
+            ExecError::Usage(format!(
+                "{} has runtime \"docker\" but no [service.{}.docker] table",
+                self.name(),
+                self.name()
+            ))
+        })
+    }
+
+    /// The engine, connected (and its API version negotiated) on first use.
+    pub async fn engine(&self) -> Result<&Engine, ExecError> {
+        self.engine
+            .get_or_try_init(|| async {
+                Engine::connect()
+                    .await
+                    .map_err(|e| ExecError::Failed(e.to_string()))
+            })
+            .await
+    }
+
+    /// Pins a docker release: resolves the image reference to its id, and snapshots the
+    /// env file under the state dir.
+    pub(super) async fn pin_image(
+        &self,
+        version: &str,
+        image: Option<&str>,
+    ) -> Result<ImageRelease, ExecError> {
+        let d = self.docker_cfg()?.clone();
+        let reference = match (image, &d.image) {
+            (Some(r), _) => r.to_string(),
+            (None, Some(repo)) => format!("{repo}:{version}"),
+            (None, None) => {
+                return Err(ExecError::Usage(format!(
+                    "no image for {} {version}: pass --image REF or set `image` in [service.{}.docker]",
+                    self.name(),
+                    self.name()
+                )));
+            }
+        };
+        let info: ImageInfo = self
+            .engine()
+            .await?
+            .resolve_image(&reference)
+            .await
+            .map_err(|e| {
+                ExecError::Failed(format!(
+                    "cannot deploy {} {version}: {e} (ripcord deploys images present on this engine: build or pull `{reference}` first)",
+                    self.name()
+                ))
+            })?;
+        let (env_snapshot, env_keys) = match &d.env_file {
+            Some(path) => {
+                let vars = envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))?;
+                let dest = self.env_snapshot_path(version);
+                envfile::write_snapshot(&dest, &vars)
+                    .map_err(|e| ExecError::Failed(e.to_string()))?;
+                (Some(dest), vars.into_iter().map(|(k, _)| k).collect())
+            }
+            None => (None, Vec::new()),
+        };
+        Ok(ImageRelease {
+            reference,
+            id: info.id,
+            repo_digest: info.repo_digests.into_iter().next(),
+            env_snapshot,
+            env_keys,
+            container_port: d.container_port,
+            memory_limit_mb: d.memory_limit_mb.or(self.cfg.memory_limit_mb),
+            restart: d.restart.clone(),
+            command: d.command.clone(),
+        })
+    }
+
+    fn env_snapshot_path(&self, version: &str) -> PathBuf {
+        self.state_dir
+            .join("env")
+            .join(self.name())
+            .join(format!("{}.env", sanitize(version)))
+    }
+
+    /// The container name for a slot (blue-green) or the service's one container.
+    pub(super) fn container_name(&self, slot: Option<Slot>) -> String {
+        let base = self
+            .cfg
+            .docker
+            .as_ref()
+            .map_or_else(|| self.name().to_string(), |d| d.name.clone());
+        match slot {
+            Some(s) => format!("{base}-{s}"),
+            None => base,
+        }
+    }
+
+    /// The container spec of `release`, published on `host` (an address on this host).
+    pub(super) fn container_spec(
+        &self,
+        release: &Release,
+        name: String,
+        host: std::net::SocketAddr,
+        slot: Option<Slot>,
+    ) -> Result<ContainerSpec, ExecError> {
+        let img = release.spec.image.as_ref().ok_or_else(|| {
+            ExecError::Failed(format!(
+                "{} {} has no pinned image in the ledger (deployed before runtime \"docker\"); deploy it again",
+                self.name(),
+                release.version
+            ))
+        })?;
+        let mut env: Vec<(String, String)> = self
+            .cfg
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(path) = &img.env_snapshot {
+            let vars = read_snapshot(path, release)?;
+            for (k, v) in vars {
+                env.retain(|(ek, _)| *ek != k);
+                env.push((k, v));
+            }
+        }
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_SERVICE.to_string(), self.name().to_string());
+        labels.insert(LABEL_RELEASE.to_string(), release.id.to_string());
+        labels.insert(LABEL_VERSION.to_string(), release.version.clone());
+        if let Some(s) = slot {
+            labels.insert(LABEL_SLOT.to_string(), s.to_string());
+        }
+        Ok(ContainerSpec {
+            name,
+            image: img.id.clone(),
+            env,
+            cmd: img.command.clone(),
+            container_port: img.container_port,
+            host_ip: host.ip().to_string(),
+            host_port: host.port(),
+            memory_limit_mb: img.memory_limit_mb,
+            restart: Some(img.restart.clone()),
+            labels,
+            init: true,
+            stop_timeout_secs: Some(self.cfg.stop_timeout_secs),
+            // ripcord probes the health URL itself; an image's own HEALTHCHECK still
+            // reports through the engine's health_status events.
+            healthcheck: None,
+        })
+    }
+
+    /// Removes a container of this service that is in the way of `name` (left by a crash
+    /// or an earlier watcher). One without our service label is never touched.
+    pub(super) async fn clear_name(&self, name: &str) -> Result<(), ExecError> {
+        let engine = self.engine().await?;
+        let state = engine
+            .state(name)
+            .await
+            .map_err(|e| ExecError::Failed(e.to_string()))?;
+        let Some(state) = state else {
+            return Ok(());
+        };
+        if state.labels.get(LABEL_SERVICE).map(String::as_str) != Some(self.name()) {
+            return Err(ExecError::Failed(format!(
+                "a container named `{name}` exists and is not {}'s (no `{LABEL_SERVICE}={}` label): \
+                 ripcord never touches containers it does not own; rename or remove it, or set \
+                 `name` in [service.{}.docker]",
+                self.name(),
+                self.name(),
+                self.name()
+            )));
+        }
+        engine
+            .stop_and_remove(name, Duration::from_secs(self.cfg.stop_timeout_secs))
+            .await
+            .map_err(|e| ExecError::Failed(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether a container still runs, asking the engine (`None`: it runs; `Some(how)`
+    /// it ended or is gone).
+    pub(super) async fn container_ended(&self, handle: &ContainerHandle) -> Option<String> {
+        if let Some(how) = handle.exited() {
+            return Some(how);
+        }
+        let engine = self.engine().await.ok()?;
+        match engine.state(&handle.id).await {
+            Ok(Some(s)) if s.running && !s.restarting => None,
+            Ok(Some(s)) if s.restarting => Some(format!(
+                "it is restarting after {} (restart policy)",
+                describe_exit(s.exit_code, s.oom_killed)
+            )),
+            Ok(Some(s)) => {
+                let how = describe_exit(s.exit_code, s.oom_killed);
+                handle.mark_exited(how.clone(), s.oom_killed);
+                Some(how)
+            }
+            Ok(None) => {
+                let how = "the container is gone".to_string();
+                handle.mark_exited(how.clone(), false);
+                Some(how)
+            }
+            // An engine hiccup is not an exit.
+            Err(_) => None,
+        }
+    }
+}
+
+impl ServiceExec {
+    /// Blue-green: starts `release` as `<name>-<slot>` on the slot's port and waits until
+    /// it is healthy; on failure the container is removed and the error carries its last
+    /// log lines.
+    pub(super) async fn start_container(
+        &self,
+        op: i64,
+        release: &Release,
+        slot: Slot,
+        progress: &Progress,
+    ) -> Result<(), ExecError> {
+        let addr = self.cfg.slots.addr(slot);
+        let name = self.container_name(Some(slot));
+        self.clear_name(&name).await?;
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Err(ExecError::Failed(format!(
+                "slot {slot} ({addr}) is not free: {e}; another program holds the port, stop it \
+                 or change `slots` in the config"
+            )));
+        }
+        let spec = self.container_spec(release, name.clone(), addr, Some(slot))?;
+        self.ledger().step(
+            op,
+            "starting",
+            format!(
+                "starting {} ({}) as container {name} on {addr}",
+                release.version,
+                short_id(&spec.image)
+            ),
+        )?;
+        let engine = self.engine().await?;
+        let id = engine
+            .run(&spec)
+            .await
+            .map_err(|e| ExecError::Failed(format!("cannot start container {name}: {e}")))?;
+        let handle = Arc::new(ContainerHandle::new(id, name.clone()));
+        self.set_slot(
+            slot,
+            Some(SlotProc {
+                release: release.clone(),
+                proc: None,
+                container: Some(handle.clone()),
+                warm_until_ms: None,
+            }),
+        )?;
+        self.ledger().step(
+            op,
+            "health_wait",
+            format!(
+                "waiting up to {}s for {} to answer {}",
+                self.cfg.start_timeout_secs,
+                release.version,
+                self.cfg.health_url(slot)
+            ),
+        )?;
+        say(
+            progress,
+            format!(
+                "waiting for {} (container {name}) to become healthy",
+                release.version
+            ),
+        );
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let t0 = Instant::now();
+        match self.wait_healthy(slot, None, Some(&handle), deadline).await {
+            Ok(()) => {
+                self.event(
+                    Some(release.id),
+                    Some(op),
+                    "healthy",
+                    format!(
+                        "{} is healthy in slot {slot} (container {name}) after {} ms",
+                        release.version,
+                        t0.elapsed().as_millis()
+                    ),
+                );
+                Ok(())
+            }
+            Err(why) => {
+                let tail = engine.logs_tail(&handle.id, 10).await.unwrap_or_default();
+                self.stop_slot(slot, Some(op)).await;
+                Err(ExecError::Failed(never_healthy(
+                    self.name(),
+                    release,
+                    &name,
+                    &why,
+                    &tail,
+                )))
+            }
+        }
+    }
+
+    /// After a watcher (re)start: a container recorded in a slot that still runs the
+    /// release the ledger says is adopted as it is (no restart); any other container of
+    /// this service is removed. Returns the active release's slot, and whether its
+    /// container was adopted and answers its health check.
+    pub(super) async fn adopt_containers(
+        &self,
+        active: Option<&Release>,
+    ) -> Result<(Option<Slot>, bool), ExecError> {
+        let engine = self.engine().await?;
+        let failed = |e: crate::docker::DockerError| ExecError::Failed(e.to_string());
+        let records = self.ledger().slots(self.name())?;
+        let mut active_slot = None;
+        let mut adopted_active = false;
+        let mut kept: Vec<String> = Vec::new();
+        for rec in records {
+            let is_active = rec.release_id.is_some() && rec.release_id == active.map(|a| a.id);
+            if is_active {
+                active_slot = Some(rec.slot);
+            }
+            let (Some(id), Some(rid)) = (&rec.container, rec.release_id) else {
+                self.ledger().clear_slot(self.name(), rec.slot)?;
+                continue;
+            };
+            let state = engine.state(id).await.map_err(failed)?;
+            let ours = state.as_ref().is_some_and(|s| {
+                s.running
+                    && s.labels.get(LABEL_SERVICE).map(String::as_str) == Some(self.name())
+                    && s.labels.get(LABEL_RELEASE) == Some(&rid.to_string())
+            });
+            if !ours {
+                self.ledger().clear_slot(self.name(), rec.slot)?;
+                continue;
+            }
+            let release = self.ledger().release(rid)?;
+            let name = self.container_name(Some(rec.slot));
+            let handle = Arc::new(ContainerHandle::new(id.clone(), name.clone()));
+            self.set_slot(
+                rec.slot,
+                Some(SlotProc {
+                    release: release.clone(),
+                    proc: None,
+                    container: Some(handle),
+                    warm_until_ms: rec.warm_until_ms,
+                }),
+            )?;
+            self.event(
+                Some(rid),
+                None,
+                "container_adopted",
+                format!(
+                    "{} in slot {} (container {name}) kept running across the watcher restart: adopted",
+                    release.version, rec.slot
+                ),
+            );
+            if is_active && self.probe(rec.slot).await.is_ok() {
+                adopted_active = true;
+            }
+            kept.push(id.clone());
+        }
+        for c in engine.owned(self.name()).await.map_err(failed)? {
+            if kept.contains(&c.id) {
+                continue;
+            }
+            engine
+                .stop_and_remove(&c.id, Duration::from_secs(self.cfg.stop_timeout_secs))
+                .await
+                .map_err(failed)?;
+            self.event(
+                c.release.as_deref().and_then(|r| r.parse().ok()),
+                None,
+                "orphan_stopped",
+                format!(
+                    "removed container {} that no slot records (left by an interrupted operation)",
+                    c.name
+                ),
+            );
+        }
+        Ok((active_slot, adopted_active))
+    }
+
+    /// Stops and removes one of our containers.
+    pub(super) async fn stop_container(&self, c: &ContainerHandle) -> process::StopOutcome {
+        c.mark_stopping();
+        let Ok(engine) = self.engine().await else {
+            return process::StopOutcome::NotOurs;
+        };
+        match engine
+            .stop_and_remove(&c.id, Duration::from_secs(self.cfg.stop_timeout_secs))
+            .await
+        {
+            Ok(crate::docker::StopOutcome::Stopped) => process::StopOutcome::Terminated,
+            Ok(crate::docker::StopOutcome::Killed) => process::StopOutcome::Killed,
+            Ok(_) => process::StopOutcome::AlreadyExited,
+            Err(e) => {
+                tracing::error!(service = %self.name(), container = %c.name, error = %e, "cannot stop the container");
+                process::StopOutcome::NotOurs
+            }
+        }
+    }
+}
+
+/// The error of a container that never became healthy, with its last log lines.
+pub(super) fn never_healthy(
+    service: &str,
+    release: &Release,
+    name: &str,
+    why: &str,
+    tail: &[String],
+) -> String {
+    let mut msg = format!(
+        "{service} {} never became healthy, so it got no traffic: {why}",
+        release.version
+    );
+    if tail.is_empty() {
+        msg.push_str(&format!("\n(container {name} logged nothing)"));
+    } else {
+        msg.push_str(&format!("\nlast lines of container {name}'s log:"));
+        for line in tail {
+            msg.push_str(&format!("\n  | {line}"));
+        }
+    }
+    msg
+}
+
+/// `sha256:0123456789ab…` shortened to `0123456789ab` for people.
+pub fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+fn read_snapshot(path: &Path, release: &Release) -> Result<Vec<(String, String)>, ExecError> {
+    envfile::read(path).map_err(|e| {
+        ExecError::Failed(format!(
+            "the env snapshot of {} is missing or unreadable ({e}): ripcord will not start it with \
+             today's env file instead; `ripcord doctor {}` checks every release's snapshot",
+            release.version, release.service
+        ))
+    })
+}

@@ -1,0 +1,218 @@
+//! Router `none` with runtime `docker`: the runbook's image-based rollback done right.
+//!
+//! One container `<name>` is published on `[service.NAME.docker] publish`. Replacing it
+//! with a release: start `<name>-next` (a deploy) or `<name>-rollback` (a rollback) from
+//! the release's pinned image *with that release's env snapshot* on a private loopback
+//! port and health-gate it while the current container keeps serving; only then stop
+//! the current one, start the release on the published address, health-gate again,
+//! remove the old container and rename the new one `<name>`. Two containers cannot
+//! publish one host port at once, so users see a gap between the stop and the second
+//! health pass: it is measured and reported, never hidden.
+//!
+//! If the release never becomes healthy in the pre-flight, the current container is
+//! untouched. If it fails on the published address, it is removed and the previous
+//! container is started again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::container::{ContainerHandle, never_healthy, short_id};
+use super::{ExecError, Progress, ServiceExec, SlotProc, say};
+use crate::config::Slot;
+use crate::ledger::Release;
+
+/// Image replace keeps its one container in this slot of the ledger.
+pub const REPLACE_SLOT: Slot = Slot::Blue;
+
+/// What a replace did, for the operation's outcome.
+pub struct Replaced {
+    /// How long users had no container answering: from the old one's stop until the
+    /// new one passed its health check on the published address.
+    pub downtime_ms: u64,
+}
+
+impl ServiceExec {
+    /// Replaces the service's container with `release` (see the module doc).
+    pub(super) async fn replace_with(
+        &self,
+        op: i64,
+        release: &Release,
+        suffix: &str,
+        progress: &Progress,
+    ) -> Result<Replaced, ExecError> {
+        let engine = self.engine().await?.clone();
+        let name = self.container_name(None);
+        let next_name = format!("{name}-{suffix}");
+        let timeout = Duration::from_secs(self.cfg.stop_timeout_secs);
+        let failed = |e: crate::docker::DockerError| ExecError::Failed(e.to_string());
+
+        // 1. Pre-flight on a private port while the current container serves.
+        self.clear_name(&next_name).await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| {
+                ExecError::Failed(format!("no free loopback port for the pre-flight: {e}"))
+            })?
+            .port();
+        let private = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let spec = self.container_spec(release, next_name.clone(), private, None)?;
+        self.ledger().step(
+            op,
+            "preflight",
+            format!(
+                "starting {} ({}) as {next_name} on {private} to health-check it before touching {name}",
+                release.version,
+                short_id(&spec.image)
+            ),
+        )?;
+        say(
+            progress,
+            format!(
+                "pre-flight: {} as {next_name} on {private}, while {name} keeps serving",
+                release.version
+            ),
+        );
+        let id = engine.run(&spec).await.map_err(|e| {
+            ExecError::Failed(format!(
+                "cannot start {next_name}: {e}; {name} was not touched"
+            ))
+        })?;
+        let pre = ContainerHandle::new(id, next_name.clone());
+        let url = format!("http://{private}{}", self.cfg.health_path);
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        if let Err(why) = self.wait_healthy_at(&url, None, Some(&pre), deadline).await {
+            let tail = engine.logs_tail(&pre.id, 10).await.unwrap_or_default();
+            pre.mark_stopping();
+            let _ = engine.stop_and_remove(&pre.id, timeout).await;
+            let msg = never_healthy(self.name(), release, &next_name, &why, &tail);
+            return Err(ExecError::Failed(format!(
+                "{msg}\n{name} was not touched: it still runs what it ran"
+            )));
+        }
+        pre.mark_stopping();
+        engine
+            .stop_and_remove(&pre.id, timeout)
+            .await
+            .map_err(failed)?;
+        self.event(
+            Some(release.id),
+            Some(op),
+            "preflight_healthy",
+            format!("{} passed its pre-flight health check", release.version),
+        );
+
+        // 2. Stop the current container (kept until the new one is proven).
+        let current = self.slots().get(&REPLACE_SLOT).cloned();
+        let current_id = match current.as_ref().and_then(|c| c.container.clone()) {
+            Some(c) => Some(c.id.clone()),
+            // Not in the slots (an interrupted operation): the engine knows it by name.
+            None => engine
+                .state(&name)
+                .await
+                .map_err(failed)?
+                .filter(|s| {
+                    s.labels
+                        .get(super::container::LABEL_SERVICE)
+                        .map(String::as_str)
+                        == Some(self.name())
+                })
+                .map(|_| name.clone()),
+        };
+        let down_at = Instant::now();
+        if let Some(cur) = &current_id {
+            if let Some(h) = current.as_ref().and_then(|c| c.container.as_ref()) {
+                h.mark_stopping();
+            }
+            self.ledger().step(
+                op,
+                "stopping",
+                format!("stopping {name} to free {}", self.cfg.slots.blue),
+            )?;
+            engine.stop(cur, timeout).await.map_err(failed)?;
+        }
+
+        // 3. The release on the published address.
+        let publish = self.cfg.slots.addr(REPLACE_SLOT);
+        let spec = self.container_spec(release, next_name.clone(), publish, None)?;
+        self.ledger().step(
+            op,
+            "starting",
+            format!("starting {} as {next_name} on {publish}", release.version),
+        )?;
+        let started = engine.run(&spec).await;
+        let outcome = match started {
+            Ok(id) => {
+                let h = ContainerHandle::new(id, next_name.clone());
+                let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+                match self
+                    .wait_healthy_at(&self.cfg.health_url(REPLACE_SLOT), None, Some(&h), deadline)
+                    .await
+                {
+                    Ok(()) => Ok(h),
+                    Err(why) => {
+                        let tail = engine.logs_tail(&h.id, 10).await.unwrap_or_default();
+                        h.mark_stopping();
+                        let _ = engine.stop_and_remove(&h.id, timeout).await;
+                        Err(never_healthy(self.name(), release, &next_name, &why, &tail))
+                    }
+                }
+            }
+            Err(e) => Err(format!("cannot start {next_name} on {publish}: {e}")),
+        };
+        let handle = match outcome {
+            Ok(h) => h,
+            Err(msg) => {
+                // Put the previous container back as it was.
+                let back = match &current_id {
+                    Some(cur) => match engine.start(cur).await {
+                        Ok(()) => format!("{name} was started again"),
+                        Err(e) => format!("starting {name} again failed too: {e}"),
+                    },
+                    None => "there was no previous container to start again".to_string(),
+                };
+                if let Some(h) = current.as_ref().and_then(|c| c.container.as_ref()) {
+                    h.clear_stopping();
+                }
+                return Err(ExecError::Failed(format!(
+                    "{msg}\n{back} after a gap of {} ms",
+                    down_at.elapsed().as_millis()
+                )));
+            }
+        };
+        let downtime_ms = down_at.elapsed().as_millis() as u64;
+
+        // 4. The old container goes; the new one takes the name.
+        if let Some(cur) = &current_id {
+            engine.stop_and_remove(cur, timeout).await.map_err(failed)?;
+        }
+        engine.rename(&handle.id, &name).await.map_err(failed)?;
+        let handle = Arc::new(ContainerHandle::new(handle.id.clone(), name.clone()));
+        self.set_slot(
+            REPLACE_SLOT,
+            Some(SlotProc {
+                release: release.clone(),
+                proc: None,
+                container: Some(handle),
+                warm_until_ms: None,
+            }),
+        )?;
+        self.event(
+            Some(release.id),
+            Some(op),
+            "downtime",
+            format!(
+                "{name} answered nothing for {downtime_ms} ms while it was replaced: two containers \
+                 cannot publish {publish} at once (router \"none\"); put the built-in proxy or nginx \
+                 in front for a switch without a gap"
+            ),
+        );
+        say(
+            progress,
+            format!(
+                "{} replaced {name}: {downtime_ms} ms without an answer on {publish} (router \"none\")",
+                release.version
+            ),
+        );
+        Ok(Replaced { downtime_ms })
+    }
+}

@@ -1,0 +1,421 @@
+//! Runtime `docker` end to end on the real engine: images `FROM scratch` of the static
+//! demo app, blue-green containers behind the built-in proxy, image replace (router
+//! `none`), the env snapshot, OOM kills and crash loops seen through engine events, and
+//! `ripcord doctor`. Every test removes the containers and images it made, also when it
+//! fails. Needs a Docker engine: fails, never skips, without one.
+
+mod common;
+mod docker_fixture;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, assert_ok, eventually, free_port, get, stderr, stdout};
+use docker_fixture::{Cleanup, build_image, containers_of, engine, rt, unique};
+
+/// A project whose one service runs containers.
+struct DockerProject {
+    dir: tempfile::TempDir,
+    svc: String,
+    /// Where users reach the service (the proxy, or the published container).
+    entry: u16,
+    watcher: Option<Child>,
+    // Last: containers go after the watcher is stopped.
+    cleanup: Cleanup,
+}
+
+impl DockerProject {
+    /// `router` is "proxy" (blue-green) or "none" (image replace); `extra` goes inside
+    /// `[service.NAME]`, `docker_extra` inside `[service.NAME.docker]`.
+    fn new(router: &str, repo: &str, extra: &str, docker_extra: &str) -> DockerProject {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = unique("d");
+        let entry = free_port();
+        let (blue, green) = (free_port(), free_port());
+        let routing = match router {
+            "proxy" => format!(
+                "router = \"proxy\"\nlisten = \"127.0.0.1:{entry}\"\nslots = {{ blue = {blue}, green = {green} }}"
+            ),
+            _ => "router = \"none\"".to_string(),
+        };
+        let publish = if router == "none" {
+            format!("publish = \"127.0.0.1:{entry}\"")
+        } else {
+            String::new()
+        };
+        let config = format!(
+            r#"[service.{svc}]
+runtime = "docker"
+{routing}
+start_timeout_secs = 20
+stop_timeout_secs = 5
+health_path = "/health"
+{extra}
+
+[service.{svc}.docker]
+image = "{repo}"
+env_file = "app.env"
+container_port = 8080
+{publish}
+{docker_extra}
+
+[service.{svc}.triggers]
+error_rate = {{ above = 0.10, window_secs = 30 }}
+health = {{ consecutive_failures = 3, interval_secs = 1, timeout_secs = 1 }}
+
+[[service.{svc}.verify]]
+name = "the API answers with the expected version"
+http = "http://127.0.0.1:{entry}/api/status"
+json_field = "version"
+json_equals = "{{version}}"
+"#
+        );
+        std::fs::write(dir.path().join("ripcord.toml"), config).unwrap();
+        let mut cleanup = Cleanup::new();
+        cleanup.services.push(svc.clone());
+        DockerProject {
+            dir,
+            svc,
+            entry,
+            watcher: None,
+            cleanup,
+        }
+    }
+
+    fn env_file(&self, text: &str) {
+        std::fs::write(self.dir.path().join("app.env"), text).unwrap();
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(self.dir.path().join("ripcord.toml"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RIPCORD_CONFIG")
+            .env_remove("RIPCORD_STATE_DIR");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {} {}",
+                stdout(&out),
+                stderr(&out)
+            )
+        })
+    }
+
+    fn start_watcher(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("watcher.log")).unwrap();
+        let child = self
+            .cmd(&["watch"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.watcher = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.run(&["--json", "status", &self.svc]);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                if !v["live"].is_null() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the watcher never became ready: {}",
+                self.watcher_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn watcher_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("watcher.log")).unwrap_or_default()
+    }
+
+    fn stop_watcher(&mut self) {
+        if let Some(mut child) = self.watcher.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.entry)
+    }
+
+    /// The version users get.
+    fn serving(&self) -> String {
+        let (status, body) = get(&self.url("/api/status"));
+        if status != 200 {
+            return format!("status {status}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["version"].as_str().unwrap_or("?").to_string()
+    }
+
+    fn release(&self, version: &str) -> serde_json::Value {
+        let list = self.json(&["releases", &self.svc]);
+        let releases = list
+            .as_array()
+            .cloned()
+            .or_else(|| list["releases"].as_array().cloned())
+            .unwrap_or_default();
+        releases
+            .into_iter()
+            .find(|r| r["version"] == version)
+            .unwrap_or_else(|| panic!("no release {version} in {list}"))
+    }
+}
+
+impl Drop for DockerProject {
+    fn drop(&mut self) {
+        self.stop_watcher();
+    }
+}
+
+fn inspect(id: &str) -> serde_json::Value {
+    let out = Command::new("docker")
+        .args(["inspect", id])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v[0].clone()
+}
+
+/// Runs with the engine, the images `repo:v1` and `repo:v2` (v2 with `v2_args` added),
+/// and a project; images and containers are removed afterwards.
+fn images(p: &mut DockerProject, repo: &str, v2_args: &[&str]) -> (String, String) {
+    let rt = rt();
+    let engine = engine(&rt);
+    let base = ["--listen", "0.0.0.0:8080"];
+    let v1 = build_image(&rt, &engine, &mut p.cleanup, &format!("{repo}:v1"), &base);
+    let mut args = base.to_vec();
+    args.extend_from_slice(v2_args);
+    let v2 = build_image(&rt, &engine, &mut p.cleanup, &format!("{repo}:v2"), &args);
+    assert_ne!(v1, v2, "two releases must be two images");
+    (v1, v2)
+}
+
+#[test]
+fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
+    let repo = unique("ripcord-test-bg");
+    // bake_secs = 1: the previous container stops soon after a deploy, so the rollback
+    // below is a cold start from the image and the snapshot, not a traffic switch.
+    let mut p = DockerProject::new("proxy", &repo, "bake_secs = 1", "memory_limit_mb = 64");
+    let (v1_id, v2_id) = images(&mut p, &repo, &[]);
+    p.env_file("# v1's config\nDEMO_VERSION=v1\nAPI_TOKEN=s3cret-one\n");
+    p.start_watcher();
+
+    let out = p.run(&["deploy", &p.svc, "v1"]);
+    assert_ok(&out, "deploy v1");
+    assert_eq!(p.serving(), "v1");
+    p.env_file("DEMO_VERSION=v2\nAPI_TOKEN=s3cret-two\n");
+    let out = p.run(&["deploy", &p.svc, "v2"]);
+    assert_ok(&out, "deploy v2");
+    assert_eq!(p.serving(), "v2");
+
+    // The ledger pinned each release to its image id, and names (never values) of its env.
+    let r1 = p.release("v1");
+    let r2 = p.release("v2");
+    assert_eq!(r1["spec"]["image"]["id"], v1_id.as_str(), "{r1}");
+    assert_eq!(r2["spec"]["image"]["id"], v2_id.as_str(), "{r2}");
+    assert_eq!(
+        r1["spec"]["image"]["env_keys"],
+        serde_json::json!(["DEMO_VERSION", "API_TOKEN"])
+    );
+    let snapshot = PathBuf::from(r1["spec"]["image"]["env_snapshot"].as_str().unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&snapshot).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the env snapshot is owner-only");
+    for args in [
+        vec!["--json", "releases", p.svc.as_str()],
+        vec!["--json", "status", p.svc.as_str()],
+        vec!["events", p.svc.as_str()],
+    ] {
+        let out = p.run(&args);
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!all.contains("s3cret"), "{args:?} printed a secret: {all}");
+    }
+
+    // The container: ours by label, published on loopback only, with an init process.
+    let ids = containers_of(&p.svc);
+    let running: Vec<serde_json::Value> = ids.iter().map(|i| inspect(i)).collect();
+    let c2 = running
+        .iter()
+        .find(|c| c["Config"]["Labels"]["ripcord.version"] == "v2")
+        .expect("v2's container");
+    assert_eq!(c2["Config"]["Labels"]["ripcord.service"], p.svc.as_str());
+    assert_eq!(c2["HostConfig"]["Init"], true);
+    let bindings = &c2["HostConfig"]["PortBindings"]["8080/tcp"];
+    assert_eq!(bindings[0]["HostIp"], "127.0.0.1", "{bindings}");
+
+    // After the bake, v1's container is gone; today's env file says something else.
+    eventually(
+        "v1's container stops after the bake",
+        Duration::from_secs(20),
+        || containers_of(&p.svc).len() == 1,
+    );
+    p.env_file("DEMO_VERSION=v3-todays-env\nAPI_TOKEN=changed\n");
+    let out = p.run(&["--json", "rollback", &p.svc, "--reason", "test"]);
+    assert_ok(&out, "rollback");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["warm"], false, "a cold rollback: {v}");
+    // v1 runs v1's image with v1's snapshot: it says v1, not today's v3-todays-env.
+    assert_eq!(p.serving(), "v1");
+    let c1 = containers_of(&p.svc)
+        .iter()
+        .map(|i| inspect(i))
+        .find(|c| c["Config"]["Labels"]["ripcord.version"] == "v1")
+        .expect("v1 runs again");
+    assert_eq!(c1["Image"], v1_id.as_str());
+    let env: Vec<String> = serde_json::from_value(c1["Config"]["Env"].clone()).unwrap();
+    assert!(env.contains(&"API_TOKEN=s3cret-one".to_string()), "{env:?}");
+
+    // A watcher restart adopts the running container instead of restarting it.
+    let before = containers_of(&p.svc);
+    p.stop_watcher();
+    assert_eq!(
+        containers_of(&p.svc),
+        before,
+        "containers outlive the watcher"
+    );
+    p.start_watcher();
+    assert_eq!(p.serving(), "v1");
+    assert_eq!(containers_of(&p.svc), before, "adopted, not restarted");
+}
+
+#[test]
+fn image_replace_keeps_the_running_container_when_the_new_one_fails() {
+    let repo = unique("ripcord-test-ir");
+    let mut p = DockerProject::new("none", &repo, "", "");
+    let (_v1, _v2) = images(&mut p, &repo, &[]);
+    let rt = rt();
+    let engine = engine(&rt);
+    build_image(
+        &rt,
+        &engine,
+        &mut p.cleanup,
+        &format!("{repo}:v3"),
+        &["--listen", "0.0.0.0:8080", "--exit-at-start", "3"],
+    );
+    p.env_file("DEMO_VERSION=v1\n");
+    p.start_watcher();
+    assert_ok(&p.run(&["deploy", &p.svc, "v1"]), "deploy v1");
+    assert_eq!(p.serving(), "v1");
+    p.env_file("DEMO_VERSION=v2\n");
+    let out = p.run(&["--json", "deploy", &p.svc, "v2"]);
+    assert_ok(&out, "deploy v2");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let downtime = v["result"]["downtime_ms"]
+        .as_u64()
+        .expect("image replace reports its downtime");
+    assert!(downtime < 20_000, "{v}");
+    assert_eq!(p.serving(), "v2");
+    let ids = containers_of(&p.svc);
+    assert_eq!(ids.len(), 1, "one container after a replace");
+    let serving_id = ids[0].clone();
+    assert_eq!(inspect(&serving_id)["Name"], format!("/{}", p.svc));
+
+    // v3 exits at start: the pre-flight catches it and v2's container is untouched.
+    p.env_file("DEMO_VERSION=v3\n");
+    let out = p.run(&["deploy", &p.svc, "v3"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("was not touched"), "{}", stderr(&out));
+    assert_eq!(containers_of(&p.svc), vec![serving_id.clone()]);
+    assert_eq!(inspect(&serving_id)["State"]["Running"], true);
+    assert_eq!(p.serving(), "v2");
+
+    // doctor: ready now; after v1's image is gone, a rollback would fail, and says so.
+    let out = p.run(&["doctor", &p.svc]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let rm = Command::new("docker")
+        .args(["rmi", "-f", &format!("{repo}:v1")])
+        .output()
+        .unwrap();
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    let out = p.run(&["doctor", &p.svc]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("✗ image present"), "{}", stdout(&out));
+    let out = p.run(&["rollback", &p.svc, "--reason", "test"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(containers_of(&p.svc), vec![serving_id.clone()]);
+    assert_eq!(p.serving(), "v2");
+}
+
+/// Deploys v1 then v2 (which misbehaves a few seconds after it starts) and waits for
+/// the guard to put v1 back; returns the incident JSON.
+fn guard_rolls_back(v2_args: &[&str], docker_extra: &str, rule: &str) {
+    let repo = unique("ripcord-test-g");
+    let mut p = DockerProject::new("proxy", &repo, "bake_secs = 300", docker_extra);
+    images(&mut p, &repo, v2_args);
+    p.env_file("DEMO_VERSION=v1\n");
+    p.start_watcher();
+    assert_ok(&p.run(&["deploy", &p.svc, "v1"]), "deploy v1");
+    p.env_file("DEMO_VERSION=v2\n");
+    assert_ok(&p.run(&["deploy", &p.svc, "v2"]), "deploy v2");
+    eventually(
+        &format!("the guard rolls v2 back ({rule})"),
+        Duration::from_secs(40),
+        || p.release("v2")["status"] == "bad" && p.serving() == "v1",
+    );
+    let incidents = p.json(&["incident", "list", "--service", &p.svc]);
+    let text = incidents.to_string();
+    assert!(
+        text.contains(rule),
+        "incident names {rule}: {text}\n{}",
+        p.watcher_log()
+    );
+}
+
+#[test]
+fn an_oom_killed_container_is_rolled_back() {
+    guard_rolls_back(
+        &["--leak-mb-per-sec", "40", "--after-secs", "3"],
+        "memory_limit_mb = 24",
+        "oom",
+    );
+}
+
+#[test]
+fn a_crash_looping_container_is_rolled_back() {
+    guard_rolls_back(
+        &["--crash", "--after-secs", "3"],
+        "restart = \"on-failure\"",
+        "crash",
+    );
+}

@@ -1,0 +1,160 @@
+//! Docker test fixtures: the demo app built as a static binary, `FROM scratch` images of
+//! it (no image can be pulled here), and a guard that removes every container and image
+//! a test made, also when it fails. Needs a Docker engine: fails, never skips, without.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ripcord::docker::Engine;
+
+/// Builds (once per test binary) `ripcord-demo-app` linked statically, so it runs in an
+/// image that holds nothing else.
+pub fn static_demo_app() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target_dir = root.join("target").join("static");
+        let out = Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args([
+                "build",
+                "--profile",
+                "static-app",
+                "--bin",
+                "ripcord-demo-app",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--target-dir",
+            ])
+            .arg(&target_dir)
+            .output()
+            .expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building the static demo app failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = target_dir
+            .join("x86_64-unknown-linux-gnu")
+            .join("static-app")
+            .join("ripcord-demo-app");
+        assert!(bin.exists(), "no static demo app at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A name unique to this test run: `<prefix><pid>x<n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The engine, or a loud failure: these tests never skip.
+pub fn engine(rt: &tokio::runtime::Runtime) -> Engine {
+    rt.block_on(Engine::connect()).unwrap_or_else(|e| {
+        panic!("the Docker tests need a Docker engine and none answered: {e}; start dockerd (.ci/run does)")
+    })
+}
+
+/// Removes, on drop, every container labelled with one of `services` and every image
+/// in `images`.
+pub struct Cleanup {
+    pub services: Vec<String>,
+    pub images: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn new() -> Cleanup {
+        Cleanup {
+            services: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for svc in &self.services {
+            let out = Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=ripcord.service={svc}"),
+                ])
+                .output();
+            if let Ok(out) = out {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+        if !self.images.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f"])
+                .args(&self.images)
+                .output();
+        }
+    }
+}
+
+/// Builds `repo:tag` from the static demo app with `args` as its default arguments;
+/// returns the image id. Registered with `cleanup` before it is built.
+pub fn build_image(
+    rt: &tokio::runtime::Runtime,
+    engine: &Engine,
+    cleanup: &mut Cleanup,
+    reference: &str,
+    args: &[&str],
+) -> String {
+    cleanup.images.push(reference.to_string());
+    let bin = static_demo_app();
+    let cmd: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut labels = BTreeMap::new();
+    labels.insert("ripcord.test".to_string(), reference.to_string());
+    rt.block_on(engine.build_scratch_image_with(reference, &bin, &cmd, &labels))
+        .unwrap_or_else(|e| panic!("building {reference}: {e}"))
+}
+
+/// Container ids labelled with `service`, running or not.
+pub fn containers_of(service: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=ripcord.service={service}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
