@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod decide;
 pub mod demo_app;
 pub mod docker;

@@ -3,6 +3,7 @@
 //! guard, 4 verification failed). Human output is for people; `--json` output is a
 //! compatibility promise for scripts.
 
+mod db_cmd;
 mod demo;
 mod doctor;
 mod guard_cmd;
@@ -124,6 +125,11 @@ pub enum Command {
     },
     /// Acknowledge SERVICE's investigation: the guard will not roll it back for it
     Ack { service: String },
+    /// Database backups and the emergency restore (PostgreSQL)
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Rollback readiness of SERVICE: the previous release, its image and env snapshot,
     /// the slot ports, the engine, the health URL; exit 1 when a rollback would fail
     Doctor { service: String },
@@ -153,6 +159,26 @@ pub enum Command {
     /// Run the demo application (used by `ripcord demo`, tests and benchmarks)
     #[command(hide = true)]
     DemoApp(crate::demo_app::DemoAppArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// pg_dump (custom format) of SERVICE's database, checksummed and recorded
+    Backup { service: String },
+    /// SERVICE's backups, newest first
+    Backups { service: String },
+    /// Restore a backup into a new database, check it, swap it in (the old one is kept
+    /// renamed), restart and verify the app. Shows what will be lost and asks first
+    Restore {
+        service: String,
+        /// A backup id (see `db backups`) or its file; default: the newest that passes
+        /// its integrity check
+        #[arg(long, value_name = "ID|FILE")]
+        backup: Option<String>,
+        /// Consent without a prompt: the database's name
+        #[arg(long, value_name = "DBNAME")]
+        confirm: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -335,6 +361,27 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             guard_cmd::unfreeze(&state_dir, &service, &reason, json)
         }
         Command::Ack { service } => guard_cmd::ack(&state_dir, &service, json),
+        Command::Db { command } => match command {
+            DbCommand::Backup { service } => {
+                db_cmd::backup(cli.config.as_deref(), &state_dir, &service, json).await
+            }
+            DbCommand::Backups { service } => db_cmd::backups(&state_dir, &service, json),
+            DbCommand::Restore {
+                service,
+                backup,
+                confirm,
+            } => {
+                db_cmd::restore(
+                    cli.config.as_deref(),
+                    &state_dir,
+                    &service,
+                    backup.as_deref(),
+                    confirm.as_deref(),
+                    json,
+                )
+                .await
+            }
+        },
         Command::Doctor { service } => {
             doctor::run(cli.config.as_deref(), &state_dir, &service, json).await
         }

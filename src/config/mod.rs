@@ -62,6 +62,26 @@ pub enum Router {
     None,
 }
 
+/// `[service.NAME.database]`: the PostgreSQL database behind a service, for
+/// `ripcord db backup|backups|restore`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseConfig {
+    /// `postgresql://user@host:port/dbname`; never with a password in it.
+    pub url: String,
+    /// A file holding the password (first line); else PGPASSWORD, if set.
+    pub password_file: Option<PathBuf>,
+    /// Where dumps go; default `<state dir>/backups/<service>`.
+    pub backup_dir: Option<PathBuf>,
+    /// How many backups are kept (the newest verified one always is).
+    pub keep: usize,
+    /// SQL a restored database must pass before it replaces the live one.
+    pub checks: Vec<String>,
+    /// Where pg_dump and pg_restore are; default the server's own version's.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Take a backup before a deploy whose release moved the migration head.
+    pub backup_before_migrations: bool,
+}
+
 /// `[service.NAME.docker]`: how a release's container runs (runtime `docker`).
 #[derive(Debug, Clone, Serialize)]
 pub struct DockerConfig {
@@ -176,6 +196,8 @@ pub struct ServiceConfig {
     pub nginx: Option<NginxConfig>,
     /// How containers run (runtime `docker` only).
     pub docker: Option<DockerConfig>,
+    /// The service's PostgreSQL database (backups and restore).
+    pub database: Option<DatabaseConfig>,
     /// Where the migrations live and how to read the schema head (the rollback guard).
     pub migrations: Option<MigrationsConfig>,
     pub slots: Slots,
@@ -490,6 +512,16 @@ impl Config {
                     {
                         *f = base.join(&*f);
                     }
+                    if let Some(d) = s.database.as_mut() {
+                        for f in [d.password_file.as_mut(), d.backup_dir.as_mut()]
+                            .into_iter()
+                            .flatten()
+                        {
+                            if f.is_relative() {
+                                *f = base.join(&*f);
+                            }
+                        }
+                    }
                     (s.name.clone(), s)
                 })
                 .collect(),
@@ -517,6 +549,7 @@ pub(crate) struct RawService {
     pub(crate) listen: Option<Spanned<SocketAddr>>,
     pub(crate) nginx: Option<NginxConfig>,
     pub(crate) docker: Option<DockerConfig>,
+    pub(crate) database: Option<DatabaseConfig>,
     pub(crate) migrations: Option<MigrationsConfig>,
     pub(crate) slots: Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>>,
     pub(crate) health_path: Option<Spanned<String>>,
@@ -553,6 +586,7 @@ impl RawService {
             listen: self.listen.map(|l| l.value),
             nginx: self.nginx,
             docker: self.docker,
+            database: self.database,
             migrations: self.migrations,
             slots: Slots {
                 blue: blue?,
@@ -601,6 +635,7 @@ const SERVICE_KEYS: &[&str] = &[
     "nginx",
     "migrations",
     "docker",
+    "database",
 ];
 
 const CHECK_KEYS: &[&str] = &[
@@ -745,6 +780,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let slots = read_slots(r, t);
     let nginx = r.table(t, "nginx").and_then(|n| read_nginx(r, &n));
     let docker = r.table(t, "docker").and_then(|d| read_docker(r, &d, name));
+    let database = r.table(t, "database").and_then(|d| read_database(r, &d));
     if runtime == Some(Runtime::Docker) && !t.inner.contains_key("docker") {
         r.error(
             t.span.clone(),
@@ -912,6 +948,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         listen,
         nginx,
         docker,
+        database,
         migrations,
         slots,
         health_path,
@@ -929,6 +966,57 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         integrity,
         prometheus,
     }
+}
+
+fn read_database(r: &mut Reader<'_>, t: &Table<'_>) -> Option<DatabaseConfig> {
+    let before = r.errors.len();
+    r.deny_unknown(
+        t,
+        &[
+            "url",
+            "password_file",
+            "backup_dir",
+            "keep",
+            "checks",
+            "pg_bin_dir",
+            "backup_before_migrations",
+        ],
+    );
+    let url = r.string(t, "url");
+    match &url {
+        None if !t.inner.contains_key("url") => r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "url"),
+            "missing: the database, e.g. url = \"postgresql://app@127.0.0.1:5432/app\" (the password goes in password_file or PGPASSWORD)"
+                .to_string(),
+        ),
+        Some(u) => {
+            if let Err(e) = crate::db::PgUrl::parse(&u.value) {
+                r.error(u.span.clone(), &reader::join(&t.path, "url"), e.to_string());
+            }
+        }
+        None => {}
+    }
+    let password_file = r.string(t, "password_file").map(|s| PathBuf::from(s.value));
+    let backup_dir = r.string(t, "backup_dir").map(|s| PathBuf::from(s.value));
+    let keep = r
+        .integer(t, "keep", 1, 10_000)
+        .map_or(7, |v| v.value as usize);
+    let checks = r.argv(t, "checks").map(|a| a.value).unwrap_or_default();
+    let pg_bin_dir = r.string(t, "pg_bin_dir").map(|s| PathBuf::from(s.value));
+    let backup_before_migrations = r.boolean(t, "backup_before_migrations").unwrap_or(false);
+    if r.errors.len() > before {
+        return None;
+    }
+    Some(DatabaseConfig {
+        url: url?.value,
+        password_file,
+        backup_dir,
+        keep,
+        checks,
+        pg_bin_dir,
+        backup_before_migrations,
+    })
 }
 
 fn read_docker(r: &mut Reader<'_>, t: &Table<'_>, service: &str) -> Option<DockerConfig> {

@@ -12,6 +12,7 @@ pub mod envfile;
 pub mod nginx;
 pub mod process;
 pub mod replace;
+pub mod restore;
 pub mod router;
 
 use std::collections::BTreeMap;

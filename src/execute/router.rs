@@ -85,6 +85,19 @@ impl Router {
         }
     }
 
+    /// Sends new requests nowhere (the built-in proxy answers 503 itself) while the
+    /// app is down on purpose (a database restore). nginx keeps its upstream block: it
+    /// answers 502 until the next switch.
+    pub fn clear(&self) {
+        match self {
+            Router::Proxy(p) => {
+                p.switch(None);
+            }
+            Router::Direct(t) => t.store(None),
+            Router::Nginx(_) => {}
+        }
+    }
+
     /// Waits until a switch has surely taken effect for new connections.
     pub async fn settle(&self) {
         if let Router::Nginx(_) = self {

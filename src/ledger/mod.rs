@@ -10,6 +10,7 @@
 //! Every multi-row change is one transaction, so a crash never leaves half a change.
 //! This module never starts or stops anything; it only records.
 
+mod backups;
 mod guard;
 mod schema;
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 use crate::config::Slot;
+pub use backups::{BackupRecord, NewBackup};
 
 pub use guard::{Incident, IncidentUpdate, ServiceState};
 pub use schema::CURRENT as SCHEMA_VERSION;

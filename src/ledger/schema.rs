@@ -115,6 +115,24 @@ const STEPS: &[&str] = &[
     r#"
     ALTER TABLE slots ADD COLUMN container TEXT;
     "#,
+    // v5: database backups (`ripcord db backup`).
+    r#"
+    CREATE TABLE backups (
+        id              INTEGER PRIMARY KEY,
+        service         TEXT NOT NULL,
+        path            TEXT NOT NULL,
+        sha256          TEXT NOT NULL,
+        size_bytes      INTEGER NOT NULL,
+        server_version  TEXT NOT NULL,
+        database        TEXT NOT NULL,
+        release_id      INTEGER REFERENCES releases (id),
+        created_at_ms   INTEGER NOT NULL,
+        verified_ok     INTEGER,
+        verified_at_ms  INTEGER,
+        deleted_at_ms   INTEGER
+    );
+    CREATE INDEX backups_by_service ON backups (service, id);
+    "#,
 ];
 
 /// The SQL of one upgrade step (tests build old ledgers with it).

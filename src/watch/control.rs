@@ -40,6 +40,11 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Restore a database backup (consent was given to the CLI).
+    Restore {
+        service: String,
+        backup: i64,
+    },
     /// Live facts only the watcher has (proxy counters, processes).
     Live {
         service: String,

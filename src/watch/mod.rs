@@ -445,6 +445,7 @@ async fn serve_client(
     let service_name = match &request {
         Request::Deploy { service, .. }
         | Request::Rollback { service, .. }
+        | Request::Restore { service, .. }
         | Request::Live { service } => Some(service.clone()),
         Request::Ping => None,
     };
@@ -520,6 +521,14 @@ async fn serve_client(
             let exec = svc.exec.clone();
             tokio::spawn(async move {
                 exec.rollback(RollbackRequest { to, reason, force }, Some(tx))
+                    .await
+                    .map(|o| serde_json::to_value(o).unwrap_or_default())
+            })
+        }
+        (Request::Restore { backup, .. }, Some(svc)) => {
+            let exec = svc.exec.clone();
+            tokio::spawn(async move {
+                exec.restore(backup, Some(tx))
                     .await
                     .map(|o| serde_json::to_value(o).unwrap_or_default())
             })

@@ -1,0 +1,398 @@
+//! `ripcord db backup|backups|restore SERVICE`.
+//!
+//! A restore under pressure can only go one way: the backup is integrity-checked before
+//! anything else, the data-loss window is shown, and consent is typed (the database's
+//! name) or given with `--confirm DBNAME`; without it nothing changes (exit 3). The
+//! restore itself runs in the watcher, which owns the app's runtime
+//! (`execute/restore.rs`).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use super::{CliError, load_config, output};
+use crate::clock::{format_utc, now_ms};
+use crate::config::ServiceConfig;
+use crate::db::{self, BackupMeta};
+use crate::execute::restore::db_config;
+use crate::ledger::{BackupRecord, Ledger, NewBackup, NewEvent};
+use crate::watch::control::{self, Request};
+
+fn service<'a>(cfg: &'a crate::config::Config, name: &str) -> Result<&'a ServiceConfig, CliError> {
+    cfg.service(name).ok_or_else(|| {
+        CliError::new(
+            2,
+            format!(
+                "no service `{name}` in {}: configured are {}",
+                cfg.path.display(),
+                cfg.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })
+}
+
+fn ledger(state_dir: &Path) -> Result<Ledger, CliError> {
+    Ledger::open(state_dir).map_err(|e| CliError::new(1, e.to_string()))
+}
+
+fn exec_err(e: crate::execute::ExecError) -> CliError {
+    CliError::new(e.exit_code(), e.to_string())
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Takes a backup, records it, applies retention.
+pub(super) async fn backup(
+    config: Option<&Path>,
+    state_dir: &Path,
+    name: &str,
+    json: bool,
+) -> Result<i32, CliError> {
+    let cfg = load_config(config)?;
+    let svc = service(&cfg, name)?;
+    let dbc = db_config(svc, state_dir).map_err(exec_err)?;
+    let mut ledger = ledger(state_dir)?;
+    let rec = take_backup(&mut ledger, name, &dbc, json).await?;
+    let removed = apply_retention(&mut ledger, name, dbc.keep)?;
+    if json {
+        output::print_json(&serde_json::json!({ "backup": rec, "removed": removed }));
+    } else {
+        println!(
+            "✓ backup #{} of {}: {} ({}, sha256 {}), PostgreSQL {}",
+            rec.id,
+            rec.database,
+            rec.path,
+            human_size(rec.size_bytes),
+            &rec.sha256[..16.min(rec.sha256.len())],
+            rec.server_version
+        );
+        for r in &removed {
+            println!("  removed backup #{} (retention: keep {})", r.id, dbc.keep);
+        }
+    }
+    Ok(0)
+}
+
+/// `pg_dump` into the backup dir, and a ledger row with its checksum and the active
+/// release. Also used before a deploy that moves the migration head.
+pub async fn take_backup(
+    ledger: &mut Ledger,
+    name: &str,
+    dbc: &db::DbConfig,
+    quiet: bool,
+) -> Result<BackupRecord, CliError> {
+    if !quiet {
+        eprintln!("  pg_dump of {} into {}", dbc.url, dbc.backup_dir.display());
+    }
+    let file = db::backup(dbc, name)
+        .await
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let active = ledger
+        .active_release(name)
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let path = file.path.display().to_string();
+    let rec = ledger
+        .record_backup(
+            name,
+            &NewBackup {
+                path: &path,
+                sha256: &file.sha256,
+                size_bytes: file.size_bytes,
+                server_version: &file.server_version,
+                database: &file.database,
+                release_id: active.as_ref().map(|a| a.id),
+                created_at_ms: file.created_at_ms,
+            },
+        )
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    // Read back at once: a backup counts as good only once pg_restore read all of it.
+    let ok = db::verify(&file.path, &file.sha256).await;
+    if let Err(e) = &ok {
+        eprintln!("  ✗ the new backup does not read back: {e}");
+    }
+    ledger
+        .set_backup_verified(rec.id, ok.is_ok())
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let rec = ledger
+        .backup(rec.id)
+        .map_err(|e| CliError::new(1, e.to_string()))?
+        .unwrap_or(rec);
+    let _ = ledger.event(
+        name,
+        NewEvent {
+            release_id: active.as_ref().map(|a| a.id),
+            kind: "db_backup",
+            message: format!(
+                "backup #{} of {}: {} ({})",
+                rec.id,
+                rec.database,
+                rec.path,
+                human_size(rec.size_bytes)
+            ),
+            ..Default::default()
+        },
+    );
+    Ok(rec)
+}
+
+/// Keeps the newest `keep` backups and the newest verified one; deletes the rest (the
+/// file first, then the ledger row is marked).
+fn apply_retention(
+    ledger: &mut Ledger,
+    name: &str,
+    keep: usize,
+) -> Result<Vec<BackupRecord>, CliError> {
+    let all = ledger
+        .backups(name)
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let meta: Vec<BackupMeta> = all
+        .iter()
+        .map(|b| BackupMeta {
+            id: b.id,
+            created_at_ms: b.created_at_ms,
+            verified_ok: b.verified_ok,
+        })
+        .collect();
+    let doomed = db::retention(&meta, keep);
+    let mut removed = Vec::new();
+    for b in all.into_iter().filter(|b| doomed.contains(&b.id)) {
+        match std::fs::remove_file(&b.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                eprintln!("  ! cannot remove {}: {e}; kept in the ledger", b.path);
+                continue;
+            }
+        }
+        ledger
+            .mark_backup_deleted(b.id)
+            .map_err(|e| CliError::new(1, e.to_string()))?;
+        removed.push(b);
+    }
+    Ok(removed)
+}
+
+pub(super) fn backups(state_dir: &Path, name: &str, json: bool) -> Result<i32, CliError> {
+    let ledger = ledger(state_dir)?;
+    let list = ledger
+        .backups(name)
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    if json {
+        output::print_json(&list);
+        return Ok(0);
+    }
+    if list.is_empty() {
+        println!("{name} has no backups yet: ripcord db backup {name}");
+        return Ok(0);
+    }
+    println!(
+        "{:>4}  {:<24}  {:>10}  {:<10}  {:<9}  path",
+        "id", "taken (UTC)", "size", "release", "verified"
+    );
+    for b in &list {
+        let release = b
+            .release_id
+            .and_then(|id| ledger.release(id).ok())
+            .map_or("-".to_string(), |r| r.version);
+        let verified = match b.verified_ok {
+            Some(true) => "ok",
+            Some(false) => "FAILED",
+            None => "not yet",
+        };
+        println!(
+            "{:>4}  {:<24}  {:>10}  {:<10}  {:<9}  {}",
+            b.id,
+            format_utc(b.created_at_ms),
+            human_size(b.size_bytes),
+            release,
+            verified,
+            b.path
+        );
+    }
+    Ok(0)
+}
+
+/// Finds the backup to restore: `--backup ID|FILE`, or the newest that passes
+/// verification. Failed checks are recorded in the ledger.
+async fn choose(
+    ledger: &mut Ledger,
+    name: &str,
+    which: Option<&str>,
+    json: bool,
+) -> Result<BackupRecord, CliError> {
+    let all = ledger
+        .backups(name)
+        .map_err(|e| CliError::new(1, e.to_string()))?;
+    let candidates: Vec<BackupRecord> = match which {
+        Some(w) => {
+            let by_id = w.trim_start_matches('#').parse::<i64>().ok();
+            let found = all.iter().find(|b| {
+                Some(b.id) == by_id
+                    || Path::new(&b.path) == Path::new(w)
+                    || std::fs::canonicalize(w).ok() == Some(PathBuf::from(&b.path))
+            });
+            match found {
+                Some(b) => vec![b.clone()],
+                None => {
+                    return Err(CliError::new(
+                        2,
+                        format!(
+                            "`{w}` is not a backup ripcord recorded for {name}, so its checksum is unknown and \
+                             ripcord will not restore it; see `ripcord db backups {name}`"
+                        ),
+                    ));
+                }
+            }
+        }
+        None => all,
+    };
+    if candidates.is_empty() {
+        return Err(CliError::new(
+            1,
+            format!(
+                "{name} has no backups: nothing to restore (take one with `ripcord db backup {name}`)"
+            ),
+        ));
+    }
+    let explicit = which.is_some();
+    for b in candidates {
+        if !json {
+            eprintln!("  checking backup #{} ({})", b.id, b.path);
+        }
+        match db::verify(Path::new(&b.path), &b.sha256).await {
+            Ok(_) => {
+                let _ = ledger.set_backup_verified(b.id, true);
+                return Ok(b);
+            }
+            Err(e) => {
+                let _ = ledger.set_backup_verified(b.id, false);
+                if explicit {
+                    return Err(CliError::new(
+                        3,
+                        format!(
+                            "backup #{} failed its integrity check, so nothing was stopped or changed: {e}",
+                            b.id
+                        ),
+                    ));
+                }
+                eprintln!("  ✗ backup #{} failed its integrity check: {e}", b.id);
+            }
+        }
+    }
+    Err(CliError::new(
+        3,
+        format!("no backup of {name} passes its integrity check: nothing was stopped or changed"),
+    ))
+}
+
+pub(super) async fn restore(
+    config: Option<&Path>,
+    state_dir: &Path,
+    name: &str,
+    which: Option<&str>,
+    confirm: Option<&str>,
+    json: bool,
+) -> Result<i32, CliError> {
+    let cfg = load_config(config)?;
+    let svc = service(&cfg, name)?;
+    let dbc = db_config(svc, state_dir).map_err(exec_err)?;
+    let dbname = db::PgUrl::parse(&dbc.url)
+        .map_err(|e| CliError::new(2, e.to_string()))?
+        .database;
+    let mut ledger = ledger(state_dir)?;
+    let b = choose(&mut ledger, name, which, json).await?;
+    let window = db::loss_window(b.created_at_ms, now_ms());
+    let release = b
+        .release_id
+        .and_then(|id| ledger.release(id).ok())
+        .map_or("unknown".to_string(), |r| r.version);
+    let taken = format_utc(b.created_at_ms);
+    let banner = format!(
+        "restore {dbname} from backup #{} ({}, {}, release {release})\n\
+         DATA WRITTEN SINCE {taken} WILL BE LOST from {dbname} ({window} of writes); \
+         the current database is kept, renamed, until you drop it",
+        b.id,
+        b.path,
+        human_size(b.size_bytes)
+    );
+    eprintln!("{banner}");
+    // Consent: the database's name, typed or given.
+    let interactive = confirm.is_none() && !json && std::io::stdin().is_terminal();
+    let given = match confirm {
+        Some(c) => c.to_string(),
+        None if interactive => {
+            eprint!("type the database's name ({dbname}) to restore it: ");
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| CliError::new(1, e.to_string()))?;
+            line.trim().to_string()
+        }
+        None => {
+            return Err(CliError::new(
+                3,
+                format!(
+                    "refused: a non-interactive restore needs --confirm {dbname} (the database's name); nothing was changed"
+                ),
+            ));
+        }
+    };
+    if given != dbname {
+        return Err(CliError::new(
+            3,
+            format!(
+                "refused: `{given}` is not the database's name ({dbname}); nothing was changed"
+            ),
+        ));
+    }
+    let request = Request::Restore {
+        service: name.to_string(),
+        backup: b.id,
+    };
+    let (exit, result, error) = control::call(state_dir, &request, |msg| {
+        if !json {
+            for line in msg.lines() {
+                eprintln!("  {line}");
+            }
+        }
+    })
+    .await
+    .map_err(|e| {
+        CliError::new(
+            1,
+            format!("{e}\nthe restore runs in the watcher, which stops and starts the app; nothing was changed"),
+        )
+    })?;
+    if json {
+        output::print_json(&serde_json::json!({
+            "ok": exit == 0, "exit": exit, "result": result, "error": error,
+        }));
+        return Ok(exit);
+    }
+    match error {
+        Some(e) => {
+            eprintln!("✗ {e}");
+            Ok(exit)
+        }
+        None => {
+            println!(
+                "✓ {dbname} restored from backup #{} ({window} of writes given up); the database before is kept as {}; {}",
+                b.id,
+                result["kept_as"].as_str().unwrap_or("?"),
+                match result["app"].as_str() {
+                    Some(v) => format!("{v} runs again and passed verification"),
+                    None => "no release was running".to_string(),
+                }
+            );
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The emergency database restore, run by the watcher (it owns the app's runtime):
+//! check the backup again, freeze the service, stop the app, restore into a new
+//! database, check it, swap names (the old database is kept, renamed), start the app,
+//! verify. Any failure before the swap leaves the original database untouched and the
+//! app restarted; the error says where it stopped. Every step is an event, attached to
+//! the service's open (or frozen) incident when there is one.
+//!
+//! Consent and the data-loss window are the CLI's job (`cli/db_cmd.rs`): by the time a
+//! request gets here, a person typed the database's name or passed `--confirm`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{ExecError, Progress, ServiceExec, say};
+use crate::clock::now_ms;
+use crate::config::Slot;
+use crate::db::{self, DbConfig};
+use crate::ledger::{NewEvent, OperationKind};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreOutcome {
+    pub service: String,
+    pub backup: i64,
+    pub database: String,
+    /// The database as it was before the restore, kept under this name.
+    pub kept_as: String,
+    pub backup_created_at_ms: i64,
+    /// How much time of writes the restore gave up: backup time until the restore.
+    pub loss_window: String,
+    /// The release started again afterwards, if any.
+    pub app: Option<String>,
+    pub total_ms: u64,
+}
+
+impl ServiceExec {
+    /// Restores backup `backup_id` (see the module doc).
+    pub async fn restore(
+        &self,
+        backup_id: i64,
+        progress: Progress,
+    ) -> Result<RestoreOutcome, ExecError> {
+        let holder = format!(
+            "`ripcord db restore {}` (watcher pid {})",
+            self.name(),
+            std::process::id()
+        );
+        self.exclusive(holder, async || {
+            self.restore_locked(backup_id, &progress).await
+        })
+        .await
+    }
+
+    async fn restore_locked(
+        &self,
+        backup_id: i64,
+        progress: &Progress,
+    ) -> Result<RestoreOutcome, ExecError> {
+        let start = std::time::Instant::now();
+        let cfg = db_config(&self.cfg, &self.state_dir)?;
+        let rec = self.ledger().backup(backup_id)?.ok_or_else(|| {
+            ExecError::Usage(format!(
+                "{} has no backup #{backup_id}: see `ripcord db backups {}`",
+                self.name(),
+                self.name()
+            ))
+        })?;
+        if rec.service != self.name() {
+            return Err(ExecError::Usage(format!(
+                "backup #{backup_id} belongs to {}, not {}",
+                rec.service,
+                self.name()
+            )));
+        }
+        let path = PathBuf::from(&rec.path);
+        say(
+            progress,
+            format!("checking backup #{backup_id} (sha256, and that pg_restore reads all of it)"),
+        );
+        let verified = match db::verify(&path, &rec.sha256).await {
+            Ok(v) => {
+                self.ledger().set_backup_verified(backup_id, true)?;
+                v
+            }
+            Err(e) => {
+                self.ledger().set_backup_verified(backup_id, false)?;
+                return Err(ExecError::Refused(format!(
+                    "backup #{backup_id} failed its integrity check, so nothing was stopped or changed: {e}"
+                )));
+            }
+        };
+        let incident = self
+            .ledger()
+            .incidents(Some(self.name()))?
+            .into_iter()
+            .find(|i| i.status == "open" || i.status == "frozen");
+        let incident = incident.map(|i| i.id);
+        let window = db::loss_window(rec.created_at_ms, now_ms());
+        let database = db::PgUrl::parse(&cfg.url)
+            .map(|u| u.database.clone())
+            .unwrap_or_default();
+        let we_froze = self.ledger().freeze(
+            self.name(),
+            &format!("database restore from backup #{backup_id} in progress"),
+            incident,
+        )?;
+        self.restore_event(
+            incident,
+            "restore_started",
+            format!(
+                "restoring {database} from backup #{backup_id} ({}): data written in the {window} since then \
+                 leaves the live database; the current database is kept, renamed",
+                crate::clock::format_utc(rec.created_at_ms)
+            ),
+        );
+
+        // Stop the app: nothing may write into the database while names are swapped.
+        let active = self.ledger().active_release(self.name())?;
+        let active_slot = self
+            .slots()
+            .iter()
+            .find(|(_, sp)| Some(sp.release.id) == active.as_ref().map(|a| a.id))
+            .map(|(s, _)| *s);
+        say(progress, "stopping the app".to_string());
+        let stopped: Vec<Slot> = self.slots().into_keys().collect();
+        for slot in &stopped {
+            self.stop_slot(*slot, None).await;
+        }
+        self.router.clear();
+        self.restore_event(
+            incident,
+            "app_stopped",
+            if stopped.is_empty() {
+                "no release of this service was running (runtime external runs it elsewhere: \
+                 the swap ends its database sessions)"
+                    .to_string()
+            } else {
+                format!("stopped {} release(s) for the restore", stopped.len())
+            },
+        );
+
+        // Restore into a new database and check it; the original is untouched so far.
+        say(
+            progress,
+            format!("restoring into a new database beside {database}"),
+        );
+        let new_db = match db::restore_into_new(&cfg, &path, &verified).await {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(self
+                    .abort_restore(incident, we_froze, active_slot, &e.to_string(), progress)
+                    .await);
+            }
+        };
+        self.restore_event(
+            incident,
+            "restore_checked",
+            format!(
+                "backup #{backup_id} restored into {new_db}: {} table(s) present, {} check(s) passed",
+                verified.table_count,
+                cfg.checks.len()
+            ),
+        );
+        say(progress, format!("swapping {new_db} in as {database}"));
+        let kept = match db::swap(&cfg, &new_db).await {
+            Ok(k) => k,
+            Err(e) => {
+                return Err(self
+                    .abort_restore(incident, we_froze, active_slot, &e.to_string(), progress)
+                    .await);
+            }
+        };
+        self.restore_event(
+            incident,
+            "database_swapped",
+            format!("the restored database is now {database}; the one before is kept as {kept}"),
+        );
+
+        // The app back, and verified.
+        let app = match self.restart_after_restore(active_slot, progress).await {
+            Ok(app) => app,
+            Err(e) => {
+                self.restore_event(
+                    incident,
+                    "restore_failed",
+                    format!("the database was restored, but the app did not come back: {e}; {} stays frozen", self.name()),
+                );
+                return Err(e);
+            }
+        };
+        if we_froze {
+            self.ledger().unfreeze(
+                self.name(),
+                &format!("database restored from backup #{backup_id} and the app verified"),
+            )?;
+        }
+        self.restore_event(
+            incident,
+            "restore_finished",
+            format!(
+                "restore from backup #{backup_id} finished in {} ms; {database} lost the writes of the {window} before it",
+                start.elapsed().as_millis()
+            ),
+        );
+        Ok(RestoreOutcome {
+            service: self.name().to_string(),
+            backup: backup_id,
+            database,
+            kept_as: kept,
+            backup_created_at_ms: rec.created_at_ms,
+            loss_window: window,
+            app,
+            total_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Before the swap: the original database was not changed; start the app again and
+    /// lift the freeze this restore set.
+    async fn abort_restore(
+        &self,
+        incident: Option<i64>,
+        we_froze: bool,
+        active_slot: Option<Slot>,
+        why: &str,
+        progress: &Progress,
+    ) -> ExecError {
+        let app = match self.restart_after_restore(active_slot, progress).await {
+            Ok(Some(v)) => format!("{v} was started again"),
+            Ok(None) => "no release was running before, so none was started".to_string(),
+            Err(e) => format!("starting the app again failed: {e}"),
+        };
+        self.restore_event(
+            incident,
+            "restore_failed",
+            format!(
+                "restore stopped before the swap: {why}; the original database is untouched; {app}"
+            ),
+        );
+        if we_froze
+            && let Err(e) = self
+                .ledger()
+                .unfreeze(self.name(), "the restore stopped before changing anything")
+        {
+            tracing::error!(error = %e, "cannot lift the restore's freeze");
+        }
+        ExecError::Failed(format!("{why}\nthe original database is untouched; {app}"))
+    }
+
+    /// Starts the active release again in its slot, switches traffic to it, verifies.
+    async fn restart_after_restore(
+        &self,
+        slot: Option<Slot>,
+        progress: &Progress,
+    ) -> Result<Option<String>, ExecError> {
+        let Some(active) = self.ledger().active_release(self.name())? else {
+            return Ok(None);
+        };
+        let slot = slot.unwrap_or(Slot::Blue);
+        let op = self.ledger().begin_operation(
+            self.name(),
+            OperationKind::Deploy,
+            Some(active.id),
+            Some(active.id),
+            Some("start the active release again after a database restore"),
+        )?;
+        let result = async {
+            if self.cfg.router == crate::config::Router::None {
+                self.replace_with(op, &active, "next", progress).await?;
+            } else {
+                self.start_healthy(op, &active, slot, progress).await?;
+            }
+            self.switch_to(op, &active, slot).await?;
+            let report = self.verify_serving(op, &active, progress).await?;
+            if !report.ok {
+                return Err(ExecError::VerifyFailed {
+                    message: format!(
+                        "{} {} runs again on the restored database, but verification failed",
+                        self.name(),
+                        active.version
+                    ),
+                    report,
+                });
+            }
+            Ok(Some(active.version.clone()))
+        }
+        .await;
+        self.finish(op, result)
+    }
+
+    fn restore_event(&self, incident: Option<i64>, kind: &str, message: String) {
+        tracing::info!(service = %self.name(), kind, "{message}");
+        let result = self.ledger().event(
+            self.name(),
+            NewEvent {
+                release_id: None,
+                operation_id: None,
+                kind,
+                message,
+                data: None,
+                incident_id: incident,
+            },
+        );
+        if let Err(e) = result {
+            tracing::error!(service = %self.name(), error = %e, "cannot write event to the ledger");
+        }
+    }
+}
+
+/// The db module's settings for a service: `[service.NAME.database]`, with the backup
+/// directory defaulting to `<state dir>/backups/<service>`.
+pub fn db_config(
+    cfg: &crate::config::ServiceConfig,
+    state_dir: &Path,
+) -> Result<DbConfig, ExecError> {
+    let d = cfg.database.as_ref().ok_or_else(|| {
+        ExecError::Usage(format!(
+            "{} has no database configured: add [service.{}.database] with `url`",
+            cfg.name, cfg.name
+        ))
+    })?;
+    Ok(DbConfig {
+        url: d.url.clone(),
+        password_file: d.password_file.clone(),
+        backup_dir: d
+            .backup_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("backups").join(&cfg.name)),
+        keep: d.keep,
+        checks: d.checks.clone(),
+        pg_bin_dir: d.pg_bin_dir.clone(),
+    })
+}

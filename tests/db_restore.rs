@@ -1,0 +1,191 @@
+//! `ripcord db backup|backups|restore` end to end: a real PostgreSQL (private, started
+//! by the test), a real watcher running the demo app, the real CLI. A restore needs
+//! consent, refuses a damaged backup before the app is stopped, keeps the old database
+//! renamed, and a restore that fails midway leaves the original serving.
+
+mod common;
+mod pg_fixture;
+
+use std::time::Duration;
+
+use common::{Project, assert_ok, eventually, serving, stderr, stdout};
+use pg_fixture::{Postgres, start};
+
+/// A project whose service `web` has database `db` on `pg`; `extra` goes into the
+/// `[service.web.database]` table.
+fn project(pg: &Postgres, db: &str, extra: &str) -> Project {
+    let tail = format!(
+        r#"
+[service.web.database]
+url = "postgresql://postgres@127.0.0.1:{}/{db}"
+password_file = "{}"
+backup_dir = "backups"
+{extra}
+"#,
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    Project::new("", &tail)
+}
+
+fn items(pg: &Postgres, db: &str) -> String {
+    pg.sql(
+        db,
+        "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
+    )
+}
+
+fn kinds(p: &Project) -> Vec<String> {
+    let events = p.json(&["events", "web"]);
+    events
+        .as_array()
+        .cloned()
+        .or_else(|| events["events"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn app_pid(p: &Project) -> i64 {
+    let s = p.json(&["status", "web"]);
+    s["live"]["slots"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|sl| sl["pid"].as_i64()))
+        .unwrap_or_else(|| panic!("no app pid in {s}"))
+}
+
+#[test]
+fn backup_then_restore_brings_the_rows_back_and_keeps_the_old_database() {
+    let pg = start();
+    pg.create_app("app");
+    let mut p = project(&pg, "app", "keep = 2");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let out = p.run(&["db", "backup", "web"]);
+    assert_ok(&out, "db backup");
+    let list = p.json(&["db", "backups", "web"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["verified_ok"], true, "read back at once: {list}");
+    assert_eq!(list[0]["sha256"].as_str().unwrap().len(), 64);
+    let first_path = list[0]["path"].as_str().unwrap().to_string();
+
+    pg.sql(
+        "app",
+        "DELETE FROM items WHERE id = 1; INSERT INTO items VALUES (4, 'four')",
+    );
+    let dbs_before = pg.databases();
+    let pid_before = app_pid(&p);
+
+    // No consent: refused, nothing changed.
+    let out = p.run(&["db", "restore", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("DATA WRITTEN SINCE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("--confirm app"), "{}", stderr(&out));
+    let out = p.run(&["db", "restore", "web", "--confirm", "ap"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(items(&pg, "app"), "2,3,4");
+    assert_eq!(pg.databases(), dbs_before);
+    assert_eq!(app_pid(&p), pid_before, "the app was not touched");
+
+    // Consent given: the backup's rows are back, the old database is kept.
+    let out = p.run(&["db", "restore", "web", "--confirm", "app"]);
+    assert_ok(&out, "db restore");
+    assert_eq!(items(&pg, "app"), "1,2,3");
+    let kept: Vec<String> = pg
+        .databases()
+        .into_iter()
+        .filter(|d| d.starts_with("app_before_restore_"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{:?}", pg.databases());
+    assert_eq!(items(&pg, &kept[0]), "2,3,4");
+    assert_eq!(serving(&p), "v1", "the app is back");
+    assert_ne!(app_pid(&p), pid_before, "it was stopped and started");
+    let k = kinds(&p);
+    for kind in [
+        "restore_started",
+        "app_stopped",
+        "restore_checked",
+        "database_swapped",
+        "restore_finished",
+        "unfrozen",
+    ] {
+        assert!(k.contains(&kind.to_string()), "no {kind} event in {k:?}");
+    }
+
+    // Retention: keep = 2 keeps the two newest.
+    assert_ok(&p.run(&["db", "backup", "web"]), "second backup");
+    assert_ok(&p.run(&["db", "backup", "web"]), "third backup");
+    let list = p.json(&["db", "backups", "web"]);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert!(
+        !std::path::Path::new(&first_path).exists(),
+        "the oldest file is gone"
+    );
+}
+
+#[test]
+fn a_damaged_backup_is_refused_before_the_app_is_stopped() {
+    let pg = start();
+    pg.create_app("shop");
+    let mut p = project(&pg, "shop", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.run(&["db", "backup", "web"]), "db backup");
+    let list = p.json(&["db", "backups", "web"]);
+    let path = list[0]["path"].as_str().unwrap().to_string();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let pid = app_pid(&p);
+    let out = p.run(&["db", "restore", "web", "--confirm", "shop"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("integrity check"), "{}", stderr(&out));
+    assert_eq!(app_pid(&p), pid, "the app was never stopped");
+    assert!(!kinds(&p).contains(&"app_stopped".to_string()));
+    assert_eq!(p.json(&["db", "backups", "web"])[0]["verified_ok"], false);
+    assert_eq!(items(&pg, "shop"), "1,2,3");
+}
+
+#[test]
+fn a_restore_that_fails_midway_leaves_the_original_database_serving() {
+    let pg = start();
+    pg.create_app("crm");
+    // The restored copy must hold more than 100 items: it holds 3, so the check fails
+    // after the app was stopped and before the swap.
+    let mut p = project(
+        &pg,
+        "crm",
+        "checks = [\"SELECT count(*) > 100 FROM items\"]",
+    );
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.run(&["db", "backup", "web"]), "db backup");
+    pg.sql("crm", "INSERT INTO items VALUES (9, 'nine')");
+    let dbs = pg.databases();
+    let out = p.run(&["db", "restore", "web", "--confirm", "crm"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("untouched"), "{}", stderr(&out));
+    assert_eq!(
+        items(&pg, "crm"),
+        "1,2,3,9",
+        "the original database is as it was"
+    );
+    assert_eq!(pg.databases(), dbs, "the half-made copy was dropped");
+    eventually("the app serves again", Duration::from_secs(10), || {
+        common::get(&p.url("/health")).0 == 200
+    });
+    assert_eq!(serving(&p), "v1");
+    let k = kinds(&p);
+    assert!(k.contains(&"restore_failed".to_string()), "{k:?}");
+    assert!(k.contains(&"unfrozen".to_string()), "{k:?}");
+}
