@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the Docker rollback benchmark.
+fn main() {}
