@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BIN, assert_ok, eventually, free_port, get, stderr, stdout};
-use docker_fixture::{Cleanup, build_image, containers_of, engine, rt, unique};
+use docker_fixture::{Cleanup, Swarm, build_image, containers_of, engine, rt, unique};
 
 /// A project whose one service runs containers.
 struct DockerProject {
@@ -29,11 +29,24 @@ impl DockerProject {
     /// `router` is "proxy" (blue-green) or "none" (image replace); `extra` goes inside
     /// `[service.NAME]`, `docker_extra` inside `[service.NAME.docker]`.
     fn new(router: &str, repo: &str, extra: &str, docker_extra: &str) -> DockerProject {
+        DockerProject::with_runtime("docker", router, repo, extra, docker_extra)
+    }
+
+    fn with_runtime(
+        runtime: &str,
+        router: &str,
+        repo: &str,
+        extra: &str,
+        docker_extra: &str,
+    ) -> DockerProject {
         let dir = tempfile::tempdir().unwrap();
         let svc = unique("d");
         let entry = free_port();
         let (blue, green) = (free_port(), free_port());
         let routing = match router {
+            "proxy" if runtime == "swarm" => {
+                format!("router = \"proxy\"\nlisten = \"127.0.0.1:{entry}\"")
+            }
             "proxy" => format!(
                 "router = \"proxy\"\nlisten = \"127.0.0.1:{entry}\"\nslots = {{ blue = {blue}, green = {green} }}"
             ),
@@ -46,7 +59,7 @@ impl DockerProject {
         };
         let config = format!(
             r#"[service.{svc}]
-runtime = "docker"
+runtime = "{runtime}"
 {routing}
 start_timeout_secs = 20
 stop_timeout_secs = 5
@@ -417,5 +430,92 @@ fn a_crash_looping_container_is_rolled_back() {
         &["--crash", "--after-secs", "3"],
         "restart = \"on-failure\"",
         "crash",
+    );
+}
+
+#[test]
+fn a_swarm_service_is_rolled_back_on_5xx_and_verified_by_ripcord() {
+    let rt = rt();
+    let engine = engine(&rt);
+    let _swarm = Swarm::join(&rt, &engine);
+    let repo = unique("ripcord-test-sw");
+    // The tasks run in the host's network and bind a loopback port themselves: nothing
+    // is published beyond 127.0.0.1. The built-in proxy in front sees every request.
+    let app_port = free_port();
+    let mut p = DockerProject::with_runtime(
+        "swarm",
+        "proxy",
+        &repo,
+        "bake_secs = 300",
+        &format!("publish = \"127.0.0.1:{app_port}\"\nnetwork = \"host\""),
+    );
+    p.cleanup.swarm_services.push(p.svc.clone());
+    let v1 = build_image(&rt, &engine, &mut p.cleanup, &format!("{repo}:v1"), &[]);
+    let v2 = build_image(
+        &rt,
+        &engine,
+        &mut p.cleanup,
+        &format!("{repo}:v2"),
+        &["--error-ratio", "1", "--after-secs", "6"],
+    );
+    assert_ne!(v1, v2);
+    p.env_file(&format!(
+        "DEMO_LISTEN=127.0.0.1:{app_port}\nDEMO_VERSION=v1\n"
+    ));
+    p.start_watcher();
+    let out = p.run(&["deploy", &p.svc, "v1"]);
+    assert!(
+        out.status.success(),
+        "deploy v1: {}\n{}",
+        stderr(&out),
+        p.watcher_log()
+    );
+    assert_eq!(p.serving(), "v1");
+    p.env_file(&format!(
+        "DEMO_LISTEN=127.0.0.1:{app_port}\nDEMO_VERSION=v2\n"
+    ));
+    assert_ok(
+        &p.run(&["deploy", &p.svc, "v2"]),
+        "deploy v2 (a service update)",
+    );
+    assert_eq!(p.serving(), "v2");
+    let image = || {
+        let out = Command::new("docker")
+            .args([
+                "service",
+                "inspect",
+                &p.svc,
+                "-f",
+                "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(image(), v2);
+    // Every API request fails six seconds after v2 started: the 5xx trigger fires, the
+    // engine rolls the service back, and ripcord verifies v1 itself.
+    let load = common::Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 100_000);
+    eventually(
+        "the guard rolls the swarm service back",
+        Duration::from_secs(50),
+        || p.release("v2")["status"] == "bad",
+    );
+    let report = load.stop();
+    assert_eq!(image(), v1, "the service runs v1's image again");
+    assert_eq!(p.serving(), "v1");
+    assert!(
+        report.ok_by_version.get("v1").copied().unwrap_or(0) > 0,
+        "{:?}",
+        report.ok_by_version
+    );
+    let incidents = p
+        .json(&["incident", "list", "--service", &p.svc])
+        .to_string();
+    assert!(incidents.contains("error_rate"), "{incidents}");
+    assert!(
+        incidents.contains("resolved"),
+        "{incidents}\n{}",
+        p.watcher_log()
     );
 }

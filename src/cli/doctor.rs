@@ -135,7 +135,7 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
         format!("{} (#{})", prev.version, prev.id),
     ));
     match svc.runtime {
-        Runtime::Docker => docker_checks(svc, &prev, &mut out).await,
+        Runtime::Docker | Runtime::Swarm => docker_checks(svc, &prev, &mut out).await,
         Runtime::Process => {
             let argv0 = prev.spec.argv.first().cloned().unwrap_or_default();
             let found =
@@ -153,7 +153,7 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
         Runtime::External => {}
     }
     // Slots: free, or held by this service.
-    if svc.router != crate::config::Router::None {
+    if svc.router != crate::config::Router::None && svc.runtime != Runtime::Swarm {
         for slot in [Slot::Blue, Slot::Green] {
             out.push(slot_check(svc, ledger, slot));
         }

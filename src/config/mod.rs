@@ -47,6 +47,10 @@ pub enum Runtime {
     /// A release is an image pinned by digest, run as a container through the Docker
     /// Engine API with its own env snapshot.
     Docker,
+    /// A Docker Swarm service: a release is a service update to a pinned image with its
+    /// env snapshot; a rollback is the engine's rollback (or an update) that ripcord
+    /// verifies itself.
+    Swarm,
 }
 
 /// How traffic reaches the active release.
@@ -100,6 +104,9 @@ pub struct DockerConfig {
     pub name: String,
     /// Replaces the image's command, when given.
     pub command: Option<Vec<String>>,
+    /// Runtime swarm: `"host"` runs the tasks in the host's network (the app binds
+    /// `publish` itself; nothing is published on other interfaces).
+    pub network: Option<String>,
 }
 
 /// `[service.NAME.migrations]`: the migrations directory and a command that prints the
@@ -572,11 +579,10 @@ impl RawService {
     /// The typed service; only called once both stages found no problem, so every
     /// required value is present.
     fn build(self) -> Option<ServiceConfig> {
-        // Router `none` has one address: both "slots" are the published port.
+        // Router `none` and runtime swarm have one address: both "slots" are it.
+        let one_address = self.router == Some(Router::None) || self.runtime == Some(Runtime::Swarm);
         let (blue, green) = match (&self.slots, self.docker.as_ref().and_then(|d| d.publish)) {
-            (_, Some(publish)) if self.router == Some(Router::None) => {
-                (Some(publish), Some(publish))
-            }
+            (_, Some(publish)) if one_address => (Some(publish), Some(publish)),
             (slots, _) => slots.as_ref()?.value,
         };
         Some(ServiceConfig {
@@ -709,12 +715,13 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         "process" => Some(Runtime::Process),
         "external" => Some(Runtime::External),
         "docker" => Some(Runtime::Docker),
-        "swarm" | "kubernetes" => {
+        "swarm" => Some(Runtime::Swarm),
+        "kubernetes" => {
             r.error(
                 s.span,
                 &reader::join(&t.path, "runtime"),
                 format!(
-                    "runtime \"{}\" is not available in this version of ripcord yet; use \"process\", \"external\" or \"docker\"",
+                    "runtime \"{}\" is not available in this version of ripcord yet; use \"process\", \"external\", \"docker\" or \"swarm\"",
                     s.value
                 ),
             );
@@ -725,7 +732,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
                 s.span,
                 &reader::join(&t.path, "runtime"),
                 format!(
-                    "unknown runtime \"{other}\"; expected \"process\", \"external\" or \"docker\""
+                    "unknown runtime \"{other}\"; expected \"process\", \"external\", \"docker\" or \"swarm\""
                 ),
             );
             None
@@ -739,7 +746,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         Some(s) if s.value == "proxy" => Some(Router::Proxy),
         Some(s) if s.value == "nginx" => Some(Router::Nginx),
         Some(s) if s.value == "none" => {
-            if runtime != Some(Runtime::Docker) {
+            if !matches!(runtime, Some(Runtime::Docker | Runtime::Swarm)) {
                 r.error(
                     s.span,
                     &reader::join(&t.path, "router"),
@@ -781,15 +788,37 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let nginx = r.table(t, "nginx").and_then(|n| read_nginx(r, &n));
     let docker = r.table(t, "docker").and_then(|d| read_docker(r, &d, name));
     let database = r.table(t, "database").and_then(|d| read_database(r, &d));
-    if runtime == Some(Runtime::Docker) && !t.inner.contains_key("docker") {
+    if matches!(runtime, Some(Runtime::Docker | Runtime::Swarm)) && !t.inner.contains_key("docker")
+    {
         r.error(
             t.span.clone(),
             &reader::join(&t.path, "docker"),
-            "missing: runtime \"docker\" needs [service.NAME.docker] with at least `container_port`"
+            "missing: runtimes \"docker\" and \"swarm\" need [service.NAME.docker] with at least `container_port`"
                 .to_string(),
         );
     }
-    if router == Some(Router::None) && docker.as_ref().is_some_and(|d| d.publish.is_none()) {
+    if runtime == Some(Runtime::Swarm) && docker.as_ref().is_some_and(|d| d.publish.is_none()) {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "docker.publish"),
+            "missing: runtime \"swarm\" needs the address the service answers on, e.g. publish = \"127.0.0.1:8000\""
+                .to_string(),
+        );
+    }
+    if runtime == Some(Runtime::Docker)
+        && let Some(d) = &docker
+        && d.network.is_some()
+    {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "docker.network"),
+            "`network` is for runtime \"swarm\" only".to_string(),
+        );
+    }
+    if router == Some(Router::None)
+        && runtime != Some(Runtime::Swarm)
+        && docker.as_ref().is_some_and(|d| d.publish.is_none())
+    {
         r.error(
             t.span.clone(),
             &reader::join(&t.path, "docker.publish"),
@@ -1032,6 +1061,7 @@ fn read_docker(r: &mut Reader<'_>, t: &Table<'_>, service: &str) -> Option<Docke
             "restart",
             "name",
             "command",
+            "network",
         ],
     );
     let image = r.string(t, "image").map(|s| s.value);
@@ -1090,6 +1120,19 @@ fn read_docker(r: &mut Reader<'_>, t: &Table<'_>, service: &str) -> Option<Docke
         );
     }
     let command = r.argv(t, "command").map(|a| a.value);
+    let network = r.string(t, "network");
+    if let Some(n) = &network
+        && n.value != "host"
+    {
+        r.error(
+            n.span.clone(),
+            &reader::join(&t.path, "network"),
+            format!(
+                "\"{}\": only \"host\" is supported (leave it out for the ingress network)",
+                n.value
+            ),
+        );
+    }
     if r.errors.len() > before {
         return None;
     }
@@ -1102,6 +1145,7 @@ fn read_docker(r: &mut Reader<'_>, t: &Table<'_>, service: &str) -> Option<Docke
         restart: restart.map_or_else(|| "no".to_string(), |r| r.value),
         name: name.map_or_else(|| service.to_string(), |n| n.value),
         command,
+        network: network.map(|n| n.value),
     })
 }
 

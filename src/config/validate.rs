@@ -36,8 +36,9 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
             );
         }
         match &svc.slots {
-            // Image replace has one published address instead of two slots.
-            None if svc.router == Some(Router::None) => {}
+            // Image replace and swarm have one address instead of two slots.
+            None if svc.router == Some(Router::None)
+                || svc.runtime == Some(super::Runtime::Swarm) => {}
             None => {
                 if !r
                     .errors
@@ -69,7 +70,7 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
             mine.push((l.value, join(&svc.path, "listen"), l.span.clone()));
         }
         if let Some(p) = svc.docker.as_ref().and_then(|d| d.publish)
-            && svc.router == Some(Router::None)
+            && (svc.router == Some(Router::None) || svc.runtime == Some(super::Runtime::Swarm))
         {
             mine.push((p, join(&svc.path, "docker.publish"), svc.span.clone()));
         }

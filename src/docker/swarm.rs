@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, LocalNodeState, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
-    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
+    EndpointSpec, LocalNodeState, NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, ServiceSpecUpdateConfig, ServiceSpecUpdateConfigFailureActionEnum,
     ServiceSpecUpdateConfigOrderEnum, SwarmInitRequest, TaskSpec, TaskSpecContainerSpec,
 };
 use bollard::query_parameters::{
@@ -49,6 +49,9 @@ pub struct SwarmServiceSpec {
     pub init: bool,
     /// SIGTERM-to-SIGKILL grace period for tasks; `None` keeps the engine's 10 s.
     pub stop_grace_secs: Option<u64>,
+    /// Run the tasks in the host's network namespace (the app binds its own address,
+    /// e.g. a loopback one, and nothing is published).
+    pub host_network: bool,
 }
 
 /// One task of a service.
@@ -171,6 +174,12 @@ impl Engine {
                     stop_grace_period: grace_ns,
                     ..Default::default()
                 }),
+                networks: spec.host_network.then(|| {
+                    vec![NetworkAttachmentConfig {
+                        target: Some("host".to_string()),
+                        ..Default::default()
+                    }]
+                }),
                 ..Default::default()
             }),
             mode: Some(ServiceSpecMode {
@@ -222,6 +231,50 @@ impl Engine {
             .await
             .map(|_| ())
             .map_err(self.err("service update", "service", name))
+    }
+
+    /// Sets the task image, environment and labels in one update (a release: its image
+    /// and its own env snapshot).
+    pub async fn service_set(
+        &self,
+        name: &str,
+        image: &str,
+        env: &[(String, String)],
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), DockerError> {
+        let (mut spec, version) = self.service_spec(name).await?;
+        let template = spec.task_template.get_or_insert_with(Default::default);
+        let container = template.container_spec.get_or_insert_with(Default::default);
+        container.image = Some(image.to_string());
+        container.env = Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect());
+        let mut l = container.labels.clone().unwrap_or_default();
+        l.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        container.labels = Some(l.clone());
+        let mut sl = spec.labels.clone().unwrap_or_default();
+        sl.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        spec.labels = Some(sl);
+        self.docker
+            .update_service(
+                name,
+                spec,
+                UpdateServiceOptions {
+                    version,
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(self.err("service update", "service", name))
+    }
+
+    /// Whether a service of that name exists.
+    pub async fn service_exists(&self, name: &str) -> Result<bool, DockerError> {
+        match self.service_spec(name).await {
+            Ok(_) => Ok(true),
+            Err(DockerError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The engine's own rollback to the service's PreviousSpec

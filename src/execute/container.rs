@@ -203,23 +203,8 @@ impl ServiceExec {
                 release.version
             ))
         })?;
-        let mut env: Vec<(String, String)> = self
-            .cfg
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if let Some(path) = &img.env_snapshot {
-            let vars = read_snapshot(path, release)?;
-            for (k, v) in vars {
-                env.retain(|(ek, _)| *ek != k);
-                env.push((k, v));
-            }
-        }
-        let mut labels = BTreeMap::new();
-        labels.insert(LABEL_SERVICE.to_string(), self.name().to_string());
-        labels.insert(LABEL_RELEASE.to_string(), release.id.to_string());
-        labels.insert(LABEL_VERSION.to_string(), release.version.clone());
+        let env = self.release_env(release)?;
+        let mut labels = self.release_labels(release);
         if let Some(s) = slot {
             labels.insert(LABEL_SLOT.to_string(), s.to_string());
         }
@@ -240,6 +225,40 @@ impl ServiceExec {
             // reports through the engine's health_status events.
             healthcheck: None,
         })
+    }
+
+    /// The service's `env` with the release's own env snapshot over it.
+    pub(super) fn release_env(
+        &self,
+        release: &Release,
+    ) -> Result<Vec<(String, String)>, ExecError> {
+        let mut env: Vec<(String, String)> = self
+            .cfg
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(path) = release
+            .spec
+            .image
+            .as_ref()
+            .and_then(|i| i.env_snapshot.as_ref())
+        {
+            for (k, v) in read_snapshot(path, release)? {
+                env.retain(|(ek, _)| *ek != k);
+                env.push((k, v));
+            }
+        }
+        Ok(env)
+    }
+
+    /// The labels that make a container (or swarm task) ours, and say what it runs.
+    pub(super) fn release_labels(&self, release: &Release) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_SERVICE.to_string(), self.name().to_string());
+        labels.insert(LABEL_RELEASE.to_string(), release.id.to_string());
+        labels.insert(LABEL_VERSION.to_string(), release.version.clone());
+        labels
     }
 
     /// Removes a container of this service that is in the way of `name` (left by a crash

@@ -14,6 +14,7 @@ pub mod process;
 pub mod replace;
 pub mod restore;
 pub mod router;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -323,7 +324,7 @@ impl ServiceExec {
                 image: None,
             });
         }
-        if self.cfg.runtime == Runtime::Docker {
+        if matches!(self.cfg.runtime, Runtime::Docker | Runtime::Swarm) {
             if req.argv.is_some() {
                 return Err(ExecError::Usage(
                     "runtime docker deploys images: pass --image REF (or set `image`), not an argv; \
@@ -402,7 +403,7 @@ impl ServiceExec {
         let slot = req
             .slot
             .unwrap_or_else(|| active_slot.map_or(Slot::Blue, Slot::other));
-        if self.cfg.router == crate::config::Router::None {
+        if self.one_address() {
             say(
                 &progress,
                 format!(
@@ -463,7 +464,7 @@ impl ServiceExec {
         start: Instant,
         progress: &Progress,
     ) -> Result<Outcome, ExecError> {
-        if self.cfg.router == crate::config::Router::None {
+        if self.one_address() {
             return self
                 .replace_steps(op, release, from, None, start, progress)
                 .await;
@@ -781,7 +782,7 @@ impl ServiceExec {
         start: Instant,
         progress: &Progress,
     ) -> Result<Outcome, ExecError> {
-        if self.cfg.router == crate::config::Router::None {
+        if self.one_address() {
             return self
                 .replace_steps(op, target, from, Some(reason), start, progress)
                 .await;
@@ -882,7 +883,7 @@ impl ServiceExec {
             "next"
         };
         let replaced = self
-            .replace_with(op, release, suffix, progress)
+            .put_in_place(op, release, suffix, progress)
             .await
             .inspect_err(|e| {
                 if rollback_reason.is_none()
@@ -914,7 +915,7 @@ impl ServiceExec {
             );
             let back = match (rollback_reason, from) {
                 (None, Some(from)) => {
-                    match self.replace_with(op, from, "rollback", progress).await {
+                    match self.put_in_place(op, from, "rollback", progress).await {
                         Ok(_) => {
                             self.switch_to(op, from, slot).await?;
                             self.ledger().rolled_back(
@@ -957,9 +958,33 @@ impl ServiceExec {
             switched_at_ms,
             verified_at_ms: now_ms(),
             total_ms: start.elapsed().as_millis() as u64,
-            downtime_ms: Some(replaced.downtime_ms),
+            downtime_ms: replaced,
             verify: report,
         })
+    }
+
+    /// Router `none` and runtime `swarm` have one address: a release is put in place
+    /// there rather than started beside the other.
+    fn one_address(&self) -> bool {
+        self.cfg.router == crate::config::Router::None || self.cfg.runtime == Runtime::Swarm
+    }
+
+    /// Puts `release` in place at the one address: a swarm service update, or a
+    /// container replace (which returns how long nothing answered).
+    async fn put_in_place(
+        &self,
+        op: i64,
+        release: &Release,
+        suffix: &str,
+        progress: &Progress,
+    ) -> Result<Option<u64>, ExecError> {
+        if self.cfg.runtime == Runtime::Swarm {
+            self.swarm_apply(op, release, suffix == "rollback", progress)
+                .await?;
+            return Ok(None);
+        }
+        let r = self.replace_with(op, release, suffix, progress).await?;
+        Ok(Some(r.downtime_ms))
     }
 
     /// Frozen means no deploy and no rollback, automatic or manual.
@@ -1369,7 +1394,12 @@ impl ServiceExec {
         let holder = format!("watcher reconcile (pid {})", std::process::id());
         self.exclusive(holder, async || {
             let active = self.ledger().active_release(self.name())?;
-            let (active_slot, adopted) = if self.cfg.runtime == Runtime::Docker {
+            let (active_slot, adopted) = if self.cfg.runtime == Runtime::Swarm {
+                // The swarm keeps the service running without us: adopt it when it
+                // answers, else put the active release in place again.
+                let ok = self.probe(replace::REPLACE_SLOT).await.is_ok();
+                (Some(replace::REPLACE_SLOT), ok)
+            } else if self.cfg.runtime == Runtime::Docker {
                 self.adopt_containers(active.as_ref()).await?
             } else {
                 (self.stop_orphans(active.as_ref()).await?, false)
@@ -1392,7 +1422,9 @@ impl ServiceExec {
             )?;
             // A failed switch is recorded as a failed operation too, not left open.
             let result = async {
-                if !adopted {
+                if !adopted && self.one_address() {
+                    self.put_in_place(op, &active, "next", &None).await?;
+                } else if !adopted {
                     self.start_healthy(op, &active, slot, &None).await?;
                 }
                 self.switch_to(op, &active, slot).await?;
@@ -1463,7 +1495,7 @@ impl ServiceExec {
     /// Stops every release of this service (watcher shutdown). Containers keep running:
     /// they do not need the watcher, and the next one adopts them.
     pub async fn stop_all(&self) {
-        if self.cfg.runtime == Runtime::Docker {
+        if matches!(self.cfg.runtime, Runtime::Docker | Runtime::Swarm) {
             return;
         }
         let slots: Vec<Slot> = self.slots().into_keys().collect();

@@ -32,6 +32,8 @@ pub enum ProcessError {
         program: String,
         source: std::io::Error,
     },
+    #[error("the release has no command to run (an empty argv)")]
+    NoCommand,
 }
 
 /// What to start.
@@ -77,7 +79,10 @@ pub fn substitute(argv: &[String], port: u16, version: &str) -> Vec<String> {
 /// Starts a release and returns once the process exists (not once it is healthy).
 pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
     let argv = substitute(&spec.argv, spec.addr.port(), &spec.version);
-    let mut program = PathBuf::from(&argv[0]);
+    let Some(first) = argv.first() else {
+        return Err(ProcessError::NoCommand);
+    };
+    let mut program = PathBuf::from(first);
     // A relative path with a slash means "relative to where the deploy ran", not to the
     // watcher's directory.
     if let Some(cwd) = &spec.cwd

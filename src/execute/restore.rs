@@ -264,8 +264,8 @@ impl ServiceExec {
             Some("start the active release again after a database restore"),
         )?;
         let result = async {
-            if self.cfg.router == crate::config::Router::None {
-                self.replace_with(op, &active, "next", progress).await?;
+            if self.one_address() {
+                self.put_in_place(op, &active, "next", progress).await?;
             } else {
                 self.start_healthy(op, &active, slot, progress).await?;
             }

@@ -53,6 +53,8 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
                 "elsewhere (runtime `external`: ripcord starts nothing)",
             crate::config::Runtime::Docker =>
                 "as Docker containers from images pinned by digest, each with the env file snapshot taken when it was deployed",
+            crate::config::Runtime::Swarm =>
+                "as a Docker Swarm service updated to images pinned by digest, each with its env snapshot",
         },
         c.slots.blue,
         c.slots.green

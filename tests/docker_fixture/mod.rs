@@ -79,6 +79,8 @@ pub fn engine(rt: &tokio::runtime::Runtime) -> Engine {
 pub struct Cleanup {
     pub services: Vec<String>,
     pub images: Vec<String>,
+    /// Swarm services to remove (before their images).
+    pub swarm_services: Vec<String>,
 }
 
 impl Cleanup {
@@ -86,12 +88,29 @@ impl Cleanup {
         Cleanup {
             services: Vec::new(),
             images: Vec::new(),
+            swarm_services: Vec::new(),
         }
     }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        for s in &self.swarm_services {
+            let _ = Command::new("docker").args(["service", "rm", s]).output();
+        }
+        if !self.swarm_services.is_empty() {
+            // Task containers go a moment after their service.
+            for _ in 0..100 {
+                let left = self
+                    .services
+                    .iter()
+                    .any(|svc| !containers_of(svc).is_empty());
+                if !left {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
         for svc in &self.services {
             let out = Command::new("docker")
                 .args([
@@ -157,4 +176,33 @@ pub fn containers_of(service: &str) -> Vec<String> {
         .split_whitespace()
         .map(str::to_string)
         .collect()
+}
+
+/// A single-node swarm for the test: created (advertising 127.0.0.1) when this engine is
+/// not in one, and left again on drop only when the test created it.
+pub struct Swarm {
+    created: bool,
+}
+
+impl Swarm {
+    pub fn join(rt: &tokio::runtime::Runtime, engine: &Engine) -> Swarm {
+        let created = rt
+            .block_on(engine.swarm_init_local())
+            .unwrap_or_else(|e| panic!("cannot make this engine a swarm manager: {e}"));
+        Swarm { created }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("docker")
+                .args(["swarm", "leave", "--force"])
+                .output();
+            // `swarm init` made this bridge; `swarm leave` keeps it.
+            let _ = Command::new("docker")
+                .args(["network", "rm", "docker_gwbridge"])
+                .output();
+        }
+    }
 }
