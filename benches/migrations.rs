@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the migration checker benchmark.
+fn main() {}
