@@ -67,7 +67,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -104,7 +104,7 @@ runtime = "kubernetes"
             "ripcord.toml:4: service.web.slots.green: expected a port number or \"host:port\", found a boolean",
             "ripcord.toml:5: service.web.bake_secs: -1 is out of range: expected 0 to 86400",
             "ripcord.toml:6: service.web.command: expected an array of strings (an argument vector such as [\"/usr/bin/app\", \"--port\", \"{port}\"]; ripcord never runs a shell string), found a string",
-            "ripcord.toml:7: service.web.runtime: runtime \"kubernetes\" is not available in this version of ripcord yet; use \"process\", \"external\" or \"docker\"",
+            "ripcord.toml:7: service.web.runtime: runtime \"kubernetes\" is not available in this version of ripcord yet; use \"process\", \"external\", \"docker\" or \"swarm\"",
         ],
     );
 }
@@ -376,4 +376,24 @@ container_port = 70000
             "ripcord.toml:16: service.api.docker.container_port: 70000 is out of range: expected 1 to 65535",
         ],
     );
+}
+
+#[test]
+fn the_docker_example_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/docker.toml");
+    let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let shop = cfg.service("shop").unwrap();
+    assert_eq!(shop.runtime, Runtime::Docker);
+    assert!(
+        shop.database
+            .as_ref()
+            .unwrap()
+            .password_file
+            .as_ref()
+            .unwrap()
+            .is_absolute()
+    );
+    let swarm = cfg.service("shop-swarm").unwrap();
+    assert_eq!(swarm.runtime, Runtime::Swarm);
+    assert_eq!(swarm.slots.blue, "127.0.0.1:9000".parse().unwrap());
 }
