@@ -14,7 +14,7 @@ use crate::clock::{format_utc, now_ms};
 use crate::config::ServiceConfig;
 use crate::db::{self, BackupMeta};
 use crate::execute::restore::db_config;
-use crate::ledger::{BackupRecord, Ledger, NewBackup, NewEvent};
+use crate::ledger::{BackupRecord, Ledger};
 use crate::watch::control::{self, Request};
 
 fn service<'a>(cfg: &'a crate::config::Config, name: &str) -> Result<&'a ServiceConfig, CliError> {
@@ -57,8 +57,14 @@ pub(super) async fn backup(
     let cfg = load_config(config)?;
     let svc = service(&cfg, name)?;
     let dbc = db_config(svc, state_dir).map_err(exec_err)?;
-    let mut ledger = ledger(state_dir)?;
-    let rec = take_backup(&mut ledger, name, &dbc, json).await?;
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(ledger(state_dir)?));
+    if !json {
+        eprintln!("  pg_dump of {} into {}", dbc.url, dbc.backup_dir.display());
+    }
+    let rec = crate::execute::restore::backup_and_record(&shared, name, &dbc)
+        .await
+        .map_err(|e| CliError::new(1, e))?;
+    let mut ledger = shared.lock().unwrap_or_else(|p| p.into_inner());
     let removed = apply_retention(&mut ledger, name, dbc.keep)?;
     if json {
         output::print_json(&serde_json::json!({ "backup": rec, "removed": removed }));
@@ -77,68 +83,6 @@ pub(super) async fn backup(
         }
     }
     Ok(0)
-}
-
-/// `pg_dump` into the backup dir, and a ledger row with its checksum and the active
-/// release. Also used before a deploy that moves the migration head.
-pub async fn take_backup(
-    ledger: &mut Ledger,
-    name: &str,
-    dbc: &db::DbConfig,
-    quiet: bool,
-) -> Result<BackupRecord, CliError> {
-    if !quiet {
-        eprintln!("  pg_dump of {} into {}", dbc.url, dbc.backup_dir.display());
-    }
-    let file = db::backup(dbc, name)
-        .await
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-    let active = ledger
-        .active_release(name)
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-    let path = file.path.display().to_string();
-    let rec = ledger
-        .record_backup(
-            name,
-            &NewBackup {
-                path: &path,
-                sha256: &file.sha256,
-                size_bytes: file.size_bytes,
-                server_version: &file.server_version,
-                database: &file.database,
-                release_id: active.as_ref().map(|a| a.id),
-                created_at_ms: file.created_at_ms,
-            },
-        )
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-    // Read back at once: a backup counts as good only once pg_restore read all of it.
-    let ok = db::verify(&file.path, &file.sha256).await;
-    if let Err(e) = &ok {
-        eprintln!("  ✗ the new backup does not read back: {e}");
-    }
-    ledger
-        .set_backup_verified(rec.id, ok.is_ok())
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-    let rec = ledger
-        .backup(rec.id)
-        .map_err(|e| CliError::new(1, e.to_string()))?
-        .unwrap_or(rec);
-    let _ = ledger.event(
-        name,
-        NewEvent {
-            release_id: active.as_ref().map(|a| a.id),
-            kind: "db_backup",
-            message: format!(
-                "backup #{} of {}: {} ({})",
-                rec.id,
-                rec.database,
-                rec.path,
-                human_size(rec.size_bytes)
-            ),
-            ..Default::default()
-        },
-    );
-    Ok(rec)
 }
 
 /// Keeps the newest `keep` backups and the newest verified one; deletes the rest (the

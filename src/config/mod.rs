@@ -109,15 +109,28 @@ pub struct DockerConfig {
     pub network: Option<String>,
 }
 
-/// `[service.NAME.migrations]`: the migrations directory and a command that prints the
-/// schema head today (e.g. `["alembic", "current"]`); each release records its head,
-/// and a rollback across a `contract` migration is refused.
+/// `[service.NAME.migrations]`: the migrations directory and how to read today's schema
+/// head: a command that prints it (e.g. `["alembic", "current"]`), or else the
+/// `alembic_version` table read over `[service.NAME.database]`. Each release records its
+/// head; a rollback across a `contract` migration is refused.
 #[derive(Debug, Clone, Serialize)]
 pub struct MigrationsConfig {
     /// Relative to the config file's directory when not absolute.
     pub dir: PathBuf,
-    pub head_command: Vec<String>,
+    pub head_command: Option<Vec<String>>,
+    /// The table holding the head when there is no `head_command`.
+    pub head_table: String,
     pub pg_version: u32,
+    /// What a deploy does when its release ships a contract migration together with
+    /// the expand it depends on (the expand was never live in an earlier release).
+    pub on_contract: OnContract,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnContract {
+    Warn,
+    Refuse,
 }
 
 /// `[service.NAME.nginx]`: the site file and upstream block ripcord owns, and how to test
@@ -827,23 +840,51 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         );
     }
     let migrations = r.table(t, "migrations").and_then(|m| {
-        r.deny_unknown(&m, &["dir", "head_command", "pg_version"]);
+        r.deny_unknown(
+            &m,
+            &["dir", "head_command", "head_table", "pg_version", "on_contract"],
+        );
         let dir = r.string(&m, "dir");
         let head = r.argv(&m, "head_command");
+        let head_table = r.string(&m, "head_table");
         let pg_version = r.integer(&m, "pg_version", 9, 99).map_or(15, |v| v.value as u32);
-        if dir.is_none() || head.is_none() {
+        let on_contract = match r.string(&m, "on_contract") {
+            None => Some(OnContract::Warn),
+            Some(v) if v.value == "warn" => Some(OnContract::Warn),
+            Some(v) if v.value == "refuse" => Some(OnContract::Refuse),
+            Some(v) => {
+                r.error(
+                    v.span,
+                    &reader::join(&m.path, "on_contract"),
+                    format!("\"{}\": expected \"warn\" or \"refuse\"", v.value),
+                );
+                None
+            }
+        };
+        if dir.is_none() {
             r.error(
                 m.span.clone(),
-                &m.path,
-                "needs `dir` (the migrations) and `head_command` (an argv that prints today's schema head)"
+                &reader::join(&m.path, "dir"),
+                "missing: the migrations directory, e.g. dir = \"migrations\"".to_string(),
+            );
+            return None;
+        }
+        if head.is_none() && !t.inner.contains_key("database") {
+            r.error(
+                m.span.clone(),
+                &reader::join(&m.path, "head_command"),
+                "missing: how to read today's schema head: `head_command` (an argv that prints it), \
+                 or a [service.NAME.database] whose `alembic_version` table ripcord reads"
                     .to_string(),
             );
             return None;
         }
         Some(MigrationsConfig {
             dir: PathBuf::from(dir?.value),
-            head_command: head?.value,
+            head_command: head.map(|h| h.value),
+            head_table: head_table.map_or_else(|| "alembic_version".to_string(), |h| h.value),
             pg_version,
+            on_contract: on_contract?,
         })
     });
     if router == Some(Router::Nginx) && !t.inner.contains_key("nginx") {

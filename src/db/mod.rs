@@ -9,6 +9,7 @@
 mod backup;
 mod conn;
 mod error;
+mod head;
 mod restore;
 mod retention;
 mod time;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use backup::{BackupFile, Verified, backup, parse_list, pg_dump_command, sha256_file, verify};
 pub use conn::{PgUrl, Target, quote_ident};
 pub use error::{DbError, RestoreStep};
+pub use head::schema_head;
 pub use restore::{MAX_NAME_BYTES, fit_name, restore_into_new, swap};
 pub use retention::{BackupMeta, loss_window, retention};
 

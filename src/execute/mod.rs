@@ -9,6 +9,7 @@
 
 pub mod container;
 pub mod envfile;
+pub mod migrations;
 pub mod nginx;
 pub mod process;
 pub mod replace;
@@ -380,14 +381,24 @@ impl ServiceExec {
     ) -> Result<Outcome, ExecError> {
         let start = Instant::now();
         let snapshot = serde_json::to_value(&self.cfg).unwrap_or_default();
+        // Today's schema head, before anything runs: what this release ships beyond the
+        // active one's head is judged (and backed up for) before it starts.
+        let head = self.read_migration_head(&progress).await;
+        let active = self.ledger().active_release(self.name())?;
+        self.deploy_migration_checks(
+            active.as_ref(),
+            head.as_deref(),
+            &req.version,
+            req.force,
+            &progress,
+        )
+        .await?;
         let (release, from, op) = {
             let mut ledger = self.ledger();
             let release = ledger.record_release(self.name(), &req.version, &spec, &snapshot)?;
-            drop(ledger);
-            if let Some(head) = self.read_migration_head(&progress) {
-                self.ledger().set_migration_head(release.id, &head)?;
+            if let Some(head) = &head {
+                ledger.set_migration_head(release.id, head)?;
             }
-            let mut ledger = self.ledger();
             let release = ledger.release(release.id)?;
             let from = ledger.active_release(self.name())?;
             let op = ledger.begin_operation(
@@ -476,6 +487,7 @@ impl ServiceExec {
                     tracing::error!(error = %le, "cannot mark the release bad");
                 }
             })?;
+        self.record_head_after_start(release, progress).await;
         let old = match self.switch_to(op, release, slot).await {
             Ok(old) => old,
             Err(e) => {
@@ -638,120 +650,6 @@ impl ServiceExec {
         Ok((target, active))
     }
 
-    /// Today's schema head, from `[service.NAME.migrations] head_command`.
-    fn read_migration_head(&self, progress: &Progress) -> Option<String> {
-        let m = self.cfg.migrations.as_ref()?;
-        let out = std::process::Command::new(&m.head_command[0])
-            .args(&m.head_command[1..])
-            .current_dir(m.dir.parent().unwrap_or(&m.dir))
-            .stdin(std::process::Stdio::null())
-            .output();
-        // `alembic current` prints `003 (head)`: the first word is the revision.
-        match out {
-            Ok(o) if o.status.success() => {
-                let text = String::from_utf8_lossy(&o.stdout);
-                let head = text.split_whitespace().next().map(str::to_string);
-                if head.is_none() {
-                    say(
-                        progress,
-                        "the migration head command printed nothing: no head recorded".into(),
-                    );
-                }
-                head
-            }
-            Ok(o) => {
-                say(
-                    progress,
-                    format!(
-                        "`{}` failed ({}): no migration head recorded",
-                        m.head_command.join(" "),
-                        o.status
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                say(
-                    progress,
-                    format!(
-                        "cannot run `{}`: {e}: no migration head recorded",
-                        m.head_command.join(" ")
-                    ),
-                );
-                None
-            }
-        }
-    }
-
-    /// A rollback onto a schema the old code cannot run on is refused: the migrations
-    /// applied since the target's head are checked, and any `contract` among them stops
-    /// it, unless forced with a reason.
-    fn check_migrations(
-        &self,
-        req: &RollbackRequest,
-        target: &Release,
-        active: Option<&Release>,
-    ) -> Result<(), ExecError> {
-        let Some(m) = &self.cfg.migrations else {
-            return Ok(());
-        };
-        let (Some(target_head), Some(current_head)) = (
-            target.migration_head.as_deref(),
-            active.and_then(|a| a.migration_head.as_deref()),
-        ) else {
-            return Ok(());
-        };
-        if target_head == current_head {
-            return Ok(());
-        }
-        if req.force && req.reason.is_some() {
-            return Ok(());
-        }
-        let files =
-            crate::migrate::discover::read_paths(std::slice::from_ref(&m.dir)).map_err(|e| {
-                ExecError::Refused(format!(
-                    "cannot read the migrations to judge this rollback: {e}"
-                ))
-            })?;
-        let settings = crate::migrate::Settings {
-            pg_version: m.pg_version,
-            ..Default::default()
-        };
-        let report = crate::migrate::check(&crate::migrate::plan(files), &settings);
-        let between =
-            crate::migrate::guard::between(&report, current_head, target_head).map_err(|e| {
-                ExecError::Refused(format!(
-                    "{} cannot tell which migrations a rollback to {} would undo ({e}); \
-                 roll back anyway with --force --reason TEXT if you know the schema allows it",
-                    self.name(),
-                    target.version
-                ))
-            })?;
-        let contracts = between.contracts();
-        if contracts.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<String> = contracts
-            .iter()
-            .map(|f| {
-                let why = f
-                    .phase_reason
-                    .as_ref()
-                    .map(|r| format!(" (line {}: {})", r.line, r.why))
-                    .unwrap_or_default();
-                format!("{}{why}", f.path)
-            })
-            .collect();
-        Err(ExecError::Refused(format!(
-            "rolling {} back to {} would run its code on a schema it cannot use: since its head `{target_head}` \
-             these contract migrations ran: {}. Roll forward with a fix instead, or restore the database to \
-             that schema first; to roll back anyway: --force --reason TEXT",
-            self.name(),
-            target.version,
-            list.join("; ")
-        )))
-    }
-
     async fn rollback_locked(
         &self,
         target: Release,
@@ -892,6 +790,9 @@ impl ServiceExec {
                     tracing::error!(error = %le, "cannot mark the release bad");
                 }
             })?;
+        if rollback_reason.is_none() {
+            self.record_head_after_start(release, progress).await;
+        }
         self.switch_to(op, release, slot).await?;
         let switched_at_ms = now_ms();
         match rollback_reason {

@@ -330,3 +330,63 @@ pub fn db_config(
         pg_bin_dir: d.pg_bin_dir.clone(),
     })
 }
+
+/// Takes a backup (`pg_dump`), reads it back at once, and records it with its checksum
+/// and the active release; an event says so. A backup that does not read back is
+/// recorded as failed and returned as an error.
+pub async fn backup_and_record(
+    ledger: &super::SharedLedger,
+    service: &str,
+    dbc: &DbConfig,
+) -> Result<crate::ledger::BackupRecord, String> {
+    let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let file = db::backup(dbc, service).await.map_err(|e| e.to_string())?;
+    let read_back = db::verify(&file.path, &file.sha256).await;
+    let active = lock().active_release(service).map_err(|e| e.to_string())?;
+    let path = file.path.display().to_string();
+    let rec = lock()
+        .record_backup(
+            service,
+            &crate::ledger::NewBackup {
+                path: &path,
+                sha256: &file.sha256,
+                size_bytes: file.size_bytes,
+                server_version: &file.server_version,
+                database: &file.database,
+                release_id: active.as_ref().map(|a| a.id),
+                created_at_ms: file.created_at_ms,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    lock()
+        .set_backup_verified(rec.id, read_back.is_ok())
+        .map_err(|e| e.to_string())?;
+    let _ = lock().event(
+        service,
+        NewEvent {
+            release_id: active.as_ref().map(|a| a.id),
+            kind: "db_backup",
+            message: format!(
+                "backup #{} of {}: {} ({} bytes){}",
+                rec.id,
+                rec.database,
+                rec.path,
+                rec.size_bytes,
+                if read_back.is_ok() {
+                    ""
+                } else {
+                    "; it does NOT read back"
+                }
+            ),
+            ..Default::default()
+        },
+    );
+    if let Err(e) = read_back {
+        return Err(format!("backup #{} does not read back: {e}", rec.id));
+    }
+    let rec = lock()
+        .backup(rec.id)
+        .map_err(|e| e.to_string())?
+        .unwrap_or(rec);
+    Ok(rec)
+}

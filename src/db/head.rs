@@ -1,0 +1,38 @@
+//! Today's schema head as Alembic records it: the `alembic_version` table, read over a
+//! PostgreSQL connection (the rollback guard's alternative to a `head_command`).
+
+use tokio_postgres::error::SqlState;
+
+use super::conn::{Target, quote_ident};
+use super::error::pg_detail;
+use super::{DbConfig, DbError};
+
+/// The revision in `table` (`alembic_version` by default; `schema.table` works). With
+/// several heads (branches) they are joined with `+` in sorted order. `None` when the
+/// table does not exist or is empty: no migration was applied yet.
+pub async fn schema_head(cfg: &DbConfig, table: &str) -> Result<Option<String>, DbError> {
+    let target = Target::from_config(cfg, "ripcord migration head")?;
+    let client = target.connect(&target.url.database).await?;
+    let qualified = table
+        .split('.')
+        .map(quote_ident)
+        .collect::<Vec<_>>()
+        .join(".");
+    let sql = format!("SELECT version_num::text FROM {qualified}");
+    match client.query(&sql, &[]).await {
+        Ok(rows) => {
+            let mut heads: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r.try_get::<_, String>(0).ok())
+                .collect();
+            heads.sort();
+            Ok((!heads.is_empty()).then(|| heads.join("+")))
+        }
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(None),
+        Err(e) => Err(DbError::Query {
+            what: format!("reading the schema head from {table}"),
+            detail: pg_detail(&e),
+            unchanged: "nothing was changed".to_string(),
+        }),
+    }
+}

@@ -1,0 +1,161 @@
+//! The migration guard end to end with a real PostgreSQL: each release's schema head is
+//! read from a real `alembic_version` table (no head command), a rollback across a
+//! contract migration is refused, a deploy that ships a contract with the expand it
+//! needs is refused (`on_contract = "refuse"`) unless forced, and a deploy whose
+//! migrations have not run yet takes a database backup first.
+
+mod common;
+mod pg_fixture;
+
+use common::{Project, assert_ok, serving, stderr};
+use pg_fixture::{Postgres, start};
+
+const E001: &str = r#"revision = "001"
+down_revision = None
+from alembic import op
+import sqlalchemy as sa
+
+def upgrade():
+    op.add_column('users', sa.Column('status', sa.String(20), nullable=True))
+
+def downgrade():
+    op.drop_column('users', 'status')
+"#;
+
+const E002: &str = r#"revision = "002"
+down_revision = "001"
+from alembic import op
+import sqlalchemy as sa
+
+def upgrade():
+    op.add_column('users', sa.Column('email_new', sa.String(200), nullable=True))
+
+def downgrade():
+    op.drop_column('users', 'email_new')
+"#;
+
+const C003: &str = r#"revision = "003"
+down_revision = "002"
+from alembic import op
+
+def upgrade():
+    op.drop_column('users', 'email')
+
+def downgrade():
+    pass
+"#;
+
+fn project(pg: &Postgres, db: &str, migrations_extra: &str, db_extra: &str) -> Project {
+    let extra = format!("[service.web.migrations]\ndir = \"migrations\"\n{migrations_extra}");
+    let tail = format!(
+        r#"
+[service.web.database]
+url = "postgresql://postgres@127.0.0.1:{}/{db}"
+password_file = "{}"
+backup_dir = "backups"
+{db_extra}
+"#,
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let p = Project::new(&extra, &tail);
+    let versions = p.dir.path().join("migrations/versions");
+    std::fs::create_dir_all(&versions).unwrap();
+    for (name, text) in [
+        ("001_status.py", E001),
+        ("002_email_new.py", E002),
+        ("003_drop_email.py", C003),
+    ] {
+        std::fs::write(versions.join(name), text).unwrap();
+    }
+    p
+}
+
+fn set_head(pg: &Postgres, db: &str, head: &str) {
+    pg.sql(
+        db,
+        &format!("DELETE FROM alembic_version; INSERT INTO alembic_version VALUES ('{head}')"),
+    );
+}
+
+fn make_db(pg: &Postgres, db: &str) {
+    pg.sql("postgres", &format!("CREATE DATABASE {db}"));
+    pg.sql(
+        db,
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+         CREATE TABLE users (id int PRIMARY KEY, email text);",
+    );
+}
+
+#[test]
+fn heads_come_from_the_alembic_version_table_and_guard_the_rollback() {
+    let pg = start();
+    make_db(&pg, "app");
+    let mut p = project(&pg, "app", "", "backup_before_migrations = true");
+    p.start_watcher();
+    set_head(&pg, "app", "001");
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    // v2's migrations (002, 003) already ran: no backup can hold the schema before them.
+    set_head(&pg, "app", "003");
+    let out = p.deploy("v2", &[]);
+    assert_ok(&out, "deploy v2");
+    assert!(stderr(&out).contains("applied already"), "{}", stderr(&out));
+    let releases = p.json(&["releases", "web"]);
+    assert_eq!(releases[0]["migration_head"], "003", "{releases}");
+    assert_eq!(releases[1]["migration_head"], "001", "{releases}");
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("003_drop_email.py"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(serving(&p), "v2");
+}
+
+#[test]
+fn a_contract_shipped_with_its_expand_is_refused_and_a_backup_comes_first() {
+    let pg = start();
+    make_db(&pg, "shop");
+    let mut p = project(
+        &pg,
+        "shop",
+        "on_contract = \"refuse\"",
+        "backup_before_migrations = true",
+    );
+    p.start_watcher();
+    set_head(&pg, "shop", "001");
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    // v2 ships 002 (expand) and 003 (contract) together: the expand was never live.
+    let out = p.deploy("v2", &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("003_drop_email.py") && err.contains("002_email_new.py"),
+        "{err}"
+    );
+    assert!(err.contains("--force --reason"), "{err}");
+    assert_eq!(serving(&p), "v1");
+    assert!(
+        p.json(&["db", "backups", "web"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a refused deploy takes no backup"
+    );
+    // Forced, with a reason: the migrations have not run yet, so a backup comes first.
+    let out = p.run(&[
+        "deploy",
+        "web",
+        "v2",
+        "--force",
+        "--reason",
+        "one-step migration accepted",
+    ]);
+    assert_ok(&out, "forced deploy v2");
+    assert!(stderr(&out).contains("backup #1 taken"), "{}", stderr(&out));
+    let backups = p.json(&["db", "backups", "web"]);
+    assert_eq!(backups.as_array().unwrap().len(), 1, "{backups}");
+    assert_eq!(backups[0]["verified_ok"], true);
+    assert_eq!(serving(&p), "v2");
+}
