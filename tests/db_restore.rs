@@ -189,3 +189,106 @@ fn a_restore_that_fails_midway_leaves_the_original_database_serving() {
     assert!(k.contains(&"restore_failed".to_string()), "{k:?}");
     assert!(k.contains(&"unfrozen".to_string()), "{k:?}");
 }
+
+#[test]
+fn a_restore_under_a_corruption_freeze_is_in_the_incident_report() {
+    let pg = start();
+    pg.create_app("ledger");
+    let mut p = project(&pg, "ledger", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.run(&["db", "backup", "web"]), "db backup");
+    pg.sql("ledger", "UPDATE items SET name = 'garbage'");
+    // A person finds corrupt data: everything freezes, an incident opens.
+    assert_ok(
+        &p.run(&["freeze", "web", "--reason", "items corrupted by a bad job"]),
+        "freeze",
+    );
+    let out = p.run(&["db", "restore", "web", "--confirm", "ledger"]);
+    assert_ok(&out, "restore while frozen");
+    assert_eq!(
+        pg.sql(
+            "ledger",
+            "SELECT string_agg(name, ',' ORDER BY id) FROM items"
+        ),
+        "one,two,three"
+    );
+    // The freeze a person set stays until a person lifts it.
+    let out = p.run(&["deploy", "web", "v2"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let incidents = p.json(&["incident", "list", "--service", "web"]);
+    let id = incidents[0]["id"].as_i64().unwrap().to_string();
+    let dir = p.dir.path().join("reports");
+    let out = p.run(&["incident", "report", &id, "--out", dir.to_str().unwrap()]);
+    assert_ok(&out, "incident report");
+    let md = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "md"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .expect("a Markdown report");
+    assert!(
+        md.contains("restore_started") || md.contains("restoring ledger"),
+        "{md}"
+    );
+    assert!(
+        md.contains("leaves the live database"),
+        "the data-loss window: {md}"
+    );
+    assert!(md.contains("kept as ledger_before_restore_"), "{md}");
+}
+
+/// Runs the CLI on a pseudo-terminal (util-linux `script`), typing `typed`.
+fn on_a_terminal(p: &Project, args: &[&str], typed: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut argv = vec![
+        common::BIN.to_string(),
+        "--config".into(),
+        p.config().display().to_string(),
+        "--state-dir".into(),
+        p.state_dir().display().to_string(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    // Our own binary and temp paths only (no user data); each word single-quoted.
+    let line = argv
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs the CLI on a terminal");
+    let mut stdin = child.stdin.take().unwrap();
+    // Type once the prompt is up (the backup check runs first).
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = stdin.write_all(typed.as_bytes());
+    let _ = stdin.flush();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    out
+}
+
+#[test]
+fn an_interactive_restore_needs_the_database_name_typed() {
+    let pg = start();
+    pg.create_app("desk");
+    let mut p = project(&pg, "desk", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.run(&["db", "backup", "web"]), "db backup");
+    pg.sql("desk", "DELETE FROM items");
+    let out = on_a_terminal(&p, &["db", "restore", "web"], "desk-typo\n");
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(3), "{shown}");
+    assert!(shown.contains("type the database's name (desk)"), "{shown}");
+    assert_eq!(items(&pg, "desk"), "");
+    let out = on_a_terminal(&p, &["db", "restore", "web"], "desk\n");
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(shown.contains("WILL BE LOST"), "{shown}");
+    assert_eq!(items(&pg, "desk"), "1,2,3");
+}
