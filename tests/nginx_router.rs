@@ -3,6 +3,7 @@
 //! nginx; deploy, rollback by hand and by the guard, zero failed requests in a switch.
 
 mod common;
+mod docker_fixture;
 mod nginx_fixture;
 
 use std::process::{Child, Command, Stdio};
@@ -153,6 +154,10 @@ json_equals = "{{version}}"
     }
 
     fn start_watcher(&mut self) {
+        self.start_watcher_for("web");
+    }
+
+    fn start_watcher_for(&mut self, service: &str) {
         let log = std::fs::File::create(self.dir.path().join("watcher.log")).unwrap();
         self.watcher = Some(
             self.cmd(&["watch"])
@@ -162,7 +167,7 @@ json_equals = "{{version}}"
                 .unwrap(),
         );
         eventually("the watcher answers", Duration::from_secs(20), || {
-            let out = self.run(&["--json", "status", "web"]);
+            let out = self.run(&["--json", "status", service]);
             serde_json::from_slice::<serde_json::Value>(&out.stdout)
                 .is_ok_and(|v| v["live"].is_object())
         });
@@ -423,4 +428,65 @@ fn the_access_log_with_a_custom_log_format_drives_a_rollback() {
                 >= 1
         },
     );
+}
+
+#[test]
+fn containers_behind_nginx_are_deployed_and_rolled_back() {
+    let rt = docker_fixture::rt();
+    let engine = docker_fixture::engine(&rt);
+    let mut cleanup = docker_fixture::Cleanup::new();
+    let svc = docker_fixture::unique("ng");
+    cleanup.services.push(svc.clone());
+    let repo = docker_fixture::unique("ripcord-test-ng");
+    for v in ["v1", "v2"] {
+        docker_fixture::build_image(
+            &rt,
+            &engine,
+            &mut cleanup,
+            &format!("{repo}:{v}"),
+            &["--listen", "0.0.0.0:8080", "--version", v],
+        );
+    }
+    let mut s = Setup::new(
+        "docker",
+        &format!(
+            "[service.web.docker]\nimage = \"{repo}\"\ncontainer_port = 8080\nname = \"{svc}\""
+        ),
+    );
+    // The containers carry the service's label; a unique container name keeps this
+    // test's containers apart from any other's.
+    let config = std::fs::read_to_string(s.dir.path().join("ripcord.toml")).unwrap();
+    std::fs::write(
+        s.dir.path().join("ripcord.toml"),
+        config.replace("[service.web", &format!("[service.{svc}")),
+    )
+    .unwrap();
+    s.start_watcher_for(&svc);
+    assert_ok(&s.run(&["deploy", &svc, "v1"]), "deploy v1");
+    assert_eq!(s.serving(), "v1");
+    let load = Load::start_with(
+        s.url("/api/load"),
+        4,
+        Duration::from_secs(60),
+        200_000,
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ok(&s.run(&["deploy", &svc, "v2"]), "deploy v2");
+    assert_eq!(s.serving(), "v2");
+    assert_eq!(
+        docker_fixture::containers_of(&svc).len(),
+        2,
+        "v1 stays warm"
+    );
+    assert_ok(&s.run(&["rollback", &svc, "--reason", "test"]), "rollback");
+    assert_eq!(s.serving(), "v1");
+    let report = load.stop();
+    assert!(
+        report.failures.is_empty(),
+        "no request lost across two switches through nginx: {:?}",
+        &report.failures[..report.failures.len().min(5)]
+    );
+    drop(s);
+    drop(cleanup);
 }
