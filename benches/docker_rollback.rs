@@ -938,14 +938,8 @@ fn main() {
         v.resize(runs as usize, f64::NAN);
         v
     };
-    let split = |rs: &[RipcordRun], guard: bool| -> Vec<RipcordRunRef> {
-        rs.iter()
-            .filter(|r| r.guard == guard)
-            .map(|r| r as RipcordRunRef)
-            .collect()
-    };
-    let (bg_guard, bg_hand) = (split(&bg, true), split(&bg, false));
-    let (ir_guard, ir_hand) = (split(&ir, true), split(&ir, false));
+    let (bg_guard, bg_hand) = (by_guard(&bg, true), by_guard(&bg, false));
+    let (ir_guard, ir_hand) = (by_guard(&ir, true), by_guard(&ir, false));
     let bg_exit = col(&bg_guard, |r| r.exit_to_verified);
     let ir_exit = col(&ir_guard, |r| r.exit_to_verified);
     let sw_completed = scol(&sw, |r| r.exit_to_completed);
@@ -1052,4 +1046,7 @@ fn main() {
     drop(cleanup);
 }
 
-type RipcordRunRef<'a> = &'a RipcordRun;
+/// The runs in which the guard did (`true`) or did not roll back.
+fn by_guard(rs: &[RipcordRun], guard: bool) -> Vec<&RipcordRun> {
+    rs.iter().filter(|r| r.guard == guard).collect()
+}

@@ -110,6 +110,18 @@ pub(crate) fn outcome(result: &Value) {
     let slot = result["active"]["slot"].as_str().unwrap_or("?");
     let switch_ms = result["switch_ms"].as_u64().unwrap_or(0);
     let verify_ms = result["verify"]["elapsed_ms"].as_u64().unwrap_or(0);
+    if let Some(gap) = result["downtime_ms"].as_u64() {
+        // Router `none`: one container replaced in place, with an honest gap.
+        let what = if result["kind"] == "rollback" {
+            "rolled back to"
+        } else {
+            "replaced by"
+        };
+        println!(
+            "✓ {service} {what} {version} (container replaced: {gap} ms without an answer; verified in {verify_ms} ms)"
+        );
+        return;
+    }
     match result["kind"].as_str() {
         Some("rollback") => {
             let how = if result["warm"].as_bool() == Some(true) {

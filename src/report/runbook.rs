@@ -71,8 +71,17 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
         Some(p) => {
             let _ = writeln!(
                 out,
-                "- A rollback goes to: **{}** (#{}), started with the argv the ledger recorded for it.",
-                p.version, p.id
+                "- A rollback goes to: **{}** (#{}), {}.",
+                p.version,
+                p.id,
+                match &p.spec.image {
+                    Some(img) => format!(
+                        "image `{}` ({}) with the env snapshot taken when it was deployed",
+                        img.reference,
+                        crate::execute::container::short_id(&img.id)
+                    ),
+                    None => "started with the argv the ledger recorded for it".to_string(),
+                }
             );
         }
         None => {

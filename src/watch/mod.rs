@@ -575,6 +575,9 @@ fn live(svc: &Service) -> serde_json::Value {
                 "release": sp.release.id,
                 "version": sp.release.version,
                 "pid": sp.proc.as_ref().map(|p| p.pid),
+                "container": sp.container.as_ref().map(|c| serde_json::json!({
+                    "id": c.id, "name": c.name,
+                })),
                 "running": sp.running(),
                 "warm_until_ms": sp.warm_until_ms,
                 "log": sp.proc.as_ref().map(|p| p.log_path.clone()),
