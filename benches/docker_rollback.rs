@@ -12,6 +12,9 @@
 //!    network, published on 127.0.0.1 only.
 //! 2. ripcord, image replace (router `none`, published on 127.0.0.1): the same, with a
 //!    cold rollback (pre-flight v1, stop v2, start v1 on the published port).
+//!
+//!    When the guard does not roll back within GUARD_WAIT, the run says so and times a
+//!    `ripcord rollback` by hand instead (a row of its own: command → verified).
 //! 3. Swarm: a single-node swarm (made here if the engine is in none, and left again at
 //!    the end), a service on the host network listening on 127.0.0.1 only, v1, then
 //!    `docker service update --image v2` with `--update-failure-action rollback`.

@@ -393,8 +393,12 @@ fn image_replace_keeps_the_running_container_when_the_new_one_fails() {
 /// Deploys v1 then v2 (which misbehaves a few seconds after it starts) and waits for
 /// the guard to put v1 back; returns the incident JSON.
 fn guard_rolls_back(v2_args: &[&str], docker_extra: &str, rule: &str) {
+    guard_rolls_back_via("proxy", v2_args, docker_extra, rule);
+}
+
+fn guard_rolls_back_via(router: &str, v2_args: &[&str], docker_extra: &str, rule: &str) {
     let repo = unique("ripcord-test-g");
-    let mut p = DockerProject::new("proxy", &repo, "bake_secs = 300", docker_extra);
+    let mut p = DockerProject::new(router, &repo, "bake_secs = 300", docker_extra);
     images(&mut p, &repo, v2_args);
     p.env_file("DEMO_VERSION=v1\n");
     p.start_watcher();
@@ -518,4 +522,9 @@ fn a_swarm_service_is_rolled_back_on_5xx_and_verified_by_ripcord() {
         "{incidents}\n{}",
         p.watcher_log()
     );
+}
+
+#[test]
+fn an_image_replace_service_that_crashes_is_replaced_back_by_the_guard() {
+    guard_rolls_back_via("none", &["--crash", "--after-secs", "3"], "", "crash");
 }

@@ -178,10 +178,12 @@ pub async fn run(
                 let r = NginxRouter::new(n, cfg.slots, state_file);
                 (Router::Nginx(Arc::new(r)), None, Some(tx))
             }
+            // No request records without a proxy or an access log; the sender is kept
+            // all the same, since the guard stops when its record channel closes.
             (config::Router::None, _, _) => (
                 Router::Direct(Arc::new(arc_swap::ArcSwapOption::empty())),
                 None,
-                None,
+                Some(tx),
             ),
             _ => unreachable!("config validation guarantees a proxy address or an nginx table"),
         };
