@@ -1,7 +1,11 @@
 //! The migration checker's lock claims against a real PostgreSQL: each statement runs in
-//! an open transaction and the test reads the lock modes from `pg_locks` and whether the
-//! table was rewritten (its relfilenode changed), then checks the checker said the same.
-//! A wrong claim fails here. Needs PostgreSQL's server binaries (Debian's `postgresql`);
+//! an open transaction on fresh tables and the test reads the lock modes from `pg_locks`,
+//! which relations were rewritten (their relfilenode changed) and scanned
+//! (`pg_stat_get_xact_numscans`); statements PostgreSQL refuses in a transaction are run
+//! there to see the refusal, and outside one while a second session watches their locks.
+//! Then it checks the checker said the same (`CASES`). A wrong claim fails here; a known
+//! disagreement is pinned as it is today, and its `checker_bug_*` test, ignored, fails
+//! until the checker is fixed. Needs PostgreSQL's server binaries (Debian's `postgresql`);
 //! fails, never skips, without them. See docs/migration-lock-claims.md.
 
 use std::path::{Path, PathBuf};
@@ -139,21 +143,30 @@ fn start() -> Postgres {
 }
 
 impl Postgres {
-    fn psql(&self, script: &str) -> Result<String, String> {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .args(["-p", &self.port.to_string(), "-d", "postgres", "-c", script])
+    fn psql_cmd(&self, app: &str) -> Command {
+        let mut c = Command::new(self.bin.join("psql"));
+        c.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-p", &self.port.to_string(), "-d", "postgres"])
+        .env("PGAPPNAME", app);
+        c
+    }
+
+    /// One query string (`psql -c`): several statements in it run as one transaction.
+    fn psql(&self, query: &str) -> Result<String, String> {
+        let out = self
+            .psql_cmd("ripcord_test")
+            .args(["-c", query])
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() {
@@ -163,194 +176,1107 @@ impl Postgres {
         }
     }
 
-    /// Runs `statement` in a transaction on a fresh `t` (and `u`); returns the locks it
-    /// holds on them (`t:AccessExclusiveLock`, ...) and whether `t` was rewritten.
-    fn observe(&self, setup: &str, statement: &str) -> (Vec<String>, bool) {
-        let script = format!(
-            "DROP TABLE IF EXISTS t, u CASCADE;
-             {SCHEMA}
-             INSERT INTO u SELECT g FROM generate_series(1, 100) g;
-             INSERT INTO t SELECT g, g, 'x', 1 FROM generate_series(1, 100) g;
-             {setup}
-             BEGIN;
-             CREATE TEMP TABLE before_node AS SELECT pg_relation_filenode('t') AS n;
-             {statement};
-             SELECT 'lock ' || c.relname || ':' || l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-               WHERE l.pid = pg_backend_pid() AND c.relname IN ('t', 'u') ORDER BY 1;
-             SELECT 'rewrite ' || (pg_relation_filenode('t') <> (SELECT n FROM before_node));
-             ROLLBACK;"
-        );
+    /// A script fed to psql's stdin: psql sends each statement on its own, so each runs
+    /// in its own transaction unless the script says BEGIN. (`-c` would not do: it sends
+    /// the whole string as one query, one transaction, and the CREATE TABLE of the setup
+    /// would then hold ACCESS EXCLUSIVE on `t` for every case.)
+    fn script(&self, app: &str, script: &str) -> Child {
+        let mut child = self
+            .psql_cmd(app)
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        child
+    }
+
+    fn run(&self, script: &str) -> Result<String, String> {
         let out = self
-            .psql(&script)
-            .unwrap_or_else(|e| panic!("{statement}: {e}"));
-        let mut locks: Vec<String> = out
-            .lines()
-            .filter_map(|l| l.strip_prefix("lock "))
-            .map(str::to_string)
-            .collect();
-        locks.dedup();
-        let rewrite = out.lines().any(|l| l == "rewrite true");
-        (locks, rewrite)
+            .script("ripcord_test", script)
+            .wait_with_output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs `statement` in an open transaction after `setup`, on fresh tables; returns
+    /// the facts (`t:ShareLock`, `rewrite:t`, `scan:t`) about the relations that existed
+    /// before it, or PostgreSQL's error.
+    fn in_transaction(&self, setup: &str, statement: &str) -> Result<Vec<String>, String> {
+        let out = self.run(&format!(
+            "{RESET}\n{SCHEMA}\n{ROWS}\n{setup}\nBEGIN;\n{SNAPSHOT}\n{statement};\n{FACTS}\nROLLBACK;"
+        ))?;
+        Ok(facts(&out))
+    }
+
+    /// Runs `statement` outside any transaction, as its own query, while a second session
+    /// holds ROW EXCLUSIVE on `hold` (an open writer) so the statement has to wait; reads
+    /// the locks it holds or waits for from `pg_locks` meanwhile, then ends the writer and
+    /// lets it finish (rewrites are read after it ends; scans are not observed).
+    fn outside_transaction(
+        &self,
+        setup: &str,
+        statement: &str,
+        hold: &str,
+    ) -> Result<Vec<String>, String> {
+        self.run(&format!("{RESET}\n{SCHEMA}\n{ROWS}\n{setup}\n{SNAPSHOT}"))?;
+        let mut writer = self.script(
+            "ripcord_writer",
+            &format!("BEGIN;\nLOCK TABLE {hold} IN ROW EXCLUSIVE MODE;\nSELECT pg_sleep(60);\n"),
+        );
+        let wait = |what: &str, query: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.run(query).map(|o| o.trim().to_string()) != Ok("1".into()) {
+                assert!(Instant::now() < deadline, "{statement}: never saw {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait(
+            "the writer's lock",
+            &format!(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'ripcord_writer' AND l.granted
+                   AND l.relation = '{hold}'::regclass AND l.mode = 'RowExclusiveLock';"
+            ),
+        );
+        let mut stmt = self
+            .psql_cmd("ripcord_statement")
+            .args(["-c", statement])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let waiting = "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'ripcord_statement' AND wait_event_type = 'Lock';";
+        let mut seen = Vec::new();
+        while self.run(waiting).map(|o| o.trim().to_string()) != Ok("1".into()) {
+            if stmt.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if stmt.try_wait().unwrap().is_none() {
+            seen = facts(
+                &self
+                    .run(
+                        "SELECT DISTINCT 'fact ' || b.name || ':' || l.mode
+                         FROM pg_locks l JOIN pg_stat_activity a USING (pid) JOIN obs.before b ON b.o = l.relation
+                         WHERE a.application_name = 'ripcord_statement';
+                         SELECT 'fact wait:' || l.locktype
+                         FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                         WHERE a.application_name = 'ripcord_statement' AND NOT l.granted;",
+                    )
+                    .unwrap(),
+            );
+        }
+        self.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'ripcord_writer';",
+        )
+        .unwrap();
+        let _ = writer.wait();
+        let out = stmt.wait_with_output().unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        assert!(
+            !seen.is_empty(),
+            "{statement}: never waited behind the writer"
+        );
+        seen.extend(facts(&self.run(REWRITES).unwrap()));
+        seen.sort();
+        Ok(seen)
+    }
+
+    /// Runs `SET lock_timeout ...; statement` as one query string (`psql -c`).
+    fn query_string(&self, setup: &str, statement: &str) -> Result<Vec<String>, String> {
+        self.run(&format!("{RESET}\n{SCHEMA}\n{ROWS}\n{setup}"))?;
+        self.psql(&format!("SET lock_timeout = '2s'; {statement}"))
+            .map(|_| Vec::new())
     }
 }
 
-/// The rule ids the checker reports for `statement` in a migration that follows one
-/// creating the same tables, so the checker knows the columns' types as PostgreSQL does.
-fn rules(setup: &str, statement: &str) -> Vec<String> {
-    let files = vec![
-        SourceFile {
-            path: "m/001_tables.up.sql".into(),
-            text: format!("{SCHEMA}\n{setup}\n"),
-        },
-        SourceFile {
-            path: "m/002_change.up.sql".into(),
-            text: format!("SET lock_timeout = '2s';\n{statement};\n"),
-        },
-    ];
-    let report = check(&plan(files), &Settings::default());
-    let change = report
-        .files
-        .iter()
-        .find(|f| f.path.contains("002"))
-        .expect("the second migration");
-    change
-        .upgrade
-        .findings
-        .iter()
-        .map(|f| f.rule.to_string())
-        .collect()
+fn facts(out: &str) -> Vec<String> {
+    let mut f: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("fact "))
+        .map(str::to_string)
+        .collect();
+    f.sort();
+    f.dedup();
+    f
 }
+
+const RESET: &str = "SET client_min_messages = warning;
+DROP SCHEMA IF EXISTS public, obs CASCADE; CREATE SCHEMA public; CREATE SCHEMA obs;";
 
 const SCHEMA: &str = "CREATE TABLE u (id int PRIMARY KEY);
 CREATE TABLE t (id int PRIMARY KEY, a int, c varchar(10), n numeric(10,2));";
 
-/// (setup, statement, locks on t/u, rewrite, a rule the checker must report, rules it
-/// must not report)
-type Case<'a> = (
-    &'a str,
-    &'a str,
-    &'a [&'a str],
-    bool,
-    Option<&'a str>,
-    &'a [&'a str],
-);
+const ROWS: &str = "INSERT INTO u SELECT g FROM generate_series(1, 100) g;
+INSERT INTO t SELECT g, g, 'x', 1 FROM generate_series(1, 100) g;";
+
+/// Every relation (tables, indexes) that exists before the statement, with its file and
+/// the scans counted so far in this session.
+const SNAPSHOT: &str = "CREATE TABLE obs.before AS
+  SELECT oid AS o, relname AS name, pg_relation_filenode(oid) AS node,
+         pg_stat_get_xact_numscans(oid) AS scans
+  FROM pg_class WHERE relnamespace = 'public'::regnamespace;";
+
+const REWRITES: &str =
+    "SELECT 'fact rewrite:' || name FROM obs.before WHERE pg_relation_filenode(o) <> node;";
+
+const FACTS: &str = "SELECT 'fact ' || b.name || ':' || l.mode FROM pg_locks l JOIN obs.before b ON b.o = l.relation
+  WHERE l.pid = pg_backend_pid();
+SELECT 'fact rewrite:' || name FROM obs.before WHERE pg_relation_filenode(o) <> node;
+SELECT 'fact scan:' || name FROM obs.before WHERE pg_stat_get_xact_numscans(o) > scans;";
+
+/// How a case runs on the server.
+#[derive(Clone, Copy, Debug)]
+enum Run {
+    /// In an open transaction, locks read from the same session.
+    InTx,
+    /// Outside a transaction, locks read from a second session while a writer holding
+    /// ROW EXCLUSIVE on this table makes the statement wait (`wait:virtualxid`: it waits
+    /// for the writer's transaction to end rather than for a lock on a table).
+    Outside(&'static str),
+    /// PostgreSQL refuses it inside a transaction with this error.
+    Refused(&'static str),
+    /// PostgreSQL refuses it after `SET lock_timeout` in one query string with this error.
+    RefusedInQueryString(&'static str),
+}
+
+/// One statement: what PostgreSQL must show, and what the checker must say.
+struct Case {
+    setup: &'static str,
+    sql: &'static str,
+    run: Run,
+    /// Facts PostgreSQL must show: `t:ShareLock` (held or, outside a transaction, waited
+    /// for; nothing stronger may be held on `t` than the strongest mode listed for it),
+    /// `scan:t`, `rewrite:t` (the rewritten relations must be exactly those listed),
+    /// `wait:virtualxid` (outside a transaction: what it waited for).
+    /// `!fact`: must not show.
+    pg: &'static [&'static str],
+    /// Rules the checker must report / must not report for the statement.
+    must: &'static [&'static str],
+    must_not: &'static [&'static str],
+    /// A known disagreement between the checker and PostgreSQL.
+    bug: Option<Bug>,
+}
+
+/// The ignored test that fails until the checker is fixed, and what the checker says
+/// today (each part must appear among its problems, and nothing else).
+#[derive(Clone, Copy)]
+struct Bug {
+    test: &'static str,
+    now: &'static [&'static str],
+}
+
+const C: Case = Case {
+    setup: "",
+    sql: "",
+    run: Run::InTx,
+    pg: &[],
+    must: &[],
+    must_not: &[],
+    bug: None,
+};
+
+/// PostgreSQL's lock modes, weakest first, with the words the checker's messages use.
+const MODES: &[(&str, &str)] = &[
+    ("AccessShareLock", "ACCESS SHARE"),
+    ("RowShareLock", "ROW SHARE"),
+    ("RowExclusiveLock", "ROW EXCLUSIVE"),
+    ("ShareUpdateExclusiveLock", "SHARE UPDATE EXCLUSIVE"),
+    ("ShareLock", "SHARE"),
+    ("ShareRowExclusiveLock", "SHARE ROW EXCLUSIVE"),
+    ("ExclusiveLock", "EXCLUSIVE"),
+    ("AccessExclusiveLock", "ACCESS EXCLUSIVE"),
+];
+
+/// `t:ShareLock` as (`t`, `ShareLock`); `None` for the other facts.
+fn lock_fact(fact: &str) -> Option<(&str, &str)> {
+    fact.split_once(':')
+        .filter(|(rel, _)| !["scan", "rewrite", "wait"].contains(rel))
+}
+
+fn rank(mode: &str) -> usize {
+    MODES
+        .iter()
+        .position(|(m, _)| *m == mode)
+        .unwrap_or_else(|| panic!("unknown lock mode {mode}"))
+}
+
+/// A lock from SHARE up conflicts with writes (ACCESS EXCLUSIVE also with reads): while
+/// a statement queues for one, every query on the table queues behind it.
+const BLOCKS_TRAFFIC: usize = 4;
+
+/// The lock modes a checker message names, e.g. "under ACCESS EXCLUSIVE".
+fn modes_named(message: &str) -> Vec<&'static str> {
+    let words: Vec<&str> = message
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let hit = (1..=3).rev().find_map(|n| {
+            let phrase = words.get(i..i + n)?.join(" ");
+            MODES
+                .iter()
+                .find(|(_, w)| *w == phrase)
+                .map(|(m, _)| (n, *m))
+        });
+        match hit {
+            Some((n, mode)) => {
+                found.push(mode);
+                i += n;
+            }
+            None => i += 1,
+        }
+    }
+    found
+}
+
+/// The checker's findings (rule, message) for `statement` in a migration that follows
+/// one creating the tables and one running `setup`, so it knows what PostgreSQL knows.
+fn findings(case: &Case, lock_timeout: bool) -> Vec<(String, String)> {
+    let mut files = vec![SourceFile {
+        path: "m/001_tables.up.sql".into(),
+        text: format!("{SCHEMA}\n"),
+    }];
+    if !case.setup.is_empty() {
+        files.push(SourceFile {
+            path: "m/002_setup.up.sql".into(),
+            text: format!("{}\n", case.setup),
+        });
+    }
+    let mut text = String::new();
+    if matches!(case.run, Run::Outside(_)) {
+        text.push_str("-- no-transaction\n");
+    }
+    if lock_timeout {
+        text.push_str("SET lock_timeout = '2s';\n");
+    }
+    // golang-migrate sends a file of several statements as one query string: one
+    // transaction. A lone statement (no lock_timeout) runs on its own.
+    text.push_str(&format!("{};\n", case.sql));
+    files.push(SourceFile {
+        path: "m/003_change.up.sql".into(),
+        text,
+    });
+    let report = check(&plan(files), &Settings::default());
+    let change = report
+        .files
+        .iter()
+        .find(|f| f.path.contains("003"))
+        .expect("the change migration");
+    change
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.rule.to_string(), f.message.clone()))
+        .collect()
+}
+
+/// What PostgreSQL did, or the error it refused the statement with.
+fn observe(pg: &Postgres, case: &Case) -> Result<Vec<String>, String> {
+    match case.run {
+        Run::InTx | Run::Refused(_) => pg.in_transaction(case.setup, case.sql),
+        Run::Outside(hold) => pg.outside_transaction(case.setup, case.sql, hold),
+        Run::RefusedInQueryString(_) => pg.query_string(case.setup, case.sql),
+    }
+}
+
+/// Where PostgreSQL differs from what the case says it does.
+fn postgres_problems(case: &Case, seen: &Result<Vec<String>, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let seen = match (case.run, seen) {
+        (Run::Refused(e) | Run::RefusedInQueryString(e), Err(err)) => {
+            if !err.contains(e) {
+                problems.push(format!("refused with {err:?}, expected {e:?}"));
+            }
+            return problems;
+        }
+        (Run::Refused(_) | Run::RefusedInQueryString(_), Ok(seen)) => {
+            return vec![format!(
+                "expected PostgreSQL to refuse it; it ran: {seen:?}"
+            )];
+        }
+        (_, Err(err)) => return vec![format!("failed: {err}")],
+        (_, Ok(seen)) => seen,
+    };
+    for fact in case.pg {
+        match fact.strip_prefix('!') {
+            Some(f) if seen.iter().any(|s| s == f) => problems.push(format!("shows {f}")),
+            None if !seen.iter().any(|s| s == fact) => problems.push(format!("no {fact}")),
+            _ => {}
+        }
+    }
+    // The strongest lock is what blocks traffic: nothing stronger than claimed.
+    for fact in case.pg.iter().filter(|f| !f.starts_with('!')) {
+        let Some((rel, mode)) = lock_fact(fact) else {
+            continue;
+        };
+        let strongest = case
+            .pg
+            .iter()
+            .filter_map(|f| f.strip_prefix(&format!("{rel}:")))
+            .map(rank)
+            .max()
+            .unwrap_or(rank(mode));
+        for s in seen {
+            if let Some(m) = s.strip_prefix(&format!("{rel}:"))
+                && rank(m) > strongest
+                && !problems.iter().any(|p| p.contains(s.as_str()))
+            {
+                problems.push(format!("holds {s}, stronger than claimed"));
+            }
+        }
+    }
+    let rewritten: Vec<&String> = seen.iter().filter(|s| s.starts_with("rewrite:")).collect();
+    let claimed: Vec<&&str> = case
+        .pg
+        .iter()
+        .filter(|f| f.starts_with("rewrite:"))
+        .collect();
+    if rewritten.len() != claimed.len()
+        || !claimed.iter().all(|c| rewritten.iter().any(|r| *r == **c))
+    {
+        problems.push(format!("rewrote {rewritten:?}, expected {claimed:?}"));
+    }
+    problems
+}
+
+/// Where the checker's verdict on the statement differs from what PostgreSQL did.
+fn checker_problems(case: &Case, seen: &Result<Vec<String>, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let found = findings(case, true);
+    for rule in case.must {
+        if !found.iter().any(|(r, _)| r == rule) {
+            problems.push(format!("does not report {rule} (it said {found:?})"));
+        }
+    }
+    for rule in case.must_not {
+        if let Some((_, msg)) = found.iter().find(|(r, _)| r == rule) {
+            problems.push(format!("wrongly reports {rule}: {msg}"));
+        }
+    }
+    let Ok(seen) = seen else {
+        return problems;
+    };
+    for (rule, msg) in &found {
+        // A lock mode the checker names must be one PostgreSQL takes.
+        for mode in modes_named(msg) {
+            if !seen.iter().any(|s| s.ends_with(&format!(":{mode}"))) {
+                problems.push(format!(
+                    "{rule} claims {mode}, PostgreSQL takes {seen:?}: {msg}"
+                ));
+            }
+        }
+        let hedged = ["unless", "only if", "before PostgreSQL"]
+            .iter()
+            .any(|h| msg.contains(h));
+        if msg.contains("rewrit") && !hedged && !seen.iter().any(|s| s.starts_with("rewrite:")) {
+            problems.push(format!(
+                "{rule} claims a rewrite, PostgreSQL rewrote nothing: {msg}"
+            ));
+        }
+        if msg.contains("scan")
+            && !hedged
+            && matches!(case.run, Run::InTx)
+            && !seen.iter().any(|s| s.starts_with("scan:"))
+        {
+            problems.push(format!(
+                "{rule} claims a scan, PostgreSQL scanned nothing: {msg}"
+            ));
+        }
+    }
+    // Without lock_timeout the checker warns exactly for a statement that queues for a
+    // lock that blocks traffic (SHARE or stronger) on a table that already exists.
+    let blocks = seen
+        .iter()
+        .find(|s| lock_fact(s).is_some_and(|(_, m)| rank(m) >= BLOCKS_TRAFFIC));
+    let warns = findings(case, false)
+        .iter()
+        .any(|(r, _)| r == "missing-lock-timeout");
+    match (blocks, warns) {
+        (Some(lock), false) => problems.push(format!(
+            "takes {lock} but no missing-lock-timeout without a lock_timeout"
+        )),
+        (None, true) => problems.push(format!(
+            "reports missing-lock-timeout, but PostgreSQL takes only {seen:?}"
+        )),
+        _ => {}
+    }
+    problems
+}
+
+const FK_NOT_VALID: &str =
+    "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) NOT VALID;";
+const INDEX: &str = "CREATE INDEX i ON t (a);";
+const PARTS: &str = "CREATE TABLE p (id int, k int) PARTITION BY RANGE (k);
+CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);
+CREATE TABLE p2 (id int, k int);
+INSERT INTO p2 SELECT g, 10 + g % 10 FROM generate_series(1, 100) g;";
+const PARTS_CHECKED: &str = "CREATE TABLE p (id int, k int) PARTITION BY RANGE (k);
+CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);
+CREATE TABLE p2 (id int, k int);
+INSERT INTO p2 SELECT g, 10 + g % 10 FROM generate_series(1, 100) g;
+ALTER TABLE p2 ADD CONSTRAINT in_bound CHECK (k IS NOT NULL AND k >= 10 AND k < 20);";
+const AEL: &str = "t:AccessExclusiveLock";
+const IN_TX: &str = "cannot run inside a transaction block";
+
+/// The claims of docs/migration-lock-claims.md, each against PostgreSQL 15.
+const CASES: &[Case] = &[
+    // ADD COLUMN
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x int",
+        pg: &[AEL, "!scan:t"],
+        must_not: &["volatile-default"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x int NOT NULL DEFAULT 0",
+        pg: &[AEL, "!scan:t"],
+        must_not: &["volatile-default", "add-not-null-column-without-default"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x timestamptz DEFAULT now()",
+        pg: &[AEL, "!scan:t"],
+        must_not: &["volatile-default"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x uuid DEFAULT gen_random_uuid()",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["volatile-default"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x float8 DEFAULT random()",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["volatile-default"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x int GENERATED ALWAYS AS (a + 1) STORED",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["stored-generated-column"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x bigserial",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["add-serial-column"],
+        must_not: &["add-not-null-column-without-default"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x int GENERATED ALWAYS AS IDENTITY",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["add-serial-column"],
+        must_not: &["add-not-null-column-without-default"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD COLUMN x int REFERENCES u (id)",
+        pg: &[AEL, "u:ShareRowExclusiveLock", "!scan:t"],
+        must: &["add-foreign-key"],
+        ..C
+    },
+    // Catalog-only changes
+    Case {
+        sql: "ALTER TABLE t DROP COLUMN a",
+        pg: &[AEL, "!scan:t"],
+        must: &["drop-column"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t RENAME COLUMN a TO b",
+        pg: &[AEL],
+        must: &["rename-column"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t RENAME TO t2",
+        pg: &[AEL],
+        must: &["rename-table"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN a SET DEFAULT 1",
+        pg: &[AEL, "!scan:t"],
+        must_not: &["volatile-default", "change-column-type"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t ALTER COLUMN a SET DEFAULT 1;",
+        sql: "ALTER TABLE t ALTER COLUMN a DROP DEFAULT",
+        pg: &[AEL, "!scan:t"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t ALTER COLUMN a SET NOT NULL;",
+        sql: "ALTER TABLE t ALTER COLUMN a DROP NOT NULL",
+        pg: &[AEL, "!scan:t"],
+        must: &["drop-not-null"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t ADD CONSTRAINT k CHECK (a > 0);",
+        sql: "ALTER TABLE t DROP CONSTRAINT k",
+        pg: &[AEL, "!scan:t"],
+        ..C
+    },
+    // Dropping a foreign key also drops its triggers on the referenced table.
+    Case {
+        setup: FK_NOT_VALID,
+        sql: "ALTER TABLE t DROP CONSTRAINT f",
+        pg: &[AEL, "u:AccessExclusiveLock"],
+        ..C
+    },
+    // ALTER COLUMN TYPE
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN a TYPE bigint",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN a TYPE bigint USING a::bigint",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN a TYPE int USING a + 1",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["change-column-type"],
+        ..C
+    },
+    // "any USING rewrites": not when the USING is the binary-coercible cast itself.
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN c TYPE text USING c::text",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        bug: Some(Bug {
+            test: "checker_bug_a_binary_coercible_using_is_not_a_rewrite",
+            now: &[
+                "wrongly reports change-column-type",
+                "change-column-type claims a rewrite",
+            ],
+        }),
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN c TYPE varchar(20)",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN c TYPE varchar(5)",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN c TYPE text",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t ADD COLUMN s text;",
+        sql: "ALTER TABLE t ALTER COLUMN s TYPE varchar",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t ADD COLUMN s text;",
+        sql: "ALTER TABLE t ALTER COLUMN s TYPE varchar(20)",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN n TYPE numeric(12,2)",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN n TYPE numeric",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN n TYPE numeric(12,3)",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["change-column-type"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t ADD COLUMN s cidr;",
+        sql: "ALTER TABLE t ALTER COLUMN s TYPE inet",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    // SET NOT NULL
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN a SET NOT NULL",
+        pg: &[AEL, "scan:t"],
+        must: &["set-not-null"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t ADD CONSTRAINT a_nn CHECK (a IS NOT NULL) NOT VALID;
+ALTER TABLE t VALIDATE CONSTRAINT a_nn;",
+        sql: "ALTER TABLE t ALTER COLUMN a SET NOT NULL",
+        pg: &[AEL, "!scan:t"],
+        must_not: &["set-not-null"],
+        ..C
+    },
+    // Constraints
+    Case {
+        sql: "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id)",
+        pg: &[
+            "t:ShareRowExclusiveLock",
+            "u:ShareRowExclusiveLock",
+            "scan:t",
+        ],
+        must: &["add-foreign-key"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) NOT VALID",
+        pg: &[
+            "t:ShareRowExclusiveLock",
+            "u:ShareRowExclusiveLock",
+            "!scan:t",
+        ],
+        must_not: &["add-foreign-key"],
+        ..C
+    },
+    Case {
+        setup: FK_NOT_VALID,
+        sql: "ALTER TABLE t VALIDATE CONSTRAINT f",
+        pg: &["t:ShareUpdateExclusiveLock", "scan:t"],
+        must_not: &["validate-in-same-transaction"],
+        ..C
+    },
+    // The FK's SHARE ROW EXCLUSIVE is held through the validation, not ACCESS EXCLUSIVE.
+    Case {
+        sql: "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) NOT VALID;
+ALTER TABLE t VALIDATE CONSTRAINT f",
+        pg: &[
+            "t:ShareRowExclusiveLock",
+            "t:ShareUpdateExclusiveLock",
+            "u:ShareRowExclusiveLock",
+            "scan:t",
+        ],
+        must: &["validate-in-same-transaction"],
+        bug: Some(Bug {
+            test: "checker_bug_fk_validated_in_its_transaction_holds_share_row_exclusive",
+            now: &["validate-in-same-transaction claims AccessExclusiveLock"],
+        }),
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD CONSTRAINT k CHECK (a > 0) NOT VALID;
+ALTER TABLE t VALIDATE CONSTRAINT k",
+        pg: &[AEL, "t:ShareUpdateExclusiveLock", "scan:t"],
+        must: &["validate-in-same-transaction"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD CONSTRAINT k CHECK (a > 0)",
+        pg: &[AEL, "scan:t"],
+        must: &["add-check-constraint"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD CONSTRAINT k CHECK (a > 0) NOT VALID",
+        pg: &[AEL, "!scan:t"],
+        must_not: &["add-check-constraint"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ADD CONSTRAINT a_key UNIQUE (a)",
+        pg: &[AEL, "t:ShareLock", "scan:t"],
+        must: &["add-unique-constraint"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t DROP CONSTRAINT t_pkey;",
+        sql: "ALTER TABLE t ADD PRIMARY KEY (a)",
+        pg: &[AEL, "t:ShareLock", "scan:t"],
+        must: &["add-primary-key"],
+        ..C
+    },
+    Case {
+        setup: "CREATE EXTENSION btree_gist;",
+        sql: "ALTER TABLE t ADD CONSTRAINT a_excl EXCLUDE USING gist (a WITH =)",
+        pg: &[AEL, "t:ShareLock", "scan:t"],
+        must: &["add-exclusion-constraint"],
+        ..C
+    },
+    // Indexes
+    Case {
+        sql: "CREATE INDEX i ON t (a)",
+        pg: &["t:ShareLock", "scan:t"],
+        must: &["create-index-without-concurrently"],
+        ..C
+    },
+    Case {
+        sql: "CREATE INDEX CONCURRENTLY i ON t (a)",
+        run: Run::Refused(IN_TX),
+        must: &["concurrently-in-transaction"],
+        ..C
+    },
+    Case {
+        sql: "CREATE INDEX CONCURRENTLY i ON t (a)",
+        run: Run::RefusedInQueryString(IN_TX),
+        must: &["concurrently-in-transaction"],
+        ..C
+    },
+    Case {
+        sql: "CREATE INDEX CONCURRENTLY i ON t (a)",
+        run: Run::Outside("t"),
+        pg: &["t:ShareUpdateExclusiveLock"],
+        must_not: &[
+            "concurrently-in-transaction",
+            "create-index-without-concurrently",
+        ],
+        ..C
+    },
+    Case {
+        setup: INDEX,
+        sql: "DROP INDEX i",
+        pg: &[AEL, "i:AccessExclusiveLock"],
+        must: &["drop-index-without-concurrently"],
+        ..C
+    },
+    Case {
+        setup: INDEX,
+        sql: "DROP INDEX CONCURRENTLY i",
+        run: Run::Refused(IN_TX),
+        must: &["concurrently-in-transaction"],
+        ..C
+    },
+    Case {
+        setup: INDEX,
+        sql: "DROP INDEX CONCURRENTLY i",
+        run: Run::Outside("t"),
+        pg: &["t:ShareUpdateExclusiveLock"],
+        must_not: &[
+            "concurrently-in-transaction",
+            "drop-index-without-concurrently",
+        ],
+        ..C
+    },
+    Case {
+        setup: INDEX,
+        sql: "REINDEX INDEX i",
+        pg: &["t:ShareLock", "i:AccessExclusiveLock", "rewrite:i"],
+        must: &["reindex-without-concurrently"],
+        ..C
+    },
+    Case {
+        setup: INDEX,
+        sql: "REINDEX TABLE t",
+        pg: &[
+            "t:ShareLock",
+            "i:AccessExclusiveLock",
+            "t_pkey:AccessExclusiveLock",
+            "rewrite:i",
+            "rewrite:t_pkey",
+        ],
+        must: &["reindex-without-concurrently"],
+        ..C
+    },
+    Case {
+        setup: INDEX,
+        sql: "REINDEX TABLE CONCURRENTLY t",
+        run: Run::Refused(IN_TX),
+        must: &["concurrently-in-transaction"],
+        ..C
+    },
+    Case {
+        setup: INDEX,
+        sql: "REINDEX TABLE CONCURRENTLY t",
+        run: Run::Outside("t"),
+        pg: &["t:ShareUpdateExclusiveLock"],
+        must_not: &[
+            "concurrently-in-transaction",
+            "reindex-without-concurrently",
+        ],
+        ..C
+    },
+    // Partitions
+    Case {
+        setup: PARTS,
+        sql: "ALTER TABLE p ATTACH PARTITION p2 FOR VALUES FROM (10) TO (20)",
+        pg: &[
+            "p:ShareUpdateExclusiveLock",
+            "p2:AccessExclusiveLock",
+            "scan:p2",
+        ],
+        must: &["partition-attach-detach"],
+        ..C
+    },
+    Case {
+        setup: PARTS_CHECKED,
+        sql: "ALTER TABLE p ATTACH PARTITION p2 FOR VALUES FROM (10) TO (20)",
+        pg: &[
+            "p:ShareUpdateExclusiveLock",
+            "p2:AccessExclusiveLock",
+            "!scan:p2",
+        ],
+        must: &["partition-attach-detach"],
+        ..C
+    },
+    Case {
+        setup: PARTS,
+        sql: "ALTER TABLE p DETACH PARTITION p1",
+        pg: &["p:AccessExclusiveLock", "p1:AccessExclusiveLock"],
+        must: &["partition-attach-detach"],
+        ..C
+    },
+    Case {
+        setup: PARTS,
+        sql: "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY",
+        run: Run::Refused(IN_TX),
+        must: &["concurrently-in-transaction"],
+        ..C
+    },
+    // The first step commits and waits for the parent's users holding no lock at all...
+    Case {
+        setup: PARTS,
+        sql: "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY",
+        run: Run::Outside("p"),
+        pg: &[
+            "wait:virtualxid",
+            "!p:ShareUpdateExclusiveLock",
+            "!p1:AccessExclusiveLock",
+        ],
+        must_not: &["concurrently-in-transaction", "partition-attach-detach"],
+        ..C
+    },
+    // ...the second queues for ACCESS EXCLUSIVE on the partition.
+    Case {
+        setup: PARTS,
+        sql: "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY",
+        run: Run::Outside("p1"),
+        pg: &["p:ShareUpdateExclusiveLock", "p1:AccessExclusiveLock"],
+        must_not: &["concurrently-in-transaction", "partition-attach-detach"],
+        bug: Some(Bug {
+            test: "checker_bug_detach_concurrently_queues_for_access_exclusive_without_a_lock_timeout_warning",
+            now: &["takes p1:AccessExclusiveLock but no missing-lock-timeout"],
+        }),
+        ..C
+    },
+    // VACUUM, CLUSTER
+    Case {
+        sql: "VACUUM t",
+        run: Run::Refused(IN_TX),
+        must: &["concurrently-in-transaction"],
+        must_not: &["vacuum-full-or-cluster"],
+        ..C
+    },
+    Case {
+        sql: "VACUUM FULL t",
+        run: Run::Refused(IN_TX),
+        must: &["concurrently-in-transaction", "vacuum-full-or-cluster"],
+        ..C
+    },
+    Case {
+        sql: "VACUUM FULL t",
+        run: Run::Outside("t"),
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["vacuum-full-or-cluster"],
+        must_not: &["concurrently-in-transaction"],
+        ..C
+    },
+    Case {
+        sql: "CLUSTER t USING t_pkey",
+        pg: &[
+            AEL,
+            "t_pkey:AccessExclusiveLock",
+            "rewrite:t",
+            "rewrite:t_pkey",
+        ],
+        must: &["vacuum-full-or-cluster"],
+        must_not: &["concurrently-in-transaction"],
+        ..C
+    },
+    // DROP TABLE, TRUNCATE (a new, empty file), DML
+    Case {
+        sql: "DROP TABLE t",
+        pg: &[AEL, "t_pkey:AccessExclusiveLock"],
+        must: &["drop-table"],
+        ..C
+    },
+    Case {
+        sql: "TRUNCATE t",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["truncate"],
+        bug: Some(Bug {
+            test: "checker_bug_truncate_queues_for_access_exclusive_without_a_lock_timeout_warning",
+            now: &["takes t:AccessExclusiveLock but no missing-lock-timeout"],
+        }),
+        ..C
+    },
+    Case {
+        sql: "UPDATE t SET a = a + 1 WHERE id < 10",
+        pg: &["t:RowExclusiveLock"],
+        must: &["backfill-in-migration"],
+        ..C
+    },
+    Case {
+        sql: "DELETE FROM t WHERE id < 10",
+        pg: &["t:RowExclusiveLock"],
+        must: &["backfill-in-migration"],
+        ..C
+    },
+    Case {
+        sql: "INSERT INTO t VALUES (1000, 1, 'y', 2)",
+        pg: &["t:RowExclusiveLock"],
+        must: &["backfill-in-migration"],
+        ..C
+    },
+    // Enum and domain
+    Case {
+        setup: "CREATE TYPE e AS ENUM ('a');
+ALTER TABLE t ADD COLUMN s e;",
+        sql: "ALTER TYPE e ADD VALUE 'x';
+UPDATE t SET s = 'x' WHERE id = 1",
+        run: Run::Refused("unsafe use of new value \"x\" of enum type e"),
+        must: &["enum-add-value-in-transaction"],
+        ..C
+    },
+    Case {
+        setup: "CREATE DOMAIN d AS int;
+ALTER TABLE t ADD COLUMN s d;",
+        sql: "ALTER DOMAIN d ADD CONSTRAINT positive CHECK (VALUE > 0)",
+        pg: &["t:ShareLock", "scan:t"],
+        must: &["domain-with-constraint"],
+        bug: Some(Bug {
+            test: "checker_bug_alter_domain_queues_for_share_without_a_lock_timeout_warning",
+            now: &["takes t:ShareLock but no missing-lock-timeout"],
+        }),
+        ..C
+    },
+];
+
+/// Runs the cases; the problems of each, PostgreSQL's and the checker's.
+fn run_cases(pg: &Postgres, cases: &[&Case]) -> Vec<(String, Vec<String>, Vec<String>)> {
+    cases
+        .iter()
+        .map(|case| {
+            let seen = observe(pg, case);
+            let label = format!("{} ({:?})", case.sql.replace('\n', " "), case.run);
+            (
+                label,
+                postgres_problems(case, &seen),
+                checker_problems(case, &seen),
+            )
+        })
+        .collect()
+}
 
 #[test]
 fn the_checkers_lock_claims_match_postgres() {
     let pg = start();
-    let fk = "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id) NOT VALID;";
-    let cases: &[Case] = &[
-        (
-            "",
-            "ALTER TABLE t ADD COLUMN x int",
-            &["t:AccessExclusiveLock"],
-            false,
-            None,
-            &["volatile-default"],
-        ),
-        (
-            "",
-            "ALTER TABLE t ADD COLUMN x int NOT NULL DEFAULT 0",
-            &["t:AccessExclusiveLock"],
-            false,
-            None,
-            &["volatile-default", "add-not-null-column-without-default"],
-        ),
-        (
-            "",
-            "ALTER TABLE t ADD COLUMN x timestamptz DEFAULT now()",
-            &["t:AccessExclusiveLock"],
-            false,
-            None,
-            &["volatile-default"],
-        ),
-        (
-            "",
-            "ALTER TABLE t ADD COLUMN x uuid DEFAULT gen_random_uuid()",
-            &["t:AccessExclusiveLock"],
-            true,
-            Some("volatile-default"),
-            &[],
-        ),
-        (
-            "",
-            "ALTER TABLE t ALTER COLUMN a TYPE bigint",
-            &["t:AccessExclusiveLock"],
-            true,
-            Some("change-column-type"),
-            &[],
-        ),
-        (
-            "",
-            "ALTER TABLE t ALTER COLUMN c TYPE varchar(20)",
-            &["t:AccessExclusiveLock"],
-            false,
-            None,
-            &["change-column-type"],
-        ),
-        (
-            "",
-            "ALTER TABLE t ALTER COLUMN n TYPE numeric(12,2)",
-            &["t:AccessExclusiveLock"],
-            false,
-            None,
-            &["change-column-type"],
-        ),
-        (
-            "",
-            "CREATE INDEX i ON t (a)",
-            &["t:ShareLock"],
-            false,
-            Some("create-index-without-concurrently"),
-            &[],
-        ),
-        (
-            "",
-            fk.trim_end_matches(';'),
-            &["t:ShareRowExclusiveLock", "u:ShareRowExclusiveLock"],
-            false,
-            None,
-            &["add-foreign-key"],
-        ),
-        (
-            fk,
-            "ALTER TABLE t VALIDATE CONSTRAINT f",
-            &["t:ShareUpdateExclusiveLock"],
-            false,
-            None,
-            &[],
-        ),
-        (
-            "",
-            "ALTER TABLE t ALTER COLUMN a SET NOT NULL",
-            &["t:AccessExclusiveLock"],
-            false,
-            Some("set-not-null"),
-            &[],
-        ),
-    ];
-    for (setup, statement, locks, rewrite, must, must_not) in cases {
-        let (seen, rewritten) = pg.observe(setup, statement);
-        // The strongest lock is what blocks traffic; weaker ones taken on the way also show.
-        for want in *locks {
-            assert!(
-                seen.iter().any(|s| s == want),
-                "{statement}: expected {want}, postgres holds {seen:?}"
-            );
+    let all: Vec<&Case> = CASES.iter().collect();
+    let mut report = Vec::new();
+    for (case, (label, pg_problems, checker)) in CASES.iter().zip(run_cases(&pg, &all)) {
+        for p in pg_problems {
+            report.push(format!("{label}: PostgreSQL {p}"));
         }
-        assert_eq!(rewritten, *rewrite, "{statement}: rewrite");
-        let reported = rules(setup, statement);
-        if let Some(rule) = must {
-            assert!(
-                reported.iter().any(|r| r == rule),
-                "{statement}: the checker should report {rule}, it said {reported:?}"
-            );
-        }
-        for rule in *must_not {
-            assert!(
-                !reported.iter().any(|r| r == rule),
-                "{statement}: the checker wrongly reports {rule}"
-            );
+        match case.bug {
+            None => report.extend(checker.iter().map(|p| format!("{label}: the checker {p}"))),
+            // The known disagreement, exactly as it is today; its ignored test pins the fix.
+            Some(bug) => {
+                if checker.is_empty() {
+                    report.push(format!(
+                        "{label}: the checker now agrees with PostgreSQL: un-ignore {} and drop `bug`",
+                        bug.test
+                    ));
+                    continue;
+                }
+                for now in bug.now {
+                    if !checker.iter().any(|p| p.contains(now)) {
+                        report.push(format!("{label}: the checker changed: no longer {now:?}"));
+                    }
+                }
+                for p in &checker {
+                    if !bug.now.iter().any(|n| p.contains(n)) {
+                        report.push(format!("{label}: the checker {p}"));
+                    }
+                }
+            }
         }
     }
+    assert!(report.is_empty(), "\n{}", report.join("\n"));
+}
+
+/// One known disagreement: PostgreSQL's side must hold, the checker's must agree with it.
+fn known_bug(name: &str) {
+    let case: Vec<&Case> = CASES
+        .iter()
+        .filter(|c| c.bug.is_some_and(|b| b.test == name))
+        .collect();
+    assert_eq!(case.len(), 1, "{name}");
+    let pg = start();
+    for (label, pg_problems, checker) in run_cases(&pg, &case) {
+        assert!(
+            pg_problems.is_empty(),
+            "{label}: PostgreSQL {pg_problems:?}"
+        );
+        assert!(checker.is_empty(), "{label}: the checker {checker:?}");
+    }
+}
+
+#[test]
+#[ignore = "checker bug: `ALTER COLUMN c TYPE text USING c::text` (from varchar) is reported as a rewrite; PostgreSQL does not rewrite"]
+fn checker_bug_a_binary_coercible_using_is_not_a_rewrite() {
+    known_bug("checker_bug_a_binary_coercible_using_is_not_a_rewrite");
+}
+
+#[test]
+#[ignore = "checker bug: FK NOT VALID + VALIDATE in one transaction is said to hold ACCESS EXCLUSIVE; PostgreSQL holds SHARE ROW EXCLUSIVE"]
+fn checker_bug_fk_validated_in_its_transaction_holds_share_row_exclusive() {
+    known_bug("checker_bug_fk_validated_in_its_transaction_holds_share_row_exclusive");
+}
+
+#[test]
+#[ignore = "checker bug: TRUNCATE queues for ACCESS EXCLUSIVE but gets no missing-lock-timeout warning"]
+fn checker_bug_truncate_queues_for_access_exclusive_without_a_lock_timeout_warning() {
+    known_bug("checker_bug_truncate_queues_for_access_exclusive_without_a_lock_timeout_warning");
+}
+
+#[test]
+#[ignore = "checker bug: ALTER DOMAIN ADD CONSTRAINT queues for SHARE on every table using the domain but gets no missing-lock-timeout warning"]
+fn checker_bug_alter_domain_queues_for_share_without_a_lock_timeout_warning() {
+    known_bug("checker_bug_alter_domain_queues_for_share_without_a_lock_timeout_warning");
+}
+
+#[test]
+#[ignore = "checker bug: DETACH PARTITION ... CONCURRENTLY queues for ACCESS EXCLUSIVE on the partition in its second step but gets no missing-lock-timeout warning"]
+fn checker_bug_detach_concurrently_queues_for_access_exclusive_without_a_lock_timeout_warning() {
+    known_bug(
+        "checker_bug_detach_concurrently_queues_for_access_exclusive_without_a_lock_timeout_warning",
+    );
 }

@@ -11,7 +11,9 @@
 //!
 //! If the release never becomes healthy in the pre-flight, the current container is
 //! untouched. If it fails on the published address, it is removed and the previous
-//! container is started again.
+//! container is started again. When the current container is not running any more (it
+//! crashed: the usual reason for an automatic rollback) there is nothing to protect and
+//! no port to share, so the pre-flight is skipped and the gap is only the start.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,62 +48,7 @@ impl ServiceExec {
         let timeout = Duration::from_secs(self.cfg.stop_timeout_secs);
         let failed = |e: crate::docker::DockerError| ExecError::Failed(e.to_string());
 
-        // 1. Pre-flight on a private port while the current container serves.
-        self.clear_name(&next_name).await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| {
-                ExecError::Failed(format!("no free loopback port for the pre-flight: {e}"))
-            })?
-            .port();
-        let private = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let spec = self.container_spec(release, next_name.clone(), private, None)?;
-        self.ledger().step(
-            op,
-            "preflight",
-            format!(
-                "starting {} ({}) as {next_name} on {private} to health-check it before touching {name}",
-                release.version,
-                short_id(&spec.image)
-            ),
-        )?;
-        say(
-            progress,
-            format!(
-                "pre-flight: {} as {next_name} on {private}, while {name} keeps serving",
-                release.version
-            ),
-        );
-        let id = engine.run(&spec).await.map_err(|e| {
-            ExecError::Failed(format!(
-                "cannot start {next_name}: {e}; {name} was not touched"
-            ))
-        })?;
-        let pre = ContainerHandle::new(id, next_name.clone());
-        let url = format!("http://{private}{}", self.cfg.health_path);
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
-        if let Err(why) = self.wait_healthy_at(&url, None, Some(&pre), deadline).await {
-            let tail = engine.logs_tail(&pre.id, 10).await.unwrap_or_default();
-            pre.mark_stopping();
-            let _ = engine.stop_and_remove(&pre.id, timeout).await;
-            let msg = never_healthy(self.name(), release, &next_name, &why, &tail);
-            return Err(ExecError::Failed(format!(
-                "{msg}\n{name} was not touched: it still runs what it ran"
-            )));
-        }
-        pre.mark_stopping();
-        engine
-            .stop_and_remove(&pre.id, timeout)
-            .await
-            .map_err(failed)?;
-        self.event(
-            Some(release.id),
-            Some(op),
-            "preflight_healthy",
-            format!("{} passed its pre-flight health check", release.version),
-        );
-
-        // 2. Stop the current container (kept until the new one is proven).
+        // What runs now, and whether it still answers for anything.
         let current = self.slots().get(&REPLACE_SLOT).cloned();
         let current_id = match current.as_ref().and_then(|c| c.container.clone()) {
             Some(c) => Some(c.id.clone()),
@@ -118,6 +65,85 @@ impl ServiceExec {
                 })
                 .map(|_| name.clone()),
         };
+        let current_running = match &current_id {
+            Some(id) => engine
+                .state(id)
+                .await
+                .map_err(failed)?
+                .is_some_and(|s| s.running && !s.restarting),
+            None => false,
+        };
+
+        // 1. Pre-flight on a private port while the current container serves. When
+        //    nothing serves any more (it crashed), there is nothing to protect: the
+        //    release goes straight to the published address.
+        if current_running {
+            self.clear_name(&next_name).await?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| {
+                    ExecError::Failed(format!("no free loopback port for the pre-flight: {e}"))
+                })?
+                .port();
+            let private = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let spec = self.container_spec(release, next_name.clone(), private, None)?;
+            self.ledger().step(
+                op,
+                "preflight",
+                format!(
+                    "starting {} ({}) as {next_name} on {private} to health-check it before touching {name}",
+                    release.version,
+                    short_id(&spec.image)
+                ),
+            )?;
+            say(
+                progress,
+                format!(
+                    "pre-flight: {} as {next_name} on {private}, while {name} keeps serving",
+                    release.version
+                ),
+            );
+            let id = engine.run(&spec).await.map_err(|e| {
+                ExecError::Failed(format!(
+                    "cannot start {next_name}: {e}; {name} was not touched"
+                ))
+            })?;
+            let pre = ContainerHandle::new(id, next_name.clone());
+            let url = format!("http://{private}{}", self.cfg.health_path);
+            let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+            if let Err(why) = self.wait_healthy_at(&url, None, Some(&pre), deadline).await {
+                let tail = engine.logs_tail(&pre.id, 10).await.unwrap_or_default();
+                pre.mark_stopping();
+                let _ = engine.stop_and_remove(&pre.id, timeout).await;
+                let msg = never_healthy(self.name(), release, &next_name, &why, &tail);
+                return Err(ExecError::Failed(format!(
+                    "{msg}\n{name} was not touched: it still runs what it ran"
+                )));
+            }
+            pre.mark_stopping();
+            engine
+                .stop_and_remove(&pre.id, timeout)
+                .await
+                .map_err(failed)?;
+            self.event(
+                Some(release.id),
+                Some(op),
+                "preflight_healthy",
+                format!("{} passed its pre-flight health check", release.version),
+            );
+        } else {
+            self.event(
+                Some(release.id),
+                Some(op),
+                "preflight_skipped",
+                format!(
+                    "{name} is not running, so {} starts on the published address at once",
+                    release.version
+                ),
+            );
+        }
+
+        // 2. Stop the current container (kept until the new one is proven).
         let down_at = Instant::now();
         if let Some(cur) = &current_id {
             if let Some(h) = current.as_ref().and_then(|c| c.container.as_ref()) {
@@ -164,10 +190,11 @@ impl ServiceExec {
             Err(msg) => {
                 // Put the previous container back as it was.
                 let back = match &current_id {
-                    Some(cur) => match engine.start(cur).await {
+                    Some(cur) if current_running => match engine.start(cur).await {
                         Ok(()) => format!("{name} was started again"),
                         Err(e) => format!("starting {name} again failed too: {e}"),
                     },
+                    Some(_) => format!("{name} had already stopped; it is left stopped"),
                     None => "there was no previous container to start again".to_string(),
                 };
                 if let Some(h) = current.as_ref().and_then(|c| c.container.as_ref()) {
