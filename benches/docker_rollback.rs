@@ -11,7 +11,7 @@
 //!    v2's container die and rolls back. Containers listen on 0.0.0.0:8080 on the bridge
 //!    network, published on 127.0.0.1 only.
 //! 2. ripcord, image replace (router `none`, published on 127.0.0.1): the same, with a
-//!    cold rollback (pre-flight v1, stop v2, start v1 on the published port).
+//!    cold rollback (v2 has exited, so no pre-flight: v1 starts on the published port).
 //!
 //!    When the guard does not roll back within GUARD_WAIT, the run says so and times a
 //!    `ripcord rollback` by hand instead (a row of its own: command → verified).
@@ -987,7 +987,7 @@ fn main() {
         runs,
         &col(&ir_guard, |r| r.trigger_to_verified),
         &format!(
-            "incident opened → v1 verified (cold: pre-flight v1, stop v2, start v1); from v2's exit: {} ms (exit → opened {} ms); recorded downtime {} ms{}",
+            "incident opened → v1 verified (cold: v2 has exited, so v1 starts on the published port at once); from v2's exit: {} ms (exit → opened {} ms); recorded downtime {} ms{}",
             med(&ir_exit),
             med(&col(&ir_guard, |r| r.exit_to_opened)),
             med(&col(&ir_guard, |r| r.downtime.unwrap_or(f64::NAN))),
@@ -1000,7 +1000,7 @@ fn main() {
             runs,
             &col(&ir_hand, |r| r.trigger_to_verified),
             &format!(
-                "command started → v1 verified (cold: pre-flight v1, stop v2, start v1); recorded downtime {} ms",
+                "command started → v1 verified (cold: v2 has exited, so v1 starts on the published port at once); recorded downtime {} ms",
                 med(&col(&ir_hand, |r| r.downtime.unwrap_or(f64::NAN))),
             ),
         );
