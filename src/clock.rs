@@ -26,6 +26,27 @@ pub fn format_utc(ms: i64) -> String {
     )
 }
 
+fn parts(ms: i64) -> (i64, u32, u32, i64, i64, i64, i64) {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60, millis)
+}
+
+/// `YYYYMMDDTHHMMSSmmmZ` (UTC), for file names (backups).
+pub fn file_stamp(ms: i64) -> String {
+    let (y, m, d, h, mi, s, ml) = parts(ms);
+    format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}{ml:03}Z")
+}
+
+/// `YYYYMMDD_HHMMSS_mmm` (UTC), for database names: lower case, so the name needs no
+/// quotes when a person types it.
+pub fn db_stamp(ms: i64) -> String {
+    let (y, m, d, h, mi, s, ml) = parts(ms);
+    format!("{y:04}{m:02}{d:02}_{h:02}{mi:02}{s:02}_{ml:03}")
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -43,6 +64,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps() {
+        assert_eq!(file_stamp(0), "19700101T000000000Z");
+        assert_eq!(file_stamp(951_782_400_123), "20000229T000000123Z");
+        assert_eq!(file_stamp(1_795_000_000_007), "20261118T110640007Z");
+        assert_eq!(db_stamp(1_795_000_000_007), "20261118_110640_007");
+    }
 
     #[test]
     fn formats_known_instants() {

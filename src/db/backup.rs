@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 
 use super::conn::{Target, newest_tool, tool};
 use super::error::{DbError, pg_detail};
-use super::time::{file_stamp, now_ms};
 use super::{DbConfig, TableName};
+use crate::clock::{file_stamp, now_ms};
 
 /// A backup written by [`backup`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

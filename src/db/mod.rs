@@ -12,7 +12,6 @@ mod error;
 mod head;
 mod restore;
 mod retention;
-mod time;
 
 use std::path::PathBuf;
 

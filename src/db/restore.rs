@@ -12,8 +12,8 @@ use tokio_postgres::types::Type;
 use super::backup::{Verified, sha256_file, stderr_text};
 use super::conn::{MAINTENANCE_DB, Target, quote_ident, tool};
 use super::error::{DbError, RestoreStep, pg_detail};
-use super::time::{db_stamp, now_ms};
 use super::{DbConfig, TableName};
+use crate::clock::{db_stamp, now_ms};
 
 /// PostgreSQL's limit on identifiers, in bytes (NAMEDATALEN - 1).
 pub const MAX_NAME_BYTES: usize = 63;
