@@ -2,7 +2,8 @@
 //! line into [`SourceFile`]s for [`super::plan`]. Only the CLI calls it; the checker itself
 //! never touches the disk.
 //!
-//! It picks `.sql` and `.py` files, walks directories in sorted order, skips hidden
+//! It picks `.sql` and `.py` files and diesel's `metadata.toml` (read by
+//! [`super::plan`] as text like the rest), walks directories in sorted order, skips hidden
 //! entries and `__pycache__`, and names the path in every error. It never follows a
 //! symlinked directory (a link loop would never end).
 
@@ -24,7 +25,7 @@ pub enum DiscoverError {
     Missing { path: PathBuf },
 }
 
-/// Reads every `.sql` and `.py` file under `paths` (files are taken whatever their
+/// Reads every `.sql`, `.py` and `metadata.toml` file under `paths` (files are taken whatever their
 /// extension, since the user named them).
 pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<SourceFile>, DiscoverError> {
     let mut out = Vec::new();
@@ -70,7 +71,7 @@ fn walk(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), DiscoverError> {
         })?;
         if meta.is_dir() {
             walk(&path, out)?;
-        } else if name.ends_with(".sql") || name.ends_with(".py") {
+        } else if name.ends_with(".sql") || name.ends_with(".py") || name == "metadata.toml" {
             out.push(read(&path)?);
         }
     }
@@ -89,4 +90,50 @@ fn read(path: &Path) -> Result<SourceFile, DiscoverError> {
         path: path.to_string_lossy().into_owned(),
         text,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::{DownState, Layout, Settings, check, exit_code, plan};
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/migrations")
+            .join(name)
+    }
+
+    #[test]
+    fn diesel_metadata_is_read_with_the_migration_and_honoured() {
+        let files = read_paths(&[fixture("diesel")]).unwrap();
+        assert!(files.iter().any(|f| f.path.ends_with("/metadata.toml")));
+        let migrations = plan(files);
+        assert_eq!(migrations.len(), 1);
+        assert_eq!(migrations[0].layout, Layout::Diesel);
+        assert!(migrations[0].without_transaction);
+        let report = check(&migrations, &Settings::default());
+        let f = &report.files[0];
+        assert!(f.upgrade.findings.is_empty(), "{:?}", f.upgrade.findings);
+        assert!(
+            f.downgrade.findings.is_empty(),
+            "{:?}",
+            f.downgrade.findings
+        );
+        assert_eq!(f.downgrade.state, DownState::Ok);
+        assert_eq!(exit_code(&report), 0);
+    }
+
+    #[test]
+    fn flyway_concurrently_alone_runs_outside_a_transaction() {
+        let report = check(
+            &plan(read_paths(&[fixture("flyway")]).unwrap()),
+            &Settings::default(),
+        );
+        assert_eq!(report.files.len(), 1);
+        let f = &report.files[0];
+        assert_eq!(f.layout, Layout::Flyway);
+        assert!(f.upgrade.findings.is_empty(), "{:?}", f.upgrade.findings);
+        assert_eq!(f.downgrade.state, DownState::Ok);
+        assert_eq!(exit_code(&report), 0);
+    }
 }

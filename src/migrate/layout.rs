@@ -1,7 +1,8 @@
 //! Recognises migration layouts from paths and pairs each upgrade with its downgrade:
 //! Alembic `versions/*.py`, diesel `DIR/up.sql` + `DIR/down.sql`, golang-migrate
 //! `N_name.up.sql` / `N_name.down.sql`, Flyway `V1__x.sql` / `U1__x.sql`, dbmate and goose
-//! files with up and down sections, and plain `.sql`.
+//! files with up and down sections, and plain `.sql`. diesel's per-migration
+//! `metadata.toml` (`run_in_transaction = false`) is read here too, from its text.
 //!
 //! Pure: it sees paths and text only; it never reads the disk. It orders migrations the
 //! way they run (Alembic along the revision chain, the rest by version), because the
@@ -21,6 +22,8 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
     let mut pairs: BTreeMap<String, (Layout, Option<SourceFile>, Option<SourceFile>)> =
         BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
+    // diesel's `DIR/metadata.toml`, by the same key as its up.sql and down.sql.
+    let mut diesel_metadata: HashMap<String, String> = HashMap::new();
     for f in files {
         let (dir, base) = match f.path.rfind(['/', '\\']) {
             Some(i) => (f.path[..i].to_string(), f.path[i + 1..].to_string()),
@@ -33,6 +36,10 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
             if is_revision && lower != "env.py" {
                 py.push(f);
             }
+            continue;
+        }
+        if lower == "metadata.toml" {
+            diesel_metadata.insert(format!("{dir}/"), f.text);
             continue;
         }
         if !lower.ends_with(".sql") {
@@ -82,6 +89,10 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
             text: f.text,
             first_line: 1,
         };
+        let without_transaction = layout == Layout::Diesel
+            && diesel_metadata
+                .get(&key)
+                .is_some_and(|text| !diesel_run_in_transaction(text));
         sql.push((
             path.clone(),
             Migration {
@@ -90,6 +101,7 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
                 layout,
                 up: up.map(script),
                 down: down.map(script),
+                without_transaction,
             },
         ));
     }
@@ -97,6 +109,21 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
     let mut out: Vec<Migration> = sql.into_iter().map(|(_, m)| m).collect();
     out.extend(order_alembic(py));
     out
+}
+
+/// What diesel makes of a migration's `metadata.toml`: it deserialises the file into
+/// `{ #[serde(default)] run_in_transaction: bool, .. }` and falls back to its default
+/// (`true`) when that fails. So a key of the wrong type, or a file that is not TOML,
+/// means a transaction; a valid file without the key means none (serde's default for
+/// the field is `false`), as does `run_in_transaction = false`.
+fn diesel_run_in_transaction(text: &str) -> bool {
+    match toml_edit::Document::parse(text) {
+        Ok(doc) => match doc.as_table().get("run_in_transaction") {
+            None => false,
+            Some(item) => item.as_bool().unwrap_or(true),
+        },
+        Err(_) => true,
+    }
 }
 
 /// A plain `.sql` file, or one with dbmate/goose up and down sections.
@@ -108,6 +135,7 @@ fn single(f: SourceFile) -> Migration {
             layout: Layout::Sections,
             up: Some(up),
             down,
+            without_transaction: false,
         };
     }
     Migration {
@@ -120,6 +148,7 @@ fn single(f: SourceFile) -> Migration {
             first_line: 1,
         }),
         down: None,
+        without_transaction: false,
     }
 }
 
@@ -219,6 +248,7 @@ fn order_alembic(files: Vec<SourceFile>) -> Vec<Migration> {
                 text: f.text,
                 first_line: 1,
             }),
+            without_transaction: false,
         })
         .collect()
 }

@@ -35,7 +35,8 @@ pub use layout::plan;
 pub use output::{exit_code, render_github, render_json, render_text};
 pub use rules::rule_ids;
 
-/// One file handed in by the caller (path as the user should see it, and its text).
+/// One file handed in by the caller (path as the user should see it, and its text):
+/// a migration, or a runner's per-migration settings file (diesel's `metadata.toml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
     pub path: String,
@@ -90,6 +91,10 @@ pub struct Migration {
     pub up: Option<Script>,
     /// For Alembic the same file as `up` (its `downgrade()` is analysed separately).
     pub down: Option<Script>,
+    /// The runner is told not to wrap this migration (both directions) in a
+    /// transaction: diesel's `metadata.toml` next to `up.sql` with
+    /// `run_in_transaction = false`. Always false for the other layouts.
+    pub without_transaction: bool,
 }
 
 /// How bad a finding is; `error` findings make [`exit_code`] return 1.

@@ -246,6 +246,12 @@ pub(crate) struct Lowered {
     pub allows: Vec<Allow>,
     /// True when the runner wraps the script in a transaction.
     pub runner_tx: bool,
+    /// Why a statement that refuses a transaction block still gets one here, when the
+    /// runner has its own reason (appended to `concurrently-in-transaction` messages);
+    /// empty for the general hint.
+    pub runner_hint: &'static str,
+    /// Findings about how the runner treats the whole script (rule, line, message).
+    pub runner_findings: Vec<(&'static str, usize, String)>,
     /// The direction's body exists but holds no operation (`pass`, an empty file).
     pub empty: bool,
     /// The direction does not exist at all (no `downgrade()`).

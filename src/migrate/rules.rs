@@ -7,7 +7,7 @@
 //! Pure and total: every operation is judged, an unknown one is reported as unknown, and
 //! no rule may conclude "safe" from a fact it does not have.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::model::{Action, ConKind, DefaultKind, Lowered, Op};
 use super::types::{Change, Ty, type_change};
@@ -60,6 +60,12 @@ pub(crate) const RULES: &[Rule] = &[
         Error,
         &[D, B],
         "drop the objects inside explicitly, one reviewed statement each",
+    ),
+    rule(
+        "drop-database",
+        Error,
+        &[D, B],
+        "do not drop a database from a migration: back it up, check nothing connects to it, and drop it by hand",
     ),
     rule(
         "drop-cascade",
@@ -340,11 +346,58 @@ fn find_rule(id: &str) -> Option<&'static Rule> {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Schema {
     columns: HashMap<(String, String), Ty>,
-    /// index name -> (table, columns)
-    indexes: HashMap<String, (String, Vec<String>)>,
+    /// Named indexes, looked up both ways so that a long history stays linear: by name
+    /// (DROP INDEX) and by the table and column they cover (DROP COLUMN).
+    indexes: Indexes,
     /// NOT VALID `CHECK (col IS NOT NULL)` constraints: name -> (table, column).
     not_null_checks: HashMap<String, (String, String)>,
     validated_not_null: HashSet<(String, String)>,
+}
+
+/// The named indexes earlier migrations created, all names normalised by [`norm`].
+#[derive(Debug, Default, Clone)]
+struct Indexes {
+    /// index name -> (table, columns)
+    by_name: HashMap<String, (String, Vec<String>)>,
+    /// (table, column) -> the indexes that cover the column.
+    by_column: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl Indexes {
+    /// Records an index (replacing one of the same name).
+    fn insert(&mut self, name: String, table: String, columns: Vec<String>) {
+        self.remove(&name);
+        for c in &columns {
+            self.by_column
+                .entry((table.clone(), c.clone()))
+                .or_default()
+                .insert(name.clone());
+        }
+        self.by_name.insert(name, (table, columns));
+    }
+
+    fn remove(&mut self, name: &str) {
+        let Some((table, columns)) = self.by_name.remove(name) else {
+            return;
+        };
+        for c in columns {
+            let key = (table.clone(), c);
+            if let Some(set) = self.by_column.get_mut(&key) {
+                set.remove(name);
+                if set.is_empty() {
+                    self.by_column.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The indexes on `table.column`, sorted by name.
+    fn on_column(&self, table: &str, column: &str) -> Vec<String> {
+        self.by_column
+            .get(&(table.to_string(), column.to_string()))
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The unqualified, unquoted, lowercase name used to match objects.
@@ -381,6 +434,7 @@ struct Engine<'a> {
     from_up: Created,
     in_tx: bool,
     runner_tx: bool,
+    runner_hint: &'static str,
     explicit: Vec<usize>,
     lock_timeout: bool,
     lock_timeout_local: bool,
@@ -520,8 +574,13 @@ impl Engine<'_> {
                 } else {
                     ""
                 };
+                let rule = if *what == "database" {
+                    "drop-database"
+                } else {
+                    "drop-schema"
+                };
                 self.data_loss(
-                    "drop-schema",
+                    rule,
                     line,
                     format!("drops {what} {name}{cascade}: its data is lost"),
                     format!("drops {what} {name}{cascade}: its data is lost"),
@@ -652,14 +711,7 @@ impl Engine<'_> {
                     format!("drops column {table}.{column}: {since}"),
                 );
                 let (t, c) = (norm(table), norm(column));
-                let mut deps: Vec<String> = self
-                    .schema
-                    .indexes
-                    .iter()
-                    .filter(|(_, (it, cols))| *it == t && cols.iter().any(|x| norm(x) == c))
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                deps.sort();
+                let deps = self.schema.indexes.on_column(&t, &c);
                 if !deps.is_empty() {
                     self.emit(
                         "implicit-drop",
@@ -678,6 +730,10 @@ impl Engine<'_> {
                 }
                 if self.side == Side::Up {
                     self.schema.columns.remove(&(t.clone(), c.clone()));
+                    // PostgreSQL drops the indexes with the column.
+                    for d in &deps {
+                        self.schema.indexes.remove(d);
+                    }
                 }
                 self.mark(
                     Phase::Contract,
@@ -857,7 +913,8 @@ impl Engine<'_> {
                     if self.side == Side::Up {
                         self.schema.indexes.insert(
                             norm(n),
-                            (norm(table), columns.iter().map(|c| norm(c)).collect()),
+                            norm(table),
+                            columns.iter().map(|c| norm(c)).collect(),
                         );
                     }
                 }
@@ -1060,6 +1117,8 @@ impl Engine<'_> {
     fn tx_hint(&self) -> &'static str {
         if self.kind == Kind::Alembic {
             " (Alembic runs upgrade() in a transaction; wrap it in `with op.get_context().autocommit_block():`)"
+        } else if self.explicit.is_empty() && !self.runner_hint.is_empty() {
+            self.runner_hint
         } else if self.explicit.is_empty() {
             " (the migration runner wraps this file in a transaction; mark it non-transactional)"
         } else {
@@ -1156,8 +1215,77 @@ impl Engine<'_> {
     }
 }
 
+/// Whether the runner wraps an SQL script in a transaction, why a statement that
+/// refuses one still gets one (a hint, empty for the general one), and findings about
+/// the runner's choice.
+fn sql_runner(
+    m: &Migration,
+    script: &sql::SqlScript,
+    pg: u32,
+) -> (bool, &'static str, Vec<(&'static str, usize, String)>) {
+    if script.no_transaction {
+        return (false, "", Vec::new());
+    }
+    let several = script.statements > 1;
+    match m.layout {
+        // golang-migrate sends the file as one query string: several statements in one
+        // are an implicit transaction, a lone one runs on its own.
+        Layout::GolangMigrate => (several, "", Vec::new()),
+        // diesel runs a migration with one batch_execute, so without its transaction it
+        // is in golang-migrate's position.
+        Layout::Diesel if m.without_transaction => (
+            several,
+            " (diesel sends the whole file as one query string, which PostgreSQL runs as one implicit transaction even with run_in_transaction = false: put the statement in a migration of its own)",
+            Vec::new(),
+        ),
+        Layout::Diesel => (
+            true,
+            " (diesel runs each migration in a transaction: set `run_in_transaction = false` in the migration's metadata.toml)",
+            Vec::new(),
+        ),
+        // Flyway runs a script without a transaction when one of its statements is one
+        // it knows cannot run in one; mixing both kinds is refused unless `mixed` is set,
+        // and then the whole script runs without a transaction.
+        Layout::Flyway => {
+            let non_tx = |t: &&sql::TopStatement| {
+                t.non_transactional
+                    .as_ref()
+                    .is_some_and(|n| !n.before_pg12_only || pg < 12)
+            };
+            let Some(first) = script.top_level.iter().find(non_tx) else {
+                return (
+                    true,
+                    " (Flyway runs this file in a transaction: it does not take this statement for a non-transactional one; set executeInTransaction=false in the script's .sql.conf)",
+                    Vec::new(),
+                );
+            };
+            let mut findings = Vec::new();
+            if let Some(tx) = script.top_level.iter().find(|t| !non_tx(t)) {
+                let what = first
+                    .non_transactional
+                    .as_ref()
+                    .map(|n| n.what.as_str())
+                    .unwrap_or("");
+                findings.push((
+                    "transaction-nesting",
+                    first.line,
+                    format!(
+                        "{what} cannot run in a transaction, and this Flyway migration also holds a transactional statement (line {}): Flyway refuses a migration that mixes both unless `mixed` is enabled, and then runs all of it without a transaction, so a failure leaves it half applied; give {what} a migration of its own",
+                        tx.line
+                    ),
+                ));
+            }
+            (false, "", findings)
+        }
+        _ => (true, "", Vec::new()),
+    }
+}
+
 /// Lowers both directions of a migration.
-fn lower(m: &Migration) -> (Lowered, Lowered, Option<String>, Option<Vec<String>>) {
+fn lower(
+    m: &Migration,
+    settings: &Settings,
+) -> (Lowered, Lowered, Option<String>, Option<Vec<String>>) {
     match m.kind {
         Kind::Alembic => {
             let text = m.up.as_ref().map(|s| s.text.as_str()).unwrap_or("");
@@ -1167,8 +1295,8 @@ fn lower(m: &Migration) -> (Lowered, Lowered, Option<String>, Option<Vec<String>
         Kind::Sql => {
             let one = |s: &super::Script| {
                 let script = sql::lower(&s.text, s.first_line);
-                let runner_tx = !script.no_transaction
-                    && (m.layout != Layout::GolangMigrate || script.statements > 1);
+                let (runner_tx, runner_hint, runner_findings) =
+                    sql_runner(m, &script, settings.pg_version);
                 let mut actions = script.actions;
                 if script.irreversible {
                     actions.push(super::model::Action::new(s.first_line, Op::Irreversible));
@@ -1178,6 +1306,8 @@ fn lower(m: &Migration) -> (Lowered, Lowered, Option<String>, Option<Vec<String>
                     actions,
                     allows: script.allows,
                     runner_tx,
+                    runner_hint,
+                    runner_findings,
                     missing: false,
                     line: s.first_line,
                 }
@@ -1233,6 +1363,7 @@ fn evaluate(
         from_up,
         in_tx: l.runner_tx,
         runner_tx: l.runner_tx,
+        runner_hint: l.runner_hint,
         explicit: Vec::new(),
         lock_timeout: false,
         lock_timeout_local: false,
@@ -1245,6 +1376,9 @@ fn evaluate(
         phases: Vec::new(),
         anchor: None,
     };
+    for (id, line, message) in &l.runner_findings {
+        e.emit(id, *line, message.clone());
+    }
     for a in &l.actions {
         e.action(a);
     }
@@ -1360,7 +1494,7 @@ pub(crate) fn check_migration(
     settings: &Settings,
     schema: &mut Schema,
 ) -> FileReport {
-    let (up_l, down_l, revision, down_revision) = lower(m);
+    let (up_l, down_l, revision, down_revision) = lower(m, settings);
     let up = evaluate(
         &up_l,
         Side::Up,

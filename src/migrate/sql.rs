@@ -32,6 +32,75 @@ pub(crate) struct SqlScript {
     pub irreversible: bool,
     /// How many statements the splitter found.
     pub statements: usize,
+    /// The script's own statements (not those inside DO blocks), in order, as Flyway's
+    /// PostgreSQL parser classifies them.
+    pub top_level: Vec<TopStatement>,
+}
+
+/// One statement of the script itself, for runners that decide per statement whether
+/// the file can run in a transaction (Flyway).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopStatement {
+    pub line: usize,
+    /// Set when Flyway runs a file holding this statement without a transaction.
+    pub non_transactional: Option<NonTransactional>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NonTransactional {
+    /// The statement's leading keywords, e.g. `CREATE INDEX CONCURRENTLY`.
+    pub what: String,
+    /// Only when the target is older than PostgreSQL 12 (`ALTER TYPE ... ADD VALUE`).
+    pub before_pg12_only: bool,
+}
+
+/// Flyway's PostgreSQL parser (`PostgreSQLParser.detectCanExecuteInTransaction`) marks
+/// these statements non-transactional, by their leading keywords: CREATE/DROP
+/// DATABASE, TABLESPACE or SUBSCRIPTION; ALTER SYSTEM; CREATE/DROP [UNIQUE] INDEX
+/// CONCURRENTLY; REINDEX [VERBOSE] SCHEMA/DATABASE/SYSTEM; VACUUM; DISCARD ALL; and,
+/// before PostgreSQL 12, ALTER TYPE ... ADD VALUE. Every other statement is
+/// transactional for Flyway (REINDEX INDEX CONCURRENTLY among them).
+fn flyway_non_transactional(words: &[String]) -> Option<NonTransactional> {
+    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    let always = |what: String| {
+        Some(NonTransactional {
+            what,
+            before_pg12_only: false,
+        })
+    };
+    match (w(0), w(1)) {
+        ("CREATE" | "DROP", "DATABASE" | "TABLESPACE" | "SUBSCRIPTION") => {
+            always(format!("{} {}", w(0), w(1)))
+        }
+        ("ALTER", "SYSTEM") => always("ALTER SYSTEM".into()),
+        ("CREATE" | "DROP", "INDEX") if w(2) == "CONCURRENTLY" => {
+            always(format!("{} INDEX CONCURRENTLY", w(0)))
+        }
+        ("CREATE" | "DROP", "UNIQUE") if w(2) == "INDEX" && w(3) == "CONCURRENTLY" => {
+            always(format!("{} UNIQUE INDEX CONCURRENTLY", w(0)))
+        }
+        ("REINDEX", _) => {
+            let at = if w(1) == "VERBOSE" { 2 } else { 1 };
+            matches!(w(at), "SCHEMA" | "DATABASE" | "SYSTEM").then(|| NonTransactional {
+                what: format!("REINDEX {}", w(at)),
+                before_pg12_only: false,
+            })
+        }
+        ("VACUUM", _) => always("VACUUM".into()),
+        ("DISCARD", "ALL") => always("DISCARD ALL".into()),
+        ("ALTER", "TYPE")
+            if words
+                .windows(2)
+                .skip(2)
+                .any(|p| p[0] == "ADD" && p[1] == "VALUE") =>
+        {
+            Some(NonTransactional {
+                what: "ALTER TYPE ... ADD VALUE".into(),
+                before_pg12_only: true,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// One statement's text and its first line.
@@ -92,6 +161,12 @@ fn lower_piece(piece: &Piece, depth: usize, out: &mut SqlScript) {
             _ => None,
         })
         .collect();
+    if depth == 0 {
+        out.top_level.push(TopStatement {
+            line: piece.line,
+            non_transactional: flyway_non_transactional(&words),
+        });
+    }
     let push = |out: &mut SqlScript, op: Op| {
         out.actions.push(Action {
             line: piece.line,

@@ -57,6 +57,7 @@ const CASES: &[(&str, &str, &str)] = &[
         "CREATE TABLE scratch (id int); DROP TABLE scratch;",
     ),
     ("drop-schema", "DROP SCHEMA app;", "CREATE SCHEMA app;"),
+    ("drop-database", "DROP DATABASE app;", "DROP SCHEMA app;"),
     (
         "drop-cascade",
         "DROP VIEW active_users CASCADE;",
@@ -1173,4 +1174,258 @@ def downgrade() -> None:
         Some(vec!["a".to_string(), "b".to_string()])
     );
     assert_eq!(merge.downgrade.state, DownState::Ok);
+}
+
+// ---------------------------------------------------------------- schema memory
+
+fn rules_of(f: &FileReport) -> Vec<(&'static str, usize)> {
+    f.upgrade
+        .findings
+        .iter()
+        .map(|x| (x.rule, x.line))
+        .collect()
+}
+
+fn messages(f: &FileReport, rule: &str) -> Vec<String> {
+    f.upgrade
+        .findings
+        .iter()
+        .filter(|x| x.rule == rule)
+        .map(|x| x.message.clone())
+        .collect()
+}
+
+#[test]
+fn dropping_a_column_names_exactly_the_indexes_on_it() {
+    // The schema remembers indexes per table and column: the drop names the indexes of
+    // that table on that column (however the names were spelled), not those of another
+    // table, not a dropped index, and not an index that went away with an earlier drop.
+    let files = vec![
+        src(
+            "m/1_idx.up.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (\"Email\");\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_name_email_idx ON public.users (name, email);\nCREATE INDEX CONCURRENTLY IF NOT EXISTS orders_email_idx ON orders (email);\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_gone_idx ON users (email);\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_name_idx ON users (name);",
+        ),
+        src(
+            "m/2_gone.up.sql",
+            "DROP INDEX CONCURRENTLY IF EXISTS users_gone_idx;",
+        ),
+        src(
+            "m/3_drop.up.sql",
+            "SET lock_timeout = '1s';\nALTER TABLE users DROP COLUMN email;",
+        ),
+        src(
+            "m/4_readd.up.sql",
+            "SET lock_timeout = '1s';\nALTER TABLE users ADD COLUMN email text;",
+        ),
+        src(
+            "m/5_drop_again.up.sql",
+            "SET lock_timeout = '1s';\nALTER TABLE users DROP COLUMN email;",
+        ),
+        src(
+            "m/6_drop_name.up.sql",
+            "SET lock_timeout = '1s';\nALTER TABLE users DROP COLUMN name;",
+        ),
+    ];
+    let r = run_files(files, &Settings::default());
+    assert_eq!(
+        messages(&r.files[2], "implicit-drop"),
+        vec!["dropping users.email also drops index users_email_idx, users_name_email_idx"]
+    );
+    assert_eq!(messages(&r.files[4], "implicit-drop"), Vec::<String>::new());
+    // users_name_email_idx went with email; users_name_idx is still there.
+    assert_eq!(
+        messages(&r.files[5], "implicit-drop"),
+        vec!["dropping users.name also drops index users_name_idx"]
+    );
+}
+
+#[test]
+fn many_drops_over_many_indexes_stay_correct() {
+    // The shape of the benchmark that was quadratic: every migration indexes one table
+    // and drops a column of it. Each drop must name only the index on its own column.
+    let mut files = Vec::new();
+    for i in 0..300 {
+        files.push(src(
+            &format!("m/{i}_x.up.sql"),
+            &format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS i{i} ON t{} (c{i}); ALTER TABLE t{} DROP COLUMN d{i};",
+                i % 7,
+                i % 7
+            ),
+        ));
+    }
+    files.push(src(
+        "m/1000_last.up.sql",
+        "SET lock_timeout = '1s';\nALTER TABLE t3 DROP COLUMN c10;",
+    ));
+    let r = run_files(files, &Settings::default());
+    assert_eq!(r.files.len(), 301);
+    assert!(
+        r.files[..300]
+            .iter()
+            .all(|f| messages(f, "implicit-drop").is_empty())
+    );
+    assert_eq!(
+        messages(&r.files[300], "implicit-drop"),
+        vec!["dropping t3.c10 also drops index i10"]
+    );
+}
+
+// ---------------------------------------------------------------- runners
+
+#[test]
+fn flyway_runs_a_migration_with_a_non_transactional_statement_outside_a_transaction() {
+    let r = run_files(
+        vec![
+            src(
+                "db/V1__idx.sql",
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+            ),
+            src(
+                "db/U1__idx.sql",
+                "DROP INDEX CONCURRENTLY IF EXISTS users_email_idx;",
+            ),
+            src("db/V2__vacuum.sql", "VACUUM users;"),
+            src(
+                "db/V3__unique.sql",
+                "CREATE UNIQUE INDEX CONCURRENTLY users_nick_idx ON users (nick);",
+            ),
+        ],
+        &Settings::default(),
+    );
+    assert_eq!(rules_of(&r.files[0]), vec![]);
+    assert_eq!(r.files[0].downgrade.state, DownState::Ok);
+    assert!(r.files[0].downgrade.findings.is_empty());
+    assert_eq!(rules_of(&r.files[1]), vec![]);
+    // Outside a transaction, a failed build is not rolled back.
+    assert_eq!(rules_of(&r.files[2]), vec![("not-idempotent", 1)]);
+}
+
+#[test]
+fn flyway_mixing_both_kinds_of_statement_is_reported_as_such() {
+    let r = run_files(
+        vec![src(
+            "db/V1__mixed.sql",
+            "SET lock_timeout = '2s';\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+        )],
+        &Settings::default(),
+    );
+    let f = &r.files[0];
+    assert_eq!(rules_of(f), vec![("transaction-nesting", 2)]);
+    let msg = &messages(f, "transaction-nesting")[0];
+    assert!(msg.contains("Flyway") && msg.contains("mixed"), "{msg}");
+}
+
+#[test]
+fn flyway_keeps_a_transaction_for_what_it_does_not_detect() {
+    // Flyway detects REINDEX SCHEMA/DATABASE/SYSTEM, not REINDEX INDEX CONCURRENTLY: it
+    // runs that file in a transaction, where PostgreSQL refuses it.
+    let r = run_files(
+        vec![src(
+            "db/V1__reindex.sql",
+            "REINDEX INDEX CONCURRENTLY users_email_idx;",
+        )],
+        &Settings::default(),
+    );
+    assert_eq!(
+        rules_of(&r.files[0]),
+        vec![("concurrently-in-transaction", 1)]
+    );
+    // ALTER TYPE ... ADD VALUE is non-transactional for Flyway only before PostgreSQL 12.
+    let old = Settings {
+        pg_version: 11,
+        ..Settings::default()
+    };
+    let r = run_files(
+        vec![src("db/V1__enum.sql", "ALTER TYPE mood ADD VALUE 'ok';")],
+        &old,
+    );
+    assert_eq!(rules_of(&r.files[0]), vec![]);
+}
+
+fn diesel_files(metadata: Option<&str>) -> Vec<SourceFile> {
+    let mut files = vec![
+        src(
+            "migrations/2024-01-01-000000_idx/up.sql",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+        ),
+        src(
+            "migrations/2024-01-01-000000_idx/down.sql",
+            "DROP INDEX CONCURRENTLY IF EXISTS users_email_idx;",
+        ),
+    ];
+    if let Some(m) = metadata {
+        files.push(src("migrations/2024-01-01-000000_idx/metadata.toml", m));
+    }
+    files
+}
+
+#[test]
+fn diesel_metadata_run_in_transaction_false_is_honoured() {
+    let r = run_files(
+        diesel_files(Some("run_in_transaction = false\n")),
+        &Settings::default(),
+    );
+    assert_eq!(r.files.len(), 1, "metadata.toml is not a migration");
+    let f = &r.files[0];
+    assert_eq!(rules_of(f), vec![]);
+    assert!(
+        f.downgrade.findings.is_empty(),
+        "{:?}",
+        f.downgrade.findings
+    );
+    assert_eq!(f.downgrade.state, DownState::Ok);
+
+    // diesel reads a valid file without the key as `false` too (serde's default for
+    // the field), and only falls back to a transaction when the file does not parse.
+    let r = run_files(diesel_files(Some("# no settings\n")), &Settings::default());
+    assert_eq!(rules_of(&r.files[0]), vec![]);
+
+    // Without it (or with it true, or unreadable, as diesel reads it) both run in one.
+    for metadata in [
+        None,
+        Some("run_in_transaction = true\n"),
+        Some("run_in_transaction = \"false\"\n"),
+        Some("not toml at all ["),
+    ] {
+        let r = run_files(diesel_files(metadata), &Settings::default());
+        let f = &r.files[0];
+        assert_eq!(
+            rules_of(f),
+            vec![("concurrently-in-transaction", 1)],
+            "{metadata:?}"
+        );
+        assert_eq!(f.downgrade.state, DownState::Fails, "{metadata:?}");
+    }
+}
+
+#[test]
+fn diesel_without_a_transaction_still_sends_one_query_string() {
+    // diesel runs up.sql with one batch_execute: several statements in one query string
+    // are an implicit transaction, which CONCURRENTLY refuses.
+    let mut files = diesel_files(Some("run_in_transaction = false\n"));
+    files[0].text = "SET lock_timeout = '2s';\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);".into();
+    let r = run_files(files, &Settings::default());
+    let msgs = messages(&r.files[0], "concurrently-in-transaction");
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].contains("one query string"), "{}", msgs[0]);
+}
+
+#[test]
+fn no_transaction_marker_still_works_for_diesel() {
+    let mut files = diesel_files(None);
+    for f in &mut files {
+        f.text = format!("-- no-transaction\n{}", f.text);
+    }
+    let r = run_files(files, &Settings::default());
+    assert_eq!(rules_of(&r.files[0]), vec![]);
+    assert_eq!(r.files[0].downgrade.state, DownState::Ok);
+}
+
+#[test]
+fn drop_database_has_its_own_rule() {
+    check_rules("DROP DATABASE app;", &["drop-database"]);
+    check_rules("DROP SCHEMA app;", &["drop-schema"]);
+    let r = run("m.sql", "DROP DATABASE app;");
+    assert_eq!(r.phase, Phase::Contract);
 }
