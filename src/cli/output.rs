@@ -324,6 +324,22 @@ fn print_status(s: &Value) {
             }
         );
     }
+    for slot in s["live"]["slots"].as_array().into_iter().flatten() {
+        if let Some(c) = slot["container"].as_object() {
+            println!(
+                "  container {} {} ({}) in slot {}{}",
+                c["name"].as_str().unwrap_or("?"),
+                slot["version"].as_str().unwrap_or("?"),
+                c["id"].as_str().map(|i| &i[..i.len().min(12)]).unwrap_or("?"),
+                slot["slot"].as_str().unwrap_or("?"),
+                if slot["running"].as_bool() == Some(false) {
+                    ", exited"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     if let Some(rules) = s["live"]["guard"]["rules"].as_object() {
         for (rule, verdict) in rules {
             println!("  guard     {rule:<12} {}", verdict.as_str().unwrap_or("?"));
