@@ -281,6 +281,11 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
         assert!(!all.contains("s3cret"), "{args:?} printed a secret: {all}");
     }
 
+    let status = stdout(&p.run(&["status", &p.svc]));
+    assert!(
+        status.contains(&format!("container {}-", p.svc)) && status.contains(" v2 ("),
+        "{status}"
+    );
     // The container: ours by label, published on loopback only, with an init process.
     let ids = containers_of(&p.svc);
     let running: Vec<serde_json::Value> = ids.iter().map(|i| inspect(i)).collect();
