@@ -366,6 +366,10 @@ struct Case {
     /// Rules the checker must report / must not report for the statement.
     must: &'static [&'static str],
     must_not: &'static [&'static str],
+    /// PostgreSQL is seen in the middle of the statement, before a later step that
+    /// queues for a lock (another case sees that step): what it holds here does not say
+    /// whether the statement as a whole needs a lock_timeout.
+    partial: bool,
     /// A known disagreement between the checker and PostgreSQL.
     bug: Option<Bug>,
 }
@@ -385,6 +389,7 @@ const C: Case = Case {
     pg: &[],
     must: &[],
     must_not: &[],
+    partial: false,
     bug: None,
 };
 
@@ -599,7 +604,8 @@ fn checker_problems(case: &Case, seen: &Result<Vec<String>, String>) -> Vec<Stri
         }
     }
     // Without lock_timeout the checker warns exactly for a statement that queues for a
-    // lock that blocks traffic (SHARE or stronger) on a table that already exists.
+    // lock that blocks traffic (SHARE or stronger) on a table that already exists (a
+    // partial view only shows that it does).
     let blocks = seen
         .iter()
         .find(|s| lock_fact(s).is_some_and(|(_, m)| rank(m) >= BLOCKS_TRAFFIC));
@@ -610,7 +616,7 @@ fn checker_problems(case: &Case, seen: &Result<Vec<String>, String>) -> Vec<Stri
         (Some(lock), false) => problems.push(format!(
             "takes {lock} but no missing-lock-timeout without a lock_timeout"
         )),
-        (None, true) => problems.push(format!(
+        (None, true) if !case.partial => problems.push(format!(
             "reports missing-lock-timeout, but PostgreSQL takes only {seen:?}"
         )),
         _ => {}
@@ -767,13 +773,30 @@ const CASES: &[Case] = &[
         sql: "ALTER TABLE t ALTER COLUMN c TYPE text USING c::text",
         pg: &[AEL],
         must_not: &["change-column-type"],
-        bug: Some(Bug {
-            test: "checker_bug_a_binary_coercible_using_is_not_a_rewrite",
-            now: &[
-                "wrongly reports change-column-type",
-                "change-column-type claims a rewrite",
-            ],
-        }),
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN c TYPE text USING CAST(c AS text)",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN c TYPE text USING c",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN c TYPE varchar(20) USING c::varchar(20)",
+        pg: &[AEL],
+        must_not: &["change-column-type"],
+        ..C
+    },
+    Case {
+        sql: "ALTER TABLE t ALTER COLUMN c TYPE text USING c || ''",
+        pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
+        must: &["change-column-type"],
         ..C
     },
     Case {
@@ -887,10 +910,6 @@ ALTER TABLE t VALIDATE CONSTRAINT f",
             "scan:t",
         ],
         must: &["validate-in-same-transaction"],
-        bug: Some(Bug {
-            test: "checker_bug_fk_validated_in_its_transaction_holds_share_row_exclusive",
-            now: &["validate-in-same-transaction claims AccessExclusiveLock"],
-        }),
         ..C
     },
     Case {
@@ -1072,6 +1091,7 @@ ALTER TABLE t VALIDATE CONSTRAINT k",
             "!p1:AccessExclusiveLock",
         ],
         must_not: &["concurrently-in-transaction", "partition-attach-detach"],
+        partial: true,
         ..C
     },
     // ...the second queues for ACCESS EXCLUSIVE on the partition.
@@ -1081,10 +1101,6 @@ ALTER TABLE t VALIDATE CONSTRAINT k",
         run: Run::Outside("p1"),
         pg: &["p:ShareUpdateExclusiveLock", "p1:AccessExclusiveLock"],
         must_not: &["concurrently-in-transaction", "partition-attach-detach"],
-        bug: Some(Bug {
-            test: "checker_bug_detach_concurrently_queues_for_access_exclusive_without_a_lock_timeout_warning",
-            now: &["takes p1:AccessExclusiveLock but no missing-lock-timeout"],
-        }),
         ..C
     },
     // VACUUM, CLUSTER
@@ -1132,10 +1148,6 @@ ALTER TABLE t VALIDATE CONSTRAINT k",
         sql: "TRUNCATE t",
         pg: &[AEL, "rewrite:t", "rewrite:t_pkey"],
         must: &["truncate"],
-        bug: Some(Bug {
-            test: "checker_bug_truncate_queues_for_access_exclusive_without_a_lock_timeout_warning",
-            now: &["takes t:AccessExclusiveLock but no missing-lock-timeout"],
-        }),
         ..C
     },
     Case {
@@ -1172,10 +1184,6 @@ ALTER TABLE t ADD COLUMN s d;",
         sql: "ALTER DOMAIN d ADD CONSTRAINT positive CHECK (VALUE > 0)",
         pg: &["t:ShareLock", "scan:t"],
         must: &["domain-with-constraint"],
-        bug: Some(Bug {
-            test: "checker_bug_alter_domain_queues_for_share_without_a_lock_timeout_warning",
-            now: &["takes t:ShareLock but no missing-lock-timeout"],
-        }),
         ..C
     },
 ];
@@ -1211,7 +1219,7 @@ fn the_checkers_lock_claims_match_postgres() {
             Some(bug) => {
                 if checker.is_empty() {
                     report.push(format!(
-                        "{label}: the checker now agrees with PostgreSQL: un-ignore {} and drop `bug`",
+                        "{label}: the checker now agrees with PostgreSQL: drop `bug` and its ignored test {}",
                         bug.test
                     ));
                     continue;
@@ -1233,6 +1241,8 @@ fn the_checkers_lock_claims_match_postgres() {
 }
 
 /// One known disagreement: PostgreSQL's side must hold, the checker's must agree with it.
+/// Called by the ignored `checker_bug_*` test of each `bug` case; there is none today.
+#[allow(dead_code)]
 fn known_bug(name: &str) {
     let case: Vec<&Case> = CASES
         .iter()
@@ -1247,36 +1257,4 @@ fn known_bug(name: &str) {
         );
         assert!(checker.is_empty(), "{label}: the checker {checker:?}");
     }
-}
-
-#[test]
-#[ignore = "checker bug: `ALTER COLUMN c TYPE text USING c::text` (from varchar) is reported as a rewrite; PostgreSQL does not rewrite"]
-fn checker_bug_a_binary_coercible_using_is_not_a_rewrite() {
-    known_bug("checker_bug_a_binary_coercible_using_is_not_a_rewrite");
-}
-
-#[test]
-#[ignore = "checker bug: FK NOT VALID + VALIDATE in one transaction is said to hold ACCESS EXCLUSIVE; PostgreSQL holds SHARE ROW EXCLUSIVE"]
-fn checker_bug_fk_validated_in_its_transaction_holds_share_row_exclusive() {
-    known_bug("checker_bug_fk_validated_in_its_transaction_holds_share_row_exclusive");
-}
-
-#[test]
-#[ignore = "checker bug: TRUNCATE queues for ACCESS EXCLUSIVE but gets no missing-lock-timeout warning"]
-fn checker_bug_truncate_queues_for_access_exclusive_without_a_lock_timeout_warning() {
-    known_bug("checker_bug_truncate_queues_for_access_exclusive_without_a_lock_timeout_warning");
-}
-
-#[test]
-#[ignore = "checker bug: ALTER DOMAIN ADD CONSTRAINT queues for SHARE on every table using the domain but gets no missing-lock-timeout warning"]
-fn checker_bug_alter_domain_queues_for_share_without_a_lock_timeout_warning() {
-    known_bug("checker_bug_alter_domain_queues_for_share_without_a_lock_timeout_warning");
-}
-
-#[test]
-#[ignore = "checker bug: DETACH PARTITION ... CONCURRENTLY queues for ACCESS EXCLUSIVE on the partition in its second step but gets no missing-lock-timeout warning"]
-fn checker_bug_detach_concurrently_queues_for_access_exclusive_without_a_lock_timeout_warning() {
-    known_bug(
-        "checker_bug_detach_concurrently_queues_for_access_exclusive_without_a_lock_timeout_warning",
-    );
 }

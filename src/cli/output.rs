@@ -330,7 +330,10 @@ fn print_status(s: &Value) {
                 "  container {} {} ({}) in slot {}{}",
                 c["name"].as_str().unwrap_or("?"),
                 slot["version"].as_str().unwrap_or("?"),
-                c["id"].as_str().map(|i| &i[..i.len().min(12)]).unwrap_or("?"),
+                c["id"]
+                    .as_str()
+                    .map(|i| &i[..i.len().min(12)])
+                    .unwrap_or("?"),
                 slot["slot"].as_str().unwrap_or("?"),
                 if slot["running"].as_bool() == Some(false) {
                     ", exited"

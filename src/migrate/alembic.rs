@@ -16,7 +16,7 @@ use super::model::{
     Action, AddColumn, ConKind, DefaultKind, Lowered, Op, is_irreversible_marker, parse_allow,
 };
 use super::sql;
-use super::types::{Ty, classify_default_text, parse_ty};
+use super::types::{Ty, classify_default_text, parse_ty, using_text_is_plain};
 
 /// A revision file, lowered.
 #[derive(Debug, Default)]
@@ -877,12 +877,19 @@ impl<'t> Walker<'_, 't> {
                 let column = arg(1, 0).map(|n| self.name_of(n)).unwrap_or_default();
                 let mut ops = Vec::new();
                 if let Some(t) = kw.get("type_") {
+                    let to = self.sa_type(*t);
+                    // `postgresql_using="c::text"` is the plain type change, judged as one.
+                    let using = kw.get("postgresql_using").is_some_and(|u| {
+                        !self
+                            .str_of(*u)
+                            .is_some_and(|(s, _)| using_text_is_plain(&s, &column, &to))
+                    });
                     ops.push(Op::AlterType {
                         table: table.clone(),
                         column: column.clone(),
-                        to: self.sa_type(*t),
+                        to,
                         from: kw.get("existing_type").map(|t| self.sa_type(*t)),
-                        using: kw.contains_key("postgresql_using"),
+                        using,
                     });
                 }
                 match kw.get("nullable").map(|n| n.kind()) {

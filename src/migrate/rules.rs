@@ -439,7 +439,8 @@ struct Engine<'a> {
     lock_timeout: bool,
     lock_timeout_local: bool,
     timeout_reported: bool,
-    not_valid: HashSet<String>,
+    /// Constraints added NOT VALID in the open transaction, with their kind.
+    not_valid: HashMap<String, ConKind>,
     enum_values: Vec<String>,
     expanded: HashSet<String>,
     irreversible: Option<usize>,
@@ -606,6 +607,9 @@ impl Engine<'_> {
             }
             Op::Truncate { tables, cascade } => {
                 let list = tables.join(", ");
+                if tables.iter().any(|t| self.existing(t)) {
+                    self.lock_taken(line, &format!("TRUNCATE {list}"));
+                }
                 let cascade = if *cascade {
                     ", and CASCADE empties every table that references them"
                 } else {
@@ -851,7 +855,7 @@ impl Engine<'_> {
                 let cname = name.clone().unwrap_or_else(|| "(unnamed)".into());
                 if *not_valid {
                     if let Some(n) = name {
-                        self.not_valid.insert(norm(n));
+                        self.not_valid.insert(norm(n), kind.clone());
                         if let (Some(col), Side::Up) = (not_null_column, self.side) {
                             self.schema
                                 .not_null_checks
@@ -880,8 +884,15 @@ impl Engine<'_> {
                 );
             }
             Op::ValidateConstraint { table, name } => {
-                if self.in_tx && self.not_valid.contains(&norm(name)) {
-                    self.emit("validate-in-same-transaction", line, format!("validates {name} on {table} in the transaction that added it NOT VALID: the ACCESS EXCLUSIVE lock from the ADD is held through the whole validation scan"));
+                if let (true, Some(kind)) = (self.in_tx, self.not_valid.get(&norm(name))) {
+                    // The lock the ADD took stays until the transaction ends.
+                    let held = match kind {
+                        ConKind::ForeignKey => format!(
+                            "the SHARE ROW EXCLUSIVE lock the ADD took on {table} and on the referenced table is"
+                        ),
+                        _ => "the ACCESS EXCLUSIVE lock from the ADD is".to_string(),
+                    };
+                    self.emit("validate-in-same-transaction", line, format!("validates {name} on {table} in the transaction that added it NOT VALID: {held} held through the whole validation scan"));
                 }
                 if let Some(key) = self.schema.not_null_checks.get(&norm(name)).cloned()
                     && self.side == Side::Up
@@ -994,6 +1005,12 @@ impl Engine<'_> {
                     self.emit("concurrently-in-transaction", line, format!("DETACH PARTITION ... CONCURRENTLY on {table} inside a transaction: PostgreSQL refuses it{}", self.tx_hint()));
                 } else if pg < 14 {
                     self.emit("partition-attach-detach", line, format!("DETACH PARTITION ... CONCURRENTLY needs PostgreSQL 14; the target is {pg}"));
+                } else {
+                    // Its second transaction queues for ACCESS EXCLUSIVE on the partition.
+                    self.lock_taken(
+                        line,
+                        &format!("DETACH PARTITION ... CONCURRENTLY on {table}"),
+                    );
                 }
             }
             Op::Vacuum {
@@ -1039,6 +1056,8 @@ impl Engine<'_> {
             }
             Op::AlterDomainAddConstraint { name, not_valid } => {
                 if !not_valid {
+                    // The check takes SHARE on every table with a column of the domain.
+                    self.lock_taken(line, &format!("ALTER DOMAIN {name}"));
                     self.emit("domain-with-constraint", line, format!("adds a constraint to domain {name}: scans every column of that domain in every table"));
                 }
             }
@@ -1368,7 +1387,7 @@ fn evaluate(
         lock_timeout: false,
         lock_timeout_local: false,
         timeout_reported: false,
-        not_valid: HashSet::new(),
+        not_valid: HashMap::new(),
         enum_values: Vec::new(),
         expanded: HashSet::new(),
         irreversible: None,

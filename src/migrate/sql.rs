@@ -19,7 +19,7 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 use super::model::{
     Action, AddColumn, Allow, ConKind, DefaultKind, Op, is_irreversible_marker, parse_allow,
 };
-use super::types::{classify_default, parse_ty};
+use super::types::{classify_default, parse_ty, using_is_plain};
 
 /// The statements of a script and what its comments say.
 #[derive(Debug, Default)]
@@ -887,13 +887,26 @@ fn lower_alter(table: &str, op: &AlterTableOperation) -> Op {
                 }
                 AlterColumnOperation::SetDataType {
                     data_type, using, ..
-                } => Op::AlterType {
-                    table: t,
-                    column,
-                    to: parse_ty(&data_type.to_string()),
-                    from: None,
-                    using: using.is_some(),
-                },
+                } => {
+                    let text = data_type.to_string();
+                    let stored = if column_name.quote_style.is_some() {
+                        column.clone()
+                    } else {
+                        column.to_ascii_lowercase()
+                    };
+                    let to = parse_ty(&text);
+                    // `USING c::newtype` is the plain type change, judged as one.
+                    let using = using
+                        .as_ref()
+                        .is_some_and(|u| !using_is_plain(u, &stored, &to, Some(&text)));
+                    Op::AlterType {
+                        table: t,
+                        column,
+                        to,
+                        from: None,
+                        using,
+                    }
+                }
                 AlterColumnOperation::AddGenerated { .. } => Op::Benign {
                     what: "ADD GENERATED AS IDENTITY".into(),
                 },

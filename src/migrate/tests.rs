@@ -323,6 +323,43 @@ fn binary_coercible_type_changes_are_not_rewrites() {
             "ALTER TABLE items ALTER COLUMN name TYPE varchar(20) USING name::varchar;",
             true,
         ),
+        // A USING that is the column cast to the new type is the plain type change.
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE text USING name::text;",
+            false,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE text USING CAST(name AS text);",
+            false,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE varchar(20) USING (name)::varchar(20);",
+            false,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE text USING name;",
+            false,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE varchar(5) USING name::varchar(5);",
+            true,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN qty TYPE bigint USING qty::bigint;",
+            true,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE text USING note::text;",
+            true,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE text USING name || '';",
+            true,
+        ),
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE text USING \"Name\"::text;",
+            true,
+        ),
     ];
     for (stmt, rewrite) in cases {
         let r = run_files(
@@ -345,6 +382,77 @@ fn binary_coercible_type_changes_are_not_rewrites() {
             "{stmt}"
         );
     }
+}
+
+#[test]
+fn alembic_postgresql_using_a_cast_of_the_column_is_the_plain_type_change() {
+    let alter = |using: &str| {
+        let text = format!(
+            "from alembic import op\nimport sqlalchemy as sa\ndef upgrade():\n    op.execute(\"SET lock_timeout = '2s'\")\n    op.alter_column(\"users\", \"email\", existing_type=sa.String(50), type_=sa.Text(){using})\ndef downgrade():\n    pass\n"
+        );
+        run("versions/u1.py", &text)
+            .upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "change-column-type")
+    };
+    assert!(!alter(""));
+    assert!(!alter(", postgresql_using=\"email::text\""));
+    assert!(alter(", postgresql_using=\"lower(email)\""));
+    assert!(alter(", postgresql_using=\"email::varchar(10)\""));
+}
+
+#[test]
+fn statements_that_queue_for_a_blocking_lock_want_a_lock_timeout() {
+    let warns = |text: &str| {
+        run("m.sql", text)
+            .upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "missing-lock-timeout")
+    };
+    for stmt in [
+        "TRUNCATE users;",
+        "ALTER DOMAIN positive ADD CONSTRAINT p CHECK (VALUE > 0);",
+        "-- no-transaction\nALTER TABLE metrics DETACH PARTITION metrics_2020 CONCURRENTLY;",
+    ] {
+        assert!(warns(stmt), "{stmt}");
+        assert!(
+            !warns(
+                &stmt
+                    .replace("TRUNCATE", "SET lock_timeout = '2s';\nTRUNCATE")
+                    .replace("ALTER", "SET lock_timeout = '2s';\nALTER")
+            ),
+            "{stmt} with a lock_timeout"
+        );
+    }
+    // No validation, no lock on the tables; a table of this migration has no queue.
+    assert!(!warns(
+        "ALTER DOMAIN positive ADD CONSTRAINT p CHECK (VALUE > 0) NOT VALID;"
+    ));
+    assert!(!warns("CREATE TABLE scratch (id int);\nTRUNCATE scratch;"));
+}
+
+#[test]
+fn validate_in_the_same_transaction_names_the_lock_the_add_took() {
+    let message = |add: &str| {
+        run(
+            "m.sql",
+            &format!("SET lock_timeout = '2s';\n{add} NOT VALID;\nALTER TABLE orders VALIDATE CONSTRAINT c;"),
+        )
+        .upgrade
+        .findings
+        .into_iter()
+        .find(|f| f.rule == "validate-in-same-transaction")
+        .map(|f| f.message)
+        .unwrap_or_default()
+    };
+    let fk =
+        message("ALTER TABLE orders ADD CONSTRAINT c FOREIGN KEY (user_id) REFERENCES users (id)");
+    assert!(fk.contains("SHARE ROW EXCLUSIVE"), "{fk}");
+    assert!(!fk.contains("ACCESS EXCLUSIVE"), "{fk}");
+    let check = message("ALTER TABLE orders ADD CONSTRAINT c CHECK (qty > 0)");
+    assert!(check.contains("ACCESS EXCLUSIVE"), "{check}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! The tables here are PostgreSQL facts; they must never guess towards "safe": a type
 //! pair not listed is a rewrite, a function not listed is volatile.
 
-use sqlparser::ast::{Expr, FunctionArguments, Value};
+use sqlparser::ast::{CastKind, Expr, FunctionArguments, Value};
 
 use super::model::DefaultKind;
 
@@ -156,6 +156,77 @@ pub(crate) fn type_change(from: Option<&Ty>, to: &Ty, using: bool) -> Change {
         _ => true,
     };
     Change::Rewrite { narrowing }
+}
+
+/// Whether an `ALTER COLUMN ... TYPE to USING expr` costs what the plain type change
+/// costs: `expr` is the column itself or the column cast to the new type (`c::text`,
+/// `CAST(c AS text)`). PostgreSQL coerces the column to the new type either way and
+/// decides on the rewrite from the expression it gets (binary-coercible casts and
+/// widening length changes reduce to the column itself), so such a `USING` changes
+/// nothing. Anything else, including a cast to another type, counts as a rewrite.
+///
+/// `column` is the column's name as PostgreSQL stores it (folded to lowercase unless
+/// quoted); `to_text` is how the statement spells the new type, when known: it must match the
+/// cast's spelling where [`Ty`] does not keep the whole type (precision, unknown types).
+pub(crate) fn using_is_plain(expr: &Expr, column: &str, to: &Ty, to_text: Option<&str>) -> bool {
+    let mut e = strip_parens(expr);
+    if let Expr::Cast {
+        kind: CastKind::Cast | CastKind::DoubleColon,
+        expr,
+        data_type,
+        format: None,
+    } = e
+    {
+        let cast = data_type.to_string();
+        let same = match to {
+            // The Ty of these keeps the whole type, so the spellings may differ.
+            Ty::Varchar(_)
+            | Ty::Text
+            | Ty::Char(Some(_))
+            | Ty::Numeric(_)
+            | Ty::SmallInt
+            | Ty::Int
+            | Ty::BigInt
+            | Ty::Varbit(_)
+            | Ty::Cidr
+            | Ty::Inet => parse_ty(&cast) == *to,
+            _ => to_text.is_some_and(|t| spelling(t) == spelling(&cast)),
+        };
+        if !same {
+            return false;
+        }
+        e = strip_parens(expr);
+    }
+    match e {
+        // PostgreSQL folds an unquoted name to lowercase.
+        Expr::Identifier(id) if id.quote_style.is_some() => id.value == column,
+        Expr::Identifier(id) => id.value.to_ascii_lowercase() == column,
+        _ => false,
+    }
+}
+
+/// [`using_is_plain`] for a `USING` given as SQL text (Alembic `postgresql_using=`).
+pub(crate) fn using_text_is_plain(text: &str, column: &str, to: &Ty) -> bool {
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    sqlparser::parser::Parser::new(&dialect)
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_expr())
+        .is_ok_and(|e| using_is_plain(&e, column, to, None))
+}
+
+fn strip_parens(mut e: &Expr) -> &Expr {
+    while let Expr::Nested(inner) = e {
+        e = inner;
+    }
+    e
+}
+
+/// A type's spelling, lowercase and without spaces, for comparing two spellings.
+fn spelling(t: &str) -> String {
+    t.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 /// Functions PostgreSQL marks stable or immutable, so a default calling them is one value
