@@ -292,3 +292,30 @@ fn an_interactive_restore_needs_the_database_name_typed() {
     assert!(shown.contains("WILL BE LOST"), "{shown}");
     assert_eq!(items(&pg, "desk"), "1,2,3");
 }
+
+#[test]
+fn the_watcher_restores_only_into_the_database_the_person_confirmed() {
+    let pg = start();
+    pg.create_app("alpha");
+    pg.create_app("beta");
+    let mut p = project(&pg, "alpha", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.run(&["db", "backup", "web"]), "backup of alpha");
+    // The config now names another database, but the watcher still runs the old one:
+    // consent for `beta` must not restore alpha's dump over anything.
+    let config = std::fs::read_to_string(p.config()).unwrap();
+    std::fs::write(p.config(), config.replace("/alpha\"", "/beta\"")).unwrap();
+    pg.sql("beta", "DELETE FROM items WHERE id = 3");
+    let dbs = pg.databases();
+    let out = p.run(&["db", "restore", "web", "--confirm", "beta"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must all be the same database"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg.databases(), dbs, "nothing renamed");
+    assert_eq!(items(&pg, "beta"), "1,2");
+    assert_eq!(items(&pg, "alpha"), "1,2,3");
+}

@@ -111,6 +111,14 @@ fn heads_come_from_the_alembic_version_table_and_guard_the_rollback() {
         stderr(&out)
     );
     assert_eq!(serving(&p), "v2");
+    // doctor knows it too, before anyone needs the rollback.
+    let out = p.run(&["doctor", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stdout(&out));
+    assert!(
+        common::stdout(&out).contains("✗ schema"),
+        "{}",
+        common::stdout(&out)
+    );
 }
 
 #[test]

@@ -300,6 +300,7 @@ pub(super) async fn restore(
     let request = Request::Restore {
         service: name.to_string(),
         backup: b.id,
+        confirm: given.clone(),
     };
     let (exit, result, error) = control::call(state_dir, &request, |msg| {
         if !json {

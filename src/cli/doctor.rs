@@ -134,6 +134,23 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
         "previous good release",
         format!("{} (#{})", prev.version, prev.id),
     ));
+    // The migration guard: would the schema let the previous release's code run?
+    if svc.migrations.is_some() {
+        out.push(
+            match crate::execute::migrations::rollback_verdict(svc, &prev, active.as_ref()) {
+                Ok(()) => pass(
+                    "schema",
+                    "no contract migration ran since the previous release's head".to_string(),
+                ),
+                Err(e) => fail(
+                    "schema",
+                    e.to_string(),
+                    "roll forward with a fix, or restore the database to that schema first"
+                        .to_string(),
+                ),
+            },
+        );
+    }
     match svc.runtime {
         Runtime::Docker | Runtime::Swarm => docker_checks(svc, &prev, &mut out).await,
         Runtime::Process => {

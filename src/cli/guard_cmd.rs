@@ -24,12 +24,15 @@ pub(super) fn freeze(
 ) -> Result<i32, CliError> {
     let mut ledger = open_or_create(state_dir)?;
     if let Some(already) = ledger.service_state(service)?.frozen_reason {
+        // The person's reason is what stands now: a restore (or anything else) that froze
+        // it first will not lift it when it ends.
+        ledger.restate_freeze(service, reason)?;
         if json {
             print_json(
-                &json!({ "service": service, "frozen": true, "changed": false, "reason": already }),
+                &json!({ "service": service, "frozen": true, "changed": false, "reason": reason, "was": already }),
             );
         } else {
-            println!("{service} was already frozen ({already})");
+            println!("{service} was already frozen ({already}); it stays frozen for: {reason}");
         }
         return Ok(0);
     }

@@ -67,6 +67,8 @@ pub struct TaskInfo {
     pub slot: Option<i64>,
     pub exit_code: Option<i64>,
     pub message: Option<String>,
+    /// The task's `ripcord.release` label (which release it runs).
+    pub release: Option<String>,
 }
 
 impl Engine {
@@ -268,13 +270,50 @@ impl Engine {
             .map_err(self.err("service update", "service", name))
     }
 
-    /// Whether a service of that name exists.
-    pub async fn service_exists(&self, name: &str) -> Result<bool, DockerError> {
+    /// The service's labels, or `None` when no service has that name.
+    pub async fn service_labels(
+        &self,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, DockerError> {
         match self.service_spec(name).await {
-            Ok(_) => Ok(true),
-            Err(DockerError::NotFound { .. }) => Ok(false),
+            Ok((spec, _)) => Ok(Some(spec.labels.unwrap_or_default().into_iter().collect())),
+            Err(DockerError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The service's replica count (replicated mode).
+    pub async fn service_replicas(&self, name: &str) -> Result<Option<u64>, DockerError> {
+        let (spec, _) = self.service_spec(name).await?;
+        Ok(spec
+            .mode
+            .and_then(|m| m.replicated)
+            .and_then(|r| r.replicas)
+            .and_then(|n| u64::try_from(n).ok()))
+    }
+
+    /// Sets the service's replica count (0 stops every task; the spec stays).
+    pub async fn service_scale(&self, name: &str, replicas: u64) -> Result<(), DockerError> {
+        let (mut spec, version) = self.service_spec(name).await?;
+        let n = i64::try_from(replicas)
+            .map_err(|_| DockerError::InvalidSpec(format!("replicas {replicas}")))?;
+        spec.mode = Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(n) }),
+            ..Default::default()
+        });
+        self.docker
+            .update_service(
+                name,
+                spec,
+                UpdateServiceOptions {
+                    version,
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(self.err("service scale", "service", name))
     }
 
     /// The engine's own rollback to the service's PreviousSpec
@@ -357,13 +396,14 @@ impl Engine {
             .map(|t| {
                 let status = t.status.unwrap_or_default();
                 let cs = status.container_status.unwrap_or_default();
+                let cspec = t.spec.and_then(|s| s.container_spec);
                 TaskInfo {
                     id: t.id.unwrap_or_default(),
-                    image: t
-                        .spec
-                        .and_then(|s| s.container_spec)
-                        .and_then(|c| c.image)
-                        .unwrap_or_default(),
+                    release: cspec
+                        .as_ref()
+                        .and_then(|c| c.labels.as_ref())
+                        .and_then(|l| l.get(super::LABEL_RELEASE).cloned()),
+                    image: cspec.and_then(|c| c.image).unwrap_or_default(),
                     state: status.state.map(|s| s.to_string()).unwrap_or_default(),
                     desired_state: t.desired_state.map(|s| s.to_string()).unwrap_or_default(),
                     container_id: cs.container_id.filter(|c| !c.is_empty()),

@@ -148,7 +148,10 @@ impl ServiceExec {
         let (env_snapshot, env_keys) = match &d.env_file {
             Some(path) => {
                 let vars = envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))?;
-                let dest = self.env_snapshot_path(version);
+                // Named by its content: a snapshot another release points at is never
+                // overwritten with different values (a redeploy, a refused deploy, two
+                // versions that sanitize alike).
+                let dest = self.env_snapshot_path(version, &envfile::digest(&vars));
                 envfile::write_snapshot(&dest, &vars)
                     .map_err(|e| ExecError::Failed(e.to_string()))?;
                 (Some(dest), vars.into_iter().map(|(k, _)| k).collect())
@@ -168,11 +171,11 @@ impl ServiceExec {
         })
     }
 
-    fn env_snapshot_path(&self, version: &str) -> PathBuf {
+    fn env_snapshot_path(&self, version: &str, digest: &str) -> PathBuf {
         self.state_dir
             .join("env")
             .join(self.name())
-            .join(format!("{}.env", sanitize(version)))
+            .join(format!("{}-{digest}.env", sanitize(version)))
     }
 
     /// The container name for a slot (blue-green) or the service's one container.
@@ -451,7 +454,7 @@ impl ServiceExec {
                 Some(SlotProc {
                     release: release.clone(),
                     proc: None,
-                    container: Some(handle),
+                    container: Some(handle.clone()),
                     warm_until_ms: rec.warm_until_ms,
                 }),
             )?;
@@ -464,7 +467,15 @@ impl ServiceExec {
                     release.version, rec.slot
                 ),
             );
-            if is_active && self.probe(rec.slot).await.is_ok() {
+            // A running container gets its full start timeout to answer before it is
+            // given up (one missed probe must not cost a restart).
+            let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+            if is_active
+                && self
+                    .wait_healthy(rec.slot, None, Some(&handle), deadline)
+                    .await
+                    .is_ok()
+            {
                 adopted_active = true;
             }
             kept.push(id.clone());

@@ -45,18 +45,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<(String, String)>, EnvFileEr
             None => (line.trim_end(), None),
         };
         if key.is_empty() || key.chars().any(char::is_whitespace) {
+            // The line may be part of a secret (a PEM key's body): never echo it.
             return Err(EnvFileError::Syntax {
                 path: path.to_path_buf(),
                 line: i + 1,
-                message: format!(
-                    "`{}` is not a variable name: expected KEY=VALUE",
-                    key.trim()
-                ),
+                message: "not KEY=VALUE (the line is not shown: it may hold a secret)".to_string(),
             });
         }
         let value = match value {
             Some(v) => v.to_string(),
             None => match std::env::var(key) {
+                Ok(v) if v.contains('\n') => {
+                    return Err(EnvFileError::Syntax {
+                        path: path.to_path_buf(),
+                        line: i + 1,
+                        message: format!(
+                            "{key} comes from the environment and holds a line break, which an env \
+                             file cannot carry; put it in a file the app reads instead"
+                        ),
+                    });
+                }
                 Ok(v) => v,
                 Err(_) => continue,
             },
@@ -66,6 +74,23 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<(String, String)>, EnvFileEr
         out.push((key.to_string(), value));
     }
     Ok(out)
+}
+
+/// A short content digest of a snapshot (16 hex digits of its sha256), for its name.
+pub fn digest(vars: &[(String, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in vars {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Reads and parses an env file.
@@ -153,7 +178,7 @@ mod tests {
         let err = parse("A=1\nNOT A VAR\n", Path::new("/etc/app.env")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "/etc/app.env:2: `NOT A VAR` is not a variable name: expected KEY=VALUE"
+            "/etc/app.env:2: not KEY=VALUE (the line is not shown: it may hold a secret)"
         );
     }
 

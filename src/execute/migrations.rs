@@ -260,65 +260,76 @@ impl ServiceExec {
         target: &Release,
         active: Option<&Release>,
     ) -> Result<(), ExecError> {
-        let Some(m) = &self.cfg.migrations else {
-            return Ok(());
-        };
-        let (Some(target_head), Some(current_head)) = (
-            target.migration_head.as_deref(),
-            active.and_then(|a| a.migration_head.as_deref()),
-        ) else {
-            return Ok(());
-        };
-        if target_head == current_head {
-            return Ok(());
-        }
         if req.force && req.reason.is_some() {
             return Ok(());
         }
-        let files =
-            crate::migrate::discover::read_paths(std::slice::from_ref(&m.dir)).map_err(|e| {
-                ExecError::Refused(format!(
-                    "cannot read the migrations to judge this rollback: {e}"
-                ))
-            })?;
-        let settings = crate::migrate::Settings {
-            pg_version: m.pg_version,
-            ..Default::default()
-        };
-        let report = crate::migrate::check(&crate::migrate::plan(files), &settings);
-        let between =
-            crate::migrate::guard::between(&report, current_head, target_head).map_err(|e| {
-                ExecError::Refused(format!(
-                    "{} cannot tell which migrations a rollback to {} would undo ({e}); \
-                 roll back anyway with --force --reason TEXT if you know the schema allows it",
-                    self.name(),
-                    target.version
-                ))
-            })?;
-        let contracts = between.contracts();
-        if contracts.is_empty() {
-            return Ok(());
-        }
-        let list: Vec<String> = contracts
-            .iter()
-            .map(|f| {
-                let why = f
-                    .phase_reason
-                    .as_ref()
-                    .map(|r| format!(" (line {}: {})", r.line, r.why))
-                    .unwrap_or_default();
-                format!("{}{why}", f.path)
-            })
-            .collect();
-        Err(ExecError::Refused(format!(
-            "rolling {} back to {} would run its code on a schema it cannot use: since its head `{target_head}` \
-             these contract migrations ran: {}. Roll forward with a fix instead, or restore the database to \
-             that schema first; to roll back anyway: --force --reason TEXT",
-            self.name(),
-            target.version,
-            list.join("; ")
-        )))
+        rollback_verdict(&self.cfg, target, active)
     }
+}
+
+/// Whether the schema lets `target`'s code run again: the migrations applied since its
+/// head are checked, and any `contract` among them refuses the rollback (with what to do).
+/// Used by rollbacks (unless forced) and by `ripcord doctor`.
+pub fn rollback_verdict(
+    cfg: &crate::config::ServiceConfig,
+    target: &Release,
+    active: Option<&Release>,
+) -> Result<(), ExecError> {
+    let Some(m) = &cfg.migrations else {
+        return Ok(());
+    };
+    let (Some(target_head), Some(current_head)) = (
+        target.migration_head.as_deref(),
+        active.and_then(|a| a.migration_head.as_deref()),
+    ) else {
+        return Ok(());
+    };
+    if target_head == current_head {
+        return Ok(());
+    }
+    let files =
+        crate::migrate::discover::read_paths(std::slice::from_ref(&m.dir)).map_err(|e| {
+            ExecError::Refused(format!(
+                "cannot read the migrations to judge this rollback: {e}"
+            ))
+        })?;
+    let settings = crate::migrate::Settings {
+        pg_version: m.pg_version,
+        ..Default::default()
+    };
+    let report = crate::migrate::check(&crate::migrate::plan(files), &settings);
+    let between =
+        crate::migrate::guard::between(&report, current_head, target_head).map_err(|e| {
+            ExecError::Refused(format!(
+                "{} cannot tell which migrations a rollback to {} would undo ({e}); \
+             roll back anyway with --force --reason TEXT if you know the schema allows it",
+                cfg.name.as_str(),
+                target.version
+            ))
+        })?;
+    let contracts = between.contracts();
+    if contracts.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = contracts
+        .iter()
+        .map(|f| {
+            let why = f
+                .phase_reason
+                .as_ref()
+                .map(|r| format!(" (line {}: {})", r.line, r.why))
+                .unwrap_or_default();
+            format!("{}{why}", f.path)
+        })
+        .collect();
+    Err(ExecError::Refused(format!(
+        "rolling {} back to {} would run its code on a schema it cannot use: since its head `{target_head}` \
+         these contract migrations ran: {}. Roll forward with a fix instead, or restore the database to \
+         that schema first; to roll back anyway: --force --reason TEXT",
+        cfg.name.as_str(),
+        target.version,
+        list.join("; ")
+    )))
 }
 
 /// The directory's newest migration: for Alembic, the one revision no other revision

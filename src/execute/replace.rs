@@ -154,10 +154,19 @@ impl ServiceExec {
                 "stopping",
                 format!("stopping {name} to free {}", self.cfg.slots.blue),
             )?;
-            engine.stop(cur, timeout).await.map_err(failed)?;
+            if let Err(e) = engine.stop(cur, timeout).await {
+                if let Some(h) = current.as_ref().and_then(|c| c.container.as_ref()) {
+                    h.clear_stopping();
+                }
+                return Err(ExecError::Failed(format!(
+                    "cannot stop {name} to make room: {e}; it keeps running what it ran"
+                )));
+            }
         }
 
-        // 3. The release on the published address.
+        // 3. The release on the published address (a `-next` left by an interrupted
+        //    operation is ours and goes first).
+        self.clear_name(&next_name).await?;
         let publish = self.cfg.slots.addr(REPLACE_SLOT);
         let spec = self.container_spec(release, next_name.clone(), publish, None)?;
         self.ledger().step(
@@ -208,21 +217,46 @@ impl ServiceExec {
         };
         let downtime_ms = down_at.elapsed().as_millis() as u64;
 
-        // 4. The old container goes; the new one takes the name.
-        if let Some(cur) = &current_id {
-            engine.stop_and_remove(cur, timeout).await.map_err(failed)?;
+        // 4. It serves: record it at once, so the guard watches it whatever happens next.
+        //    Then the old container goes and the new one takes the name; a failure there
+        //    is reported, not fatal (the new release serves either way).
+        let id = handle.id.clone();
+        let record = |container_name: &str| {
+            self.set_slot(
+                REPLACE_SLOT,
+                Some(SlotProc {
+                    release: release.clone(),
+                    proc: None,
+                    container: Some(Arc::new(ContainerHandle::new(
+                        id.clone(),
+                        container_name.to_string(),
+                    ))),
+                    warm_until_ms: None,
+                }),
+            )
+        };
+        record(&next_name)?;
+        if let Some(cur) = &current_id
+            && let Err(e) = engine.stop_and_remove(cur, timeout).await
+        {
+            self.event(
+                Some(release.id),
+                Some(op),
+                "cleanup_failed",
+                format!(
+                    "the replaced container {name} could not be removed: {e}; remove it by hand"
+                ),
+            );
         }
-        engine.rename(&handle.id, &name).await.map_err(failed)?;
-        let handle = Arc::new(ContainerHandle::new(handle.id.clone(), name.clone()));
-        self.set_slot(
-            REPLACE_SLOT,
-            Some(SlotProc {
-                release: release.clone(),
-                proc: None,
-                container: Some(handle),
-                warm_until_ms: None,
-            }),
-        )?;
+        match engine.rename(&id, &name).await {
+            Ok(()) => record(&name)?,
+            Err(e) => self.event(
+                Some(release.id),
+                Some(op),
+                "cleanup_failed",
+                format!("{next_name} serves but could not be renamed {name}: {e}"),
+            ),
+        }
         self.event(
             Some(release.id),
             Some(op),

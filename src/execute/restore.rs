@@ -38,6 +38,7 @@ impl ServiceExec {
     pub async fn restore(
         &self,
         backup_id: i64,
+        confirm: &str,
         progress: Progress,
     ) -> Result<RestoreOutcome, ExecError> {
         let holder = format!(
@@ -46,7 +47,7 @@ impl ServiceExec {
             std::process::id()
         );
         self.exclusive(holder, async || {
-            self.restore_locked(backup_id, &progress).await
+            self.restore_locked(backup_id, confirm, &progress).await
         })
         .await
     }
@@ -54,6 +55,7 @@ impl ServiceExec {
     async fn restore_locked(
         &self,
         backup_id: i64,
+        confirm: &str,
         progress: &Progress,
     ) -> Result<RestoreOutcome, ExecError> {
         let start = std::time::Instant::now();
@@ -69,6 +71,20 @@ impl ServiceExec {
             return Err(ExecError::Usage(format!(
                 "backup #{backup_id} belongs to {}, not {}",
                 rec.service,
+                self.name()
+            )));
+        }
+        // The database the person agreed to, the one this watcher would restore into, and
+        // the one the dump came from must all be the same.
+        let database = db::PgUrl::parse(&cfg.url)
+            .map(|u| u.database)
+            .map_err(|e| ExecError::Usage(e.to_string()))?;
+        if confirm != database || rec.database != database {
+            return Err(ExecError::Refused(format!(
+                "refused, nothing changed: consent was given for `{confirm}`, this watcher's config \
+                 restores into `{database}`, and backup #{backup_id} is of `{}`; they must all be the \
+                 same database (restart the watcher after changing [service.{}.database] url)",
+                rec.database,
                 self.name()
             )));
         }
@@ -96,14 +112,14 @@ impl ServiceExec {
             .find(|i| i.status == "open" || i.status == "frozen");
         let incident = incident.map(|i| i.id);
         let window = db::loss_window(rec.created_at_ms, now_ms());
-        let database = db::PgUrl::parse(&cfg.url)
-            .map(|u| u.database.clone())
-            .unwrap_or_default();
-        let we_froze = self.ledger().freeze(
-            self.name(),
-            &format!("database restore from backup #{backup_id} in progress"),
-            incident,
-        )?;
+        let active = self.ledger().active_release(self.name())?;
+        let freeze_reason = format!("database restore from backup #{backup_id} in progress");
+        let we_froze = self
+            .ledger()
+            .freeze(self.name(), &freeze_reason, incident)?;
+        // Only the restore's own freeze is lifted at the end: one a person set (or
+        // re-stated) meanwhile stays.
+        let ours = we_froze.then_some(freeze_reason.as_str());
         self.restore_event(
             incident,
             "restore_started",
@@ -115,7 +131,6 @@ impl ServiceExec {
         );
 
         // Stop the app: nothing may write into the database while names are swapped.
-        let active = self.ledger().active_release(self.name())?;
         let active_slot = self
             .slots()
             .iter()
@@ -127,15 +142,33 @@ impl ServiceExec {
             self.stop_slot(*slot, None).await;
         }
         self.router.clear();
+        // A swarm keeps its tasks running without us: scale the service to 0.
+        let swarm_replicas = if self.cfg.runtime == crate::config::Runtime::Swarm {
+            match self.swarm_stop().await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(self
+                        .abort_restore(incident, ours, active_slot, None, &e.to_string(), progress)
+                        .await);
+                }
+            }
+        } else {
+            None
+        };
         self.restore_event(
             incident,
             "app_stopped",
-            if stopped.is_empty() {
-                "no release of this service was running (runtime external runs it elsewhere: \
-                 the swap ends its database sessions)"
-                    .to_string()
-            } else {
-                format!("stopped {} release(s) for the restore", stopped.len())
+            match (swarm_replicas, stopped.len()) {
+                (Some(n), _) => {
+                    format!("swarm service scaled from {n} task(s) to 0 for the restore")
+                }
+                (None, 0) if self.cfg.runtime == crate::config::Runtime::External => {
+                    "runtime external: ripcord runs nothing to stop; the swap ends the app's \
+                     database sessions"
+                        .to_string()
+                }
+                (None, 0) => "no release of this service was running".to_string(),
+                (None, n) => format!("stopped {n} release(s) for the restore"),
             },
         );
 
@@ -148,7 +181,14 @@ impl ServiceExec {
             Ok(n) => n,
             Err(e) => {
                 return Err(self
-                    .abort_restore(incident, we_froze, active_slot, &e.to_string(), progress)
+                    .abort_restore(
+                        incident,
+                        ours,
+                        active_slot,
+                        swarm_replicas,
+                        &e.to_string(),
+                        progress,
+                    )
                     .await);
             }
         };
@@ -166,7 +206,14 @@ impl ServiceExec {
             Ok(k) => k,
             Err(e) => {
                 return Err(self
-                    .abort_restore(incident, we_froze, active_slot, &e.to_string(), progress)
+                    .abort_restore(
+                        incident,
+                        ours,
+                        active_slot,
+                        swarm_replicas,
+                        &e.to_string(),
+                        progress,
+                    )
                     .await);
             }
         };
@@ -177,7 +224,10 @@ impl ServiceExec {
         );
 
         // The app back, and verified.
-        let app = match self.restart_after_restore(active_slot, progress).await {
+        let app = match self
+            .restart_after_restore(active_slot, swarm_replicas, progress)
+            .await
+        {
             Ok(app) => app,
             Err(e) => {
                 self.restore_event(
@@ -188,9 +238,10 @@ impl ServiceExec {
                 return Err(e);
             }
         };
-        if we_froze {
-            self.ledger().unfreeze(
+        if let Some(reason) = ours {
+            self.ledger().unfreeze_if(
                 self.name(),
+                reason,
                 &format!("database restored from backup #{backup_id} and the app verified"),
             )?;
         }
@@ -215,16 +266,20 @@ impl ServiceExec {
     }
 
     /// Before the swap: the original database was not changed; start the app again and
-    /// lift the freeze this restore set.
+    /// lift the freeze this restore set (`ours`: its reason), unless someone re-stated it.
     async fn abort_restore(
         &self,
         incident: Option<i64>,
-        we_froze: bool,
+        ours: Option<&str>,
         active_slot: Option<Slot>,
+        swarm_replicas: Option<u64>,
         why: &str,
         progress: &Progress,
     ) -> ExecError {
-        let app = match self.restart_after_restore(active_slot, progress).await {
+        let app = match self
+            .restart_after_restore(active_slot, swarm_replicas, progress)
+            .await
+        {
             Ok(Some(v)) => format!("{v} was started again"),
             Ok(None) => "no release was running before, so none was started".to_string(),
             Err(e) => format!("starting the app again failed: {e}"),
@@ -236,10 +291,12 @@ impl ServiceExec {
                 "restore stopped before the swap: {why}; the original database is untouched; {app}"
             ),
         );
-        if we_froze
-            && let Err(e) = self
-                .ledger()
-                .unfreeze(self.name(), "the restore stopped before changing anything")
+        if let Some(reason) = ours
+            && let Err(e) = self.ledger().unfreeze_if(
+                self.name(),
+                reason,
+                "the restore stopped before changing anything",
+            )
         {
             tracing::error!(error = %e, "cannot lift the restore's freeze");
         }
@@ -250,8 +307,12 @@ impl ServiceExec {
     async fn restart_after_restore(
         &self,
         slot: Option<Slot>,
+        swarm_replicas: Option<u64>,
         progress: &Progress,
     ) -> Result<Option<String>, ExecError> {
+        if let Some(n) = swarm_replicas {
+            self.swarm_scale_back(n).await?;
+        }
         let Some(active) = self.ledger().active_release(self.name())? else {
             return Ok(None);
         };

@@ -42,7 +42,25 @@ impl ServiceExec {
         })?;
         let env = self.release_env(release)?;
         let labels = self.release_labels(release);
-        if !engine.service_exists(&name).await.map_err(failed)? {
+        let existing = engine.service_labels(&name).await.map_err(failed)?;
+        if let Some(labels) = &existing
+            && labels
+                .get(super::container::LABEL_SERVICE)
+                .map(String::as_str)
+                != Some(self.name())
+        {
+            return Err(ExecError::Failed(format!(
+                "a swarm service named `{name}` exists and is not {}'s (no `{}={}` label): ripcord \
+                 never touches what it does not own; remove or rename it, or set `name` in \
+                 [service.{}.docker]",
+                self.name(),
+                super::container::LABEL_SERVICE,
+                self.name(),
+                self.name()
+            )));
+        }
+        let want = release.id.to_string();
+        if existing.is_none() {
             let info = engine.describe().await.map_err(failed)?;
             if !info.swarm_active {
                 return Err(ExecError::Failed(
@@ -96,7 +114,7 @@ impl ServiceExec {
             // the target is set explicitly. Either way the result is checked.
             let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
             match self.swarm_converged(&name, None, deadline).await {
-                Ok(image) if image == img.id => {}
+                Ok(running) if running == want => {}
                 _ => {
                     self.ledger().step(
                         op,
@@ -137,7 +155,7 @@ impl ServiceExec {
         );
         let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
         let t0 = Instant::now();
-        self.swarm_converged(&name, Some(&img.id), deadline)
+        self.swarm_converged(&name, Some(&want), deadline)
             .await
             .map_err(|why| {
                 ExecError::Failed(format!(
@@ -163,8 +181,10 @@ impl ServiceExec {
         crate::config::Slot::Blue
     }
 
-    /// Waits until every task the service wants running runs one image (`want`, when
-    /// given) and is running, and the health URL answers. Returns that image.
+    /// Waits until every task the service wants running runs one release (`want`, a
+    /// release id, when given: told by the task's `ripcord.release` label, since two
+    /// releases may share an image and differ in env) and is running, and the health URL
+    /// answers. Returns that release id.
     async fn swarm_converged(
         &self,
         name: &str,
@@ -180,14 +200,17 @@ impl ServiceExec {
                         .iter()
                         .filter(|t| t.desired_state == "running")
                         .collect();
-                    let images: Vec<&str> = desired.iter().map(|t| t.image.as_str()).collect();
+                    let images: Vec<&str> = desired
+                        .iter()
+                        .map(|t| t.release.as_deref().unwrap_or(""))
+                        .collect();
                     let all_running =
                         !desired.is_empty() && desired.iter().all(|t| t.state == "running");
                     let one_image = images.windows(2).all(|w| w[0] == w[1]);
                     let on_target = want.is_none_or(|w| images.iter().all(|i| *i == w));
                     // A task of the wanted image that failed says why.
                     if let Some(t) = tasks.iter().find(|t| {
-                        want.is_some_and(|w| t.image == w)
+                        want.is_some_and(|w| t.release.as_deref() == Some(w))
                             && matches!(t.state.as_str(), "failed" | "rejected")
                     }) {
                         last = format!(
@@ -224,5 +247,52 @@ impl ServiceExec {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+impl ServiceExec {
+    /// Stops every task of the service (scale to 0) and waits until none runs; returns
+    /// the replica count to give back, `None` when there is no service yet.
+    pub(super) async fn swarm_stop(&self) -> Result<Option<u64>, ExecError> {
+        let engine = self.engine().await?.clone();
+        let failed = |e: crate::docker::DockerError| ExecError::Failed(e.to_string());
+        let name = self.container_name(None);
+        if engine
+            .service_labels(&name)
+            .await
+            .map_err(failed)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let replicas = engine
+            .service_replicas(&name)
+            .await
+            .map_err(failed)?
+            .unwrap_or(1);
+        engine.service_scale(&name, 0).await.map_err(failed)?;
+        let deadline = Instant::now() + Duration::from_secs(self.cfg.stop_timeout_secs + 30);
+        loop {
+            let tasks = engine.service_tasks(&name).await.map_err(failed)?;
+            if !tasks.iter().any(|t| t.state == "running") {
+                return Ok(Some(replicas));
+            }
+            if Instant::now() >= deadline {
+                return Err(ExecError::Failed(format!(
+                    "swarm service {name} still has running tasks {}s after it was scaled to 0",
+                    self.cfg.stop_timeout_secs + 30
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Gives the service its replicas back (after a restore).
+    pub(super) async fn swarm_scale_back(&self, replicas: u64) -> Result<(), ExecError> {
+        let engine = self.engine().await?.clone();
+        engine
+            .service_scale(&self.container_name(None), replicas.max(1))
+            .await
+            .map_err(|e| ExecError::Failed(e.to_string()))
     }
 }

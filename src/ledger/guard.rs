@@ -174,6 +174,58 @@ impl Ledger {
         Ok(changed > 0)
     }
 
+    /// Lifts a freeze only when it still has `expected` as its reason: a freeze someone
+    /// set (or re-stated) since is left alone. Returns whether it was lifted.
+    pub fn unfreeze_if(
+        &mut self,
+        service: &str,
+        expected: &str,
+        reason: &str,
+    ) -> Result<bool, LedgerError> {
+        let tx = self.write_tx()?;
+        let changed = tx.execute(
+            "UPDATE service_state SET frozen_reason = NULL, frozen_at_ms = NULL
+             WHERE service = ?1 AND frozen_reason = ?2",
+            params![service, expected],
+        )?;
+        if changed > 0 {
+            super::insert_event(
+                &tx,
+                service,
+                &NewEvent {
+                    kind: "unfrozen",
+                    message: format!("unfrozen: {reason}"),
+                    ..Default::default()
+                },
+                now_ms(),
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed > 0)
+    }
+
+    /// A person freezes a service that is frozen already (by a restore, or the guard):
+    /// their reason replaces the old one, so whatever froze it first cannot lift it.
+    pub fn restate_freeze(&mut self, service: &str, reason: &str) -> Result<(), LedgerError> {
+        let tx = self.write_tx()?;
+        tx.execute(
+            "UPDATE service_state SET frozen_reason = ?2 WHERE service = ?1 AND frozen_reason IS NOT NULL",
+            params![service, reason],
+        )?;
+        super::insert_event(
+            &tx,
+            service,
+            &NewEvent {
+                kind: "frozen",
+                message: format!("frozen again by a person: {reason}"),
+                ..Default::default()
+            },
+            now_ms(),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn start_investigation(
         &mut self,
         service: &str,
@@ -313,6 +365,24 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_freeze_restated_by_a_person_outlives_the_one_it_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path()).unwrap();
+        assert!(l.freeze("web", "restore in progress", None).unwrap());
+        // Lifted by its owner while still its own.
+        assert!(l.unfreeze_if("web", "restore in progress", "done").unwrap());
+        assert!(l.freeze("web", "restore in progress", None).unwrap());
+        // A person freezes it too, meanwhile: the restore's end leaves it frozen.
+        l.restate_freeze("web", "a person: orders look wrong")
+            .unwrap();
+        assert!(!l.unfreeze_if("web", "restore in progress", "done").unwrap());
+        assert_eq!(
+            l.service_state("web").unwrap().frozen_reason.as_deref(),
+            Some("a person: orders look wrong")
+        );
+    }
 
     #[test]
     fn freeze_unfreeze_and_investigations() {

@@ -24,11 +24,24 @@ const CPU_EVERY: Duration = Duration::from_secs(2);
 
 /// Observes until the channel closes.
 pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
-    let engine = match exec.engine().await {
-        Ok(e) => e.clone(),
-        Err(e) => {
-            tracing::error!(service = %exec.cfg.name, error = %e, "docker signals are off: no engine");
-            return;
+    // The engine may come up after the watcher (at boot): keep asking, bounded by the
+    // watcher's life, and say so once.
+    let mut wait = Duration::from_secs(1);
+    let mut said = false;
+    let engine = loop {
+        match exec.engine().await {
+            Ok(e) => break e.clone(),
+            Err(e) => {
+                if !said {
+                    tracing::error!(service = %exec.cfg.name, error = %e, "docker signals wait for the engine");
+                    said = true;
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
         }
     };
     tokio::spawn(cpu_loop(exec.clone(), engine.clone(), tx.clone()));

@@ -44,6 +44,8 @@ pub enum Request {
     Restore {
         service: String,
         backup: i64,
+        /// The database name the person confirmed: the watcher restores only into it.
+        confirm: String,
     },
     /// Live facts only the watcher has (proxy counters, processes).
     Live {

@@ -527,10 +527,15 @@ async fn serve_client(
                     .map(|o| serde_json::to_value(o).unwrap_or_default())
             })
         }
-        (Request::Restore { backup, .. }, Some(svc)) => {
+        (
+            Request::Restore {
+                backup, confirm, ..
+            },
+            Some(svc),
+        ) => {
             let exec = svc.exec.clone();
             tokio::spawn(async move {
-                exec.restore(backup, Some(tx))
+                exec.restore(backup, &confirm, Some(tx))
                     .await
                     .map(|o| serde_json::to_value(o).unwrap_or_default())
             })
