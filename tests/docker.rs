@@ -152,6 +152,13 @@ json_equals = "{{version}}"
                     return;
                 }
             }
+            if let Some(status) = self
+                .watcher
+                .as_mut()
+                .and_then(|w| w.try_wait().ok().flatten())
+            {
+                panic!("the watcher exited ({status}): {}", self.watcher_log());
+            }
             assert!(
                 Instant::now() < deadline,
                 "the watcher never became ready: {}",

@@ -256,3 +256,21 @@ fn a_write_waits_for_another_process_holding_the_lock() {
         Some("succeeded")
     );
 }
+
+#[test]
+fn many_processes_opening_a_new_ledger_at_once_all_succeed() {
+    // A regression: the watcher creating the ledger while a CLI polls it got
+    // "database is locked" from the switch to WAL.
+    for _ in 0..40 {
+        let dir = tempfile::tempdir().unwrap();
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || Ledger::open(&path).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+    }
+}
