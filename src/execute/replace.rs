@@ -49,7 +49,7 @@ impl ServiceExec {
         let failed = |e: crate::docker::DockerError| ExecError::Failed(e.to_string());
 
         // What runs now, and whether it still answers for anything.
-        let current = self.slots().get(&REPLACE_SLOT).cloned();
+        let mut current = self.slots().get(&REPLACE_SLOT).cloned();
         let current_id = match current.as_ref().and_then(|c| c.container.clone()) {
             Some(c) => Some(c.id.clone()),
             // Not in the slots (an interrupted operation): the engine knows it by name.
@@ -65,6 +65,43 @@ impl ServiceExec {
                 })
                 .map(|_| name.clone()),
         };
+        // A replace whose final rename failed left the serving container under its
+        // temporary name: it gets its name back first, so clearing a stale temporary
+        // name below can never remove what serves.
+        if let Some(cur) = &current_id
+            && let Some(st) = engine.state(cur).await.map_err(failed)?
+            && st.name != name
+        {
+            if engine.state(&name).await.map_err(failed)?.is_some() {
+                if st.name == next_name {
+                    return Err(ExecError::Failed(format!(
+                        "{} serves as `{next_name}` and another container holds `{name}`: \
+                         remove that one (`docker rm {name}`) and try again; nothing was touched",
+                        self.name()
+                    )));
+                }
+            } else {
+                engine.rename(&st.id, &name).await.map_err(failed)?;
+                self.event(
+                    None,
+                    Some(op),
+                    "renamed",
+                    format!(
+                        "{} had been left as `{}`: renamed `{name}`",
+                        short_id(&st.id),
+                        st.name
+                    ),
+                );
+                if let Some(mut slot) = current.clone()
+                    && slot.container.is_some()
+                {
+                    slot.container =
+                        Some(Arc::new(ContainerHandle::new(st.id.clone(), name.clone())));
+                    self.set_slot(REPLACE_SLOT, Some(slot.clone()))?;
+                    current = Some(slot);
+                }
+            }
+        }
         let current_running = match &current_id {
             Some(id) => engine
                 .state(id)
@@ -77,8 +114,10 @@ impl ServiceExec {
         // 1. Pre-flight on a private port while the current container serves. When
         //    nothing serves any more (it crashed), there is nothing to protect: the
         //    release goes straight to the published address.
+        // A `-next` left by an interrupted operation is ours and goes first, before
+        // anything is stopped (a failure here leaves the current container serving).
+        self.clear_name(&next_name).await?;
         if current_running {
-            self.clear_name(&next_name).await?;
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_err(|e| {
@@ -164,9 +203,7 @@ impl ServiceExec {
             }
         }
 
-        // 3. The release on the published address (a `-next` left by an interrupted
-        //    operation is ours and goes first).
-        self.clear_name(&next_name).await?;
+        // 3. The release on the published address.
         let publish = self.cfg.slots.addr(REPLACE_SLOT);
         let spec = self.container_spec(release, next_name.clone(), publish, None)?;
         self.ledger().step(

@@ -60,6 +60,16 @@ impl ServiceExec {
             )));
         }
         let want = release.id.to_string();
+        if existing.is_some() && engine.service_replicas(&name).await.map_err(failed)? == Some(0) {
+            // A restore that stopped it and could not give its replicas back: a release
+            // with no task can never converge, so it gets one again.
+            self.ledger().step(
+                op,
+                "swarm_scale",
+                format!("swarm service {name} had 0 replicas: scaling it to 1"),
+            )?;
+            engine.service_scale(&name, 1).await.map_err(failed)?;
+        }
         if existing.is_none() {
             let info = engine.describe().await.map_err(failed)?;
             if !info.swarm_active {
@@ -257,33 +267,59 @@ impl ServiceExec {
         let engine = self.engine().await?.clone();
         let failed = |e: crate::docker::DockerError| ExecError::Failed(e.to_string());
         let name = self.container_name(None);
-        if engine
-            .service_labels(&name)
-            .await
-            .map_err(failed)?
-            .is_none()
-        {
+        let Some(labels) = engine.service_labels(&name).await.map_err(failed)? else {
             return Ok(None);
+        };
+        if labels
+            .get(super::container::LABEL_SERVICE)
+            .map(String::as_str)
+            != Some(self.name())
+        {
+            return Err(ExecError::Failed(format!(
+                "swarm service `{name}` is not {}'s (no `{}={}` label): ripcord will not stop \
+                 what it does not own",
+                self.name(),
+                super::container::LABEL_SERVICE,
+                self.name()
+            )));
         }
         let replicas = engine
             .service_replicas(&name)
             .await
             .map_err(failed)?
-            .unwrap_or(1);
+            .unwrap_or(1)
+            .max(1);
         engine.service_scale(&name, 0).await.map_err(failed)?;
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.stop_timeout_secs + 30);
+        let wait = self.cfg.stop_timeout_secs + 30;
+        let deadline = Instant::now() + Duration::from_secs(wait);
         loop {
-            let tasks = engine.service_tasks(&name).await.map_err(failed)?;
-            if !tasks.iter().any(|t| t.state == "running") {
+            let left = match engine.service_tasks(&name).await {
+                Ok(tasks) => tasks.iter().filter(|t| !task_ended(&t.state)).count(),
+                Err(e) => {
+                    self.give_back(&name, replicas).await;
+                    return Err(failed(e));
+                }
+            };
+            if left == 0 {
                 return Ok(Some(replicas));
             }
             if Instant::now() >= deadline {
+                self.give_back(&name, replicas).await;
                 return Err(ExecError::Failed(format!(
-                    "swarm service {name} still has running tasks {}s after it was scaled to 0",
-                    self.cfg.stop_timeout_secs + 30
+                    "swarm service {name} still had {left} task(s) not ended {wait}s after it \
+                     was scaled to 0; its {replicas} replica(s) were given back"
                 )));
             }
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Best effort: a stop that failed leaves the service as it found it.
+    async fn give_back(&self, name: &str, replicas: u64) {
+        if let Ok(engine) = self.engine().await
+            && let Err(e) = engine.service_scale(name, replicas).await
+        {
+            tracing::warn!(service = %self.name(), "could not scale {name} back to {replicas}: {e}");
         }
     }
 
@@ -295,4 +331,12 @@ impl ServiceExec {
             .await
             .map_err(|e| ExecError::Failed(e.to_string()))
     }
+}
+
+/// A task in one of these states holds no container any more (Swarm's terminal states).
+fn task_ended(state: &str) -> bool {
+    matches!(
+        state,
+        "complete" | "shutdown" | "failed" | "rejected" | "orphaned" | "remove"
+    )
 }

@@ -205,19 +205,28 @@ impl Ledger {
     }
 
     /// A person freezes a service that is frozen already (by a restore, or the guard):
-    /// their reason replaces the old one, so whatever froze it first cannot lift it.
-    pub fn restate_freeze(&mut self, service: &str, reason: &str) -> Result<(), LedgerError> {
+    /// their reason replaces the old one, so whatever froze it first cannot lift it. It
+    /// is unconditional: should that freeze have been lifted a moment ago, the person's
+    /// freeze still stands.
+    pub fn restate_freeze(
+        &mut self,
+        service: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<(), LedgerError> {
+        self.ensure_state_row(service)?;
         let tx = self.write_tx()?;
         tx.execute(
-            "UPDATE service_state SET frozen_reason = ?2 WHERE service = ?1 AND frozen_reason IS NOT NULL",
-            params![service, reason],
+            "UPDATE service_state SET frozen_reason = ?2, frozen_at_ms = COALESCE(frozen_at_ms, ?3)
+             WHERE service = ?1",
+            params![service, reason, now_ms()],
         )?;
         super::insert_event(
             &tx,
             service,
             &NewEvent {
                 kind: "frozen",
-                message: format!("frozen again by a person: {reason}"),
+                message: format!("frozen again by {by}: {reason}"),
                 ..Default::default()
             },
             now_ms(),
@@ -375,7 +384,7 @@ mod tests {
         assert!(l.unfreeze_if("web", "restore in progress", "done").unwrap());
         assert!(l.freeze("web", "restore in progress", None).unwrap());
         // A person freezes it too, meanwhile: the restore's end leaves it frozen.
-        l.restate_freeze("web", "a person: orders look wrong")
+        l.restate_freeze("web", "a person: orders look wrong", "a person")
             .unwrap();
         assert!(!l.unfreeze_if("web", "restore in progress", "done").unwrap());
         assert_eq!(

@@ -812,7 +812,17 @@ impl Guard {
                 );
             }
             Action::Freeze => {
-                let _ = self.ledger().freeze(&name, &reasons, incident);
+                // Already frozen (a restore runs, say): the guard's reason replaces that
+                // freeze's, so whatever froze it first cannot lift it when it ends.
+                match self.ledger().freeze(&name, &reasons, incident) {
+                    Ok(false) => {
+                        if let Err(e) = self.ledger().restate_freeze(&name, &reasons, "the guard") {
+                            tracing::error!(error = %e, "cannot restate the freeze");
+                        }
+                    }
+                    Ok(true) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot record the freeze"),
+                }
                 if let Some(id) = incident {
                     let _ = self.ledger().update_incident(
                         id,
