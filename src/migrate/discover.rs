@@ -5,7 +5,9 @@
 //! It picks `.sql` and `.py` files and diesel's `metadata.toml` (read by
 //! [`super::plan`] as text like the rest), walks directories in sorted order, skips hidden
 //! entries and `__pycache__`, and names the path in every error. It never follows a
-//! symlinked directory (a link loop would never end).
+//! symlinked directory (a link loop would never end). Bytes that are not UTF-8 are read
+//! as U+FFFD (the checker reports them), never an error that would stop the other files
+//! from being checked.
 
 use std::path::{Path, PathBuf};
 
@@ -19,8 +21,6 @@ pub enum DiscoverError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not valid UTF-8")]
-    NotUtf8 { path: PathBuf },
     #[error("{path} does not exist")]
     Missing { path: PathBuf },
 }
@@ -83,9 +83,12 @@ fn read(path: &Path) -> Result<SourceFile, DiscoverError> {
         path: path.to_path_buf(),
         source: e,
     })?;
-    let text = String::from_utf8(bytes).map_err(|_| DiscoverError::NotUtf8 {
-        path: path.to_path_buf(),
-    })?;
+    // A file that is not UTF-8 is still checked: its bad bytes become U+FFFD, which
+    // the checker reports with their line, and the other files are checked as usual.
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    };
     Ok(SourceFile {
         path: path.to_string_lossy().into_owned(),
         text,

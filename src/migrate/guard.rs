@@ -2,6 +2,7 @@
 //! older release's schema head and today's, and whether any of them is a `contract` (the
 //! old code cannot run on the schema it leaves). Pure: a checked report in, a verdict out.
 
+use super::layout::{run_order, strip_extension, version, version_parts};
 use super::{FileReport, Phase, Report};
 
 /// What stands between today's schema and the release a rollback goes to.
@@ -23,7 +24,8 @@ impl Between<'_> {
 }
 
 /// A migration's identity as a schema head: the Alembic revision, else the file's name
-/// without directory and extensions (`003_add.up.sql` → `003_add`).
+/// without directory and extensions (`003_add.up.sql` → `003_add`). [`is_head`] also
+/// takes the version alone (`003`).
 pub fn head_of(f: &FileReport) -> String {
     if let Some(r) = &f.revision {
         return r.clone();
@@ -35,7 +37,24 @@ pub fn head_of(f: &FileReport) -> String {
     } else {
         name
     };
-    name.split('.').next().unwrap_or(name).to_string()
+    // Flyway versions hold dots (`V1.1__x.sql`), so only known extensions come off.
+    strip_extension(name).to_string()
+}
+
+/// Whether `head`, as a runner or its history table prints it, names `f`: its
+/// [`head_of`], or for the ordered layouts its version alone (`migrate version`, Flyway
+/// and diesel print `10`, `1.1` or `20240101000000`, not the file's name).
+pub fn is_head(f: &FileReport, head: &str) -> bool {
+    if head_of(f) == head {
+        return true;
+    }
+    if f.revision.is_some() {
+        return false;
+    }
+    match (version(&head_of(f)), version_parts(head)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// The migrations applied after `target_head` up to `current_head`. Alembic follows
@@ -50,7 +69,7 @@ pub fn between<'a>(
             applied: Vec::new(),
         });
     }
-    let find = |head: &str| report.files.iter().find(|f| head_of(f) == head);
+    let find = |head: &str| report.files.iter().find(|f| is_head(f, head));
     let Some(current) = find(current_head) else {
         return Err(format!(
             "today's schema head `{current_head}` is not among the migrations checked"
@@ -88,10 +107,11 @@ pub fn between<'a>(
         }
         return Ok(Between { applied });
     }
-    // Ordered layouts: everything after the target, up to today's head.
+    // Ordered layouts: everything after the target, up to today's head, in the order
+    // the planner runs them (versions compared as numbers: `9_x` before `10_x`).
     let mut files: Vec<&FileReport> = report.files.iter().collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    let pos = |head: &str| files.iter().position(|f| head_of(f) == head);
+    files.sort_by(|a, b| run_order(&a.path, &b.path));
+    let pos = |head: &str| files.iter().position(|f| is_head(f, head));
     let (Some(cur), Some(tgt)) = (pos(current_head), pos(target_head)) else {
         return Err(format!(
             "the target's schema head `{target_head}` is not among the migrations checked"
@@ -170,5 +190,94 @@ mod tests {
         assert_eq!(b.applied.len(), 1);
         assert_eq!(b.contracts().len(), 1);
         assert!(between(&report, "001_add", "002_drop").is_err());
+    }
+
+    fn sql(path: &str, text: &str) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+
+    const ADD: &str = "SET lock_timeout = '2s';\nALTER TABLE t ADD COLUMN IF NOT EXISTS c int;";
+    const DROP: &str = "SET lock_timeout = '2s';\nALTER TABLE t DROP COLUMN old;";
+
+    #[test]
+    fn unpadded_versions_are_ordered_as_numbers() {
+        // Regression: sorted as strings, `10_x` came before `8_x` and `9_x`, so the
+        // contract in 9 went unseen when rolling back from 10 to 8.
+        let files = vec![
+            sql("m/8_a.up.sql", ADD),
+            sql("m/8_a.down.sql", "SELECT 1;"),
+            sql("m/9_drop.up.sql", DROP),
+            sql("m/9_drop.down.sql", "SELECT 1;"),
+            sql("m/10_b.up.sql", ADD),
+            sql("m/10_b.down.sql", "SELECT 1;"),
+        ];
+        let report = check(&plan(files), &Settings::default());
+        let b = between(&report, "10_b", "8_a").unwrap();
+        let heads: Vec<String> = b.applied.iter().map(|f| head_of(f)).collect();
+        assert_eq!(heads, ["10_b", "9_drop"]);
+        assert_eq!(b.contracts().len(), 1);
+        assert_eq!(head_of(b.contracts()[0]), "9_drop");
+        // Flyway: V2 before V10.
+        let files = vec![
+            sql("m/V2__a.sql", ADD),
+            sql("m/V9__drop.sql", DROP),
+            sql("m/V10__b.sql", ADD),
+        ];
+        let report = check(&plan(files), &Settings::default());
+        let b = between(&report, "V10__b", "V2__a").unwrap();
+        assert_eq!(b.contracts().len(), 1);
+    }
+
+    #[test]
+    fn a_head_printed_as_the_version_alone_matches() {
+        // `migrate version`, Flyway and diesel print the version, not the file's name.
+        let files = vec![
+            sql("m/0008_a.up.sql", ADD),
+            sql("m/0009_drop.up.sql", DROP),
+            sql("m/0010_b.up.sql", ADD),
+        ];
+        let report = check(&plan(files), &Settings::default());
+        let b = between(&report, "10", "8").unwrap();
+        assert_eq!(b.applied.len(), 2);
+        assert_eq!(b.contracts().len(), 1);
+        assert_eq!(between(&report, "0010_b", "8").unwrap().applied.len(), 2);
+        assert!(between(&report, "10", "0010_b").unwrap().applied.is_empty());
+        assert!(between(&report, "11", "8").is_err());
+
+        let files = vec![
+            sql("m/V1__a.sql", ADD),
+            sql("m/V1.1__drop.sql", DROP),
+            sql("m/V2__b.sql", ADD),
+        ];
+        let report = check(&plan(files), &Settings::default());
+        let b = between(&report, "2", "1").unwrap();
+        assert_eq!(b.applied.len(), 2);
+        assert_eq!(b.contracts().len(), 1);
+        assert!(
+            between(&report, "2.0", "1.1")
+                .unwrap()
+                .contracts()
+                .is_empty()
+        );
+
+        let files = vec![
+            sql("migrations/2024-01-01-000000_a/up.sql", ADD),
+            sql("migrations/2024-02-01-000000_drop/up.sql", DROP),
+        ];
+        let report = check(&plan(files), &Settings::default());
+        let b = between(&report, "20240201000000", "20240101000000").unwrap();
+        assert_eq!(b.contracts().len(), 1);
+        // A revision id is matched only as it is.
+        let report = check(
+            &plan(vec![
+                alembic("001", "None", "pass"),
+                alembic("002", "\"001\"", "pass"),
+            ]),
+            &Settings::default(),
+        );
+        assert!(between(&report, "2", "001").is_err());
     }
 }

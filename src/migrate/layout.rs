@@ -15,7 +15,7 @@ use super::{Kind, Layout, Migration, Script, SourceFile, alembic};
 
 /// Pairs up/down files and recognises layouts.
 pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
-    files.sort_by(|a, b| natural(&a.path, &b.path));
+    files.sort_by(|a, b| run_order(&a.path, &b.path));
     let mut sql = Vec::new();
     let mut py = Vec::new();
     // key -> (layout, up, down)
@@ -105,7 +105,7 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
             },
         ));
     }
-    sql.sort_by(|a, b| natural(&a.0, &b.0));
+    sql.sort_by(|a, b| run_order(&a.0, &b.0));
     let mut out: Vec<Migration> = sql.into_iter().map(|(_, m)| m).collect();
     out.extend(order_alembic(py));
     out
@@ -251,6 +251,83 @@ fn order_alembic(files: Vec<SourceFile>) -> Vec<Migration> {
             without_transaction: false,
         })
         .collect()
+}
+
+/// The order migration files run in: by directory, then by the version in the name
+/// as numbers (`9_x` before `10_x`, Flyway's `V1__x` before `V1.1__y`; names without a
+/// version after those with one), then by [`natural`] order of the name.
+pub(crate) fn run_order(a: &str, b: &str) -> Ordering {
+    let split = |p: &str| match p.rfind(['/', '\\']) {
+        Some(i) => (p[..i].to_string(), p[i + 1..].to_string()),
+        None => (String::new(), p.to_string()),
+    };
+    let ((dir_a, base_a), (dir_b, base_b)) = (split(a), split(b));
+    let version = |base: &str| version(strip_extension(base));
+    natural(&dir_a, &dir_b)
+        .then_with(|| match (version(&base_a), version(&base_b)) {
+            (Some(x), Some(y)) => compare_versions(&x, &y),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        })
+        .then_with(|| natural(&base_a, &base_b))
+}
+
+/// A file name without `.up.sql`, `.down.sql`, `.sql` or `.py` (other dots stay:
+/// Flyway versions hold them).
+pub(crate) fn strip_extension(name: &str) -> &str {
+    let lower = name.to_ascii_lowercase();
+    for ext in [".up.sql", ".down.sql", ".sql", ".py"] {
+        if lower.ends_with(ext) {
+            return &name[..name.len() - ext.len()];
+        }
+    }
+    name.split('.').next().unwrap_or(name)
+}
+
+/// The version in a migration's name (without extension), as the runners read it:
+/// Flyway's `V1_1__x` / `U1.1__x` → [1, 1], golang-migrate's and goose's `0010_x` →
+/// [10], diesel's `2024-01-01-000000_x` → [20240101000000]. `None` when there is none.
+pub(crate) fn version(name: &str) -> Option<Vec<String>> {
+    let flyway = name
+        .strip_prefix(['V', 'v', 'U', 'u'])
+        .and_then(|rest| rest.split_once("__"))
+        .map(|(v, _)| v.replace('_', "."));
+    let v = match flyway {
+        Some(v) => v,
+        None => name.split('_').next()?.replace('-', ""),
+    };
+    version_parts(&v)
+}
+
+/// `1.01` → ["1", "1"]: dot-separated numbers without leading zeros, and without
+/// trailing zero parts (Flyway compares `1.0` equal to `1`); `None` unless every part
+/// is a number.
+pub(crate) fn version_parts(v: &str) -> Option<Vec<String>> {
+    let mut parts: Vec<String> = v
+        .split('.')
+        .map(|p| {
+            (!p.is_empty() && p.chars().all(|c| c.is_ascii_digit())).then(|| {
+                let t = p.trim_start_matches('0');
+                if t.is_empty() { "0" } else { t }.to_string()
+            })
+        })
+        .collect::<Option<_>>()?;
+    while parts.len() > 1 && parts.last().is_some_and(|p| p == "0") {
+        parts.pop();
+    }
+    Some(parts)
+}
+
+/// Compares two [`version_parts`] part by part as numbers; a prefix comes first.
+fn compare_versions(a: &[String], b: &[String]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let ord = x.len().cmp(&y.len()).then_with(|| x.cmp(y));
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// Compares paths with digit runs as numbers, so `10_x` sorts after `9_x`.

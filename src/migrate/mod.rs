@@ -37,6 +37,8 @@ pub use rules::rule_ids;
 
 /// One file handed in by the caller (path as the user should see it, and its text):
 /// a migration, or a runner's per-migration settings file (diesel's `metadata.toml`).
+/// Bytes that were not UTF-8 are expected as U+FFFD (`String::from_utf8_lossy`); the
+/// checker reports the line they are on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceFile {
     pub path: String,

@@ -246,6 +246,11 @@ pub(crate) struct Lowered {
     pub allows: Vec<Allow>,
     /// True when the runner wraps the script in a transaction.
     pub runner_tx: bool,
+    /// The runner's transaction is the implicit one PostgreSQL gives a query string of
+    /// several statements (golang-migrate, diesel without its transaction): a BEGIN in
+    /// it turns it into an explicit transaction, without a warning, and after a COMMIT
+    /// the statements that follow get a new implicit one.
+    pub runner_implicit: bool,
     /// Why a statement that refuses a transaction block still gets one here, when the
     /// runner has its own reason (appended to `concurrently-in-transaction` messages);
     /// empty for the general hint.

@@ -329,7 +329,7 @@ pub(crate) const RULES: &[Rule] = &[
         "suppression-unknown-rule",
         Warning,
         &[U],
-        "use a rule id from `ripcord migrations rules`",
+        "name the rule as its finding prints it (e.g. `drop-column`); `ripcord migrations check --disable RULE` with an unknown RULE lists every rule id",
     ),
 ];
 
@@ -434,6 +434,7 @@ struct Engine<'a> {
     from_up: Created,
     in_tx: bool,
     runner_tx: bool,
+    runner_implicit: bool,
     runner_hint: &'static str,
     explicit: Vec<usize>,
     lock_timeout: bool,
@@ -1075,7 +1076,10 @@ impl Engine<'_> {
                 );
             }
             Op::Begin => {
-                if self.in_tx {
+                // In the implicit transaction of a query string, BEGIN makes it an
+                // explicit one (the statements before it included), with no warning.
+                let implicit = self.runner_implicit && self.explicit.is_empty();
+                if self.in_tx && !implicit {
                     let whose = if self.explicit.is_empty() {
                         "the migration runner's transaction"
                     } else {
@@ -1083,7 +1087,11 @@ impl Engine<'_> {
                     };
                     self.emit("transaction-nesting", line, format!("BEGIN inside {whose}: PostgreSQL only warns, and the next COMMIT ends the outer transaction early"));
                 }
-                self.explicit.push(line);
+                // PostgreSQL ignores a BEGIN inside an open BEGIN: the next COMMIT ends
+                // the one transaction there is.
+                if self.explicit.is_empty() {
+                    self.explicit.push(line);
+                }
                 self.in_tx = true;
             }
             Op::Commit | Op::Rollback => {
@@ -1095,6 +1103,8 @@ impl Engine<'_> {
                 if self.explicit.pop().is_none() {
                     if self.kind == Kind::Alembic {
                         self.emit("transaction-nesting", line, format!("{word} through op.execute ends Alembic's transaction; the driver opens a new one for the next statement, so CONCURRENTLY still fails after it"));
+                    } else if self.in_tx && self.runner_implicit {
+                        self.emit("transaction-nesting", line, format!("{word} ends the implicit transaction PostgreSQL runs this query string in (with a warning): what came before is committed alone, so a failure after it leaves the migration half applied"));
                     } else if self.in_tx {
                         self.emit("transaction-nesting", line, format!("{word} ends the migration runner's transaction: what follows runs without one, and a failure leaves the migration half applied"));
                     } else {
@@ -1106,8 +1116,9 @@ impl Engine<'_> {
                     }
                 }
                 self.reset_tx_state();
-                // Alembic's driver starts a new transaction on the next statement.
-                self.in_tx = self.kind == Kind::Alembic && self.runner_tx;
+                // Alembic's driver starts a new transaction on the next statement, and
+                // PostgreSQL a new implicit one for the rest of a query string.
+                self.in_tx = (self.kind == Kind::Alembic || self.runner_implicit) && self.runner_tx;
             }
             Op::AutocommitStart => {
                 self.reset_tx_state();
@@ -1223,44 +1234,83 @@ impl Engine<'_> {
     }
 
     fn finish(&mut self) {
-        if let (Some(&begin), false) = (self.explicit.first(), self.runner_tx) {
+        // In a runner's own transaction the runner's COMMIT ends an unmatched BEGIN; a
+        // BEGIN in a query string or without a runner's transaction stays open.
+        if let (Some(&begin), false) = (
+            self.explicit.first(),
+            self.runner_tx && !self.runner_implicit,
+        ) {
             self.anchor = None;
-            self.emit(
-                "transaction-nesting",
-                begin,
-                "BEGIN without a matching COMMIT: the transaction is never committed".into(),
-            );
+            let what = if self.runner_implicit {
+                "BEGIN without a matching COMMIT: the transaction is left open after the file, and whether it commits depends on what the runner sends next"
+            } else {
+                "BEGIN without a matching COMMIT: the transaction is never committed"
+            };
+            self.emit("transaction-nesting", begin, what.into());
         }
     }
 }
 
-/// Whether the runner wraps an SQL script in a transaction, why a statement that
-/// refuses one still gets one (a hint, empty for the general one), and findings about
-/// the runner's choice.
-fn sql_runner(
-    m: &Migration,
-    script: &sql::SqlScript,
-    pg: u32,
-) -> (bool, &'static str, Vec<(&'static str, usize, String)>) {
+/// How the runner runs one SQL script.
+struct Runner {
+    /// It runs in a transaction.
+    tx: bool,
+    /// That transaction is PostgreSQL's implicit one for a query string of several
+    /// statements (see [`Lowered::runner_implicit`]).
+    implicit: bool,
+    /// Why a statement that refuses a transaction still gets one; empty for the
+    /// general hint.
+    hint: &'static str,
+    /// Findings about the runner's choice.
+    findings: Vec<(&'static str, usize, String)>,
+}
+
+impl Runner {
+    /// The runner opens a transaction of its own before the file (when `tx`), or runs
+    /// the file without one.
+    fn wrapping(tx: bool, hint: &'static str) -> Runner {
+        Runner {
+            tx,
+            implicit: false,
+            hint,
+            findings: Vec::new(),
+        }
+    }
+
+    /// The whole file as one query string: several statements in it are one implicit
+    /// transaction, a lone one runs on its own.
+    fn query_string(several: bool, hint: &'static str) -> Runner {
+        Runner {
+            tx: several,
+            implicit: several,
+            hint,
+            findings: Vec::new(),
+        }
+    }
+}
+
+/// How the runner of `m`'s layout runs an SQL script.
+fn sql_runner(m: &Migration, script: &sql::SqlScript, pg: u32) -> Runner {
     if script.no_transaction {
-        return (false, "", Vec::new());
+        return Runner::wrapping(false, "");
     }
     let several = script.statements > 1;
     match m.layout {
-        // golang-migrate sends the file as one query string: several statements in one
-        // are an implicit transaction, a lone one runs on its own.
-        Layout::GolangMigrate => (several, "", Vec::new()),
+        // golang-migrate's postgres driver sends the file as one query string.
+        Layout::GolangMigrate => Runner::query_string(
+            several,
+            " (golang-migrate sends the whole file as one query string, which PostgreSQL runs as one implicit transaction: put the statement in a migration of its own)",
+        ),
         // diesel runs a migration with one batch_execute, so without its transaction it
         // is in golang-migrate's position.
-        Layout::Diesel if m.without_transaction => (
+        Layout::Diesel if m.without_transaction => Runner::query_string(
             several,
             " (diesel sends the whole file as one query string, which PostgreSQL runs as one implicit transaction even with run_in_transaction = false: put the statement in a migration of its own)",
-            Vec::new(),
         ),
-        Layout::Diesel => (
+        // diesel opens its transaction with a BEGIN of its own before the file.
+        Layout::Diesel => Runner::wrapping(
             true,
             " (diesel runs each migration in a transaction: set `run_in_transaction = false` in the migration's metadata.toml)",
-            Vec::new(),
         ),
         // Flyway runs a script without a transaction when one of its statements is one
         // it knows cannot run in one; mixing both kinds is refused unless `mixed` is set,
@@ -1271,11 +1321,11 @@ fn sql_runner(
                     .as_ref()
                     .is_some_and(|n| !n.before_pg12_only || pg < 12)
             };
+            // Flyway's transaction is a JDBC one (autocommit off), opened before the file.
             let Some(first) = script.top_level.iter().find(non_tx) else {
-                return (
+                return Runner::wrapping(
                     true,
                     " (Flyway runs this file in a transaction: it does not take this statement for a non-transactional one; set executeInTransaction=false in the script's .sql.conf)",
-                    Vec::new(),
                 );
             };
             let mut findings = Vec::new();
@@ -1294,9 +1344,13 @@ fn sql_runner(
                     ),
                 ));
             }
-            (false, "", findings)
+            Runner {
+                findings,
+                ..Runner::wrapping(false, "")
+            }
         }
-        _ => (true, "", Vec::new()),
+        // dbmate and goose open a transaction (database/sql's BeginTx) before the file.
+        _ => Runner::wrapping(true, ""),
     }
 }
 
@@ -1308,15 +1362,19 @@ fn lower(
     match m.kind {
         Kind::Alembic => {
             let text = m.up.as_ref().map(|s| s.text.as_str()).unwrap_or("");
-            let f = alembic::lower(text);
+            let mut f = alembic::lower(text);
+            if let Some(a) = not_utf8(text, 1) {
+                f.up.actions.push(a);
+                f.up.empty = false;
+            }
             (f.up, f.down, f.revision, f.down_revision)
         }
         Kind::Sql => {
             let one = |s: &super::Script| {
                 let script = sql::lower(&s.text, s.first_line);
-                let (runner_tx, runner_hint, runner_findings) =
-                    sql_runner(m, &script, settings.pg_version);
+                let runner = sql_runner(m, &script, settings.pg_version);
                 let mut actions = script.actions;
+                actions.extend(not_utf8(&s.text, s.first_line));
                 if script.irreversible {
                     actions.push(super::model::Action::new(s.first_line, Op::Irreversible));
                 }
@@ -1324,9 +1382,10 @@ fn lower(
                     empty: actions.is_empty(),
                     actions,
                     allows: script.allows,
-                    runner_tx,
-                    runner_hint,
-                    runner_findings,
+                    runner_tx: runner.tx,
+                    runner_implicit: runner.implicit,
+                    runner_hint: runner.hint,
+                    runner_findings: runner.findings,
                     missing: false,
                     line: s.first_line,
                 }
@@ -1358,6 +1417,20 @@ fn lower(
     }
 }
 
+/// The first line holding bytes that were not UTF-8, which [`super::discover`] reads as
+/// U+FFFD: neither PostgreSQL (from a UTF-8 client) nor Python takes them, so the file
+/// cannot run as it is, though the rest of it is still checked.
+fn not_utf8(text: &str, first_line: usize) -> Option<super::model::Action> {
+    let at = text.find('\u{FFFD}')?;
+    Some(super::model::Action::new(
+        first_line + text[..at].matches('\n').count(),
+        Op::Unknown {
+            rule: "parse-error",
+            why: "this line holds bytes that are not valid UTF-8 (read as U+FFFD): PostgreSQL and Python refuse them; the rest of the file was checked as read".into(),
+        },
+    ))
+}
+
 struct Evaluated {
     findings: Vec<Raw>,
     phases: Vec<(Phase, usize, String)>,
@@ -1382,6 +1455,7 @@ fn evaluate(
         from_up,
         in_tx: l.runner_tx,
         runner_tx: l.runner_tx,
+        runner_implicit: l.runner_implicit,
         runner_hint: l.runner_hint,
         explicit: Vec::new(),
         lock_timeout: false,

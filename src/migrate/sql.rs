@@ -120,7 +120,11 @@ pub(crate) fn lower(text: &str, first_line: usize) -> SqlScript {
 }
 
 fn lower_into(text: &str, first_line: usize, depth: usize, out: &mut SqlScript) {
-    let (pieces, comments) = split(text, first_line);
+    let Split {
+        pieces,
+        comments,
+        unterminated,
+    } = split(text, first_line);
     for (line, body) in &comments {
         if let Some(allow) = parse_allow(body, *line) {
             out.allows.push(allow);
@@ -137,9 +141,99 @@ fn lower_into(text: &str, first_line: usize, depth: usize, out: &mut SqlScript) 
         }
     }
     out.statements += pieces.len();
-    for piece in pieces {
-        lower_piece(&piece, depth, out);
+    if depth == 0 {
+        for piece in pieces {
+            lower_piece(&piece, depth, out);
+        }
+    } else {
+        lower_plpgsql(pieces, depth, out);
     }
+    if let Some(u) = unterminated {
+        let cut = match u.statement_line {
+            Some(l) if l < u.line => format!("the statement from line {l} on"),
+            _ => "what follows".to_string(),
+        };
+        out.actions.push(Action::new(
+            u.line,
+            Op::Unknown {
+                rule: "parse-error",
+                why: format!(
+                    "unterminated {} opened on this line: PostgreSQL refuses the script, and ripcord could not analyse {cut}",
+                    u.what
+                ),
+            },
+        ));
+    }
+}
+
+/// The statements of a PL/pgSQL block (a DO body), whose `BEGIN` and `END` open and
+/// close nested blocks, never transactions. A nested block's statements are analysed
+/// like the body's own; what its `EXCEPTION` handlers do (only on an error) is skipped,
+/// as the body's own handler is.
+fn lower_plpgsql(pieces: Vec<Piece>, depth: usize, out: &mut SqlScript) {
+    // How many nested blocks are open, and the level whose handler is being skipped.
+    let mut open = 0usize;
+    let mut handler: Option<usize> = None;
+    for mut piece in pieces {
+        // A nested block starts with BEGIN (or DECLARE ... BEGIN) and no semicolon
+        // after it, so its BEGIN prefixes the block's first statement.
+        let mut first = first_word(&piece.text);
+        while first.as_deref() == Some("BEGIN") {
+            open += 1;
+            let (rest, skipped_lines) = after_first_word(&piece.text);
+            piece = Piece {
+                text: rest.to_string(),
+                line: piece.line + skipped_lines,
+            };
+            first = first_word(&piece.text);
+        }
+        match first.as_deref() {
+            None => continue,
+            // END closes a block (END IF, END LOOP and END CASE close statements whose
+            // opening piece was already reported as not understood).
+            Some("END") => {
+                let rest = after_first_word(&piece.text).0;
+                if matches!(first_word(rest).as_deref(), Some("IF" | "LOOP" | "CASE")) {
+                    continue;
+                }
+                if handler == Some(open) {
+                    handler = None;
+                }
+                open = open.saturating_sub(1);
+                continue;
+            }
+            Some("EXCEPTION") => {
+                handler.get_or_insert(open);
+                continue;
+            }
+            _ => {}
+        }
+        if handler.is_none() {
+            lower_piece(&piece, depth, out);
+        }
+    }
+}
+
+/// The first word of a statement, upper-cased (`None` when it starts with no word).
+fn first_word(text: &str) -> Option<String> {
+    let t = text.trim_start();
+    let end = t
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(t.len());
+    (end > 0).then(|| t[..end].to_ascii_uppercase())
+}
+
+/// The text after the first word, and how many lines that skipped.
+fn after_first_word(text: &str) -> (&str, usize) {
+    let lead = text.len() - text.trim_start().len();
+    let t = &text[lead..];
+    let end = t
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(t.len());
+    let rest = &t[end..];
+    let rest_trimmed = rest.trim_start();
+    let skipped = &text[..text.len() - rest_trimmed.len()];
+    (rest_trimmed, skipped.matches('\n').count())
 }
 
 fn lower_piece(piece: &Piece, depth: usize, out: &mut SqlScript) {
@@ -261,9 +355,9 @@ fn replace_placeholders(text: &str) -> String {
     out
 }
 
-/// Opens a DO block: the statements between its BEGIN and EXCEPTION/END are analysed as
-/// if they stood alone (the usual DO block guards one DDL statement with an exception
-/// handler). Procedural statements in it become unknown findings.
+/// Opens a DO block: the statements between its BEGIN and END are analysed as if they
+/// stood alone (the usual DO block guards one DDL statement with an exception handler;
+/// the handlers are skipped). Procedural statements in it become unknown findings.
 fn lower_do(
     piece: &Piece,
     tokens: &[sqlparser::tokenizer::TokenWithSpan],
@@ -305,13 +399,10 @@ fn lower_do(
     let end = body_tokens
         .iter()
         .rposition(|t| matches!(&t.token, Token::Word(w) if w.value.eq_ignore_ascii_case("END")));
-    let (Some(b), Some(e)) = (begin, end) else {
+    let (Some(b), Some(stop)) = (begin, end) else {
         unknown(out, "DO block: could not find its BEGIN ... END");
         return;
     };
-    let stop = word_at("EXCEPTION")
-        .filter(|&x| x > b && x < e)
-        .unwrap_or(e);
     if stop <= b + 1 {
         unknown(out, "DO block with an empty body");
         return;
@@ -350,8 +441,25 @@ fn offset_of(text: &str, loc: &sqlparser::tokenizer::Location) -> Option<usize> 
     (line == loc.line && col == loc.column).then_some(text.len())
 }
 
+/// A script cut into statements.
+struct Split {
+    pieces: Vec<Piece>,
+    /// Comments with their lines.
+    comments: Vec<(usize, String)>,
+    /// A comment, string, quoted identifier or dollar quote still open at the end of the
+    /// text: the line it opened on, what it is, and the line of the statement it cut
+    /// off (that statement is left out of `pieces`).
+    unterminated: Option<Unterminated>,
+}
+
+struct Unterminated {
+    line: usize,
+    what: &'static str,
+    statement_line: Option<usize>,
+}
+
 /// Splits a script into statements and collects its comments with their lines.
-fn split(text: &str, first_line: usize) -> (Vec<Piece>, Vec<(usize, String)>) {
+fn split(text: &str, first_line: usize) -> Split {
     #[derive(PartialEq)]
     enum St {
         Normal,
@@ -368,6 +476,8 @@ fn split(text: &str, first_line: usize) -> (Vec<Piece>, Vec<(usize, String)>) {
     let mut line = first_line;
     let mut start: Option<(usize, usize)> = None;
     let mut comment_start = (0usize, 0usize);
+    // The line the open quote or dollar quote started on.
+    let mut quote_line = 0usize;
     let mut i = 0;
     let at = |k: usize| chars.get(k).map(|c| c.1);
     let byte = |k: usize| chars.get(k).map(|c| c.0).unwrap_or(text.len());
@@ -407,8 +517,10 @@ fn split(text: &str, first_line: usize) -> (Vec<Piece>, Vec<(usize, String)>) {
                     let escape = matches!(prev, Some('e' | 'E'))
                         && !prev2.is_some_and(|p| p.is_alphanumeric() || p == '_');
                     st = St::Single { backslash: escape };
+                    quote_line = line;
                 } else if c == '"' {
                     st = St::Double;
+                    quote_line = line;
                 } else if c == '$' {
                     let prev_ident =
                         i > 0 && at(i - 1).is_some_and(|p| p.is_alphanumeric() || p == '_');
@@ -423,6 +535,7 @@ fn split(text: &str, first_line: usize) -> (Vec<Piece>, Vec<(usize, String)>) {
                             .collect();
                         if at(j) == Some('$') && !tag.starts_with(|p: char| p.is_ascii_digit()) {
                             st = St::Dollar(tag);
+                            quote_line = line;
                             i = j + 1;
                             continue;
                         }
@@ -496,12 +609,27 @@ fn split(text: &str, first_line: usize) -> (Vec<Piece>, Vec<(usize, String)>) {
         }
         i += 1;
     }
-    if st == St::Line {
-        comments.push((
-            comment_start.1,
-            text[comment_start.0.min(text.len())..].to_string(),
-        ));
-    }
+    let open = match st {
+        St::Normal => None,
+        St::Line => {
+            comments.push((
+                comment_start.1,
+                text[comment_start.0.min(text.len())..].to_string(),
+            ));
+            None
+        }
+        St::Block(_) => Some((comment_start.1, "/* comment")),
+        St::Single { .. } => Some((quote_line, "string literal")),
+        St::Double => Some((quote_line, "quoted identifier")),
+        St::Dollar(_) => Some((quote_line, "dollar quote")),
+    };
+    // PostgreSQL refuses a statement whose comment or quote never closes, so the
+    // statement it cut off is reported as such rather than analysed.
+    let unterminated = open.map(|(line, what)| Unterminated {
+        line,
+        what,
+        statement_line: start.take().map(|(_, l)| l),
+    });
     if let Some((s, l)) = start {
         let rest = &text[s..];
         if !rest.trim().is_empty() {
@@ -511,7 +639,11 @@ fn split(text: &str, first_line: usize) -> (Vec<Piece>, Vec<(usize, String)>) {
             });
         }
     }
-    (pieces, comments)
+    Split {
+        pieces,
+        comments,
+        unterminated,
+    }
 }
 
 fn name(o: &ObjectName) -> String {
@@ -1080,7 +1212,7 @@ fn fallback(tokens: &[sqlparser::tokenizer::TokenWithSpan], words: &[String]) ->
 #[cfg(test)]
 pub(crate) fn split_for_test(text: &str) -> Vec<(usize, String)> {
     split(text, 1)
-        .0
+        .pieces
         .into_iter()
         .map(|p| (p.line, p.text))
         .collect()

@@ -1537,3 +1537,330 @@ fn drop_database_has_its_own_rule() {
     let r = run("m.sql", "DROP DATABASE app;");
     assert_eq!(r.phase, Phase::Contract);
 }
+
+// ---------------------------------------------------------------- audit regressions
+
+/// A revision whose upgrade nests `depth` `if` blocks, each indented one space more,
+/// with a string literal at the bottom (the shape that aborted tree-sitter's scanner).
+fn nested_ifs(depth: usize) -> String {
+    let mut text = String::from("revision = \"r1\"\ndown_revision = None\n\ndef upgrade():\n");
+    for level in 1..=depth {
+        text.push_str(&" ".repeat(level));
+        text.push_str("if x:\n");
+    }
+    text.push_str(&" ".repeat(depth + 1));
+    text.push_str("y = 's'\n\ndef downgrade():\n    pass\n");
+    text
+}
+
+#[test]
+fn python_nested_600_levels_is_a_parse_error_not_an_abort() {
+    // Regression: tree-sitter's Python scanner failed `length <= 1024` and aborted the
+    // process on ~510 nested blocks.
+    let r = run("versions/r1.py", &nested_ifs(600));
+    let f = &r.upgrade.findings;
+    assert_eq!(f.len(), 1, "{f:?}");
+    // The 100th level (CPython's "too many levels of indentation") is on line 104.
+    assert_eq!((f[0].rule, f[0].line), ("parse-error", 104));
+    assert_eq!(f[0].risk, vec![Risk::Unknown]);
+    assert!(f[0].message.contains("too many levels"), "{}", f[0].message);
+    assert_eq!(r.phase, Phase::Unknown);
+    assert_eq!(r.downgrade.state, DownState::Unknown);
+}
+
+#[test]
+fn python_nested_as_deep_as_cpython_allows_is_parsed() {
+    // upgrade()'s body and 98 blocks in it: 99 levels, CPython's most.
+    let r = run("versions/r1.py", &nested_ifs(98));
+    assert!(
+        r.upgrade.findings.iter().all(|f| f.rule != "parse-error"),
+        "{:?}",
+        r.upgrade.findings
+    );
+    assert_eq!(r.revision.as_deref(), Some("r1"));
+    // Lines inside brackets and strings are not indentation levels.
+    let mut bracketed = String::from("def upgrade():\n    op.execute(\n");
+    for level in 1..=200 {
+        bracketed.push_str(&" ".repeat(level + 4));
+        bracketed.push_str("\"x\"\n");
+    }
+    bracketed.push_str("    )\n");
+    let r = run("versions/b.py", &bracketed);
+    assert!(
+        r.upgrade.findings.iter().all(|f| f.rule != "parse-error"),
+        "{:?}",
+        r.upgrade.findings
+    );
+}
+
+#[test]
+fn python_with_more_indentation_widths_than_tree_sitter_holds_is_not_parsed() {
+    // The scanner's stack holds only increasing widths, so bounding the distinct widths
+    // bounds it whatever error recovery does.
+    let mut text = String::from("def upgrade():\n    op.execute(\"\"\"\n");
+    for w in 1..=400 {
+        text.push_str(&" ".repeat(w));
+        text.push_str("x\n");
+    }
+    text.push_str("\"\"\")\n");
+    let r = run("versions/w.py", &text);
+    assert!(
+        r.upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "parse-error" && f.message.contains("indentation widths")),
+        "{:?}",
+        r.upgrade.findings
+    );
+}
+
+fn deep_indentation() -> impl Strategy<Value = String> {
+    (
+        0usize..700,
+        1usize..4,
+        prop_oneof![Just(" "), Just("\t"), Just(" \t")],
+        prop_oneof![
+            Just("y = 's'"),
+            Just("op.execute(\"\"\"\nSELECT 1\n\"\"\")"),
+            Just("(((["),
+            Just("\\"),
+            Just("'''"),
+        ],
+    )
+        .prop_map(|(depth, step, unit, bottom)| {
+            let mut text = String::from("def upgrade():\n");
+            for level in 1..=depth {
+                text.push_str(&unit.repeat(level * step));
+                text.push_str(if level % 7 == 0 {
+                    "with x:\n"
+                } else {
+                    "if x:\n"
+                });
+            }
+            text.push_str(&unit.repeat((depth + 1) * step));
+            text.push_str(bottom);
+            text.push('\n');
+            text
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn check_never_panics_on_deep_indentation(text in deep_indentation()) {
+        let r = run_files(vec![src("versions/x.py", &text)], &Settings::default());
+        prop_assert_eq!(r.files.len(), 1);
+    }
+}
+
+/// Ordered migrations `N_name.up.sql` with a down file each.
+fn golang(files: &[(&str, &str)]) -> Report {
+    let mut out = Vec::new();
+    for (name, up) in files {
+        out.push(src(&format!("m/{name}.up.sql"), up));
+        out.push(src(&format!("m/{name}.down.sql"), "SELECT 1;"));
+    }
+    run_files(out, &Settings::default())
+}
+
+#[test]
+fn golang_migrate_file_wrapped_in_begin_commit_is_not_nesting() {
+    // PostgreSQL turns the implicit transaction of a multi-statement query string into
+    // an explicit one at a BEGIN, with no warning (tests/migration_transactions_pg.rs).
+    let text =
+        "BEGIN;\nSET LOCAL lock_timeout = '2s';\nALTER TABLE users ADD COLUMN y int;\nCOMMIT;\n";
+    let r = run_files(
+        vec![
+            src("m/1_a.up.sql", text),
+            src(
+                "m/1_a.down.sql",
+                "BEGIN;\nSET LOCAL lock_timeout = '2s';\nALTER TABLE users DROP COLUMN IF EXISTS y;\nCOMMIT;\n",
+            ),
+        ],
+        &Settings::default(),
+    );
+    let f = &r.files[0];
+    assert_eq!(rules_of(f), vec![], "{:?}", f.upgrade.findings);
+    assert!(
+        f.downgrade
+            .findings
+            .iter()
+            .all(|x| x.rule != "transaction-nesting"),
+        "{:?}",
+        f.downgrade.findings
+    );
+    assert_ne!(f.downgrade.state, DownState::Fails);
+    // diesel without its transaction sends the file the same way.
+    let mut files = diesel_files(Some("run_in_transaction = false\n"));
+    files[0].text = text.into();
+    let r = run_files(files, &Settings::default());
+    assert_eq!(rules_of(&r.files[0]), vec![]);
+}
+
+#[test]
+fn golang_migrate_begin_inside_an_explicit_begin_is_still_nesting() {
+    let r = golang(&[(
+        "1_a",
+        "BEGIN;\nSET LOCAL lock_timeout = '2s';\nBEGIN;\nALTER TABLE users ADD COLUMN y int;\nCOMMIT;\n",
+    )]);
+    let msgs = messages(&r.files[0], "transaction-nesting");
+    assert_eq!(rules_of(&r.files[0]), vec![("transaction-nesting", 3)]);
+    assert!(msgs[0].contains("an open BEGIN"), "{msgs:?}");
+    // CONCURRENTLY in the explicit transaction, and after its COMMIT (the rest of the
+    // query string is a new implicit transaction), still fails.
+    let r = golang(&[(
+        "1_a",
+        "BEGIN;\nCREATE INDEX CONCURRENTLY IF NOT EXISTS i ON users (a);\nCOMMIT;\nCREATE INDEX CONCURRENTLY IF NOT EXISTS j ON users (b);\n",
+    )]);
+    assert_eq!(
+        rules_of(&r.files[0])
+            .into_iter()
+            .filter(|(rule, _)| *rule != "missing-lock-timeout")
+            .collect::<Vec<_>>(),
+        vec![
+            ("concurrently-in-transaction", 2),
+            ("concurrently-in-transaction", 4)
+        ]
+    );
+    let msgs = messages(&r.files[0], "concurrently-in-transaction");
+    assert!(msgs[0].contains("an explicit BEGIN is open"), "{msgs:?}");
+    assert!(msgs[1].contains("golang-migrate"), "{msgs:?}");
+    // A BEGIN never committed leaves the transaction open after the file.
+    let r = golang(&[(
+        "1_a",
+        "BEGIN;\nALTER TABLE users ADD COLUMN IF NOT EXISTS y int;\n",
+    )]);
+    let msgs = messages(&r.files[0], "transaction-nesting");
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(msgs[0].contains("left open"), "{msgs:?}");
+}
+
+#[test]
+fn runners_that_open_their_own_transaction_still_see_begin_as_nesting() {
+    let text =
+        "BEGIN;\nSET LOCAL lock_timeout = '2s';\nALTER TABLE users ADD COLUMN y int;\nCOMMIT;\n";
+    // dbmate and goose (sections or a plain file), diesel and Flyway send BEGIN before
+    // the file, so its BEGIN is inside a transaction block.
+    for path in [
+        "m.sql",
+        "m/V1__a.sql",
+        "migrations/2024-01-01-000000_a/up.sql",
+    ] {
+        let r = run(path, text);
+        assert!(
+            rules_of(&r).contains(&("transaction-nesting", 1)),
+            "{path}: {:?}",
+            r.upgrade.findings
+        );
+    }
+}
+
+#[test]
+fn do_body_blocks_are_not_transactions() {
+    // Regression: a nested BEGIN ... END; in a PL/pgSQL body read as a transaction.
+    let text = "SET lock_timeout = '2s';\nDO $$\nDECLARE n int;\nBEGIN\n  SELECT count(*) INTO n FROM users;\n  BEGIN\n    ALTER TABLE users DROP COLUMN legacy;\n  END;\nEND $$;";
+    let r = golang(&[("3_c", text)]);
+    assert_eq!(
+        rules_of(&r.files[0])
+            .into_iter()
+            .filter(|(rule, _)| *rule != "unknown-statement")
+            .collect::<Vec<_>>(),
+        vec![("drop-column", 7)],
+        "{:?}",
+        r.files[0].upgrade.findings
+    );
+    // A nested block's handler is skipped, and what follows the block is still read.
+    let text = "SET lock_timeout = '2s';\nDO $$\nBEGIN\n  BEGIN\n    ALTER TABLE users ADD COLUMN y int;\n  EXCEPTION WHEN duplicate_column THEN NULL;\n  END;\n  ALTER TABLE users DROP COLUMN z;\nEND $$;";
+    let r = golang(&[("2_b", text)]);
+    assert_eq!(
+        rules_of(&r.files[0]),
+        vec![("drop-column", 8), ("expand-and-contract", 8)]
+    );
+    assert_eq!(r.files[0].phase, Phase::Contract);
+}
+
+#[test]
+fn unterminated_comment_or_quote_is_reported_where_it_opened() {
+    // Regression: the rest of the file disappeared and the migration read as an expand.
+    let r = run("m.sql", "/* forgot\nALTER TABLE users DROP COLUMN x;\n");
+    assert_eq!(rules_of(&r), vec![("parse-error", 1)]);
+    assert_eq!(r.upgrade.findings[0].risk, vec![Risk::Unknown]);
+    assert_eq!(r.phase, Phase::Unknown);
+    let r = run(
+        "m.sql",
+        "SELECT 1;\nALTER TABLE users\n  ADD COLUMN note text DEFAULT 'oops;\nSELECT 2;\n",
+    );
+    assert_eq!(rules_of(&r), vec![("parse-error", 3)]);
+    assert!(
+        r.upgrade.findings[0]
+            .message
+            .contains("string literal opened on this line")
+            && r.upgrade.findings[0].message.contains("from line 2"),
+        "{}",
+        r.upgrade.findings[0].message
+    );
+    for (text, what) in [
+        (
+            "SELECT 1;\nDO $$ BEGIN\nALTER TABLE users DROP COLUMN x;\n",
+            "dollar quote",
+        ),
+        (
+            "SELECT 1;\nALTER TABLE \"users DROP COLUMN x;\n",
+            "quoted identifier",
+        ),
+        (
+            "SELECT 1; /* a /* nested */\nDROP TABLE users;\n",
+            "/* comment",
+        ),
+    ] {
+        let r = run("m.sql", text);
+        let f = &r.upgrade.findings;
+        assert!(
+            f.iter()
+                .any(|f| f.rule == "parse-error" && f.message.contains(what)),
+            "{text}: {f:?}"
+        );
+    }
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_reported_and_the_other_files_checked() {
+    // Regression: one such file made the whole run exit 2.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("1_a.up.sql"),
+        b"SET lock_timeout = '2s';\nALTER TABLE users ADD COLUMN y int; -- caf\xe9\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("2_b.up.sql"),
+        "SET lock_timeout = '2s';\nALTER TABLE users DROP COLUMN z;\n",
+    )
+    .expect("write");
+    let files = discover::read_paths(&[dir.path().to_path_buf()]).expect("read");
+    let r = check(&plan(files), &Settings::default());
+    assert_eq!(r.files.len(), 2);
+    assert_eq!(rules_of(&r.files[0]), vec![("parse-error", 2)]);
+    assert!(r.files[0].upgrade.findings[0].message.contains("UTF-8"));
+    assert_eq!(rules_of(&r.files[1]), vec![("drop-column", 2)]);
+    // The same in a revision file.
+    let r = run(
+        "versions/a.py",
+        "def upgrade():\n    op.execute(\"SELECT 1\")  # caf\u{FFFD}\n\ndef downgrade():\n    pass\n",
+    );
+    assert_eq!(rules_of(&r), vec![("parse-error", 2)]);
+}
+
+#[test]
+fn suppression_unknown_rule_fix_names_no_missing_command() {
+    // Regression: the fix pointed at a `ripcord migrations rules` that does not exist
+    // (tests/migration_check_cli.rs runs the commands fix texts name).
+    let r = run(
+        "m.sql",
+        "-- ripcord:allow no-such-rule because testing\nSELECT 1;\n",
+    );
+    let f = &r.upgrade.findings;
+    assert_eq!(f[0].rule, "suppression-unknown-rule");
+    assert!(!f[0].fix.contains("migrations rules"), "{}", f[0].fix);
+}
