@@ -1,6 +1,7 @@
 //! A Prometheus HTTP API client: one instant query (`/api/v1/query`), its answer read
 //! as numbers. An empty result, NaN and an unreachable server are distinct outcomes
 //! ("no data"), never a number: a caller can never mistake them for a pass or a trigger.
+//! A NaN series among numbers is left out; only a result that is all NaN is no data.
 
 use std::time::Duration;
 
@@ -101,11 +102,9 @@ pub fn parse_data(data: &serde_json::Value) -> QueryResult {
     let mut out = Vec::new();
     for (name, v) in values {
         match v {
-            Some(v) if v.is_nan() => {
-                return QueryResult::NoData {
-                    why: "NaN".to_string(),
-                };
-            }
+            // A NaN series (an idle instance's 0/0) says nothing; dropping it keeps it from
+            // hiding the others, one of which may be breaching.
+            Some(v) if v.is_nan() => {}
             Some(v) => out.push((name, v)),
             None => {
                 return QueryResult::NoData {
@@ -113,6 +112,11 @@ pub fn parse_data(data: &serde_json::Value) -> QueryResult {
                 };
             }
         }
+    }
+    if out.is_empty() {
+        return QueryResult::NoData {
+            why: "NaN".to_string(),
+        };
     }
     QueryResult::Values { values: out }
 }
@@ -144,6 +148,22 @@ mod tests {
         );
     }
 
+    /// Regression: one idle instance's 0/0 made the whole vector "no data", hiding a
+    /// breaching series beside it.
+    #[test]
+    fn a_nan_series_does_not_hide_the_others() {
+        let vector = json!({"resultType": "vector", "result": [
+            {"metric": {"instance": "idle"}, "value": [1.0, "NaN"]},
+            {"metric": {"instance": "busy"}, "value": [1.0, "0.4"]},
+        ]});
+        assert_eq!(
+            parse_data(&vector),
+            QueryResult::Values {
+                values: vec![("{instance=\"busy\"}".into(), 0.4)]
+            }
+        );
+    }
+
     #[test]
     fn reads_answers() {
         let vector = json!({"resultType": "vector", "result": [
@@ -172,6 +192,14 @@ mod tests {
         );
         let nan = json!({"resultType": "scalar", "result": [1.0, "NaN"]});
         assert_eq!(parse_data(&nan), QueryResult::NoData { why: "NaN".into() });
+        let all_nan = json!({"resultType": "vector", "result": [
+            {"metric": {"instance": "a"}, "value": [1.0, "NaN"]},
+            {"metric": {"instance": "b"}, "value": [1.0, "NaN"]},
+        ]});
+        assert_eq!(
+            parse_data(&all_nan),
+            QueryResult::NoData { why: "NaN".into() }
+        );
         let matrix = json!({"resultType": "matrix", "result": []});
         assert!(
             matches!(parse_data(&matrix), QueryResult::NoData { why } if why.contains("matrix"))

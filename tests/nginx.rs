@@ -286,6 +286,10 @@ fn hand_edit_of_the_block_is_refused_unless_forced() {
         "{msg}"
     );
     assert!(msg.contains("max_fails=5"), "{msg}");
+    assert!(
+        msg.contains(&format!("delete {}", w.cfg.state_file.display())),
+        "the message names the way out: {msg}"
+    );
     assert_eq!(w.site_text(), edited, "a refused switch changes nothing");
     w.nginx.assert_serves("green", Duration::from_millis(200));
 
@@ -303,6 +307,23 @@ fn hand_edit_of_the_block_is_refused_unless_forced() {
             .unwrap_or_else(|e| panic!("{e}"))
             .forced
     );
+    w.nginx.wait_for_body("green", WAIT);
+
+    // The way out the message gives a person: delete the state file, and the block is
+    // adopted as it is now.
+    let edited = w.site_text().replace("max_fails=5", "max_fails=7");
+    fs::write(&w.site, &edited).unwrap();
+    assert!(matches!(
+        switch(&w.cfg, &w.to(&w.blue)).unwrap_err(),
+        SiteError::HandEdited { .. }
+    ));
+    fs::remove_file(&w.cfg.state_file).unwrap();
+    switch(&w.cfg, &w.to(&w.blue)).unwrap_or_else(|e| panic!("adopting after the delete: {e}"));
+    assert!(
+        w.site_text().contains("max_fails=7"),
+        "the adopted edit is kept"
+    );
+    w.nginx.wait_for_body("blue", WAIT);
 }
 
 /// Regression: a backup named `app.ripcord-prev` beside a site that lives in a directory

@@ -60,7 +60,8 @@ impl Setup {
     }
 
     /// `nginx_extra` goes into `[service.web.nginx]`; with `access_log` in it, the site
-    /// declares a custom `log_format ripcord` and logs through it.
+    /// logs requests: through a custom `log_format ripcord` it declares when
+    /// `nginx_extra` sets `log_format`, else in nginx's default `combined`.
     fn with_nginx_extra(runtime: &str, extra: &str, nginx_extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let (port, blue, green) = (free_port(), free_port(), free_port());
@@ -73,13 +74,21 @@ impl Setup {
         );
         if nginx_extra.contains("access_log") {
             let log = dir.path().join("access.log");
+            let (declare, name) = if nginx_extra.contains("log_format") {
+                (
+                    "log_format ripcord '$remote_addr - [$time_local] \"$request\" $status $body_bytes_sent '\n    \
+                     'rt=$request_time urt=\"$upstream_response_time\" ua=\"$upstream_addr\" ts=$msec';\n",
+                    " ripcord",
+                )
+            } else {
+                ("", "")
+            };
             text = format!(
-                "log_format ripcord '$remote_addr - [$time_local] \"$request\" $status $body_bytes_sent '\n    \
-                 'rt=$request_time urt=\"$upstream_response_time\" ua=\"$upstream_addr\" ts=$msec';\n{}",
+                "{declare}{}",
                 text.replace(
                     &format!("listen 127.0.0.1:{port};"),
                     &format!(
-                        "listen 127.0.0.1:{port};\n    access_log {} ripcord;",
+                        "listen 127.0.0.1:{port};\n    access_log {}{name};",
                         log.display()
                     ),
                 )
@@ -427,6 +436,84 @@ fn the_access_log_with_a_custom_log_format_drives_a_rollback() {
                 .unwrap_or(0)
                 >= 1
         },
+    );
+}
+
+/// Regression: with nginx's default `combined` format, which has no `$upstream_addr`,
+/// every request was skipped, so the guard saw no traffic and a bad release behind nginx
+/// was never rolled back, silently.
+#[test]
+fn the_access_log_in_nginxs_combined_format_drives_a_rollback() {
+    let mut s = Setup::with_nginx_extra("process", "", "access_log = \"ACCESS\"");
+    let log = s.dir.path().join("access.log");
+    let config_path = s.dir.path().join("ripcord.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("ACCESS", log.to_str().unwrap());
+    std::fs::write(&config_path, config).unwrap();
+    s.start_watcher();
+    assert_ok(&s.run(&["deploy", "web", "v1"]), "deploy v1");
+    let load = Load::start_with(
+        s.url("/api/load"),
+        4,
+        Duration::from_secs(60),
+        200_000,
+        false,
+    );
+    eventually(
+        "the guard reads the combined access log",
+        Duration::from_secs(20),
+        || {
+            s.json(&["status", "web"])["live"]["access_log"]["lines"]
+                .as_u64()
+                .unwrap_or(0)
+                > 20
+        },
+    );
+    let status = s.run(&["status", "web"]);
+    let text = stdout(&status);
+    assert!(
+        text.contains(&format!("access log {}: ", log.display()))
+            && text.contains(" malformed, ")
+            && text.contains(" unattributed"),
+        "{text}"
+    );
+    let out = s.run(&[
+        "deploy",
+        "web",
+        "v2",
+        "--",
+        BIN,
+        "demo-app",
+        "--port",
+        "{port}",
+        "--version",
+        "{version}",
+        "--error-ratio",
+        "0.5",
+        "--after-secs",
+        "3",
+    ]);
+    assert_ok(&out, "deploy v2");
+    eventually(
+        "the guard rolls v2 back on the combined log's 5xx",
+        Duration::from_secs(40),
+        || get(&s.url("/health")).1.contains("\"v1\""),
+    );
+    load.stop();
+    let list = s.json(&["incident", "list"]);
+    assert_eq!(list[0]["rule"], "error_rate", "{list:#}");
+    let access = &s.json(&["status", "web"])["live"]["access_log"];
+    assert!(
+        access["unattributed"].is_u64() && access["dropped"] == 0,
+        "{access:#}"
+    );
+    // The watcher said once, at start, why attribution is weaker than it could be.
+    let watcher_log = std::fs::read_to_string(s.dir.path().join("watcher.log")).unwrap();
+    assert_eq!(
+        watcher_log.matches("has no $upstream_addr").count(),
+        1,
+        "{watcher_log}"
     );
 }
 

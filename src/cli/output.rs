@@ -360,4 +360,48 @@ fn print_status(s: &Value) {
             p["upstream_errors"]
         );
     }
+    if let Some(a) = s["live"]["access_log"].as_object() {
+        println!("  access log {}", access_log_line(a));
+    }
+}
+
+/// `PATH: N lines, M malformed, K unattributed` (and the dropped, when any were).
+fn access_log_line(a: &serde_json::Map<String, Value>) -> String {
+    let n = |key: &str| a.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut line = format!(
+        "{}: {} lines, {} malformed, {} unattributed",
+        a.get("path").and_then(Value::as_str).unwrap_or("?"),
+        n("lines"),
+        n("malformed"),
+        n("unattributed")
+    );
+    if n("dropped") > 0 {
+        line.push_str(&format!(
+            ", {} dropped (the guard fell behind)",
+            n("dropped")
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_access_log_line_counts_what_was_not_used() {
+        let live = json!({
+            "path": "/var/log/nginx/app.log", "lines": 120, "malformed": 2,
+            "unattributed": 5, "dropped": 0,
+        });
+        assert_eq!(
+            access_log_line(live.as_object().unwrap()),
+            "/var/log/nginx/app.log: 120 lines, 2 malformed, 5 unattributed"
+        );
+        let live = json!({ "path": "/l", "lines": 9, "dropped": 3 });
+        assert_eq!(
+            access_log_line(live.as_object().unwrap()),
+            "/l: 9 lines, 0 malformed, 0 unattributed, 3 dropped (the guard fell behind)"
+        );
+    }
 }

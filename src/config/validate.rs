@@ -1,11 +1,50 @@
 //! Stage two of loading `ripcord.toml`: checks that need more than one key (missing
 //! slots, port clashes within and across services). Like stage one it collects every
 //! problem; it never reads the file system or the network.
+//!
+//! [`Config::warnings`] is apart from both stages: what is allowed but works less well
+//! than it could. It may read the nginx config a `log_format` is named in.
 
 use std::net::SocketAddr;
 
 use super::reader::{Reader, join};
-use super::{RawConfig, Router};
+use super::{Config, ConfigError, RawConfig, Router};
+
+impl Config {
+    /// What is valid but weaker than it could be, for `ripcord config check` and the
+    /// watcher's start. Never a reason to refuse the config.
+    ///
+    /// An access log whose format has no `$upstream_addr` (nginx's `combined`, the
+    /// default) cannot tie a request to the slot that answered it. A `log_format` that
+    /// cannot be read or compiled gives no warning here: the watcher refuses to start
+    /// with the reason.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        use crate::signals::nginx_log::{LogFormat, attribution_warning};
+        let mut out = Vec::new();
+        for (name, svc) in &self.services {
+            let Some(n) = svc.nginx.as_ref().filter(|n| n.access_log.is_some()) else {
+                continue;
+            };
+            let conf = n
+                .conf
+                .as_ref()
+                .and_then(|path| std::fs::read_to_string(path).ok());
+            let Ok(format) = LogFormat::from_setting(n.log_format.as_deref(), conf.as_deref())
+            else {
+                continue;
+            };
+            if let Some(message) = attribution_warning(&format) {
+                out.push(ConfigError {
+                    file: self.path.clone(),
+                    line: None,
+                    key: format!("service.{name}.nginx.log_format"),
+                    message,
+                });
+            }
+        }
+        out
+    }
+}
 
 pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
     if raw.services.is_empty() && r.errors.is_empty() {
@@ -104,4 +143,43 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
 /// (the same IP, or either is the unspecified address).
 fn clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn nginx_service(nginx_extra: &str) -> Config {
+        let text = format!(
+            "[service.web]\nruntime = \"external\"\nrouter = \"nginx\"\n\
+             slots = {{ blue = 8000, green = 8001 }}\n\
+             [service.web.nginx]\nsite = \"/etc/nginx/sites-available/app\"\n\
+             upstream = \"app\"\n{nginx_extra}\n"
+        );
+        Config::parse(&text, Path::new("ripcord.toml")).unwrap()
+    }
+
+    #[test]
+    fn an_access_log_without_upstream_addr_is_a_warning() {
+        // No log_format: nginx's `combined`, which has no $upstream_addr.
+        let cfg = nginx_service("access_log = \"/var/log/nginx/app.log\"");
+        let warnings = cfg.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].key, "service.web.nginx.log_format");
+        assert!(
+            warnings[0].message.contains("$upstream_addr")
+                && warnings[0].message.contains("log_format ripcord"),
+            "{}",
+            warnings[0]
+        );
+        let cfg = nginx_service(&format!(
+            "access_log = \"/l\"\nlog_format = {:?}",
+            crate::signals::nginx_log::RECOMMENDED
+        ));
+        assert!(cfg.warnings().is_empty());
+        // No access log followed: nothing to attribute.
+        assert!(nginx_service("").warnings().is_empty());
+    }
 }

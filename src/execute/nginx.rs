@@ -389,17 +389,20 @@ pub enum SiteError {
     #[error("the {which} command is empty")]
     EmptyCommand { which: &'static str },
     #[error(
-        "upstream `{upstream}` at line {line} of {} was edited by hand since ripcord last wrote it (ripcord wrote `{expected}`, the file now has `{found}`); review the change, then switch with force to overwrite it",
-        .path.display()
+        "upstream `{upstream}` at line {line} of {} was edited by hand since ripcord last wrote it (ripcord wrote `{expected}`, the file now has `{found}`); nothing was changed. Review the edit, then either put the block back as ripcord wrote it, or delete {} so ripcord adopts the block as it is now, and run the command again",
+        .path.display(), .state.display()
     )]
     HandEdited {
         path: PathBuf,
+        /// ripcord's record of what it last wrote (deleting it adopts the file as it is);
+        /// boxed to keep the error small.
+        state: Box<PathBuf>,
         upstream: String,
         line: usize,
         expected: String,
         found: String,
     },
-    #[error("cannot use state file {}: {reason}; remove it or switch with force", .path.display())]
+    #[error("cannot use state file {}: {reason}; delete it (ripcord then adopts the upstream block as it is) and run the command again", .path.display())]
     BadState { path: PathBuf, reason: String },
     #[error(
         "site file {} is being switched by another ripcord (lock {} still held after {waited:?})",
@@ -1035,6 +1038,7 @@ pub fn switch_with(
                 if !opts.force {
                     return Err(SiteError::HandEdited {
                         path: site,
+                        state: Box::new(cfg.state_file.clone()),
                         upstream: cfg.upstream.clone(),
                         line: block.line,
                         expected: st.servers,

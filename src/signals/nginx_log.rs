@@ -22,6 +22,25 @@ use tokio::sync::mpsc;
 /// nginx's predefined `combined` format, verbatim from `ngx_http_log_module`.
 pub const COMBINED: &str = r#"$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent""#;
 
+/// The `log_format` the README recommends: it logs `$upstream_addr`, which attributes each
+/// request to the slot (so the release) that answered it.
+pub const RECOMMENDED: &str = r#"$remote_addr - [$time_local] "$request" $status $body_bytes_sent rt=$request_time urt="$upstream_response_time" ua="$upstream_addr" ts=$msec"#;
+
+/// Why requests read with `format` cannot be tied to the slot that answered them, as a
+/// warning for people; `None` when the format logs `$upstream_addr`.
+pub fn attribution_warning(format: &LogFormat) -> Option<String> {
+    if format.has_variable("upstream_addr") {
+        return None;
+    }
+    Some(
+        "the access log's format has no $upstream_addr, so each request is counted against \
+         the release active when ripcord reads it, and a request answered around a switch \
+         can be counted against the wrong one; log with the README's `log_format ripcord` \
+         (it has $upstream_addr) to attribute each request to the slot that answered it"
+            .to_string(),
+    )
+}
+
 /// Lines longer than this are counted as malformed and skipped, which bounds the memory a
 /// follower holds for an unfinished line.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -950,6 +969,8 @@ pub struct FollowStats {
     rotations: AtomicU64,
     truncations: AtomicU64,
     io_errors: AtomicU64,
+    unattributed: AtomicU64,
+    dropped: AtomicU64,
     state: AtomicU8,
     last_malformed: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
@@ -979,6 +1000,11 @@ pub struct FollowSnapshot {
     /// The file shrank under the follower (copytruncate).
     pub truncations: u64,
     pub io_errors: u64,
+    /// Requests read but tied to no release: the upstream address is no slot's (nginx
+    /// answered itself, or another upstream did), or nothing was active yet.
+    pub unattributed: u64,
+    /// Requests read but never given to the guard because it stayed behind.
+    pub dropped: u64,
     pub state: FollowState,
     /// The start of the last malformed line, lossily decoded.
     pub last_malformed: Option<String>,
@@ -995,6 +1021,8 @@ impl FollowStats {
             rotations: load(&self.rotations),
             truncations: load(&self.truncations),
             io_errors: load(&self.io_errors),
+            unattributed: load(&self.unattributed),
+            dropped: load(&self.dropped),
             state: match self.state.load(Ordering::Relaxed) {
                 1 => FollowState::Waiting,
                 2 => FollowState::Following,
@@ -1003,6 +1031,18 @@ impl FollowStats {
             last_malformed: lock(&self.last_malformed).clone(),
             last_error: lock(&self.last_error).clone(),
         }
+    }
+
+    /// Counts requests that could not be tied to a release (see
+    /// [`FollowSnapshot::unattributed`]); the consumer of the records counts these.
+    pub fn add_unattributed(&self, n: u64) {
+        self.unattributed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts requests the consumer gave up handing on (see [`FollowSnapshot::dropped`]);
+    /// returns the total so far.
+    pub fn add_dropped(&self, n: u64) -> u64 {
+        self.dropped.fetch_add(n, Ordering::Relaxed) + n
     }
 
     fn set_state(&self, state: FollowState) {
@@ -1466,6 +1506,8 @@ mod tests {
         assert!(f.has_variable("STATUS"));
         assert!(!f.has_variable("upstream_addr"));
         assert_eq!(f.escape(), Escape::Default);
+        let recommended = LogFormat::new(RECOMMENDED).unwrap();
+        assert!(recommended.has_variable("upstream_addr"));
     }
 
     #[test]

@@ -229,6 +229,25 @@ impl Metrics {
                 snap.malformed
             );
         }
+        for (metric, help, value) in [
+            (
+                "ripcord_access_log_unattributed_total",
+                "nginx access-log requests tied to no release (the upstream address is no slot's).",
+                (|s: &crate::signals::nginx_log::FollowSnapshot| s.unattributed)
+                    as fn(&crate::signals::nginx_log::FollowSnapshot) -> u64,
+            ),
+            (
+                "ripcord_access_log_dropped_total",
+                "nginx access-log requests never given to the guard because it stayed behind.",
+                |s| s.dropped,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}");
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (svc, snap) in &snaps {
+                let _ = writeln!(out, "{metric}{{service=\"{}\"}} {}", esc(svc), value(snap));
+            }
+        }
         out
     }
 }

@@ -337,15 +337,35 @@ pub async fn run(
     Ok(())
 }
 
+/// How long handing one batch of access-log requests to the guard may wait for room in
+/// its channel before the rest of the batch is dropped (and counted). The guard drains
+/// its channel every `guard::TICK`, so this rides out a guard that is a few ticks behind
+/// without stalling the follower for long when it stays behind.
+const INGEST_WAIT: Duration = Duration::from_millis(500);
+
+/// How access-log requests are tied to a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attribution {
+    /// By `$upstream_addr`: the release in the slot that answered.
+    Upstream,
+    /// The format has no `$upstream_addr` (nginx's `combined`): each request is counted
+    /// against the release the router targets when the line is read. That is right for
+    /// the one-server-per-upstream layout, but around the instant of a switch it can
+    /// misattribute: nginx's old workers keep serving the old slot for a moment after a
+    /// reload, and a line is read a little after it is written.
+    Active,
+}
+
 /// Starts following nginx's access log and turns each line into a request record for the
-/// guard, attributed to a release by its upstream address (the slot it went to).
+/// guard, attributed to a release by its upstream address (the slot it went to), or to
+/// the active release when the format does not log one.
 fn follow_access_log(
     service: &str,
     n: &config::NginxConfig,
     exec: Arc<ServiceExec>,
     records: mpsc::Sender<crate::proxy::RequestRecord>,
 ) -> Result<Arc<crate::signals::nginx_log::FollowStats>, WatchError> {
-    use crate::signals::nginx_log::{Follower, LogFormat};
+    use crate::signals::nginx_log::{Follower, LogFormat, attribution_warning};
     let err = |reason: String| WatchError::LogFormat {
         service: service.to_string(),
         reason,
@@ -359,6 +379,13 @@ fn follow_access_log(
     };
     let format = LogFormat::from_setting(n.log_format.as_deref(), conf.as_deref())
         .map_err(|e| err(e.to_string()))?;
+    let how = match attribution_warning(&format) {
+        None => Attribution::Upstream,
+        Some(warning) => {
+            tracing::warn!(service = %service, "{warning}");
+            Attribution::Active
+        }
+    };
     let path = n.access_log.clone().expect("checked by the caller");
     let stats = Arc::new(crate::signals::nginx_log::FollowStats::default());
     let (tx, mut rx) = mpsc::channel(64);
@@ -367,6 +394,7 @@ fn follow_access_log(
             .start_at_end(true)
             .run(tx, stats.clone()),
     );
+    let ingest_stats = stats.clone();
     tokio::spawn(async move {
         while let Some(batch) = rx.recv().await {
             // Which release each slot address serves right now.
@@ -375,29 +403,88 @@ fn follow_access_log(
                 .into_iter()
                 .map(|(slot, sp)| (exec.cfg.slots.addr(slot).to_string(), slot, sp.release.id))
                 .collect();
-            for rec in batch {
-                let Some(addr) = rec.upstream_addr.as_deref() else {
-                    continue;
-                };
-                let Some((_, slot, release_id)) = slots.iter().find(|(a, _, _)| a == addr) else {
-                    continue;
-                };
-                let latency_us = rec.upstream_time_us.or(rec.request_time_us).unwrap_or(0);
-                let record = crate::proxy::RequestRecord {
-                    slot: *slot,
-                    release_id: *release_id,
-                    status: rec.status,
-                    latency_us,
-                    upstream_error: rec.status == 502 || rec.status == 504,
-                    at_ms: rec.at_ms.unwrap_or_else(now_ms),
-                };
-                if records.try_send(record).is_err() {
-                    break;
-                }
+            let active = exec.router.target().map(|t| (t.slot, t.release_id));
+            let batch = attribute(batch, how, &slots, active, &ingest_stats);
+            if !hand_on(batch, &records, &ingest_stats, INGEST_WAIT).await {
+                return;
             }
         }
     });
     Ok(stats)
+}
+
+/// Turns access-log requests into the guard's request records. `slots` is each slot's
+/// address with the release it serves; `active` the slot and release the router targets.
+/// Requests no release can be tied to are counted as unattributed in `stats`.
+fn attribute(
+    batch: Vec<crate::signals::nginx_log::AccessRecord>,
+    how: Attribution,
+    slots: &[(String, config::Slot, i64)],
+    active: Option<(config::Slot, i64)>,
+    stats: &crate::signals::nginx_log::FollowStats,
+) -> Vec<crate::proxy::RequestRecord> {
+    let total = batch.len();
+    let out: Vec<crate::proxy::RequestRecord> = batch
+        .into_iter()
+        .filter_map(|rec| {
+            let (slot, release_id) = match how {
+                Attribution::Active => active?,
+                Attribution::Upstream => {
+                    let addr = rec.upstream_addr.as_deref()?;
+                    let (_, slot, release) = slots.iter().find(|(a, _, _)| a == addr)?;
+                    (*slot, *release)
+                }
+            };
+            Some(crate::proxy::RequestRecord {
+                slot,
+                release_id,
+                status: rec.status,
+                latency_us: rec.upstream_time_us.or(rec.request_time_us).unwrap_or(0),
+                upstream_error: rec.status == 502 || rec.status == 504,
+                at_ms: rec.at_ms.unwrap_or_else(now_ms),
+            })
+        })
+        .collect();
+    stats.add_unattributed((total - out.len()) as u64);
+    out
+}
+
+/// Hands records to the guard, waiting up to `wait` in all for room in its channel; what
+/// is left when the wait runs out is dropped and counted in `stats`. `false` once the
+/// guard is gone.
+async fn hand_on(
+    batch: Vec<crate::proxy::RequestRecord>,
+    records: &mpsc::Sender<crate::proxy::RequestRecord>,
+    stats: &crate::signals::nginx_log::FollowStats,
+    wait: Duration,
+) -> bool {
+    use tokio::sync::mpsc::error::TrySendError;
+    let deadline = tokio::time::Instant::now() + wait;
+    let total = batch.len();
+    for (i, record) in batch.into_iter().enumerate() {
+        let record = match records.try_send(record) {
+            Ok(()) => continue,
+            Err(TrySendError::Closed(_)) => return false,
+            Err(TrySendError::Full(record)) => record,
+        };
+        match tokio::time::timeout_at(deadline, records.send(record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                let dropped = (total - i) as u64;
+                // Once: the count in `status` and `/metrics` says how many since.
+                if stats.add_dropped(dropped) == dropped {
+                    tracing::warn!(
+                        dropped,
+                        "the guard fell behind the access log: requests were dropped, \
+                         and its windows miss them"
+                    );
+                }
+                return true;
+            }
+        }
+    }
+    true
 }
 
 fn record(ledger: &SharedLedger, service: &str, kind: &str, message: String) {
@@ -613,8 +700,11 @@ fn live(svc: &Service) -> serde_json::Value {
         "access_log": svc.access_log.as_ref().map(|a| {
             let s = a.snapshot();
             serde_json::json!({
+                "path": svc.exec.cfg.nginx.as_ref().and_then(|n| n.access_log.clone()),
                 "lines": s.lines,
                 "malformed": s.malformed,
+                "unattributed": s.unattributed,
+                "dropped": s.dropped,
                 "rotations": s.rotations,
                 "truncations": s.truncations,
                 "state": format!("{:?}", s.state).to_lowercase(),
@@ -629,4 +719,126 @@ fn live(svc: &Service) -> serde_json::Value {
             "last_decision": view.last_decision,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Slot;
+    use crate::signals::nginx_log::{FollowStats, LogFormat};
+
+    fn combined_line(status: u16) -> String {
+        format!(
+            "203.0.113.9 - - [10/Oct/2024:13:55:36 +0000] \"GET /api HTTP/1.1\" {status} 12 \"-\" \"curl/8\""
+        )
+    }
+
+    /// Regression: with a format that has no `$upstream_addr` (nginx's `combined`) every
+    /// request was skipped, so the guard never saw the 5xx of a bad release behind nginx.
+    #[test]
+    fn combined_format_requests_count_against_the_active_release() {
+        let format = LogFormat::combined();
+        let batch: Vec<_> = [200, 500, 502, 200, 503]
+            .iter()
+            .map(|s| format.parse_line(combined_line(*s).as_bytes()).unwrap())
+            .collect();
+        let stats = FollowStats::default();
+        let slots = [("127.0.0.1:8001".to_string(), Slot::Green, 7)];
+        let out = attribute(
+            batch.clone(),
+            Attribution::Active,
+            &slots,
+            Some((Slot::Green, 7)),
+            &stats,
+        );
+        assert_eq!(out.len(), 5);
+        assert!(
+            out.iter()
+                .all(|r| r.release_id == 7 && r.slot == Slot::Green)
+        );
+        let statuses: Vec<u16> = out.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [200, 500, 502, 200, 503]);
+        assert_eq!(out.iter().filter(|r| r.upstream_error).count(), 1);
+        assert_eq!(stats.snapshot().unattributed, 0);
+        // By upstream, the same lines are tied to nothing.
+        let out = attribute(batch.clone(), Attribution::Upstream, &slots, None, &stats);
+        assert!(out.is_empty());
+        assert_eq!(stats.snapshot().unattributed, 5);
+        // Nothing active yet: nothing to count them against.
+        let out = attribute(batch, Attribution::Active, &slots, None, &stats);
+        assert!(out.is_empty());
+        assert_eq!(stats.snapshot().unattributed, 10);
+    }
+
+    #[test]
+    fn requests_from_no_slot_are_counted_as_unattributed() {
+        let format = LogFormat::new("$status ua=\"$upstream_addr\"").unwrap();
+        let batch: Vec<_> = [
+            "500 ua=\"127.0.0.1:8001\"",
+            "200 ua=\"127.0.0.1:9999\"",
+            "404 ua=\"-\"",
+            "200 ua=\"127.0.0.1:8000\"",
+        ]
+        .iter()
+        .map(|l| format.parse_line(l.as_bytes()).unwrap())
+        .collect();
+        let slots = [
+            ("127.0.0.1:8000".to_string(), Slot::Blue, 1),
+            ("127.0.0.1:8001".to_string(), Slot::Green, 2),
+        ];
+        let stats = FollowStats::default();
+        let out = attribute(batch, Attribution::Upstream, &slots, None, &stats);
+        let got: Vec<(i64, u16)> = out.iter().map(|r| (r.release_id, r.status)).collect();
+        assert_eq!(got, [(2, 500), (1, 200)]);
+        assert_eq!(stats.snapshot().unattributed, 2);
+    }
+
+    fn records(n: usize) -> Vec<crate::proxy::RequestRecord> {
+        (0..n)
+            .map(|i| crate::proxy::RequestRecord {
+                slot: Slot::Blue,
+                release_id: 1,
+                status: 200,
+                latency_us: i as u64,
+                upstream_error: false,
+                at_ms: 0,
+            })
+            .collect()
+    }
+
+    /// Regression: a full guard channel ended the batch, and the rest was lost uncounted.
+    #[tokio::test]
+    async fn a_guard_that_stays_behind_loses_counted_records() {
+        let (tx, _rx) = mpsc::channel(2);
+        let stats = FollowStats::default();
+        let wait = Duration::from_millis(50);
+        let started = tokio::time::Instant::now();
+        assert!(hand_on(records(5), &tx, &stats, wait).await);
+        assert!(started.elapsed() >= wait);
+        assert_eq!(stats.snapshot().dropped, 3);
+    }
+
+    #[tokio::test]
+    async fn a_guard_briefly_behind_loses_nothing() {
+        let (tx, mut rx) = mpsc::channel::<crate::proxy::RequestRecord>(2);
+        let stats = FollowStats::default();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            // Drains like the guard: everything waiting, once a tick.
+            while got.len() < 5 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while let Ok(r) = rx.try_recv() {
+                    got.push(r.latency_us);
+                }
+            }
+            got
+        });
+        assert!(hand_on(records(5), &tx, &stats, INGEST_WAIT).await);
+        assert_eq!(reader.await.unwrap(), [0, 1, 2, 3, 4]);
+        assert_eq!(stats.snapshot().dropped, 0);
+        drop(tx);
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        assert!(!hand_on(records(1), &tx, &stats, INGEST_WAIT).await);
+    }
 }

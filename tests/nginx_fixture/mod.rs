@@ -41,10 +41,20 @@ pub fn nginx_bin() -> PathBuf {
         })
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, never the same twice in one test binary
+/// (the kernel may hand a released port out again at once).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh loopback port in 100 tries");
 }
 
 /// A minimal HTTP server answering every request with `200` and a fixed body.
