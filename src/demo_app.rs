@@ -104,6 +104,11 @@ pub struct DemoAppArgs {
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_ratio, env = "DEMO_ERROR_RATIO")]
     pub error_ratio: f64,
 
+    /// Ratio of /api requests that fail with 500 from the start, spread evenly
+    /// (background noise, as a healthy service has: not a misbehaviour)
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_ratio)]
+    pub background_error_ratio: f64,
+
     /// Milliseconds added before every /api response
     #[arg(long, value_name = "N", default_value_t = 0, env = "DEMO_LATENCY_MS")]
     pub latency_ms: u64,
@@ -157,6 +162,7 @@ impl Default for DemoAppArgs {
             port: None,
             app_version: "v0".to_owned(),
             error_ratio: 0.0,
+            background_error_ratio: 0.0,
             latency_ms: 0,
             jitter_ms: 0,
             leak_mb_per_sec: 0,
@@ -183,6 +189,7 @@ impl DemoAppArgs {
     /// Checks what clap cannot check for a struct built in code rather than parsed.
     fn validate(&self) -> Result<(), String> {
         check_ratio(self.error_ratio)?;
+        check_ratio(self.background_error_ratio)?;
         HeaderValue::from_str(&self.app_version).map_err(|_| {
             format!(
                 "version {:?} cannot be sent in an http header",
@@ -407,6 +414,8 @@ struct State {
     /// The failure ratio in parts per million, so the failure pattern is integer arithmetic
     /// and exact rather than subject to floating-point rounding.
     error_ppm: u64,
+    /// Background failures, from the start, in parts per million.
+    background_ppm: u64,
     latency: Duration,
     jitter_ms: u64,
     fail_health: bool,
@@ -427,6 +436,7 @@ impl State {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             misbehave_at: Instant::now() + Duration::from_secs(args.after_secs),
             error_ppm: (args.error_ratio * 1_000_000.0).round() as u64,
+            background_ppm: (args.background_error_ratio * 1_000_000.0).round() as u64,
             latency: Duration::from_millis(args.latency_ms),
             jitter_ms: args.jitter_ms,
             fail_health: args.fail_health,
@@ -507,6 +517,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<ResponseBody>
     let fail = misbehaving && {
         let n = state.faulty_api_requests.fetch_add(1, Ordering::Relaxed);
         state.should_fail(n)
+    } || {
+        let ppm = state.background_ppm;
+        let n = request_number;
+        (n + 1) * ppm / 1_000_000 > n * ppm / 1_000_000
     };
     if state.jitter_ms > 0 {
         // splitmix64 of the request number: even, repeatable noise without a RNG crate.

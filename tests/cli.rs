@@ -194,6 +194,38 @@ timeout_secs = 2
 }
 
 #[test]
+fn read_commands_name_the_known_services_for_an_unknown_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A freeze is the cheapest way to give the ledger a service without a watcher.
+    let out = ripcord(dir.path())
+        .args(["freeze", "web", "--reason", "test"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for args in [
+        &["status", "wbe"][..],
+        &["releases", "wbe"],
+        &["events", "wbe"],
+        &["status", "wbe", "--json"],
+    ] {
+        let out = ripcord(dir.path()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("no service `wbe`") && err.contains("known: web"),
+            "{err}"
+        );
+    }
+    let out = ripcord(dir.path())
+        .args(["status", "web", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "frozen", "{v:#}");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = ripcord(dir.path()).args(["deploy"]).output().unwrap();

@@ -38,7 +38,48 @@ fn demo(scenario: &str) -> (serde_json::Value, String) {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["report"], "the demo left more than its report");
+    if v["rolled_back"] == true {
+        assert_full_timeline(scenario, &report);
+        let chart = std::path::Path::new(v["report"].as_str().unwrap()).with_extension("svg");
+        let svg = std::fs::read_to_string(&chart)
+            .unwrap_or_else(|e| panic!("demo {scenario}: no chart at {}: {e}", chart.display()))
+            .replace('\n', "");
+        // Each marker is drawn with its label and its offset, e.g. `switch +0.243 s`.
+        for marker in ["deploy ", "trigger ", "switch ", "verified "] {
+            assert!(
+                svg.contains(&format!(">{marker}")),
+                "demo {scenario}: the chart lacks the {marker:?}marker"
+            );
+        }
+    }
     (v, report)
+}
+
+/// The incident's timeline has every step, in order: the deploy, the first bad
+/// observation, the trigger, the decision, the rollback, the switch back, verified.
+fn assert_full_timeline(scenario: &str, report: &str) {
+    let timeline = report
+        .split("## Timeline")
+        .nth(1)
+        .and_then(|t| t.split("\n## ").next())
+        .unwrap_or_else(|| panic!("demo {scenario}: the report has no timeline:\n{report}"));
+    let mut at = 0;
+    for step in [
+        "`deploy_started`",
+        "*first bad observation*",
+        "`trigger_fired`",
+        "`decision`",
+        "`rollback_started`",
+        "`traffic_switched`",
+        "*verified*",
+    ] {
+        match timeline[at..].find(step) {
+            Some(i) => at += i + step.len(),
+            None => panic!(
+                "demo {scenario}: the timeline lacks {step} after what came before:\n{timeline}"
+            ),
+        }
+    }
 }
 
 fn assert_rolled_back(v: &serde_json::Value, rule: &str) {
@@ -112,8 +153,65 @@ fn failing_health_checks_are_rolled_back() {
 
 #[test]
 fn cpu_is_investigated_then_rolled_back_without_an_ack() {
-    let (v, _) = demo("cpu");
+    let (v, report) = demo("cpu");
     assert_rolled_back(&v, "cpu");
+    // The incident counts from the first CPU sample over the limit and the trigger when
+    // the investigation opened, not from the deadline that ended it.
+    let to_trigger = v["first_bad_to_trigger_ms"].as_i64().unwrap();
+    let to_switch = v["first_bad_to_switch_ms"].as_i64().unwrap();
+    assert!(
+        to_trigger >= 1_000,
+        "the CPU was over its limit for a while before the trigger: {v:#}"
+    );
+    assert!(
+        to_switch > to_trigger + 1_000,
+        "the investigation waited before the switch: {v:#}"
+    );
+    assert!(
+        report.contains("`investigating`") || report.contains("investigat"),
+        "{report}"
+    );
+}
+
+#[test]
+fn an_incident_counts_from_its_own_episode_not_from_background_errors() {
+    let mut p = Project::new("", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
+    std::thread::sleep(Duration::from_millis(500));
+    // v2 fails 2% of its requests from the start (a healthy service's noise), and half of
+    // them from six seconds on.
+    assert_ok(
+        &p.deploy(
+            "v2",
+            &[
+                "--background-error-ratio",
+                "0.02",
+                "--error-ratio",
+                "0.5",
+                "--after-secs",
+                "6",
+            ],
+        ),
+        "deploy v2",
+    );
+    eventually("the guard rolls v2 back", Duration::from_secs(30), || {
+        serving(&p) == "v1"
+    });
+    load.stop();
+    eventually("the incident is resolved", Duration::from_secs(10), || {
+        p.json(&["incident", "list"])[0]["status"] == "resolved"
+    });
+    let list = p.json(&["incident", "list"]);
+    let show = p.json(&["incident", "show", &list[0]["id"].to_string()]);
+    let impact = &show["impact"];
+    // Dated from v2's first background error, it would be six seconds or more.
+    let to_switch = impact["first_bad_to_switch_ms"].as_i64().unwrap();
+    assert!(
+        to_switch < 3_000,
+        "the incident dates from a background error before the failure began: {show:#}"
+    );
 }
 
 #[test]

@@ -159,6 +159,38 @@ fn an_unhealthy_version_never_gets_traffic() {
 }
 
 #[test]
+fn a_deploy_to_the_serving_slot_is_refused_and_leaves_nothing_behind() {
+    let mut p = Project::new("", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let serving_slot = p.json(&["status", "web"])["active"]["slot"]
+        .as_str()
+        .expect("status names the active slot")
+        .to_string();
+    let out = p.run(&["deploy", "web", "v2", "--slot", &serving_slot]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("serves traffic now"),
+        "{}",
+        stderr(&out)
+    );
+    let status = p.json(&["status", "web"]);
+    assert_eq!(
+        status["state"], "steady",
+        "an operation was left open: {status:#}"
+    );
+    let releases = p.json(&["releases", "web"]);
+    let versions: Vec<&str> = releases
+        .as_array()
+        .expect("releases --json lists releases")
+        .iter()
+        .filter_map(|r| r["version"].as_str())
+        .collect();
+    assert_eq!(versions, ["v1"], "a refused deploy recorded a release");
+    assert_eq!(serving(&p), "v1");
+}
+
+#[test]
 fn two_operations_on_one_service_one_is_refused() {
     let mut p = Project::new("", "");
     p.start_watcher();

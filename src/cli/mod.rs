@@ -352,6 +352,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             verify(cli.config.as_deref(), &state_dir, &service, json).await
         }
         Command::Status { service } => {
+            if let Some(service) = &service {
+                known_service(cli.config.as_deref(), &state_dir, service)?;
+            }
             output::status(cli.config.as_deref(), &state_dir, service.as_deref(), json).await
         }
         Command::Freeze { service, reason } => {
@@ -422,10 +425,12 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             &severity,
         ),
         Command::Releases { service } => {
+            known_service(cli.config.as_deref(), &state_dir, &service)?;
             let ledger = open_ledger(&state_dir)?;
             output::releases(&ledger, &service, json)
         }
         Command::Events { service, limit } => {
+            known_service(cli.config.as_deref(), &state_dir, &service)?;
             let ledger = open_ledger(&state_dir)?;
             output::events(&ledger, &service, limit, json)
         }
@@ -469,6 +474,33 @@ pub(crate) fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
     })
 }
 
+/// A read command names a service that neither the ledger nor the config knows (a typo,
+/// most likely): exit 2 with the names it could have meant, rather than an empty answer.
+fn known_service(config: Option<&Path>, state_dir: &Path, service: &str) -> Result<(), CliError> {
+    let mut known = open_ledger(state_dir)?.services()?;
+    if let Ok(cfg) = load_config(config) {
+        known.extend(cfg.services.keys().cloned());
+    }
+    if known.iter().any(|k| k == service) {
+        return Ok(());
+    }
+    known.sort();
+    known.dedup();
+    Err(CliError::new(
+        2,
+        if known.is_empty() {
+            format!(
+                "no service `{service}`: nothing was deployed with this state dir yet and the config names none"
+            )
+        } else {
+            format!(
+                "no service `{service}` in the ledger or the config; known: {}",
+                known.join(", ")
+            )
+        },
+    ))
+}
+
 fn open_ledger(state_dir: &Path) -> Result<Ledger, CliError> {
     if !state_dir.join(crate::ledger::FILE_NAME).exists() {
         return Err(CliError::new(
@@ -487,13 +519,19 @@ fn config_check(flag: Option<&Path>, json: bool) -> Result<i32, CliError> {
     let path = config_path(flag);
     match Config::load(&path) {
         Ok(cfg) => {
+            // Warnings do not fail the check: the config works, but not as well as it could.
+            let warnings = cfg.warnings();
             if json {
                 output::print_json(&serde_json::json!({
                     "ok": true,
                     "file": path,
                     "services": cfg.services.keys().collect::<Vec<_>>(),
+                    "warnings": warnings,
                 }));
             } else {
+                for w in &warnings {
+                    println!("! {w}");
+                }
                 let names: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
                 println!(
                     "✓ {}: {} service{} ({})",

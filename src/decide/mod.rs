@@ -156,7 +156,9 @@ pub fn decide(state: &State, findings: &[Finding], now_ms: i64) -> Decision {
             let f = Finding {
                 rule: Rule::Cpu,
                 release_id: inv.release_id,
-                at_ms: now_ms,
+                // The trigger fired when the investigation opened: that is what the
+                // incident's times count from, not the deadline.
+                at_ms: inv.since_ms,
                 summary: format!(
                     "nobody acknowledged within {} s (`ripcord ack`)",
                     (inv.deadline_ms - inv.since_ms) / 1000

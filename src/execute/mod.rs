@@ -380,6 +380,18 @@ impl ServiceExec {
         progress: Progress,
     ) -> Result<Outcome, ExecError> {
         let start = Instant::now();
+        // Refused before anything is read or recorded: no release, no backup and no
+        // operation is left behind.
+        let active_slot = self.router.target().map(|t| t.slot);
+        let slot = req
+            .slot
+            .unwrap_or_else(|| active_slot.map_or(Slot::Blue, Slot::other));
+        if !self.one_address() && Some(slot) == active_slot {
+            return Err(ExecError::Usage(format!(
+                "slot {slot} serves traffic now; deploy to the other slot ({})",
+                slot.other()
+            )));
+        }
         let snapshot = serde_json::to_value(&self.cfg).unwrap_or_default();
         // Today's schema head, before anything runs: what this release ships beyond the
         // active one's head is judged (and backed up for) before it starts.
@@ -410,10 +422,6 @@ impl ServiceExec {
             )?;
             (release, from, op)
         };
-        let active_slot = self.router.target().map(|t| t.slot);
-        let slot = req
-            .slot
-            .unwrap_or_else(|| active_slot.map_or(Slot::Blue, Slot::other));
         if self.one_address() {
             say(
                 &progress,
@@ -435,11 +443,6 @@ impl ServiceExec {
                 )
                 .await;
             return self.finish(op, result);
-        }
-        if Some(slot) == active_slot {
-            return Err(ExecError::Usage(format!(
-                "slot {slot} serves traffic now; deploy to the other slot"
-            )));
         }
         say(
             &progress,

@@ -323,7 +323,7 @@ impl Ledger {
             .optional()?;
         if let Some((holder, holder_pid, acquired, expires)) = existing
             && expires > now
-            && pid_alive(holder_pid)
+            && holder_alive(holder_pid, acquired)
         {
             return Err(LedgerError::Busy {
                 service: service.to_string(),
@@ -353,15 +353,17 @@ impl Ledger {
 
     /// Who holds the service's lease right now, if a live process does.
     pub fn lease_holder(&self, service: &str) -> Result<Option<String>, LedgerError> {
-        let row: Option<(String, i64, i64)> = self
+        let row: Option<(String, i64, i64, i64)> = self
             .conn
             .query_row(
-                "SELECT holder, pid, expires_at_ms FROM leases WHERE service = ?1",
+                "SELECT holder, pid, acquired_at_ms, expires_at_ms FROM leases WHERE service = ?1",
                 [service],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        Ok(row.and_then(|(h, pid, exp)| (exp > now_ms() && pid_alive(pid)).then_some(h)))
+        Ok(row.and_then(|(h, pid, acquired, exp)| {
+            (exp > now_ms() && holder_alive(pid, acquired)).then_some(h)
+        }))
     }
 
     // ---- releases -----------------------------------------------------------------
@@ -751,7 +753,7 @@ impl Ledger {
     pub fn services(&self) -> Result<Vec<String>, LedgerError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT DISTINCT service FROM releases ORDER BY service")?;
+            .prepare("SELECT service FROM releases UNION SELECT service FROM events ORDER BY 1")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -878,9 +880,37 @@ fn insert_event(
     Ok(conn.last_insert_rowid())
 }
 
-/// Whether a process with this pid exists on this host.
-pub fn pid_alive(pid: i64) -> bool {
-    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+/// Whether the process that took a lease at `since_ms` still runs: the pid exists, is
+/// not a zombie (killed, not yet reaped), and started before the lease was taken. A pid
+/// the kernel has since handed to another program started later, so a lease left by a
+/// crash is never held by whatever got its pid after a reboot.
+pub fn holder_alive(pid: i64, since_ms: i64) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let Some(ticks) = crate::execute::process::process_start_ticks(pid) else {
+        return false;
+    };
+    match boot_time_ms() {
+        // Boot time has whole seconds and ticks are 10 ms: a second of slack.
+        Some(boot) => {
+            boot + (ticks * 1000 / crate::execute::process::ticks_per_sec()) as i64
+                <= since_ms + 1_500
+        }
+        None => true,
+    }
+}
+
+/// When this host booted (`btime` in /proc/stat), in Unix milliseconds.
+fn boot_time_ms() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs: i64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(secs * 1000)
 }
 
 fn rand_suffix() -> u64 {

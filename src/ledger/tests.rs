@@ -170,6 +170,58 @@ fn a_lease_of_a_dead_process_or_expired_is_taken_over() {
 }
 
 #[test]
+fn a_lease_held_by_a_zombie_or_a_recycled_pid_is_taken_over() {
+    let (_dir, mut l) = open();
+    l.acquire_lease("web", "old", Duration::from_secs(60))
+        .unwrap();
+    // A live process that started after the lease was taken is not its holder: the
+    // holder died and the kernel gave its pid to this process.
+    let started_later = std::process::id();
+    l.conn
+        .execute(
+            "UPDATE leases SET pid = ?1, acquired_at_ms = ?2",
+            rusqlite::params![started_later, crate::clock::now_ms() - 86_400_000],
+        )
+        .unwrap();
+    assert_eq!(
+        l.lease_holder("web").unwrap(),
+        None,
+        "a recycled pid holds the lease"
+    );
+
+    // A killed process that nobody reaped yet (a zombie) holds nothing either.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let zombie = child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while crate::execute::process::process_start_ticks(i64::from(zombie)).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never exited"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        std::path::Path::new(&format!("/proc/{zombie}")).exists(),
+        "the zombie is still in /proc"
+    );
+    l.conn
+        .execute(
+            "UPDATE leases SET pid = ?1, acquired_at_ms = ?2",
+            rusqlite::params![zombie, crate::clock::now_ms()],
+        )
+        .unwrap();
+    assert_eq!(
+        l.lease_holder("web").unwrap(),
+        None,
+        "a zombie holds the lease"
+    );
+    l.acquire_lease("web", "new", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(l.lease_holder("web").unwrap().as_deref(), Some("new"));
+    child.wait().unwrap();
+}
+
+#[test]
 fn concurrent_writers_never_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     Ledger::open(dir.path()).unwrap();

@@ -42,6 +42,8 @@ const LEAD_IN_MS: i64 = 60_000;
 /// How far past the incident's end the timeline reaches: long enough for the release
 /// rolled away from to drain and stop.
 const TAIL_MS: i64 = 10_000;
+/// How far outside the series a marker may sit and still widen the chart to show it.
+const MARKER_REACH_SECS: f64 = 60.0;
 const CHART_SIZE: (u32, u32) = (900, 500);
 
 /// The Markdown report. `chart_file`, when given, is embedded as the chart's image
@@ -957,6 +959,16 @@ fn draw_chart(
     let (mut x0, mut x1) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
         (lo.min(p.x), hi.max(p.x))
     });
+    // The axis reaches every marker near the data (a switch a moment after the last
+    // point still belongs on the chart); one far outside it has no data to explain.
+    for m in &markers {
+        let x = (m.at_ms - f.reference_ms) as f64 / 1000.0;
+        if x < x0 && x0 - x <= MARKER_REACH_SECS {
+            x0 = x - 0.5;
+        } else if x > x1 && x - x1 <= MARKER_REACH_SECS {
+            x1 = x + 0.5;
+        }
+    }
     if x1 - x0 < 2.0 {
         x0 -= 1.0;
         x1 += 1.0;

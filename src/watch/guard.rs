@@ -128,7 +128,9 @@ pub struct Guard {
     notifier: Notifier,
     view: SharedView,
     watches: HashMap<i64, Watch>,
-    series: Window,
+    /// Shared with the tasks that finish rollbacks, so an incident's chart goes on past
+    /// the decision to the switch, the verification and the recovery.
+    series: Arc<Mutex<Window>>,
     active: Option<i64>,
     state: LedgerView,
     acting: Arc<AtomicBool>,
@@ -162,7 +164,7 @@ impl Guard {
             notifier,
             view,
             watches: HashMap::new(),
-            series: Window::new(SERIES_SECS),
+            series: Arc::new(Mutex::new(Window::new(SERIES_SECS))),
             active: None,
             state: LedgerView::default(),
             acting: Arc::new(AtomicBool::new(false)),
@@ -242,7 +244,10 @@ impl Guard {
 
     fn on_request(&mut self, rec: RequestRecord) {
         let error = rec.status >= 500;
-        self.series.add(rec.at_ms, error, rec.latency_us);
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(rec.at_ms, error, rec.latency_us);
         let t = self.traffic.entry(rec.release_id).or_default();
         t.requests += 1;
         t.status_5xx += u64::from(error);
@@ -313,16 +318,14 @@ impl Guard {
                     }
                 }
                 if let Some(share) = cpu_share {
-                    let keep_ms = self
-                        .exec
-                        .cfg
-                        .triggers
-                        .cpu
-                        .as_ref()
-                        .map_or(300, |c| c.for_secs) as i64
-                        * 1000
-                        + 5_000;
+                    let rule = self.exec.cfg.triggers.cpu.clone();
+                    let keep_ms = rule.as_ref().map_or(300, |c| c.for_secs) as i64 * 1000 + 5_000;
                     let w = self.watch(release_id);
+                    // A sample over the CPU rule's limit is the first bad observation of a
+                    // CPU incident (users may not see errors, but the host is saturated).
+                    if rule.is_some_and(|c| share > c.above) {
+                        w.bad(at_ms);
+                    }
                     w.cpu.push_back((at_ms, share));
                     while w.cpu.front().is_some_and(|(t, _)| *t < at_ms - keep_ms) {
                         w.cpu.pop_front();
@@ -604,6 +607,7 @@ impl Guard {
             .filter_map(|(_, v)| v.fired().cloned())
             .collect();
         self.save_baseline(release, &findings, now);
+        self.end_bad_episode(release, &verdicts);
         let state = decide::State {
             frozen: self.state.frozen.clone(),
             investigating: self
@@ -651,6 +655,48 @@ impl Guard {
         self.last_action = Some(decision.action.clone());
         self.flagged.insert(release);
         self.act(decision, findings, release, now);
+    }
+
+    /// The first bad observation dates an incident, so it belongs to the episode that
+    /// fired, not to the release's life: once nothing fires, the request rules read ok
+    /// and the latest requests are clean, what was bad before is over. (A release with
+    /// 1% background errors would otherwise date an incident from an unrelated error
+    /// hours before it.)
+    fn end_bad_episode(&mut self, release: i64, verdicts: &[(String, Verdict)]) {
+        let rule_ok = |rule: Rule| {
+            verdicts
+                .iter()
+                .find(|(label, _)| label == rule.as_str())
+                .is_none_or(|(_, v)| matches!(v, Verdict::Ok(_)))
+        };
+        let calm = verdicts.iter().all(|(_, v)| v.fired().is_none())
+            && rule_ok(Rule::ErrorRate)
+            && rule_ok(Rule::LatencyP95)
+            && rule_ok(Rule::Health);
+        // An open investigation is one episode until it ends, however the CPU dips.
+        let investigating = self
+            .state
+            .investigating
+            .as_ref()
+            .is_some_and(|i| i.release_id == release);
+        if !calm || investigating {
+            return;
+        }
+        let limit = self
+            .exec
+            .cfg
+            .triggers
+            .error_rate
+            .as_ref()
+            .map_or(0.05, |r| r.above / 2.0);
+        let over_cpu = self.exec.cfg.triggers.cpu.as_ref().map(|c| c.above);
+        let w = self.watch(release);
+        let errors = w.recent.iter().filter(|e| **e).count();
+        let cpu_hot =
+            over_cpu.is_some_and(|above| w.cpu.back().is_some_and(|(_, share)| *share > above));
+        if (errors as f64) <= limit * w.recent.len() as f64 && !cpu_hot {
+            w.first_bad_ms = None;
+        }
     }
 
     /// Saves a healthy release's p95 now and then: the next release's baseline.
@@ -856,7 +902,18 @@ impl Guard {
                     .get(&release_id)
                     .map(|w| (w.total, w.failed, w.first_bad_ms));
                 let series = self.series.clone();
-                let detected_ms = findings.iter().map(|f| f.at_ms).min().unwrap_or(now);
+                // After an investigation the trigger fired when it opened, not at the
+                // deadline that ended it.
+                let detected_ms = self
+                    .state
+                    .investigating
+                    .as_ref()
+                    .filter(|i| i.release_id == release_id)
+                    .map(|i| i.since_ms)
+                    .into_iter()
+                    .chain(findings.iter().map(|f| f.at_ms))
+                    .min()
+                    .unwrap_or(now);
                 let metrics = self.metrics.clone();
                 let trigger = findings.first().map_or("decision", |f| f.rule.as_str());
                 tokio::spawn(async move {
@@ -916,7 +973,7 @@ async fn finish_rollback(
     incident: Option<i64>,
     result: Result<crate::execute::Outcome, ExecError>,
     stats: Option<(u64, u64, Option<i64>)>,
-    series: Window,
+    series: Arc<Mutex<Window>>,
     detected_ms: i64,
 ) -> Ended {
     let name = exec.cfg.name.clone();
@@ -925,7 +982,16 @@ async fn finish_rollback(
     match result {
         Ok(outcome) => {
             let first = first_bad.unwrap_or(detected_ms);
-            let points = series.points(first - 60_000, outcome.verified_at_ms + 5_000);
+            let chart = {
+                let series = series.clone();
+                move || {
+                    series
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .points(first - 60_000, outcome.verified_at_ms + 5_000)
+                }
+            };
+            let points = chart();
             let window: Vec<_> = points
                 .iter()
                 .filter(|p| p.t_ms + 1000 > first && p.t_ms <= outcome.switched_at_ms)
@@ -960,6 +1026,27 @@ async fn finish_rollback(
                         series: Some(json!(points)),
                     },
                 );
+            }
+            // The chart goes on a little past the verification: the recovery is what a
+            // reader wants to see next to the switch.
+            if let Some(id) = incident {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    for wait in [1_000, 4_000] {
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        let points = chart();
+                        let _ = ledger
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .update_incident(
+                                id,
+                                IncidentUpdate {
+                                    series: Some(json!(points)),
+                                    ..Default::default()
+                                },
+                            );
+                    }
+                });
             }
             let _ = lock().end_investigation(&name);
             notifier.send(

@@ -14,12 +14,24 @@ use ripcord::http::HttpClient;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ripcord");
 
+/// A loopback port nothing listens on now, never the same twice in one test binary (the
+/// kernel may hand a released port out again at once, and a config whose listen and slot
+/// ports clash is refused).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh loopback port in 100 tries");
 }
 
 /// A temporary project: a config, a state dir, and (once started) a watcher.
