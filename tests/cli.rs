@@ -226,6 +226,48 @@ fn read_commands_name_the_known_services_for_an_unknown_one() {
 }
 
 #[test]
+fn many_processes_writing_one_new_ledger_at_once_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sixteen separate processes race to create the ledger and write to it.
+    let children: Vec<_> = (0..16)
+        .map(|i| {
+            std::process::Command::new(assert_cmd::cargo::cargo_bin("ripcord"))
+                .current_dir(dir.path())
+                .env_remove("RIPCORD_CONFIG")
+                .env_remove("RIPCORD_STATE_DIR")
+                .args([
+                    "freeze",
+                    &format!("svc{i}"),
+                    "--reason",
+                    &format!("race {i}"),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "svc{i}: {}", text(&out.stderr));
+    }
+    for i in 0..16 {
+        let out = ripcord(dir.path())
+            .args(["status", &format!("svc{i}"), "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["frozen"]["reason"], format!("race {i}"), "{v:#}");
+    }
+    let db = rusqlite::Connection::open(dir.path().join(".ripcord/ledger.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = ripcord(dir.path()).args(["deploy"]).output().unwrap();

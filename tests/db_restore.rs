@@ -9,7 +9,7 @@ mod pg_fixture;
 use std::time::Duration;
 
 use common::{Project, assert_ok, eventually, serving, stderr, stdout};
-use pg_fixture::{Postgres, start};
+use pg_fixture::{Postgres, broken_pg_dump_dir, start};
 
 /// A project whose service `web` has database `db` on `pg`; `extra` goes into the
 /// `[service.web.database]` table.
@@ -44,6 +44,18 @@ fn kinds(p: &Project) -> Vec<String> {
         .unwrap_or_default()
         .iter()
         .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The `restore_refused` events, oldest first.
+fn refusals(p: &Project) -> Vec<serde_json::Value> {
+    let events = p.json(&["events", "web"]);
+    events
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["kind"] == "restore_refused")
         .collect()
 }
 
@@ -91,6 +103,17 @@ fn backup_then_restore_brings_the_rows_back_and_keeps_the_old_database() {
     assert_eq!(items(&pg, "app"), "2,3,4");
     assert_eq!(pg.databases(), dbs_before);
     assert_eq!(app_pid(&p), pid_before, "the app was not touched");
+    // Both refusals are in the ledger, with the reason and the backup.
+    let refused = refusals(&p);
+    let reasons: Vec<&str> = refused
+        .iter()
+        .filter_map(|e| e["data"]["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, vec!["no_consent", "wrong_confirm"], "{refused:?}");
+    for e in &refused {
+        assert_eq!(e["data"]["backup"], list[0]["id"], "{e}");
+        assert!(e["incident_id"].is_null(), "no incident is open: {e}");
+    }
 
     // Consent given: the backup's rows are back, the old database is kept.
     let out = p.run(&["db", "restore", "web", "--confirm", "app"]);
@@ -151,6 +174,115 @@ fn a_damaged_backup_is_refused_before_the_app_is_stopped() {
 }
 
 #[test]
+fn a_tampered_backup_of_the_same_size_is_refused_before_the_app_is_stopped() {
+    let pg = start();
+    pg.create_app("till");
+    let mut p = project(&pg, "till", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.run(&["db", "backup", "web"]), "db backup");
+    let list = p.json(&["db", "backups", "web"]);
+    let path = list[0]["path"].as_str().unwrap().to_string();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len();
+    // One byte flipped in the middle: same size, so only the checksum can tell.
+    bytes[len / 2] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, len);
+    let pid = app_pid(&p);
+    let out = p.run(&["db", "restore", "web", "--confirm", "till"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("integrity check"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sha256"), "{}", stderr(&out));
+    assert_eq!(app_pid(&p), pid, "the app was never stopped");
+    assert!(!kinds(&p).contains(&"app_stopped".to_string()));
+    assert_eq!(p.json(&["db", "backups", "web"])[0]["verified_ok"], false);
+    assert_eq!(items(&pg, "till"), "1,2,3");
+    let refused = refusals(&p);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["data"]["reason"], "integrity_check_failed");
+    assert_eq!(refused[0]["data"]["backup"], list[0]["id"]);
+
+    // The same, chosen with --backup ID.
+    let id = list[0]["id"].to_string();
+    let out = p.run(&["db", "restore", "web", "--backup", &id, "--confirm", "till"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(app_pid(&p), pid, "the app was never stopped");
+    assert_eq!(refusals(&p).len(), 2);
+
+    // A file ripcord did not record is refused (usage): its checksum is unknown.
+    let stray = p.dir.path().join("stray.dump");
+    std::fs::write(&stray, b"anything").unwrap();
+    let out = p.run(&[
+        "db",
+        "restore",
+        "web",
+        "--backup",
+        stray.to_str().unwrap(),
+        "--confirm",
+        "till",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    eprintln!("unrecorded file: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a backup ripcord recorded for web"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(app_pid(&p), pid);
+}
+
+#[test]
+fn retention_never_removes_the_only_good_backup() {
+    let pg = start();
+    pg.create_app("vault");
+    let p = project(&pg, "vault", "keep = 1");
+    assert_ok(&p.run(&["db", "backup", "web"]), "good backup");
+    let good = p.json(&["db", "backups", "web"])[0].clone();
+    assert_eq!(good["verified_ok"], true, "{good}");
+    // From now on pg_dump writes files that do not read back.
+    let broken = broken_pg_dump_dir(p.dir.path());
+    let config = std::fs::read_to_string(p.config()).unwrap();
+    std::fs::write(
+        p.config(),
+        config.replace(
+            "keep = 1",
+            &format!("keep = 1\npg_bin_dir = {:?}", broken.display().to_string()),
+        ),
+    )
+    .unwrap();
+    for n in 1..=3 {
+        let out = p.run(&["db", "backup", "web"]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "bad backup {n}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("does not read back"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let list = p.json(&["db", "backups", "web"]);
+    let list = list.as_array().unwrap();
+    // keep = 1: the newest (bad) one, and the good one beyond it; the older bad ones went.
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["verified_ok"], false, "{list:?}");
+    assert_eq!(
+        list[1]["id"], good["id"],
+        "the good backup is listed: {list:?}"
+    );
+    let good_path = good["path"].as_str().unwrap();
+    assert!(std::path::Path::new(good_path).exists(), "{good_path}");
+    let files = std::fs::read_dir(std::path::Path::new(good_path).parent().unwrap())
+        .unwrap()
+        .count();
+    assert_eq!(files, 2, "the older bad dumps were deleted from disk");
+}
+
+#[test]
 fn a_restore_that_fails_midway_leaves_the_original_database_serving() {
     let pg = start();
     pg.create_app("crm");
@@ -204,6 +336,14 @@ fn a_restore_under_a_corruption_freeze_is_in_the_incident_report() {
         &p.run(&["freeze", "web", "--reason", "items corrupted by a bad job"]),
         "freeze",
     );
+    // A refused attempt (no consent) is attached to the incident too.
+    let out = p.run(&["db", "restore", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let incident = p.json(&["incident", "list", "--service", "web"])[0]["id"].clone();
+    let refused = refusals(&p);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["incident_id"], incident, "{refused:?}");
+    assert_eq!(refused[0]["data"]["incident"], incident, "{refused:?}");
     let out = p.run(&["db", "restore", "web", "--confirm", "ledger"]);
     assert_ok(&out, "restore while frozen");
     assert_eq!(
@@ -236,6 +376,10 @@ fn a_restore_under_a_corruption_freeze_is_in_the_incident_report() {
         "the data-loss window: {md}"
     );
     assert!(md.contains("kept as ledger_before_restore_"), "{md}");
+    assert!(
+        md.contains("restore_refused") || md.contains("needs --confirm"),
+        "{md}"
+    );
 }
 
 /// Runs the CLI on a pseudo-terminal (util-linux `script`), typing `typed`.
@@ -286,6 +430,16 @@ fn an_interactive_restore_needs_the_database_name_typed() {
     assert_eq!(out.status.code(), Some(3), "{shown}");
     assert!(shown.contains("type the database's name (desk)"), "{shown}");
     assert_eq!(items(&pg, "desk"), "");
+    let refused = refusals(&p);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["data"]["reason"], "wrong_confirm");
+    assert!(
+        !refused[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("desk-typo"),
+        "what was typed stays out of the ledger: {refused:?}"
+    );
     let out = on_a_terminal(&p, &["db", "restore", "web"], "desk\n");
     let shown = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(0), "{shown}");

@@ -102,6 +102,18 @@ fn errors_are_rolled_back_fast_with_few_failed_requests() {
         "first bad request → switch took {switch} ms: {v:#}"
     );
     assert!(v["failed_requests"].as_u64().unwrap() < 100, "{v:#}");
+    // v2 fails 30% of its requests: the peak is v2's own, not diluted by v1's answers
+    // in the same second.
+    let peak: f64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("| Peak 5xx ratio | "))
+        .and_then(|r| r.split('%').next())
+        .and_then(|x| x.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak 5xx ratio in the report:\n{report}"));
+    assert!(
+        peak >= 15.0,
+        "peak 5xx ratio {peak}% for a release failing 30%:\n{report}"
+    );
     for part in [
         "# Incident #1: web",
         "## Timeline",

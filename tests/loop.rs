@@ -130,6 +130,11 @@ fn an_unhealthy_version_never_gets_traffic() {
         err.contains("ripcord-demo-app v2 listening"),
         "the log tail is missing: {err}"
     );
+    // And it was stopped: nothing answers on its slot any more.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", p.green)).is_err(),
+        "the unhealthy v2 still listens on the green slot"
+    );
 
     let out = p.deploy("v3", &["--exit-at-start", "7"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

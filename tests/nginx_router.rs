@@ -286,6 +286,73 @@ fn the_runbooks_setup_external_slots_behind_nginx() {
     assert_eq!(s.serving(), "v1");
 }
 
+/// The "done when": the runbook's setup (nginx in front of two ports someone else
+/// runs), ripcord pointed at the site file and the access log, and a bad release rolled
+/// back through nginx with nobody involved, verified and recorded.
+#[test]
+fn the_runbooks_setup_with_its_access_log_rolls_back_a_bad_release_alone() {
+    let nginx_extra = "access_log = \"ACCESS\"\nconf = \"SITE\"\nlog_format = \"ripcord\"";
+    let mut s = Setup::with_nginx_extra("external", "", nginx_extra);
+    let config_path = s.dir.path().join("ripcord.toml");
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("ACCESS", s.dir.path().join("access.log").to_str().unwrap())
+        .replace("SITE", s.dir.path().join("sites/app").to_str().unwrap());
+    std::fs::write(&config_path, config).unwrap();
+    // Someone else runs both slots; the new release turns bad four seconds after it
+    // starts, after its deploy-time checks passed, as in life.
+    let _v1 = App::start(s.blue, "v1", &[]);
+    let _v2 = App::start(
+        s.green,
+        "v2",
+        &["--error-ratio", "0.5", "--after-secs", "4"],
+    );
+    s.start_watcher();
+    assert_ok(
+        &s.run(&["deploy", "web", "v1", "--slot", "blue"]),
+        "deploy v1",
+    );
+    let load = Load::start_with(
+        s.url("/api/load"),
+        4,
+        Duration::from_secs(60),
+        200_000,
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ok(
+        &s.run(&["deploy", "web", "v2", "--slot", "green"]),
+        "deploy v2",
+    );
+    assert_eq!(s.serving(), "v2");
+    eventually(
+        "the guard rolls v2 back through nginx, reading only the access log",
+        Duration::from_secs(40),
+        || get(&s.url("/health")).1.contains("\"v1\""),
+    );
+    let report = load.stop();
+    assert!(!report.failures.is_empty(), "v2 never failed a request");
+    eventually(
+        "the incident is resolved (verified)",
+        Duration::from_secs(10),
+        || s.json(&["incident", "list"])[0]["status"] == "resolved",
+    );
+    let list = s.json(&["incident", "list"]);
+    assert_eq!(list[0]["rule"], "error_rate", "{list:#}");
+    let show = s.json(&["incident", "show", &list[0]["id"].to_string()]);
+    assert!(show["verified_at_ms"].as_i64().is_some(), "{show:#}");
+    let releases = s.json(&["releases", "web"]);
+    assert_eq!(releases[0]["version"], "v2");
+    assert_eq!(releases[0]["status"], "bad", "{releases:#}");
+    // ripcord stopped nothing: the bad release still runs for its owner to look at.
+    assert_eq!(get(&format!("http://127.0.0.1:{}/health", s.green)).0, 200);
+    let site = std::fs::read_to_string(s.dir.path().join("sites/app")).unwrap();
+    assert!(
+        site.contains(&format!("server 127.0.0.1:{} backup;", s.green)),
+        "nginx's primary is v1's port again: {site}"
+    );
+}
+
 #[test]
 fn ripcords_processes_behind_nginx_and_the_guard_rolls_back() {
     let mut s = Setup::new("process", "");

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pg_fixture::{PASSWORD, start};
+use pg_fixture::{PASSWORD, broken_pg_dump_dir, start};
+use ripcord::execute::restore::backup_and_record;
+use ripcord::ledger::Ledger;
 
 /// Watches every process's command line while it runs; returns the command lines that
 /// held the password and how many pg_dump/pg_restore command lines it saw.
@@ -324,6 +326,65 @@ async fn damaged_backups_and_failed_checks_change_nothing() {
     };
     let b2 = db::backup(&sock, "shop").await.unwrap();
     assert!(db::verify(&b2.path, &b2.sha256).await.is_ok());
+}
+
+/// Regression: retention ran only in `ripcord db backup`, so the backups taken before a
+/// deploy with migrations (`backup_and_record`) piled up past `keep`. Every backup now
+/// applies it, and a run of backups that do not read back never removes the good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_backup_applies_retention_and_keeps_the_newest_good_one() {
+    let pg = start();
+    pg.create_app("app");
+    let mut cfg = pg.config("app", &[]);
+    cfg.keep = 1;
+    let state = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::open(state.path()).unwrap()));
+
+    let first = backup_and_record(&ledger, "web", &cfg).await.unwrap();
+    let second = backup_and_record(&ledger, "web", &cfg).await.unwrap();
+    assert!(
+        !Path::new(&first.path).exists(),
+        "keep = 1: the older file is gone"
+    );
+    assert!(Path::new(&second.path).exists());
+    {
+        let l = ledger.lock().unwrap();
+        let ids: Vec<i64> = l.backups("web").unwrap().iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec![second.id]);
+        let gone = l.backup(first.id).unwrap().unwrap();
+        assert!(
+            gone.deleted_at_ms.is_some(),
+            "the ledger row is marked: {gone:?}"
+        );
+        let events = l.events("web", 10).unwrap();
+        let last = events.iter().rfind(|e| e.kind == "db_backup").unwrap();
+        assert!(
+            last.message.contains(&format!("removed #{}", first.id)),
+            "{}",
+            last.message
+        );
+    }
+
+    // Two backups that do not read back: the newest of them is kept (keep = 1), the
+    // older one removed, and the good one stays.
+    cfg.pg_bin_dir = Some(broken_pg_dump_dir(state.path()));
+    let e = backup_and_record(&ledger, "web", &cfg).await.unwrap_err();
+    assert!(e.contains("does not read back"), "{e}");
+    let e = backup_and_record(&ledger, "web", &cfg).await.unwrap_err();
+    assert!(e.contains("does not read back"), "{e}");
+    let left = ledger.lock().unwrap().backups("web").unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0].verified_ok, Some(false), "{left:?}");
+    assert_eq!(left[1].id, second.id, "{left:?}");
+    assert!(
+        Path::new(&second.path).exists(),
+        "the only good backup stays"
+    );
+    assert!(
+        db::verify(Path::new(&second.path), &second.sha256)
+            .await
+            .is_ok()
+    );
 }
 
 fn sha256_of(path: &Path) -> (String, u64) {

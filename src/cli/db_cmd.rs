@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use super::{CliError, load_config, output};
 use crate::clock::{format_utc, now_ms};
 use crate::config::ServiceConfig;
-use crate::db::{self, BackupMeta};
-use crate::execute::restore::db_config;
+use crate::db;
+use crate::execute::restore::{TakenBackup, db_config, record_restore_refused, take_backup};
 use crate::ledger::{BackupRecord, Ledger};
 use crate::watch::control::{self, Request};
 
@@ -47,7 +47,8 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-/// Takes a backup, records it, applies retention.
+/// Takes a backup, records it, applies retention (all in `execute::restore::take_backup`,
+/// which the backup before a deploy's migrations goes through too).
 pub(super) async fn backup(
     config: Option<&Path>,
     state_dir: &Path,
@@ -57,15 +58,18 @@ pub(super) async fn backup(
     let cfg = load_config(config)?;
     let svc = service(&cfg, name)?;
     let dbc = db_config(svc, state_dir).map_err(exec_err)?;
+    // A backup may be the first thing done with a state dir, before any watcher ran.
+    crate::watch::ensure_state_dir(state_dir).map_err(|e| CliError::new(1, e.to_string()))?;
     let shared = std::sync::Arc::new(std::sync::Mutex::new(ledger(state_dir)?));
     if !json {
         eprintln!("  pg_dump of {} into {}", dbc.url, dbc.backup_dir.display());
     }
-    let rec = crate::execute::restore::backup_and_record(&shared, name, &dbc)
+    let TakenBackup {
+        record: rec,
+        removed,
+    } = take_backup(&shared, name, &dbc)
         .await
         .map_err(|e| CliError::new(1, e))?;
-    let mut ledger = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let removed = apply_retention(&mut ledger, name, dbc.keep)?;
     if json {
         output::print_json(&serde_json::json!({ "backup": rec, "removed": removed }));
     } else {
@@ -83,43 +87,6 @@ pub(super) async fn backup(
         }
     }
     Ok(0)
-}
-
-/// Keeps the newest `keep` backups and the newest verified one; deletes the rest (the
-/// file first, then the ledger row is marked).
-fn apply_retention(
-    ledger: &mut Ledger,
-    name: &str,
-    keep: usize,
-) -> Result<Vec<BackupRecord>, CliError> {
-    let all = ledger
-        .backups(name)
-        .map_err(|e| CliError::new(1, e.to_string()))?;
-    let meta: Vec<BackupMeta> = all
-        .iter()
-        .map(|b| BackupMeta {
-            id: b.id,
-            created_at_ms: b.created_at_ms,
-            verified_ok: b.verified_ok,
-        })
-        .collect();
-    let doomed = db::retention(&meta, keep);
-    let mut removed = Vec::new();
-    for b in all.into_iter().filter(|b| doomed.contains(&b.id)) {
-        match std::fs::remove_file(&b.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                eprintln!("  ! cannot remove {}: {e}; kept in the ledger", b.path);
-                continue;
-            }
-        }
-        ledger
-            .mark_backup_deleted(b.id)
-            .map_err(|e| CliError::new(1, e.to_string()))?;
-        removed.push(b);
-    }
-    Ok(removed)
 }
 
 pub(super) fn backups(state_dir: &Path, name: &str, json: bool) -> Result<i32, CliError> {
@@ -205,6 +172,7 @@ async fn choose(
         ));
     }
     let explicit = which.is_some();
+    let newest = candidates[0].id;
     for b in candidates {
         if !json {
             eprintln!("  checking backup #{} ({})", b.id, b.path);
@@ -217,22 +185,28 @@ async fn choose(
             Err(e) => {
                 let _ = ledger.set_backup_verified(b.id, false);
                 if explicit {
-                    return Err(CliError::new(
-                        3,
-                        format!(
-                            "backup #{} failed its integrity check, so nothing was stopped or changed: {e}",
-                            b.id
-                        ),
-                    ));
+                    let why = format!(
+                        "backup #{} failed its integrity check, so nothing was stopped or changed: {e}",
+                        b.id
+                    );
+                    record_restore_refused(
+                        ledger,
+                        name,
+                        Some(b.id),
+                        "integrity_check_failed",
+                        &why,
+                    );
+                    return Err(CliError::new(3, why));
                 }
                 eprintln!("  ✗ backup #{} failed its integrity check: {e}", b.id);
             }
         }
     }
-    Err(CliError::new(
-        3,
-        format!("no backup of {name} passes its integrity check: nothing was stopped or changed"),
-    ))
+    let why =
+        format!("no backup of {name} passes its integrity check: nothing was stopped or changed");
+    // Every backup failed: the refusal names the newest, the one a restore would take.
+    record_restore_refused(ledger, name, Some(newest), "integrity_check_failed", &why);
+    Err(CliError::new(3, why))
 }
 
 pub(super) async fn restore(
@@ -281,15 +255,24 @@ pub(super) async fn restore(
             line.trim().to_string()
         }
         None => {
-            return Err(CliError::new(
-                3,
-                format!(
-                    "refused: a non-interactive restore needs --confirm {dbname} (the database's name); nothing was changed"
-                ),
-            ));
+            let why = format!(
+                "refused: a non-interactive restore needs --confirm {dbname} (the database's name); nothing was changed"
+            );
+            record_restore_refused(&mut ledger, name, Some(b.id), "no_consent", &why);
+            return Err(CliError::new(3, why));
         }
     };
     if given != dbname {
+        // The ledger keeps what was refused, not what was typed (it could be anything).
+        record_restore_refused(
+            &mut ledger,
+            name,
+            Some(b.id),
+            "wrong_confirm",
+            &format!(
+                "refused: the name given is not the database's name ({dbname}); nothing was changed"
+            ),
+        );
         return Err(CliError::new(
             3,
             format!(

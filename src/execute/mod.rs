@@ -392,7 +392,7 @@ impl ServiceExec {
                 slot.other()
             )));
         }
-        let snapshot = serde_json::to_value(&self.cfg).unwrap_or_default();
+        let snapshot = redacted_snapshot(&self.cfg);
         // Today's schema head, before anything runs: what this release ships beyond the
         // active one's head is judged (and backed up for) before it starts.
         let head = self.read_migration_head(&progress).await;
@@ -1450,4 +1450,43 @@ pub(crate) fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The service's config as the ledger keeps it with a release: `env` values are replaced
+/// by a digest (a change still shows, the value never does), since `releases --json`
+/// prints the snapshot.
+fn redacted_snapshot(cfg: &crate::config::ServiceConfig) -> serde_json::Value {
+    use sha2::{Digest, Sha256};
+    let mut snapshot = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(env) = snapshot.get_mut("env").and_then(|e| e.as_object_mut()) {
+        for value in env.values_mut() {
+            let digest = Sha256::digest(value.as_str().unwrap_or_default().as_bytes());
+            let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+            *value = serde_json::Value::String(format!("<redacted sha256:{short}>"));
+        }
+    }
+    snapshot
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    #[test]
+    fn env_values_never_reach_the_ledger_snapshot() {
+        let cfg = crate::config::Config::parse(
+            "[service.web]\nlisten = \"127.0.0.1:18080\"\nslots = { blue = 18081, green = 18082 }\n\
+             command = [\"app\", \"{port}\"]\n[service.web.env]\nAPI_TOKEN = \"s3cret-value\"\n",
+            std::path::Path::new("ripcord.toml"),
+        )
+        .unwrap();
+        let snap = super::redacted_snapshot(&cfg.services["web"]);
+        let text = snap.to_string();
+        assert!(!text.contains("s3cret-value"), "{text}");
+        assert!(
+            snap["env"]["API_TOKEN"]
+                .as_str()
+                .unwrap()
+                .starts_with("<redacted sha256:"),
+            "{text}"
+        );
+    }
 }

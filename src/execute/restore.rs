@@ -80,13 +80,21 @@ impl ServiceExec {
             .map(|u| u.database)
             .map_err(|e| ExecError::Usage(e.to_string()))?;
         if confirm != database || rec.database != database {
-            return Err(ExecError::Refused(format!(
+            let why = format!(
                 "refused, nothing changed: consent was given for `{confirm}`, this watcher's config \
                  restores into `{database}`, and backup #{backup_id} is of `{}`; they must all be the \
                  same database (restart the watcher after changing [service.{}.database] url)",
                 rec.database,
                 self.name()
-            )));
+            );
+            record_restore_refused(
+                &mut self.ledger(),
+                self.name(),
+                Some(backup_id),
+                "database_mismatch",
+                &why,
+            );
+            return Err(ExecError::Refused(why));
         }
         let path = PathBuf::from(&rec.path);
         say(
@@ -100,17 +108,20 @@ impl ServiceExec {
             }
             Err(e) => {
                 self.ledger().set_backup_verified(backup_id, false)?;
-                return Err(ExecError::Refused(format!(
+                let why = format!(
                     "backup #{backup_id} failed its integrity check, so nothing was stopped or changed: {e}"
-                )));
+                );
+                record_restore_refused(
+                    &mut self.ledger(),
+                    self.name(),
+                    Some(backup_id),
+                    "integrity_check_failed",
+                    &why,
+                );
+                return Err(ExecError::Refused(why));
             }
         };
-        let incident = self
-            .ledger()
-            .incidents(Some(self.name()))?
-            .into_iter()
-            .find(|i| i.status == "open" || i.status == "frozen");
-        let incident = incident.map(|i| i.id);
+        let incident = open_incident(&self.ledger(), self.name())?;
         let window = db::loss_window(rec.created_at_ms, now_ms());
         let active = self.ledger().active_release(self.name())?;
         let freeze_reason = format!("database restore from backup #{backup_id} in progress");
@@ -367,6 +378,53 @@ impl ServiceExec {
     }
 }
 
+/// The service's open (or frozen) incident, the one restore events are attached to.
+pub fn open_incident(
+    ledger: &crate::ledger::Ledger,
+    service: &str,
+) -> Result<Option<i64>, crate::ledger::LedgerError> {
+    Ok(ledger
+        .incidents(Some(service))?
+        .into_iter()
+        .find(|i| i.status == "open" || i.status == "frozen")
+        .map(|i| i.id))
+}
+
+/// Records a refused restore as a `restore_refused` event, attached to the service's
+/// open incident when there is one, so the incident report shows the attempt. `reason`
+/// is a short code for scripts (`no_consent`, `wrong_confirm`, `integrity_check_failed`,
+/// `database_mismatch`); `message` is what the person was told. The refusal stands
+/// whatever happens here: a ledger that cannot be written is logged, not raised.
+pub fn record_restore_refused(
+    ledger: &mut crate::ledger::Ledger,
+    service: &str,
+    backup: Option<i64>,
+    reason: &str,
+    message: &str,
+) {
+    let incident = open_incident(ledger, service).unwrap_or_else(|e| {
+        tracing::error!(service, error = %e, "cannot read the open incident from the ledger");
+        None
+    });
+    let result = ledger.event(
+        service,
+        NewEvent {
+            kind: "restore_refused",
+            message: message.to_string(),
+            data: Some(serde_json::json!({
+                "reason": reason,
+                "backup": backup,
+                "incident": incident,
+            })),
+            incident_id: incident,
+            ..Default::default()
+        },
+    );
+    if let Err(e) = result {
+        tracing::error!(service, error = %e, "cannot write the restore_refused event to the ledger");
+    }
+}
+
 /// The db module's settings for a service: `[service.NAME.database]`, with the backup
 /// directory defaulting to `<state dir>/backups/<service>`.
 pub fn db_config(
@@ -392,14 +450,34 @@ pub fn db_config(
     })
 }
 
-/// Takes a backup (`pg_dump`), reads it back at once, and records it with its checksum
-/// and the active release; an event says so. A backup that does not read back is
-/// recorded as failed and returned as an error.
+/// A backup just taken and recorded, and the older ones retention removed after it.
+#[derive(Debug, Clone)]
+pub struct TakenBackup {
+    pub record: crate::ledger::BackupRecord,
+    pub removed: Vec<crate::ledger::BackupRecord>,
+}
+
+/// [`take_backup`] for callers that need only the new backup's record (the backup
+/// before a deploy's migrations); retention is applied all the same.
 pub async fn backup_and_record(
     ledger: &super::SharedLedger,
     service: &str,
     dbc: &DbConfig,
 ) -> Result<crate::ledger::BackupRecord, String> {
+    take_backup(ledger, service, dbc).await.map(|t| t.record)
+}
+
+/// Takes a backup (`pg_dump`), reads it back at once, records it with its checksum and
+/// the active release, and applies retention (`keep`); an event says so. Every backup,
+/// by hand or before a deploy, goes through here, so retention never depends on who
+/// took it. A backup that does not read back is recorded as failed and returned as an
+/// error; retention still runs then, because a run of failing backups must not pile up
+/// on disk, and it never removes the newest good backup.
+pub async fn take_backup(
+    ledger: &super::SharedLedger,
+    service: &str,
+    dbc: &DbConfig,
+) -> Result<TakenBackup, String> {
     let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
     let file = db::backup(dbc, service).await.map_err(|e| e.to_string())?;
     let read_back = db::verify(&file.path, &file.sha256).await;
@@ -422,13 +500,22 @@ pub async fn backup_and_record(
     lock()
         .set_backup_verified(rec.id, read_back.is_ok())
         .map_err(|e| e.to_string())?;
+    // The backup is taken and recorded: a retention failure is reported, not fatal.
+    let removed = match apply_retention(&mut lock(), service, dbc.keep) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(service, error = %e, "retention after backup #{} failed", rec.id);
+            Vec::new()
+        }
+    };
+    let removed_ids: Vec<i64> = removed.iter().map(|b| b.id).collect();
     let _ = lock().event(
         service,
         NewEvent {
             release_id: active.as_ref().map(|a| a.id),
             kind: "db_backup",
             message: format!(
-                "backup #{} of {}: {} ({} bytes){}",
+                "backup #{} of {}: {} ({} bytes){}{}",
                 rec.id,
                 rec.database,
                 rec.path,
@@ -437,17 +524,70 @@ pub async fn backup_and_record(
                     ""
                 } else {
                     "; it does NOT read back"
+                },
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; retention (keep {}) removed {}",
+                        dbc.keep,
+                        removed_ids
+                            .iter()
+                            .map(|id| format!("#{id}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 }
             ),
+            data: Some(serde_json::json!({ "backup": rec.id, "removed": removed_ids })),
             ..Default::default()
         },
     );
     if let Err(e) = read_back {
         return Err(format!("backup #{} does not read back: {e}", rec.id));
     }
-    let rec = lock()
+    let record = lock()
         .backup(rec.id)
         .map_err(|e| e.to_string())?
         .unwrap_or(rec);
-    Ok(rec)
+    Ok(TakenBackup { record, removed })
+}
+
+/// Keeps the newest `keep` backups of `service` and the newest verified one; deletes the
+/// rest, the file first and then the ledger row is marked. A file that cannot be deleted
+/// stays recorded (the next backup tries again). Returns the backups removed.
+pub fn apply_retention(
+    ledger: &mut crate::ledger::Ledger,
+    service: &str,
+    keep: usize,
+) -> Result<Vec<crate::ledger::BackupRecord>, crate::ledger::LedgerError> {
+    let all = ledger.backups(service)?;
+    let meta: Vec<db::BackupMeta> = all
+        .iter()
+        .map(|b| db::BackupMeta {
+            id: b.id,
+            created_at_ms: b.created_at_ms,
+            verified_ok: b.verified_ok,
+        })
+        .collect();
+    let doomed = db::retention(&meta, keep);
+    let mut removed = Vec::new();
+    for b in all.into_iter().filter(|b| doomed.contains(&b.id)) {
+        match std::fs::remove_file(&b.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(
+                    service,
+                    backup = b.id,
+                    "cannot remove {}: {e}; kept in the ledger",
+                    b.path
+                );
+                continue;
+            }
+        }
+        ledger.mark_backup_deleted(b.id)?;
+        removed.push(b);
+    }
+    Ok(removed)
 }

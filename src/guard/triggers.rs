@@ -267,8 +267,9 @@ pub fn cpu(rule: &CpuRule, samples: &[(i64, f64)], release_id: i64, now_ms: i64)
     }
     let mean = recent.iter().sum::<f64>() / recent.len() as f64;
     // The first sample is a delta over the second before it: it covers from then.
+    // Too short a watch to judge is no data, never a pass.
     if first_at - 1000 > from {
-        return Verdict::Ok(format!(
+        return Verdict::NoData(format!(
             "CPU {} over {} s watched of the {} s the rule needs",
             pct(mean),
             (now_ms - first_at) / 1000 + 1,
@@ -330,6 +331,7 @@ mod tests {
     fn error_rate_table() {
         // (requests, errors, expected): "n" no data, "ok", "fire".
         let cases = [
+            (0, 0, "n"),   // no traffic is no data, not health
             (3, 1, "n"),   // one error in three requests is not an outage
             (19, 19, "n"), // below min_samples, however bad
             (20, 2, "ok"),
@@ -445,10 +447,10 @@ mod tests {
         };
         let burning: Vec<(i64, f64)> = (0..=20).map(|s| (s * 1000, 0.99)).collect();
         assert!(cpu(&rule, &burning, 1, 20_000).fired().is_some());
-        // Not watched long enough yet.
+        // Not watched long enough yet: no data, never a pass.
         assert!(matches!(
             cpu(&rule, &burning[..5], 1, 4_000),
-            Verdict::Ok(_)
+            Verdict::NoData(_)
         ));
         // One dip on a busy host does not reset the clock; a lower average does not fire.
         let mut dip = burning.clone();

@@ -2,9 +2,9 @@
 //! work) on triggers, decisions, rollbacks, freezes and investigations.
 //!
 //! Sending never waits: messages go into a bounded queue with `try_send` and a worker
-//! posts them with a bounded number of retries and backoff. A slow or dead receiver
-//! delays nothing but its own messages; when the queue is full a message is dropped and
-//! counted.
+//! posts them with a bounded number of retries and backoff. Each receiver has its own
+//! queue and worker, so a slow or dead receiver delays nothing but its own messages;
+//! when its queue is full a message is dropped and counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,27 +37,33 @@ struct Message {
 /// A handle to send notifications; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Notifier {
-    tx: Option<mpsc::Sender<Message>>,
+    /// One queue and worker per receiver: a dead one never holds up the others.
+    txs: Vec<mpsc::Sender<Message>>,
     pub dropped: Arc<AtomicU64>,
 }
 
 impl Notifier {
-    /// Starts the worker for these webhooks; with none, sending does nothing.
+    /// Starts a worker for each of these webhooks; with none, sending does nothing.
     pub fn start(webhooks: Vec<String>) -> Notifier {
-        if webhooks.is_empty() {
-            return Notifier::default();
-        }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(worker(webhooks, rx));
+        let txs = webhooks
+            .into_iter()
+            .map(|url| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(worker(url, rx));
+                tx
+            })
+            .collect();
         Notifier {
-            tx: Some(tx),
+            txs,
             dropped: Arc::default(),
         }
     }
 
     /// Queues a message; never waits.
     pub fn send(&self, kind: &'static str, service: &str, text: String, data: serde_json::Value) {
-        let Some(tx) = &self.tx else { return };
+        if self.txs.is_empty() {
+            return;
+        }
         let msg = Message {
             kind,
             service: service.to_string(),
@@ -65,14 +71,16 @@ impl Notifier {
             data,
             at_ms: now_ms(),
         };
-        if tx.try_send(msg).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(kind, "notification queue full: message dropped");
+        for tx in &self.txs {
+            if tx.try_send(msg.clone()).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(kind, "notification queue full: message dropped");
+            }
         }
     }
 }
 
-async fn worker(webhooks: Vec<String>, mut rx: mpsc::Receiver<Message>) {
+async fn worker(url: String, mut rx: mpsc::Receiver<Message>) {
     let client = HttpClient::default();
     while let Some(msg) = rx.recv().await {
         let body = json!({
@@ -82,23 +90,21 @@ async fn worker(webhooks: Vec<String>, mut rx: mpsc::Receiver<Message>) {
             "at_ms": msg.at_ms,
             "data": msg.data,
         });
-        for url in &webhooks {
-            let mut last = String::new();
-            let mut delivered = false;
-            for pause in BACKOFF {
-                tokio::time::sleep(pause).await;
-                match client.post_json(url, &body, TIMEOUT).await {
-                    Ok(r) if (200..300).contains(&r.status) => {
-                        delivered = true;
-                        break;
-                    }
-                    Ok(r) => last = format!("answered {}", r.status),
-                    Err(e) => last = e.to_string(),
+        let mut last = String::new();
+        let mut delivered = false;
+        for pause in BACKOFF {
+            tokio::time::sleep(pause).await;
+            match client.post_json(&url, &body, TIMEOUT).await {
+                Ok(r) if (200..300).contains(&r.status) => {
+                    delivered = true;
+                    break;
                 }
+                Ok(r) => last = format!("answered {}", r.status),
+                Err(e) => last = e.to_string(),
             }
-            if !delivered {
-                tracing::warn!(url = %url, kind = msg.kind, "webhook not delivered after {} attempts: {last}", BACKOFF.len());
-            }
+        }
+        if !delivered {
+            tracing::warn!(url = %url, kind = msg.kind, "webhook not delivered after {} attempts: {last}", BACKOFF.len());
         }
     }
 }
@@ -126,6 +132,65 @@ mod tests {
         );
         // The queue holds QUEUE; the rest were dropped and counted, not waited for.
         assert!(n.dropped.load(Ordering::Relaxed) >= 1000 - QUEUE as u64 - 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_receiver_does_not_hold_up_the_others() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Accepts connections and never answers: each post waits out its timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        // Answers 200 to every post and counts them.
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let (got_tx, mut got_rx) = mpsc::channel::<()>(16);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = live.accept().await {
+                let got_tx = got_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut data = Vec::new();
+                    for _ in 0..20 {
+                        let Ok(n) = s.read(&mut buf).await else {
+                            return;
+                        };
+                        data.extend_from_slice(&buf[..n]);
+                        if data.ends_with(b"}") || n == 0 {
+                            break;
+                        }
+                    }
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = got_tx.send(()).await;
+                });
+            }
+        });
+        let n = Notifier::start(vec![
+            format!("http://{silent_addr}/hook"),
+            format!("http://{live_addr}/hook"),
+        ]);
+        let start = Instant::now();
+        for i in 0..3 {
+            n.send("trigger", "web", format!("message {i}"), json!({}));
+        }
+        for i in 0..3 {
+            tokio::time::timeout(Duration::from_secs(2), got_rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("message {i} waited for the silent receiver"))
+                .unwrap();
+        }
+        // The silent receiver costs TIMEOUT per attempt; the live one got all three
+        // well before the first of those ran out.
+        assert!(start.elapsed() < TIMEOUT, "{:?}", start.elapsed());
     }
 
     #[tokio::test]

@@ -68,8 +68,10 @@ struct Watch {
     cpu: VecDeque<(i64, f64)>,
     exit: Option<(String, bool, i64)>,
     last_baseline_ms: i64,
-    /// Whether each of the most recent requests failed, newest last.
-    recent: VecDeque<bool>,
+    /// When each of the most recent requests was answered and whether it failed, newest
+    /// last. Only those inside the error rule's window count: on a quiet service the
+    /// last few dozen requests may span hours.
+    recent: VecDeque<(i64, bool)>,
     created_ms: i64,
     recent_cap: usize,
 }
@@ -266,7 +268,7 @@ impl Guard {
         if w.recent.len() == w.recent_cap {
             w.recent.pop_front();
         }
-        w.recent.push_back(error);
+        w.recent.push_back((rec.at_ms, error));
         if error {
             w.failed += 1;
             w.bad(rec.at_ms);
@@ -508,14 +510,15 @@ impl Guard {
                 match triggers::error_rate(rule, &w.errors.stats(now), release, now) {
                     Verdict::Fired(f) => Verdict::Fired(f),
                     slow => {
-                        let errors = w.recent.iter().filter(|e| **e).count() as u64;
-                        match triggers::error_rate_recent(
-                            rule,
-                            errors,
-                            w.recent.len() as u64,
-                            release,
-                            now,
-                        ) {
+                        let since = now - rule.window_secs as i64 * 1000;
+                        let (errors, total) = w
+                            .recent
+                            .iter()
+                            .filter(|(at, _)| *at >= since)
+                            .fold((0u64, 0u64), |(e, n), (_, err)| {
+                                (e + u64::from(*err), n + 1)
+                            });
+                        match triggers::error_rate_recent(rule, errors, total, release, now) {
                             Verdict::Fired(f) => Verdict::Fired(f),
                             _ => slow,
                         }
@@ -691,7 +694,7 @@ impl Guard {
             .map_or(0.05, |r| r.above / 2.0);
         let over_cpu = self.exec.cfg.triggers.cpu.as_ref().map(|c| c.above);
         let w = self.watch(release);
-        let errors = w.recent.iter().filter(|e| **e).count();
+        let errors = w.recent.iter().filter(|(_, e)| *e).count();
         let cpu_hot =
             over_cpu.is_some_and(|above| w.cpu.back().is_some_and(|(_, share)| *share > above));
         if (errors as f64) <= limit * w.recent.len() as f64 && !cpu_hot {
@@ -897,10 +900,26 @@ impl Guard {
                 let notifier = self.notifier.clone();
                 let acting = self.acting.clone();
                 let retry = self.retry.clone();
-                let watch_stats = self
-                    .watches
-                    .get(&release_id)
-                    .map(|w| (w.total, w.failed, w.first_bad_ms));
+                let watch_stats = self.watches.get(&release_id).map(|w| {
+                    // The bad release's own ratio over its latest requests: per-second
+                    // buckets shared with the good release dilute a sub-second failure.
+                    let min = self
+                        .exec
+                        .cfg
+                        .triggers
+                        .error_rate
+                        .as_ref()
+                        .map_or(20, |r| r.min_samples as usize);
+                    let recent_ratio = (w.recent.len() >= min).then(|| {
+                        w.recent.iter().filter(|(_, e)| *e).count() as f64 / w.recent.len() as f64
+                    });
+                    WatchStats {
+                        total: w.total,
+                        failed: w.failed,
+                        first_bad_ms: w.first_bad_ms,
+                        recent_ratio,
+                    }
+                });
                 let series = self.series.clone();
                 // After an investigation the trigger fired when it opened, not at the
                 // deadline that ended it.
@@ -954,6 +973,16 @@ impl Guard {
     }
 }
 
+/// The bad release's facts when the guard decided to roll it back.
+#[derive(Default)]
+struct WatchStats {
+    total: u64,
+    failed: u64,
+    first_bad_ms: Option<i64>,
+    /// Its 5xx ratio over its latest requests, when there were enough to judge.
+    recent_ratio: Option<f64>,
+}
+
 /// How an automatic rollback ended.
 enum Ended {
     Verified,
@@ -972,13 +1001,18 @@ async fn finish_rollback(
     notifier: Notifier,
     incident: Option<i64>,
     result: Result<crate::execute::Outcome, ExecError>,
-    stats: Option<(u64, u64, Option<i64>)>,
+    stats: Option<WatchStats>,
     series: Arc<Mutex<Window>>,
     detected_ms: i64,
 ) -> Ended {
     let name = exec.cfg.name.clone();
     let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
-    let (total, failed, first_bad) = stats.unwrap_or((0, 0, None));
+    let WatchStats {
+        total,
+        failed,
+        first_bad_ms: first_bad,
+        recent_ratio,
+    } = stats.unwrap_or_default();
     match result {
         Ok(outcome) => {
             let first = first_bad.unwrap_or(detected_ms);
@@ -1000,7 +1034,7 @@ async fn finish_rollback(
                 .iter()
                 .filter(|p| p.requests > 0)
                 .map(|p| p.errors as f64 / p.requests as f64)
-                .fold(0.0, f64::max);
+                .fold(recent_ratio.unwrap_or(0.0), f64::max);
             let peak_p95 = window.iter().filter_map(|p| p.p95_ms).fold(0.0, f64::max);
             let impact = json!({
                 "failed_requests": failed,

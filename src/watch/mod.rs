@@ -85,6 +85,17 @@ struct Service {
 pub fn ensure_state_dir(path: &Path) -> Result<(), WatchError> {
     use std::os::unix::fs::DirBuilderExt;
     if path.is_dir() {
+        // Env snapshots and the ledger live here: say so when others can read it.
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                "state dir {} is readable by other users (mode {:o}): `chmod 700 {}`",
+                path.display(),
+                meta.permissions().mode() & 0o777,
+                path.display()
+            );
+        }
         return Ok(());
     }
     std::fs::DirBuilder::new()
@@ -137,7 +148,11 @@ pub async fn run(
 
     let socket = control::socket_path(state_dir);
     let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).map_err(|source| WatchError::Socket {
+    // Created owner-only: no moment in which another user could connect to it.
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(&socket);
+    nix::sys::stat::umask(umask);
+    let listener = bound.map_err(|source| WatchError::Socket {
         path: socket.clone(),
         source,
     })?;

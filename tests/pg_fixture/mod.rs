@@ -197,3 +197,22 @@ impl Postgres {
         );
     }
 }
+
+/// A directory for `pg_bin_dir` whose `pg_dump` succeeds but writes a file that is not a
+/// dump, so the backup is recorded and then fails to read back (`verified_ok` false).
+pub fn broken_pg_dump_dir(parent: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = parent.join("broken-pg-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("pg_dump");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n\
+         for a in \"$@\"; do\n\
+         case \"$a\" in --file=*) printf 'PGDMP this is not a dump\\n' > \"${a#--file=}\" ;; esac\n\
+         done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
