@@ -351,6 +351,10 @@ command = ["sh", "-c", "test {version} != v2"]
     let mut p = Project::new("", tail);
     p.start_watcher();
     assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
+    eventually("the load loop runs", Duration::from_secs(10), || {
+        load.sent.load(std::sync::atomic::Ordering::Relaxed) > 50
+    });
     let out = p.deploy("v2", &[]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
@@ -359,6 +363,19 @@ command = ["sh", "-c", "test {version} != v2"]
         stderr(&out)
     );
     assert_eq!(serving(&p), "v1");
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert!(
+        report.failures.is_empty(),
+        "requests failed across the switch there and back: {:?}",
+        report.failures
+    );
+    // v2 drains, then is stopped.
+    eventually(
+        "v2 is stopped after its drain",
+        Duration::from_secs(20),
+        || std::net::TcpStream::connect(("127.0.0.1", p.green)).is_err(),
+    );
     let releases = p.json(&["releases", "web"]);
     assert_eq!(releases[0]["status"], "bad");
     assert_eq!(releases[1]["status"], "active");

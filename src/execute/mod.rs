@@ -516,7 +516,7 @@ impl ServiceExec {
         let report = self.verify_serving(op, release, progress).await?;
         if !report.ok {
             return Err(self
-                .verify_failed_after_deploy(op, release, from, old, report)
+                .verify_failed_after_deploy(release, from, old, report)
                 .await);
         }
         Ok(Outcome {
@@ -539,7 +539,6 @@ impl ServiceExec {
     /// one is still warm; the new release is marked bad either way.
     async fn verify_failed_after_deploy(
         &self,
-        op: i64,
         release: &Release,
         from: Option<&Release>,
         old: Option<Arc<Target>>,
@@ -573,7 +572,11 @@ impl ServiceExec {
                     return e.into();
                 }
                 self.clear_warm(old.slot);
-                self.stop_slot(new_slot, Some(op)).await;
+                // Requests in flight on the new release finish there: it is stopped
+                // after the drain, as a rollback's previous release is.
+                if let Err(e) = self.keep_warm(new_slot, ROLLBACK_DRAIN) {
+                    return e.into();
+                }
                 format!("; traffic is back on {}", from.version)
             }
             _ => {
