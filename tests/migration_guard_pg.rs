@@ -1,8 +1,9 @@
 //! The migration guard end to end with a real PostgreSQL: each release's schema head is
 //! read from a real `alembic_version` table (no head command), a rollback across a
 //! contract migration is refused, a deploy that ships a contract with the expand it
-//! needs is refused (`on_contract = "refuse"`) unless forced, and a deploy whose
-//! migrations have not run yet takes a database backup first.
+//! needs is refused (`on_contract = "refuse"`) unless forced, a deploy whose
+//! migrations have not run yet takes a database backup first, and what a rollback
+//! crosses (forced or not, or could not judge) is recorded in the ledger's events.
 
 mod common;
 mod pg_fixture;
@@ -166,4 +167,85 @@ fn a_contract_shipped_with_its_expand_is_refused_and_a_backup_comes_first() {
     assert_eq!(backups.as_array().unwrap().len(), 1, "{backups}");
     assert_eq!(backups[0]["verified_ok"], true);
     assert_eq!(serving(&p), "v2");
+}
+
+/// SQL built at run time: the checker cannot tell its phase.
+const U004: &str = r#"revision = "004"
+down_revision = "003"
+from alembic import op
+
+def upgrade():
+    op.execute(build_sql())
+
+def downgrade():
+    pass
+"#;
+
+/// The events of `kind`, newest first.
+fn events(p: &Project, kind: &str) -> Vec<String> {
+    p.json(&["events", "web"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_forced_rollback_records_what_it_crossed_and_an_unknown_phase_warns() {
+    let pg = start();
+    make_db(&pg, "crm");
+    let mut p = project(&pg, "crm", "", "");
+    std::fs::write(p.dir.path().join("migrations/versions/004_built.py"), U004).unwrap();
+    p.start_watcher();
+    set_head(&pg, "crm", "001");
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    set_head(&pg, "crm", "003");
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    set_head(&pg, "crm", "004");
+    assert_ok(&p.deploy("v3", &[]), "deploy v3");
+
+    // v3 -> v2 crosses only 004, whose phase is unknown: allowed, with a warning that
+    // names it. Regression: it was allowed without a word.
+    let out = p.run(&["rollback", "web", "--to", "v2"]);
+    assert_ok(&out, "rollback to v2");
+    assert_eq!(serving(&p), "v2");
+    let warnings = events(&p, "migration_warning");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("004_built.py could not be analysed")),
+        "{warnings:?}"
+    );
+    let crossed = events(&p, "rollback_migrations");
+    assert!(
+        crossed.iter().any(|m| m.contains("004_built.py (unknown")),
+        "{crossed:?}"
+    );
+
+    // v2 -> v1 crosses the contract 003: refused, then forced with a reason, and the
+    // ledger says what was forced past. Regression: a forced rollback checked nothing.
+    let out = p.run(&["rollback", "web", "--to", "v1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(events(&p, "migration_forced").is_empty());
+    let out = p.run(&[
+        "rollback",
+        "web",
+        "--to",
+        "v1",
+        "--force",
+        "--reason",
+        "schema restored by hand",
+    ]);
+    assert_ok(&out, "forced rollback to v1");
+    assert_eq!(serving(&p), "v1");
+    let forced = events(&p, "migration_forced");
+    assert_eq!(forced.len(), 1, "{forced:?}");
+    assert!(
+        forced[0].contains("schema restored by hand")
+            && forced[0].contains("003_drop_email.py (contract")
+            && forced[0].contains("002_email_new.py (expand"),
+        "{forced:?}"
+    );
 }

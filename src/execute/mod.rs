@@ -607,7 +607,7 @@ impl ServiceExec {
             .clone()
             .unwrap_or_else(|| "manual rollback".to_string());
         self.exclusive(holder, async || {
-            let (target, active) = self.plan_rollback(&req)?;
+            let (target, active) = self.plan_rollback(&req, &progress)?;
             self.rollback_locked(target, active, reason, progress).await
         })
         .await
@@ -617,6 +617,7 @@ impl ServiceExec {
     fn plan_rollback(
         &self,
         req: &RollbackRequest,
+        progress: &Progress,
     ) -> Result<(Release, Option<Release>), ExecError> {
         self.refuse_if_frozen("roll back")?;
         let (target, active) = {
@@ -652,7 +653,7 @@ impl ServiceExec {
                 target.version
             )));
         }
-        self.check_migrations(req, &target, active.as_ref())?;
+        self.check_migrations(req, &target, active.as_ref(), progress)?;
         Ok((target, active))
     }
 

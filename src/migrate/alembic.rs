@@ -841,6 +841,10 @@ impl<'t> Walker<'_, 't> {
                         Op::DropOther {
                             what: "type".into(),
                             name: obj_text.chars().take(40).collect(),
+                            // `checkfirst=True` skips a missing type; its default differs
+                            // between `sa.Enum` and `postgresql.ENUM`, so only the explicit
+                            // one counts.
+                            if_exists: self.text(call).contains("checkfirst=True"),
                             cascade: false,
                         },
                     );
@@ -866,7 +870,7 @@ impl<'t> Walker<'_, 't> {
                 if script.actions.is_empty() {
                     self.push(
                         call,
-                        Op::Benign {
+                        Op::Inert {
                             what: "empty SQL".into(),
                         },
                     );
@@ -895,10 +899,23 @@ impl<'t> Walker<'_, 't> {
         match arg.kind() {
             "string" => Err("op.execute runs an f-string: the SQL is built at run time and ripcord cannot see it".into()),
             "call" => {
-                let fname = arg
-                    .child_by_field_name("function")
-                    .map(|f| self.text(f))
-                    .unwrap_or("");
+                let func = arg.child_by_field_name("function");
+                // `sa.text("...").bindparams(...)` (or `.columns(...)`,
+                // `.execution_options(...)`) runs the text's SQL with values bound.
+                if let Some(f) = func.filter(|f| f.kind() == "attribute")
+                    && let (Some(obj), Some(attr)) = (
+                        f.child_by_field_name("object"),
+                        f.child_by_field_name("attribute"),
+                    )
+                    && matches!(
+                        self.text(attr),
+                        "bindparams" | "columns" | "execution_options"
+                    )
+                    && depth < MAX_DEPTH
+                {
+                    return self.sql_of(obj, depth + 1);
+                }
+                let fname = func.map(|f| self.text(f)).unwrap_or("");
                 let (pos, _) = self.args(arg);
                 if (fname == "text"
                     || fname.ends_with(".text")
@@ -1167,18 +1184,21 @@ impl<'t> Walker<'_, 't> {
                 verb: "INSERT",
                 table: pos.first().map(|n| self.table_name(*n)).unwrap_or_default(),
             },
-            "create_table_comment"
-            | "drop_table_comment"
-            | "get_bind"
-            | "get_context"
-            | "inline_literal"
-            | "f"
-            | "create_sequence" => Op::Benign {
+            "create_table_comment" | "drop_table_comment" => Op::Benign {
                 what: format!("op.{method}"),
+            },
+            "get_bind" | "get_context" | "inline_literal" | "f" => Op::Inert {
+                what: format!("op.{method}"),
+            },
+            "create_sequence" => Op::CreateOther {
+                what: "sequence",
+                name: pos.first().map(|n| self.name_of(*n)).unwrap_or_default(),
+                if_not_exists: kw_true("if_not_exists"),
             },
             "drop_sequence" => Op::DropOther {
                 what: "sequence".into(),
                 name: pos.first().map(|n| self.name_of(*n)).unwrap_or_default(),
+                if_exists: kw_true("if_exists"),
                 cascade: false,
             },
             _ => unknown_op(method),

@@ -157,6 +157,17 @@ pub enum Phase {
     Unknown,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Expand => "expand",
+            Phase::Migrate => "migrate",
+            Phase::Contract => "contract",
+            Phase::Unknown => "unknown",
+        }
+    }
+}
+
 /// The verdict on a migration's downgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -63,13 +63,22 @@ pub(crate) enum Op {
     DropSchema {
         what: &'static str,
         name: String,
+        if_exists: bool,
         cascade: bool,
     },
     /// DROP VIEW / TYPE / SEQUENCE / FUNCTION ...: objects old code may use.
     DropOther {
         what: String,
         name: String,
+        if_exists: bool,
         cascade: bool,
+    },
+    /// CREATE SEQUENCE / SCHEMA / EXTENSION: additive and harmless to running code, so
+    /// judged like [`Op::Benign`] except that a retry needs IF NOT EXISTS.
+    CreateOther {
+        what: &'static str,
+        name: String,
+        if_not_exists: bool,
     },
     Truncate {
         tables: Vec<String>,
@@ -195,8 +204,13 @@ pub(crate) enum Op {
     BatchRecreate {
         table: String,
     },
-    /// Understood and harmless to running code: CREATE VIEW, COMMENT, GRANT, SELECT, ...
+    /// Understood and harmless to running code: CREATE VIEW, COMMENT, GRANT, ...
     Benign {
+        what: String,
+    },
+    /// Understood and changes nothing in the schema or the data: a SELECT that calls no
+    /// function, SET, ANALYZE, `op.get_bind()`. A downgrade of only these undoes nothing.
+    Inert {
         what: String,
     },
     /// Not understood: becomes an `unknown` finding.

@@ -496,6 +496,18 @@ impl Engine<'_> {
         }
     }
 
+    /// DDL outside a transaction is not undone when a later statement fails, so the
+    /// retry runs it again: without IF [NOT] EXISTS that retry fails.
+    fn idempotent(&mut self, line: usize, guarded: bool, what: &str, clause: &str) {
+        if !self.in_tx && !guarded {
+            self.emit(
+                "not-idempotent",
+                line,
+                format!("{what} runs outside a transaction without {clause}: a retry fails"),
+            );
+        }
+    }
+
     fn reset_tx_state(&mut self) {
         self.not_valid.clear();
         self.enum_values.clear();
@@ -541,12 +553,25 @@ impl Engine<'_> {
                             .insert((norm(table), norm(c)), ty.clone());
                     }
                 }
-                if !self.in_tx && !if_not_exists {
-                    self.emit("not-idempotent", line, format!("CREATE TABLE {table} runs outside a transaction without IF NOT EXISTS: a retry fails"));
-                }
+                self.idempotent(
+                    line,
+                    *if_not_exists,
+                    &format!("CREATE TABLE {table}"),
+                    "IF NOT EXISTS",
+                );
                 self.mark(Phase::Expand, line, format!("creates table {table}"));
             }
-            Op::DropTable { table, cascade, .. } => {
+            Op::DropTable {
+                table,
+                if_exists,
+                cascade,
+            } => {
+                self.idempotent(
+                    line,
+                    *if_exists,
+                    &format!("DROP TABLE {table}"),
+                    "IF EXISTS",
+                );
                 if self.existing(table) {
                     self.lock_taken(line, &format!("DROP TABLE {table}"));
                     let since = if self.from_up.tables.contains(&norm(table)) {
@@ -569,8 +594,15 @@ impl Engine<'_> {
             Op::DropSchema {
                 what,
                 name,
+                if_exists,
                 cascade,
             } => {
+                self.idempotent(
+                    line,
+                    *if_exists,
+                    &format!("DROP {} {name}", what.to_ascii_uppercase()),
+                    "IF EXISTS",
+                );
                 let cascade = if *cascade {
                     " with everything in it (CASCADE)"
                 } else {
@@ -592,8 +624,15 @@ impl Engine<'_> {
             Op::DropOther {
                 what,
                 name,
+                if_exists,
                 cascade,
             } => {
+                self.idempotent(
+                    line,
+                    *if_exists,
+                    &format!("DROP {} {name}", what.to_ascii_uppercase()),
+                    "IF EXISTS",
+                );
                 if *cascade {
                     self.emit(
                         "drop-cascade",
@@ -697,9 +736,15 @@ impl Engine<'_> {
             Op::DropColumn {
                 table,
                 column,
+                if_exists,
                 cascade,
-                ..
             } => {
+                self.idempotent(
+                    line,
+                    *if_exists,
+                    &format!("ALTER TABLE {table} DROP COLUMN {column}"),
+                    "IF EXISTS",
+                );
                 if self.new_column(table, column) {
                     return;
                 }
@@ -957,9 +1002,7 @@ impl Engine<'_> {
                     self.lock_taken(line, &format!("DROP INDEX {name}"));
                     self.emit("drop-index-without-concurrently", line, format!("DROP INDEX {name} without CONCURRENTLY takes ACCESS EXCLUSIVE on its table"));
                 }
-                if !self.in_tx && !if_exists {
-                    self.emit("not-idempotent", line, format!("DROP INDEX {name} runs outside a transaction without IF EXISTS: a retry fails"));
-                }
+                self.idempotent(line, *if_exists, &format!("DROP INDEX {name}"), "IF EXISTS");
                 if self.side == Side::Up {
                     self.schema.indexes.remove(&norm(name));
                 }
@@ -1062,7 +1105,17 @@ impl Engine<'_> {
                     self.emit("domain-with-constraint", line, format!("adds a constraint to domain {name}: scans every column of that domain in every table"));
                 }
             }
-            Op::EnumAddValue { name, value, .. } => {
+            Op::EnumAddValue {
+                name,
+                value,
+                if_not_exists,
+            } => {
+                self.idempotent(
+                    line,
+                    *if_not_exists,
+                    &format!("ALTER TYPE {name} ADD VALUE '{value}'"),
+                    "IF NOT EXISTS",
+                );
                 if self.in_tx {
                     if pg < 12 {
                         self.emit("enum-add-value-in-transaction", line, format!("ALTER TYPE {name} ADD VALUE '{value}' cannot run inside a transaction before PostgreSQL 12{}", self.tx_hint()));
@@ -1133,7 +1186,19 @@ impl Engine<'_> {
                     self.emit("batch-recreate-table", line, format!("batch_alter_table({table}, recreate=\"always\") copies the whole table into a new one and drops the old: writes in between are lost or blocked"));
                 }
             }
-            Op::Benign { .. } => {}
+            Op::CreateOther {
+                what,
+                name,
+                if_not_exists,
+            } => {
+                self.idempotent(
+                    line,
+                    *if_not_exists,
+                    &format!("CREATE {} {name}", what.to_ascii_uppercase()),
+                    "IF NOT EXISTS",
+                );
+            }
+            Op::Benign { .. } | Op::Inert { .. } => {}
             Op::Unknown { rule, why } => {
                 self.emit(rule, line, why.clone());
                 self.mark(Phase::Unknown, line, why.clone());
@@ -1158,6 +1223,12 @@ impl Engine<'_> {
 
     fn add_column(&mut self, line: usize, add: &super::model::AddColumn, pg: u32) {
         let (table, column) = (&add.table, &add.column);
+        self.idempotent(
+            line,
+            add.if_not_exists,
+            &format!("ALTER TABLE {table} ADD COLUMN {column}"),
+            "IF NOT EXISTS",
+        );
         let key = (norm(table), norm(column));
         if let (Some(ty), Side::Up) = (&add.ty, self.side) {
             self.schema.columns.insert(key.clone(), ty.clone());
@@ -1609,10 +1680,21 @@ pub(crate) fn check_migration(
     );
     let (phase, phase_reason) = phase_of(&up.phases);
 
-    let up_did_something = up_l
-        .actions
-        .iter()
-        .any(|a| !matches!(a.op, Op::Benign { .. }));
+    // What a downgrade would have to undo: not harmless additions, and not VALIDATE,
+    // VACUUM or REINDEX, which leave nothing the old code could trip on.
+    let up_did_something = up_l.actions.iter().any(|a| {
+        !undoes_nothing(&a.op)
+            && !matches!(
+                a.op,
+                Op::Benign { .. }
+                    | Op::CreateOther { .. }
+                    | Op::ValidateConstraint { .. }
+                    | Op::Vacuum { .. }
+                    | Op::Reindex { .. }
+            )
+    });
+    // A downgrade of only SELECT 1, SET and transaction markers undoes nothing.
+    let down_empty = down_l.empty || down_l.actions.iter().all(|a| undoes_nothing(&a.op));
     let mut down_raw = down.findings;
     let state = if down_l.missing {
         if up_did_something {
@@ -1636,17 +1718,20 @@ pub(crate) fn check_migration(
             anchor: None,
         });
         DownState::Missing
-    } else if down_l.empty && up_did_something {
+    } else if down_empty && up_did_something {
         down_raw.push(Raw {
-            finding: meta_finding("downgrade-empty", down_l.line.max(1), "the downgrade does nothing while the upgrade changes the schema: a rollback would leave the new schema in place".to_string()),
+            finding: meta_finding("downgrade-empty", down_l.line.max(1), format!("the downgrade does nothing{} while the upgrade changes the schema: a rollback would leave the new schema in place", if down_l.empty { "" } else { " (it only runs statements that change nothing, such as SELECT or SET)" })),
             anchor: None,
         });
         DownState::Empty
     } else {
+        // How the downgrade runs (a lock wait, a retry after a failure) is not what
+        // it does to the schema: those findings do not decide its state.
         let has = |r: Risk| {
-            down_raw
-                .iter()
-                .any(|f| f.finding.risk.contains(&r) && f.finding.rule != "missing-lock-timeout")
+            down_raw.iter().any(|f| {
+                f.finding.risk.contains(&r)
+                    && !matches!(f.finding.rule, "missing-lock-timeout" | "not-idempotent")
+            })
         };
         if has(Risk::Fails) {
             DownState::Fails
@@ -1686,6 +1771,20 @@ pub(crate) fn check_migration(
             suppressed: down_suppressed,
         },
     }
+}
+
+/// Whether an operation leaves the schema and the data as they were.
+fn undoes_nothing(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Inert { .. }
+            | Op::SetTimeout { .. }
+            | Op::Begin
+            | Op::Commit
+            | Op::Rollback
+            | Op::AutocommitStart
+            | Op::AutocommitEnd
+    )
 }
 
 fn meta_finding(id: &'static str, line: usize, message: String) -> Finding {

@@ -672,6 +672,7 @@ fn dml_table(words: &[String]) -> String {
 
 fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
     let benign = |what: &str| vec![Op::Benign { what: what.into() }];
+    let inert = |what: &str| vec![Op::Inert { what: what.into() }];
     match st {
         Statement::CreateTable(ct) => vec![Op::CreateTable {
             table: name(&ct.name),
@@ -728,16 +729,19 @@ fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
                 ObjectType::Schema => Op::DropSchema {
                     what: "schema",
                     name: name(n),
+                    if_exists: *if_exists,
                     cascade: *cascade,
                 },
                 ObjectType::Database => Op::DropSchema {
                     what: "database",
                     name: name(n),
+                    if_exists: *if_exists,
                     cascade: *cascade,
                 },
                 other => Op::DropOther {
                     what: other.to_string().to_ascii_lowercase(),
                     name: name(n),
+                    if_exists: *if_exists,
                     cascade: *cascade,
                 },
             })
@@ -775,7 +779,7 @@ fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
             match var.as_str() {
                 "lock_timeout" => vec![Op::SetTimeout { lock: true, local }],
                 "statement_timeout" => vec![Op::SetTimeout { lock: false, local }],
-                _ => benign("SET"),
+                _ => inert("SET"),
             }
         }
         Statement::Vacuum(v) => vec![Op::Vacuum {
@@ -821,37 +825,57 @@ fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
                 to: name(&r.new_name),
             })
             .collect(),
-        Statement::DropFunction(_) => vec![Op::DropOther {
-            what: "function".into(),
-            name: words
-                .get(2)
-                .cloned()
-                .unwrap_or_default()
-                .to_ascii_lowercase(),
-            cascade: words.iter().any(|w| w == "CASCADE"),
-        }],
-        Statement::DropTrigger(_) | Statement::DropDomain(_) | Statement::DropPolicy(_) => {
+        Statement::DropFunction(_)
+        | Statement::DropTrigger(_)
+        | Statement::DropDomain(_)
+        | Statement::DropPolicy(_) => {
+            // `DROP <what> [IF EXISTS] <name> ...`, from the tokens.
+            let word = |i: usize| words.get(i).cloned().unwrap_or_default();
+            let if_exists = word(2) == "IF" && word(3) == "EXISTS";
             vec![Op::DropOther {
-                what: words
-                    .get(1)
-                    .cloned()
-                    .unwrap_or_default()
-                    .to_ascii_lowercase(),
-                name: words
-                    .get(2)
-                    .cloned()
-                    .unwrap_or_default()
-                    .to_ascii_lowercase(),
+                what: word(1).to_ascii_lowercase(),
+                name: word(if if_exists { 4 } else { 2 }).to_ascii_lowercase(),
+                if_exists,
                 cascade: words.iter().any(|w| w == "CASCADE"),
             }]
         }
-        Statement::Query(_) => benign("SELECT"),
+        Statement::CreateSequence {
+            if_not_exists,
+            name: n,
+            ..
+        } => vec![Op::CreateOther {
+            what: "sequence",
+            name: name(n),
+            if_not_exists: *if_not_exists,
+        }],
+        Statement::CreateSchema {
+            schema_name,
+            if_not_exists,
+            ..
+        } => vec![Op::CreateOther {
+            what: "schema",
+            name: schema_name.to_string(),
+            if_not_exists: *if_not_exists,
+        }],
+        Statement::CreateExtension(e) => vec![Op::CreateOther {
+            what: "extension",
+            name: e.name.value.clone(),
+            if_not_exists: e.if_not_exists,
+        }],
+        // A SELECT that calls no function (and selects INTO no table) reads at most; one
+        // that calls a function may do anything the function does.
+        Statement::Query(q) => {
+            let text = q.to_string();
+            if text.contains('(') || words.iter().any(|w| w == "INTO") {
+                benign("SELECT")
+            } else {
+                inert("SELECT")
+            }
+        }
+        Statement::Analyze(_) => inert("ANALYZE"),
         Statement::CreateView(_)
         | Statement::CreateFunction(_)
         | Statement::CreateTrigger(_)
-        | Statement::CreateExtension(_)
-        | Statement::CreateSchema { .. }
-        | Statement::CreateSequence { .. }
         | Statement::CreateType { .. }
         | Statement::CreateRole(_)
         | Statement::CreatePolicy(_)
@@ -863,7 +887,6 @@ fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
         | Statement::Comment { .. }
         | Statement::Grant(_)
         | Statement::Revoke(_)
-        | Statement::Analyze(_)
         | Statement::Savepoint { .. }
         | Statement::ReleaseSavepoint { .. }
         | Statement::Rollback { .. }

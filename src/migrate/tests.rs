@@ -224,6 +224,146 @@ const CASES: &[(&str, &str, &str)] = &[
         "ALTER TABLE users ADD COLUMN full_name text;\nALTER TABLE users DROP COLUMN name;",
         "ALTER TABLE users DROP COLUMN name;",
     ),
+    ("parse-error", "SELECT 'never closed;", "SELECT 'closed';"),
+    (
+        "suppression-without-reason",
+        "SET lock_timeout = '1s';\n-- ripcord:allow drop-column\nALTER TABLE users DROP COLUMN legacy;",
+        "SET lock_timeout = '1s';\n-- ripcord:allow drop-column because nothing reads it since v41\nALTER TABLE users DROP COLUMN legacy;",
+    ),
+    (
+        "suppression-unknown-rule",
+        "SET lock_timeout = '1s';\n-- ripcord:allow drop-colum because nothing reads it since v41\nALTER TABLE users DROP COLUMN legacy;",
+        "SET lock_timeout = '1s';\n-- ripcord:allow drop-column because nothing reads it since v41\nALTER TABLE users DROP COLUMN legacy;",
+    ),
+];
+
+/// An up migration in golang-migrate's layout, for the downgrade cases.
+const ADD_NICK: (&str, &str) = (
+    "m/1_nick.up.sql",
+    "SET lock_timeout = '1s';\nALTER TABLE users ADD COLUMN nick text;",
+);
+
+/// Rules a lone `m.sql` upgrade cannot show (downgrades, Alembic's Python): (rule, bad
+/// files, good files), each file a (path, text); the findings of both directions count.
+type FileCase = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static [(&'static str, &'static str)],
+);
+
+const FILE_CASES: &[FileCase] = &[
+    (
+        "downgrade-missing",
+        &[ADD_NICK],
+        &[
+            ADD_NICK,
+            (
+                "m/1_nick.down.sql",
+                "ALTER TABLE users RENAME COLUMN nick TO nick_old;",
+            ),
+        ],
+    ),
+    (
+        "downgrade-irreversible",
+        &[
+            ADD_NICK,
+            (
+                "m/1_nick.down.sql",
+                "-- ripcord:irreversible because nick is derived and rebuilt",
+            ),
+        ],
+        &[
+            ADD_NICK,
+            (
+                "m/1_nick.down.sql",
+                "ALTER TABLE users RENAME COLUMN nick TO nick_old;",
+            ),
+        ],
+    ),
+    (
+        "downgrade-empty",
+        &[
+            ADD_NICK,
+            ("m/1_nick.down.sql", "-- nothing to undo\nSELECT 1;"),
+        ],
+        &[
+            ADD_NICK,
+            (
+                "m/1_nick.down.sql",
+                "ALTER TABLE users RENAME COLUMN nick TO nick_old;",
+            ),
+        ],
+    ),
+    (
+        "downgrade-data-loss",
+        &[
+            ADD_NICK,
+            ("m/1_nick.down.sql", "ALTER TABLE users DROP COLUMN nick;"),
+        ],
+        &[
+            ADD_NICK,
+            (
+                "m/1_nick.down.sql",
+                "ALTER TABLE users RENAME COLUMN nick TO nick_old;",
+            ),
+        ],
+    ),
+    (
+        "downgrade-fails",
+        &[
+            (
+                "m/2_tier.up.sql",
+                "SET lock_timeout = '1s';\nALTER TABLE users DROP COLUMN tier;",
+            ),
+            (
+                "m/2_tier.down.sql",
+                "ALTER TABLE users ADD COLUMN tier text NOT NULL;",
+            ),
+        ],
+        &[
+            (
+                "m/2_tier.up.sql",
+                "SET lock_timeout = '1s';\nALTER TABLE users DROP COLUMN tier;",
+            ),
+            (
+                "m/2_tier.down.sql",
+                "ALTER TABLE users ADD COLUMN tier text NOT NULL DEFAULT 'free';",
+            ),
+        ],
+    ),
+    (
+        "orm-side-default",
+        &[(
+            "versions/a1.py",
+            "from alembic import op\nimport sqlalchemy as sa\ndef upgrade():\n    op.add_column('users', sa.Column('tier', sa.Text(), nullable=False, default='free'))\ndef downgrade():\n    op.drop_column('users', 'tier')\n",
+        )],
+        &[(
+            "versions/a1.py",
+            "from alembic import op\nimport sqlalchemy as sa\ndef upgrade():\n    op.add_column('users', sa.Column('tier', sa.Text(), nullable=False, server_default='free'))\ndef downgrade():\n    op.drop_column('users', 'tier')\n",
+        )],
+    ),
+    (
+        "batch-recreate-table",
+        &[(
+            "versions/a1.py",
+            "from alembic import op\nimport sqlalchemy as sa\ndef upgrade():\n    with op.batch_alter_table('users', recreate='always') as b:\n        b.add_column(sa.Column('nick', sa.Text()))\ndef downgrade():\n    op.drop_column('users', 'nick')\n",
+        )],
+        &[(
+            "versions/a1.py",
+            "from alembic import op\nimport sqlalchemy as sa\ndef upgrade():\n    with op.batch_alter_table('users', recreate='auto') as b:\n        b.add_column(sa.Column('nick', sa.Text()))\ndef downgrade():\n    op.drop_column('users', 'nick')\n",
+        )],
+    ),
+    (
+        "parse-error",
+        &[(
+            "versions/a1.py",
+            "from alembic import op\ndef upgrade():\n    op.drop_column('users', 'x'\ndef downgrade():\n    pass\n",
+        )],
+        &[(
+            "versions/a1.py",
+            "from alembic import op\ndef upgrade():\n    op.drop_column('users', 'x')\ndef downgrade():\n    pass\n",
+        )],
+    ),
 ];
 
 #[test]
@@ -251,26 +391,159 @@ fn every_rule_case_bad_fires_and_good_does_not() {
 }
 
 #[test]
-fn every_rule_has_a_case_or_a_dedicated_test() {
-    // Rules judged on downgrades, Alembic-only forms and meta rules have their own tests.
-    let dedicated = [
-        "downgrade-missing",
-        "downgrade-irreversible",
-        "downgrade-empty",
-        "downgrade-data-loss",
-        "downgrade-fails",
-        "orm-side-default",
-        "batch-recreate-table",
-        "parse-error",
-        "suppression-without-reason",
-        "suppression-unknown-rule",
-    ];
+fn every_file_case_bad_fires_and_good_does_not() {
+    for (rule, bad, good) in FILE_CASES {
+        let all = |files: &[(&str, &str)]| -> BTreeSet<&'static str> {
+            let files = files.iter().map(|(p, t)| src(p, t)).collect();
+            run_files(files, &Settings::default())
+                .files
+                .iter()
+                .flat_map(|f| f.upgrade.findings.iter().chain(&f.downgrade.findings))
+                .map(|f| f.rule)
+                .collect()
+        };
+        assert!(
+            all(bad).contains(rule),
+            "{rule}: bad example did not fire: {:?}\n{bad:?}",
+            all(bad)
+        );
+        assert!(
+            !all(good).contains(rule),
+            "{rule}: good example fired: {:?}\n{good:?}",
+            all(good)
+        );
+    }
+}
+
+#[test]
+fn every_rule_has_a_bad_and_a_good_case() {
     for id in rule_ids() {
         assert!(
-            CASES.iter().any(|c| c.0 == id) || dedicated.contains(&id),
+            CASES.iter().any(|c| c.0 == id) || FILE_CASES.iter().any(|c| c.0 == id),
             "rule {id} has no test case"
         );
     }
+}
+
+/// `not-idempotent`: (bad, good) statements that run outside a transaction. The bad
+/// ones are fine inside the runner's transaction, where a failure undoes them.
+const NOT_IDEMPOTENT: &[(&str, &str)] = &[
+    (
+        "CREATE TABLE t (id int);",
+        "CREATE TABLE IF NOT EXISTS t (id int);",
+    ),
+    (
+        "CREATE INDEX CONCURRENTLY users_email_idx ON users (email);",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS users_email_idx ON users (email);",
+    ),
+    (
+        "DROP INDEX CONCURRENTLY users_email_idx;",
+        "DROP INDEX CONCURRENTLY IF EXISTS users_email_idx;",
+    ),
+    (
+        "ALTER TABLE users ADD COLUMN nick text;",
+        "ALTER TABLE users ADD COLUMN IF NOT EXISTS nick text;",
+    ),
+    (
+        "ALTER TABLE users DROP COLUMN nick;",
+        "ALTER TABLE users DROP COLUMN IF EXISTS nick;",
+    ),
+    ("DROP TABLE legacy;", "DROP TABLE IF EXISTS legacy;"),
+    (
+        "CREATE SEQUENCE order_seq;",
+        "CREATE SEQUENCE IF NOT EXISTS order_seq;",
+    ),
+    (
+        "DROP SEQUENCE order_seq;",
+        "DROP SEQUENCE IF EXISTS order_seq;",
+    ),
+    (
+        "DROP VIEW active_users;",
+        "DROP VIEW IF EXISTS active_users;",
+    ),
+    (
+        "DROP FUNCTION touch_updated_at();",
+        "DROP FUNCTION IF EXISTS touch_updated_at();",
+    ),
+    ("DROP TYPE mood;", "DROP TYPE IF EXISTS mood;"),
+    ("CREATE SCHEMA app;", "CREATE SCHEMA IF NOT EXISTS app;"),
+    ("DROP SCHEMA app;", "DROP SCHEMA IF EXISTS app;"),
+    (
+        "CREATE EXTENSION pg_trgm;",
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm;",
+    ),
+    (
+        "ALTER TYPE mood ADD VALUE 'ok';",
+        "ALTER TYPE mood ADD VALUE IF NOT EXISTS 'ok';",
+    ),
+];
+
+#[test]
+fn not_idempotent_ddl_outside_a_transaction() {
+    let idempotency = |text: &str| -> Vec<(usize, String)> {
+        run("m.sql", text)
+            .upgrade
+            .findings
+            .iter()
+            .filter(|f| f.rule == "not-idempotent")
+            .map(|f| (f.line, f.message.clone()))
+            .collect()
+    };
+    for (bad, good) in NOT_IDEMPOTENT {
+        let outside = |s: &str| format!("-- no-transaction\nSET lock_timeout = '1s';\n{s}");
+        let found = idempotency(&outside(bad));
+        assert_eq!(
+            found.len(),
+            1,
+            "bad example did not fire once: {found:?}\n{bad}"
+        );
+        assert_eq!(found[0].0, 3, "{bad}");
+        assert!(found[0].1.contains("IF"), "{found:?}");
+        assert_eq!(
+            idempotency(&outside(good)),
+            vec![],
+            "good example fired:\n{good}"
+        );
+        // In the runner's transaction a failure undoes it, so a retry starts clean.
+        assert_eq!(
+            idempotency(bad),
+            vec![],
+            "fired inside a transaction:\n{bad}"
+        );
+    }
+    // Alembic: only what runs in autocommit_block() is outside the transaction.
+    let alembic = |body: &str| -> BTreeSet<(usize, &'static str)> {
+        let text = format!(
+            "from alembic import op\nimport sqlalchemy as sa\ndef upgrade():\n    op.execute(\"SET lock_timeout = '1s'\")\n{body}def downgrade():\n    pass\n"
+        );
+        run("versions/a1.py", &text)
+            .upgrade
+            .findings
+            .iter()
+            .filter(|f| f.rule == "not-idempotent")
+            .map(|f| (f.line, f.rule))
+            .collect()
+    };
+    let body = "    with op.get_context().autocommit_block():
+        op.add_column('users', sa.Column('nick', sa.Text()))
+        op.add_column('users', sa.Column('nick2', sa.Text()), if_not_exists=True)
+        op.drop_column('users', 'old')
+        op.drop_column('users', 'old2', if_exists=True)
+        op.drop_table('legacy')
+        op.drop_table('legacy2', if_exists=True)
+    op.add_column('users', sa.Column('nick3', sa.Text()))
+    op.drop_table('legacy3')
+";
+    assert_eq!(
+        alembic(body),
+        [
+            (6, "not-idempotent"),
+            (8, "not-idempotent"),
+            (10, "not-idempotent")
+        ]
+        .into_iter()
+        .collect()
+    );
 }
 
 #[test]
@@ -868,6 +1141,138 @@ fn alembic_downgrade_states() {
     assert_eq!(unknown.downgrade.state, DownState::Unknown);
 }
 
+#[test]
+fn a_downgrade_of_only_statements_that_change_nothing_is_empty() {
+    // Regression: `SELECT 1;` or `SET ...;` in a down file was judged `ok`, though a
+    // rollback through it leaves the upgrade's schema in place.
+    let up = src(
+        "m/1_nick.up.sql",
+        "SET lock_timeout = '1s';\nALTER TABLE users ADD COLUMN nick text;",
+    );
+    let state = |down: &str| {
+        let r = run_files(
+            vec![up.clone(), src("m/1_nick.down.sql", down)],
+            &Settings::default(),
+        );
+        (r.files[0].downgrade.state, rules_of_down(&r.files[0]))
+    };
+    for down in [
+        "SELECT 1;",
+        "-- nothing to undo\nSET search_path = app;\nSELECT 1;",
+        "BEGIN;\nSET lock_timeout = '1s';\nSELECT 1 AS done;\nCOMMIT;",
+        "ANALYZE users;",
+    ] {
+        assert_eq!(
+            state(down),
+            (DownState::Empty, vec![("downgrade-empty", 1)]),
+            "{down}"
+        );
+    }
+    // A SELECT that calls a function may undo something: not judged empty.
+    assert_eq!(state("SELECT undo_nick();").0, DownState::Ok);
+    assert_eq!(
+        state("ALTER TABLE users DROP COLUMN nick;").0,
+        DownState::DataLoss
+    );
+    // When the upgrade leaves nothing to undo either, its downgrade is not empty.
+    for up in [
+        "SELECT 1;",
+        "ALTER TABLE users VALIDATE CONSTRAINT users_email_nn;",
+        "-- no-transaction\nREINDEX INDEX CONCURRENTLY users_email_idx;",
+    ] {
+        let r = run_files(
+            vec![src("m/2_x.up.sql", up), src("m/2_x.down.sql", "SELECT 1;")],
+            &Settings::default(),
+        );
+        assert_eq!(r.files[0].downgrade.state, DownState::Ok, "{up}");
+    }
+
+    // Alembic: a docstring, logging, `pass`, a bind and a SELECT undo nothing either.
+    let base = "from alembic import op\nimport logging\nimport sqlalchemy as sa\nlog = logging.getLogger(__name__)\ndef upgrade():\n    op.add_column('users', sa.Column('x', sa.Text()))\n";
+    for body in [
+        "    \"\"\"Nothing to undo.\"\"\"\n    log.info('downgrade skipped')\n    print('skipped')\n    pass\n",
+        "    conn = op.get_bind()\n    op.execute('SELECT 1')\n    op.execute(sa.text('SET search_path = app'))\n",
+    ] {
+        let r = run("versions/a.py", &format!("{base}def downgrade():\n{body}"));
+        assert_eq!(r.downgrade.state, DownState::Empty, "{body}");
+        assert_eq!(rules_of_down(&r), vec![("downgrade-empty", 7)], "{body}");
+    }
+}
+
+fn rules_of_down(f: &FileReport) -> Vec<(&'static str, usize)> {
+    f.downgrade
+        .findings
+        .iter()
+        .map(|x| (x.rule, x.line))
+        .collect()
+}
+
+const ALEMBIC_MORE: &str = r#"from alembic import op
+import sqlalchemy as sa
+revision = "g7"
+down_revision = "b2"
+
+def upgrade():
+    op.execute("SET lock_timeout = '2s'")
+    op.drop_index("users_email_idx", table_name="users")
+    op.create_primary_key("accounts_pk", "accounts", ["id"])
+    op.create_exclude_constraint("no_overlap", "rooms", ("during", "&&"), using="gist")
+    roles = sa.table("roles", sa.column("id", sa.Integer))
+    op.bulk_insert(roles, [{"id": 1}, {"id": 2}])
+    op.create_sequence("order_seq")
+    with op.get_context().autocommit_block():
+        op.create_sequence("invoice_seq")
+        op.create_sequence("receipt_seq", if_not_exists=True)
+        op.drop_sequence("old_seq")
+        op.drop_sequence("older_seq", if_exists=True)
+        op.drop_index("users_nick_idx", postgresql_concurrently=True, if_exists=True)
+    op.get_bind().exec_driver_sql("ALTER TABLE users RENAME COLUMN a TO b")
+    conn = op.get_bind()
+    conn.exec_driver_sql("UPDATE users SET c = 1")
+    op.execute(
+        sa.text("UPDATE users SET tier = :tier WHERE tier IS NULL").bindparams(tier="free")
+    )
+
+def downgrade():
+    op.drop_constraint("accounts_pk", "accounts")
+"#;
+
+#[test]
+fn alembic_more_op_forms() {
+    let r = run("alembic/versions/g7_more.py", ALEMBIC_MORE);
+    let got: BTreeSet<(usize, &str)> = r
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .collect();
+    let want: BTreeSet<(usize, &str)> = [
+        (8, "drop-index-without-concurrently"),
+        (9, "add-primary-key"),
+        (10, "add-exclusion-constraint"),
+        (12, "backfill-in-migration"),
+        // In the transaction a sequence needs no IF NOT EXISTS; in the autocommit block
+        // it does, and so does a drop.
+        (15, "not-idempotent"),
+        (17, "not-idempotent"),
+        (20, "rename-column"),
+        (22, "backfill-in-migration"),
+        // The SQL inside sa.text(...).bindparams(...) is parsed, not reported unknown.
+        (24, "backfill-in-migration"),
+    ]
+    .into_iter()
+    .collect();
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}\nextra {extra:?}"
+    );
+    // Dropping a sequence old code may use, and renaming a column, contract.
+    assert_eq!(r.phase, Phase::Contract);
+    assert_eq!(r.downgrade.state, DownState::Ok);
+}
+
 // ---------------------------------------------------------------- phases
 
 #[test]
@@ -1448,7 +1853,8 @@ fn flyway_keeps_a_transaction_for_what_it_does_not_detect() {
         vec![src("db/V1__enum.sql", "ALTER TYPE mood ADD VALUE 'ok';")],
         &old,
     );
-    assert_eq!(rules_of(&r.files[0]), vec![]);
+    // Outside a transaction, only IF NOT EXISTS lets a retry pass the value it added.
+    assert_eq!(rules_of(&r.files[0]), vec![("not-idempotent", 1)]);
 }
 
 fn diesel_files(metadata: Option<&str>) -> Vec<SourceFile> {
