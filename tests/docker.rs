@@ -263,6 +263,10 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
     p.env_file("DEMO_VERSION=v2\nAPI_TOKEN=s3cret-two\n");
     let out = p.run(&["deploy", &p.svc, "v2"]);
     assert_ok(&out, "deploy v2");
+    assert!(
+        !format!("{}{}", stdout(&out), stderr(&out)).contains("s3cret"),
+        "deploy printed a secret"
+    );
     assert_eq!(p.serving(), "v2");
 
     // The ledger pinned each release to its image id, and names (never values) of its env.
@@ -281,7 +285,10 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
     for args in [
         vec!["--json", "releases", p.svc.as_str()],
         vec!["--json", "status", p.svc.as_str()],
+        vec!["status", p.svc.as_str()],
         vec!["events", p.svc.as_str()],
+        vec!["--json", "events", p.svc.as_str()],
+        vec!["doctor", p.svc.as_str()],
     ] {
         let out = p.run(&args);
         let all = format!("{}{}", stdout(&out), stderr(&out));
@@ -314,6 +321,10 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
     p.env_file("DEMO_VERSION=v3-todays-env\nAPI_TOKEN=changed\n");
     let out = p.run(&["--json", "rollback", &p.svc, "--reason", "test"]);
     assert_ok(&out, "rollback");
+    assert!(
+        !format!("{}{}", stdout(&out), stderr(&out)).contains("s3cret"),
+        "rollback printed a secret"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["warm"], false, "a cold rollback: {v}");
     // v1 runs v1's image with v1's snapshot: it says v1, not today's v3-todays-env.
@@ -344,7 +355,7 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
 fn image_replace_keeps_the_running_container_when_the_new_one_fails() {
     let repo = unique("ripcord-test-ir");
     let mut p = DockerProject::new("none", &repo, "", "");
-    let (_v1, _v2) = images(&mut p, &repo, &[]);
+    let (_v1, v2_id) = images(&mut p, &repo, &[]);
     let rt = rt();
     let engine = engine(&rt);
     build_image(
@@ -358,15 +369,22 @@ fn image_replace_keeps_the_running_container_when_the_new_one_fails() {
     p.start_watcher();
     assert_ok(&p.run(&["deploy", &p.svc, "v1"]), "deploy v1");
     assert_eq!(p.serving(), "v1");
-    p.env_file("DEMO_VERSION=v2\n");
-    let out = p.run(&["--json", "deploy", &p.svc, "v2"]);
-    assert_ok(&out, "deploy v2");
+    p.env_file("DEMO_VERSION=v2-by-ref\n");
+    // `--image REF` deploys any reference; the ledger keeps the id it resolved to.
+    let v2_ref = format!("{repo}:v2");
+    let out = p.run(&["--json", "deploy", &p.svc, "v2-by-ref", "--image", &v2_ref]);
+    assert_ok(&out, "deploy v2 by reference");
+    assert_eq!(
+        p.release("v2-by-ref")["spec"]["image"]["id"],
+        v2_id.as_str(),
+        "the release is pinned to the image the reference named"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let downtime = v["result"]["downtime_ms"]
         .as_u64()
         .expect("image replace reports its downtime");
     assert!(downtime < 20_000, "{v}");
-    assert_eq!(p.serving(), "v2");
+    assert_eq!(p.serving(), "v2-by-ref");
     let ids = containers_of(&p.svc);
     assert_eq!(ids.len(), 1, "one container after a replace");
     let serving_id = ids[0].clone();
@@ -379,7 +397,7 @@ fn image_replace_keeps_the_running_container_when_the_new_one_fails() {
     assert!(stderr(&out).contains("was not touched"), "{}", stderr(&out));
     assert_eq!(containers_of(&p.svc), vec![serving_id.clone()]);
     assert_eq!(inspect(&serving_id)["State"]["Running"], true);
-    assert_eq!(p.serving(), "v2");
+    assert_eq!(p.serving(), "v2-by-ref");
 
     // doctor: ready now; after v1's image is gone, a rollback would fail, and says so.
     let out = p.run(&["doctor", &p.svc]);
@@ -399,7 +417,7 @@ fn image_replace_keeps_the_running_container_when_the_new_one_fails() {
     let out = p.run(&["rollback", &p.svc, "--reason", "test"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(containers_of(&p.svc), vec![serving_id.clone()]);
-    assert_eq!(p.serving(), "v2");
+    assert_eq!(p.serving(), "v2-by-ref");
 }
 
 /// Deploys v1 then v2 (which misbehaves a few seconds after it starts) and waits for

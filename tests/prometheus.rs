@@ -239,3 +239,56 @@ interval_secs = 1"#
         "{list:#}"
     );
 }
+
+/// Metric rules whose query has nothing to say (an empty result, NaN) are "no data":
+/// reported in status, never a pass read as health and never a trigger.
+#[test]
+fn metric_rules_with_no_data_are_reported_and_never_fire() {
+    let prom_port = free_port();
+    let extra = format!(
+        r#"[service.web.triggers]
+error_rate = {{ enabled = false }}
+
+[service.web.prometheus]
+url = "http://127.0.0.1:{prom_port}"
+
+[[service.web.prometheus.rules]]
+name = "empty"
+query = 'sum(rate(ripcord_test_no_such_metric_total[5s]))'
+above = 0.1
+consecutive = 1
+interval_secs = 1
+
+[[service.web.prometheus.rules]]
+name = "nan"
+query = 'vector(0) / vector(0)'
+above = 0.1
+consecutive = 1
+interval_secs = 1"#
+    );
+    let mut p = Project::new(&extra, "");
+    let _prom = start_prometheus_on(prom_port, &[p.blue, p.green]);
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let rules = |p: &Project| p.json(&["status", "web"])["live"]["guard"]["rules"].clone();
+    eventually(
+        "both rules are evaluated and say no data",
+        Duration::from_secs(30),
+        || {
+            let r = rules(&p);
+            ["metric:empty", "metric:nan"].iter().all(|k| {
+                r[*k]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("no data") && !t.contains("not evaluated"))
+            })
+        },
+    );
+    // Several evaluations later, still nothing fired and nobody acted.
+    std::thread::sleep(Duration::from_secs(3));
+    let r = rules(&p);
+    for k in ["metric:empty", "metric:nan"] {
+        assert!(r[k].as_str().unwrap().starts_with("no data"), "{r:#}");
+    }
+    assert_eq!(p.json(&["incident", "list"]), serde_json::json!([]));
+    assert_eq!(serving(&p), "v1");
+}
