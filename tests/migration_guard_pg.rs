@@ -206,10 +206,23 @@ fn a_forced_rollback_records_what_it_crossed_and_an_unknown_phase_warns() {
     set_head(&pg, "crm", "004");
     assert_ok(&p.deploy("v3", &[]), "deploy v3");
 
+    // doctor says it cannot judge 004 (not blocking: the rollback is allowed).
+    let out = p.run(&["doctor", "web"]);
+    let text = common::stdout(&out);
+    assert!(
+        text.contains("schema") && text.contains("004_built.py could not be analysed"),
+        "{text}"
+    );
+
     // v3 -> v2 crosses only 004, whose phase is unknown: allowed, with a warning that
     // names it. Regression: it was allowed without a word.
     let out = p.run(&["rollback", "web", "--to", "v2"]);
     assert_ok(&out, "rollback to v2");
+    let told = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(
+        told.contains("004_built.py could not be analysed"),
+        "the person is told: {told}"
+    );
     assert_eq!(serving(&p), "v2");
     let warnings = events(&p, "migration_warning");
     assert!(

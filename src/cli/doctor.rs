@@ -136,20 +136,34 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
     ));
     // The migration guard: would the schema let the previous release's code run?
     if svc.migrations.is_some() {
-        out.push(
-            match crate::execute::migrations::rollback_verdict(svc, &prev, active.as_ref()) {
-                Ok(()) => pass(
+        let judgement = crate::execute::migrations::rollback_judgement(svc, &prev, active.as_ref());
+        out.push(match judgement.refusal() {
+            Some(refusal) => fail(
+                "schema",
+                refusal,
+                "roll forward with a fix, or restore the database to that schema first".to_string(),
+            ),
+            // Allowed, but not everything could be judged: say so rather than pass.
+            None if !judgement.warnings.is_empty() => Check {
+                blocking: false,
+                ..fail(
                     "schema",
-                    "no contract migration ran since the previous release's head".to_string(),
-                ),
-                Err(e) => fail(
-                    "schema",
-                    e.to_string(),
-                    "roll forward with a fix, or restore the database to that schema first"
+                    judgement.warnings.join("; "),
+                    "deploy through ripcord with `[service.NAME.migrations]` set, so each \
+                     release records its schema head"
                         .to_string(),
-                ),
+                )
             },
-        );
+            None => pass(
+                "schema",
+                match judgement.crossed_list() {
+                    c if c.is_empty() => {
+                        "no migration ran since the previous release's head".to_string()
+                    }
+                    c => format!("no contract migration among those a rollback crosses: {c}"),
+                },
+            ),
+        });
     }
     match svc.runtime {
         Runtime::Docker | Runtime::Swarm => docker_checks(svc, &prev, &mut out).await,

@@ -507,20 +507,6 @@ fn judge(
     j
 }
 
-/// Whether the schema lets `target`'s code run again: the migrations applied since its
-/// head are checked, and any `contract` among them refuses the rollback (with what to do).
-/// Used by `ripcord doctor`; [`rollback_judgement`] also says what could not be judged.
-pub fn rollback_verdict(
-    cfg: &crate::config::ServiceConfig,
-    target: &Release,
-    active: Option<&Release>,
-) -> Result<(), ExecError> {
-    match rollback_judgement(cfg, target, active).refusal() {
-        Some(refusal) => Err(ExecError::Refused(refusal)),
-        None => Ok(()),
-    }
-}
-
 /// The directory's newest migration: for Alembic, the one revision no other revision
 /// names as its `down_revision` (none when there are several); else the last file.
 fn directory_head(report: &Report) -> Option<String> {
