@@ -26,7 +26,7 @@ pub(super) fn freeze(
     if let Some(already) = ledger.service_state(service)?.frozen_reason {
         // The person's reason is what stands now: a restore (or anything else) that froze
         // it first will not lift it when it ends.
-        ledger.restate_freeze(service, reason, "a person")?;
+        ledger.restate_freeze(service, reason, "a person", None)?;
         if json {
             print_json(
                 &json!({ "service": service, "frozen": true, "changed": false, "reason": reason, "was": already }),

@@ -20,6 +20,12 @@ use bollard::query_parameters::{
 
 use super::{DockerError, Engine};
 
+/// A service label ripcord sets when it changes only the replica count (a restore stops
+/// and restarts the service that way). The engine keeps that scale as the previous spec,
+/// so its own rollback would then only change the replicas: a rollback goes by an
+/// explicit update instead. The next release's update removes the label.
+pub const LABEL_SCALED: &str = "ripcord.scaled";
+
 /// How a swarm service publishes its port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PublishMode {
@@ -254,7 +260,15 @@ impl Engine {
         container.labels = Some(l.clone());
         let mut sl = spec.labels.clone().unwrap_or_default();
         sl.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        sl.remove(LABEL_SCALED);
         spec.labels = Some(sl);
+        // A release with no task never runs: a service left at 0 replicas (a restore
+        // that could not give them back) gets one in the same update.
+        if let Some(r) = spec.mode.as_mut().and_then(|m| m.replicated.as_mut())
+            && r.replicas == Some(0)
+        {
+            r.replicas = Some(1);
+        }
         self.docker
             .update_service(
                 name,
@@ -301,6 +315,9 @@ impl Engine {
             replicated: Some(ServiceSpecModeReplicated { replicas: Some(n) }),
             ..Default::default()
         });
+        spec.labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_SCALED.to_string(), "true".to_string());
         self.docker
             .update_service(
                 name,

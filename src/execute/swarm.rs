@@ -60,16 +60,6 @@ impl ServiceExec {
             )));
         }
         let want = release.id.to_string();
-        if existing.is_some() && engine.service_replicas(&name).await.map_err(failed)? == Some(0) {
-            // A restore that stopped it and could not give its replicas back: a release
-            // with no task can never converge, so it gets one again.
-            self.ledger().step(
-                op,
-                "swarm_scale",
-                format!("swarm service {name} had 0 replicas: scaling it to 1"),
-            )?;
-            engine.service_scale(&name, 1).await.map_err(failed)?;
-        }
         if existing.is_none() {
             let info = engine.describe().await.map_err(failed)?;
             if !info.swarm_active {
@@ -109,7 +99,11 @@ impl ServiceExec {
                 })
                 .await
                 .map_err(failed)?;
-        } else if rollback {
+        } else if rollback
+            && existing
+                .as_ref()
+                .is_some_and(|l| !l.contains_key(crate::docker::swarm::LABEL_SCALED))
+        {
             self.ledger().step(
                 op,
                 "swarm_rollback",

@@ -213,6 +213,7 @@ impl Ledger {
         service: &str,
         reason: &str,
         by: &str,
+        incident: Option<i64>,
     ) -> Result<(), LedgerError> {
         self.ensure_state_row(service)?;
         let tx = self.write_tx()?;
@@ -227,6 +228,7 @@ impl Ledger {
             &NewEvent {
                 kind: "frozen",
                 message: format!("frozen again by {by}: {reason}"),
+                incident_id: incident,
                 ..Default::default()
             },
             now_ms(),
@@ -384,7 +386,7 @@ mod tests {
         assert!(l.unfreeze_if("web", "restore in progress", "done").unwrap());
         assert!(l.freeze("web", "restore in progress", None).unwrap());
         // A person freezes it too, meanwhile: the restore's end leaves it frozen.
-        l.restate_freeze("web", "a person: orders look wrong", "a person")
+        l.restate_freeze("web", "a person: orders look wrong", "a person", None)
             .unwrap();
         assert!(!l.unfreeze_if("web", "restore in progress", "done").unwrap());
         assert_eq!(

@@ -314,16 +314,16 @@ impl Ledger {
         let pid = std::process::id() as i64;
         let token = format!("{pid}-{now}-{}", rand_suffix());
         let tx = self.write_tx()?;
-        let existing: Option<(String, i64, i64, i64)> = tx
+        let existing: Option<(String, i64, Option<i64>, i64, i64)> = tx
             .query_row(
-                "SELECT holder, pid, acquired_at_ms, expires_at_ms FROM leases WHERE service = ?1",
+                "SELECT holder, pid, pid_start, acquired_at_ms, expires_at_ms FROM leases WHERE service = ?1",
                 [service],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        if let Some((holder, holder_pid, acquired, expires)) = existing
+        if let Some((holder, holder_pid, holder_start, acquired, expires)) = existing
             && expires > now
-            && holder_alive(holder_pid, acquired)
+            && holder_alive(holder_pid, holder_start, acquired)
         {
             return Err(LedgerError::Busy {
                 service: service.to_string(),
@@ -332,9 +332,17 @@ impl Ledger {
             });
         }
         tx.execute(
-            "INSERT OR REPLACE INTO leases (service, holder, pid, token, acquired_at_ms, expires_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![service, holder, pid, token, now, now + ttl.as_millis() as i64],
+            "INSERT OR REPLACE INTO leases (service, holder, pid, pid_start, token, acquired_at_ms, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                service,
+                holder,
+                pid,
+                crate::execute::process::process_start_ticks(pid).map(|t| t as i64),
+                token,
+                now,
+                now + ttl.as_millis() as i64
+            ],
         )?;
         tx.commit()?;
         Ok(Lease {
@@ -353,16 +361,16 @@ impl Ledger {
 
     /// Who holds the service's lease right now, if a live process does.
     pub fn lease_holder(&self, service: &str) -> Result<Option<String>, LedgerError> {
-        let row: Option<(String, i64, i64, i64)> = self
+        let row: Option<(String, i64, Option<i64>, i64, i64)> = self
             .conn
             .query_row(
-                "SELECT holder, pid, acquired_at_ms, expires_at_ms FROM leases WHERE service = ?1",
+                "SELECT holder, pid, pid_start, acquired_at_ms, expires_at_ms FROM leases WHERE service = ?1",
                 [service],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        Ok(row.and_then(|(h, pid, acquired, exp)| {
-            (exp > now_ms() && holder_alive(pid, acquired)).then_some(h)
+        Ok(row.and_then(|(h, pid, start, acquired, exp)| {
+            (exp > now_ms() && holder_alive(pid, start, acquired)).then_some(h)
         }))
     }
 
@@ -880,17 +888,21 @@ fn insert_event(
     Ok(conn.last_insert_rowid())
 }
 
-/// Whether the process that took a lease at `since_ms` still runs: the pid exists, is
-/// not a zombie (killed, not yet reaped), and started before the lease was taken. A pid
-/// the kernel has since handed to another program started later, so a lease left by a
-/// crash is never held by whatever got its pid after a reboot.
-pub fn holder_alive(pid: i64, since_ms: i64) -> bool {
+/// Whether the process that took a lease still runs: the pid exists, is not a zombie
+/// (killed, not yet reaped), and is the same process: it started when the holder did
+/// (`pid_start`, clock ticks since boot, exact). A pid the kernel has since handed to
+/// another program started at another tick. Leases written before `pid_start` was kept
+/// fall back to the wall clock: the process must have started before the lease was taken.
+pub fn holder_alive(pid: i64, pid_start: Option<i64>, since_ms: i64) -> bool {
     if pid <= 0 {
         return false;
     }
     let Some(ticks) = crate::execute::process::process_start_ticks(pid) else {
         return false;
     };
+    if let Some(start) = pid_start {
+        return ticks as i64 == start;
+    }
     match boot_time_ms() {
         // Boot time has whole seconds and ticks are 10 ms: a second of slack.
         Some(boot) => {

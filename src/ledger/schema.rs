@@ -133,6 +133,11 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX backups_by_service ON backups (service, id);
     "#,
+    // v6: the lease holder's process start (clock ticks since boot), so a lease is held
+    // only by the very process that took it, whatever the wall clock did since.
+    r#"
+    ALTER TABLE leases ADD COLUMN pid_start INTEGER;
+    "#,
 ];
 
 /// The SQL of one upgrade step (tests build old ledgers with it).

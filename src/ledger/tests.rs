@@ -174,13 +174,31 @@ fn a_lease_held_by_a_zombie_or_a_recycled_pid_is_taken_over() {
     let (_dir, mut l) = open();
     l.acquire_lease("web", "old", Duration::from_secs(60))
         .unwrap();
-    // A live process that started after the lease was taken is not its holder: the
-    // holder died and the kernel gave its pid to this process.
-    let started_later = std::process::id();
+    let me = i64::from(std::process::id());
+    let my_start = crate::execute::process::process_start_ticks(me).unwrap() as i64;
+    // The lease records the very process that took it.
+    let recorded: Option<i64> = l
+        .conn
+        .query_row("SELECT pid_start FROM leases", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(recorded, Some(my_start));
+    assert_eq!(l.lease_holder("web").unwrap().as_deref(), Some("old"));
+    // The same pid, another process (the holder died and the kernel gave its pid to
+    // another program): not the holder, whatever the clocks say.
+    l.conn
+        .execute("UPDATE leases SET pid_start = ?1", [my_start - 1])
+        .unwrap();
+    assert_eq!(
+        l.lease_holder("web").unwrap(),
+        None,
+        "a recycled pid holds the lease"
+    );
+    // A lease from before pid_start was kept: a process that started after the lease
+    // was taken is not its holder.
     l.conn
         .execute(
-            "UPDATE leases SET pid = ?1, acquired_at_ms = ?2",
-            rusqlite::params![started_later, crate::clock::now_ms() - 86_400_000],
+            "UPDATE leases SET pid_start = NULL, acquired_at_ms = ?1",
+            [crate::clock::now_ms() - 86_400_000],
         )
         .unwrap();
     assert_eq!(

@@ -51,6 +51,10 @@ pub struct RequestRecord {
     pub status: u16,
     /// Time to the response head (or to the error), in microseconds.
     pub latency_us: u64,
+    /// Whether `latency_us` was measured: an access log whose format has neither
+    /// `$request_time` nor `$upstream_response_time` (nginx's `combined`) has no timing,
+    /// and such requests feed no latency rule or baseline.
+    pub timed: bool,
     /// Whether ripcord answered itself because the slot could not be reached.
     pub upstream_error: bool,
     pub at_ms: i64,
@@ -258,6 +262,7 @@ fn record(shared: &Shared, target: &Target, status: u16, start: Instant, upstrea
         release_id: target.release_id,
         status,
         latency_us: start.elapsed().as_micros() as u64,
+        timed: true,
         upstream_error,
         at_ms: crate::clock::now_ms(),
     };

@@ -68,10 +68,9 @@ struct Watch {
     cpu: VecDeque<(i64, f64)>,
     exit: Option<(String, bool, i64)>,
     last_baseline_ms: i64,
-    /// When each of the most recent requests was answered and whether it failed, newest
-    /// last. Only those inside the error rule's window count: on a quiet service the
-    /// last few dozen requests may span hours.
-    recent: VecDeque<(i64, bool)>,
+    /// The most recent requests, newest last. Only those inside the error rule's window
+    /// count: on a quiet service the last few dozen requests may span hours.
+    recent: VecDeque<Recent>,
     created_ms: i64,
     recent_cap: usize,
 }
@@ -102,6 +101,14 @@ impl Watch {
     fn bad(&mut self, at_ms: i64) {
         self.first_bad_ms.get_or_insert(at_ms);
     }
+}
+
+/// One recent request of a release, for the fast error path and the episode's end.
+struct Recent {
+    at_ms: i64,
+    error: bool,
+    /// Slower than the latency rule's limit.
+    slow: bool,
 }
 
 /// A metric rule's evaluations for one release.
@@ -255,20 +262,28 @@ impl Guard {
         t.status_5xx += u64::from(error);
         t.upstream_errors += u64::from(rec.upstream_error);
         // A request slower than the latency rule's limit is a bad one too.
-        let slow = self
-            .slow_limit_us()
-            .is_some_and(|limit| rec.latency_us >= limit);
+        let slow = rec.timed
+            && self
+                .slow_limit_us()
+                .is_some_and(|limit| rec.latency_us >= limit);
         let w = self.watch(rec.release_id);
         if slow {
             w.bad(rec.at_ms);
         }
         w.errors.add(rec.at_ms, error, rec.latency_us);
-        w.latency.add(rec.at_ms, error, rec.latency_us);
+        // Untimed requests (an access log without timings) say nothing about latency.
+        if rec.timed {
+            w.latency.add(rec.at_ms, error, rec.latency_us);
+        }
         w.total += 1;
         if w.recent.len() == w.recent_cap {
             w.recent.pop_front();
         }
-        w.recent.push_back((rec.at_ms, error));
+        w.recent.push_back(Recent {
+            at_ms: rec.at_ms,
+            error,
+            slow,
+        });
         if error {
             w.failed += 1;
             w.bad(rec.at_ms);
@@ -514,10 +529,8 @@ impl Guard {
                         let (errors, total) = w
                             .recent
                             .iter()
-                            .filter(|(at, _)| *at >= since)
-                            .fold((0u64, 0u64), |(e, n), (_, err)| {
-                                (e + u64::from(*err), n + 1)
-                            });
+                            .filter(|r| r.at_ms >= since)
+                            .fold((0u64, 0u64), |(e, n), r| (e + u64::from(r.error), n + 1));
                         match triggers::error_rate_recent(rule, errors, total, release, now) {
                             Verdict::Fired(f) => Verdict::Fired(f),
                             _ => slow,
@@ -610,7 +623,7 @@ impl Guard {
             .filter_map(|(_, v)| v.fired().cloned())
             .collect();
         self.save_baseline(release, &findings, now);
-        self.end_bad_episode(release, &verdicts);
+        self.end_bad_episode(release, &verdicts, now);
         let state = decide::State {
             frozen: self.state.frozen.clone(),
             investigating: self
@@ -661,43 +674,44 @@ impl Guard {
     }
 
     /// The first bad observation dates an incident, so it belongs to the episode that
-    /// fired, not to the release's life: once nothing fires, the request rules read ok
-    /// and the latest requests are clean, what was bad before is over. (A release with
-    /// 1% background errors would otherwise date an incident from an unrelated error
-    /// hours before it.)
-    fn end_bad_episode(&mut self, release: i64, verdicts: &[(String, Verdict)]) {
-        let rule_ok = |rule: Rule| {
-            verdicts
-                .iter()
-                .find(|(label, _)| label == rule.as_str())
-                .is_none_or(|(_, v)| matches!(v, Verdict::Ok(_)))
-        };
-        let calm = verdicts.iter().all(|(_, v)| v.fired().is_none())
-            && rule_ok(Rule::ErrorRate)
-            && rule_ok(Rule::LatencyP95)
-            && rule_ok(Rule::Health);
+    /// fired, not to the release's life: once nothing fires, the requests inside the
+    /// error rule's window are clean (errors and slow ones under half its limit), the
+    /// CPU is not over its limit and health checks pass, what was bad before is over. (A
+    /// release with 1% background errors would otherwise date an incident from an
+    /// unrelated error hours before it.) Rules without data do not hold an episode open:
+    /// a quiet service seldom has enough requests for them.
+    fn end_bad_episode(&mut self, release: i64, verdicts: &[(String, Verdict)], now: i64) {
+        let fired = verdicts.iter().any(|(_, v)| v.fired().is_some());
         // An open investigation is one episode until it ends, however the CPU dips.
         let investigating = self
             .state
             .investigating
             .as_ref()
-            .is_some_and(|i| i.release_id == release);
-        if !calm || investigating {
+            .is_some_and(|i| i.release_id == release && !i.acked);
+        if fired || investigating {
             return;
         }
-        let limit = self
+        let rule = self
             .exec
             .cfg
             .triggers
             .error_rate
-            .as_ref()
-            .map_or(0.05, |r| r.above / 2.0);
+            .clone()
+            .unwrap_or_default();
+        let limit = rule.above / 2.0;
+        let since = now - rule.window_secs as i64 * 1000;
         let over_cpu = self.exec.cfg.triggers.cpu.as_ref().map(|c| c.above);
         let w = self.watch(release);
-        let errors = w.recent.iter().filter(|(_, e)| *e).count();
+        let (bad, total) = w
+            .recent
+            .iter()
+            .filter(|r| r.at_ms >= since)
+            .fold((0usize, 0usize), |(b, n), r| {
+                (b + usize::from(r.error || r.slow), n + 1)
+            });
         let cpu_hot =
             over_cpu.is_some_and(|above| w.cpu.back().is_some_and(|(_, share)| *share > above));
-        if (errors as f64) <= limit * w.recent.len() as f64 && !cpu_hot {
+        if bad as f64 <= limit * total as f64 && !cpu_hot && w.health_streak == 0 {
             w.first_bad_ms = None;
         }
     }
@@ -865,7 +879,10 @@ impl Guard {
                 // freeze's, so whatever froze it first cannot lift it when it ends.
                 match self.ledger().freeze(&name, &reasons, incident) {
                     Ok(false) => {
-                        if let Err(e) = self.ledger().restate_freeze(&name, &reasons, "the guard") {
+                        if let Err(e) =
+                            self.ledger()
+                                .restate_freeze(&name, &reasons, "the guard", incident)
+                        {
                             tracing::error!(error = %e, "cannot restate the freeze");
                         }
                     }
@@ -911,7 +928,7 @@ impl Guard {
                         .as_ref()
                         .map_or(20, |r| r.min_samples as usize);
                     let recent_ratio = (w.recent.len() >= min).then(|| {
-                        w.recent.iter().filter(|(_, e)| *e).count() as f64 / w.recent.len() as f64
+                        w.recent.iter().filter(|r| r.error).count() as f64 / w.recent.len() as f64
                     });
                     WatchStats {
                         total: w.total,
@@ -927,7 +944,7 @@ impl Guard {
                     .state
                     .investigating
                     .as_ref()
-                    .filter(|i| i.release_id == release_id)
+                    .filter(|i| i.release_id == release_id && !i.acked)
                     .map(|i| i.since_ms)
                     .into_iter()
                     .chain(findings.iter().map(|f| f.at_ms))

@@ -455,6 +455,7 @@ fn attribute(
                 release_id,
                 status: rec.status,
                 latency_us: rec.upstream_time_us.or(rec.request_time_us).unwrap_or(0),
+                timed: rec.upstream_time_us.or(rec.request_time_us).is_some(),
                 upstream_error: rec.status == 502 || rec.status == 504,
                 at_ms: rec.at_ms.unwrap_or_else(now_ms),
             })
@@ -815,6 +816,7 @@ mod tests {
                 release_id: 1,
                 status: 200,
                 latency_us: i as u64,
+                timed: true,
                 upstream_error: false,
                 at_ms: 0,
             })
