@@ -165,11 +165,22 @@ fn get(ledger: &Ledger, id: i64) -> Result<Incident, CliError> {
 
 /// The incident's part of the service timeline.
 fn timeline(ledger: &Ledger, i: &Incident) -> Result<Vec<crate::ledger::Event>, CliError> {
-    let from = i
+    let lead_in = i
         .first_bad_at_ms
         .unwrap_or(i.opened_at_ms)
         .min(i.opened_at_ms)
         - 60_000;
+    // It starts at the deploy of the release it is about (within a day), as the report
+    // does: that deploy is the first line a reader wants.
+    let deployed = ledger
+        .events_between(&i.service, i.opened_at_ms - 86_400_000, i.opened_at_ms)?
+        .into_iter()
+        .rev()
+        .find(|e| {
+            e.kind == "deploy_started" && e.release_id == i.release_id && i.release_id.is_some()
+        })
+        .map(|e| e.ts_ms);
+    let from = deployed.map_or(lead_in, |d| d.min(lead_in));
     let to = i.closed_at_ms.or(i.verified_at_ms).unwrap_or(i64::MAX / 2) + 10_000;
     Ok(ledger.events_between(&i.service, from, to)?)
 }
