@@ -33,6 +33,14 @@ fn deploy_v1_v2_rollback_to_v1_loses_no_request() {
     assert_eq!(status["active"]["version"], "v2");
     assert_eq!(status["previous"]["version"], "v1");
     assert_eq!(status["previous"]["warm"], true);
+    // The warm slot is probed too: the rollback target answers.
+    eventually("the warm v1 is probed", Duration::from_secs(20), || {
+        let probe = &p.json(&["status", "web"])["live"]["guard"]["warm_probe"];
+        probe["ok"] == true
+            && probe["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!(":{}/health answered 200", p.blue)))
+    });
 
     let out = p.run(&["rollback", "web", "--reason", "test says so"]);
     assert_ok(&out, "rollback");

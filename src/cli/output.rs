@@ -348,6 +348,13 @@ fn print_status(s: &Value) {
             println!("  guard     {rule:<12} {}", verdict.as_str().unwrap_or("?"));
         }
     }
+    let warm = &s["live"]["guard"]["warm_probe"];
+    if let Some(detail) = warm["detail"].as_str() {
+        println!(
+            "  warm      {} rollback target: {detail}",
+            if warm["ok"] == true { "✓" } else { "✗" }
+        );
+    }
     match s["watcher"]["holder"].as_str() {
         Some(h) => println!("  watcher   {h}"),
         None => println!("  watcher   not running: start `ripcord watch`"),

@@ -26,6 +26,14 @@ pub enum Observation {
         detail: String,
         at_ms: i64,
     },
+    /// A health probe of the slot that keeps the previous release warm: whether the
+    /// rollback target would answer, for people (`status`); it triggers nothing.
+    WarmHealth {
+        release_id: i64,
+        ok: bool,
+        detail: String,
+        at_ms: i64,
+    },
     /// A resource sample of a release's process.
     Resources {
         release_id: i64,

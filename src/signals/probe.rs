@@ -1,5 +1,7 @@
-//! HTTP health probes of the slot that gets traffic, on an interval with a
-//! timeout. It follows the router's target, so after a switch it probes the new release.
+//! HTTP health probes, per slot, on an interval with a timeout. The slot that gets
+//! traffic is probed for the guard's health rule (it follows the router's target, so
+//! after a switch it probes the new release); a slot that keeps the previous release
+//! warm is probed too, so `status` tells whether the rollback target would answer.
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use tokio::sync::mpsc;
 use super::Observation;
 use crate::clock::now_ms;
 use crate::config::{HealthRule, ServiceConfig};
-use crate::execute::Router;
+use crate::execute::{Router, ServiceExec};
 use crate::http::HttpClient;
 
 /// Probes until the channel closes.
@@ -16,6 +18,7 @@ pub async fn run(
     cfg: ServiceConfig,
     rule: HealthRule,
     router: Router,
+    exec: std::sync::Arc<ServiceExec>,
     tx: mpsc::Sender<Observation>,
 ) {
     let client = HttpClient::default();
@@ -29,17 +32,20 @@ pub async fn run(
             }
             continue;
         };
-        let url = cfg.health_url(target.slot);
-        let (ok, detail) = match client
-            .get(&url, Duration::from_secs(rule.timeout_secs))
-            .await
-        {
-            Ok(r) if (200..300).contains(&r.status) => {
-                (true, format!("{url} answered {}", r.status))
+        let probe = async |slot| {
+            let url = cfg.health_url(slot);
+            match client
+                .get(&url, Duration::from_secs(rule.timeout_secs))
+                .await
+            {
+                Ok(r) if (200..300).contains(&r.status) => {
+                    (true, format!("{url} answered {}", r.status))
+                }
+                Ok(r) => (false, format!("{url} answered {}", r.status)),
+                Err(e) => (false, format!("{url}: {e}")),
             }
-            Ok(r) => (false, format!("{url} answered {}", r.status)),
-            Err(e) => (false, format!("{url}: {e}")),
         };
+        let (ok, detail) = probe(target.slot).await;
         let obs = Observation::Health {
             release_id: target.release_id,
             ok,
@@ -48,6 +54,24 @@ pub async fn run(
         };
         if tx.send(obs).await.is_err() {
             return;
+        }
+        // The other slot, when a release stays warm in it (runtime external slots are
+        // someone else's and always count as running).
+        let warm = exec
+            .slots()
+            .into_iter()
+            .find(|(slot, sp)| *slot != target.slot && sp.running());
+        if let Some((slot, sp)) = warm {
+            let (ok, detail) = probe(slot).await;
+            let obs = Observation::WarmHealth {
+                release_id: sp.release.id,
+                ok,
+                detail,
+                at_ms: now_ms(),
+            };
+            if tx.send(obs).await.is_err() {
+                return;
+            }
         }
     }
 }

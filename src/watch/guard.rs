@@ -51,6 +51,17 @@ pub struct GuardView {
     pub rules: BTreeMap<String, String>,
     pub last_decision: Option<Decision>,
     pub traffic: BTreeMap<i64, ReleaseTraffic>,
+    /// The last health probe of the slot keeping the previous release warm.
+    pub warm_probe: Option<WarmProbe>,
+}
+
+/// Whether the warm rollback target answered its last health probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmProbe {
+    pub release_id: i64,
+    pub ok: bool,
+    pub detail: String,
+    pub at_ms: i64,
 }
 
 pub type SharedView = Arc<Mutex<GuardView>>;
@@ -314,6 +325,20 @@ impl Guard {
                     w.health_streak += 1;
                     w.bad(at_ms);
                 }
+            }
+            Observation::WarmHealth {
+                release_id,
+                ok,
+                detail,
+                at_ms,
+            } => {
+                let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+                view.warm_probe = Some(WarmProbe {
+                    release_id,
+                    ok,
+                    detail,
+                    at_ms,
+                });
             }
             Observation::Resources {
                 release_id,
@@ -646,6 +671,21 @@ impl Guard {
         {
             let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
             view.release_id = Some(release);
+            // No warm slot any more (the bake ended): its last probe is history.
+            let probe_every_ms = self
+                .exec
+                .cfg
+                .triggers
+                .health
+                .as_ref()
+                .map_or(5_000, |h| h.interval_secs as i64 * 1000);
+            if view
+                .warm_probe
+                .as_ref()
+                .is_some_and(|p| now - p.at_ms > 3 * probe_every_ms || p.release_id == release)
+            {
+                view.warm_probe = None;
+            }
             // Published once per tick rather than locked for every request record.
             view.traffic.clone_from(&self.traffic);
             view.rules = verdicts

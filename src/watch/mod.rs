@@ -224,6 +224,7 @@ pub async fn run(
                 cfg.clone(),
                 rule.clone(),
                 router.clone(),
+                exec.clone(),
                 obs_tx.clone(),
             ));
         }
@@ -732,6 +733,7 @@ fn live(svc: &Service) -> serde_json::Value {
         "guard": {
             "release": view.release_id,
             "rules": view.rules,
+            "warm_probe": view.warm_probe,
             "last_decision": view.last_decision,
         },
     })
