@@ -172,7 +172,7 @@ fn cpu_is_investigated_then_rolled_back_without_an_ack() {
     let to_trigger = v["first_bad_to_trigger_ms"].as_i64().unwrap();
     let to_switch = v["first_bad_to_switch_ms"].as_i64().unwrap();
     assert!(
-        to_trigger >= 1_000,
+        to_trigger >= 500,
         "the CPU was over its limit for a while before the trigger: {v:#}"
     );
     assert!(
