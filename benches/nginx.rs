@@ -39,20 +39,7 @@ impl Drop for Kill {
 }
 
 fn app(port: u16, version: &str) -> Kill {
-    let child = Command::new(BIN)
-        .args([
-            "demo-app",
-            "--port",
-            &port.to_string(),
-            "--version",
-            version,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    Kill(child)
+    app_with(port, version, &[])
 }
 
 /// The demo app with extra flags (a bad release for the baseline).
@@ -344,22 +331,7 @@ reload_command = {reload}
         );
         ok(out, "deploy bad");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let (first_bad, back, bad) = loop {
-            let s = seen.lock().unwrap();
-            let tail = &s[mark..];
-            let first = tail.iter().position(|(_, st, _)| *st >= 500);
-            if let Some(i) = first {
-                let back = tail[i..].iter().find(|(_, st, v)| *st == 200 && v == "v1");
-                if let Some(b) = back {
-                    let bad = tail[i..].iter().filter(|(_, st, _)| *st >= 500).count();
-                    break (tail[i].0, b.0, bad);
-                }
-            }
-            drop(s);
-            assert!(Instant::now() < deadline, "no rollback within 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let ms = back.duration_since(first_bad).as_secs_f64() * 1000.0;
+        let (ms, bad) = first_5xx_to_v1(&seen, mark, deadline);
         println!("{run:<5} {ms:>19.0} ms {bad:>16}");
         times.push(ms);
         // Let the rollback finish (verification) before the next bad deploy.
@@ -429,20 +401,7 @@ reload_command = {reload}
         .unwrap();
         run_argv(nginx.test_command());
         run_argv(nginx.reload_command());
-        let (first_bad, back, bad) = loop {
-            let s = seen.lock().unwrap();
-            let tail = &s[mark..];
-            if let Some(i) = tail.iter().position(|(_, st, _)| *st >= 500)
-                && let Some(b) = tail[i..].iter().find(|(_, st, v)| *st == 200 && v == "v1")
-            {
-                let bad = tail[i..].iter().filter(|(_, st, _)| *st >= 500).count();
-                break (tail[i].0, b.0, bad);
-            }
-            drop(s);
-            assert!(Instant::now() < deadline, "nginx never served v1 again");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let ms = back.duration_since(first_bad).as_secs_f64() * 1000.0;
+        let (ms, bad) = first_5xx_to_v1(&seen, mark, deadline);
         println!("{run:<5} {ms:>19.0} ms {bad:>16}");
         base.push(ms);
         std::thread::sleep(Duration::from_millis(500));
@@ -455,6 +414,29 @@ reload_command = {reload}
          the runbook's switch fired by an oracle {base_median:.0} ms; ripcord / oracle = {:.2}",
         ripcord_median / base_median
     );
+}
+
+/// Waits until the load saw a 5xx after `mark` and then a 200 from v1; returns the time
+/// between the two (ms) and the 5xx answers from the first one on.
+fn first_5xx_to_v1(
+    seen: &Mutex<Vec<(Instant, u16, String)>>,
+    mark: usize,
+    deadline: Instant,
+) -> (f64, usize) {
+    loop {
+        {
+            let s = seen.lock().unwrap();
+            let tail = &s[mark..];
+            if let Some(i) = tail.iter().position(|(_, st, _)| *st >= 500)
+                && let Some(b) = tail[i..].iter().find(|(_, st, v)| *st == 200 && v == "v1")
+            {
+                let bad = tail[i..].iter().filter(|(_, st, _)| *st >= 500).count();
+                return (b.0.duration_since(tail[i].0).as_secs_f64() * 1000.0, bad);
+            }
+        }
+        assert!(Instant::now() < deadline, "nginx never served v1 again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn main() {

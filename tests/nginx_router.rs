@@ -59,7 +59,8 @@ impl Setup {
         Setup::with_nginx_extra(runtime, extra, "")
     }
 
-    /// `nginx_extra` goes into `[service.web.nginx]`; with `access_log` in it, the site
+    /// `nginx_extra` goes into `[service.web.nginx]`, with `ACCESS` and `SITE` standing
+    /// for the access log's and the site file's paths; with `access_log` in it, the site
     /// logs requests: through a custom `log_format ripcord` it declares when
     /// `nginx_extra` sets `log_format`, else in nginx's default `combined`.
     fn with_nginx_extra(runtime: &str, extra: &str, nginx_extra: &str) -> Setup {
@@ -105,6 +106,9 @@ impl Setup {
                     .join(", ")
             )
         };
+        let nginx_extra = nginx_extra
+            .replace("ACCESS", dir.path().join("access.log").to_str().unwrap())
+            .replace("SITE", site.to_str().unwrap());
         let config = format!(
             r#"[service.web]
 runtime = "{runtime}"
@@ -213,6 +217,28 @@ impl Drop for Setup {
     }
 }
 
+/// Deploys a v2 of the demo app that passes its deploy checks, then fails half of its
+/// API requests from three seconds after it starts.
+fn deploy_v2_that_fails_half_after_3s(s: &Setup) {
+    let out = s.run(&[
+        "deploy",
+        "web",
+        "v2",
+        "--",
+        BIN,
+        "demo-app",
+        "--port",
+        "{port}",
+        "--version",
+        "{version}",
+        "--error-ratio",
+        "0.5",
+        "--after-secs",
+        "3",
+    ]);
+    assert_ok(&out, "deploy v2");
+}
+
 #[test]
 fn the_runbooks_setup_external_slots_behind_nginx() {
     let mut s = Setup::new("external", "");
@@ -293,12 +319,6 @@ fn the_runbooks_setup_external_slots_behind_nginx() {
 fn the_runbooks_setup_with_its_access_log_rolls_back_a_bad_release_alone() {
     let nginx_extra = "access_log = \"ACCESS\"\nconf = \"SITE\"\nlog_format = \"ripcord\"";
     let mut s = Setup::with_nginx_extra("external", "", nginx_extra);
-    let config_path = s.dir.path().join("ripcord.toml");
-    let config = std::fs::read_to_string(&config_path)
-        .unwrap()
-        .replace("ACCESS", s.dir.path().join("access.log").to_str().unwrap())
-        .replace("SITE", s.dir.path().join("sites/app").to_str().unwrap());
-    std::fs::write(&config_path, config).unwrap();
     // Someone else runs both slots; the new release turns bad four seconds after it
     // starts, after its deploy-time checks passed, as in life.
     let _v1 = App::start(s.blue, "v1", &[]);
@@ -419,14 +439,7 @@ fn a_site_that_fails_nginx_t_keeps_traffic_where_it_was() {
 #[test]
 fn the_access_log_with_a_custom_log_format_drives_a_rollback() {
     let nginx_extra = "access_log = \"ACCESS\"\nconf = \"SITE\"\nlog_format = \"ripcord\"";
-    // The placeholders are filled below once the temp dir exists.
     let mut s = Setup::with_nginx_extra("process", "", nginx_extra);
-    let config_path = s.dir.path().join("ripcord.toml");
-    let config = std::fs::read_to_string(&config_path)
-        .unwrap()
-        .replace("ACCESS", s.dir.path().join("access.log").to_str().unwrap())
-        .replace("SITE", s.dir.path().join("sites/app").to_str().unwrap());
-    std::fs::write(&config_path, config).unwrap();
     s.start_watcher();
     assert_ok(&s.run(&["deploy", "web", "v1"]), "deploy v1");
     let load = Load::start_with(
@@ -462,23 +475,7 @@ fn the_access_log_with_a_custom_log_format_drives_a_rollback() {
     eventually("nginx writes the new log", Duration::from_secs(10), || {
         log.exists()
     });
-    let out = s.run(&[
-        "deploy",
-        "web",
-        "v2",
-        "--",
-        BIN,
-        "demo-app",
-        "--port",
-        "{port}",
-        "--version",
-        "{version}",
-        "--error-ratio",
-        "0.5",
-        "--after-secs",
-        "3",
-    ]);
-    assert_ok(&out, "deploy v2");
+    deploy_v2_that_fails_half_after_3s(&s);
     eventually(
         "the guard rolls v2 back on the access log's 5xx",
         Duration::from_secs(40),
@@ -513,11 +510,6 @@ fn the_access_log_with_a_custom_log_format_drives_a_rollback() {
 fn the_access_log_in_nginxs_combined_format_drives_a_rollback() {
     let mut s = Setup::with_nginx_extra("process", "", "access_log = \"ACCESS\"");
     let log = s.dir.path().join("access.log");
-    let config_path = s.dir.path().join("ripcord.toml");
-    let config = std::fs::read_to_string(&config_path)
-        .unwrap()
-        .replace("ACCESS", log.to_str().unwrap());
-    std::fs::write(&config_path, config).unwrap();
     s.start_watcher();
     assert_ok(&s.run(&["deploy", "web", "v1"]), "deploy v1");
     let load = Load::start_with(
@@ -545,23 +537,7 @@ fn the_access_log_in_nginxs_combined_format_drives_a_rollback() {
             && text.contains(" unattributed"),
         "{text}"
     );
-    let out = s.run(&[
-        "deploy",
-        "web",
-        "v2",
-        "--",
-        BIN,
-        "demo-app",
-        "--port",
-        "{port}",
-        "--version",
-        "{version}",
-        "--error-ratio",
-        "0.5",
-        "--after-secs",
-        "3",
-    ]);
-    assert_ok(&out, "deploy v2");
+    deploy_v2_that_fails_half_after_3s(&s);
     eventually(
         "the guard rolls v2 back on the combined log's 5xx",
         Duration::from_secs(40),

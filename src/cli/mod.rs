@@ -353,7 +353,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         }
         Command::Status { service } => {
             if let Some(service) = &service {
-                known_service(cli.config.as_deref(), &state_dir, service)?;
+                known_service(cli.config.as_deref(), &open_ledger(&state_dir)?, service)?;
             }
             output::status(cli.config.as_deref(), &state_dir, service.as_deref(), json).await
         }
@@ -425,13 +425,13 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             &severity,
         ),
         Command::Releases { service } => {
-            known_service(cli.config.as_deref(), &state_dir, &service)?;
             let ledger = open_ledger(&state_dir)?;
+            known_service(cli.config.as_deref(), &ledger, &service)?;
             output::releases(&ledger, &service, json)
         }
         Command::Events { service, limit } => {
-            known_service(cli.config.as_deref(), &state_dir, &service)?;
             let ledger = open_ledger(&state_dir)?;
+            known_service(cli.config.as_deref(), &ledger, &service)?;
             output::events(&ledger, &service, limit, json)
         }
         Command::Watch => watch(cli.config.as_deref(), &state_dir).await,
@@ -476,16 +476,11 @@ pub(crate) fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
 
 /// A read command names a service that neither the ledger nor the config knows (a typo,
 /// most likely): exit 2 with the names it could have meant, rather than an empty answer.
-fn known_service(config: Option<&Path>, state_dir: &Path, service: &str) -> Result<(), CliError> {
-    let mut known = open_ledger(state_dir)?.services()?;
-    if let Ok(cfg) = load_config(config) {
-        known.extend(cfg.services.keys().cloned());
-    }
+fn known_service(config: Option<&Path>, ledger: &Ledger, service: &str) -> Result<(), CliError> {
+    let known = service_names(config, ledger)?;
     if known.iter().any(|k| k == service) {
         return Ok(());
     }
-    known.sort();
-    known.dedup();
     Err(CliError::new(
         2,
         if known.is_empty() {
@@ -499,6 +494,20 @@ fn known_service(config: Option<&Path>, state_dir: &Path, service: &str) -> Resu
             )
         },
     ))
+}
+
+/// Every service the ledger has heard of or the config (when it loads) names, sorted.
+pub(crate) fn service_names(
+    config: Option<&Path>,
+    ledger: &Ledger,
+) -> Result<Vec<String>, CliError> {
+    let mut names = ledger.services()?;
+    if let Ok(cfg) = load_config(config) {
+        names.extend(cfg.services.keys().cloned());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 fn open_ledger(state_dir: &Path) -> Result<Ledger, CliError> {

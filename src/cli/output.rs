@@ -223,15 +223,7 @@ pub(crate) async fn status(
     let ledger = super::open_ledger(state_dir)?;
     let names: Vec<String> = match service {
         Some(s) => vec![s.to_string()],
-        None => {
-            let mut names = ledger.services()?;
-            if let Ok(cfg) = super::load_config(config) {
-                names.extend(cfg.services.keys().cloned());
-            }
-            names.sort();
-            names.dedup();
-            names
-        }
+        None => super::service_names(config, &ledger)?,
     };
     let mut out = Vec::new();
     for name in &names {
