@@ -3,8 +3,15 @@
 //! It is a small HTTP/1.1 server that reports its version on `/health` and `/api`, and that
 //! can be told to misbehave on purpose (injected 5xx responses, added latency, a memory leak,
 //! CPU burn, a failing health check, a crash or a slow start) so that ripcord's health gates
-//! have something real to detect. Every misbehaviour is deterministic, so tests can assert
-//! exact counts.
+//! have something real to detect.
+//!
+//! Which requests fail, which are slow and how much jitter each gets is random by default
+//! (`--fault-mode random`): every request draws independently, as real failures come, because
+//! an even spread hides statistical bugs in the rollback guard (a rule that only works when
+//! failures never bunch up). The draws come from a small counter-based generator (splitmix64
+//! of the seed and the request's index), so with the same `--seed` the outcome of the request
+//! at a given index is the same on every run. `--fault-mode even` spreads the faults
+//! deterministically instead; it exists only for tests that must assert exact counts.
 //!
 //! It is not a production server and must never become one: it has no authentication, no
 //! limits worth the name and no hardening. It never talks to anything but its own listener:
@@ -100,23 +107,46 @@ pub struct DemoAppArgs {
     )]
     pub app_version: String,
 
-    /// Ratio of /api requests that fail with 500, between 0 and 1, spread deterministically
+    /// Ratio of /api requests that fail with 500, between 0 and 1 (each request with this
+    /// probability, or spread evenly with --fault-mode even)
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_ratio, env = "DEMO_ERROR_RATIO")]
     pub error_ratio: f64,
 
-    /// Ratio of /api requests that fail with 500 from the start, spread evenly
+    /// Ratio of /api requests that fail with 500 from the start, chosen as --error-ratio's
     /// (background noise, as a healthy service has: not a misbehaviour)
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_ratio)]
     pub background_error_ratio: f64,
 
-    /// Milliseconds added before every /api response
+    /// Milliseconds added before a slow /api response (every one unless --slow-ratio says
+    /// otherwise)
     #[arg(long, value_name = "N", default_value_t = 0, env = "DEMO_LATENCY_MS")]
     pub latency_ms: u64,
 
-    /// Up to N more milliseconds on every /api response, spread evenly (background
+    /// Share of /api requests, between 0 and 1, that get the --latency-ms delay (each request
+    /// with this probability, or spread evenly with --fault-mode even)
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = parse_ratio, env = "DEMO_SLOW_RATIO")]
+    pub slow_ratio: f64,
+
+    /// Up to N more milliseconds on every /api response, uniform per request (background
     /// noise, from the start: not a misbehaviour)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub jitter_ms: u64,
+
+    /// How --error-ratio, --background-error-ratio, --slow-ratio and --jitter-ms choose
+    /// their requests
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = FaultMode::Random,
+        env = "DEMO_FAULT_MODE"
+    )]
+    pub fault_mode: FaultMode,
+
+    /// Seed of the random faults: the same seed gives every request index the same outcome
+    /// on every run [default: from the clock and the pid, so runs differ]
+    #[arg(long, value_name = "N", env = "DEMO_SEED")]
+    pub seed: Option<u64>,
 
     /// Grow resident memory by N MiB per second until killed
     #[arg(
@@ -154,6 +184,22 @@ pub struct DemoAppArgs {
     pub after_secs: u64,
 }
 
+/// How the demo app chooses the requests that get a fault.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaultMode {
+    /// Each request independently, with the given probability, as a real service fails
+    #[default]
+    Random,
+    /// Spread evenly and deterministically, for tests that must assert exact counts
+    ///
+    /// Request `n` (from 0) gets the fault when `floor((n+1)r) > floor(nr)`, so the first `k`
+    /// requests hold exactly `floor(kr)` faults and failures never bunch up. It exists only
+    /// for tests that compare an exact number, and such a test must say why it cannot use a
+    /// fixed `--seed` instead: an even spread is kinder than any real service, so a guard
+    /// tested only against it can pass with statistical bugs.
+    Even,
+}
+
 impl Default for DemoAppArgs {
     /// The same values as parsing an empty command line with `PORT` unset.
     fn default() -> Self {
@@ -164,7 +210,10 @@ impl Default for DemoAppArgs {
             error_ratio: 0.0,
             background_error_ratio: 0.0,
             latency_ms: 0,
+            slow_ratio: 1.0,
             jitter_ms: 0,
+            fault_mode: FaultMode::Random,
+            seed: None,
             leak_mb_per_sec: 0,
             cpu_burn: 0,
             fail_health: false,
@@ -188,8 +237,9 @@ impl DemoAppArgs {
 
     /// Checks what clap cannot check for a struct built in code rather than parsed.
     fn validate(&self) -> Result<(), String> {
-        check_ratio(self.error_ratio)?;
-        check_ratio(self.background_error_ratio)?;
+        check_ratio("--error-ratio", self.error_ratio)?;
+        check_ratio("--background-error-ratio", self.background_error_ratio)?;
+        check_ratio("--slow-ratio", self.slow_ratio)?;
         HeaderValue::from_str(&self.app_version).map_err(|_| {
             format!(
                 "version {:?} cannot be sent in an http header",
@@ -200,7 +250,8 @@ impl DemoAppArgs {
     }
 }
 
-/// Parses `--error-ratio`, so that a bad value is a usage error (exit code 2) from clap itself.
+/// Parses a ratio flag (`--error-ratio`, `--slow-ratio`, ...), so that a bad value is a usage
+/// error (exit code 2) from clap itself.
 fn parse_ratio(text: &str) -> Result<f64, String> {
     // Clap already names the flag and the value, so the message only says what is wrong.
     let ratio: f64 = text.trim().parse().map_err(|_| "not a number".to_owned())?;
@@ -212,13 +263,11 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
 }
 
 /// Rejects ratios outside `0..=1`, NaN included, because they have no meaning as a failure rate.
-fn check_ratio(ratio: f64) -> Result<(), String> {
+fn check_ratio(flag: &str, ratio: f64) -> Result<(), String> {
     if ratio_in_range(ratio) {
         Ok(())
     } else {
-        Err(format!(
-            "--error-ratio must be between 0 and 1, got {ratio}"
-        ))
+        Err(format!("{flag} must be between 0 and 1, got {ratio}"))
     }
 }
 
@@ -328,6 +377,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     args.validate()
         .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
+    // The seed is settled once, so the faults and the message that names the seed agree.
+    let mut args = args;
+    args.seed.get_or_insert_with(fresh_seed);
     let local_addr = listener.local_addr()?;
     let state = Arc::new(State::new(&args));
     let _misbehaviour = Misbehaviour::start(&args, state.misbehave_at);
@@ -411,17 +463,15 @@ struct State {
     version_header: HeaderValue,
     /// When the misbehaviours begin: the serve start plus `--after-secs`.
     misbehave_at: Instant,
-    /// The failure ratio in parts per million, so the failure pattern is integer arithmetic
-    /// and exact rather than subject to floating-point rounding.
-    error_ppm: u64,
-    /// Background failures, from the start, in parts per million.
-    background_ppm: u64,
+    /// Which requests fail, are slow or get how much jitter, by their index.
+    faults: Faults,
     latency: Duration,
-    jitter_ms: u64,
     fail_health: bool,
-    /// Every request answered, for the `request` field of `/api` responses.
+    /// Every request answered, for the `request` field of `/api` responses, and the index of
+    /// the background error and jitter draws.
     requests: AtomicU64,
-    /// `/api` requests seen while misbehaving, which decides which of them fail.
+    /// `/api` requests seen while misbehaving: the index of the error and slowness draws.
+    /// A counter rather than a shared generator, so connections never wait on each other.
     faulty_api_requests: AtomicU64,
     /// `/api` answers by outcome, for `/metrics`.
     api_ok: AtomicU64,
@@ -435,10 +485,8 @@ impl State {
             version_header: HeaderValue::from_str(&args.app_version)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             misbehave_at: Instant::now() + Duration::from_secs(args.after_secs),
-            error_ppm: (args.error_ratio * 1_000_000.0).round() as u64,
-            background_ppm: (args.background_error_ratio * 1_000_000.0).round() as u64,
+            faults: Faults::new(args),
             latency: Duration::from_millis(args.latency_ms),
-            jitter_ms: args.jitter_ms,
             fail_health: args.fail_health,
             requests: AtomicU64::new(0),
             faulty_api_requests: AtomicU64::new(0),
@@ -450,14 +498,162 @@ impl State {
     fn misbehaving(&self) -> bool {
         Instant::now() >= self.misbehave_at
     }
+}
 
-    /// Decides whether the `/api` request with index `n` (from 0) fails.
-    ///
-    /// It fails exactly when `floor((n+1)*r) > floor(n*r)`, so the first `k` requests
-    /// always hold `floor(k*r)` failures and the ratio is exact over any long run.
-    fn should_fail(&self, n: u64) -> bool {
-        let ppm = self.error_ppm;
+/// The golden-ratio increment of splitmix64.
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// splitmix64's output function: a bijection of 64 bits that turns neighbouring inputs into
+/// unrelated-looking outputs.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Maps 64 random bits to a uniform value in `[0, 1)`, from the top 53 bits (an f64's precision).
+fn unit_interval(bits: u64) -> f64 {
+    (bits >> 11) as f64 * (1.0 / (1_u64 << 53) as f64)
+}
+
+/// A seed that differs from run to run, for when no `--seed` is given.
+///
+/// The clock and the pid alone are not enough: in a container the pid is usually 1, and two
+/// servers in one process (tests) share a pid. The call counter separates the latter, and the
+/// standard library's per-process random hash keys separate the former.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let calls = CALLS.fetch_add(1, Ordering::Relaxed);
+    let hashed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut seed = mix64(crate::clock::now_ms() as u64);
+    seed = mix64(seed ^ u64::from(std::process::id()));
+    seed = mix64(seed ^ calls);
+    seed ^ hashed
+}
+
+/// The independent random streams a request draws from, one per kind of fault, so that
+/// whether a request fails says nothing about whether it is slow.
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Error = 1,
+    Background = 2,
+    Slow = 3,
+    Jitter = 4,
+}
+
+/// A share of requests that get one fault.
+#[derive(Debug, Clone, Copy)]
+struct Share {
+    /// The probability of a random draw.
+    ratio: f64,
+    /// The same in parts per million, so the even pattern is integer arithmetic and exact
+    /// rather than subject to floating-point rounding.
+    ppm: u64,
+}
+
+impl Share {
+    fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            ppm: (ratio * 1_000_000.0).round() as u64,
+        }
+    }
+
+    /// Whether index `n` is in the even spread: exactly when `floor((n+1)*r) > floor(n*r)`,
+    /// so the first `k` indexes always hold `floor(k*r)` and the ratio is exact over any run.
+    fn in_even_spread(self, n: u64) -> bool {
+        let (n, ppm) = (u128::from(n), u128::from(self.ppm));
         (n + 1) * ppm / 1_000_000 > n * ppm / 1_000_000
+    }
+
+    /// A Bernoulli draw with probability `ratio` from 64 uniform random bits. A ratio of 1
+    /// always hits and 0 never does, because the uniform value is below 1 and at least 0.
+    fn hit_by(self, bits: u64) -> bool {
+        unit_interval(bits) < self.ratio
+    }
+}
+
+/// Decides, from a request's index alone, which faults it gets: a pure function of the
+/// arguments and the seed, so it is tested without a server.
+///
+/// In random mode, the draw for index `n` of a stream is the `n`-th output of splitmix64
+/// started from a state derived from the seed and the stream. That needs no shared mutable
+/// generator (concurrent connections only bump an atomic counter for their index) and makes
+/// the sequence of outcomes by index reproducible for a given seed.
+#[derive(Debug, Clone)]
+struct Faults {
+    mode: FaultMode,
+    seed: u64,
+    error: Share,
+    background: Share,
+    slow: Share,
+    jitter_ms: u64,
+}
+
+impl Faults {
+    fn new(args: &DemoAppArgs) -> Self {
+        Self {
+            mode: args.fault_mode,
+            seed: args.seed.unwrap_or_else(fresh_seed),
+            error: Share::new(args.error_ratio),
+            background: Share::new(args.background_error_ratio),
+            slow: Share::new(args.slow_ratio),
+            jitter_ms: args.jitter_ms,
+        }
+    }
+
+    /// 64 uniform random bits for index `n` of `stream`.
+    fn draw(&self, stream: Stream, n: u64) -> u64 {
+        let start = mix64(
+            self.seed
+                .wrapping_add((stream as u64).wrapping_mul(GOLDEN_GAMMA)),
+        );
+        mix64(start.wrapping_add(n.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)))
+    }
+
+    fn hits(&self, share: Share, stream: Stream, n: u64) -> bool {
+        match self.mode {
+            FaultMode::Random => share.hit_by(self.draw(stream, n)),
+            FaultMode::Even => share.in_even_spread(n),
+        }
+    }
+
+    /// Whether the `n`-th `/api` request (from 0) since the misbehaviours began fails.
+    fn should_fail(&self, n: u64) -> bool {
+        self.hits(self.error, Stream::Error, n)
+    }
+
+    /// Whether the `n`-th `/api` request (from 0) since the misbehaviours began is slow.
+    fn is_slow(&self, n: u64) -> bool {
+        self.hits(self.slow, Stream::Slow, n)
+    }
+
+    /// Whether the request numbered `request_number` (the `request` field of `/api`, from 1,
+    /// counting every request) fails as background noise.
+    fn background_fails(&self, request_number: u64) -> bool {
+        self.hits(self.background, Stream::Background, request_number)
+    }
+
+    /// The jitter added to the request numbered `request_number`: uniform in
+    /// `0..=--jitter-ms` at microsecond resolution.
+    fn jitter(&self, request_number: u64) -> Duration {
+        if self.jitter_ms == 0 {
+            return Duration::ZERO;
+        }
+        let choices = self.jitter_ms.saturating_mul(1000).saturating_add(1);
+        let micros = match self.mode {
+            // Lemire's multiply-shift maps the draw onto the choices without a division.
+            FaultMode::Random => {
+                let bits = self.draw(Stream::Jitter, request_number);
+                ((u128::from(bits) * u128::from(choices)) >> 64) as u64
+            }
+            // Unseeded, as it always was: a fixed pseudo-random value per request number.
+            FaultMode::Even => mix64(request_number.wrapping_add(GOLDEN_GAMMA)) % choices,
+        };
+        Duration::from_micros(micros)
     }
 }
 
@@ -512,25 +708,20 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<ResponseBody>
         );
     }
 
-    // The failure decision is taken on arrival, so concurrent requests keep the exact ratio.
-    let misbehaving = state.misbehaving();
-    let fail = misbehaving && {
+    // The decisions are taken on arrival, each request taking its index from a counter, so
+    // concurrent requests neither wait on each other nor disturb the pattern by index.
+    let (injected, slow) = if state.misbehaving() {
         let n = state.faulty_api_requests.fetch_add(1, Ordering::Relaxed);
-        state.should_fail(n)
-    } || {
-        let ppm = state.background_ppm;
-        let n = request_number;
-        (n + 1) * ppm / 1_000_000 > n * ppm / 1_000_000
+        (state.faults.should_fail(n), state.faults.is_slow(n))
+    } else {
+        (false, false)
     };
-    if state.jitter_ms > 0 {
-        // splitmix64 of the request number: even, repeatable noise without a RNG crate.
-        let mut z = request_number.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        tokio::time::sleep(Duration::from_micros(z % (state.jitter_ms * 1000 + 1))).await;
+    let fail = injected || state.faults.background_fails(request_number);
+    let jitter = state.faults.jitter(request_number);
+    if !jitter.is_zero() {
+        tokio::time::sleep(jitter).await;
     }
-    if misbehaving && !state.latency.is_zero() {
+    if slow && !state.latency.is_zero() {
         tokio::time::sleep(state.latency).await;
     }
     if fail {
@@ -750,8 +941,21 @@ fn describe_misbehaviour(args: &DemoAppArgs) -> Vec<String> {
     if args.error_ratio > 0.0 {
         parts.push(format!("error-ratio {}", args.error_ratio));
     }
-    if args.latency_ms > 0 {
+    let slow = args.latency_ms > 0 && args.slow_ratio > 0.0;
+    if slow && args.slow_ratio >= 1.0 {
         parts.push(format!("latency {}ms", args.latency_ms));
+    } else if slow {
+        parts.push(format!(
+            "latency {}ms on slow-ratio {} of requests",
+            args.latency_ms, args.slow_ratio
+        ));
+    }
+    if args.error_ratio > 0.0 || slow {
+        parts.push(match (args.fault_mode, args.seed) {
+            (FaultMode::Random, Some(seed)) => format!("random faults (seed {seed})"),
+            (FaultMode::Random, None) => "random faults".to_owned(),
+            (FaultMode::Even, _) => "evenly spread faults".to_owned(),
+        });
     }
     if args.leak_mb_per_sec > 0 {
         parts.push(format!("leak {} MiB/s", args.leak_mb_per_sec));
@@ -923,12 +1127,32 @@ mod tests {
             "0.5",
             "--exit-at-start",
             "-3",
+            "--fault-mode",
+            "even",
+            "--seed",
+            "18446744073709551615",
+            "--slow-ratio",
+            "0.07",
         ])
         .expect("parse");
         assert_eq!(args.bind_addr(), "127.0.0.2:9100".parse().unwrap());
         assert_eq!(args.app_version, "v7");
         assert_eq!(args.error_ratio, 0.5);
         assert_eq!(args.exit_at_start, Some(-3));
+        assert_eq!(args.fault_mode, FaultMode::Even);
+        assert_eq!(args.seed, Some(u64::MAX));
+        assert_eq!(args.slow_ratio, 0.07);
+    }
+
+    #[test]
+    fn faults_are_random_by_default() {
+        let defaults = DemoAppArgs::default();
+        assert_eq!(defaults.fault_mode, FaultMode::Random);
+        assert_eq!(
+            defaults.slow_ratio, 1.0,
+            "every request slow unless told otherwise"
+        );
+        assert_eq!(defaults.seed, None);
     }
 
     #[test]
@@ -942,6 +1166,30 @@ mod tests {
             error_ratio: 2.0,
             ..DemoAppArgs::default()
         };
+        assert_eq!(run(args), 2);
+    }
+
+    #[test]
+    fn bad_slow_ratio_mode_or_seed_is_a_usage_error() {
+        for (flag, bad) in [
+            ("--slow-ratio", "1.01"),
+            ("--slow-ratio", "-0.5"),
+            ("--slow-ratio", "NaN"),
+            ("--fault-mode", "uniform"),
+            ("--seed", "-1"),
+            ("--seed", "0x10"),
+        ] {
+            let err = DemoAppArgs::try_parse_from([APP_NAME, flag, bad]).expect_err("rejected");
+            assert_eq!(err.exit_code(), 2, "{flag} {bad}");
+        }
+        let args = DemoAppArgs {
+            slow_ratio: f64::NAN,
+            ..DemoAppArgs::default()
+        };
+        assert_eq!(
+            args.validate(),
+            Err("--slow-ratio must be between 0 and 1, got NaN".to_owned())
+        );
         assert_eq!(run(args), 2);
     }
 
@@ -986,14 +1234,340 @@ mod tests {
     }
 
     #[test]
-    fn failure_pattern_is_exact() {
-        let state = State::new(&DemoAppArgs {
+    fn even_failure_pattern_is_exact() {
+        let faults = Faults::new(&DemoAppArgs {
             error_ratio: 0.1,
+            fault_mode: FaultMode::Even,
             ..DemoAppArgs::default()
         });
-        let failures = (0..1000).filter(|&n| state.should_fail(n)).count();
+        let failures = (0..1000).filter(|&n| faults.should_fail(n)).count();
         assert_eq!(failures, 100);
-        assert!(state.should_fail(9) && !state.should_fail(8));
+        assert!(faults.should_fail(9) && !faults.should_fail(8));
+    }
+
+    /// Faults built from a command line, the way `serve` builds them.
+    fn faults(flags: &[&str]) -> Faults {
+        let args =
+            DemoAppArgs::try_parse_from(std::iter::once(APP_NAME).chain(flags.iter().copied()))
+                .expect("test flags parse");
+        Faults::new(&args)
+    }
+
+    /// The first `count` outcomes of `decide`, by index from 0.
+    fn outcomes(count: u64, decide: impl Fn(u64) -> bool) -> Vec<bool> {
+        (0..count).map(decide).collect()
+    }
+
+    /// Asserts that `hits` out of `trials` Bernoulli(`p`) draws is within 4.5 standard
+    /// deviations of the mean: a fixed seed makes the test deterministic, and the bound is
+    /// still tight enough (about ±1.4 points at p = 0.1 over 20,000) to catch a wrong or
+    /// skewed probability.
+    fn assert_binomial(hits: usize, trials: usize, p: f64, what: &str) {
+        let mean = trials as f64 * p;
+        let bound = 4.5 * (mean * (1.0 - p)).sqrt();
+        assert!(
+            (hits as f64 - mean).abs() <= bound,
+            "{what}: {hits} of {trials}, expected {mean} ± {bound:.0}"
+        );
+    }
+
+    fn longest_run(outcomes: &[bool]) -> usize {
+        let mut longest = 0;
+        let mut current = 0;
+        for &hit in outcomes {
+            current = if hit { current + 1 } else { 0 };
+            longest = longest.max(current);
+        }
+        longest
+    }
+
+    /// The number of hits in each aligned block of 100.
+    fn block_counts(outcomes: &[bool]) -> Vec<usize> {
+        outcomes
+            .chunks(100)
+            .map(|block| block.iter().filter(|&&hit| hit).count())
+            .collect()
+    }
+
+    #[test]
+    fn random_failures_match_the_ratio() {
+        // Several seeds and ratios, so a probability that is off (a ppm/ratio mix-up, a
+        // comparison the wrong way round, a skewed uniform) cannot hide behind one lucky case.
+        for (seed, ratio) in [
+            ("1", 0.01),
+            ("2", 0.07),
+            ("3", 0.1),
+            ("4", 0.3),
+            ("5", 0.5),
+            ("6", 0.9),
+        ] {
+            let ratio_text = ratio.to_string();
+            let f = faults(&[
+                "--fault-mode",
+                "random",
+                "--seed",
+                seed,
+                "--error-ratio",
+                &ratio_text,
+            ]);
+            let failures = outcomes(20_000, |n| f.should_fail(n));
+            let hits = failures.iter().filter(|&&hit| hit).count();
+            assert_binomial(hits, 20_000, ratio, &format!("seed {seed} ratio {ratio}"));
+        }
+        let always = faults(&["--fault-mode", "random", "--error-ratio", "1"]);
+        assert!((0..20_000).all(|n| always.should_fail(n)));
+        let never = faults(&["--fault-mode", "random", "--error-ratio", "0"]);
+        assert!(!(0..20_000).any(|n| never.should_fail(n)));
+    }
+
+    #[test]
+    fn random_failures_bunch_up_as_an_even_spread_never_does() {
+        let args = ["--seed", "42", "--error-ratio", "0.1", "--fault-mode"];
+        let random_faults = faults(&[&args[..], &["random"]].concat());
+        let even_faults = faults(&[&args[..], &["even"]].concat());
+        let random = outcomes(20_000, |n| random_faults.should_fail(n));
+        let even = outcomes(20_000, |n| even_faults.should_fail(n));
+
+        // An even spread at 0.1 puts exactly 10 failures in every aligned block of 100 and
+        // never two in a row; the same checks on it show they tell the two apart.
+        let even_blocks = block_counts(&even);
+        assert!(
+            even_blocks.iter().all(|&count| count == 10),
+            "{even_blocks:?}"
+        );
+        assert_eq!(longest_run(&even), 1);
+
+        // Random failures do what an even spread cannot: blocks far from 10 and runs of
+        // failures. Falling back to the even pattern, or drawing the same value for
+        // neighbouring indexes, fails here.
+        let blocks = block_counts(&random);
+        assert!(blocks.iter().any(|&count| count <= 5), "{blocks:?}");
+        assert!(blocks.iter().any(|&count| count >= 15), "{blocks:?}");
+        assert!(longest_run(&random) >= 3, "no run of 3 failures in 20,000");
+        // The block counts vary as Binomial(100, 0.1) does (variance 9): a generator with
+        // correlated neighbours would make them vary much more or much less.
+        let mean = blocks.iter().sum::<usize>() as f64 / blocks.len() as f64;
+        let variance = blocks
+            .iter()
+            .map(|&count| (count as f64 - mean).powi(2))
+            .sum::<f64>()
+            / (blocks.len() - 1) as f64;
+        assert!(
+            (5.4..=12.6).contains(&variance),
+            "block variance {variance}"
+        );
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_outcomes() {
+        let flags = |seed: &'static str| {
+            faults(&[
+                "--fault-mode",
+                "random",
+                "--seed",
+                seed,
+                "--error-ratio",
+                "0.5",
+                "--background-error-ratio",
+                "0.5",
+                "--slow-ratio",
+                "0.5",
+                "--jitter-ms",
+                "20",
+            ])
+        };
+        let everything = |f: &Faults| -> Vec<(bool, bool, bool, Duration)> {
+            (0..20_000)
+                .map(|n| {
+                    (
+                        f.should_fail(n),
+                        f.is_slow(n),
+                        f.background_fails(n + 1),
+                        f.jitter(n + 1),
+                    )
+                })
+                .collect()
+        };
+        let first = everything(&flags("42"));
+        assert_eq!(first, everything(&flags("42")));
+
+        // Another seed gives another sequence: about half the failure outcomes disagree.
+        // Catches a seed that is parsed but never reaches the draws.
+        let other = everything(&flags("43"));
+        let differ = first.iter().zip(&other).filter(|(a, b)| a.0 != b.0).count();
+        assert_binomial(
+            differ,
+            20_000,
+            0.5,
+            "outcomes differing between seeds 42 and 43",
+        );
+    }
+
+    #[test]
+    fn runs_without_a_seed_differ() {
+        // Two servers started in the same millisecond in the same process must still differ.
+        let seeds: Vec<u64> = (0..100)
+            .map(|_| Faults::new(&DemoAppArgs::default()).seed)
+            .collect();
+        let mut distinct = seeds.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), seeds.len(), "{seeds:?}");
+    }
+
+    #[test]
+    fn each_fault_draws_independently() {
+        // With every share at one half, each pair of faults coincides on about a quarter of
+        // the requests; faults sharing a random stream would coincide on half.
+        let f = faults(&[
+            "--fault-mode",
+            "random",
+            "--seed",
+            "9",
+            "--error-ratio",
+            "0.5",
+            "--background-error-ratio",
+            "0.5",
+            "--slow-ratio",
+            "0.5",
+        ]);
+        let both = |a: &dyn Fn(u64) -> bool, b: &dyn Fn(u64) -> bool| {
+            (0..20_000).filter(|&n| a(n) && b(n)).count()
+        };
+        let fail = |n| f.should_fail(n);
+        let slow = |n| f.is_slow(n);
+        let background = |n| f.background_fails(n);
+        assert_binomial(both(&fail, &slow), 20_000, 0.25, "failing and slow");
+        assert_binomial(both(&fail, &background), 20_000, 0.25, "failing twice");
+        assert_binomial(
+            both(&slow, &background),
+            20_000,
+            0.25,
+            "slow and background",
+        );
+    }
+
+    #[test]
+    fn slow_ratio_picks_that_share_of_requests() {
+        let random = faults(&[
+            "--fault-mode",
+            "random",
+            "--seed",
+            "7",
+            "--slow-ratio",
+            "0.07",
+        ]);
+        let slow = outcomes(20_000, |n| random.is_slow(n));
+        assert_binomial(
+            slow.iter().filter(|&&hit| hit).count(),
+            20_000,
+            0.07,
+            "random slow",
+        );
+        assert!(longest_run(&slow) >= 2, "random slowness never bunches up");
+
+        let even = faults(&["--fault-mode", "even", "--slow-ratio", "0.07"]);
+        assert_eq!((0..1000).filter(|&n| even.is_slow(n)).count(), 70);
+        assert_eq!((0..20_000).filter(|&n| even.is_slow(n)).count(), 1400);
+
+        // The default keeps the old behaviour, latency on every request, in both modes.
+        for mode in ["random", "even"] {
+            let every = faults(&["--fault-mode", mode]);
+            assert!((0..20_000).all(|n| every.is_slow(n)), "{mode}");
+            let none = faults(&["--fault-mode", mode, "--slow-ratio", "0"]);
+            assert!(!(0..20_000).any(|n| none.is_slow(n)), "{mode}");
+        }
+    }
+
+    #[test]
+    fn background_errors_are_random_or_exact() {
+        let random = faults(&[
+            "--fault-mode",
+            "random",
+            "--seed",
+            "11",
+            "--background-error-ratio",
+            "0.01",
+        ]);
+        let hits = (1..=20_000).filter(|&n| random.background_fails(n)).count();
+        assert_binomial(hits, 20_000, 0.01, "random background");
+
+        // The even pattern is the one the demo app always had, by request number from 1.
+        let even = faults(&["--fault-mode", "even", "--background-error-ratio", "0.01"]);
+        let failing: Vec<u64> = (1..=300).filter(|&n| even.background_fails(n)).collect();
+        assert_eq!(failing, [99, 199, 299]);
+    }
+
+    #[test]
+    fn random_jitter_is_uniform_up_to_the_limit() {
+        let f = faults(&["--fault-mode", "random", "--seed", "3", "--jitter-ms", "20"]);
+        let micros: Vec<u128> = (1..=20_000).map(|n| f.jitter(n).as_micros()).collect();
+        let limit = 20_000;
+        assert!(micros.iter().all(|&us| us <= limit));
+        // Both ends are reached, so the range is 0..=20 ms rather than a slice of it.
+        assert!(micros.iter().any(|&us| us < 200));
+        assert!(micros.iter().any(|&us| us > limit - 200));
+        // Uniform on 0..=20,000 µs: mean 10,000 µs, standard deviation 5,774 µs, so the
+        // mean of 20,000 draws is within about 41 µs · 5 of it.
+        let mean = micros.iter().sum::<u128>() as f64 / micros.len() as f64;
+        assert!((mean - 10_000.0).abs() < 205.0, "mean jitter {mean} µs");
+        let below_quarter = micros.iter().filter(|&&us| us < limit / 4).count();
+        assert_binomial(below_quarter, 20_000, 0.25, "jitter below 5 ms");
+
+        let none = faults(&["--fault-mode", "random", "--seed", "3"]);
+        assert!((1..=1000).all(|n| none.jitter(n).is_zero()));
+    }
+
+    #[test]
+    fn even_jitter_is_the_old_fixed_pattern() {
+        // The formula the demo app used before fault modes existed, written out again so a
+        // change to the even mode's jitter cannot pass unnoticed.
+        fn old(request_number: u64, jitter_ms: u64) -> Duration {
+            let mut z = request_number.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            Duration::from_micros(z % (jitter_ms * 1000 + 1))
+        }
+        for seed in ["1", "2"] {
+            let f = faults(&["--fault-mode", "even", "--seed", seed, "--jitter-ms", "20"]);
+            assert!((1..=1000).all(|n| f.jitter(n) == old(n, 20)));
+        }
+    }
+
+    #[test]
+    fn describe_names_the_mode_seed_and_slow_ratio() {
+        let args = DemoAppArgs {
+            error_ratio: 0.3,
+            latency_ms: 300,
+            slow_ratio: 0.07,
+            seed: Some(5),
+            ..DemoAppArgs::default()
+        };
+        assert_eq!(
+            describe_misbehaviour(&args),
+            [
+                "error-ratio 0.3",
+                "latency 300ms on slow-ratio 0.07 of requests",
+                "random faults (seed 5)"
+            ]
+        );
+        let even = DemoAppArgs {
+            fault_mode: FaultMode::Even,
+            slow_ratio: 1.0,
+            ..args.clone()
+        };
+        assert_eq!(
+            describe_misbehaviour(&even),
+            ["error-ratio 0.3", "latency 300ms", "evenly spread faults"]
+        );
+        // A latency that no request gets is no misbehaviour.
+        let never_slow = DemoAppArgs {
+            latency_ms: 300,
+            slow_ratio: 0.0,
+            ..DemoAppArgs::default()
+        };
+        assert!(describe_misbehaviour(&never_slow).is_empty());
     }
 
     #[test]
@@ -1047,9 +1621,19 @@ mod tests {
         server.shutdown().await;
     }
 
+    /// Even mode over HTTP: the exact pattern reaches the wire, which this test can check
+    /// request by request only because the spread is deterministic.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn error_ratio_is_exact() {
-        let server = TestServer::start(&["--version", "v1", "--error-ratio", "0.25"]).await;
+    async fn error_ratio_is_exact_in_even_mode() {
+        let server = TestServer::start(&[
+            "--version",
+            "v1",
+            "--error-ratio",
+            "0.25",
+            "--fault-mode",
+            "even",
+        ])
+        .await;
         let mut failures = 0;
         for n in 0..100 {
             let answer = get(server.addr, "/api").await;
@@ -1066,6 +1650,77 @@ mod tests {
             }
         }
         assert_eq!(failures, 25);
+        server.shutdown().await;
+    }
+
+    /// Random mode over HTTP: with a seed, each request's status and delay are the ones
+    /// the decision functions predict for its index, and `/metrics` counts them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seeded_random_faults_reach_the_wire() {
+        let flags = [
+            "--version",
+            "v1",
+            "--fault-mode",
+            "random",
+            "--seed",
+            "7",
+            "--error-ratio",
+            "0.5",
+            "--latency-ms",
+            "200",
+            "--slow-ratio",
+            "0.3",
+        ];
+        let predicted = faults(&flags);
+        let count = 40;
+        let expect_fail: Vec<bool> = (0..count).map(|n| predicted.should_fail(n)).collect();
+        let expect_slow: Vec<bool> = (0..count).map(|n| predicted.is_slow(n)).collect();
+        // The seed must give both outcomes of each, or the checks below prove nothing.
+        assert!(expect_fail.contains(&true) && expect_fail.contains(&false));
+        assert!(expect_slow.contains(&true) && expect_slow.contains(&false));
+
+        let server = TestServer::start(&flags).await;
+        let latency = Duration::from_millis(200);
+        let mut fastest_fast = Duration::MAX;
+        for n in 0..count as usize {
+            let started = std::time::Instant::now();
+            let answer = get(server.addr, "/api").await;
+            let took = started.elapsed();
+            let expected = if expect_fail[n] {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(answer.status, expected, "request {n}");
+            if expect_slow[n] {
+                assert!(took >= latency, "request {n} took {took:?}, should be slow");
+            } else {
+                fastest_fast = fastest_fast.min(took);
+            }
+        }
+        // Requests not picked as slow skip the delay: were every request delayed (the
+        // slow ratio ignored), none would be faster than it.
+        assert!(
+            fastest_fast < latency,
+            "fastest non-slow request {fastest_fast:?}"
+        );
+
+        let failed = expect_fail.iter().filter(|&&fail| fail).count();
+        let metrics = get(server.addr, "/metrics").await;
+        let text = std::str::from_utf8(&metrics.body).expect("utf-8");
+        assert!(
+            text.contains(&format!(
+                "demo_requests_total{{version=\"v1\",code=\"500\"}} {failed}\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "demo_requests_total{{version=\"v1\",code=\"200\"}} {}\n",
+                count as usize - failed
+            )),
+            "{text}"
+        );
         server.shutdown().await;
     }
 
