@@ -331,11 +331,38 @@ fn the_previous_release_is_stopped_after_the_bake() {
         .unwrap()["pid"]
         .as_i64()
         .unwrap();
+    // The bake ends on evidence, not only on its timer: with only the deploy's two
+    // verification requests v2 is not cleared, so v1 stays warm past its second of bake, and status says why.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        pid_alive(v1_pid),
+        "v1 was stopped before v2 served a request"
+    );
+    let text = stdout(&p.run(&["status", "web"]));
+    assert!(
+        text.contains(
+            "bake      held past its time until the active release is cleared: 5xx ratio: 0 of 2 so far; not yet enough to show it below 10.0%"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("web: baking"), "{text}");
+    let events = p.json(&["events", "web"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "bake_extended"),
+        "{events:#}"
+    );
+    // About 60 clean requests show v2 below 10% with 99% confidence; 150 are sent.
+    let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(30), 150);
     eventually(
-        "v1 is stopped after its bake",
-        Duration::from_secs(15),
+        "v1 is stopped once v2 is cleared",
+        Duration::from_secs(30),
         || !pid_alive(v1_pid),
     );
+    load.stop();
     let status = p.json(&["status", "web"]);
     assert_eq!(status["state"], "steady", "{status:#}");
     assert_eq!(status["previous"]["warm"], false);

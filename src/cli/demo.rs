@@ -19,8 +19,6 @@ use crate::http::HttpClient;
 use crate::ledger::Ledger;
 use crate::watch::control::{self, Request};
 
-/// One request every this often: 200 requests a second.
-const LOAD_EVERY: Duration = Duration::from_millis(5);
 /// How long the demo waits for the guard before it gives up.
 const GUARD_DEADLINE: Duration = Duration::from_secs(40);
 
@@ -44,6 +42,9 @@ pub enum Scenario {
     /// nothing is wrong: 1% background errors and latency jitter, which must never
     /// cause a rollback (runs for --duration-secs)
     Healthy,
+    /// a near miss: 7% of API requests fail at random, under the 10% line, which must
+    /// not cause a rollback either (runs for --duration-secs)
+    Edge,
 }
 
 impl Scenario {
@@ -64,7 +65,14 @@ impl Scenario {
                 "--after-secs",
                 "1",
             ],
+            Scenario::Edge => &["--error-ratio", "0.07", "--jitter-ms", "20"],
         }
+    }
+
+    /// Whether v2 must stay: the run lasts --duration-secs and any incident is a false
+    /// rollback.
+    fn stays(self) -> bool {
+        matches!(self, Scenario::Healthy | Scenario::Edge)
     }
 
     fn describe(self) -> &'static str {
@@ -79,6 +87,9 @@ impl Scenario {
             Scenario::Cpu => "burns a whole core a second after it starts",
             Scenario::Outage => "fails every API request from a second after it starts",
             Scenario::Healthy => "is healthy: 1% background errors and up to 20 ms of jitter",
+            Scenario::Edge => {
+                "fails 7% of API requests at random, under the 10% threshold: it must stay"
+            }
         }
     }
 }
@@ -95,12 +106,13 @@ struct LoadStats {
 pub(super) async fn run(
     scenario: Scenario,
     duration_secs: u64,
+    rate: u64,
     json: bool,
 ) -> Result<i32, CliError> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("ripcord-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, scenario, duration_secs, json, started).await;
+    let result = run_in(&dir, scenario, duration_secs, rate, json, started).await;
     // Keep the report, remove the rest.
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         if entry.file_name() != "report" {
@@ -131,6 +143,7 @@ async fn run_in(
     dir: &Path,
     scenario: Scenario,
     duration_secs: u64,
+    rate: u64,
     json: bool,
     started: Instant,
 ) -> Result<i32, CliError> {
@@ -211,8 +224,11 @@ json_equals = "{{version}}"
         &state_dir,
         dir,
         listen,
-        scenario,
-        duration_secs,
+        Plan {
+            scenario,
+            duration_secs,
+            rate,
+        },
         json,
         started,
     )
@@ -228,15 +244,27 @@ fn scenario_name(s: Scenario) -> String {
         .unwrap_or_default()
 }
 
+/// What a demo run does: the fault, how long a must-stay scenario runs, how much load.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    scenario: Scenario,
+    duration_secs: u64,
+    rate: u64,
+}
+
 async fn drive(
     state_dir: &Path,
     dir: &Path,
     listen: u16,
-    scenario: Scenario,
-    duration_secs: u64,
+    plan: Plan,
     json: bool,
     started: Instant,
 ) -> Result<i32, CliError> {
+    let Plan {
+        scenario,
+        duration_secs,
+        rate,
+    } = plan;
     // In the healthy run both releases carry the same background noise: v1's baseline
     // must be as noisy as v2.
     let v1_args: &[&str] = if scenario == Scenario::Healthy {
@@ -255,20 +283,21 @@ async fn drive(
 
     let stats = Arc::new(LoadStats::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let run_for = if scenario == Scenario::Healthy {
+    let run_for = if scenario.stays() {
         Duration::from_secs(duration_secs)
     } else {
         GUARD_DEADLINE
     };
     let load = tokio::spawn(load(
         listen,
+        rate,
         stats.clone(),
         stop.clone(),
         run_for + Duration::from_secs(30),
     ));
     say(
         json,
-        "▶ traffic: about 200 requests a second through the proxy",
+        &format!("▶ traffic: about {rate} requests a second through the proxy"),
     );
     // A second of healthy traffic gives v1 a baseline p95 for the latency rule.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -314,7 +343,7 @@ async fn drive(
             break Some(i.clone());
         }
         // In the healthy run any incident at all is the answer.
-        if scenario == Scenario::Healthy
+        if scenario.stays()
             && let Some(i) = incidents.first()
         {
             break Some(i.clone());
@@ -334,9 +363,10 @@ async fn drive(
         }
     }
 
-    if scenario == Scenario::Healthy {
+    if scenario.stays() {
         return healthy_summary(
             &ledger,
+            scenario,
             incident.is_some(),
             &stats,
             duration_secs,
@@ -445,6 +475,7 @@ async fn drive(
 /// The healthy run's verdict: any incident is a false rollback.
 fn healthy_summary(
     ledger: &Ledger,
+    scenario: Scenario,
     any: bool,
     stats: &LoadStats,
     duration_secs: u64,
@@ -457,7 +488,7 @@ fn healthy_summary(
         .filter(|i| i.switched_at_ms.is_some())
         .count();
     let summary = json!({
-        "scenario": "healthy",
+        "scenario": scenario_name(scenario),
         "duration_secs": duration_secs,
         "incidents": incidents.len(),
         "false_rollbacks": false_rollbacks,
@@ -471,11 +502,17 @@ fn healthy_summary(
     } else {
         println!(
             "
-{} healthy run of {duration_secs} s: {} incidents, {false_rollbacks} false rollbacks; {} of {} requests failed (the 1% background)",
+{} {} run of {duration_secs} s: {} incidents, {false_rollbacks} false rollbacks; {} of {} requests failed ({})",
             if any { "✗" } else { "✓" },
+            scenario_name(scenario),
             incidents.len(),
             stats.failed.load(Ordering::Relaxed),
-            stats.sent.load(Ordering::Relaxed)
+            stats.sent.load(Ordering::Relaxed),
+            if scenario == Scenario::Edge {
+                "v2's 7% at random"
+            } else {
+                "the 1% background"
+            }
         );
     }
     Ok(if incidents.is_empty() { 0 } else { 1 })
@@ -552,13 +589,20 @@ async fn deploy(state_dir: &Path, version: &str, extra: &[&str]) -> Result<Value
 
 /// About 200 requests a second on `/api/demo`, each in its own task (at most 64 in
 /// flight), until told to stop or the bounds are reached.
-async fn load(port: u16, stats: Arc<LoadStats>, stop: Arc<AtomicBool>, max_time: Duration) {
-    let max_requests = 200 * max_time.as_secs() + 1_000;
+async fn load(
+    port: u16,
+    rate: u64,
+    stats: Arc<LoadStats>,
+    stop: Arc<AtomicBool>,
+    max_time: Duration,
+) {
+    let rate = rate.clamp(1, 2_000);
+    let max_requests = rate * max_time.as_secs() + 1_000;
     let client = HttpClient::default();
     let url = format!("http://127.0.0.1:{port}/api/demo");
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     let start = Instant::now();
-    let mut tick = tokio::time::interval(LOAD_EVERY);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     while !stop.load(Ordering::Relaxed)
         && start.elapsed() < max_time
         && stats.sent.load(Ordering::Relaxed) < max_requests

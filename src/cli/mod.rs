@@ -54,9 +54,12 @@ pub enum Command {
         /// The fault the bad release carries
         #[arg(long, value_enum, default_value = "errors")]
         scenario: demo::Scenario,
-        /// How long the `healthy` scenario runs, in seconds
+        /// How long the `healthy` and `edge` scenarios run, in seconds
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         duration_secs: u64,
+        /// Requests a second the demo's load generator sends through the proxy
+        #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=2000))]
+        rate: u64,
     },
     /// Deploy VERSION of SERVICE: start it in the idle slot, health-gate, switch, verify
     Deploy {
@@ -438,7 +441,8 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Demo {
             scenario,
             duration_secs,
-        } => demo::run(scenario, duration_secs, json).await,
+            rate,
+        } => demo::run(scenario, duration_secs, rate, json).await,
         Command::DemoApp(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -148,7 +148,6 @@ pub(crate) fn service_status(
     service: &str,
     live: Option<&Value>,
 ) -> Result<Value, CliError> {
-    let now = now_ms();
     let active = ledger.active_release(service)?;
     let operation = ledger.running_operation(service)?;
     let slots = ledger.slots(service)?;
@@ -157,9 +156,11 @@ pub(crate) fn service_status(
         .as_ref()
         .and_then(|a| slots.iter().find(|s| s.release_id == Some(a.id)))
         .map(|s| s.slot);
-    let warm = slots.iter().find(|s| {
-        Some(s.slot) != active_slot && s.warm_until_ms.is_some_and(|t| t > now) && watcher.is_some()
-    });
+    // A warm slot past its bake time is still warm while the guard holds the bake (the
+    // active release is not cleared yet): it stays until the watcher stops it.
+    let warm = slots
+        .iter()
+        .find(|s| Some(s.slot) != active_slot && s.warm_until_ms.is_some() && watcher.is_some());
     let previous = ledger.previous_good(service)?;
     let guard = ledger.service_state(service)?;
     let investigating = guard.investigating_release.is_some() && guard.acked_at_ms.is_none();
@@ -282,6 +283,19 @@ fn print_status(s: &Value) {
             p["version"].as_str().unwrap_or("?"),
             p["release"]
         );
+        let bake = &s["live"]["guard"]["bake"];
+        if p["warm"] == true && bake["state"] == "hold" {
+            let past = p["warm_until_ms"].as_i64().is_some_and(|t| t <= now_ms());
+            println!(
+                "  bake      {} until the active release is cleared: {}",
+                if past {
+                    "held past its time"
+                } else {
+                    "goes on"
+                },
+                bake["why"].as_str().unwrap_or("?")
+            );
+        }
     }
     if let Some(op) = s["operation"].as_object() {
         println!(

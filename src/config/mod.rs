@@ -304,12 +304,20 @@ impl Default for Triggers {
     }
 }
 
-/// 5xx ratio above `above` over `window_secs` (Wilson lower bound, at least `min_samples`).
+/// The default false-alarm budget of the rate rules: at most one false rollback per this
+/// many requests of a release at the edge of the healthy zone (0.8 × the threshold).
+pub const DEFAULT_REQUESTS_PER_FALSE_ALARM: f64 = 1e8;
+
+/// A 5xx ratio at or above `above` is a failing release: a sequential test on the
+/// per-request stream (docs/guard-statistics.md) decides, with at most one false alarm
+/// per `requests_per_false_alarm` requests of a healthy release (≤ 0.8 × `above`).
+/// `window_secs` is the span of the ratio people read beside it (status, charts) and
+/// the time the runbook gives a sustained failure just over the threshold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorRateRule {
     pub above: f64,
     pub window_secs: u64,
-    pub min_samples: u64,
+    pub requests_per_false_alarm: f64,
 }
 
 impl Default for ErrorRateRule {
@@ -317,18 +325,20 @@ impl Default for ErrorRateRule {
         ErrorRateRule {
             above: 0.10,
             window_secs: 120,
-            min_samples: 20,
+            requests_per_false_alarm: DEFAULT_REQUESTS_PER_FALSE_ALARM,
         }
     }
 }
 
-/// p95 above `factor` × the previous release's healthy p95, and above `floor_ms`.
+/// p95 above `factor` × the previous release's healthy p95, and above `floor_ms`: more
+/// than 5% of requests slower than that limit, judged by the same sequential test as
+/// the 5xx ratio.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LatencyRule {
     pub factor: f64,
     pub window_secs: u64,
-    pub min_samples: u64,
     pub floor_ms: u64,
+    pub requests_per_false_alarm: f64,
 }
 
 impl Default for LatencyRule {
@@ -336,8 +346,8 @@ impl Default for LatencyRule {
         LatencyRule {
             factor: 5.0,
             window_secs: 120,
-            min_samples: 50,
             floor_ms: 25,
+            requests_per_false_alarm: DEFAULT_REQUESTS_PER_FALSE_ALARM,
         }
     }
 }
@@ -1297,6 +1307,12 @@ fn read_metric_rule(r: &mut Reader<'_>, t: &Table<'_>) -> Option<MetricRule> {
 
 /// `[service.NAME.triggers]`: each rule is a table; `enabled = false` turns it off and
 /// a key left out keeps the runbook's default. Returns `None` when a key was wrong.
+/// Why `min_samples` is refused: the sequential test needs no minimum.
+const MIN_SAMPLES_GONE: &str = "is no longer used: the rule is a sequential test that needs no minimum \
+     sample (a total failure is caught within a handful of requests, a healthy release \
+     almost never); set `false_alarm = \"1 per 1e8 requests\"` to change how rare a false \
+     rollback must be (docs/guard-statistics.md)";
+
 fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
     let mut out = Triggers::default();
     let Some(tt) = r.table(t, "triggers") else {
@@ -1316,28 +1332,33 @@ fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
     );
     let enabled = |r: &mut Reader<'_>, rt: &Table<'_>| r.boolean(rt, "enabled").unwrap_or(true);
     if let Some(rt) = r.table(&tt, "error_rate") {
-        r.deny_unknown(&rt, &["enabled", "above", "window_secs", "min_samples"]);
+        r.removed(&rt, "min_samples", MIN_SAMPLES_GONE);
+        r.deny_unknown(&rt, &["enabled", "above", "window_secs", "false_alarm"]);
         let d = ErrorRateRule::default();
         let rule = ErrorRateRule {
-            above: r.fraction(&rt, "above").unwrap_or(d.above),
+            // Strictly inside (0, 1): the healthy zone is 0.8 × `above`, and a test of
+            // "above 100%" could never fire.
+            above: r.float(&rt, "above", 0.001, 0.99).unwrap_or(d.above),
             window_secs: r
                 .integer(&rt, "window_secs", 1, DAY_SECS)
                 .map_or(d.window_secs, |v| v.value as u64),
-            min_samples: r
-                .integer(&rt, "min_samples", 1, 1_000_000)
-                .map_or(d.min_samples, |v| v.value as u64),
+            requests_per_false_alarm: r
+                .false_alarm(&rt, "false_alarm")
+                .unwrap_or(d.requests_per_false_alarm),
         };
+
         out.error_rate = enabled(r, &rt).then_some(rule);
     }
     if let Some(rt) = r.table(&tt, "latency_p95") {
+        r.removed(&rt, "min_samples", MIN_SAMPLES_GONE);
         r.deny_unknown(
             &rt,
             &[
                 "enabled",
                 "factor",
                 "window_secs",
-                "min_samples",
                 "floor_ms",
+                "false_alarm",
             ],
         );
         let d = LatencyRule::default();
@@ -1346,12 +1367,12 @@ fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
             window_secs: r
                 .integer(&rt, "window_secs", 1, DAY_SECS)
                 .map_or(d.window_secs, |v| v.value as u64),
-            min_samples: r
-                .integer(&rt, "min_samples", 1, 1_000_000)
-                .map_or(d.min_samples, |v| v.value as u64),
             floor_ms: r
                 .integer(&rt, "floor_ms", 0, 3_600_000)
                 .map_or(d.floor_ms, |v| v.value as u64),
+            requests_per_false_alarm: r
+                .false_alarm(&rt, "false_alarm")
+                .unwrap_or(d.requests_per_false_alarm),
         };
         out.latency_p95 = enabled(r, &rt).then_some(rule);
     }

@@ -17,6 +17,8 @@ pub(crate) struct Reader<'a> {
     src: &'a str,
     file: PathBuf,
     pub(crate) errors: Vec<ConfigError>,
+    /// Keys already reported as removed, which `deny_unknown` does not report again.
+    removed: Vec<String>,
 }
 
 /// A table being read, with its key path and where it starts.
@@ -32,6 +34,7 @@ impl<'a> Reader<'a> {
             src,
             file: file.to_path_buf(),
             errors: Vec::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -58,7 +61,7 @@ impl<'a> Reader<'a> {
     /// Reports keys of `table` that are not in `allowed`.
     pub(crate) fn deny_unknown(&mut self, table: &Table<'_>, allowed: &[&str]) {
         for (key, _) in table.inner.iter() {
-            if !allowed.contains(&key) {
+            if !allowed.contains(&key) && !self.removed.contains(&join(&table.path, key)) {
                 let span = key_span(table, key);
                 let hint = closest(key, allowed)
                     .map(|c| format!(" (did you mean `{c}`?)"))
@@ -125,6 +128,60 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A key that ripcord no longer reads: an error that says why and what replaces it
+    /// (rather than "unknown key", which would send the reader looking for a typo).
+    pub(crate) fn removed(&mut self, table: &Table<'_>, key: &str, why: &str) {
+        if table.inner.get(key).is_none() {
+            return;
+        }
+        let path = join(&table.path, key);
+        self.error(key_span(table, key), &path, why.to_string());
+        self.removed.push(path);
+    }
+
+    /// A false-alarm budget: `"1 per 1e8 requests"` (also `1 per 100000000 requests`
+    /// or `1 per 10^8 requests`), returned as the number of requests per false alarm.
+    pub(crate) fn false_alarm(&mut self, table: &Table<'_>, key: &str) -> Option<f64> {
+        let s = self.string(table, key)?;
+        let words: Vec<&str> = s.value.split_whitespace().collect();
+        let number = |w: &str| -> Option<f64> {
+            let w = w.replace(['_', ','], "");
+            match w.split_once('^') {
+                Some((b, e)) => Some(b.parse::<f64>().ok()?.powf(e.parse::<f64>().ok()?)),
+                None => w.parse::<f64>().ok(),
+            }
+        };
+        let n = match words.as_slice() {
+            ["1", "per", n, "requests" | "request"] => number(n),
+            _ => None,
+        };
+        match n {
+            Some(n) if (1e3..=1e15).contains(&n) => Some(n),
+            Some(n) => {
+                self.error(
+                    s.span,
+                    &join(&table.path, key),
+                    format!(
+                        "\"{}\": 1 per {n} requests is out of range: expected 1 per 1e3 to 1 per 1e15 requests",
+                        s.value
+                    ),
+                );
+                None
+            }
+            None => {
+                self.error(
+                    s.span,
+                    &join(&table.path, key),
+                    format!(
+                        "\"{}\": expected \"1 per N requests\", such as \"1 per 1e8 requests\"",
+                        s.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// A number (integer or float) within `min..=max`.
     pub(crate) fn float(
         &mut self,
@@ -153,11 +210,6 @@ impl<'a> Reader<'a> {
                 None
             }
         }
-    }
-
-    /// A ratio between 0 and 1 (`0.1` is 10%).
-    pub(crate) fn fraction(&mut self, table: &Table<'_>, key: &str) -> Option<f64> {
-        self.float(table, key, 0.0, 1.0)
     }
 
     /// An array of strings (an argv): never a single shell string.

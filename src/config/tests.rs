@@ -190,7 +190,7 @@ fn triggers_default_to_the_runbook_and_can_be_tuned_or_turned_off() {
 
     let src = format!(
         "{GOOD}investigate_secs = 30\nmemory_limit_mb = 64\n[service.web.triggers]\n\
-         error_rate = {{ above = 0.2, window_secs = 30 }}\nlatency_p95 = {{ enabled = false }}\n\
+         error_rate = {{ above = 0.2, window_secs = 30, false_alarm = \"1 per 10^9 requests\" }}\nlatency_p95 = {{ enabled = false }}\n\
          cpu = {{ above = 1.5, for_secs = 10, action = \"rollback\" }}\noom_kills = false\n"
     );
     let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
@@ -199,7 +199,7 @@ fn triggers_default_to_the_runbook_and_can_be_tuned_or_turned_off() {
     assert_eq!(web.memory_limit_mb, Some(64));
     let t = &web.triggers;
     assert_eq!(t.error_rate.as_ref().unwrap().above, 0.2);
-    assert_eq!(t.error_rate.as_ref().unwrap().min_samples, 20);
+    assert_eq!(t.error_rate.as_ref().unwrap().requests_per_false_alarm, 1e9);
     assert!(t.latency_p95.is_none());
     assert!(!t.cpu.as_ref().unwrap().investigate);
     assert!(!t.oom_kills);
@@ -213,11 +213,58 @@ fn trigger_mistakes_are_reported() {
     check(
         &src,
         &[
-            "ripcord.toml:6: service.web.triggers.error_rate.above: 10 is out of range: expected 0 to 1",
+            "ripcord.toml:6: service.web.triggers.error_rate.above: 10 is out of range: expected 0.001 to 0.99",
             "ripcord.toml:7: service.web.triggers.cpu.action: unknown action \"panic\"; expected \"investigate\" or \"rollback\"",
             "ripcord.toml:8: service.web.triggers.latency: unknown key (did you mean `latency_p95`?); expected one of `error_rate`, `latency_p95`, `oom_kills`, `crash`, `cpu`, `health`",
         ],
     );
+}
+
+#[test]
+fn the_false_alarm_budget_is_read_in_words_and_min_samples_is_gone() {
+    let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+    let t = &cfg.service("web").unwrap().triggers;
+    assert_eq!(t.error_rate.as_ref().unwrap().requests_per_false_alarm, 1e8);
+    assert_eq!(
+        t.latency_p95.as_ref().unwrap().requests_per_false_alarm,
+        1e8
+    );
+    for (text, want) in [
+        ("1 per 1e8 requests", 1e8),
+        ("1 per 100_000_000 requests", 1e8),
+        ("1 per 10^12 requests", 1e12),
+        ("1  per  5000 requests", 5e3),
+    ] {
+        let src =
+            format!("{GOOD}[service.web.triggers]\nlatency_p95 = {{ false_alarm = \"{text}\" }}\n");
+        let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
+        let t = &cfg.service("web").unwrap().triggers;
+        assert_eq!(
+            t.latency_p95.as_ref().unwrap().requests_per_false_alarm,
+            want,
+            "{text}"
+        );
+    }
+    let src = format!(
+        "{GOOD}[service.web.triggers]\nerror_rate = {{ false_alarm = \"1e-8\", min_samples = 20 }}\nlatency_p95 = {{ false_alarm = \"1 per 10 requests\" }}\n"
+    );
+    let got = errors(&src);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got.iter().any(|e| e.starts_with("ripcord.toml:6: service.web.triggers.error_rate.min_samples: is no longer used: the rule is a sequential test")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|e| e.contains(
+            "service.web.triggers.error_rate.false_alarm: \"1e-8\": expected \"1 per N requests\""
+        )),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|e| e.contains("service.web.triggers.latency_p95.false_alarm: \"1 per 10 requests\": 1 per 10 requests is out of range")),
+        "{got:?}"
+    );
+    assert!(!got.iter().any(|e| e.contains("unknown key")), "{got:?}");
 }
 
 #[test]

@@ -167,6 +167,8 @@ pub struct ServiceExec {
     http: HttpClient,
     /// The Docker engine, connected on first use (runtime `docker`).
     engine: tokio::sync::OnceCell<crate::docker::Engine>,
+    /// Warm releases whose bake was held by the guard's evidence (told once each).
+    bake_held: Mutex<std::collections::HashSet<i64>>,
 }
 
 impl ServiceExec {
@@ -180,6 +182,7 @@ impl ServiceExec {
             op: tokio::sync::Mutex::new(()),
             http: HttpClient::default(),
             engine: tokio::sync::OnceCell::new(),
+            bake_held: Mutex::default(),
         }
     }
 
@@ -1269,19 +1272,51 @@ impl ServiceExec {
 
     /// Stops warm releases whose bake (or drain) time is over. Skipped while an
     /// operation runs: it will decide what to keep.
-    pub async fn bake_tick(&self) {
+    ///
+    /// The bake ends on evidence, not only on its timer: while `hold` says why the
+    /// active release is not yet cleared by its guard, a warm release that is still a
+    /// good rollback target stays warm (a release marked bad, draining after a
+    /// rollback, is stopped all the same). The hold is recorded once, as an event.
+    pub async fn bake_tick(&self, hold: Option<String>) {
         let Ok(_guard) = self.op.try_lock() else {
             return;
         };
         let now = now_ms();
         let active = self.router.target().map(|t| t.slot);
-        let expired: Vec<(Slot, SlotProc)> = self
+        let mut expired: Vec<(Slot, SlotProc)> = self
             .slots()
             .into_iter()
             .filter(|(slot, sp)| {
                 Some(*slot) != active && sp.warm_until_ms.is_some_and(|t| t <= now)
             })
             .collect();
+        if let Some(why) = hold {
+            let mut held = vec![];
+            expired.retain(|(_, sp)| {
+                let bad = self
+                    .ledger()
+                    .release(sp.release.id)
+                    .is_ok_and(|r| r.status == ReleaseStatus::Bad);
+                if !bad {
+                    held.push(sp.release.clone());
+                }
+                bad
+            });
+            let mut told = self.bake_held.lock().unwrap_or_else(|p| p.into_inner());
+            for r in held {
+                if told.insert(r.id) {
+                    self.event(
+                        Some(r.id),
+                        None,
+                        "bake_extended",
+                        format!(
+                            "{} stays warm past its bake: the active release is not cleared yet ({why})",
+                            r.version
+                        ),
+                    );
+                }
+            }
+        }
         for (slot, sp) in expired {
             self.event(
                 Some(sp.release.id),

@@ -1,14 +1,15 @@
-//! Trigger rules: each turns what the windows hold into `Ok`, `NoData` (not enough to
+//! Trigger rules: each turns what the guard has seen into `Ok`, `NoData` (not enough to
 //! judge, reported as such: never read as healthy) or `Fired` with the values that made
-//! it fire. A ratio only fires when its Wilson lower bound is above the threshold and the
-//! window holds at least `min_samples`, so a handful of requests cannot cause a rollback.
+//! it fire. The rate rules (5xx ratio, p95) read a sequential detector (`detector.rs`)
+//! with a stated false-alarm rate; the others read counts, samples and exits.
 //!
 //! Pure: values and time in, verdicts out.
 
 use serde::Serialize;
 use serde_json::json;
 
-use super::window::{Window, WindowStats};
+use super::detector::{Alarm, Detector, Spec};
+use super::window::Window;
 use crate::config::{CpuRule, ErrorRateRule, HealthRule, LatencyRule};
 
 /// Which rule fired.
@@ -68,108 +69,136 @@ impl Verdict {
     }
 }
 
-/// The z for a one-sided 99% bound: false alarms stay rare even across many windows.
-pub const Z: f64 = 2.576;
-
-/// The Wilson score interval's lower bound for `k` successes in `n` trials.
-pub fn wilson_lower(k: u64, n: u64, z: f64) -> f64 {
-    if n == 0 {
-        return 0.0;
+/// `n` with thousands separators: 2,412.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
     }
-    let n_f = n as f64;
-    let p = k as f64 / n_f;
-    let z2 = z * z;
-    let centre = p + z2 / (2.0 * n_f);
-    let spread = z * (p * (1.0 - p) / n_f + z2 / (4.0 * n_f * n_f)).sqrt();
-    ((centre - spread) / (1.0 + z2 / n_f)).max(0.0)
+    out
+}
+
+/// "1 per 10^8 requests" for people.
+pub fn per_requests(n: f64) -> String {
+    let exp = n.log10();
+    if (exp - exp.round()).abs() < 1e-9 && exp >= 4.0 {
+        format!("10^{}", exp.round() as i64)
+    } else {
+        thousands(n.round() as u64)
+    }
 }
 
 fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
-/// The 5xx ratio over the rule's time window.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
+/// What the detector has seen, in words: the share, the evidence and what it means.
+/// `what` names a bad request ("5xx", "slower than 50 ms").
+fn evidence_words(d: &Detector, what: &str) -> String {
+    let (total, bad) = d.totals();
+    let e = d.evidence();
+    format!(
+        "{what} {} of {} since it began serving; evidence {:.1} of the {:.1} needed",
+        pct(bad as f64 / total as f64),
+        plural(total, "request", "requests"),
+        e.evidence,
+        e.needed
+    )
+}
+
+/// The sentence behind a fired rate rule: the stretch that crossed, the evidence and the
+/// false-alarm rate it stands for.
+fn alarm_words(a: &Alarm, spec: &Spec, what: &str, now_ms: i64) -> String {
+    let secs = (a.at_ms - a.stretch_since_ms).max(0) as f64 / 1000.0;
+    let since = if secs >= 1.0 {
+        format!(" ({secs:.0} s)")
+    } else {
+        format!(" ({:.0} ms)", secs * 1000.0)
+    };
+    let late = now_ms - a.at_ms;
+    format!(
+        "{what} {} over the last {}{since}; evidence {:.1} over the {:.1} needed: a healthy release at {} crosses it less than once per {} requests ({} over all {} since it began serving{})",
+        pct(a.stretch_bad as f64 / a.stretch_requests.max(1) as f64),
+        plural(a.stretch_requests, "request", "requests"),
+        a.evidence,
+        a.needed,
+        pct(spec.healthy),
+        per_requests(spec.requests_per_false_alarm),
+        pct(a.total_bad as f64 / a.total.max(1) as f64),
+        thousands(a.total),
+        if late > 1000 {
+            format!("; crossed {} s ago", late / 1000)
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn alarm_values(a: &Alarm, spec: &Spec) -> serde_json::Value {
+    json!({
+        "ratio": a.stretch_bad as f64 / a.stretch_requests.max(1) as f64,
+        "requests": a.stretch_requests, "bad": a.stretch_bad,
+        "since_ms": a.stretch_since_ms, "crossed_at_ms": a.at_ms,
+        "evidence": a.evidence, "needed": a.needed, "tuned_to": a.tuned_to,
+        "total_requests": a.total, "total_bad": a.total_bad,
+        "threshold": spec.threshold, "healthy": spec.healthy,
+        "requests_per_false_alarm": spec.requests_per_false_alarm,
+    })
+}
+
+/// The 5xx ratio rule: the sequential detector over the release's requests.
 pub fn error_rate(
     rule: &ErrorRateRule,
-    stats: &WindowStats,
+    detector: &Detector,
     release_id: i64,
     now_ms: i64,
 ) -> Verdict {
-    ratio_verdict(
-        rule,
-        stats.errors,
-        stats.requests,
-        &format!("over the last {} s", rule.window_secs),
-        release_id,
-        now_ms,
-    )
-}
-
-/// The 5xx ratio over the release's most recent requests: a sudden failure shows here
-/// before it outweighs a window of healthy traffic. The same bound and threshold apply.
-pub fn error_rate_recent(
-    rule: &ErrorRateRule,
-    errors: u64,
-    requests: u64,
-    release_id: i64,
-    now_ms: i64,
-) -> Verdict {
-    ratio_verdict(
-        rule,
-        errors,
-        requests,
-        &format!("in the last {requests} requests"),
-        release_id,
-        now_ms,
-    )
-}
-
-fn ratio_verdict(
-    rule: &ErrorRateRule,
-    errors: u64,
-    requests: u64,
-    window: &str,
-    release_id: i64,
-    now_ms: i64,
-) -> Verdict {
-    if requests < rule.min_samples {
-        return Verdict::NoData(format!(
-            "{requests} request{} {window} (needs {} to judge the 5xx ratio)",
-            if requests == 1 { "" } else { "s" },
-            rule.min_samples
-        ));
-    }
-    let ratio = errors as f64 / requests as f64;
-    let lower = wilson_lower(errors, requests, Z);
-    if lower > rule.above {
+    let (total, _) = detector.totals();
+    if let Some(a) = detector.alarm() {
+        let summary = alarm_words(a, detector.spec(), "5xx", now_ms);
+        let mut values = alarm_values(a, detector.spec());
+        values["window_secs"] = json!(rule.window_secs);
         return Verdict::Fired(Finding {
             rule: Rule::ErrorRate,
             release_id,
             at_ms: now_ms,
-            summary: format!(
-                "5xx ratio {} ({errors} of {requests} requests; 99% lower bound {}) {window} is above {}",
-                pct(ratio),
-                pct(lower),
-                pct(rule.above)
-            ),
-            values: json!({
-                "ratio": ratio, "lower_bound": lower, "errors": errors,
-                "requests": requests, "threshold": rule.above, "window": window,
-                "window_secs": rule.window_secs,
-            }),
+            summary,
+            values,
         });
     }
+    if total == 0 {
+        return Verdict::NoData("no requests since it began serving".to_string());
+    }
     Verdict::Ok(format!(
-        "5xx ratio {} of {requests} requests {window} (threshold {})",
-        pct(ratio),
+        "{} (threshold {})",
+        evidence_words(detector, "5xx"),
         pct(rule.above)
     ))
 }
 
-/// p95 above `factor` × the previous release's healthy p95 (and above `floor_ms`): fires
-/// when the share of requests slower than that limit is confidently above 5%.
+/// The p95 is above a limit exactly when more than this share of requests is slower.
+pub const SLOW_SHARE: f64 = 0.05;
+
+/// The latency limit: `factor` × the previous release's healthy p95, at least `floor_ms`.
+pub fn latency_limit_us(rule: &LatencyRule, baseline_p95_us: u64) -> u64 {
+    ((baseline_p95_us as f64 * rule.factor) as u64).max(rule.floor_ms * 1000)
+}
+
+/// p95 above `factor` × the previous release's healthy p95 (and above `floor_ms`): the
+/// p95 is above a limit exactly when more than 5% of requests are slower than it, so
+/// the detector watches the stream of slow requests against a 5% threshold. `window`
+/// gives the p95 people read beside it.
 pub fn latency_p95(
     rule: &LatencyRule,
+    detector: Option<&Detector>,
     window: &Window,
     baseline_p95_us: Option<u64>,
     release_id: i64,
@@ -180,43 +209,41 @@ pub fn latency_p95(
             "no baseline p95: the previous release has no recorded healthy latency".to_string(),
         );
     };
+    let limit_us = latency_limit_us(rule, baseline);
+    let limit = format!("{} ms", limit_us / 1000);
+    let Some(detector) = detector.filter(|d| d.totals().0 > 0) else {
+        return Verdict::NoData("no timed requests since the baseline was known".to_string());
+    };
     let stats = window.stats(now_ms);
-    if stats.requests < rule.min_samples {
-        return Verdict::NoData(format!(
-            "{} requests in the last {} s (needs {} to judge p95)",
-            stats.requests, rule.window_secs, rule.min_samples
-        ));
-    }
-    let limit_us = ((baseline as f64 * rule.factor) as u64).max(rule.floor_ms * 1000);
-    let slow = window.slower_than(now_ms, limit_us);
-    let lower = wilson_lower(slow, stats.requests, Z);
-    let p95 = stats.p95_us.unwrap_or(0);
-    if lower > 0.05 {
+    let p95 = stats
+        .p95_us
+        .map_or("no requests".to_string(), |p| format!("{} ms", p / 1000));
+    let what = format!("slower than {limit}:");
+    if let Some(a) = detector.alarm() {
+        let summary = format!(
+            "p95 {p95} over the last {} s is above {} × the baseline {} ms: {}",
+            rule.window_secs,
+            rule.factor,
+            baseline as f64 / 1000.0,
+            alarm_words(a, detector.spec(), &what, now_ms)
+        );
+        let mut values = alarm_values(a, detector.spec());
+        values["p95_ms"] = json!(stats.p95_us.map(|p| p as f64 / 1000.0));
+        values["baseline_p95_ms"] = json!(baseline as f64 / 1000.0);
+        values["factor"] = json!(rule.factor);
+        values["limit_ms"] = json!(limit_us as f64 / 1000.0);
+        values["window_secs"] = json!(rule.window_secs);
         return Verdict::Fired(Finding {
             rule: Rule::LatencyP95,
             release_id,
             at_ms: now_ms,
-            summary: format!(
-                "p95 {} ms over the last {} s is above {} × the baseline {} ms ({} of {} requests slower than {} ms)",
-                p95 / 1000,
-                rule.window_secs,
-                rule.factor,
-                baseline as f64 / 1000.0,
-                slow,
-                stats.requests,
-                limit_us / 1000
-            ),
-            values: json!({
-                "p95_ms": p95 as f64 / 1000.0, "baseline_p95_ms": baseline as f64 / 1000.0,
-                "factor": rule.factor, "limit_ms": limit_us as f64 / 1000.0, "slow": slow,
-                "requests": stats.requests, "window_secs": rule.window_secs,
-            }),
+            summary,
+            values,
         });
     }
     Verdict::Ok(format!(
-        "p95 {} ms (limit {} ms)",
-        p95 / 1000,
-        limit_us / 1000
+        "p95 {p95} (limit {limit}); {}",
+        evidence_words(detector, &what)
     ))
 }
 
@@ -305,119 +332,159 @@ mod tests {
         ErrorRateRule {
             above: 0.10,
             window_secs: 120,
-            min_samples: 20,
+            requests_per_false_alarm: 1e8,
         }
     }
 
-    fn stats(requests: u64, errors: u64) -> WindowStats {
-        WindowStats {
-            requests,
-            errors,
-            p95_us: Some(1000),
-            covered_ms: 1000,
+    fn detector(rule: &ErrorRateRule, outcomes: impl IntoIterator<Item = bool>) -> Detector {
+        let mut d = Detector::new(Spec::new(rule.above, rule.requests_per_false_alarm));
+        for (i, bad) in outcomes.into_iter().enumerate() {
+            d.observe(i as i64 * 10, bad);
+        }
+        d
+    }
+
+    fn kind(v: &Verdict) -> &'static str {
+        match v {
+            Verdict::NoData(_) => "n",
+            Verdict::Ok(_) => "ok",
+            Verdict::Fired(_) => "fire",
         }
     }
 
     #[test]
-    fn wilson_bounds() {
-        assert_eq!(wilson_lower(0, 0, Z), 0.0);
-        assert!(wilson_lower(0, 100, Z) == 0.0);
-        let lb = wilson_lower(30, 100, Z);
-        assert!((0.19..0.30).contains(&lb), "{lb}");
-        assert!(wilson_lower(1000, 1000, Z) > 0.99);
+    fn numbers_for_people() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(2_412), "2,412");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(per_requests(1e8), "10^8");
+        assert_eq!(per_requests(5e7), "50,000,000");
+        assert_eq!(per_requests(1000.0), "1,000");
     }
 
     #[test]
     fn error_rate_table() {
-        // (requests, errors, expected): "n" no data, "ok", "fire".
-        let cases = [
-            (0, 0, "n"),   // no traffic is no data, not health
-            (3, 1, "n"),   // one error in three requests is not an outage
-            (19, 19, "n"), // below min_samples, however bad
-            (20, 2, "ok"),
-            (20, 6, "fire"),
-            (100, 12, "ok"), // 12% observed but not confidently above 10%
-            (1000, 150, "fire"),
-            (10_000, 100, "ok"), // 1% background errors
-            (200, 60, "fire"),   // the demo's 30%
+        // (outcomes, expected): "n" no data, "ok", "fire".
+        let cases: Vec<(Vec<bool>, &str)> = vec![
+            (vec![], "n"),           // no traffic is no data, not health
+            (vec![true; 3], "ok"),   // three failures are not yet an outage
+            (vec![true; 9], "fire"), // nine in a row are, with no sample minimum
+            // One in three failing, for 300 requests: far over 10%.
+            ((0..300).map(|i| i % 3 == 0).collect(), "fire"),
+            // 1% background errors over 10,000 requests.
+            ((0..10_000).map(|i| i % 100 == 0).collect(), "ok"),
+            // A long healthy run, then a total failure: caught as fast as at the start.
+            ((0..10_009).map(|i| i >= 10_000).collect(), "fire"),
         ];
-        for (n, e, want) in cases {
-            let got = match error_rate(&er(), &stats(n, e), 1, 0) {
-                Verdict::NoData(_) => "n",
-                Verdict::Ok(_) => "ok",
-                Verdict::Fired(_) => "fire",
-            };
-            assert_eq!(got, want, "{e} errors in {n} requests");
+        for (outcomes, want) in cases {
+            let n = outcomes.len();
+            let d = detector(&er(), outcomes);
+            let v = error_rate(&er(), &d, 1, 0);
+            assert_eq!(kind(&v), want, "{n} requests: {v:?}");
         }
     }
 
     #[test]
-    fn a_fired_error_rate_says_why() {
-        let f = error_rate(&er(), &stats(200, 60), 7, 5)
-            .fired()
-            .cloned()
-            .unwrap();
+    fn a_fired_error_rate_says_why_in_numbers() {
+        let d = detector(&er(), (0..10_000).map(|i| i >= 9_900 || i % 100 == 0));
+        let f = error_rate(&er(), &d, 7, 100_000).fired().cloned().unwrap();
         assert_eq!(f.rule, Rule::ErrorRate);
         assert_eq!(f.release_id, 7);
+        let a = d.alarm().unwrap();
+        let want = format!(
+            "5xx {:.1}% over the last {} requests",
+            a.stretch_bad as f64 * 100.0 / a.stretch_requests as f64,
+            a.stretch_requests
+        );
+        assert!(f.summary.starts_with(&want), "{}", f.summary);
         assert!(
-            f.summary
-                .starts_with("5xx ratio 30.0% (60 of 200 requests; 99% lower bound"),
+            f.summary.contains(&format!(
+                "evidence {:.1} over the {:.1} needed: a healthy release at 8.0% crosses it less than once per 10^8 requests",
+                a.evidence, a.needed
+            )),
             "{}",
             f.summary
         );
         assert_eq!(f.values["window_secs"], 120);
+        assert_eq!(f.values["requests"], a.stretch_requests);
+        assert_eq!(f.values["total_requests"], a.total);
+        assert!(f.values["evidence"].as_f64().unwrap() >= f.values["needed"].as_f64().unwrap());
+    }
+
+    #[test]
+    fn an_ok_error_rate_shows_its_evidence() {
+        let d = detector(&er(), (0..2_412).map(|i| i % 50 == 0));
+        let v = error_rate(&er(), &d, 1, 0);
+        let Verdict::Ok(text) = v else {
+            panic!("{v:?}")
+        };
+        assert!(
+            text.starts_with("5xx 2.0% of 2,412 requests since it began serving; evidence 0."),
+            "{text}"
+        );
+        assert!(text.contains("needed (threshold 10.0%)"), "{text}");
     }
 
     fn lat() -> LatencyRule {
         LatencyRule {
             factor: 5.0,
             window_secs: 120,
-            min_samples: 50,
             floor_ms: 25,
+            requests_per_false_alarm: 1e8,
         }
+    }
+
+    /// A window and the slow-request detector fed the same latencies, as the guard does.
+    fn timed(latencies: impl IntoIterator<Item = u64>, limit_us: u64) -> (Window, Detector) {
+        let mut w = Window::new(120);
+        let mut d = Detector::new(Spec::new(SLOW_SHARE, 1e8));
+        for (i, us) in latencies.into_iter().enumerate() {
+            w.add(i as i64 * 10, false, us);
+            d.observe(i as i64 * 10, us >= limit_us);
+        }
+        (w, d)
     }
 
     #[test]
     fn latency_table() {
-        let mut fast = Window::new(120);
-        let mut slow = Window::new(120);
-        let mut tail = Window::new(120);
-        for i in 0..200 {
-            fast.add(i * 10, false, 2_000 + (i as u64 % 7) * 300);
-            slow.add(i * 10, false, 120_000);
-            // 3% of requests slow: p95 is still fine.
-            tail.add(i * 10, false, if i % 33 == 0 { 500_000 } else { 2_000 });
-        }
-        let base = Some(10_000); // 10 ms
-        assert!(matches!(
-            latency_p95(&lat(), &fast, base, 1, 2_000),
-            Verdict::Ok(_)
-        ));
-        let f = latency_p95(&lat(), &slow, base, 1, 2_000);
-        assert!(f.fired().is_some(), "{f:?}");
-        assert!(matches!(
-            latency_p95(&lat(), &tail, base, 1, 2_000),
-            Verdict::Ok(_)
-        ));
-        assert!(matches!(
-            latency_p95(&lat(), &slow, None, 1, 2_000),
-            Verdict::NoData(_)
-        ));
-        let mut few = Window::new(120);
-        few.add(0, false, 900_000);
-        assert!(matches!(
-            latency_p95(&lat(), &few, base, 1, 100),
-            Verdict::NoData(_)
-        ));
+        let base = Some(10_000); // 10 ms: the limit is 50 ms
+        let limit = latency_limit_us(&lat(), 10_000);
+        assert_eq!(limit, 50_000);
+        let (fast_w, fast) = timed((0..2_000).map(|i| 2_000 + (i % 7) * 300), limit);
+        let v = latency_p95(&lat(), Some(&fast), &fast_w, base, 1, 20_000);
+        assert_eq!(kind(&v), "ok", "{v:?}");
+        let (slow_w, slow) = timed((0..200).map(|_| 120_000), limit);
+        let f = latency_p95(&lat(), Some(&slow), &slow_w, base, 1, 2_000);
+        let f = f.fired().expect("all slow fires");
+        assert!(f.summary.starts_with("p95 "), "{}", f.summary);
+        assert!(
+            f.summary
+                .contains("slower than 50 ms: 100.0% over the last"),
+            "{}",
+            f.summary
+        );
+        // 3% slow (under the 5% of a p95): p95 is still fine, for 20,000 requests.
+        let (tail_w, tail) = timed(
+            (0..20_000).map(|i| if i % 33 == 0 { 500_000 } else { 2_000 }),
+            limit,
+        );
+        let v = latency_p95(&lat(), Some(&tail), &tail_w, base, 1, 200_000);
+        assert_eq!(kind(&v), "ok", "{v:?}");
+        assert_eq!(
+            kind(&latency_p95(&lat(), Some(&slow), &slow_w, None, 1, 2_000)),
+            "n"
+        );
+        assert_eq!(
+            kind(&latency_p95(&lat(), None, &slow_w, base, 1, 2_000)),
+            "n"
+        );
         // A tiny baseline does not make jitter a rollback: the floor holds.
-        let mut jitter = Window::new(120);
-        for i in 0..200 {
-            jitter.add(i * 10, false, 1_000 + (i as u64 % 10) * 1_500);
-        }
-        assert!(matches!(
-            latency_p95(&lat(), &jitter, Some(500), 1, 2_000),
-            Verdict::Ok(_)
-        ));
+        let limit = latency_limit_us(&lat(), 500);
+        assert_eq!(limit, 25_000);
+        let (jw, jitter) = timed((0..2_000).map(|i| 1_000 + (i % 10) * 1_500), limit);
+        let v = latency_p95(&lat(), Some(&jitter), &jw, Some(500), 1, 20_000);
+        assert_eq!(kind(&v), "ok", "{v:?}");
     }
 
     #[test]

@@ -111,10 +111,10 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
     if let Some(r) = &t.error_rate {
         let _ = writeln!(
             out,
-            "| error_rate | 5xx ratio above {} over {} s (99% lower bound, at least {} requests) | immediate rollback |",
+            "| error_rate | 5xx ratio at or above {}: a sequential test on every request, at most one false rollback per {} requests of a release at {} or below | immediate rollback |",
             pct(r.above),
-            r.window_secs,
-            r.min_samples
+            crate::guard::triggers::per_requests(r.requests_per_false_alarm),
+            pct(r.above * crate::guard::detector::HEALTHY_SHARE_OF_THRESHOLD)
         );
     }
     if t.crash {
@@ -135,8 +135,8 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
     if let Some(r) = &t.latency_p95 {
         let _ = writeln!(
             out,
-            "| latency_p95 | p95 above {} × the previous release's healthy p95 (and above {} ms) over {} s | rollback |",
-            r.factor, r.floor_ms, r.window_secs
+            "| latency_p95 | p95 above {} × the previous release's healthy p95 (and above {} ms): more than 5% of requests slower, by the same sequential test | rollback |",
+            r.factor, r.floor_ms
         );
     }
     if let Some(r) = &t.cpu {
@@ -292,7 +292,7 @@ http = "http://127.0.0.1:8080/health"
         );
         for part in [
             "## Service `web`",
-            "5xx ratio above 5% over 60 s",
+            "5xx ratio at or above 5%: a sequential test on every request, at most one false rollback per 10^8 requests of a release at 4% or below",
             "killed for memory (256 MiB limit)",
             "| cpu | above 95% of a core on average for 300 s | rollback |",
             "ripcord rollback web --reason TEXT",

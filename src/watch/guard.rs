@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use crate::clock::now_ms;
 use crate::decide::{self, Action, Decision, Investigation};
 use crate::execute::{ExecError, RollbackRequest, ServiceExec, SharedLedger};
+use crate::guard::detector::{Detector, Spec};
+use crate::guard::recent::Recent;
 use crate::guard::triggers::{self, Finding, Rule, Verdict};
 use crate::guard::window::Window;
 use crate::ledger::{IncidentUpdate, Ledger, NewEvent};
@@ -34,6 +36,11 @@ const SERIES_SECS: u64 = 900;
 const STATE_REFRESH_MS: i64 = 500;
 /// How often a healthy release's p95 is saved as the next release's baseline.
 const BASELINE_EVERY_MS: i64 = 5_000;
+/// The fewest timed requests a p95 is saved from as a baseline.
+const BASELINE_MIN_REQUESTS: u64 = 50;
+/// How many of a release's latest requests are kept, to tell when a bad episode is over
+/// and for the incident's "its own ratio" figure (the decision never reads them).
+const RECENT: usize = 40;
 
 /// Traffic the proxy saw for one release, since the watcher started.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -53,6 +60,21 @@ pub struct GuardView {
     pub traffic: BTreeMap<i64, ReleaseTraffic>,
     /// The last health probe of the slot keeping the previous release warm.
     pub warm_probe: Option<WarmProbe>,
+    /// Whether the evidence lets the bake end (the previous release stop being warm).
+    pub bake: BakeEvidence,
+}
+
+/// What the guard's evidence says about ending the bake of the active release.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "why")]
+pub enum BakeEvidence {
+    /// The guard has not judged the active release yet.
+    #[default]
+    Unknown,
+    /// Not yet: the previous release stays warm past `bake_secs`, for this reason.
+    Hold(String),
+    /// Enough requests show the release below its thresholds: the bake may end.
+    Clear,
 }
 
 /// Whether the warm rollback target answered its last health probe.
@@ -70,6 +92,10 @@ pub type SharedView = Arc<Mutex<GuardView>>;
 struct Watch {
     errors: Window,
     latency: Window,
+    /// The sequential test of the 5xx ratio (when the rule is on).
+    error_test: Option<Detector>,
+    /// The sequential test of the share of slow requests, from when a baseline is known.
+    slow_test: Option<Detector>,
     total: u64,
     failed: u64,
     first_bad_ms: Option<i64>,
@@ -79,11 +105,9 @@ struct Watch {
     cpu: VecDeque<(i64, f64)>,
     exit: Option<(String, bool, i64)>,
     last_baseline_ms: i64,
-    /// The most recent requests, newest last. Only those inside the error rule's window
-    /// count: on a quiet service the last few dozen requests may span hours.
-    recent: VecDeque<Recent>,
+    /// The latest requests: when a bad episode is over, and the release's own ratio.
+    recent: Recent,
     created_ms: i64,
-    recent_cap: usize,
 }
 
 impl Watch {
@@ -92,6 +116,11 @@ impl Watch {
         Watch {
             errors: Window::new(t.error_rate.as_ref().map_or(120, |r| r.window_secs)),
             latency: Window::new(t.latency_p95.as_ref().map_or(120, |r| r.window_secs)),
+            error_test: t
+                .error_rate
+                .as_ref()
+                .map(|r| Detector::new(Spec::new(r.above, r.requests_per_false_alarm))),
+            slow_test: None,
             total: 0,
             failed: 0,
             first_bad_ms: None,
@@ -101,25 +130,14 @@ impl Watch {
             cpu: VecDeque::new(),
             exit: None,
             last_baseline_ms: now_ms(),
-            recent: VecDeque::new(),
+            recent: Recent::new(RECENT),
             created_ms: now_ms(),
-            // Twice the minimum sample count: enough for the bound, short enough to
-            // see a sudden failure within a fraction of a second at a few hundred req/s.
-            recent_cap: 2 * t.error_rate.as_ref().map_or(20, |r| r.min_samples as usize),
         }
     }
 
     fn bad(&mut self, at_ms: i64) {
         self.first_bad_ms.get_or_insert(at_ms);
     }
-}
-
-/// One recent request of a release, for the fast error path and the episode's end.
-struct Recent {
-    at_ms: i64,
-    error: bool,
-    /// Slower than the latency rule's limit.
-    slow: bool,
 }
 
 /// A metric rule's evaluations for one release.
@@ -273,13 +291,26 @@ impl Guard {
         t.status_5xx += u64::from(error);
         t.upstream_errors += u64::from(rec.upstream_error);
         // A request slower than the latency rule's limit is a bad one too.
-        let slow = rec.timed
-            && self
-                .slow_limit_us()
-                .is_some_and(|limit| rec.latency_us >= limit);
+        let limit = self.slow_limit_us().filter(|_| rec.timed);
+        let slow = limit.is_some_and(|limit| rec.latency_us >= limit);
+        let latency_rule = self.exec.cfg.triggers.latency_p95.clone();
         let w = self.watch(rec.release_id);
         if slow {
             w.bad(rec.at_ms);
+        }
+        if let Some(t) = &mut w.error_test {
+            t.observe(rec.at_ms, error);
+        }
+        // Requests count for the p95 rule once a limit exists: slower than it, or not.
+        if let (Some(_), Some(rule)) = (limit, latency_rule) {
+            w.slow_test
+                .get_or_insert_with(|| {
+                    Detector::new(Spec::new(
+                        triggers::SLOW_SHARE,
+                        rule.requests_per_false_alarm,
+                    ))
+                })
+                .observe(rec.at_ms, slow);
         }
         w.errors.add(rec.at_ms, error, rec.latency_us);
         // Untimed requests (an access log without timings) say nothing about latency.
@@ -287,14 +318,7 @@ impl Guard {
             w.latency.add(rec.at_ms, error, rec.latency_us);
         }
         w.total += 1;
-        if w.recent.len() == w.recent_cap {
-            w.recent.pop_front();
-        }
-        w.recent.push_back(Recent {
-            at_ms: rec.at_ms,
-            error,
-            slow,
-        });
+        w.recent.push(rec.at_ms, error, slow);
         if error {
             w.failed += 1;
             w.bad(rec.at_ms);
@@ -305,7 +329,7 @@ impl Guard {
     fn slow_limit_us(&self) -> Option<u64> {
         let rule = self.exec.cfg.triggers.latency_p95.as_ref()?;
         let baseline = self.state.baseline_p95_us?;
-        Some(((baseline as f64 * rule.factor) as u64).max(rule.floor_ms * 1000))
+        Some(triggers::latency_limit_us(rule, baseline))
     }
 
     fn on_observation(&mut self, obs: Observation) {
@@ -544,30 +568,23 @@ impl Guard {
             }
         }
         let w = self.watch(release);
-        if let Some(rule) = &triggers.error_rate {
+        if let (Some(rule), Some(test)) = (&triggers.error_rate, &w.error_test) {
             out.push((
                 Rule::ErrorRate.as_str().to_string(),
-                match triggers::error_rate(rule, &w.errors.stats(now), release, now) {
-                    Verdict::Fired(f) => Verdict::Fired(f),
-                    slow => {
-                        let since = now - rule.window_secs as i64 * 1000;
-                        let (errors, total) = w
-                            .recent
-                            .iter()
-                            .filter(|r| r.at_ms >= since)
-                            .fold((0u64, 0u64), |(e, n), r| (e + u64::from(r.error), n + 1));
-                        match triggers::error_rate_recent(rule, errors, total, release, now) {
-                            Verdict::Fired(f) => Verdict::Fired(f),
-                            _ => slow,
-                        }
-                    }
-                },
+                triggers::error_rate(rule, test, release, now),
             ));
         }
         if let Some(rule) = &triggers.latency_p95 {
             out.push((
                 Rule::LatencyP95.as_str().to_string(),
-                triggers::latency_p95(rule, &w.latency, baseline, release, now),
+                triggers::latency_p95(
+                    rule,
+                    w.slow_test.as_ref(),
+                    &w.latency,
+                    baseline,
+                    release,
+                    now,
+                ),
             ));
         }
         if let Some(rule) = &triggers.health {
@@ -668,6 +685,7 @@ impl Guard {
                 .is_none_or(|c| c.investigate),
         };
         let decision = decide::decide(&state, &findings, now);
+        let bake = self.bake_evidence(release, &findings);
         {
             let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
             view.release_id = Some(release);
@@ -688,6 +706,7 @@ impl Guard {
             }
             // Published once per tick rather than locked for every request record.
             view.traffic.clone_from(&self.traffic);
+            view.bake = bake;
             view.rules = verdicts
                 .iter()
                 .map(|(label, v)| {
@@ -711,6 +730,59 @@ impl Guard {
         self.last_action = Some(decision.action.clone());
         self.flagged.insert(release);
         self.act(decision, findings, release, now);
+    }
+
+    /// Whether the evidence lets the bake end: every rate rule has seen enough requests
+    /// to show the release below its threshold (a one-sided 99% bound), nothing fired
+    /// and no investigation is open. Rules that cannot judge at all (no baseline for
+    /// the p95) do not hold it.
+    fn bake_evidence(&mut self, release: i64, findings: &[Finding]) -> BakeEvidence {
+        if let Some(f) = findings.first() {
+            return BakeEvidence::Hold(format!("{} fired", f.rule.as_str()));
+        }
+        if let Some(i) = &self.state.investigating
+            && i.release_id == release
+            && !i.acked
+        {
+            return BakeEvidence::Hold(
+                "an investigation is open: the release is kept until it is acknowledged or rolled back"
+                    .to_string(),
+            );
+        }
+        let has_baseline = self.state.baseline_p95_us.is_some();
+        let latency_on = self.exec.cfg.triggers.latency_p95.is_some();
+        let w = self.watch(release);
+        let unclear = |t: &Detector, what: &str| {
+            let (n, bad) = t.totals();
+            format!(
+                "{what}: {} of {} so far; not yet enough to show it below {:.1}% (99% upper bound {:.1}%)",
+                triggers::thousands(bad),
+                triggers::thousands(n),
+                t.spec().threshold * 100.0,
+                t.upper_bound() * 100.0
+            )
+        };
+        if let Some(t) = &w.error_test
+            && !t.cleared()
+        {
+            return BakeEvidence::Hold(if t.totals().0 == 0 {
+                "5xx ratio: no requests since it began serving".to_string()
+            } else {
+                unclear(t, "5xx ratio")
+            });
+        }
+        if latency_on && has_baseline {
+            match &w.slow_test {
+                None => {
+                    return BakeEvidence::Hold(
+                        "p95: no timed requests since the baseline was known".to_string(),
+                    );
+                }
+                Some(t) if !t.cleared() => return BakeEvidence::Hold(unclear(t, "slow requests")),
+                Some(_) => {}
+            }
+        }
+        BakeEvidence::Clear
     }
 
     /// The first bad observation dates an incident, so it belongs to the episode that
@@ -742,16 +814,9 @@ impl Guard {
         let since = now - rule.window_secs as i64 * 1000;
         let over_cpu = self.exec.cfg.triggers.cpu.as_ref().map(|c| c.above);
         let w = self.watch(release);
-        let (bad, total) = w
-            .recent
-            .iter()
-            .filter(|r| r.at_ms >= since)
-            .fold((0usize, 0usize), |(b, n), r| {
-                (b + usize::from(r.error || r.slow), n + 1)
-            });
         let cpu_hot =
             over_cpu.is_some_and(|above| w.cpu.back().is_some_and(|(_, share)| *share > above));
-        if bad as f64 <= limit * total as f64 && !cpu_hot && w.health_streak == 0 {
+        if w.recent.clean_since(since, limit) && !cpu_hot && w.health_streak == 0 {
             w.first_bad_ms = None;
         }
     }
@@ -771,15 +836,15 @@ impl Guard {
         if self.flagged.contains(&release) {
             return;
         }
-        let Some(rule) = self.exec.cfg.triggers.latency_p95.clone() else {
+        if self.exec.cfg.triggers.latency_p95.is_none() {
             return;
-        };
+        }
         let Some(w) = self.watches.get_mut(&release) else {
             return;
         };
         w.last_baseline_ms = now;
         let stats = w.latency.stats(now);
-        if stats.requests < rule.min_samples
+        if stats.requests < BASELINE_MIN_REQUESTS
             || stats.errors > 0 && stats.error_ratio().unwrap_or(0.0) > 0.05
         {
             return;
@@ -960,16 +1025,7 @@ impl Guard {
                 let watch_stats = self.watches.get(&release_id).map(|w| {
                     // The bad release's own ratio over its latest requests: per-second
                     // buckets shared with the good release dilute a sub-second failure.
-                    let min = self
-                        .exec
-                        .cfg
-                        .triggers
-                        .error_rate
-                        .as_ref()
-                        .map_or(20, |r| r.min_samples as usize);
-                    let recent_ratio = (w.recent.len() >= min).then(|| {
-                        w.recent.iter().filter(|r| r.error).count() as f64 / w.recent.len() as f64
-                    });
+                    let recent_ratio = w.recent.error_ratio();
                     WatchStats {
                         total: w.total,
                         failed: w.failed,

@@ -70,6 +70,16 @@ pub enum WatchError {
     },
 }
 
+/// Why the bake of a service's active release may not end yet, from its guard's
+/// evidence: `None` once enough requests cleared it.
+fn bake_hold(view: &guard::SharedView) -> Option<String> {
+    match &view.lock().unwrap_or_else(|p| p.into_inner()).bake {
+        guard::BakeEvidence::Clear => None,
+        guard::BakeEvidence::Hold(why) => Some(why.clone()),
+        guard::BakeEvidence::Unknown => Some("the guard has not judged it yet".to_string()),
+    }
+}
+
 struct Service {
     exec: Arc<ServiceExec>,
     view: guard::SharedView,
@@ -316,7 +326,8 @@ pub async fn run(
             _ = bake.tick() => {
                 for svc in services.values() {
                     let exec = svc.exec.clone();
-                    tokio::spawn(async move { exec.bake_tick().await });
+                    let hold = bake_hold(&svc.view);
+                    tokio::spawn(async move { exec.bake_tick(hold).await });
                 }
             }
             _ = &mut shutdown => break,
@@ -735,6 +746,7 @@ fn live(svc: &Service) -> serde_json::Value {
             "rules": view.rules,
             "warm_probe": view.warm_probe,
             "last_decision": view.last_decision,
+            "bake": view.bake,
         },
     })
 }

@@ -376,3 +376,76 @@ pub fn eventually(what: &str, max: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A paced load: about `rate` requests a second (an open loop, as users arrive: a slow
+/// answer does not slow the arrivals), at most 128 in flight, for at most `max_time`.
+pub struct PacedLoad {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<LoadReport>,
+    pub sent: Arc<AtomicU64>,
+}
+
+impl PacedLoad {
+    pub fn start(url: String, rate: u64, max_time: Duration) -> PacedLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), sent.clone());
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let report = Arc::new(Mutex::new(LoadReport::default()));
+                let limit = Arc::new(tokio::sync::Semaphore::new(128));
+                let client = HttpClient::default();
+                let start = Instant::now();
+                let max_requests = rate * max_time.as_secs() + 100;
+                let mut tick =
+                    tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+                while !s.load(Ordering::Relaxed)
+                    && start.elapsed() < max_time
+                    && n.load(Ordering::Relaxed) < max_requests
+                {
+                    tick.tick().await;
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        break;
+                    };
+                    n.fetch_add(1, Ordering::Relaxed);
+                    let (client, url, report) = (client.clone(), url.clone(), report.clone());
+                    tokio::spawn(async move {
+                        let outcome = match client.get(&url, Duration::from_secs(5)).await {
+                            Ok(resp) if resp.status == 200 => {
+                                let v: serde_json::Value =
+                                    serde_json::from_slice(&resp.body).unwrap_or_default();
+                                Ok(v["version"].as_str().unwrap_or("?").to_string())
+                            }
+                            Ok(resp) => Err(format!("status {}", resp.status)),
+                            Err(e) => Err(format!("error: {e}")),
+                        };
+                        let mut rep = report.lock().unwrap();
+                        match outcome {
+                            Ok(version) => *rep.ok_by_version.entry(version).or_default() += 1,
+                            Err(failure) => rep.failures.push(failure),
+                        }
+                        drop(permit);
+                    });
+                }
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), limit.acquire_many(128)).await;
+                let rep = report.lock().unwrap();
+                LoadReport {
+                    ok_by_version: rep.ok_by_version.clone(),
+                    failures: rep.failures.clone(),
+                }
+            })
+        });
+        PacedLoad { stop, handle, sent }
+    }
+
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
