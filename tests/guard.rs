@@ -88,20 +88,35 @@ fn assert_rolled_back(v: &serde_json::Value, rule: &str) {
     assert_eq!(v["active"], "v1", "{v:#}");
     assert_eq!(v["bad_release_status"], "bad", "{v:#}");
     assert_eq!(v["rule"], rule, "{v:#}");
-    assert!(v["first_bad_to_switch_ms"].as_i64().is_some(), "{v:#}");
+    // The incident's times are in the order things happened: detected, switched back,
+    // verified. How fast each came is benches/guard.rs's table, not a test's threshold.
+    let ms = |k: &str| {
+        v[k].as_i64()
+            .unwrap_or_else(|| panic!("no {k} in the demo's summary: {v:#}"))
+    };
+    let (trigger, switch, verified) = (
+        ms("first_bad_to_trigger_ms"),
+        ms("first_bad_to_switch_ms"),
+        ms("first_bad_to_verified_ms"),
+    );
+    assert!(
+        trigger <= switch && switch <= verified,
+        "trigger {trigger} ms, switch {switch} ms, verified {verified} ms: {v:#}"
+    );
+    // A hang bound only (the demo gives the guard 40 s to act): the run's speed is
+    // measured by benches/guard.rs.
     assert!(v["total_ms"].as_u64().unwrap() < 60_000, "{v:#}");
 }
 
 #[test]
-fn errors_are_rolled_back_fast_with_few_failed_requests() {
+fn errors_are_rolled_back_and_their_failed_requests_counted() {
     let (v, report) = demo("errors");
     assert_rolled_back(&v, "error_rate");
-    let switch = v["first_bad_to_switch_ms"].as_i64().unwrap();
-    assert!(
-        switch < 2_000,
-        "first bad request → switch took {switch} ms: {v:#}"
-    );
-    assert!(v["failed_requests"].as_u64().unwrap() < 100, "{v:#}");
+    // v2 failed some of the load's requests and the summary counts them among all it sent.
+    // How many fail before the switch (and how soon it comes) is benches/guard.rs's.
+    let failed = v["failed_requests"].as_u64().unwrap();
+    let total = v["total_requests"].as_u64().unwrap();
+    assert!(0 < failed && failed < total, "{v:#}");
     // v2 fails 30% of its requests: the peak is v2's own, not diluted by v1's answers
     // in the same second.
     let peak: f64 = report
@@ -217,12 +232,23 @@ fn an_incident_counts_from_its_own_episode_not_from_background_errors() {
     });
     let list = p.json(&["incident", "list"]);
     let show = p.json(&["incident", "show", &list[0]["id"].to_string()]);
-    let impact = &show["impact"];
-    // Dated from v2's first background error, it would be six seconds or more.
-    let to_switch = impact["first_bad_to_switch_ms"].as_i64().unwrap();
+    // v2's failure began six seconds after its process started, so after its deploy
+    // started; its background errors began as soon as it took traffic. Dated from the
+    // episode that fired, the first bad observation is within a guard tick (100 ms) of
+    // the six seconds; dated from v2's first background error, it would be about as far
+    // after the deploy's start as the deploy took.
+    let deployed = show["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "deploy_started" && e["release_id"] == show["release_id"])
+        .and_then(|e| e["ts_ms"].as_i64())
+        .unwrap_or_else(|| panic!("no deploy_started for v2 in the timeline: {show:#}"));
+    let first_bad = show["impact"]["first_bad_at_ms"].as_i64().unwrap();
     assert!(
-        to_switch < 3_000,
-        "the incident dates from a background error before the failure began: {show:#}"
+        first_bad - deployed >= 5_000,
+        "the incident dates from {} ms after v2's deploy started, before v2 failed: {show:#}",
+        first_bad - deployed
     );
 }
 
@@ -292,8 +318,15 @@ fn a_bad_release_under_watch_is_rolled_back_and_recorded() {
     }
     let impact = &show["impact"];
     assert!(impact["failed_requests"].as_u64().unwrap() > 0, "{show:#}");
+    // First bad, switched back, verified, in that order (how soon: benches/guard.rs).
+    let at = |k: &str| {
+        show[k]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no {k} in the incident: {show:#}"))
+    };
     assert!(
-        impact["first_bad_to_switch_ms"].as_i64().unwrap() < 5_000,
+        at("first_bad_at_ms") <= at("switched_at_ms")
+            && at("switched_at_ms") <= at("verified_at_ms"),
         "{show:#}"
     );
 
@@ -392,15 +425,24 @@ fn dead_and_silent_webhooks_do_not_delay_a_rollback() {
     let dead = free_port();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap();
+    // When the silent receiver took its first delivery (wall clock, as the ledger's).
+    let first_post_ms = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let first_post = first_post_ms.clone();
     let _hold = std::thread::spawn(move || {
         let mut held = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         silent.set_nonblocking(true).unwrap();
         while Instant::now() < deadline {
             if let Ok((s, _)) = silent.accept() {
+                let _ = first_post.compare_exchange(
+                    0,
+                    ripcord::clock::now_ms(),
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
                 held.push(s);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
     });
     let extra = format!(
@@ -424,12 +466,19 @@ fn dead_and_silent_webhooks_do_not_delay_a_rollback() {
         p.json(&["incident", "list"])[0]["status"] == "resolved"
     });
     let list = p.json(&["incident", "list"]);
-    let switch = list[0]["impact"]["first_bad_to_switch_ms"]
-        .as_i64()
-        .unwrap();
+    let switched = list[0]["switched_at_ms"].as_i64().unwrap();
+    // The trigger's notification went out (the silent receiver holds it unanswered) and
+    // traffic switched back sooner than waiting on either receiver could take: the dead
+    // one's retries back off 0.5 s + 2 s, the silent one's first attempt times out after
+    // 3 s (src/notify). Both workers post as soon as the trigger is queued, so a rollback
+    // that waited on a delivery switches at least 2.5 s after that first post.
+    let posted = first_post_ms.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(posted > 0, "no notification reached the silent receiver");
     assert!(
-        switch < 2_000,
-        "the rollback waited on webhooks: {switch} ms"
+        switched < posted + 2_500,
+        "the rollback waited on a webhook: traffic switched {} ms after the silent \
+         receiver took the first notification",
+        switched - posted
     );
 }
 
@@ -455,12 +504,16 @@ fn a_failed_rollback_escalates_to_a_freeze() {
     ]);
     assert_ok(&out, "deploy v1");
     assert_ok(
-        &p.deploy("v2", &["--error-ratio", "0.6", "--after-secs", "5"]),
+        &p.deploy("v2", &["--error-ratio", "0.6", "--after-secs", "8"]),
         "deploy v2",
     );
-    eventually("v1's bake ends", Duration::from_secs(4), || {
+    // The bake ends on evidence: v2 is cleared by its first clean requests (before its
+    // errors begin), then v1 is stopped.
+    let clean = Load::start(p.url("/api/load"), 2, Duration::from_secs(10), 150);
+    eventually("v1's bake ends", Duration::from_secs(6), || {
         p.json(&["status", "web"])["previous"]["warm"] == false
     });
+    clean.stop();
     std::fs::remove_file(&copy).unwrap();
     let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(60), 200_000);
     eventually(

@@ -20,7 +20,7 @@ const TRIGGERS: &str = "\n[service.web.triggers]\nlatency_p95 = { factor = 5.0, 
 /// Starts the watcher, deploys a clean v1, sends `rate` req/s through the proxy for a
 /// few seconds (v1's p95 becomes the baseline), then deploys v2 with `v2` (faults that
 /// begin 4 s after v2 starts, once its deploy is verified).
-fn start(v2: &[&str], rate: u64, run_for: Duration) -> (Project, PacedLoad) {
+fn start(v2: &[&str], rate: u64, run_for: Duration) -> (Project, Load) {
     let mut p = Project::new("bake_secs = 300", TRIGGERS);
     p.start_watcher();
     assert_ok(&p.deploy("v1", &["--jitter-ms", "5"]), "deploy v1");

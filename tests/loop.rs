@@ -317,6 +317,15 @@ fn kill_9_of_the_watcher_then_restart_serves_the_active_release_again() {
     assert!(report.failures.is_empty(), "{:?}", report.failures);
 }
 
+/// Whether the service's events hold one of `kind`.
+fn has_event(p: &Project, kind: &str) -> bool {
+    p.json(&["events", "web"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == kind)
+}
+
 #[test]
 fn the_previous_release_is_stopped_after_the_bake() {
     let mut p = Project::new("bake_secs = 1", "");
@@ -346,15 +355,7 @@ fn the_previous_release_is_stopped_after_the_bake() {
         "{text}"
     );
     assert!(text.contains("web: baking"), "{text}");
-    let events = p.json(&["events", "web"]);
-    assert!(
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "bake_extended"),
-        "{events:#}"
-    );
+    assert!(has_event(&p, "bake_extended"));
     // About 60 clean requests show v2 below 10% with 99% confidence; 150 are sent.
     let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(30), 150);
     eventually(
@@ -366,14 +367,7 @@ fn the_previous_release_is_stopped_after_the_bake() {
     let status = p.json(&["status", "web"]);
     assert_eq!(status["state"], "steady", "{status:#}");
     assert_eq!(status["previous"]["warm"], false);
-    let events = p.json(&["events", "web"]);
-    assert!(
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "bake_ended")
-    );
+    assert!(has_event(&p, "bake_ended"));
 }
 
 #[test]

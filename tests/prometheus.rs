@@ -207,14 +207,44 @@ interval_secs = 1"#
     p.start_watcher();
     assert_ok(&p.deploy("v1", &[]), "deploy v1");
     let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(90), 500_000);
-    std::thread::sleep(Duration::from_secs(3));
-    // While v1 is healthy the rule evaluates within bounds, never "fired".
-    let status = p.json(&["status", "web"]);
-    let rule = status["live"]["guard"]["rules"]["metric"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(!rule.starts_with("fired"), "{status:#}");
+    // The guard labels a metric rule `metric:NAME` in its status; an absent label reads
+    // as None here, never as a pass.
+    let rule = |p: &Project| {
+        let status = p.json(&["status", "web"]);
+        let text = status["live"]["guard"]["rules"]["metric:app 5xx ratio"]
+            .as_str()
+            .map(str::to_string);
+        (text, status)
+    };
+    // While v1 is healthy the rule evaluates v1's own metrics and finds them within
+    // bounds: a number was read, not "no data", and the label is there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (text, status) = rule(&p);
+        if text
+            .as_deref()
+            .is_some_and(|t| t.starts_with("ok: app 5xx ratio: within bounds"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metric rule never evaluated v1 within bounds: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Several evaluations later it is still there and has not fired on v1.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        let (text, status) = rule(&p);
+        let text = text.unwrap_or_else(|| panic!("the metric rule left the status: {status:#}"));
+        assert!(
+            !text.starts_with("fired"),
+            "the rule fired on v1: {status:#}"
+        );
+    }
+    assert_eq!(serving(&p), "v1");
+    assert_eq!(p.json(&["incident", "list"]), serde_json::json!([]));
 
     assert_ok(
         &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),

@@ -273,64 +273,30 @@ impl Load {
         max_requests: u64,
         keep_alive: bool,
     ) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (s, n) = (stop.clone(), sent.clone());
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let report = Arc::new(Mutex::new(LoadReport::default()));
-                let start = Instant::now();
-                let mut tasks = Vec::new();
-                for _ in 0..workers {
-                    let (s, n, url, report) = (s.clone(), n.clone(), url.clone(), report.clone());
-                    tasks.push(tokio::spawn(async move {
-                        let mut client = HttpClient::default();
-                        while !s.load(Ordering::Relaxed)
-                            && start.elapsed() < max_time
-                            && n.fetch_add(1, Ordering::Relaxed) < max_requests
-                        {
-                            if !keep_alive {
-                                client = HttpClient::default();
-                            }
-                            let r = client.get(&url, Duration::from_secs(5)).await;
-                            let outcome = match r {
-                                Ok(resp) if resp.status == 200 => {
-                                    let v: serde_json::Value =
-                                        serde_json::from_slice(&resp.body).unwrap_or_default();
-                                    Ok(v["version"].as_str().unwrap_or("?").to_string())
-                                }
-                                Ok(resp) => Err(format!(
-                                    "status {}: {}",
-                                    resp.status,
-                                    String::from_utf8_lossy(&resp.body)
-                                )),
-                                Err(e) => Err(format!("error: {e}")),
-                            };
-                            {
-                                let mut rep = report.lock().unwrap();
-                                match outcome {
-                                    Ok(version) => {
-                                        *rep.ok_by_version.entry(version).or_default() += 1
-                                    }
-                                    Err(failure) => rep.failures.push(failure),
-                                }
-                            }
-                            tokio::time::sleep(Duration::from_millis(2)).await;
+        on_load_thread(move |s, n, report| async move {
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..workers {
+                let (s, n, url, report) = (s.clone(), n.clone(), url.clone(), report.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut client = HttpClient::default();
+                    while !s.load(Ordering::Relaxed)
+                        && start.elapsed() < max_time
+                        && n.fetch_add(1, Ordering::Relaxed) < max_requests
+                    {
+                        if !keep_alive {
+                            client = HttpClient::default();
                         }
-                    }));
-                }
-                for t in tasks {
-                    t.await.unwrap();
-                }
-                Arc::try_unwrap(report).unwrap().into_inner().unwrap()
-            })
-        });
-        Load { stop, handle, sent }
+                        let outcome = version_or_failure(&client, &url).await;
+                        report.lock().unwrap().record(outcome);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
     }
 
     pub fn stop(self) -> LoadReport {
@@ -379,73 +345,83 @@ pub fn eventually(what: &str, max: Duration, mut f: impl FnMut() -> bool) {
 
 /// A paced load: about `rate` requests a second (an open loop, as users arrive: a slow
 /// answer does not slow the arrivals), at most 128 in flight, for at most `max_time`.
-pub struct PacedLoad {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<LoadReport>,
-    pub sent: Arc<AtomicU64>,
-}
+pub struct PacedLoad;
 
 impl PacedLoad {
-    pub fn start(url: String, rate: u64, max_time: Duration) -> PacedLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (s, n) = (stop.clone(), sent.clone());
-        let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let report = Arc::new(Mutex::new(LoadReport::default()));
-                let limit = Arc::new(tokio::sync::Semaphore::new(128));
-                let client = HttpClient::default();
-                let start = Instant::now();
-                let max_requests = rate * max_time.as_secs() + 100;
-                let mut tick =
-                    tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
-                while !s.load(Ordering::Relaxed)
-                    && start.elapsed() < max_time
-                    && n.load(Ordering::Relaxed) < max_requests
-                {
-                    tick.tick().await;
-                    let Ok(permit) = limit.clone().acquire_owned().await else {
-                        break;
-                    };
-                    n.fetch_add(1, Ordering::Relaxed);
-                    let (client, url, report) = (client.clone(), url.clone(), report.clone());
-                    tokio::spawn(async move {
-                        let outcome = match client.get(&url, Duration::from_secs(5)).await {
-                            Ok(resp) if resp.status == 200 => {
-                                let v: serde_json::Value =
-                                    serde_json::from_slice(&resp.body).unwrap_or_default();
-                                Ok(v["version"].as_str().unwrap_or("?").to_string())
-                            }
-                            Ok(resp) => Err(format!("status {}", resp.status)),
-                            Err(e) => Err(format!("error: {e}")),
-                        };
-                        let mut rep = report.lock().unwrap();
-                        match outcome {
-                            Ok(version) => *rep.ok_by_version.entry(version).or_default() += 1,
-                            Err(failure) => rep.failures.push(failure),
-                        }
-                        drop(permit);
-                    });
-                }
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(10), limit.acquire_many(128)).await;
-                let rep = report.lock().unwrap();
-                LoadReport {
-                    ok_by_version: rep.ok_by_version.clone(),
-                    failures: rep.failures.clone(),
-                }
-            })
-        });
-        PacedLoad { stop, handle, sent }
+    pub fn start(url: String, rate: u64, max_time: Duration) -> Load {
+        on_load_thread(move |s, n, report| async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(128));
+            let client = HttpClient::default();
+            let start = Instant::now();
+            let max_requests = rate * max_time.as_secs() + 100;
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+            while !s.load(Ordering::Relaxed)
+                && start.elapsed() < max_time
+                && n.load(Ordering::Relaxed) < max_requests
+            {
+                tick.tick().await;
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
+                n.fetch_add(1, Ordering::Relaxed);
+                let (client, url, report) = (client.clone(), url.clone(), report.clone());
+                tokio::spawn(async move {
+                    let outcome = version_or_failure(&client, &url).await;
+                    report.lock().unwrap().record(outcome);
+                    drop(permit);
+                });
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), limit.acquire_many(128)).await;
+        })
     }
+}
 
-    pub fn stop(self) -> LoadReport {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap()
+impl LoadReport {
+    fn record(&mut self, outcome: Result<String, String>) {
+        match outcome {
+            Ok(version) => *self.ok_by_version.entry(version).or_default() += 1,
+            Err(failure) => self.failures.push(failure),
+        }
     }
+}
+
+/// One GET: the version that answered 200, or what went wrong.
+async fn version_or_failure(client: &HttpClient, url: &str) -> Result<String, String> {
+    match client.get(url, Duration::from_secs(5)).await {
+        Ok(resp) if resp.status == 200 => {
+            let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+            Ok(v["version"].as_str().unwrap_or("?").to_string())
+        }
+        Ok(resp) => Err(format!(
+            "status {}: {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body)
+        )),
+        Err(e) => Err(format!("error: {e}")),
+    }
+}
+
+/// Runs a load loop on a thread of its own (a two-worker runtime): `body` gets the stop
+/// flag, the sent counter and the report to fill.
+fn on_load_thread<F, Fut>(body: F) -> Load
+where
+    F: FnOnce(Arc<AtomicBool>, Arc<AtomicU64>, Arc<Mutex<LoadReport>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (s, n) = (stop.clone(), sent.clone());
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let report = Arc::new(Mutex::new(LoadReport::default()));
+            body(s, n, report.clone()).await;
+            std::mem::take(&mut *report.lock().unwrap())
+        })
+    });
+    Load { stop, handle, sent }
 }
