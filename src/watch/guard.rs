@@ -812,10 +812,20 @@ impl Guard {
             .unwrap_or_default();
         let limit = rule.above / 2.0;
         let since = now - rule.window_secs as i64 * 1000;
-        let over_cpu = self.exec.cfg.triggers.cpu.as_ref().map(|c| c.above);
+        let cpu_rule = self.exec.cfg.triggers.cpu.clone();
         let w = self.watch(release);
-        let cpu_hot =
-            over_cpu.is_some_and(|above| w.cpu.back().is_some_and(|(_, share)| *share > above));
+        // Hot as the CPU rule judges it: on average over its span, so one scheduling dip
+        // on a busy host does not end the episode (and re-date it at the next hot sample).
+        let cpu_hot = cpu_rule.is_some_and(|c| {
+            let from = now - c.for_secs as i64 * 1000;
+            let recent: Vec<f64> = w
+                .cpu
+                .iter()
+                .filter(|(t, _)| *t >= from)
+                .map(|(_, s)| *s)
+                .collect();
+            !recent.is_empty() && recent.iter().sum::<f64>() / recent.len() as f64 > c.above
+        });
         if w.recent.clean_since(since, limit) && !cpu_hot && w.health_streak == 0 {
             w.first_bad_ms = None;
         }
