@@ -1358,23 +1358,29 @@ mod tests {
         );
     }
 
+    /// Every fault's share at one half: the most draws to compare.
+    const EVERY_SHARE_HALF: &[&str] = &[
+        "--error-ratio",
+        "0.5",
+        "--background-error-ratio",
+        "0.5",
+        "--slow-ratio",
+        "0.5",
+    ];
+
     #[test]
     fn the_same_seed_gives_the_same_outcomes() {
         let flags = |seed: &'static str| {
-            faults(&[
+            let mut args = vec![
                 "--fault-mode",
                 "random",
                 "--seed",
                 seed,
-                "--error-ratio",
-                "0.5",
-                "--background-error-ratio",
-                "0.5",
-                "--slow-ratio",
-                "0.5",
                 "--jitter-ms",
                 "20",
-            ])
+            ];
+            args.extend_from_slice(EVERY_SHARE_HALF);
+            faults(&args)
         };
         let everything = |f: &Faults| -> Vec<(bool, bool, bool, Duration)> {
             (0..20_000)
@@ -1419,18 +1425,9 @@ mod tests {
     fn each_fault_draws_independently() {
         // With every share at one half, each pair of faults coincides on about a quarter of
         // the requests; faults sharing a random stream would coincide on half.
-        let f = faults(&[
-            "--fault-mode",
-            "random",
-            "--seed",
-            "9",
-            "--error-ratio",
-            "0.5",
-            "--background-error-ratio",
-            "0.5",
-            "--slow-ratio",
-            "0.5",
-        ]);
+        let mut args = vec!["--fault-mode", "random", "--seed", "9"];
+        args.extend_from_slice(EVERY_SHARE_HALF);
+        let f = faults(&args);
         let both = |a: &dyn Fn(u64) -> bool, b: &dyn Fn(u64) -> bool| {
             (0..20_000).filter(|&n| a(n) && b(n)).count()
         };

@@ -293,7 +293,13 @@ impl Guard {
         // A request slower than the latency rule's limit is a bad one too.
         let limit = self.slow_limit_us().filter(|_| rec.timed);
         let slow = limit.is_some_and(|limit| rec.latency_us >= limit);
-        let latency_rule = self.exec.cfg.triggers.latency_p95.clone();
+        let latency_budget = self
+            .exec
+            .cfg
+            .triggers
+            .latency_p95
+            .as_ref()
+            .map(|r| r.requests_per_false_alarm);
         let w = self.watch(rec.release_id);
         if slow {
             w.bad(rec.at_ms);
@@ -302,14 +308,9 @@ impl Guard {
             t.observe(rec.at_ms, error);
         }
         // Requests count for the p95 rule once a limit exists: slower than it, or not.
-        if let (Some(_), Some(rule)) = (limit, latency_rule) {
+        if let (Some(_), Some(budget)) = (limit, latency_budget) {
             w.slow_test
-                .get_or_insert_with(|| {
-                    Detector::new(Spec::new(
-                        triggers::SLOW_SHARE,
-                        rule.requests_per_false_alarm,
-                    ))
-                })
+                .get_or_insert_with(|| Detector::new(Spec::new(triggers::SLOW_SHARE, budget)))
                 .observe(rec.at_ms, slow);
         }
         w.errors.add(rec.at_ms, error, rec.latency_us);
