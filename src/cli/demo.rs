@@ -121,7 +121,12 @@ pub(super) async fn run(
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("ripcord-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, scenario, duration_secs, rate, json, started).await;
+    let plan = Plan {
+        scenario,
+        duration_secs,
+        rate,
+    };
+    let result = run_in(&dir, plan, json, started).await;
     // Keep the report, remove the rest.
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         if entry.file_name() != "report" {
@@ -148,14 +153,8 @@ fn say(json: bool, msg: &str) {
     }
 }
 
-async fn run_in(
-    dir: &Path,
-    scenario: Scenario,
-    duration_secs: u64,
-    rate: u64,
-    json: bool,
-    started: Instant,
-) -> Result<i32, CliError> {
+async fn run_in(dir: &Path, plan: Plan, json: bool, started: Instant) -> Result<i32, CliError> {
+    let scenario = plan.scenario;
     let exe = std::env::current_exe()?;
     let (listen, blue, green) = (free_port()?, free_port()?, free_port()?);
     let config_path = dir.join("ripcord.toml");
@@ -229,19 +228,7 @@ json_equals = "{{version}}"
         &format!("▶ watcher up: proxy on 127.0.0.1:{listen}, slots {blue} and {green}"),
     );
 
-    let result = drive(
-        &state_dir,
-        dir,
-        listen,
-        Plan {
-            scenario,
-            duration_secs,
-            rate,
-        },
-        json,
-        started,
-    )
-    .await;
+    let result = drive(&state_dir, dir, listen, plan, json, started).await;
     let _ = stop_tx.send(());
     let _ = watcher.await;
     result

@@ -167,7 +167,8 @@ pub struct ServiceExec {
     http: HttpClient,
     /// The Docker engine, connected on first use (runtime `docker`).
     engine: tokio::sync::OnceCell<crate::docker::Engine>,
-    /// Warm releases whose bake was held by the guard's evidence (told once each).
+    /// Warm releases whose bake was held by the guard's evidence: good rollback targets,
+    /// each told once.
     bake_held: Mutex<std::collections::HashSet<i64>>,
 }
 
@@ -1283,40 +1284,50 @@ impl ServiceExec {
         };
         let now = now_ms();
         let active = self.router.target().map(|t| t.slot);
-        let mut expired: Vec<(Slot, SlotProc)> = self
+        let warm: Vec<(Slot, SlotProc)> = self
             .slots()
             .into_iter()
-            .filter(|(slot, sp)| {
-                Some(*slot) != active && sp.warm_until_ms.is_some_and(|t| t <= now)
-            })
+            .filter(|(slot, _)| Some(*slot) != active)
             .collect();
-        if let Some(why) = hold {
-            let mut held = vec![];
-            expired.retain(|(_, sp)| {
-                let bad = self
-                    .ledger()
-                    .release(sp.release.id)
-                    .is_ok_and(|r| r.status == ReleaseStatus::Bad);
-                if !bad {
-                    held.push(sp.release.clone());
-                }
-                bad
-            });
-            let mut told = self.bake_held.lock().unwrap_or_else(|p| p.into_inner());
-            for r in held {
-                if told.insert(r.id) {
-                    self.event(
-                        Some(r.id),
-                        None,
-                        "bake_extended",
-                        format!(
-                            "{} stays warm past its bake: the active release is not cleared yet ({why})",
-                            r.version
-                        ),
-                    );
-                }
+        // A release found to be a good rollback target when first held stays one while it
+        // stays warm (only an active release is marked bad), so the ledger is read once
+        // per held release, not on every tick. One that is no longer warm (it became
+        // active again, or stopped) is forgotten, and judged afresh next time.
+        // The lock is never held across an await (the stops below).
+        let expired = {
+            let mut held = self.bake_held.lock().unwrap_or_else(|p| p.into_inner());
+            held.retain(|id| warm.iter().any(|(_, sp)| sp.release.id == *id));
+            let mut expired: Vec<(Slot, SlotProc)> = warm
+                .into_iter()
+                .filter(|(_, sp)| sp.warm_until_ms.is_some_and(|t| t <= now))
+                .collect();
+            if let Some(why) = hold {
+                expired.retain(|(_, sp)| {
+                    let r = &sp.release;
+                    if held.contains(&r.id) {
+                        return false;
+                    }
+                    let bad = self
+                        .ledger()
+                        .release(r.id)
+                        .is_ok_and(|r| r.status == ReleaseStatus::Bad);
+                    if !bad {
+                        held.insert(r.id);
+                        self.event(
+                            Some(r.id),
+                            None,
+                            "bake_extended",
+                            format!(
+                                "{} stays warm past its bake: the active release is not cleared yet ({why})",
+                                r.version
+                            ),
+                        );
+                    }
+                    bad
+                });
             }
-        }
+            expired
+        };
         for (slot, sp) in expired {
             self.event(
                 Some(sp.release.id),

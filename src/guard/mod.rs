@@ -50,7 +50,7 @@ mod tests {
                 slow.observe(ms, latency >= limit);
                 lat_w.add(ms, error, latency);
                 if ms % 1000 == 0 {
-                    let v = error_rate(&er, &errors, 1, ms);
+                    let v = error_rate(&er, &errors, &lat_w.stats(ms), 1, ms);
                     prop_assert!(!matches!(v, Verdict::Fired(_)), "error_rate fired at {ms} ms: {v:?}");
                     let v = latency_p95(&lat, Some(&slow), &lat_w, Some(baseline_us), 1, ms);
                     prop_assert!(!matches!(v, Verdict::Fired(_)), "latency fired at {ms} ms: {v:?}");

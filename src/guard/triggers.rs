@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::detector::{Alarm, Detector, Spec};
-use super::window::Window;
+use super::window::{Window, WindowStats};
 use crate::config::{CpuRule, ErrorRateRule, HealthRule, LatencyRule};
 
 /// Which rule fired.
@@ -154,18 +154,29 @@ fn alarm_values(a: &Alarm, spec: &Spec) -> serde_json::Value {
     })
 }
 
-/// The 5xx ratio rule: the sequential detector over the release's requests.
+/// The 5xx ratio rule: the sequential detector over the release's requests decides;
+/// `window` (the rule's last `window_secs`) gives the recent ratio people read beside it.
 pub fn error_rate(
     rule: &ErrorRateRule,
     detector: &Detector,
+    window: &WindowStats,
     release_id: i64,
     now_ms: i64,
 ) -> Verdict {
     let (total, _) = detector.totals();
+    let recent = window.error_ratio().map_or(String::new(), |r| {
+        format!(
+            "; {} over the last {} s ({})",
+            pct(r),
+            rule.window_secs,
+            plural(window.requests, "request", "requests")
+        )
+    });
     if let Some(a) = detector.alarm() {
-        let summary = alarm_words(a, detector.spec(), "5xx", now_ms);
+        let summary = format!("{}{recent}", alarm_words(a, detector.spec(), "5xx", now_ms));
         let mut values = alarm_values(a, detector.spec());
         values["window_secs"] = json!(rule.window_secs);
+        values["window_ratio"] = json!(window.error_ratio());
         return Verdict::Fired(Finding {
             rule: Rule::ErrorRate,
             release_id,
@@ -178,7 +189,7 @@ pub fn error_rate(
         return Verdict::NoData("no requests since it began serving".to_string());
     }
     Verdict::Ok(format!(
-        "{} (threshold {})",
+        "{} (threshold {}){recent}",
         evidence_words(detector, "5xx"),
         pct(rule.above)
     ))
@@ -336,12 +347,21 @@ mod tests {
         }
     }
 
-    fn detector(rule: &ErrorRateRule, outcomes: impl IntoIterator<Item = bool>) -> Detector {
+    /// The detector and the rule's window fed the same requests, 10 ms apart, as the
+    /// guard feeds them.
+    fn detector(
+        rule: &ErrorRateRule,
+        outcomes: impl IntoIterator<Item = bool>,
+    ) -> (Detector, WindowStats) {
         let mut d = Detector::new(Spec::new(rule.above, rule.requests_per_false_alarm));
+        let mut w = Window::new(rule.window_secs);
+        let mut last = 0;
         for (i, bad) in outcomes.into_iter().enumerate() {
-            d.observe(i as i64 * 10, bad);
+            last = i as i64 * 10;
+            d.observe(last, bad);
+            w.add(last, bad, 1_000);
         }
-        d
+        (d, w.stats(last))
     }
 
     fn kind(v: &Verdict) -> &'static str {
@@ -379,16 +399,19 @@ mod tests {
         ];
         for (outcomes, want) in cases {
             let n = outcomes.len();
-            let d = detector(&er(), outcomes);
-            let v = error_rate(&er(), &d, 1, 0);
+            let (d, w) = detector(&er(), outcomes);
+            let v = error_rate(&er(), &d, &w, 1, 0);
             assert_eq!(kind(&v), want, "{n} requests: {v:?}");
         }
     }
 
     #[test]
     fn a_fired_error_rate_says_why_in_numbers() {
-        let d = detector(&er(), (0..10_000).map(|i| i >= 9_900 || i % 100 == 0));
-        let f = error_rate(&er(), &d, 7, 100_000).fired().cloned().unwrap();
+        let (d, w) = detector(&er(), (0..10_000).map(|i| i >= 9_900 || i % 100 == 0));
+        let f = error_rate(&er(), &d, &w, 7, 100_000)
+            .fired()
+            .cloned()
+            .unwrap();
         assert_eq!(f.rule, Rule::ErrorRate);
         assert_eq!(f.release_id, 7);
         let a = d.alarm().unwrap();
@@ -414,8 +437,9 @@ mod tests {
 
     #[test]
     fn an_ok_error_rate_shows_its_evidence() {
-        let d = detector(&er(), (0..2_412).map(|i| i % 50 == 0));
-        let v = error_rate(&er(), &d, 1, 0);
+        // 2,412 requests 10 ms apart: the last 120 s hold them all.
+        let (d, w) = detector(&er(), (0..2_412).map(|i| i % 50 == 0));
+        let v = error_rate(&er(), &d, &w, 1, 0);
         let Verdict::Ok(text) = v else {
             panic!("{v:?}")
         };
@@ -423,7 +447,10 @@ mod tests {
             text.starts_with("5xx 2.0% of 2,412 requests since it began serving; evidence 0."),
             "{text}"
         );
-        assert!(text.contains("needed (threshold 10.0%)"), "{text}");
+        assert!(
+            text.ends_with("needed (threshold 10.0%); 2.0% over the last 120 s (2,412 requests)"),
+            "{text}"
+        );
     }
 
     fn lat() -> LatencyRule {

@@ -90,6 +90,7 @@ pub type SharedView = Arc<Mutex<GuardView>>;
 
 /// Everything the guard tracks about one release while it serves.
 struct Watch {
+    /// The error rule's last `window_secs`: the recent ratio shown beside the evidence.
     errors: Window,
     latency: Window,
     /// The sequential test of the 5xx ratio (when the rule is on).
@@ -572,7 +573,7 @@ impl Guard {
         if let (Some(rule), Some(test)) = (&triggers.error_rate, &w.error_test) {
             out.push((
                 Rule::ErrorRate.as_str().to_string(),
-                triggers::error_rate(rule, test, release, now),
+                triggers::error_rate(rule, test, &w.errors.stats(now), release, now),
             ));
         }
         if let Some(rule) = &triggers.latency_p95 {
