@@ -9,7 +9,7 @@ use serde_json::json;
 use super::output::print_json;
 use super::{CliError, open_ledger};
 use crate::clock::format_utc;
-use crate::ledger::{Incident, IncidentUpdate, Ledger};
+use crate::ledger::{Incident, Ledger};
 
 fn open_or_create(state_dir: &Path) -> Result<Ledger, CliError> {
     crate::watch::ensure_state_dir(state_dir).map_err(|e| CliError::new(1, e.to_string()))?;
@@ -23,43 +23,16 @@ pub(super) fn freeze(
     json: bool,
 ) -> Result<i32, CliError> {
     let mut ledger = open_or_create(state_dir)?;
-    if let Some(already) = ledger.service_state(service)?.frozen_reason {
-        // The person's reason is what stands now: a restore (or anything else) that froze
-        // it first will not lift it when it ends.
-        ledger.restate_freeze(service, reason, "a person", None)?;
-        if json {
-            print_json(
-                &json!({ "service": service, "frozen": true, "changed": false, "reason": reason, "was": already }),
-            );
-        } else {
-            println!("{service} was already frozen ({already}); it stays frozen for: {reason}");
-        }
-        return Ok(0);
-    }
-    let incident = ledger.open_incident(
-        service,
-        ledger.active_release(service)?.map(|r| r.id),
-        "data_corruption",
-        &format!("frozen by a person: {reason}"),
-        None,
-        &json!({ "action": { "action": "freeze" }, "reasons": ["data corruption → stop everything (a person said so)", reason] }),
-    )?;
-    ledger.freeze(service, reason, Some(incident))?;
-    ledger.update_incident(
-        incident,
-        IncidentUpdate {
-            status: Some("frozen"),
-            ..Default::default()
-        },
-    )?;
+    let done = ledger.freeze_by_person(service, reason)?;
     if json {
-        print_json(
-            &json!({ "service": service, "frozen": true, "changed": true, "incident": incident }),
-        );
+        print_json(&serde_json::to_value(&done).unwrap_or_default());
+    } else if let Some(already) = &done.was {
+        println!("{service} was already frozen ({already}); it stays frozen for: {reason}");
     } else {
         println!(
             "✓ {service} is frozen: no deploy and no rollback, automatic or manual, until \
-             `ripcord unfreeze {service} --reason TEXT` (incident #{incident})"
+             `ripcord unfreeze {service} --reason TEXT` (incident #{})",
+            done.incident.unwrap_or_default()
         );
     }
     Ok(0)
@@ -72,21 +45,10 @@ pub(super) fn unfreeze(
     json: bool,
 ) -> Result<i32, CliError> {
     let mut ledger = open_ledger(state_dir)?;
-    let changed = ledger.unfreeze(service, reason)?;
-    for i in ledger.incidents(Some(service))? {
-        if i.status == "frozen" && i.closed_at_ms.is_none() {
-            ledger.update_incident(
-                i.id,
-                IncidentUpdate {
-                    closed_at_ms: Some(crate::clock::now_ms()),
-                    ..Default::default()
-                },
-            )?;
-        }
-    }
+    let done = ledger.unfreeze_by_person(service, reason)?;
     if json {
-        print_json(&json!({ "service": service, "frozen": false, "changed": changed }));
-    } else if changed {
+        print_json(&serde_json::to_value(&done).unwrap_or_default());
+    } else if done.changed {
         println!("✓ {service} is unfrozen: deploys and rollbacks are allowed again");
     } else {
         println!("{service} was not frozen");
@@ -243,6 +205,43 @@ pub(super) fn incident_report(
     } else {
         println!("✓ wrote {}", path.display());
     }
+    Ok(0)
+}
+
+/// `ripcord dashboard`: the dashboard's address (from the config) and its token (made
+/// on first use, owner-only in the state dir).
+pub(super) fn dashboard(
+    config: Option<&Path>,
+    state_dir: &Path,
+    token_only: bool,
+    json: bool,
+) -> Result<i32, CliError> {
+    use crate::watch::dashboard::token;
+    crate::watch::ensure_state_dir(state_dir).map_err(|e| CliError::new(1, e.to_string()))?;
+    let t = token::load_or_create(state_dir).map_err(|e| CliError::new(1, e.to_string()))?;
+    if token_only && !json {
+        println!("{t}");
+        return Ok(0);
+    }
+    let cfg = super::load_config(config)?;
+    let url = cfg.dashboard.map(|d| format!("http://{}/", d.addr));
+    if json {
+        print_json(&json!({
+            "url": url,
+            "token": t,
+            "token_file": token::path(state_dir),
+        }));
+        return Ok(0);
+    }
+    match url {
+        Some(u) => println!("dashboard: {u} (served by `ripcord watch`)"),
+        None => println!("dashboard: off (`[watch] dashboard_listen = \"off\"`)"),
+    }
+    println!("token:     {t}");
+    println!(
+        "           (from {}; reading needs no token, every action does)",
+        token::path(state_dir).display()
+    );
     Ok(0)
 }
 

@@ -136,6 +136,12 @@ pub enum Command {
     /// Rollback readiness of SERVICE: the previous release, its image and env snapshot,
     /// the slot ports, the engine, the health URL; exit 1 when a rollback would fail
     Doctor { service: String },
+    /// Where `ripcord watch` serves its web dashboard, and the token its actions need
+    Dashboard {
+        /// Print only the token (for scripts: `curl -H "Authorization: Bearer $(...)"`)
+        #[arg(long)]
+        token: bool,
+    },
     /// The rollback runbook, generated from the config and the ledger (Markdown)
     Runbook {
         /// Only this service
@@ -390,6 +396,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         },
         Command::Doctor { service } => {
             doctor::run(cli.config.as_deref(), &state_dir, &service, json).await
+        }
+        Command::Dashboard { token } => {
+            guard_cmd::dashboard(cli.config.as_deref(), &state_dir, token, json)
         }
         Command::Runbook { service, out } => guard_cmd::runbook(
             cli.config.as_deref(),

@@ -33,6 +33,20 @@ pub struct Config {
     /// `[watch] metrics_listen`: where `ripcord watch` serves its own `/metrics`
     /// (a loopback address), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[watch] dashboard_listen`: where `ripcord watch` serves its web dashboard, or
+    /// `None` when it is `"off"`.
+    pub dashboard: Option<DashboardListen>,
+}
+
+/// Where the dashboard listens when the config says nothing.
+pub const DEFAULT_DASHBOARD: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9470);
+
+/// The dashboard's address, and whether a person chose it: a default address that is
+/// taken (another watcher on this host) only costs the dashboard, never the watcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DashboardListen {
+    pub addr: SocketAddr,
+    pub explicit: bool,
 }
 
 /// How a version runs.
@@ -527,6 +541,16 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             metrics_listen: raw.metrics_listen.as_ref().map(|m| m.value),
+            dashboard: match &raw.dashboard {
+                None => Some(DashboardListen {
+                    addr: DEFAULT_DASHBOARD,
+                    explicit: false,
+                }),
+                Some(d) => d.value.map(|addr| DashboardListen {
+                    addr,
+                    explicit: true,
+                }),
+            },
             services: raw
                 .services
                 .into_iter()
@@ -568,6 +592,8 @@ impl Config {
 pub(crate) struct RawConfig {
     pub(crate) services: Vec<RawService>,
     pub(crate) metrics_listen: Option<Spanned<SocketAddr>>,
+    /// `Some(None)` is `"off"`.
+    pub(crate) dashboard: Option<Spanned<Option<SocketAddr>>>,
 }
 
 pub(crate) struct RawService {
@@ -687,8 +713,31 @@ const DAY_SECS: i64 = 86_400;
 fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
     r.deny_unknown(root, &["service", "watch"]);
     let mut metrics_listen = None;
+    let mut dashboard = None;
     if let Some(w) = r.table(root, "watch") {
-        r.deny_unknown(&w, &["metrics_listen"]);
+        r.deny_unknown(&w, &["metrics_listen", "dashboard_listen"]);
+        if let Some(addr) = r.string(&w, "dashboard_listen") {
+            if addr.value == "off" {
+                dashboard = Some(Spanned {
+                    value: None,
+                    span: addr.span,
+                });
+            } else {
+                match parse_addr(&addr.value) {
+                    Ok(a) => {
+                        dashboard = Some(Spanned {
+                            value: Some(a),
+                            span: addr.span,
+                        })
+                    }
+                    Err(msg) => r.error(
+                        addr.span,
+                        "watch.dashboard_listen",
+                        format!("{msg}, or \"off\""),
+                    ),
+                }
+            }
+        }
         if let Some(addr) = r.string(&w, "metrics_listen") {
             match parse_addr(&addr.value) {
                 Ok(a) if a.ip().is_loopback() => {
@@ -721,6 +770,7 @@ fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
     RawConfig {
         services,
         metrics_listen,
+        dashboard,
     }
 }
 

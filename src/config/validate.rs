@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use super::reader::{Reader, join};
+use super::reader::{Reader, Spanned, join};
 use super::{Config, ConfigError, RawConfig, Router};
 
 impl Config {
@@ -59,6 +59,13 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
     let mut taken: Vec<(SocketAddr, String, Option<std::ops::Range<usize>>)> = Vec::new();
     if let Some(m) = &raw.metrics_listen {
         taken.push((m.value, "watch.metrics_listen".to_string(), m.span.clone()));
+    }
+    if let Some(Spanned {
+        value: Some(addr),
+        span,
+    }) = &raw.dashboard
+    {
+        taken.push((*addr, "watch.dashboard_listen".to_string(), span.clone()));
     }
     for svc in &raw.services {
         let listen_key = join(&svc.path, "listen");

@@ -12,6 +12,7 @@
 
 mod backups;
 mod guard;
+mod person;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::config::Slot;
 pub use backups::{BackupRecord, NewBackup};
 
 pub use guard::{Incident, IncidentUpdate, ServiceState};
+pub use person::{Frozen, Unfrozen};
 pub use schema::CURRENT as SCHEMA_VERSION;
 
 /// The ledger's file name inside the state dir.
@@ -713,6 +715,17 @@ impl Ledger {
     /// The service's timeline, oldest first; `limit` keeps the newest.
     pub fn events(&self, service: &str, limit: usize) -> Result<Vec<Event>, LedgerError> {
         self.events_where("service = ?1", params![service], limit)
+    }
+
+    /// The service's events after the one with id `after` (ids only grow), oldest first;
+    /// `limit` keeps the newest.
+    pub fn events_after(
+        &self,
+        service: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, LedgerError> {
+        self.events_where("service = ?1 AND id > ?2", params![service, after], limit)
     }
 
     /// The service's events between two instants (inclusive), oldest first.

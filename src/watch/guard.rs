@@ -88,6 +88,14 @@ pub struct WarmProbe {
 
 pub type SharedView = Arc<Mutex<GuardView>>;
 
+/// The service's traffic, one bucket a second over the last 15 minutes: incident charts
+/// and the dashboard read it.
+pub type SharedSeries = Arc<Mutex<Window>>;
+
+pub fn new_series() -> SharedSeries {
+    Arc::new(Mutex::new(Window::new(SERIES_SECS)))
+}
+
 /// Everything the guard tracks about one release while it serves.
 struct Watch {
     /// The error rule's last `window_secs`: the recent ratio shown beside the evidence.
@@ -195,6 +203,7 @@ impl Guard {
         ledger: SharedLedger,
         notifier: Notifier,
         view: SharedView,
+        series: SharedSeries,
         metrics: super::metrics::Metrics,
     ) -> Self {
         Guard {
@@ -203,7 +212,7 @@ impl Guard {
             notifier,
             view,
             watches: HashMap::new(),
-            series: Arc::new(Mutex::new(Window::new(SERIES_SECS))),
+            series,
             active: None,
             state: LedgerView::default(),
             acting: Arc::new(AtomicBool::new(false)),

@@ -7,6 +7,7 @@
 //! accepting, drains the proxies with a timeout, then stops the releases.
 
 pub mod control;
+pub mod dashboard;
 pub mod guard;
 pub mod metrics;
 
@@ -60,6 +61,13 @@ pub enum WatchError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve the dashboard on {addr} (watch.dashboard_listen): {source}")]
+    DashboardBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    DashboardToken(#[from] dashboard::token::TokenError),
     #[error(
         "service `{service}`: the proxy cannot listen on {addr}: {source}; is another program using it?"
     )]
@@ -83,6 +91,8 @@ fn bake_hold(view: &guard::SharedView) -> Option<String> {
 struct Service {
     exec: Arc<ServiceExec>,
     view: guard::SharedView,
+    /// The guard's per-second traffic of the last 15 minutes (charts, the dashboard).
+    series: guard::SharedSeries,
     /// The built-in proxy's accept task (router `proxy`).
     proxy_task: Option<tokio::task::JoinHandle<()>>,
     /// Keeps the guard's record channel open when no proxy feeds it.
@@ -260,12 +270,14 @@ pub async fn run(
             tokio::spawn(crate::signals::process::run(exec.clone(), obs_tx));
         }
         let view: guard::SharedView = Arc::default();
+        let series = guard::new_series();
         let notifier = crate::notify::Notifier::start(cfg.webhooks.clone());
         let g = guard::Guard::new(
             exec.clone(),
             ledger.clone(),
             notifier,
             view.clone(),
+            series.clone(),
             own_metrics.clone(),
         );
         tokio::spawn(g.run(rx, obs_rx));
@@ -274,6 +286,7 @@ pub async fn run(
             Service {
                 exec,
                 view,
+                series,
                 proxy_task,
                 _records: records_tx,
                 access_log,
@@ -309,6 +322,9 @@ pub async fn run(
         }
     }
     let services = Arc::new(services);
+    if let Some(d) = config.dashboard {
+        start_dashboard(d, state_dir, services.clone(), ledger.clone()).await?;
+    }
     if let Some(ready) = ready {
         let _ = ready.send(());
     }
@@ -361,6 +377,56 @@ pub async fn run(
     }
     let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
     l.release_lease(&watcher_lease)?;
+    Ok(())
+}
+
+/// Serves the dashboard. A default address that is taken (another watcher on this
+/// host has it) costs only the dashboard, with a warning; an address a person chose
+/// must be free.
+async fn start_dashboard(
+    d: config::DashboardListen,
+    state_dir: &Path,
+    services: Arc<BTreeMap<String, Service>>,
+    ledger: SharedLedger,
+) -> Result<(), WatchError> {
+    let token = dashboard::token::load_or_create(state_dir)?;
+    let listener = match tokio::net::TcpListener::bind(d.addr).await {
+        Ok(l) => l,
+        Err(source) if d.explicit => {
+            return Err(WatchError::DashboardBind {
+                addr: d.addr,
+                source,
+            });
+        }
+        Err(e) => {
+            tracing::warn!(
+                addr = %d.addr,
+                error = %e,
+                "no dashboard: its default address is taken; set `[watch] dashboard_listen` \
+                 to another address, or \"off\""
+            );
+            return Ok(());
+        }
+    };
+    if !d.addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %d.addr,
+            "the dashboard listens beyond this host: anyone who can reach it reads service \
+             names, versions and incidents (actions still need the token)"
+        );
+    }
+    tracing::info!(
+        "dashboard on http://{} (actions need the token: `ripcord dashboard`)",
+        d.addr
+    );
+    tokio::spawn(dashboard::serve(
+        listener,
+        dashboard::Dashboard {
+            services,
+            ledger,
+            token,
+        },
+    ));
     Ok(())
 }
 
