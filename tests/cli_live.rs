@@ -82,6 +82,7 @@ fn deploy_wait_exits_0_only_once_the_guard_cleared_the_release_and_6_without_a_v
     let report = load.stop();
     assert_eq!(code, Some(0), "{v:#}\n{err}\n{}", p.watcher_log());
     assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["error"], serde_json::Value::Null, "{v:#}");
     assert_eq!(v["wait"]["verdict"], "cleared", "{v:#}");
     assert_eq!(v["wait"]["version"], "v3", "{v:#}");
     // The default limit is the bake period plus a minute.
@@ -146,6 +147,12 @@ fn deploy_wait_exits_5_when_the_guard_rolls_the_release_back() {
     assert_eq!(v["ok"], false, "{v:#}");
     assert_eq!(v["exit"], 5, "{v:#}");
     assert_eq!(v["wait"]["verdict"], "rolled_back", "{v:#}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("was rolled back while we waited")),
+        "{v:#}"
+    );
     assert!(
         v["wait"]["reason"]
             .as_str()

@@ -92,6 +92,26 @@ pub(super) async fn deploy(
     let waited_ms = started.elapsed().as_millis() as u64;
     let version = result["active"]["version"].as_str().unwrap_or("?");
     let service = result["service"].as_str().unwrap_or("?");
+    let secs = waited_ms as f64 / 1000.0;
+    // The verdict in words: the line people read, and `error` for scripts when not 0.
+    let said = match &verdict.0 {
+        Verdict::Cleared => format!(
+            "{service} {version} is still active and cleared by the guard: the bake is over (waited {secs:.1} s)"
+        ),
+        Verdict::RolledBack { reason } => format!(
+            "{service} {version} was rolled back while we waited: {}",
+            reason.as_deref().unwrap_or("no reason recorded")
+        ),
+        Verdict::Replaced { status } => format!(
+            "{service} {version} is no longer active (it is {}): another operation replaced it",
+            status.as_str()
+        ),
+        Verdict::TimedOut { why } => format!(
+            "{service} {version}: no verdict within {} ({}); it still serves",
+            humantime::format_duration(verdict.1),
+            why.as_deref().unwrap_or("the guard has not cleared it yet")
+        ),
+    };
     if json {
         let (reason, status, why) = match &verdict.0 {
             Verdict::RolledBack { reason } => (reason.clone(), None, None),
@@ -110,27 +130,12 @@ pub(super) async fn deploy(
             "status": status,
             "hold": why,
         });
-        super::print_operation(code, &result, None, Some(wait), json);
-        return Ok(code);
-    }
-    let secs = waited_ms as f64 / 1000.0;
-    match &verdict.0 {
-        Verdict::Cleared => println!(
-            "✓ {service} {version} is still active and cleared by the guard: the bake is over (waited {secs:.1} s)"
-        ),
-        Verdict::RolledBack { reason } => eprintln!(
-            "✗ {service} {version} was rolled back while we waited: {} (exit {code})",
-            reason.as_deref().unwrap_or("no reason recorded")
-        ),
-        Verdict::Replaced { status } => eprintln!(
-            "✗ {service} {version} is no longer active (it is {}): another operation replaced it (exit {code})",
-            status.as_str()
-        ),
-        Verdict::TimedOut { why } => eprintln!(
-            "✗ {service} {version}: no verdict within {} ({}); it still serves (exit {code})",
-            humantime::format_duration(verdict.1),
-            why.as_deref().unwrap_or("the guard has not cleared it yet")
-        ),
+        let error = (code != exit::OK).then_some(said.as_str());
+        super::print_operation(code, &result, error, Some(wait), json);
+    } else if code == exit::OK {
+        println!("✓ {said}");
+    } else {
+        eprintln!("✗ {said} (exit {code})");
     }
     Ok(code)
 }
