@@ -989,6 +989,18 @@ mod tests {
         public_command().debug_assert();
     }
 
+    /// What people read before they put `--wait` in a pipeline: its exit codes.
+    #[test]
+    fn deploy_help_documents_wait_and_its_exit_codes() {
+        let mut cmd = Cli::command();
+        let deploy = cmd
+            .find_subcommand_mut("deploy")
+            .expect("deploy exists")
+            .clone();
+        let help = deploy.bin_name("ripcord deploy").render_long_help();
+        insta::assert_snapshot!("deploy_help", help.to_string());
+    }
+
     #[test]
     fn durations_are_humantime_or_whole_seconds() {
         let check = |input: &str, expected: Option<Duration>| {
