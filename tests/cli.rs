@@ -424,3 +424,122 @@ fn migrations_check_names_phases_and_exits_by_severity() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
+
+/// Under --json a fatal error is exactly one JSON object on stderr, with the same exit
+/// code as without; stdout stays empty so a script never parses half an answer.
+#[test]
+fn fatal_errors_under_json_are_one_json_object_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, code, says) in [
+        // A command's own failure: no ledger yet.
+        (&["--json", "events", "web"][..], 1, "no ledger in .ripcord"),
+        // No watcher to deploy through.
+        (
+            &["--json", "deploy", "web", "v1"],
+            1,
+            "no watcher is running",
+        ),
+        // A config error.
+        (&["--json", "verify", "web"], 2, "no config"),
+        // A usage error, caught by the argument parser before anything runs.
+        (&["deploy", "--json", "web"], 2, "required arguments"),
+        (&["--json", "status", "--interval", "1s"], 2, "--watch"),
+        (&["--json", "deploy", "web", "v2", "--wait=soon"], 2, "soon"),
+    ] {
+        let out = ripcord(dir.path()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let err = text(&out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&err)
+            .unwrap_or_else(|e| panic!("{args:?}: stderr is not one JSON object ({e}): {err}"));
+        assert_eq!(v["exit"], code, "{args:?}: {v}");
+        let message = v["error"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{args:?}: {v}");
+        assert!(!message.starts_with("error:"), "{args:?}: {v}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+    }
+    // Without --json the same failure stays text for people.
+    let out = ripcord(dir.path())
+        .args(["events", "web"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: no ledger"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A release's own `--json` after `--` is its argument, not ripcord's flag.
+    let out = ripcord(dir.path())
+        .args(["deploy", "web", "--", "app", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with("error:"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn completions_name_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ripcord(dir.path())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let script = text(&out.stdout);
+    assert!(script.contains("complete -F _ripcord"), "{script}");
+    for cmd in [
+        "deploy",
+        "rollback",
+        "events",
+        "status",
+        "incident",
+        "completions",
+        "--follow",
+        "--wait",
+    ] {
+        assert!(script.contains(cmd), "the bash completions lack {cmd}");
+    }
+    assert!(
+        !script.contains("demo-app"),
+        "the hidden demo-app is not offered"
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = ripcord(dir.path())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(text(&out.stdout).contains("rollback"), "{shell}");
+    }
+    let out = ripcord(dir.path())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_man_page_is_roff_with_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in ["man", "manpage"] {
+        let out = ripcord(dir.path()).arg(cmd).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let page = text(&out.stdout);
+        // clap_mangen opens with the groff apostrophe definition (`.ie`/`.el`); the
+        // first macro of the page itself is its title.
+        let first = page
+            .lines()
+            .find(|l| !l.starts_with(".ie") && !l.starts_with(".el"))
+            .unwrap_or_default();
+        assert!(first.starts_with(".TH ripcord 1"), "{page}");
+        assert!(page.contains(".SH NAME"), "{page}");
+        for sub in ["deploy", "rollback", "events", "completions"] {
+            assert!(page.contains(sub), "the man page lacks {sub}");
+        }
+    }
+}

@@ -9,6 +9,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+use super::progress::Spinner;
 use super::{CliError, load_config, output};
 use crate::clock::{format_utc, now_ms};
 use crate::config::ServiceConfig;
@@ -64,12 +65,14 @@ pub(super) async fn backup(
     if !json {
         eprintln!("  pg_dump of {} into {}", dbc.url, dbc.backup_dir.display());
     }
+    let spinner = Spinner::start(format!("backing up {}", dbc.url), json);
     let TakenBackup {
         record: rec,
         removed,
     } = take_backup(&shared, name, &dbc)
         .await
         .map_err(|e| CliError::new(1, e))?;
+    spinner.finish();
     if json {
         output::print_json(&serde_json::json!({ "backup": rec, "removed": removed }));
     } else {
@@ -177,7 +180,10 @@ async fn choose(
         if !json {
             eprintln!("  checking backup #{} ({})", b.id, b.path);
         }
-        match db::verify(Path::new(&b.path), &b.sha256).await {
+        let spinner = Spinner::start(format!("checking backup #{}", b.id), json);
+        let checked = db::verify(Path::new(&b.path), &b.sha256).await;
+        spinner.finish();
+        match checked {
             Ok(_) => {
                 let _ = ledger.set_backup_verified(b.id, true);
                 return Ok(b);
@@ -198,7 +204,9 @@ async fn choose(
                     );
                     return Err(CliError::new(3, why));
                 }
-                eprintln!("  ✗ backup #{} failed its integrity check: {e}", b.id);
+                if !json {
+                    eprintln!("  ✗ backup #{} failed its integrity check: {e}", b.id);
+                }
             }
         }
     }
@@ -239,7 +247,10 @@ pub(super) async fn restore(
         b.path,
         human_size(b.size_bytes)
     );
-    eprintln!("{banner}");
+    // Under --json the banner's facts are in the answer (or the refusal) instead.
+    if !json {
+        eprintln!("{banner}");
+    }
     // Consent: the database's name, typed or given.
     let interactive = confirm.is_none() && !json && std::io::stdin().is_terminal();
     let given = match confirm {
@@ -285,14 +296,18 @@ pub(super) async fn restore(
         backup: b.id,
         confirm: given.clone(),
     };
-    let (exit, result, error) = control::call(state_dir, &request, |msg| {
-        if !json {
-            for line in msg.lines() {
-                eprintln!("  {line}");
-            }
+    let spinner = Spinner::start(format!("restoring {dbname} from backup #{}", b.id), json);
+    let answer = control::call(state_dir, &request, |msg| {
+        for line in msg.lines() {
+            spinner.line(&format!("  {line}"));
+        }
+        if let Some(last) = msg.lines().last() {
+            spinner.set_message(last.to_string());
         }
     })
-    .await
+    .await;
+    spinner.finish();
+    let (exit, result, error) = answer
     .map_err(|e| {
         CliError::new(
             1,

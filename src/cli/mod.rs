@@ -1,18 +1,21 @@
 //! The command line: parses arguments, runs one command, maps the outcome to the
-//! documented exit codes (0 ok, 1 failure, 2 usage or config error, 3 refused by a
-//! guard, 4 verification failed). Human output is for people; `--json` output is a
-//! compatibility promise for scripts.
+//! documented exit codes (the `exit` module; the README's table lists them). Human
+//! output is for people; `--json` output is a compatibility promise for scripts, and
+//! under it a fatal error is one JSON object on stderr, nothing else.
 
 mod db_cmd;
 mod demo;
 mod doctor;
+mod follow;
 mod guard_cmd;
 mod output;
+mod progress;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config, LoadError};
 use crate::ledger::Ledger;
@@ -84,6 +87,18 @@ pub enum Command {
         /// recorded one, else the config's `command`
         #[arg(last = true, value_name = "ARGV")]
         argv: Vec<String>,
+        /// After the deploy, wait until the bake is over and the guard has cleared the
+        /// release: exit 0 if it is still active, 5 if it was rolled back, 6 if no
+        /// verdict came in time (default: the bake period plus a minute; `90s`, `2m`,
+        /// or whole seconds)
+        #[arg(
+            long,
+            value_name = "DURATION",
+            num_args = 0..=1,
+            require_equals = true,
+            value_parser = parse_duration
+        )]
+        wait: Option<Option<Duration>>,
     },
     /// Roll SERVICE back to the previous good release (or --to a given one), then verify
     Rollback {
@@ -101,7 +116,15 @@ pub enum Command {
     /// Run SERVICE's verification checks now
     Verify { service: String },
     /// What runs, what ran before, what is happening
-    Status { service: Option<String> },
+    Status {
+        service: Option<String>,
+        /// Redraw every --interval until Ctrl-C (JSON lines under --json)
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws (`2s`, `500ms`, or whole seconds)
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, requires = "watch")]
+        interval: Duration,
+    },
     /// Every release of SERVICE, newest first
     Releases { service: String },
     /// SERVICE's timeline from the ledger
@@ -110,6 +133,10 @@ pub enum Command {
         /// How many of the newest events
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Keep printing new events as they are recorded, until Ctrl-C or until stdout is
+        /// closed (one JSON object a line under --json)
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Run the guard daemon: proxies, releases, control socket (foreground)
     Watch,
@@ -165,6 +192,15 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Print the shell completion script for SHELL (e.g. `ripcord completions bash >
+    /// ~/.local/share/bash-completion/completions/ripcord`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `ripcord man | man -l -`
+    #[command(visible_alias = "manpage")]
+    Man,
     /// Run the demo application (used by `ripcord demo`, tests and benchmarks)
     #[command(hide = true)]
     DemoApp(crate::demo_app::DemoAppArgs),
@@ -239,6 +275,38 @@ pub enum ConfigCommand {
     Check,
 }
 
+/// Every exit code the CLI uses; the README's table says the same.
+pub mod exit {
+    /// Done as asked.
+    pub const OK: i32 = 0;
+    /// A failure: the operation did not succeed, or ripcord could not do its part.
+    pub const FAILURE: i32 = 1;
+    /// A usage or config error: nothing was done.
+    pub const USAGE: i32 = 2;
+    /// Refused by a guard (frozen, a bad release, a contract migration, busy, no consent).
+    pub const REFUSED: i32 = 3;
+    /// Verification failed.
+    pub const VERIFY_FAILED: i32 = 4;
+    /// `deploy --wait`: the release was rolled back while we waited (by the guard, or by a
+    /// person meanwhile: the reason says which).
+    pub const ROLLED_BACK: i32 = 5;
+    /// `deploy --wait`: no verdict in time; the release still serves, not yet cleared.
+    pub const WAIT_TIMED_OUT: i32 = 6;
+}
+
+/// `90s`, `2m`, `500ms` (humantime) or whole seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|e| format!("{s}: {e}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 90s, 2m or 500ms ({e})"))
+}
+
 /// A command's failure: what to print and the exit code.
 #[derive(Debug)]
 pub struct CliError {
@@ -263,14 +331,39 @@ impl<E: std::error::Error> From<E> for CliError {
 
 /// Parses the process arguments and runs; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
-    if let Command::DemoApp(args) = cli.command {
-        return crate::demo_app::run(args);
+    // Before parsing succeeds, --json is looked for by hand (never in a release's argv
+    // after `--`), so even a usage error is one JSON object for a script.
+    let json_asked = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e, json_asked),
+    };
+    let json = cli.json;
+    match cli.command {
+        Command::DemoApp(args) => return crate::demo_app::run(args),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut public_command(), "ripcord", &mut out);
+            return write_stdout(&out, json);
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                return fatal(&CliError::new(exit::FAILURE, e.to_string()), json);
+            }
+            return write_stdout(&out, json);
+        }
+        _ => {}
     }
     init_tracing(match cli.command {
         Command::Watch => "info",
         // The demo narrates itself; the in-process watcher's warnings would repeat it.
         Command::Demo { .. } => "error",
+        // Under --json, stderr carries only the fatal error's JSON (RUST_LOG still works).
+        _ if json => "off",
         _ => "warn",
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -280,16 +373,74 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return 1;
+            let e = CliError::new(
+                exit::FAILURE,
+                format!("cannot start the async runtime: {e}"),
+            );
+            return fatal(&e, json);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", e.message);
-            e.code
-        }
+        Err(e) => fatal(&e, json),
+    }
+}
+
+/// The command line without its hidden subcommands, which clap_complete would offer.
+fn public_command() -> clap::Command {
+    let full = Cli::command();
+    clap::Command::new("ripcord")
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .subcommand_required(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned())
+}
+
+/// Prints a fatal error (one JSON object under --json) and returns its exit code.
+fn fatal(e: &CliError, json: bool) -> i32 {
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({ "error": e.message, "exit": e.code })
+        );
+    } else {
+        eprintln!("error: {}", e.message);
+    }
+    e.code
+}
+
+/// Help and version go to stdout (exit 0); a usage error exits 2, as one JSON object
+/// under --json.
+fn usage_error(e: clap::Error, json: bool) -> i32 {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return exit::OK;
+    }
+    if !json {
+        let _ = e.print();
+        return exit::USAGE;
+    }
+    let text = e.render().to_string();
+    let message = text.trim().strip_prefix("error: ").unwrap_or(text.trim());
+    eprintln!(
+        "{}",
+        serde_json::json!({ "error": message, "exit": exit::USAGE, "kind": "usage" })
+    );
+    exit::USAGE
+}
+
+/// Writes generated text (completions, the man page); a closed pipe is not an error.
+fn write_stdout(bytes: &[u8], json: bool) -> i32 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => fatal(
+            &CliError::new(exit::FAILURE, format!("writing to stdout: {e}")),
+            json,
+        ),
     }
 }
 
@@ -319,6 +470,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             reason,
             image,
             argv,
+            wait,
         } => {
             let cwd = std::env::current_dir().ok();
             let request = Request::Deploy {
@@ -331,7 +483,7 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 force,
                 reason,
             };
-            operation(&state_dir, request, json).await
+            wait::deploy(&state_dir, request, wait, json).await
         }
         Command::Rollback {
             service,
@@ -360,11 +512,26 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Verify { service } => {
             verify(cli.config.as_deref(), &state_dir, &service, json).await
         }
-        Command::Status { service } => {
+        Command::Status {
+            service,
+            watch,
+            interval,
+        } => {
             if let Some(service) = &service {
                 known_service(cli.config.as_deref(), &open_ledger(&state_dir)?, service)?;
             }
-            output::status(cli.config.as_deref(), &state_dir, service.as_deref(), json).await
+            if watch {
+                follow::status(
+                    cli.config.as_deref(),
+                    &state_dir,
+                    service.as_deref(),
+                    interval,
+                    json,
+                )
+                .await
+            } else {
+                output::status(cli.config.as_deref(), &state_dir, service.as_deref(), json).await
+            }
         }
         Command::Freeze { service, reason } => {
             guard_cmd::freeze(&state_dir, &service, &reason, json)
@@ -441,10 +608,18 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             known_service(cli.config.as_deref(), &ledger, &service)?;
             output::releases(&ledger, &service, json)
         }
-        Command::Events { service, limit } => {
+        Command::Events {
+            service,
+            limit,
+            follow,
+        } => {
             let ledger = open_ledger(&state_dir)?;
             known_service(cli.config.as_deref(), &ledger, &service)?;
-            output::events(&ledger, &service, limit, json)
+            if follow {
+                follow::events(&ledger, &service, limit, json).await
+            } else {
+                output::events(&ledger, &service, limit, json)
+            }
         }
         Command::Watch => watch(cli.config.as_deref(), &state_dir).await,
         Command::Demo {
@@ -452,7 +627,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             duration_secs,
             rate,
         } => demo::run(scenario, duration_secs, rate, json).await,
-        Command::DemoApp(_) => unreachable!("handled before the runtime starts"),
+        Command::DemoApp(_) | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 
@@ -589,34 +766,64 @@ fn config_check(flag: Option<&Path>, json: bool) -> Result<i32, CliError> {
     }
 }
 
-/// Sends a deploy or rollback to the watcher and shows its progress.
-async fn operation(state_dir: &Path, request: Request, json: bool) -> Result<i32, CliError> {
-    let (exit, result, error) = control::call(state_dir, &request, |msg| {
-        if !json {
-            for line in msg.lines() {
-                eprintln!("  {line}");
-            }
+/// Sends a deploy or rollback to the watcher and shows its progress (a spinner on a
+/// terminal); returns the watcher's `(exit, result, error)`.
+async fn call_watcher(
+    state_dir: &Path,
+    request: &Request,
+    doing: String,
+    json: bool,
+) -> Result<(i32, serde_json::Value, Option<String>), CliError> {
+    let spinner = progress::Spinner::start(doing, json);
+    let answer = control::call(state_dir, request, |msg| {
+        for line in msg.lines() {
+            spinner.line(&format!("  {line}"));
+        }
+        if let Some(last) = msg.lines().last() {
+            spinner.set_message(last.to_string());
         }
     })
     .await?;
+    spinner.finish();
+    Ok(answer)
+}
+
+/// Sends a deploy or rollback to the watcher, shows its progress and its outcome.
+async fn operation(state_dir: &Path, request: Request, json: bool) -> Result<i32, CliError> {
+    let doing = match &request {
+        Request::Rollback { service, .. } => format!("rolling {service} back"),
+        _ => "working".to_string(),
+    };
+    let (exit, result, error) = call_watcher(state_dir, &request, doing, json).await?;
+    print_operation(exit, &result, error.as_deref(), None, json);
+    Ok(exit)
+}
+
+/// A finished operation: the JSON object scripts read (with `wait` when the CLI waited
+/// for the guard's verdict), or the one-line outcome.
+fn print_operation(
+    exit: i32,
+    result: &serde_json::Value,
+    error: Option<&str>,
+    wait: Option<serde_json::Value>,
+    json: bool,
+) {
     if json {
-        output::print_json(&serde_json::json!({
+        let mut v = serde_json::json!({
             "ok": exit == 0,
             "exit": exit,
             "result": result,
             "error": error,
-        }));
-        return Ok(exit);
+        });
+        if let Some(wait) = wait {
+            v["wait"] = wait;
+        }
+        output::print_json(&v);
+        return;
     }
     match error {
-        Some(e) => {
-            eprintln!("✗ {e}");
-            Ok(exit)
-        }
-        None => {
-            output::outcome(&result);
-            Ok(0)
-        }
+        Some(e) => eprintln!("✗ {e}"),
+        None => output::outcome(result),
     }
 }
 
@@ -788,5 +995,64 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        public_command().debug_assert();
+    }
+
+    /// What people read before they put `--wait` in a pipeline: its exit codes.
+    #[test]
+    fn deploy_help_documents_wait_and_its_exit_codes() {
+        let mut cmd = Cli::command();
+        let deploy = cmd
+            .find_subcommand_mut("deploy")
+            .expect("deploy exists")
+            .clone();
+        let help = deploy.bin_name("ripcord deploy").render_long_help();
+        insta::assert_snapshot!("deploy_help", help.to_string());
+    }
+
+    #[test]
+    fn durations_are_humantime_or_whole_seconds() {
+        let check = |input: &str, expected: Option<Duration>| {
+            assert_eq!(parse_duration(input).ok(), expected, "{input}");
+        };
+        check("90", Some(Duration::from_secs(90)));
+        check("90s", Some(Duration::from_secs(90)));
+        check("2m", Some(Duration::from_secs(120)));
+        check("500ms", Some(Duration::from_millis(500)));
+        check("1m 30s", Some(Duration::from_secs(90)));
+        check("", None);
+        check("soon", None);
+        check("-5", None);
+        check("1.5", None);
+    }
+
+    #[test]
+    fn deploy_wait_takes_its_duration_only_after_an_equals_sign() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Deploy {
+                wait,
+                service,
+                version,
+                ..
+            }) => Ok((wait, service, version)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        let deploy = |wait| Ok((wait, "web".to_string(), "v2".to_string()));
+        assert_eq!(parse(&["ripcord", "deploy", "web", "v2"]), deploy(None));
+        assert_eq!(
+            parse(&["ripcord", "deploy", "web", "v2", "--wait"]),
+            deploy(Some(None))
+        );
+        // `--wait` before the positionals does not swallow the service's name.
+        assert_eq!(
+            parse(&["ripcord", "deploy", "--wait", "web", "v2"]),
+            deploy(Some(None))
+        );
+        assert_eq!(
+            parse(&["ripcord", "deploy", "web", "v2", "--wait=2m"]),
+            deploy(Some(Some(Duration::from_secs(120))))
+        );
+        assert!(parse(&["ripcord", "deploy", "web", "v2", "--wait=later"]).is_err());
     }
 }

@@ -95,12 +95,17 @@ pub(crate) fn events(
         return Ok(0);
     }
     for e in &events {
-        println!("{}  {:<18} {}", format_utc(e.ts_ms), e.kind, e.message);
+        println!("{}", event_line(e));
     }
     if events.is_empty() {
         println!("{service} has no events yet");
     }
     Ok(0)
+}
+
+/// One event as people read it.
+pub(crate) fn event_line(e: &crate::ledger::Event) -> String {
+    format!("{}  {:<18} {}", format_utc(e.ts_ms), e.kind, e.message)
 }
 
 /// The one-line summary of a finished deploy or rollback.
@@ -221,6 +226,24 @@ pub(crate) async fn status(
     service: Option<&str>,
     json: bool,
 ) -> Result<i32, CliError> {
+    let out = status_values(config, state_dir, service).await?;
+    if json {
+        match service {
+            Some(_) => print_json(&out[0]),
+            None => print_json(&out),
+        }
+        return Ok(0);
+    }
+    print_statuses(&out);
+    Ok(0)
+}
+
+/// Every asked-for service's status (the shape `status --json` promises).
+pub(crate) async fn status_values(
+    config: Option<&Path>,
+    state_dir: &Path,
+    service: Option<&str>,
+) -> Result<Vec<Value>, CliError> {
     let ledger = super::open_ledger(state_dir)?;
     let names: Vec<String> = match service {
         Some(s) => vec![s.to_string()],
@@ -242,20 +265,16 @@ pub(crate) async fn status(
         };
         out.push(service_status(&ledger, name, live.as_ref())?);
     }
-    if json {
-        match service {
-            Some(_) => print_json(&out[0]),
-            None => print_json(&out),
-        }
-        return Ok(0);
-    }
+    Ok(out)
+}
+
+pub(crate) fn print_statuses(out: &[Value]) {
     if out.is_empty() {
         println!("no services yet: deploy one with `ripcord deploy SERVICE VERSION`");
     }
-    for s in &out {
+    for s in out {
         print_status(s);
     }
-    Ok(0)
 }
 
 fn print_status(s: &Value) {

@@ -717,15 +717,39 @@ impl Ledger {
         self.events_where("service = ?1", params![service], limit)
     }
 
-    /// The service's events after the one with id `after` (ids only grow), oldest first;
-    /// `limit` keeps the newest.
+    /// The service's events newer than event `after_id`, oldest first (at most `limit`,
+    /// the oldest of them, so a follower that reads again from the last one misses none).
     pub fn events_after(
         &self,
         service: &str,
-        after: i64,
+        after_id: i64,
         limit: usize,
     ) -> Result<Vec<Event>, LedgerError> {
-        self.events_where("service = ?1 AND id > ?2", params![service, after], limit)
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id FROM events WHERE service = ?1 AND id > ?2 ORDER BY id LIMIT {limit}"
+        ))?;
+        let last: Option<i64> = stmt
+            .query_map(params![service, after_id], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?
+            .last()
+            .copied();
+        let Some(last) = last else {
+            return Ok(Vec::new());
+        };
+        self.events_where(
+            "service = ?1 AND id > ?2 AND id <= ?3",
+            params![service, after_id, last],
+            limit,
+        )
+    }
+
+    /// The newest event id of the service (0 when it has none).
+    pub fn last_event_id(&self, service: &str) -> Result<i64, LedgerError> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM events WHERE service = ?1",
+            params![service],
+            |r| r.get(0),
+        )?)
     }
 
     /// The service's events between two instants (inclusive), oldest first.

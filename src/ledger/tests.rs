@@ -344,3 +344,42 @@ fn many_processes_opening_a_new_ledger_at_once_all_succeed() {
         }
     }
 }
+
+#[test]
+fn events_after_reads_the_oldest_new_ones_first_so_a_follower_misses_none() {
+    let (_dir, mut l) = open();
+    assert_eq!(l.last_event_id("web").unwrap(), 0);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        for service in ["web", "api"] {
+            let id = l
+                .event(
+                    service,
+                    NewEvent {
+                        kind: "note",
+                        message: format!("{service} {i}"),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            if service == "web" {
+                ids.push(id);
+            }
+        }
+    }
+    assert_eq!(l.last_event_id("web").unwrap(), ids[4]);
+    let messages =
+        |events: Vec<Event>| -> Vec<String> { events.into_iter().map(|e| e.message).collect() };
+    // Newer than the second: in order, this service's only.
+    assert_eq!(
+        messages(l.events_after("web", ids[1], 100).unwrap()),
+        ["web 2", "web 3", "web 4"]
+    );
+    // A small batch takes the oldest of the new ones (`events` keeps the newest).
+    assert_eq!(
+        messages(l.events_after("web", ids[0], 2).unwrap()),
+        ["web 1", "web 2"]
+    );
+    assert!(l.events_after("web", ids[4], 100).unwrap().is_empty());
+    assert!(l.events_after("nothing", 0, 100).unwrap().is_empty());
+}
