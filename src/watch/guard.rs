@@ -828,7 +828,14 @@ impl Guard {
                 .collect();
             !recent.is_empty() && recent.iter().sum::<f64>() / recent.len() as f64 > c.above
         });
-        if w.recent.clean_since(since, limit) && !cpu_hot && w.health_streak == 0 {
+        // The episode's own requests judge it: just after its first bad request the
+        // latest requests are mostly from before it and would call it over at once, and
+        // the next bad one would re-date it, after the first bad request users saw.
+        // Without requests for a whole window, a quiet service holds no episode open.
+        let judged = w
+            .first_bad_ms
+            .is_none_or(|f| w.recent.full_after(f) || !w.recent.any_since(since));
+        if judged && w.recent.clean_since(since, limit) && !cpu_hot && w.health_streak == 0 {
             w.first_bad_ms = None;
         }
     }
