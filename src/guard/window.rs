@@ -162,37 +162,6 @@ impl Window {
     }
 }
 
-/// One bucket of a window, for charts: when, how many, how many failed, its p95.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Point {
-    pub t_ms: i64,
-    pub requests: u64,
-    pub errors: u64,
-    pub p95_ms: Option<f64>,
-}
-
-impl Window {
-    /// The buckets between two instants, oldest first.
-    pub fn points(&self, from_ms: i64, to_ms: i64) -> Vec<Point> {
-        self.buckets
-            .iter()
-            .filter(|b| b.start_ms + BUCKET_MS > from_ms && b.start_ms <= to_ms)
-            .map(|b| {
-                let mut hist = [0u64; BINS];
-                for (h, c) in hist.iter_mut().zip(b.hist.iter()) {
-                    *h = u64::from(*c);
-                }
-                Point {
-                    t_ms: b.start_ms,
-                    requests: b.requests,
-                    errors: b.errors,
-                    p95_ms: quantile(&hist, b.requests, 0.95).map(|us| us as f64 / 1000.0),
-                }
-            })
-            .collect()
-    }
-}
-
 fn quantile(hist: &[u64; BINS], total: u64, q: f64) -> Option<u64> {
     if total == 0 {
         return None;
