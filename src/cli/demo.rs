@@ -201,12 +201,20 @@ json_equals = "{{version}}"
     say(
         json,
         &format!(
-            "ripcord demo ({}): v2 {}; the guard should roll it back on its own.\n  state in {} \
-             (removed at the end; the report goes to {})",
+            "ripcord demo ({}): v2 {}; {}.\n  state in {} (removed at the end{})",
             scenario_name(scenario),
             scenario.describe(),
+            if scenario.stays() {
+                "the guard must leave it alone"
+            } else {
+                "the guard should roll it back on its own"
+            },
             dir.display(),
-            report_dir.display()
+            if scenario.stays() {
+                String::new()
+            } else {
+                format!("; the report goes to {}", report_dir.display())
+            }
         ),
     );
 
