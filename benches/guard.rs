@@ -92,7 +92,7 @@ fn main() {
         switch.push(v["first_bad_to_switch_ms"].as_f64().unwrap_or(f64::NAN));
         verified.push(v["first_bad_to_verified_ms"].as_f64().unwrap_or(f64::NAN));
         failed.push(v["failed_requests"].as_f64().unwrap_or(f64::NAN));
-        total.push(v["total_requests"].as_f64().unwrap_or(f64::NAN));
+        total.push(v["load_sent"].as_f64().unwrap_or(f64::NAN));
         eprintln!("run {i}: {:.1} s", t0.elapsed().as_secs_f64());
     }
     let healthy = demo(&[

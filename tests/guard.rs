@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Runs `ripcord demo --scenario NAME --json` in a private temp dir and returns its
-/// summary and the report's text.
+/// Runs `ripcord demo --scenario NAME --json` from a private directory, with its own
+/// TMPDIR, and returns its summary and the report's text. The report must be where the
+/// summary says, in `./ripcord-demo/` of the directory it ran in, and the temporary
+/// directory must be gone.
 fn demo(scenario: &str) -> (serde_json::Value, String) {
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(BIN)
         .args(["demo", "--scenario", scenario, "--json"])
-        .env("TMPDIR", dir.path())
-        .current_dir(dir.path())
+        .env("TMPDIR", tmp.path())
+        .current_dir(cwd.path())
         .output()
         .unwrap();
     assert!(
@@ -25,25 +28,46 @@ fn demo(scenario: &str) -> (serde_json::Value, String) {
         stderr(&out)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let report = std::fs::read_to_string(v["report"].as_str().unwrap()).unwrap();
-    // Only the report is left behind.
-    let demo_dir = std::fs::read_dir(dir.path())
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let left: Vec<String> = std::fs::read_dir(&demo_dir)
+    let path = std::path::PathBuf::from(v["report"].as_str().unwrap());
+    let report_dir = cwd.path().canonicalize().unwrap().join("ripcord-demo");
+    assert_eq!(
+        path.parent().map(|p| p.canonicalize().unwrap()),
+        Some(report_dir.clone()),
+        "demo {scenario}: the report is not in ./ripcord-demo/: {v:#}"
+    );
+    let report = std::fs::read_to_string(&path).unwrap();
+    let mut kept: Vec<String> = std::fs::read_dir(&report_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, ["report"], "the demo left more than its report");
+    kept.sort();
+    assert_eq!(kept, ["incident-1.md", "incident-1.svg"], "demo {scenario}");
+    assert_temp_dir_removed(scenario, tmp.path());
+    let cwd_left: Vec<String> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        cwd_left,
+        ["ripcord-demo"],
+        "demo {scenario}: only the report is kept"
+    );
     if v["rolled_back"] == true {
         assert_full_timeline(scenario, &report);
         let chart = std::path::Path::new(v["report"].as_str().unwrap()).with_extension("svg");
         let svg = std::fs::read_to_string(&chart)
             .unwrap_or_else(|e| panic!("demo {scenario}: no chart at {}: {e}", chart.display()))
             .replace('\n', "");
+        // The chart writes the table's peak where it draws it.
+        let peak = report
+            .lines()
+            .find(|l| l.starts_with("| Peak 5xx ratio ("))
+            .and_then(|l| l.trim_end_matches(" |").rsplit(" | ").next())
+            .unwrap_or_else(|| panic!("demo {scenario}: no peak 5xx ratio row:\n{report}"));
+        assert!(
+            peak == "unknown" || svg.contains(&format!(">peak {peak}<")),
+            "demo {scenario}: the chart does not mark the table's peak {peak}"
+        );
         // Each marker is drawn with its label and its offset, e.g. `switch +0.243 s`.
         for marker in ["deploy ", "trigger ", "switch ", "verified "] {
             assert!(
@@ -53,6 +77,18 @@ fn demo(scenario: &str) -> (serde_json::Value, String) {
         }
     }
     (v, report)
+}
+
+/// Nothing is left in the demo's TMPDIR: its state, config and logs are all gone.
+fn assert_temp_dir_removed(scenario: &str, tmp: &std::path::Path) {
+    let left: Vec<String> = std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "demo {scenario}: left {left:?} in its temporary directory"
+    );
 }
 
 /// The incident's timeline has every step, in order: the deploy, the first bad
@@ -112,16 +148,38 @@ fn assert_rolled_back(v: &serde_json::Value, rule: &str) {
 fn errors_are_rolled_back_and_their_failed_requests_counted() {
     let (v, report) = demo("errors");
     assert_rolled_back(&v, "error_rate");
-    // v2 failed some of the load's requests and the summary counts them among all it sent.
-    // How many fail before the switch (and how soon it comes) is benches/guard.rs's.
+    // v2 failed some of the load's requests. The summary counts the report's window
+    // (first bad request → traffic switched), as the table and the chart do, and names
+    // the load generator's whole run separately. How many fail before the switch (and
+    // how soon it comes) is benches/guard.rs's.
     let failed = v["failed_requests"].as_u64().unwrap();
     let total = v["total_requests"].as_u64().unwrap();
     assert!(0 < failed && failed < total, "{v:#}");
+    assert!(v["load_sent"].as_u64().unwrap() > total, "{v:#}");
+    let window = "first bad request → traffic switched";
+    let row = |measure: &str| {
+        let prefix = format!("| {measure} | ");
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|r| r.trim_end_matches(" |").to_string())
+            .unwrap_or_else(|| panic!("no {measure:?} row in the report:\n{report}"))
+    };
+    assert_eq!(row(&format!("Requests ({window})")), total.to_string());
+    assert_eq!(
+        row(&format!("Failed requests ({window})")),
+        failed.to_string()
+    );
+    assert!(
+        report.contains(&format!("**{failed} of {total}** requests failed")),
+        "{report}"
+    );
     // v2 fails 30% of its requests: the peak is v2's own, not diluted by v1's answers
     // in the same second.
     let peak: f64 = report
         .lines()
-        .find_map(|l| l.strip_prefix("| Peak 5xx ratio | "))
+        .find(|l| l.starts_with("| Peak 5xx ratio ("))
+        .and_then(|l| l.rsplit(" | ").next())
         .and_then(|r| r.split('%').next())
         .and_then(|x| x.trim().parse().ok())
         .unwrap_or_else(|| panic!("no peak 5xx ratio in the report:\n{report}"));
@@ -146,6 +204,67 @@ fn errors_are_rolled_back_and_their_failed_requests_counted() {
             "the report lacks {part:?}:\n{report}"
         );
     }
+}
+
+/// Ctrl-C in the middle of a run stops the watcher and its releases and still removes
+/// the temporary directory.
+#[test]
+fn an_interrupted_demo_removes_its_temporary_directory() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["demo", "--scenario", "healthy", "--duration-secs", "120"])
+        .env("TMPDIR", tmp.path())
+        .current_dir(cwd.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until v2 is deployed and watched: the state is in use.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in lines.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("the guard is watching v2") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the demo never got to watching v2: {e}");
+            }
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "the demo keeps its state in its TMPDIR while it runs"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A hang bound only.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not stop after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(exit.code(), Some(130), "an interrupted demo exits 130");
+    assert_temp_dir_removed("healthy (interrupted)", tmp.path());
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! `ripcord demo`: the whole loop on the embedded default, in a temporary directory with
 //! free loopback ports and the bundled demo app. A watcher, a bounded load generator
 //! (about 200 requests a second), a good v1, then a v2 with a fault; the guard detects
-//! it, rolls back and verifies with nobody involved, and the incident report is written.
-//! Nothing outside the temporary directory is touched; only the report is kept.
+//! it, rolls back and verifies with nobody involved, and the incident report is written
+//! to `./ripcord-demo/`. The temporary directory is removed at the end, whether the run
+//! passed, failed or was interrupted with Ctrl-C: only the report is kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +22,8 @@ use crate::watch::control::{self, Request};
 
 /// How long the demo waits for the guard before it gives up.
 const GUARD_DEADLINE: Duration = Duration::from_secs(40);
+/// Where the report goes, in the directory the demo was started from.
+pub const REPORT_DIR: &str = "ripcord-demo";
 
 /// The fault v2 carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +122,7 @@ pub(super) async fn run(
     json: bool,
 ) -> Result<i32, CliError> {
     let started = Instant::now();
+    let report_dir = std::env::current_dir()?.join(REPORT_DIR);
     let dir = std::env::temp_dir().join(format!("ripcord-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let plan = Plan {
@@ -126,17 +130,13 @@ pub(super) async fn run(
         duration_secs,
         rate,
     };
-    let result = run_in(&dir, plan, json, started).await;
-    // Keep the report, remove the rest.
-    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        if entry.file_name() != "report" {
-            let path = entry.path();
-            let _ = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-        }
+    let result = run_in(&dir, &report_dir, plan, json, started).await;
+    // The report lives outside it, so all of it goes: state, config, logs.
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!(
+            "warning: cannot remove the demo's temporary directory {}: {e}",
+            dir.display()
+        );
     }
     result
 }
@@ -153,7 +153,13 @@ fn say(json: bool, msg: &str) {
     }
 }
 
-async fn run_in(dir: &Path, plan: Plan, json: bool, started: Instant) -> Result<i32, CliError> {
+async fn run_in(
+    dir: &Path,
+    report_dir: &Path,
+    plan: Plan,
+    json: bool,
+    started: Instant,
+) -> Result<i32, CliError> {
     let scenario = plan.scenario;
     let exe = std::env::current_exe()?;
     let (listen, blue, green) = (free_port()?, free_port()?, free_port()?);
@@ -195,10 +201,20 @@ json_equals = "{{version}}"
     say(
         json,
         &format!(
-            "ripcord demo ({}): v2 {}; the guard should roll it back on its own.\n  state in {}",
+            "ripcord demo ({}): v2 {}; {}.\n  state in {} (removed at the end{})",
             scenario_name(scenario),
             scenario.describe(),
-            dir.display()
+            if scenario.stays() {
+                "the guard must leave it alone"
+            } else {
+                "the guard should roll it back on its own"
+            },
+            dir.display(),
+            if scenario.stays() {
+                String::new()
+            } else {
+                format!("; the report goes to {}", report_dir.display())
+            }
         ),
     );
 
@@ -228,7 +244,12 @@ json_equals = "{{version}}"
         &format!("▶ watcher up: proxy on 127.0.0.1:{listen}, slots {blue} and {green}"),
     );
 
-    let result = drive(&state_dir, dir, listen, plan, json, started).await;
+    // Ctrl-C stops the run here rather than killing the process, so the watcher still
+    // stops its releases and the temporary directory is still removed.
+    let result = tokio::select! {
+        r = drive(&state_dir, report_dir, listen, plan, json, started) => r,
+        _ = tokio::signal::ctrl_c() => Err(CliError::new(130, "interrupted")),
+    };
     let _ = stop_tx.send(());
     let _ = watcher.await;
     result
@@ -250,7 +271,7 @@ struct Plan {
 
 async fn drive(
     state_dir: &Path,
-    dir: &Path,
+    report_dir: &Path,
     listen: u16,
     plan: Plan,
     json: bool,
@@ -379,24 +400,22 @@ async fn drive(
             return Err(CliError::new(
                 1,
                 format!(
-                    "the guard did not act within {} s: see `ripcord events web --state-dir {}`",
-                    GUARD_DEADLINE.as_secs(),
-                    state_dir.display()
+                    "the guard did not act within {} s",
+                    GUARD_DEADLINE.as_secs()
                 ),
             ));
         }
     };
     let releases = ledger.releases("web")?;
     let events = ledger.events("web", 10_000)?;
-    let report_dir = dir.join("report");
-    let report = crate::report::write(
-        &report_dir,
-        &crate::report::ReportInput {
-            incident: &incident,
-            events: &events,
-            releases: &releases,
-        },
-    )?;
+    let input = crate::report::ReportInput {
+        incident: &incident,
+        events: &events,
+        releases: &releases,
+    };
+    let report = crate::report::write(report_dir, &input)?;
+    // The summary counts what the report counts: the window its chart shades.
+    let counted = crate::report::chart_data(&input).and_then(|c| c.exposure);
     let impact = incident.impact.clone().unwrap_or(Value::Null);
     let rolled_back = incident.switched_at_ms.is_some();
     let verified = incident.verified_at_ms.is_some() && incident.status == "resolved";
@@ -409,7 +428,10 @@ async fn drive(
         .iter()
         .find(|r| r.status == crate::ledger::ReleaseStatus::Active)
         .map(|r| r.version.clone());
-    let failed = stats.failed.load(Ordering::Relaxed);
+    let (sent, load_failed) = (
+        stats.sent.load(Ordering::Relaxed),
+        stats.failed.load(Ordering::Relaxed),
+    );
     let summary = json!({
         "scenario": scenario_name(scenario),
         "rolled_back": rolled_back,
@@ -418,8 +440,14 @@ async fn drive(
         "bad_release_status": v2_status,
         "incident": incident.id,
         "rule": incident.rule,
-        "failed_requests": failed,
-        "total_requests": stats.sent.load(Ordering::Relaxed),
+        // The report's window: first bad request → traffic switched.
+        "failed_requests": counted.as_ref().map(|e| e.errors),
+        "total_requests": counted.as_ref().map(|e| e.requests),
+        "requests_from_ms": counted.as_ref().map(|e| e.from_ms),
+        "requests_to_ms": counted.as_ref().map(|e| e.to_ms),
+        // The load generator's own view of the whole run, v1 before and after included.
+        "load_sent": sent,
+        "load_failed": load_failed,
         "first_bad_to_trigger_ms": impact["first_bad_to_trigger_ms"],
         "first_bad_to_switch_ms": impact["first_bad_to_switch_ms"],
         "first_bad_to_verified_ms": impact["first_bad_to_verified_ms"],
@@ -450,14 +478,20 @@ async fn drive(
             "  first bad request → verified       {}",
             ms("first_bad_to_verified_ms")
         );
+        match &counted {
+            Some(e) => println!(
+                "  requests that failed for users     {} of {} (first bad request → traffic on v1, as the report counts)",
+                e.errors, e.requests
+            ),
+            None => println!("  requests that failed for users     unknown"),
+        }
         println!(
-            "  requests that failed for users     {failed} of {}",
-            stats.sent.load(Ordering::Relaxed)
+            "  the load generator, whole run      {load_failed} of {sent} failed (v1 before and after included)"
         );
         println!(
             "  v2 is now                          {v2_status} (redeploying it needs --force --reason)"
         );
-        println!("  report                             {}", report.display());
+        println!("  report (kept)                      {}", report.display());
         println!(
             "\n{} demo finished in {:.1} s: nobody had to notice.",
             if rolled_back && verified {

@@ -4,6 +4,7 @@
 
 pub mod detector;
 pub mod recent;
+pub mod requests;
 pub mod triggers;
 pub mod window;
 

@@ -35,6 +35,17 @@ impl Recent {
         self.items.push_back(Request { at_ms, error, slow });
     }
 
+    /// Whether the kept requests all came after `ms`: as many as are kept, none of them
+    /// from before it.
+    pub fn full_after(&self, ms: i64) -> bool {
+        self.items.len() == self.cap && self.items.front().is_some_and(|r| r.at_ms > ms)
+    }
+
+    /// Whether any kept request came at `ms` or later.
+    pub fn any_since(&self, ms: i64) -> bool {
+        self.items.back().is_some_and(|r| r.at_ms >= ms)
+    }
+
     /// Whether the requests since `since_ms` are clean: bad ones (5xx or slow) at most
     /// `limit` of them. None at all is clean: a quiet service holds no episode open.
     pub fn clean_since(&self, since_ms: i64, limit: f64) -> bool {
@@ -110,5 +121,20 @@ mod tests {
         assert!(r.clean_since(0, 0.05));
         // Nothing inside the window is clean.
         assert!(Recent::new(40).clean_since(0, 0.05));
+    }
+
+    #[test]
+    fn full_after_needs_a_whole_buffer_after_the_instant() {
+        let mut r = Recent::new(3);
+        assert!(!r.full_after(0) && !r.any_since(0));
+        r.push(1_000, true, false);
+        r.push(1_100, false, false);
+        r.push(1_200, false, false);
+        // The bad one at 1,000 is still among them.
+        assert!(!r.full_after(1_000));
+        assert!(r.full_after(999));
+        r.push(1_300, false, false);
+        assert!(r.full_after(1_000));
+        assert!(r.any_since(1_300) && !r.any_since(1_301));
     }
 }

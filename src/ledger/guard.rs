@@ -52,6 +52,10 @@ pub struct IncidentUpdate {
 
 const INCIDENT_COLS: &str = "id, service, release_id, status, rule, summary, opened_at_ms, \
      first_bad_at_ms, switched_at_ms, verified_at_ms, closed_at_ms, decision, impact, series";
+/// The same columns without the series, which holds every request around an incident
+/// (hundreds of kilobytes): lists never read it, only a report does.
+const INCIDENT_LIST_COLS: &str = "id, service, release_id, status, rule, summary, opened_at_ms, \
+     first_bad_at_ms, switched_at_ms, verified_at_ms, closed_at_ms, decision, impact, NULL";
 
 fn row_to_incident(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
     let json = |i: usize| -> rusqlite::Result<Option<serde_json::Value>> {
@@ -355,10 +359,11 @@ impl Ledger {
             .optional()?)
     }
 
-    /// Incidents, newest first; all services when `service` is `None`.
+    /// Incidents, newest first; all services when `service` is `None`. Without their
+    /// series (`series` is `None`): read one with [`Ledger::incident`] for its report.
     pub fn incidents(&self, service: Option<&str>) -> Result<Vec<Incident>, LedgerError> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {INCIDENT_COLS} FROM incidents WHERE ?1 IS NULL OR service = ?1 ORDER BY id DESC"
+            "SELECT {INCIDENT_LIST_COLS} FROM incidents WHERE ?1 IS NULL OR service = ?1 ORDER BY id DESC"
         ))?;
         let rows = stmt.query_map([service], row_to_incident)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -452,11 +457,15 @@ mod tests {
                 status: Some("resolved"),
                 switched_at_ms: Some(7),
                 impact: Some(serde_json::json!({"failed": 3})),
+                series: Some(serde_json::json!({"requests": {"t0_ms": 1, "rows": []}})),
                 ..Default::default()
             },
         )
         .unwrap();
         let i = l.incident(id).unwrap().unwrap();
+        assert_eq!(i.series.unwrap()["requests"]["t0_ms"], 1);
+        // A list leaves the (large) series out.
+        assert_eq!(l.incidents(None).unwrap()[0].series, None);
         assert_eq!(i.status, "resolved");
         assert_eq!(i.switched_at_ms, Some(7));
         assert_eq!(i.first_bad_at_ms, Some(5));

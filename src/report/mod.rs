@@ -8,6 +8,7 @@
 //! of two recorded instants. Nothing reads the clock, so the same incident always
 //! renders the same bytes (which is what lets the snapshot tests hold).
 
+pub mod chart;
 pub mod runbook;
 
 use std::fmt::Write as _;
@@ -16,12 +17,11 @@ use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
 use crate::clock::format_utc;
 use crate::ledger::{Event, Incident, Release, ReleaseStatus};
+pub use chart::{ChartData, Exposure};
 
 /// Everything a report is built from.
 #[derive(Debug, Clone, Copy)]
@@ -42,9 +42,6 @@ const LEAD_IN_MS: i64 = 60_000;
 /// How far past the incident's end the timeline reaches: long enough for the release
 /// rolled away from to drain and stop.
 const TAIL_MS: i64 = 10_000;
-/// How far outside the series a marker may sit and still widen the chart to show it.
-const MARKER_REACH_SECS: f64 = 60.0;
-const CHART_SIZE: (u32, u32) = (900, 500);
 
 /// The Markdown report. `chart_file`, when given, is embedded as the chart's image
 /// link (a path relative to the Markdown file).
@@ -70,10 +67,16 @@ pub fn markdown(input: &ReportInput<'_>, chart_file: Option<&str>) -> String {
 /// plotters ever reports an error anyway, there is no chart rather than half of one.
 pub fn chart_svg(input: &ReportInput<'_>) -> Option<String> {
     let facts = Facts::new(input);
-    let points = series_points(input.incident, facts.reference_ms)?;
+    let data = facts.chart.as_ref()?;
     let mut svg = String::new();
-    draw_chart(&mut svg, &facts, &points).ok()?;
+    chart::draw(&mut svg, &facts, data).ok()?;
     Some(svg)
+}
+
+/// The data the chart is drawn from (buckets, the counted window, markers), or `None`
+/// when the incident has no series.
+pub fn chart_data(input: &ReportInput<'_>) -> Option<ChartData> {
+    Facts::new(input).chart
 }
 
 /// Writes `incident-<id>.md` and `incident-<id>.svg` into `dir` (created if missing),
@@ -140,6 +143,9 @@ struct Facts<'a> {
     /// The version rolled back to, when the events say.
     target: Option<String>,
     action: Option<ActionFacts>,
+    /// The chart's data; its exposure is the one set of request counts every section
+    /// shows.
+    chart: Option<ChartData>,
 }
 
 struct ActionFacts {
@@ -181,7 +187,7 @@ impl<'a> Facts<'a> {
                 deadline_ms: a.get("deadline_ms").and_then(Value::as_i64),
             })
         });
-        Facts {
+        let mut facts = Facts {
             input,
             inc,
             bad,
@@ -193,6 +199,32 @@ impl<'a> Facts<'a> {
             deploy_switched: before_incident("traffic_switched"),
             target,
             action,
+            chart: None,
+        };
+        facts.chart = chart::build(&facts);
+        facts
+    }
+
+    /// The counted window, when the incident kept its requests.
+    fn exposure(&self) -> Option<&Exposure> {
+        self.chart.as_ref()?.exposure.as_ref()
+    }
+
+    /// Where the counted window starts, in words.
+    fn exposure_start_words(&self) -> &'static str {
+        if self.first_bad_ms.is_some() {
+            "the first bad request"
+        } else {
+            "detection"
+        }
+    }
+
+    /// Where the counted window ends, in words.
+    fn exposure_end_words(&self, e: &Exposure) -> &'static str {
+        if e.to_switch {
+            "traffic switch"
+        } else {
+            "last recorded request"
         }
     }
 
@@ -397,6 +429,16 @@ fn summary(out: &mut String, f: &Facts<'_>) {
         None => {
             let _ = write!(s, " How long users saw {} is unknown.", symptom(&inc.rule));
         }
+    }
+    if let Some(e) = f.exposure() {
+        let _ = write!(
+            s,
+            " From {} to the {}, **{} of {}** requests failed.",
+            f.exposure_start_words(),
+            f.exposure_end_words(e),
+            count(e.errors),
+            count(e.requests)
+        );
     }
     let _ = writeln!(out, "## Summary\n\n{s}\n");
 }
@@ -677,41 +719,76 @@ fn impact(out: &mut String, f: &Facts<'_>, chart_file: Option<&str>) {
         "Time users saw {} (first bad request → traffic switched)",
         symptom(&inc.rule)
     );
-    let rows = [
+    let mut rows = vec![(
+        exposure.clone(),
+        f.errors_seen_ms().map_or_else(unknown, duration),
+    )];
+    match f.exposure() {
+        // One set of counts: the requests of the window the chart shades, in the
+        // buckets it draws.
+        Some(e) => {
+            let to = if e.to_switch {
+                "traffic switched"
+            } else {
+                f.exposure_end_words(e)
+            };
+            let window = format!(
+                "{} → {to}",
+                f.exposure_start_words().trim_start_matches("the ")
+            );
+            let width = chart::width_words(e.bucket_ms);
+            let pct = |r: Option<f64>| r.map_or_else(unknown, |r| format!("{:.1}%", r * 100.0));
+            rows.extend([
+                (format!("Requests ({window})"), count(e.requests)),
+                (format!("Failed requests ({window})"), count(e.errors)),
+                (
+                    format!("5xx ratio ({window})"),
+                    pct((e.requests > 0).then(|| e.errors as f64 / e.requests as f64)),
+                ),
+                (
+                    format!("Peak 5xx ratio ({width} buckets, {window})"),
+                    pct(e.peak_ratio),
+                ),
+                (
+                    format!("Peak p95 latency ({width} buckets, {window})"),
+                    e.peak_p95_ms.map_or_else(unknown, |p| format!("{p:.1} ms")),
+                ),
+            ]);
+        }
+        None => rows.extend([
+            (
+                "Failed requests".to_string(),
+                impact_u64(inc, "failed_requests").map_or_else(unknown, count),
+            ),
+            (
+                "Total requests".to_string(),
+                impact_u64(inc, "total_requests").map_or_else(unknown, count),
+            ),
+            (
+                "Peak 5xx ratio".to_string(),
+                impact_f64(inc, "peak_5xx_ratio")
+                    .map_or_else(unknown, |r| format!("{:.1}%", r * 100.0)),
+            ),
+            (
+                "Peak p95 latency".to_string(),
+                impact_f64(inc, "peak_p95_ms").map_or_else(unknown, |p| format!("{p:.1} ms")),
+            ),
+        ]),
+    }
+    rows.extend([
         (
-            exposure.as_str(),
-            f.errors_seen_ms().map_or_else(unknown, duration),
-        ),
-        (
-            "Failed requests",
-            impact_u64(inc, "failed_requests").map_or_else(unknown, count),
-        ),
-        (
-            "Total requests",
-            impact_u64(inc, "total_requests").map_or_else(unknown, count),
-        ),
-        (
-            "Peak 5xx ratio",
-            impact_f64(inc, "peak_5xx_ratio")
-                .map_or_else(unknown, |r| format!("{:.1}%", r * 100.0)),
-        ),
-        (
-            "Peak p95 latency",
-            impact_f64(inc, "peak_p95_ms").map_or_else(unknown, |p| format!("{p:.1} ms")),
-        ),
-        (
-            "First bad request → trigger",
+            "First bad request → trigger".to_string(),
             ms(impact_i64(inc, "first_bad_to_trigger_ms")),
         ),
         (
-            "First bad request → traffic switched",
+            "First bad request → traffic switched".to_string(),
             ms(f.first_bad_to_switch_ms()),
         ),
         (
-            "First bad request → verified",
+            "First bad request → verified".to_string(),
             ms(f.first_bad_to_verified_ms()),
         ),
-    ];
+    ]);
     let _ = writeln!(out, "## Impact\n");
     let _ = writeln!(out, "| Measure | Value |");
     let _ = writeln!(out, "| --- | ---: |");
@@ -726,6 +803,27 @@ fn impact(out: &mut String, f: &Facts<'_>, chart_file: Option<&str>) {
             out,
             "The first bad request was not recorded, so these durations are measured from \
              detection (the trigger), and users may have seen errors for longer.\n"
+        );
+    }
+    if let (Some(e), Some(data)) = (f.exposure(), f.chart.as_ref()) {
+        let _ = writeln!(
+            out,
+            "Counted from the requests the guard recorded, every response from {} ({}) up to \
+             the {} ({}). The chart draws the same records in {} buckets that start at {}, \
+             and shades this window.\n",
+            f.exposure_start_words(),
+            format_utc(e.from_ms),
+            f.exposure_end_words(e),
+            format_utc(e.to_ms),
+            chart::width_words(data.bucket_ms),
+            f.exposure_start_words(),
+        );
+    } else if f.chart.is_some() {
+        let _ = writeln!(
+            out,
+            "The counts are the bad release's since it began serving; the chart is per \
+             second of the wall clock, over every release (recorded before the guard kept \
+             each request).\n"
         );
     }
     if let Some(file) = chart_file {
@@ -858,252 +956,10 @@ fn count(n: u64) -> String {
     out
 }
 
-// ---- the chart ---------------------------------------------------------------------
-
-/// One second of the series, placed in seconds relative to the reference instant.
-struct ChartPoint {
-    x: f64,
-    ratio_pct: Option<f64>,
-    p95_ms: Option<f64>,
-}
-
-/// The incident's series as chart points; `None` when there is no series or none of
-/// its points can be read.
-fn series_points(inc: &Incident, reference_ms: i64) -> Option<Vec<ChartPoint>> {
-    let points: Vec<ChartPoint> = inc
-        .series
-        .as_ref()?
-        .as_array()?
-        .iter()
-        .filter_map(|p| {
-            let t_ms = p.get("t_ms")?.as_i64()?;
-            let requests = p.get("requests").and_then(Value::as_u64);
-            let errors = p.get("errors").and_then(Value::as_u64);
-            // A second without requests has no ratio: it is a gap, not a zero.
-            let ratio_pct = match (requests, errors) {
-                (Some(r), Some(e)) if r > 0 => Some(e as f64 * 100.0 / r as f64),
-                _ => None,
-            };
-            Some(ChartPoint {
-                // A point aggregates the second that starts at `t_ms`; drawing it at the
-                // middle of that second keeps it honest against the exact markers.
-                x: (t_ms + 500 - reference_ms) as f64 / 1000.0,
-                ratio_pct,
-                p95_ms: p.get("p95_ms").and_then(Value::as_f64),
-            })
-        })
-        .collect();
-    (!points.is_empty()).then_some(points)
-}
-
-/// Runs of consecutive known values, so a missing second breaks the line instead of
-/// being bridged by a straight segment that looks like data.
-fn segments(
-    points: &[ChartPoint],
-    value: impl Fn(&ChartPoint) -> Option<f64>,
-) -> Vec<Vec<(f64, f64)>> {
-    let mut out: Vec<Vec<(f64, f64)>> = Vec::new();
-    let mut current = Vec::new();
-    for p in points {
-        match value(p) {
-            Some(v) => current.push((p.x, v)),
-            None if !current.is_empty() => out.push(std::mem::take(&mut current)),
-            None => {}
-        }
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
-}
-
-struct Marker {
-    label: &'static str,
-    at_ms: i64,
-    color: RGBColor,
-}
-
-const RATIO_COLOR: RGBColor = RGBColor(220, 30, 30);
-const P95_COLOR: RGBColor = RGBColor(30, 80, 220);
-
-fn draw_chart(
-    svg: &mut String,
-    f: &Facts<'_>,
-    points: &[ChartPoint],
-) -> Result<(), Box<dyn std::error::Error>> {
-    let inc = f.inc;
-    let markers: Vec<Marker> = [
-        (
-            "deploy",
-            f.deploy_switched.map(|e| e.ts_ms),
-            RGBColor(90, 90, 90),
-        ),
-        (
-            "trigger",
-            impact_i64(inc, "detected_at_ms"),
-            RGBColor(230, 120, 0),
-        ),
-        ("switch", inc.switched_at_ms, RGBColor(0, 140, 60)),
-        ("verified", inc.verified_at_ms, RGBColor(130, 40, 170)),
-    ]
-    .into_iter()
-    .filter_map(|(label, at, color)| {
-        Some(Marker {
-            label,
-            at_ms: at?,
-            color,
-        })
-    })
-    .collect();
-
-    let (mut x0, mut x1) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-        (lo.min(p.x), hi.max(p.x))
-    });
-    // The axis reaches every marker near the data (a switch a moment after the last
-    // point still belongs on the chart); one far outside it has no data to explain.
-    for m in &markers {
-        let x = (m.at_ms - f.reference_ms) as f64 / 1000.0;
-        if x < x0 && x0 - x <= MARKER_REACH_SECS {
-            x0 = x - 0.5;
-        } else if x > x1 && x - x1 <= MARKER_REACH_SECS {
-            x1 = x + 0.5;
-        }
-    }
-    if x1 - x0 < 2.0 {
-        x0 -= 1.0;
-        x1 += 1.0;
-    }
-    let max_ratio = points
-        .iter()
-        .filter_map(|p| p.ratio_pct)
-        .fold(0.0, f64::max);
-    let max_p95 = points.iter().filter_map(|p| p.p95_ms).fold(0.0, f64::max);
-    // The top third stays above the peaks so the marker labels do not sit on the data;
-    // the floors keep a quiet series from being blown up to look alarming.
-    let y1 = (max_ratio * 1.6).max(5.0);
-    let y2 = (max_p95 * 1.6).max(10.0);
-
-    let since = if f.reference_is_first_bad {
-        "seconds since the first bad request"
-    } else {
-        "seconds since the incident opened"
-    };
-    let (xd, y1d, y2d) = (decimals(x1 - x0), decimals(y1), decimals(y2));
-    let x_fmt = move |v: &f64| format!("{v:.xd$}");
-    let y1_fmt = move |v: &f64| format!("{v:.y1d$}");
-    let y2_fmt = move |v: &f64| format!("{v:.y2d$}");
-    {
-        let root = SVGBackend::with_string(svg, CHART_SIZE).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Incident #{}: {} — 5xx ratio and p95", inc.id, inc.service),
-                ("sans-serif", 24),
-            )
-            .margin(14)
-            .x_label_area_size(44)
-            .y_label_area_size(60)
-            .right_y_label_area_size(64)
-            .build_cartesian_2d(x0..x1, 0.0..y1)?
-            .set_secondary_coord(x0..x1, 0.0..y2);
-        chart
-            .configure_mesh()
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
-            .light_line_style(BLACK.mix(0.03))
-            .x_desc(since)
-            .y_desc("5xx ratio (%)")
-            .x_label_formatter(&x_fmt)
-            .y_label_formatter(&y1_fmt)
-            .draw()?;
-        chart
-            .configure_secondary_axes()
-            .label_style(("sans-serif", 15))
-            .axis_desc_style(("sans-serif", 16))
-            .y_desc("p95 (ms)")
-            .y_label_formatter(&y2_fmt)
-            .draw()?;
-
-        for (i, seg) in segments(points, |p| p.ratio_pct).into_iter().enumerate() {
-            let anno = chart.draw_series(LineSeries::new(seg, RATIO_COLOR.stroke_width(2)))?;
-            // One legend entry per series, however many gaps split it.
-            if i == 0 {
-                anno.label("5xx ratio (%)").legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], RATIO_COLOR.stroke_width(2))
-                });
-            }
-        }
-        for (i, seg) in segments(points, |p| p.p95_ms).into_iter().enumerate() {
-            let anno =
-                chart.draw_secondary_series(LineSeries::new(seg, P95_COLOR.stroke_width(2)))?;
-            if i == 0 {
-                anno.label("p95 (ms)").legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], P95_COLOR.stroke_width(2))
-                });
-            }
-        }
-
-        for (k, m) in markers.iter().enumerate() {
-            let x = (m.at_ms - f.reference_ms) as f64 / 1000.0;
-            // A marker outside the series has no data beside it to explain.
-            if !(x0..=x1).contains(&x) {
-                continue;
-            }
-            chart.draw_series(DashedLineSeries::new(
-                [(x, 0.0), (x, y1)],
-                6,
-                4,
-                m.color.stroke_width(1),
-            ))?;
-            // Markers often sit a second apart, so their labels go at staggered heights,
-            // and those near the right edge are written leftwards to stay inside the plot.
-            let right_half = x > x0 + (x1 - x0) * 0.6;
-            let (anchor, dx) = if right_half {
-                (HPos::Right, -4)
-            } else {
-                (HPos::Left, 4)
-            };
-            let style = ("sans-serif", 15)
-                .into_font()
-                .color(&m.color)
-                .pos(Pos::new(anchor, VPos::Center));
-            let y = y1 * (0.95 - 0.07 * k as f64);
-            chart.draw_series(std::iter::once(
-                EmptyElement::at((x, y))
-                    + Text::new(
-                        format!("{} {}", m.label, signed_secs(m.at_ms - f.reference_ms)),
-                        (dx, 0),
-                        style,
-                    ),
-            ))?;
-        }
-
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(("sans-serif", 15))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()?;
-        root.present()?;
-    }
-    Ok(())
-}
-
-/// Decimals for the tick labels of an axis spanning `span`: enough that neighbouring
-/// ticks (about a tenth of the span apart) never print alike, and no more.
-fn decimals(span: f64) -> usize {
-    match span {
-        s if s >= 8.0 => 0,
-        s if s >= 0.8 => 1,
-        s if s >= 0.08 => 2,
-        _ => 3,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::requests::{self, Sample};
     use crate::ledger::ReleaseSpec;
     use serde_json::json;
 
@@ -1160,30 +1016,70 @@ mod tests {
         }
     }
 
-    /// The per-second series the guard keeps: steady traffic, then five seconds in which
-    /// v2 fails 30% of requests and slows down, then v1 again.
-    fn series() -> (Value, u64, u64) {
-        let bucket0 = F - F.rem_euclid(1000);
-        let (mut failed, mut total) = (0, 0);
-        let points: Vec<Value> = (-70..=12)
-            .map(|i: i64| {
-                let requests = 120 + 10 * i.rem_euclid(4) as u64;
-                let burst = (0..=4).contains(&i);
-                let errors = if burst { requests * 3 / 10 } else { 0 };
-                let p95 = if burst {
-                    380.0 + 7.5 * i as f64
-                } else {
-                    38.0 + 1.5 * i.rem_euclid(5) as f64
-                };
-                // v2 took traffic from second -46 until the switch in second 4.
-                if (-46..=4).contains(&i) {
-                    total += requests;
-                    failed += errors;
-                }
-                json!({ "t_ms": bucket0 + i * 1000, "requests": requests, "errors": errors, "p95_ms": p95 })
-            })
-            .collect();
-        (Value::Array(points), failed, total)
+    /// xorshift64*: the fixture's faults are random, but the same on every run.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// When traffic reached v2: its deploy's `traffic_switched`.
+    const DEPLOY_SWITCHED: i64 = F - 46_788;
+
+    /// Every request the guard recorded around the incident: 1 to 9 ms apart at random;
+    /// v1 (release 11) before the deploy and after the switch back, v2 (release 12)
+    /// between. v2's first bad request is the one at `F`; after it v2 fails at random in
+    /// bursts (10%, then 60%, then 30%), not an even spread; a few of its requests still
+    /// in flight answer just after the switch. Nothing failed before `F`.
+    fn records() -> Vec<Sample> {
+        let mut rng = Rng(0x005e_ed0f_c4a7);
+        let mut out = vec![Sample {
+            at_ms: F,
+            release_id: 12,
+            error: true,
+            latency_us: Some(61_000),
+        }];
+        let mut t = F - 50_000;
+        while t < VERIFIED + 5_000 {
+            let in_flight = (SWITCHED..SWITCHED + 20).contains(&t) && rng.unit() < 0.3;
+            let release = if (DEPLOY_SWITCHED..SWITCHED).contains(&t) || in_flight {
+                12
+            } else {
+                11
+            };
+            let p = match t - F {
+                d if d <= 0 => 0.0,
+                d if d < 1_500 => 0.1,
+                d if d < 3_000 => 0.6,
+                _ => 0.3,
+            };
+            let error = release == 12 && rng.unit() < p;
+            let slow = if release == 12 && t > F { 300_000 } else { 0 };
+            out.push(Sample {
+                at_ms: t,
+                release_id: release,
+                error,
+                latency_us: Some(30_000 + rng.next() % 20_000 + slow),
+            });
+            t += 1 + (rng.next() % 9) as i64;
+        }
+        out.sort_by_key(|s| s.at_ms);
+        out
+    }
+
+    /// Requests and 5xx among `samples` in `[from, to)`, counted one by one.
+    fn tally(samples: &[Sample], from: i64, to: i64) -> (u64, u64) {
+        samples
+            .iter()
+            .filter(|s| (from..to).contains(&s.at_ms))
+            .fold((0, 0), |(n, e), s| (n + 1, e + u64::from(s.error)))
     }
 
     const SUMMARY: &str = "5xx ratio 30.0% (36 of 120 requests; 99% lower bound 21.0%) over the \
@@ -1195,7 +1091,8 @@ mod tests {
             "action": { "action": "rollback", "kind": "immediate", "release_id": 12 },
             "reasons": reasons,
         });
-        let (series, failed, total) = series();
+        let samples = records();
+        let (total, failed) = tally(&samples, F, SWITCHED);
         let incident = Incident {
             id: 7,
             service: "web".into(),
@@ -1221,7 +1118,7 @@ mod tests {
                 "peak_5xx_ratio": 0.3,
                 "peak_p95_ms": 410.0,
             })),
-            series: Some(series),
+            series: Some(requests::to_json(&samples)),
         };
         // Long before the incident: v1's own deploy, which the timeline leaves out.
         let mut log = EventLog {
@@ -1448,7 +1345,7 @@ mod tests {
             "verified +6.958 s",
             "5xx ratio (%)",
             "p95 (ms)",
-            "seconds since the first bad request",
+            "seconds since the first bad request (200 ms buckets, starting at it)",
         ] {
             // The SVG backend writes each text on a line of its own inside `<text>`.
             assert!(svg.lines().any(|l| l == label), "missing {label:?}");
@@ -1464,6 +1361,136 @@ mod tests {
         assert!(polylines_in("#DC1E1E") >= 1, "no 5xx ratio line");
         assert!(polylines_in("#1E50DC") >= 1, "no p95 line");
         assert_eq!(chart_svg(&input), Some(svg), "the chart is deterministic");
+    }
+
+    /// Regression test for issue 14: the demo's chart drew the 5xx peak before the first
+    /// bad request (seconds of the wall clock, drawn at their middle), its peak stayed
+    /// far below the table's (per-second ratios over every release against the bad
+    /// release's latest 40 requests), and the table counted another window than the
+    /// summary. Everything here is checked against the incident's own records, counted
+    /// one by one, never against the code's own bucketing.
+    #[test]
+    fn the_chart_data_agrees_with_the_incidents_own_records() {
+        let (incident, events, releases) = resolved();
+        let samples = records();
+        let input = ReportInput {
+            incident: &incident,
+            events: &events,
+            releases: &releases,
+        };
+        let data = chart_data(&input).expect("records make a chart");
+        let e = data
+            .exposure
+            .clone()
+            .expect("records make a counted window");
+        assert_eq!((data.reference_ms, e.from_ms, e.to_ms), (F, F, SWITCHED));
+        assert!(e.to_switch);
+
+        // Each bucket holds exactly the records of its span (fails on edges off by one,
+        // records counted twice or dropped), and the buckets tile the axis.
+        for b in &data.buckets {
+            assert_eq!(
+                (b.requests, b.errors),
+                tally(&samples, b.start_ms, b.end_ms),
+                "bucket {}..{}",
+                b.start_ms,
+                b.end_ms
+            );
+        }
+        for pair in data.buckets.windows(2) {
+            assert_eq!(pair[0].end_ms, pair[1].start_ms, "buckets leave no gap");
+        }
+        assert_eq!(data.buckets.first().unwrap().start_ms, data.from_ms);
+        assert_eq!(data.buckets.last().unwrap().end_ms, data.to_ms);
+
+        // The first bad request opens the bucket that holds it (fails on buckets aligned
+        // to the wall clock), nothing is drawn failing before it (fails on a bucket drawn
+        // as a point at its middle, or a line from the bucket before), and the bucket
+        // before it has requests but no failure.
+        let at_first = data
+            .buckets
+            .iter()
+            .position(|b| (b.start_ms..b.end_ms).contains(&F))
+            .expect("a bucket holds the first bad request");
+        assert_eq!(data.buckets[at_first].start_ms, F);
+        assert!(data.buckets[at_first].errors >= 1);
+        let before = &data.buckets[at_first - 1];
+        assert!(before.requests > 0 && before.errors == 0, "{before:?}");
+        for seg in chart::steps(&data, |b| b.ratio()) {
+            for (x, ratio) in seg {
+                assert!(
+                    ratio == 0.0 || x >= 0.0,
+                    "a 5xx ratio of {ratio} drawn at {x} s, before the first bad request"
+                );
+            }
+        }
+
+        // One set of counts: the records in the window, the buckets inside it, the
+        // summary and the table all say the same (fails when a section counts another
+        // window, e.g. the release's whole life or the load generator's run).
+        let (requests, errors) = tally(&samples, F, SWITCHED);
+        assert!(requests > 500 && errors > 100, "{requests} {errors}");
+        assert_eq!((e.requests, e.errors), (requests, errors));
+        let inside: Vec<&chart::Bucket> = data
+            .buckets
+            .iter()
+            .filter(|b| b.start_ms >= F && b.end_ms <= SWITCHED)
+            .collect();
+        assert_eq!(inside.first().map(|b| b.start_ms), Some(F));
+        assert_eq!(inside.last().map(|b| b.end_ms), Some(SWITCHED));
+        assert_eq!(inside.iter().map(|b| b.requests).sum::<u64>(), requests);
+        assert_eq!(inside.iter().map(|b| b.errors).sum::<u64>(), errors);
+        let md = markdown(&input, None);
+        let window = "first bad request → traffic switched";
+        for needle in [
+            format!(
+                "From the first bad request to the traffic switch, **{} of {}** requests failed.",
+                count(errors),
+                count(requests)
+            ),
+            format!("| Requests ({window}) | {} |", count(requests)),
+            format!("| Failed requests ({window}) | {} |", count(errors)),
+            "The chart draws the same records in 200 ms buckets that start at the first bad \
+             request"
+                .to_string(),
+        ] {
+            assert!(md.contains(&needle), "missing {needle:?} in\n{md}");
+        }
+
+        // The chart's peak is the table's peak (fails when the table takes its peak from
+        // anywhere but the buckets drawn), and it is the highest ratio drawn in the window.
+        let peak = data.peak_ratio().expect("a peak");
+        let highest = inside
+            .iter()
+            .map(|b| b.errors as f64 / b.requests as f64)
+            .fold(0.0, f64::max);
+        assert_eq!(peak, highest);
+        assert_eq!(e.peak_ratio, Some(peak));
+        assert!(
+            peak > 0.45,
+            "the 60% burst is the peak, not diluted: {peak}"
+        );
+        let row = format!(
+            "| Peak 5xx ratio (200 ms buckets, {window}) | {:.1}% |",
+            peak * 100.0
+        );
+        assert!(md.contains(&row), "missing {row:?} in\n{md}");
+        let svg = chart_svg(&input).unwrap();
+        let label = format!("peak {:.1}%", peak * 100.0);
+        assert!(svg.lines().any(|l| l == label), "no {label:?} on the chart");
+
+        // Deploy, trigger, switch and verify at their own milliseconds (fails on markers
+        // rounded to a bucket or a second, or taken from the wrong event).
+        let markers: Vec<(&str, i64)> = data.markers.iter().map(|m| (m.label, m.at_ms)).collect();
+        assert_eq!(
+            markers,
+            [
+                ("deploy", DEPLOY_SWITCHED),
+                ("trigger", DETECTED),
+                ("switch", SWITCHED),
+                ("verified", VERIFIED),
+            ]
+        );
     }
 
     #[test]
@@ -1544,19 +1571,37 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_in_the_series_breaks_the_line() {
-        let mut incident = frozen().0;
+    fn a_gap_in_an_older_per_second_series_breaks_the_line() {
+        let (mut incident, events, releases) = frozen();
         incident.series = Some(json!([
             { "t_ms": OPENED, "requests": 10, "errors": 1, "p95_ms": 20.0 },
             { "t_ms": OPENED + 1000, "requests": 0, "errors": 0, "p95_ms": null },
             { "t_ms": OPENED + 2000, "requests": 10, "errors": 2, "p95_ms": 25.0 },
             { "t_ms": OPENED + 3000, "requests": 10, "errors": 3, "p95_ms": 30.0 },
         ]));
-        let points = series_points(&incident, OPENED).unwrap();
-        assert_eq!(segments(&points, |p| p.ratio_pct).len(), 2);
-        assert_eq!(segments(&points, |p| p.p95_ms).len(), 2);
+        let input = ReportInput {
+            incident: &incident,
+            events: &events,
+            releases: &releases,
+        };
+        let data = chart_data(&input).unwrap();
+        assert_eq!(data.exposure, None, "no records, no counted window");
+        assert_eq!(chart::steps(&data, |b| b.ratio()).len(), 2);
+        assert_eq!(chart::steps(&data, |b| b.p95_ms).len(), 2);
+        // Each second is drawn flat across the second it covers.
+        assert_eq!(
+            chart::steps(&data, |b| b.ratio())[1][..2],
+            [(2.0, 0.2), (3.0, 0.2)]
+        );
+        let md = markdown(&input, None);
+        assert!(md.contains("per second of the wall clock"), "{md}");
         incident.series = Some(json!([]));
-        assert!(series_points(&incident, OPENED).is_none());
+        let input = ReportInput {
+            incident: &incident,
+            events: &events,
+            releases: &releases,
+        };
+        assert!(chart_data(&input).is_none());
     }
 
     #[test]
@@ -1598,9 +1643,11 @@ mod tests {
         assert_eq!(count(999), "999");
         assert_eq!(count(1_234_567), "1,234,567");
         assert_eq!(cell("a|b\nc"), "a\\|b<br>c");
-        assert_eq!(decimals(82.0), 0);
-        assert_eq!(decimals(2.4), 1);
-        assert_eq!(decimals(0.5), 2);
+        assert_eq!(chart::decimals(82.0), 0);
+        assert_eq!(chart::decimals(2.4), 1);
+        assert_eq!(chart::decimals(0.5), 2);
+        assert_eq!(chart::width_words(200), "200 ms");
+        assert_eq!(chart::width_words(2_000), "2 s");
     }
 
     /// A small check that tags open and close in order: enough to catch a chart that

@@ -21,6 +21,7 @@ use crate::decide::{self, Action, Decision, Investigation};
 use crate::execute::{ExecError, RollbackRequest, ServiceExec, SharedLedger};
 use crate::guard::detector::{Detector, Spec};
 use crate::guard::recent::Recent;
+use crate::guard::requests::{self, RequestLog, Sample};
 use crate::guard::triggers::{self, Finding, Rule, Verdict};
 use crate::guard::window::Window;
 use crate::ledger::{IncidentUpdate, Ledger, NewEvent};
@@ -30,8 +31,15 @@ use crate::signals::Observation;
 
 /// How often the triggers are evaluated.
 pub const TICK: Duration = Duration::from_millis(100);
-/// How long the per-second series behind incident charts is kept.
-const SERIES_SECS: u64 = 900;
+/// How long the request records behind incident reports are kept, and at most how many:
+/// an incident keeps the minute before its first bad request, at any rate up to about
+/// 1,000 requests a second.
+const SERIES_MS: i64 = 900_000;
+const SERIES_CAP: usize = 100_000;
+/// How far before the first bad request and after the verification an incident keeps
+/// the records.
+const SERIES_LEAD_MS: i64 = 60_000;
+const SERIES_TAIL_MS: i64 = 5_000;
 /// How often the ledger's view (frozen, investigating, baseline) is refreshed.
 const STATE_REFRESH_MS: i64 = 500;
 /// How often a healthy release's p95 is saved as the next release's baseline.
@@ -88,13 +96,16 @@ pub struct WarmProbe {
 
 pub type SharedView = Arc<Mutex<GuardView>>;
 
-/// The service's traffic, one bucket a second over the last 15 minutes: incident charts
-/// and the dashboard read it.
+/// The service's traffic, one bucket a second over the last 15 minutes: the dashboard's
+/// live chart reads it (incident charts read the request log).
 pub type SharedSeries = Arc<Mutex<Window>>;
 
 pub fn new_series() -> SharedSeries {
-    Arc::new(Mutex::new(Window::new(SERIES_SECS)))
+    Arc::new(Mutex::new(Window::new(CHART_SECS)))
 }
+
+/// How far back the per-second traffic for the dashboard reaches.
+const CHART_SECS: u64 = 900;
 
 /// Everything the guard tracks about one release while it serves.
 struct Watch {
@@ -175,9 +186,11 @@ pub struct Guard {
     notifier: Notifier,
     view: SharedView,
     watches: HashMap<i64, Watch>,
-    /// Shared with the tasks that finish rollbacks, so an incident's chart goes on past
+    /// Shared with the tasks that finish rollbacks, so an incident's records go on past
     /// the decision to the switch, the verification and the recovery.
-    series: Arc<Mutex<Window>>,
+    series: Arc<Mutex<RequestLog>>,
+    /// The service's traffic a second at a time, for the dashboard's live chart.
+    chart: SharedSeries,
     active: Option<i64>,
     state: LedgerView,
     acting: Arc<AtomicBool>,
@@ -203,7 +216,7 @@ impl Guard {
         ledger: SharedLedger,
         notifier: Notifier,
         view: SharedView,
-        series: SharedSeries,
+        chart: SharedSeries,
         metrics: super::metrics::Metrics,
     ) -> Self {
         Guard {
@@ -212,7 +225,8 @@ impl Guard {
             notifier,
             view,
             watches: HashMap::new(),
-            series,
+            series: Arc::new(Mutex::new(RequestLog::new(SERIES_CAP, SERIES_MS))),
+            chart,
             active: None,
             state: LedgerView::default(),
             acting: Arc::new(AtomicBool::new(false)),
@@ -292,10 +306,19 @@ impl Guard {
 
     fn on_request(&mut self, rec: RequestRecord) {
         let error = rec.status >= 500;
-        self.series
+        self.chart
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .add(rec.at_ms, error, rec.latency_us);
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Sample {
+                at_ms: rec.at_ms,
+                release_id: rec.release_id,
+                error,
+                latency_us: rec.timed.then_some(rec.latency_us),
+            });
         let t = self.traffic.entry(rec.release_id).or_default();
         t.requests += 1;
         t.status_5xx += u64::from(error);
@@ -837,7 +860,14 @@ impl Guard {
                 .collect();
             !recent.is_empty() && recent.iter().sum::<f64>() / recent.len() as f64 > c.above
         });
-        if w.recent.clean_since(since, limit) && !cpu_hot && w.health_streak == 0 {
+        // The episode's own requests judge it: just after its first bad request the
+        // latest requests are mostly from before it and would call it over at once, and
+        // the next bad one would re-date it, after the first bad request users saw.
+        // Without requests for a whole window, a quiet service holds no episode open.
+        let judged = w
+            .first_bad_ms
+            .is_none_or(|f| w.recent.full_after(f) || !w.recent.any_since(since));
+        if judged && w.recent.clean_since(since, limit) && !cpu_hot && w.health_streak == 0 {
             w.first_bad_ms = None;
         }
     }
@@ -1043,16 +1073,8 @@ impl Guard {
                 let notifier = self.notifier.clone();
                 let acting = self.acting.clone();
                 let retry = self.retry.clone();
-                let watch_stats = self.watches.get(&release_id).map(|w| {
-                    // The bad release's own ratio over its latest requests: per-second
-                    // buckets shared with the good release dilute a sub-second failure.
-                    let recent_ratio = w.recent.error_ratio();
-                    WatchStats {
-                        total: w.total,
-                        failed: w.failed,
-                        first_bad_ms: w.first_bad_ms,
-                        recent_ratio,
-                    }
+                let watch_stats = self.watches.get(&release_id).map(|w| WatchStats {
+                    first_bad_ms: w.first_bad_ms,
                 });
                 let series = self.series.clone();
                 // After an investigation the trigger fired when it opened, not at the
@@ -1110,11 +1132,7 @@ impl Guard {
 /// The bad release's facts when the guard decided to roll it back.
 #[derive(Default)]
 struct WatchStats {
-    total: u64,
-    failed: u64,
     first_bad_ms: Option<i64>,
-    /// Its 5xx ratio over its latest requests, when there were enough to judge.
-    recent_ratio: Option<f64>,
 }
 
 /// How an automatic rollback ended.
@@ -1136,51 +1154,50 @@ async fn finish_rollback(
     incident: Option<i64>,
     result: Result<crate::execute::Outcome, ExecError>,
     stats: Option<WatchStats>,
-    series: Arc<Mutex<Window>>,
+    series: Arc<Mutex<RequestLog>>,
     detected_ms: i64,
 ) -> Ended {
     let name = exec.cfg.name.clone();
     let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
     let WatchStats {
-        total,
-        failed,
         first_bad_ms: first_bad,
-        recent_ratio,
     } = stats.unwrap_or_default();
     match result {
         Ok(outcome) => {
             let first = first_bad.unwrap_or(detected_ms);
+            // The incident keeps every request around it; its counts are those of the
+            // first bad request → switch window, as the report counts them.
             let chart = {
                 let series = series.clone();
                 move || {
-                    series
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .points(first - 60_000, outcome.verified_at_ms + 5_000)
+                    let samples = series.lock().unwrap_or_else(|p| p.into_inner()).between(
+                        first - SERIES_LEAD_MS,
+                        outcome.verified_at_ms + SERIES_TAIL_MS,
+                    );
+                    requests::to_json(&samples)
                 }
             };
-            let points = chart();
-            let window: Vec<_> = points
-                .iter()
-                .filter(|p| p.t_ms + 1000 > first && p.t_ms <= outcome.switched_at_ms)
-                .collect();
-            let peak_ratio = window
-                .iter()
-                .filter(|p| p.requests > 0)
-                .map(|p| p.errors as f64 / p.requests as f64)
-                .fold(recent_ratio.unwrap_or(0.0), f64::max);
-            let peak_p95 = window.iter().filter_map(|p| p.p95_ms).fold(0.0, f64::max);
+            let samples = series.lock().unwrap_or_else(|p| p.into_inner()).between(
+                first - SERIES_LEAD_MS,
+                outcome.verified_at_ms + SERIES_TAIL_MS,
+            );
+            let counted =
+                crate::report::chart::exposure(&samples, first, outcome.switched_at_ms, true);
+            let points = requests::to_json(&samples);
             let impact = json!({
-                "failed_requests": failed,
-                "total_requests": total,
+                "failed_requests": counted.errors,
+                "total_requests": counted.requests,
+                "requests_from_ms": counted.from_ms,
+                "requests_to_ms": counted.to_ms,
+                "bucket_ms": counted.bucket_ms,
                 "first_bad_at_ms": first_bad,
                 "detected_at_ms": detected_ms,
                 "errors_seen_ms": outcome.switched_at_ms - first,
                 "first_bad_to_trigger_ms": detected_ms - first,
                 "first_bad_to_switch_ms": outcome.switched_at_ms - first,
                 "first_bad_to_verified_ms": outcome.verified_at_ms - first,
-                "peak_5xx_ratio": peak_ratio,
-                "peak_p95_ms": peak_p95,
+                "peak_5xx_ratio": counted.peak_ratio,
+                "peak_p95_ms": counted.peak_p95_ms,
             });
             if let Some(id) = incident {
                 let _ = lock().update_incident(
@@ -1191,7 +1208,7 @@ async fn finish_rollback(
                         verified_at_ms: Some(outcome.verified_at_ms),
                         closed_at_ms: Some(outcome.verified_at_ms),
                         impact: Some(impact.clone()),
-                        series: Some(json!(points)),
+                        series: Some(points.clone()),
                     },
                 );
             }
@@ -1209,7 +1226,7 @@ async fn finish_rollback(
                             .update_incident(
                                 id,
                                 IncidentUpdate {
-                                    series: Some(json!(points)),
+                                    series: Some(points),
                                     ..Default::default()
                                 },
                             );
