@@ -294,13 +294,25 @@ function servicePage(name) {
     rules.replaceChildren(rulesList(v.rules));
   }
 
+  // Lists are redrawn only when they change: a link stays the same element while a
+  // person (or a test) reaches for it.
+  const drawn = {};
+  function changed(key, value) {
+    const s = JSON.stringify(value);
+    if (drawn[key] === s) return false;
+    drawn[key] = s;
+    return true;
+  }
+
   function renderIncidents(list) {
+    if (!changed("incidents", list)) return;
     incidents.replaceChildren(...(list.length ? list.map((i) =>
       el("li", { "data-incident": i.id }, el("a", { href: "/incidents/" + i.id, text: "#" + i.id }), " " + i.status + " · " + i.rule + " · " + fmtTime(i.opened_at_ms) + ": " + i.summary))
       : [el("li", { class: "muted", text: "none" })]));
   }
 
   function renderReleases(list) {
+    if (!changed("releases", list)) return;
     releases.replaceChildren(...list.map((r) => el("tr", { "data-release": r.id },
       el("td", { text: "#" + r.id }), el("td", { text: r.version }), el("td", { text: r.status + (r.status_reason ? ": " + r.status_reason : "") }),
       el("td", { text: fmtTime(r.activated_at_ms) }), el("td", { text: r.migration_head || "–" }))));
