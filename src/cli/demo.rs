@@ -556,7 +556,7 @@ fn print_event(json: bool, e: &crate::ledger::Event, since_ms: i64) {
     say(
         json,
         &format!(
-            "  +{:>6.3} s  {:<18} {}",
+            "  {:>+7.3} s  {:<18} {}",
             (e.ts_ms - since_ms) as f64 / 1000.0,
             e.kind,
             e.message
