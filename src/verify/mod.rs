@@ -96,8 +96,20 @@ async fn one(
             body_contains,
             json_field,
             json_equals,
+            ca_file,
         } => {
             let url = url.replace("{version}", version);
+            let with_ca;
+            let client = match ca_file {
+                Some(path) => match HttpClient::with_ca_file(Some(path)) {
+                    Ok(c) => {
+                        with_ca = c;
+                        &with_ca
+                    }
+                    Err(e) => return (false, e.to_string()),
+                },
+                None => client,
+            };
             let resp = match client.get(&url, timeout).await {
                 Ok(r) => r,
                 Err(e) => return (false, e.to_string()),
@@ -138,9 +150,21 @@ async fn one(
             below,
             above,
             url,
+            ca_file,
         } => {
             let Some(base) = url else {
                 return (false, "no Prometheus server configured".to_string());
+            };
+            let with_ca;
+            let client = match ca_file {
+                Some(path) => match HttpClient::with_ca_file(Some(path)) {
+                    Ok(c) => {
+                        with_ca = c;
+                        &with_ca
+                    }
+                    Err(e) => return (false, format!("no data: {e}")),
+                },
+                None => client,
             };
             let query = query.replace("{version}", version);
             match crate::prometheus::query(client, base, &query, timeout).await {
@@ -296,6 +320,7 @@ mod tests {
                 body_contains: None,
                 json_field: None,
                 json_equals: None,
+                ca_file: None,
             },
             timeout_secs: 2,
         };
