@@ -83,6 +83,18 @@ pub async fn run(checks: &[Check], deadline: Duration, version: &str) -> VerifyR
     }
 }
 
+/// The shared client, or (when the check names one) a client that also trusts the
+/// check's CA file.
+fn trusting(
+    client: &HttpClient,
+    ca_file: &Option<std::path::PathBuf>,
+) -> Result<HttpClient, crate::http::HttpError> {
+    match ca_file {
+        Some(path) => HttpClient::with_ca_file(Some(path)),
+        None => Ok(client.clone()),
+    }
+}
+
 async fn one(
     client: &HttpClient,
     kind: &CheckKind,
@@ -99,16 +111,9 @@ async fn one(
             ca_file,
         } => {
             let url = url.replace("{version}", version);
-            let with_ca;
-            let client = match ca_file {
-                Some(path) => match HttpClient::with_ca_file(Some(path)) {
-                    Ok(c) => {
-                        with_ca = c;
-                        &with_ca
-                    }
-                    Err(e) => return (false, e.to_string()),
-                },
-                None => client,
+            let client = match trusting(client, ca_file) {
+                Ok(c) => c,
+                Err(e) => return (false, e.to_string()),
             };
             let resp = match client.get(&url, timeout).await {
                 Ok(r) => r,
@@ -155,19 +160,12 @@ async fn one(
             let Some(base) = url else {
                 return (false, "no Prometheus server configured".to_string());
             };
-            let with_ca;
-            let client = match ca_file {
-                Some(path) => match HttpClient::with_ca_file(Some(path)) {
-                    Ok(c) => {
-                        with_ca = c;
-                        &with_ca
-                    }
-                    Err(e) => return (false, format!("no data: {e}")),
-                },
-                None => client,
+            let client = match trusting(client, ca_file) {
+                Ok(c) => c,
+                Err(e) => return (false, format!("no data: {e}")),
             };
             let query = query.replace("{version}", version);
-            match crate::prometheus::query(client, base, &query, timeout).await {
+            match crate::prometheus::query(&client, base, &query, timeout).await {
                 crate::prometheus::QueryResult::NoData { why } => {
                     (false, format!("no data: {why}"))
                 }
