@@ -258,6 +258,10 @@ pub struct ServiceConfig {
     pub memory_limit_mb: Option<u64>,
     /// Webhooks told of triggers, decisions, rollbacks, freezes and investigations.
     pub webhooks: Vec<String>,
+    /// CA certificates (PEM) to trust for the webhooks beside the system's roots
+    /// (`[service.NAME.notify] ca_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks_ca_file: Option<PathBuf>,
     /// A data-integrity check run on an interval; its failure freezes the service.
     pub integrity: Option<IntegrityCheck>,
     /// The Prometheus server for checks and metric rules, and the rules.
@@ -268,6 +272,9 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct PrometheusConfig {
     pub url: String,
+    /// CA certificates (PEM) to trust for `url` beside the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     pub rules: Vec<MetricRule>,
 }
 
@@ -444,6 +451,9 @@ pub enum CheckKind {
         /// A JSON field (dotted path) that must equal `json_equals`.
         json_field: Option<String>,
         json_equals: Option<String>,
+        /// CA certificates (PEM) to trust for `url` beside the system's roots.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
     },
     Command {
         argv: Vec<String>,
@@ -457,6 +467,9 @@ pub enum CheckKind {
         above: Option<f64>,
         /// The server, from `[service.NAME.prometheus] url`.
         url: Option<String>,
+        /// From `[service.NAME.prometheus] ca_file`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -620,6 +633,7 @@ pub(crate) struct RawService {
     pub(crate) investigate_secs: Option<u64>,
     pub(crate) memory_limit_mb: Option<u64>,
     pub(crate) webhooks: Vec<String>,
+    pub(crate) webhooks_ca_file: Option<PathBuf>,
     pub(crate) integrity: Option<IntegrityCheck>,
     pub(crate) prometheus: Option<PrometheusConfig>,
 }
@@ -662,6 +676,7 @@ impl RawService {
             investigate_secs: self.investigate_secs.unwrap_or(300),
             memory_limit_mb: self.memory_limit_mb,
             webhooks: self.webhooks,
+            webhooks_ca_file: self.webhooks_ca_file,
             integrity: self.integrity,
             prometheus: self.prometheus,
         })
@@ -706,6 +721,7 @@ const CHECK_KEYS: &[&str] = &[
     "command",
     "exit_code",
     "timeout_secs",
+    "ca_file",
 ];
 
 const DAY_SECS: i64 = 86_400;
@@ -978,14 +994,14 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         .map(|v| v.value as u64);
     let triggers = read_triggers(r, t);
     let prometheus = r.table(t, "prometheus").and_then(|pt| {
-        r.deny_unknown(&pt, &["url", "rules"]);
+        r.deny_unknown(&pt, &["url", "rules", "ca_file"]);
         let url = match r.string(&pt, "url") {
-            Some(url) if url.value.starts_with("http://") => Some(url.value),
+            Some(url) if is_http_url(&url.value) => Some(url.value),
             Some(url) => {
                 r.error(
                     url.span,
                     &reader::join(&pt.path, "url"),
-                    format!("\"{}\" is not an http:// URL", url.value),
+                    format!("\"{}\" is not an http:// or https:// URL", url.value),
                 );
                 None
             }
@@ -1004,9 +1020,15 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             .iter()
             .filter_map(|rt| read_metric_rule(r, rt))
             .collect();
-        Some(PrometheusConfig { url: url?, rules })
+        let ca_file = r.ca_file(&pt);
+        Some(PrometheusConfig {
+            url: url?,
+            ca_file,
+            rules,
+        })
     });
     let prometheus_url = prometheus.as_ref().map(|p| p.url.clone());
+    let prometheus_ca_file = prometheus.as_ref().and_then(|p| p.ca_file.clone());
     let mut integrity = r.table(t, "integrity").and_then(|it| {
         let mut allowed = CHECK_KEYS.to_vec();
         allowed.push("interval_secs");
@@ -1019,17 +1041,19 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         })
     });
     let mut webhooks = Vec::new();
+    let mut webhooks_ca_file = None;
     if let Some(n) = r.table(t, "notify") {
-        r.deny_unknown(&n, &["webhooks"]);
+        r.deny_unknown(&n, &["webhooks", "ca_file"]);
+        webhooks_ca_file = r.ca_file(&n);
         if let Some(list) = r.argv(&n, "webhooks") {
             for url in list.value {
-                if url.starts_with("http://") {
+                if is_http_url(&url) {
                     webhooks.push(url);
                 } else {
                     r.error(
                         list.span.clone(),
                         &reader::join(&n.path, "webhooks"),
-                        format!("\"{url}\" is not an http:// URL"),
+                        format!("\"{url}\" is not an http:// or https:// URL"),
                     );
                 }
             }
@@ -1056,8 +1080,9 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         checks.push(&mut i.check);
     }
     for c in checks {
-        if let CheckKind::Prometheus { url, .. } = &mut c.kind {
+        if let CheckKind::Prometheus { url, ca_file, .. } = &mut c.kind {
             url.clone_from(&prometheus_url);
+            ca_file.clone_from(&prometheus_ca_file);
             needs_url |= url.is_none();
         }
     }
@@ -1093,6 +1118,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         investigate_secs,
         memory_limit_mb,
         webhooks,
+        webhooks_ca_file,
         integrity,
         prometheus,
     }
@@ -1537,6 +1563,11 @@ fn read_slots(
     })
 }
 
+/// Whether `url` is one the HTTP client can fetch.
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 fn read_check(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Check> {
     read_check_allowing(r, t, CHECK_KEYS)
 }
@@ -1582,13 +1613,21 @@ fn read_check_allowing(r: &mut Reader<'_>, t: &Table<'_>, allowed: &[&str]) -> O
         );
         return None;
     }
+    let ca_file = r.ca_file(t);
+    if t.inner.contains_key("ca_file") && http.is_none() {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "ca_file"),
+            "`ca_file` goes with `http = \"https://...\"` (a prometheus check uses [service.NAME.prometheus] ca_file)".to_string(),
+        );
+    }
     let kind = if let Some(url) = http {
-        if !url.value.starts_with("http://") {
+        if !is_http_url(&url.value) {
             r.error(
                 url.span,
                 &reader::join(&t.path, "http"),
                 format!(
-                    "expected an http:// URL, found \"{}\" (https is not supported for checks yet)",
+                    "expected an http:// or https:// URL, found \"{}\"",
                     url.value
                 ),
             );
@@ -1599,6 +1638,7 @@ fn read_check_allowing(r: &mut Reader<'_>, t: &Table<'_>, allowed: &[&str]) -> O
             body_contains,
             json_field,
             json_equals,
+            ca_file,
         }
     } else if let Some(argv) = command {
         CheckKind::Command {
@@ -1618,6 +1658,7 @@ fn read_check_allowing(r: &mut Reader<'_>, t: &Table<'_>, allowed: &[&str]) -> O
             below,
             above,
             url: None,
+            ca_file: None,
         }
     } else {
         if r.errors.len() == before {

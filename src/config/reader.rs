@@ -91,6 +91,24 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `ca_file = "path"`: a PEM file of CA certificates to trust for the URL beside it,
+    /// relative to the config's directory. An unreadable file, or one without a
+    /// certificate, is reported here rather than at the first request.
+    pub(crate) fn ca_file(&mut self, table: &Table<'_>) -> Option<PathBuf> {
+        let s = self.string(table, "ca_file")?;
+        let path = PathBuf::from(&s.value);
+        let path = if path.is_relative() {
+            self.file.parent().unwrap_or(Path::new("")).join(path)
+        } else {
+            path
+        };
+        if let Err(e) = crate::http::read_ca_file(&path) {
+            self.error(s.span, &join(&table.path, "ca_file"), e.to_string());
+            return None;
+        }
+        Some(path)
+    }
+
     pub(crate) fn integer(
         &mut self,
         table: &Table<'_>,

@@ -124,16 +124,16 @@ command = ["true"]
 timeout = 3
 
 [[service.web.verify]]
-http = "https://example.invalid/"
+http = "ftp://example.invalid/"
 json_field = "a"
 "#;
     check(
         src,
         &[
             "ripcord.toml:6: service.web.verify[0]: a check has exactly one of `http`, `command` or `prometheus`",
-            "ripcord.toml:11: service.web.verify[1].timeout: unknown key (did you mean `timeout_secs`?); expected one of `name`, `http`, `prometheus`, `below`, `above`, `status`, `body_contains`, `json_field`, `json_equals`, `command`, `exit_code`, `timeout_secs`",
+            "ripcord.toml:11: service.web.verify[1].timeout: unknown key (did you mean `timeout_secs`?); expected one of `name`, `http`, `prometheus`, `below`, `above`, `status`, `body_contains`, `json_field`, `json_equals`, `command`, `exit_code`, `timeout_secs`, `ca_file`",
             "ripcord.toml:13: service.web.verify[2]: `json_field` and `json_equals` go together: give both or neither",
-            "ripcord.toml:14: service.web.verify[2].http: expected an http:// URL, found \"https://example.invalid/\" (https is not supported for checks yet)",
+            "ripcord.toml:14: service.web.verify[2].http: expected an http:// or https:// URL, found \"ftp://example.invalid/\"",
         ],
     );
 }
@@ -443,4 +443,85 @@ fn the_docker_example_loads() {
     let swarm = cfg.service("shop-swarm").unwrap();
     assert_eq!(swarm.runtime, Runtime::Swarm);
     assert_eq!(swarm.slots.blue, "127.0.0.1:9000".parse().unwrap());
+}
+
+/// A PEM file that parses as a certificate (rcgen's self-signed one).
+fn pem_cert() -> String {
+    rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .unwrap()
+        .cert
+        .pem()
+}
+
+#[test]
+fn https_urls_and_ca_files_load_relative_to_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), pem_cert()).unwrap();
+    let src = format!(
+        "{GOOD}[service.web.prometheus]\nurl = \"https://prom.example:9090\"\nca_file = \"ca.pem\"\n\
+         [service.web.notify]\nwebhooks = [\"https://hooks.example/x\"]\nca_file = \"ca.pem\"\n\
+         [[service.web.verify]]\nhttp = \"https://127.0.0.1:8080/health\"\nca_file = \"ca.pem\"\n\
+         [[service.web.verify]]\nprometheus = \"up\"\nabove = 0.5\n"
+    );
+    let cfg = Config::parse(&src, &dir.path().join("ripcord.toml")).unwrap();
+    let web = cfg.service("web").unwrap();
+    let ca = dir.path().join("ca.pem");
+    assert_eq!(web.prometheus.as_ref().unwrap().ca_file.as_ref(), Some(&ca));
+    assert_eq!(web.webhooks_ca_file.as_ref(), Some(&ca));
+    match &web.verify[0].kind {
+        CheckKind::Http { url, ca_file, .. } => {
+            assert_eq!(url, "https://127.0.0.1:8080/health");
+            assert_eq!(ca_file.as_ref(), Some(&ca));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A prometheus check trusts what the server's table trusts.
+    match &web.verify[1].kind {
+        CheckKind::Prometheus { ca_file, .. } => assert_eq!(ca_file.as_ref(), Some(&ca)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_or_non_pem_ca_file_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate\n").unwrap();
+    let src = format!(
+        "{GOOD}[[service.web.verify]]\nhttp = \"https://127.0.0.1:8080/\"\nca_file = \"nope.pem\"\n\
+         [service.web.notify]\nwebhooks = [\"https://hooks.example/x\"]\nca_file = \"junk.pem\"\n\
+         [[service.web.verify]]\ncommand = [\"true\"]\nca_file = \"junk.pem\"\n"
+    );
+    let file = dir.path().join("ripcord.toml");
+    let got = match Config::parse(&src, &file) {
+        Err(LoadError::Invalid { errors, .. }) => {
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    let f = file.display();
+    let d = dir.path().display();
+    assert_eq!(got.len(), 4, "{got:#?}");
+    assert!(
+        got[0].starts_with(&format!(
+            "{f}:7: service.web.verify[0].ca_file: CA file {d}/nope.pem: No such file"
+        )),
+        "{got:#?}"
+    );
+    assert_eq!(
+        got[1],
+        format!(
+            "{f}:10: service.web.notify.ca_file: CA file {d}/junk.pem: no PEM certificate in it (want -----BEGIN CERTIFICATE-----)"
+        )
+    );
+    // A command check has no URL to trust a CA for.
+    assert_eq!(
+        got[2],
+        format!(
+            "{f}:11: service.web.verify[1].ca_file: `ca_file` goes with `http = \"https://...\"` (a prometheus check uses [service.NAME.prometheus] ca_file)"
+        )
+    );
+    assert!(
+        got[3].starts_with(&format!("{f}:13: service.web.verify[1].ca_file: CA file")),
+        "{got:#?}"
+    );
 }

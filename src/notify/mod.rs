@@ -6,6 +6,7 @@
 //! queue and worker, so a slow or dead receiver delays nothing but its own messages;
 //! when its queue is full a message is dropped and counted.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -45,11 +46,17 @@ pub struct Notifier {
 impl Notifier {
     /// Starts a worker for each of these webhooks; with none, sending does nothing.
     pub fn start(webhooks: Vec<String>) -> Notifier {
+        Notifier::start_with_ca_file(webhooks, None)
+    }
+
+    /// [`Notifier::start`], trusting the CA certificates in `ca_file` (PEM) beside the
+    /// system's roots for every webhook.
+    pub fn start_with_ca_file(webhooks: Vec<String>, ca_file: Option<PathBuf>) -> Notifier {
         let txs = webhooks
             .into_iter()
             .map(|url| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(worker(url, rx));
+                tokio::spawn(worker(url, ca_file.clone(), rx));
                 tx
             })
             .collect();
@@ -80,8 +87,14 @@ impl Notifier {
     }
 }
 
-async fn worker(url: String, mut rx: mpsc::Receiver<Message>) {
-    let client = HttpClient::default();
+async fn worker(url: String, ca_file: Option<PathBuf>, mut rx: mpsc::Receiver<Message>) {
+    // The config reader has read the CA file already; should it have gone since, the
+    // system's roots alone are tried and a private server's certificate is refused
+    // with its own clear error on each message.
+    let client = HttpClient::with_ca_file(ca_file.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!(url = %url, "webhook client: {e}");
+        HttpClient::default()
+    });
     while let Some(msg) = rx.recv().await {
         let body = json!({
             "text": format!("[ripcord] {}: {}", msg.service, msg.text),
@@ -236,5 +249,23 @@ mod tests {
         assert_eq!(v["text"], "[ripcord] web: rolled back to v1");
         assert_eq!(v["kind"], "rollback_done");
         assert_eq!(v["data"]["v"], 1);
+    }
+
+    #[tokio::test]
+    async fn an_https_webhook_is_posted_when_its_ca_file_is_given() {
+        let server = crate::http::test_server::TlsServer::start(&["127.0.0.1"]);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &server.ca_pem).unwrap();
+        let n = Notifier::start_with_ca_file(vec![server.url("/hook")], Some(ca));
+        n.send("freeze", "web", "frozen".into(), json!({}));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while server.posted.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let body: serde_json::Value =
+            serde_json::from_str(&server.posted.lock().unwrap()[0]).unwrap();
+        assert_eq!(body["text"], "[ripcord] web: frozen");
     }
 }

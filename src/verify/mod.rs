@@ -83,6 +83,18 @@ pub async fn run(checks: &[Check], deadline: Duration, version: &str) -> VerifyR
     }
 }
 
+/// The shared client, or (when the check names one) a client that also trusts the
+/// check's CA file.
+fn trusting(
+    client: &HttpClient,
+    ca_file: &Option<std::path::PathBuf>,
+) -> Result<HttpClient, crate::http::HttpError> {
+    match ca_file {
+        Some(path) => HttpClient::with_ca_file(Some(path)),
+        None => Ok(client.clone()),
+    }
+}
+
 async fn one(
     client: &HttpClient,
     kind: &CheckKind,
@@ -96,8 +108,13 @@ async fn one(
             body_contains,
             json_field,
             json_equals,
+            ca_file,
         } => {
             let url = url.replace("{version}", version);
+            let client = match trusting(client, ca_file) {
+                Ok(c) => c,
+                Err(e) => return (false, e.to_string()),
+            };
             let resp = match client.get(&url, timeout).await {
                 Ok(r) => r,
                 Err(e) => return (false, e.to_string()),
@@ -138,12 +155,17 @@ async fn one(
             below,
             above,
             url,
+            ca_file,
         } => {
             let Some(base) = url else {
                 return (false, "no Prometheus server configured".to_string());
             };
+            let client = match trusting(client, ca_file) {
+                Ok(c) => c,
+                Err(e) => return (false, format!("no data: {e}")),
+            };
             let query = query.replace("{version}", version);
-            match crate::prometheus::query(client, base, &query, timeout).await {
+            match crate::prometheus::query(&client, base, &query, timeout).await {
                 crate::prometheus::QueryResult::NoData { why } => {
                     (false, format!("no data: {why}"))
                 }
@@ -296,6 +318,7 @@ mod tests {
                 body_contains: None,
                 json_field: None,
                 json_equals: None,
+                ca_file: None,
             },
             timeout_secs: 2,
         };
