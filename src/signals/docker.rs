@@ -46,7 +46,7 @@ pub async fn run(exec: Arc<impl Containers>, tx: mpsc::Sender<Observation>) {
     tokio::spawn(cpu_loop(exec.clone(), engine.clone(), tx.clone()));
     let mut oom: HashSet<String> = HashSet::new();
     while !tx.is_closed() {
-        let mut events = std::pin::pin!(engine.events(&exec.service()));
+        let mut events = std::pin::pin!(engine.events(exec.service()));
         // A `die` with exit code 137 and no `oom` yet: the engine sometimes sends the
         // `oom` a moment after the `die`, so it is held briefly before it counts.
         let mut held: Option<(ContainerEvent, tokio::time::Instant)> = None;
