@@ -17,6 +17,7 @@ pub mod http;
 pub mod ledger;
 pub mod migrate;
 pub mod notify;
+pub mod os;
 pub mod prometheus;
 pub mod proxy;
 pub mod report;

@@ -322,3 +322,113 @@ interval_secs = 1"#
     assert_eq!(p.json(&["incident", "list"]), serde_json::json!([]));
     assert_eq!(serving(&p), "v1");
 }
+
+/// PromQL in a query string: everything but unreserved characters percent-encoded.
+fn query_url(port: u16, promql: &str) -> String {
+    let mut q = String::new();
+    for b in promql.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            q.push(b as char);
+        } else {
+            q.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("http://127.0.0.1:{port}/api/v1/query?query={q}")
+}
+
+/// The one value of an instant query, if Prometheus has exactly one series for it.
+fn query_one(port: u16, promql: &str) -> Option<f64> {
+    let (status, body) = get(&query_url(port, promql));
+    assert_eq!(status, 200, "{promql}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let result = v["data"]["result"].as_array()?;
+    if result.len() != 1 {
+        return None;
+    }
+    result[0]["value"][1].as_str()?.parse().ok()
+}
+
+/// The value of one sample line in ripcord's own exposition.
+fn exposed(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// ripcord's own `/metrics` (prometheus-client's OpenMetrics text) scraped by a real
+/// Prometheus: the rollback the guard made and the proxy's request count arrive with
+/// the names, labels and values ripcord exposes.
+#[test]
+fn prometheus_scrapes_ripcords_own_metrics() {
+    let metrics_port = free_port();
+    let prom_port = free_port();
+    let mut p = Project::new(
+        &format!("[watch]\nmetrics_listen = \"127.0.0.1:{metrics_port}\""),
+        "",
+    );
+    p.start_watcher();
+    let _prom = start_prometheus_on(prom_port, &[metrics_port]);
+    eventually(
+        "prometheus scrapes the watcher's /metrics",
+        Duration::from_secs(30),
+        || {
+            query_one(
+                prom_port,
+                &format!("up{{job=\"app\",instance=\"127.0.0.1:{metrics_port}\"}}"),
+            ) == Some(1.0)
+        },
+    );
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_ok(
+        &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),
+        "deploy v2",
+    );
+    eventually("the guard rolls v2 back", Duration::from_secs(20), || {
+        serving(&p) == "v1"
+    });
+    load.stop();
+
+    let rollbacks = "ripcord_rollbacks_total{job=\"app\",service=\"web\",trigger=\"error_rate\",outcome=\"verified\"}";
+    eventually(
+        "prometheus has the one verified rollback",
+        Duration::from_secs(30),
+        || query_one(prom_port, rollbacks) == Some(1.0),
+    );
+    assert_eq!(
+        query_one(
+            prom_port,
+            "ripcord_rollback_duration_seconds_count{job=\"app\",service=\"web\"}"
+        ),
+        Some(1.0)
+    );
+    // With the load stopped the request counter settles: Prometheus's latest value is
+    // the one the endpoint serves (the guard's last batch may land a moment later).
+    let mut last = (None, None);
+    eventually(
+        "prometheus's request count matches the endpoint's",
+        Duration::from_secs(30),
+        || {
+            let (status, text) = get(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+            assert_eq!(status, 200);
+            let here = exposed(&text, "ripcord_proxy_requests_total{service=\"web\"}");
+            let there = query_one(
+                prom_port,
+                "ripcord_proxy_requests_total{job=\"app\",service=\"web\"}",
+            );
+            last = (here, there);
+            here.is_some_and(|n| n > 0.0) && here == there
+        },
+    );
+    let (requests, _) = last;
+    let errors = query_one(
+        prom_port,
+        "ripcord_proxy_5xx_total{job=\"app\",service=\"web\"}",
+    )
+    .expect("the 5xx counter is scraped");
+    assert!(
+        errors > 0.0 && errors < requests.unwrap(),
+        "v2 failed some requests, not all: {errors} of {requests:?}"
+    );
+}

@@ -17,6 +17,7 @@ use super::{ExecError, Progress, ServiceExec, SlotProc, process, sanitize, say};
 use crate::config::{DockerConfig, Slot};
 use crate::docker::{ContainerSpec, Engine, ImageInfo};
 use crate::ledger::{ImageRelease, Release};
+use crate::os::describe_exit;
 
 pub const LABEL_SERVICE: &str = "ripcord.service";
 pub const LABEL_RELEASE: &str = "ripcord.release";
@@ -78,18 +79,6 @@ impl ContainerHandle {
     /// It was started again after a stop (a failed replace put it back).
     pub fn clear_stopping(&self) {
         self.stopping.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Describes an exit for people: `exit code 137 (OOM-killed)`.
-pub fn describe_exit(code: Option<i64>, oom: bool) -> String {
-    let code = code.map_or("an unknown exit code".to_string(), |c| {
-        format!("exit code {c}")
-    });
-    if oom {
-        format!("{code} (killed for memory: OOM)")
-    } else {
-        code
     }
 }
 

@@ -11,6 +11,7 @@ pub mod container;
 pub mod envfile;
 pub mod migrations;
 pub mod nginx;
+mod observed;
 pub mod process;
 pub mod replace;
 pub mod restore;

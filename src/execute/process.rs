@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::config::Slot;
+use crate::os::start_ticks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -140,7 +141,7 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
     });
     Ok(RunningProcess {
         pid,
-        pid_start: process_start_ticks(pid as i64),
+        pid_start: start_ticks(pid as i64),
         log_path: spec.log_path.clone(),
         exit: rx,
         stopping: AtomicBool::new(false),
@@ -206,59 +207,19 @@ pub enum StopOutcome {
 /// Kills a process group left behind by an earlier watcher, if `pid` still is that
 /// process (same start time). Returns whether something was killed.
 pub fn kill_orphan(pid: i64, pid_start: Option<u64>) -> bool {
-    if pid <= 0 || process_start_ticks(pid).is_none() || process_start_ticks(pid) != pid_start {
+    if pid <= 0 || start_ticks(pid).is_none() || start_ticks(pid) != pid_start {
         return false;
     }
     let group = Pid::from_raw(pid as i32);
     let _ = killpg(group, Signal::SIGTERM);
     for _ in 0..50 {
-        if process_start_ticks(pid) != pid_start {
+        if start_ticks(pid) != pid_start {
             return true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = killpg(group, Signal::SIGKILL);
     true
-}
-
-/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
-pub fn process_start_ticks(pid: i64) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past its end.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); a zombie has exited already.
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(22 - 3)?.parse().ok()
-}
-
-/// CPU time used so far (user + system), in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
-    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Resident memory in MiB (VmRSS).
-pub fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// Clock ticks per second for /proc CPU times.
-pub fn ticks_per_sec() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100, |t| t as u64)
 }
 
 /// The last `n` lines of a log file (reads only its tail).

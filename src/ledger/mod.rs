@@ -340,7 +340,7 @@ impl Ledger {
                 service,
                 holder,
                 pid,
-                crate::execute::process::process_start_ticks(pid).map(|t| t as i64),
+                crate::os::start_ticks(pid).map(|t| t as i64),
                 token,
                 now,
                 now + ttl.as_millis() as i64
@@ -934,32 +934,17 @@ pub fn holder_alive(pid: i64, pid_start: Option<i64>, since_ms: i64) -> bool {
     if pid <= 0 {
         return false;
     }
-    let Some(ticks) = crate::execute::process::process_start_ticks(pid) else {
+    let Some(ticks) = crate::os::start_ticks(pid) else {
         return false;
     };
     if let Some(start) = pid_start {
         return ticks as i64 == start;
     }
-    match boot_time_ms() {
+    match crate::os::boot_time_ms() {
         // Boot time has whole seconds and ticks are 10 ms: a second of slack.
-        Some(boot) => {
-            boot + (ticks * 1000 / crate::execute::process::ticks_per_sec()) as i64
-                <= since_ms + 1_500
-        }
+        Some(boot) => boot + (ticks * 1000 / crate::os::ticks_per_sec()) as i64 <= since_ms + 1_500,
         None => true,
     }
-}
-
-/// When this host booted (`btime` in /proc/stat), in Unix milliseconds.
-fn boot_time_ms() -> Option<i64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let secs: i64 = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(secs * 1000)
 }
 
 fn rand_suffix() -> u64 {

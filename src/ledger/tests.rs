@@ -175,7 +175,7 @@ fn a_lease_held_by_a_zombie_or_a_recycled_pid_is_taken_over() {
     l.acquire_lease("web", "old", Duration::from_secs(60))
         .unwrap();
     let me = i64::from(std::process::id());
-    let my_start = crate::execute::process::process_start_ticks(me).unwrap() as i64;
+    let my_start = crate::os::start_ticks(me).unwrap() as i64;
     // The lease records the very process that took it.
     let recorded: Option<i64> = l
         .conn
@@ -211,7 +211,7 @@ fn a_lease_held_by_a_zombie_or_a_recycled_pid_is_taken_over() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let zombie = child.id();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while crate::execute::process::process_start_ticks(i64::from(zombie)).is_some() {
+    while crate::os::start_ticks(i64::from(zombie)).is_some() {
         assert!(
             std::time::Instant::now() < deadline,
             "the child never exited"

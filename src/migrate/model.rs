@@ -4,21 +4,10 @@
 //!
 //! Nothing here decides whether an operation is safe.
 
+// The column types and default kinds belong to `types.rs`, which imports nothing from
+// here: the model depends on them, never the other way round.
+pub(crate) use super::types::DefaultKind;
 use super::types::Ty;
-
-/// Where a default value comes from and how PostgreSQL evaluates it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum DefaultKind {
-    /// `NULL`: the same as no default.
-    Null,
-    /// A literal or another immutable expression.
-    Constant,
-    /// A stable function such as `now()`: evaluated once, so no rewrite from PG 11.
-    Stable(String),
-    /// A volatile function (or one ripcord does not know, which PostgreSQL also treats
-    /// as volatile unless declared otherwise): every row gets its own value.
-    Volatile(String),
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ConKind {

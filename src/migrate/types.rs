@@ -7,7 +7,19 @@
 
 use sqlparser::ast::{CastKind, Expr, FunctionArguments, Value};
 
-use super::model::DefaultKind;
+/// Where a default value comes from and how PostgreSQL evaluates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DefaultKind {
+    /// `NULL`: the same as no default.
+    Null,
+    /// A literal or another immutable expression.
+    Constant,
+    /// A stable function such as `now()`: evaluated once, so no rewrite from PG 11.
+    Stable(String),
+    /// A volatile function (or one ripcord does not know, which PostgreSQL also treats
+    /// as volatile unless declared otherwise): every row gets its own value.
+    Volatile(String),
+}
 
 /// A column type, normalised from SQL text or an SQLAlchemy type.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,11 +9,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::Observation;
+use super::{Containers, Observation, Unit};
 use crate::clock::now_ms;
 use crate::docker::{ContainerEvent, Engine, EventKind};
-use crate::execute::ServiceExec;
-use crate::execute::container::describe_exit;
+use crate::os::describe_exit;
 
 /// How long to wait before subscribing again after the engine closed the stream.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
@@ -23,17 +22,17 @@ const OOM_GRACE: Duration = Duration::from_millis(500);
 const CPU_EVERY: Duration = Duration::from_secs(2);
 
 /// Observes until the channel closes.
-pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
+pub async fn run(exec: Arc<impl Containers>, tx: mpsc::Sender<Observation>) {
     // The engine may come up after the watcher (at boot): keep asking, bounded by the
     // watcher's life, and say so once.
     let mut wait = Duration::from_secs(1);
     let mut said = false;
     let engine = loop {
         match exec.engine().await {
-            Ok(e) => break e.clone(),
+            Ok(e) => break e,
             Err(e) => {
                 if !said {
-                    tracing::error!(service = %exec.cfg.name, error = %e, "docker signals wait for the engine");
+                    tracing::error!(service = %exec.service(), error = %e, "docker signals wait for the engine");
                     said = true;
                 }
                 if tx.is_closed() {
@@ -47,7 +46,7 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
     tokio::spawn(cpu_loop(exec.clone(), engine.clone(), tx.clone()));
     let mut oom: HashSet<String> = HashSet::new();
     while !tx.is_closed() {
-        let mut events = std::pin::pin!(engine.events(&exec.cfg.name));
+        let mut events = std::pin::pin!(engine.events(exec.service()));
         // A `die` with exit code 137 and no `oom` yet: the engine sometimes sends the
         // `oom` a moment after the `die`, so it is held briefly before it counts.
         let mut held: Option<(ContainerEvent, tokio::time::Instant)> = None;
@@ -62,7 +61,7 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
                 item = events.next() => item,
                 () = wait => {
                     if let Some((ev, _)) = held.take()
-                        && let Some(obs) = observe(&exec, &mut oom, ev)
+                        && let Some(obs) = observe(&*exec, &mut oom, ev)
                         && tx.send(obs).await.is_err()
                     {
                         return;
@@ -85,9 +84,9 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
                     }
                     let is_oom_for_held = matches!(ev.kind, EventKind::Oom)
                         && held.as_ref().is_some_and(|(h, _)| h.id == ev.id);
-                    let obs = observe(&exec, &mut oom, ev);
+                    let obs = observe(&*exec, &mut oom, ev);
                     if is_oom_for_held && let Some((h, _)) = held.take() {
-                        if let Some(obs) = observe(&exec, &mut oom, h)
+                        if let Some(obs) = observe(&*exec, &mut oom, h)
                             && tx.send(obs).await.is_err()
                         {
                             return;
@@ -101,13 +100,13 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(service = %exec.cfg.name, error = %e, "docker event stream broke; subscribing again");
+                    tracing::warn!(service = %exec.service(), error = %e, "docker event stream broke; subscribing again");
                     break;
                 }
             }
         }
         if let Some((ev, _)) = held.take()
-            && let Some(obs) = observe(&exec, &mut oom, ev)
+            && let Some(obs) = observe(&*exec, &mut oom, ev)
             && tx.send(obs).await.is_err()
         {
             return;
@@ -118,16 +117,18 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
 
 /// What one engine event means for the guard, if anything.
 fn observe(
-    exec: &ServiceExec,
+    exec: &impl Containers,
     oom: &mut HashSet<String>,
     ev: ContainerEvent,
 ) -> Option<Observation> {
     // Only containers in a slot count: a pre-flight container is judged by its operation.
-    let (slot, sp) = exec
+    let sv = exec
         .slots()
         .into_iter()
-        .find(|(_, sp)| sp.container.as_ref().is_some_and(|c| c.id == ev.id))?;
-    let handle = sp.container.as_ref()?;
+        .find(|sv| matches!(&sv.unit, Unit::Container { id, .. } if *id == ev.id))?;
+    let Unit::Container { stopping, .. } = sv.unit else {
+        return None;
+    };
     match ev.kind {
         EventKind::Oom => {
             oom.insert(ev.id);
@@ -135,14 +136,14 @@ fn observe(
         }
         EventKind::Die { exit_code } => {
             let was_oom = oom.remove(&ev.id);
-            if handle.stopping() {
+            if stopping {
                 return None;
             }
             let how = describe_exit(exit_code, was_oom);
-            handle.mark_exited(how.clone(), was_oom);
+            exec.mark_exited(&ev.id, how.clone(), was_oom);
             Some(Observation::Exit {
-                release_id: sp.release.id,
-                slot,
+                release_id: sv.release_id,
+                slot: sv.slot,
                 status: how,
                 oom: was_oom,
                 at_ms: ev.time_ms,
@@ -150,7 +151,7 @@ fn observe(
         }
         EventKind::Health(status) if status == "healthy" || status == "unhealthy" => {
             Some(Observation::Health {
-                release_id: sp.release.id,
+                release_id: sv.release_id,
                 ok: status == "healthy",
                 detail: format!("docker health_status: {status}"),
                 at_ms: ev.time_ms,
@@ -160,23 +161,25 @@ fn observe(
     }
 }
 
-async fn cpu_loop(exec: Arc<ServiceExec>, engine: Engine, tx: mpsc::Sender<Observation>) {
+async fn cpu_loop(exec: Arc<impl Containers>, engine: Engine, tx: mpsc::Sender<Observation>) {
     let mut tick = tokio::time::interval(CPU_EVERY);
     while !tx.is_closed() {
         tick.tick().await;
-        for (slot, sp) in exec.slots() {
-            let Some(c) = sp.container.clone() else {
+        for sv in exec.slots() {
+            let Unit::Container { id, .. } = &sv.unit else {
                 continue;
             };
-            if c.stopping() || c.exited().is_some() {
+            // Each sample takes the engine about a second: ask afresh whether this
+            // container is being stopped or has exited, rather than trust the copy.
+            if !still_running(&*exec, id) {
                 continue;
             }
-            let Ok(Some(share)) = engine.cpu_share(&c.id).await else {
+            let Ok(Some(share)) = engine.cpu_share(id).await else {
                 continue;
             };
             let obs = Observation::Resources {
-                release_id: sp.release.id,
-                slot,
+                release_id: sv.release_id,
+                slot: sv.slot,
                 cpu_share: Some(share),
                 rss_mb: None,
                 at_ms: now_ms(),
@@ -186,4 +189,14 @@ async fn cpu_loop(exec: Arc<ServiceExec>, engine: Engine, tx: mpsc::Sender<Obser
             }
         }
     }
+}
+
+/// Whether the container `id` is still in a slot, neither stopping nor exited.
+fn still_running(exec: &impl Containers, id: &str) -> bool {
+    exec.slots().into_iter().any(|sv| {
+        matches!(
+            sv.unit,
+            Unit::Container { id: ref c, ref exited, stopping } if c == id && !stopping && exited.is_none()
+        )
+    })
 }

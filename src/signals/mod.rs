@@ -4,6 +4,10 @@
 //!
 //! The built-in proxy is a source too: its per-request records arrive on their own
 //! channel (see `proxy::RequestRecord`).
+//!
+//! A source reads a service through the narrow traits below ([`Targets`],
+//! [`SlotSource`], [`Containers`]), which `execute/` implements: observation never
+//! names action, so the import arrows point one way (see ARCHITECTURE.md).
 
 pub mod docker;
 pub mod integrity;
@@ -12,9 +16,76 @@ pub mod probe;
 pub mod process;
 pub mod prometheus;
 
+use std::future::Future;
+
 use serde::Serialize;
 
 use crate::config::Slot;
+use crate::docker::Engine;
+
+/// The release new requests go to, at the moment it was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serving {
+    pub release_id: i64,
+    pub slot: Slot,
+    pub version: String,
+}
+
+/// Where a source learns which release serves right now (the watcher passes the
+/// service's router).
+pub trait Targets: Send + Sync + 'static {
+    fn serving(&self) -> Option<Serving>;
+}
+
+/// A copy of what runs in one slot, taken when [`SlotSource::slots`] was called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotView {
+    pub slot: Slot,
+    pub release_id: i64,
+    /// Whether it still runs as far as ripcord can tell (an external slot always does).
+    pub running: bool,
+    pub unit: Unit,
+}
+
+/// What a slot's release runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unit {
+    /// Runtime `external`: someone else runs it; there is nothing of ours to watch.
+    External,
+    /// A process ripcord started (runtime `process`).
+    Process {
+        pid: u32,
+        /// How it exited, once it has.
+        exited: Option<String>,
+        /// ripcord asked it to stop: its exit is then not a crash.
+        stopping: bool,
+        /// ripcord killed it for exceeding `memory_limit_mb`.
+        oom_killed: bool,
+    },
+    /// A container ripcord started (runtime `docker`).
+    Container {
+        id: String,
+        exited: Option<String>,
+        stopping: bool,
+    },
+}
+
+/// What runs in a service's slots, read only (the watcher passes its `ServiceExec`).
+pub trait SlotSource: Send + Sync + 'static {
+    /// The service's name, for logs.
+    fn service(&self) -> &str;
+    /// What runs in each slot right now, in slot order.
+    fn slots(&self) -> Vec<SlotView>;
+}
+
+/// A service whose slots run containers: the engine to observe them with, and where a
+/// container's unrequested exit is noted so `status` and the next operation see it.
+pub trait Containers: SlotSource {
+    /// The engine, connected on first use; the error says why it is not there.
+    fn engine(&self) -> impl Future<Output = Result<Engine, String>> + Send;
+    /// Notes that a slot's container exited on its own, as the engine told it.
+    fn mark_exited(&self, container_id: &str, how: String, oom: bool);
+}
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -7,18 +7,17 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::Observation;
+use super::{Observation, SlotSource, Targets};
 use crate::clock::now_ms;
 use crate::config::{HealthRule, ServiceConfig};
-use crate::execute::{Router, ServiceExec};
 use crate::http::HttpClient;
 
 /// Probes until the channel closes.
 pub async fn run(
     cfg: ServiceConfig,
     rule: HealthRule,
-    router: Router,
-    exec: std::sync::Arc<ServiceExec>,
+    router: impl Targets,
+    exec: std::sync::Arc<impl SlotSource>,
     tx: mpsc::Sender<Observation>,
 ) {
     let client = HttpClient::default();
@@ -26,7 +25,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(target) = router.target() else {
+        let Some(target) = router.serving() else {
             if tx.is_closed() {
                 return;
             }
@@ -60,11 +59,11 @@ pub async fn run(
         let warm = exec
             .slots()
             .into_iter()
-            .find(|(slot, sp)| *slot != target.slot && sp.running());
-        if let Some((slot, sp)) = warm {
-            let (ok, detail) = probe(slot).await;
+            .find(|sv| sv.slot != target.slot && sv.running);
+        if let Some(sv) = warm {
+            let (ok, detail) = probe(sv.slot).await;
             let obs = Observation::WarmHealth {
-                release_id: sp.release.id,
+                release_id: sv.release_id,
                 ok,
                 detail,
                 at_ms: now_ms(),

@@ -8,16 +8,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::Observation;
+use super::{Observation, SlotSource, Unit};
 use crate::clock::now_ms;
-use crate::execute::ServiceExec;
-use crate::execute::process::{cpu_ticks, rss_mb, ticks_per_sec};
+use crate::os::{cpu_ticks, rss_mb, ticks_per_sec};
 
 const EXIT_POLL: Duration = Duration::from_millis(200);
 const SAMPLE_EVERY: u32 = 5;
 
 /// Samples until the channel closes.
-pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
+pub async fn run(exec: Arc<impl SlotSource>, tx: mpsc::Sender<Observation>) {
     let hz = ticks_per_sec() as f64;
     // pid → (last CPU ticks, when), and the pids whose exit was already reported.
     let mut last: HashMap<u32, (u64, Instant)> = HashMap::new();
@@ -30,20 +29,25 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
             return;
         }
         n = n.wrapping_add(1);
-        for (slot, sp) in exec.slots() {
+        for sv in exec.slots() {
             // An external slot's process is not ours to watch.
-            let Some(proc) = sp.proc.clone() else {
+            let Unit::Process {
+                pid,
+                exited,
+                stopping,
+                oom_killed,
+            } = sv.unit
+            else {
                 continue;
             };
-            let pid = proc.pid;
-            if let Some(status) = proc.exited() {
-                if !proc.stopping() && !reported.contains(&pid) {
+            if let Some(status) = exited {
+                if !stopping && !reported.contains(&pid) {
                     reported.push(pid);
                     let obs = Observation::Exit {
-                        release_id: sp.release.id,
-                        slot,
-                        status: status.to_string(),
-                        oom: proc.oom_killed(),
+                        release_id: sv.release_id,
+                        slot: sv.slot,
+                        status,
+                        oom: oom_killed,
                         at_ms: now_ms(),
                     };
                     if tx.send(obs).await.is_err() {
@@ -68,8 +72,8 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
                 last.insert(pid, (t, now));
             }
             let obs = Observation::Resources {
-                release_id: sp.release.id,
-                slot,
+                release_id: sv.release_id,
+                slot: sv.slot,
                 cpu_share,
                 rss_mb: rss_mb(pid),
                 at_ms: now_ms(),
@@ -81,8 +85,11 @@ pub async fn run(exec: Arc<ServiceExec>, tx: mpsc::Sender<Observation>) {
         // Forget pids that are gone, so the maps stay small.
         let live: Vec<u32> = exec
             .slots()
-            .values()
-            .filter_map(|sp| sp.proc.as_ref().map(|p| p.pid))
+            .into_iter()
+            .filter_map(|sv| match sv.unit {
+                Unit::Process { pid, .. } => Some(pid),
+                Unit::External | Unit::Container { .. } => None,
+            })
             .collect();
         last.retain(|pid, _| live.contains(pid));
         reported.retain(|pid| live.contains(pid));

@@ -6,22 +6,26 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::Observation;
+use super::{Observation, Targets};
 use crate::clock::now_ms;
 use crate::config::MetricRule;
-use crate::execute::Router;
 use crate::http::HttpClient;
 use crate::prometheus::query;
 
 /// Evaluates `rule` until the channel closes. `{version}` in the query is the version
 /// the router serves at that moment, so a rule can be scoped to the active release.
-pub async fn run(url: String, rule: MetricRule, router: Router, tx: mpsc::Sender<Observation>) {
+pub async fn run(
+    url: String,
+    rule: MetricRule,
+    router: impl Targets,
+    tx: mpsc::Sender<Observation>,
+) {
     let client = HttpClient::default();
     let mut tick = tokio::time::interval(Duration::from_secs(rule.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(target) = router.target() else {
+        let Some(target) = router.serving() else {
             if tx.is_closed() {
                 return;
             }

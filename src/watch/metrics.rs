@@ -1,14 +1,17 @@
-//! ripcord's own metrics, served as Prometheus text on `[watch] metrics_listen` (a
-//! loopback address): rollbacks by service and trigger, a rollback duration histogram,
-//! each trigger's state, how far behind the guard reads its signals, and the proxy's
-//! request counts.
+//! ripcord's own metrics, served on `[watch] metrics_listen` (a loopback address) in
+//! the OpenMetrics text format, which Prometheus scrapes: rollbacks by service and
+//! trigger, a rollback duration histogram, each trigger's state, how far behind the
+//! guard reads its signals, the proxy's request counts and the nginx access-log
+//! follower's counters.
 //!
-//! The registry is written by the guards (a short lock, never on the proxy's request
-//! path) and read by the HTTP handler; the text format is written by hand.
+//! The metrics are `prometheus-client` families, written by the guards (atomics and a
+//! short lock, never on the proxy's request path) and encoded by the crate when the
+//! HTTP handler is asked; the access-log counters are read from the followers at each
+//! scrape.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -16,247 +19,246 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+use crate::signals::nginx_log::{FollowSnapshot, FollowStats};
 
 /// Upper bounds of the rollback duration histogram, in seconds.
 const BUCKETS: [f64; 11] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The states a trigger rule can be in; each is a series, 1 for the current one.
+const TRIGGER_STATES: [&str; 3] = ["ok", "no_data", "fired"];
+
+/// What the exposition is, for the `Content-Type` header.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// (service, trigger, outcome) → count.
-    rollbacks: BTreeMap<(String, String, String), u64>,
-    durations: BTreeMap<String, Histogram>,
-    /// (service, rule) → "ok" | "no_data" | "fired".
-    triggers: BTreeMap<(String, String), &'static str>,
-    /// (service, signal) → seconds.
-    lag: BTreeMap<(String, String), f64>,
-    /// service → (requests, 5xx) seen by the proxy.
-    requests: BTreeMap<String, (u64, u64)>,
-    /// service → the nginx access-log follower's counters.
-    access_logs: BTreeMap<String, Arc<crate::signals::nginx_log::FollowStats>>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RollbackLabels {
+    service: String,
+    trigger: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    service: String,
+    rule: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    service: String,
+    signal: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
 /// The shared registry; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
-    inner: Arc<Mutex<Inner>>,
+    registry: Arc<Registry>,
+    rollbacks: Family<RollbackLabels, Counter>,
+    durations: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    triggers: Family<TriggerLabels, Gauge>,
+    lag: Family<SignalLabels, Gauge<f64, AtomicU64>>,
+    requests: Family<ServiceLabels, Counter>,
+    errors: Family<ServiceLabels, Counter>,
+    access_logs: AccessLogs,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let rollbacks = Family::<RollbackLabels, Counter>::default();
+        let durations = Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        let triggers = Family::<TriggerLabels, Gauge>::default();
+        let lag = Family::<SignalLabels, Gauge<f64, AtomicU64>>::default();
+        let requests = Family::<ServiceLabels, Counter>::default();
+        let errors = Family::<ServiceLabels, Counter>::default();
+        let access_logs = AccessLogs::default();
+        // Counter names are given without `_total`: OpenMetrics adds it to the samples,
+        // which keep the names they always had. The registry ends each help text with
+        // a period.
+        let mut r = Registry::default();
+        r.register(
+            "ripcord_rollbacks",
+            "Rollbacks, by service, trigger and outcome",
+            rollbacks.clone(),
+        );
+        r.register(
+            "ripcord_rollback_duration_seconds",
+            "Automatic rollbacks: decision to verified",
+            durations.clone(),
+        );
+        r.register(
+            "ripcord_trigger_state",
+            "1 for the state each trigger rule is in now",
+            triggers.clone(),
+        );
+        r.register(
+            "ripcord_signal_lag_seconds",
+            "Age of the oldest observation when the guard read it",
+            lag.clone(),
+        );
+        r.register(
+            "ripcord_proxy_requests",
+            "Requests through the built-in proxy",
+            requests.clone(),
+        );
+        r.register(
+            "ripcord_proxy_5xx",
+            "5xx answers through the built-in proxy",
+            errors.clone(),
+        );
+        r.register_collector(Box::new(access_logs.clone()));
+        Metrics {
+            registry: Arc::new(r),
+            rollbacks,
+            durations,
+            triggers,
+            lag,
+            requests,
+            errors,
+            access_logs,
+        }
+    }
 }
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn rollback(&self, service: &str, trigger: &str, outcome: &str, seconds: Option<f64>) {
-        let mut m = self.lock();
-        *m.rollbacks
-            .entry((service.into(), trigger.into(), outcome.into()))
-            .or_default() += 1;
+        self.rollbacks
+            .get_or_create(&RollbackLabels {
+                service: service.into(),
+                trigger: trigger.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
         if let Some(s) = seconds {
-            let h = m.durations.entry(service.into()).or_default();
-            h.count += 1;
-            h.sum += s;
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if s <= *b {
-                    h.counts[i] += 1;
-                }
-            }
+            self.durations
+                .get_or_create(&ServiceLabels {
+                    service: service.into(),
+                })
+                .observe(s);
         }
     }
 
     pub fn trigger_state(&self, service: &str, rule: &str, state: &'static str) {
-        self.lock()
-            .triggers
-            .insert((service.into(), rule.into()), state);
+        for s in TRIGGER_STATES {
+            self.triggers
+                .get_or_create(&TriggerLabels {
+                    service: service.into(),
+                    rule: rule.into(),
+                    state: s.into(),
+                })
+                .set(i64::from(state == s));
+        }
     }
 
     pub fn signal_lag(&self, service: &str, signal: &str, seconds: f64) {
-        self.lock()
-            .lag
-            .insert((service.into(), signal.into()), seconds);
+        self.lag
+            .get_or_create(&SignalLabels {
+                service: service.into(),
+                signal: signal.into(),
+            })
+            .set(seconds);
     }
 
     pub fn requests(&self, service: &str, requests: u64, errors: u64) {
-        let mut m = self.lock();
-        let e = m.requests.entry(service.into()).or_default();
-        e.0 += requests;
-        e.1 += errors;
+        let labels = ServiceLabels {
+            service: service.into(),
+        };
+        self.requests.get_or_create(&labels).inc_by(requests);
+        self.errors.get_or_create(&labels).inc_by(errors);
     }
 
-    pub fn access_log(&self, service: &str, stats: Arc<crate::signals::nginx_log::FollowStats>) {
-        self.lock().access_logs.insert(service.into(), stats);
+    pub fn access_log(&self, service: &str, stats: Arc<FollowStats>) {
+        self.access_logs
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.into(), stats);
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let m = self.lock();
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP ripcord_rollbacks_total Rollbacks, by service, trigger and outcome."
-        );
-        let _ = writeln!(out, "# TYPE ripcord_rollbacks_total counter");
-        for ((svc, trigger, outcome), n) in &m.rollbacks {
-            let _ = writeln!(
-                out,
-                "ripcord_rollbacks_total{{service=\"{}\",trigger=\"{}\",outcome=\"{}\"}} {n}",
-                esc(svc),
-                esc(trigger),
-                esc(outcome)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ripcord_rollback_duration_seconds Automatic rollbacks: decision to verified."
-        );
-        let _ = writeln!(out, "# TYPE ripcord_rollback_duration_seconds histogram");
-        for (svc, h) in &m.durations {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "ripcord_rollback_duration_seconds_bucket{{service=\"{}\",le=\"{b}\"}} {}",
-                    esc(svc),
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "ripcord_rollback_duration_seconds_bucket{{service=\"{}\",le=\"+Inf\"}} {}",
-                esc(svc),
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "ripcord_rollback_duration_seconds_sum{{service=\"{}\"}} {}",
-                esc(svc),
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "ripcord_rollback_duration_seconds_count{{service=\"{}\"}} {}",
-                esc(svc),
-                h.count
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ripcord_trigger_state 1 for the state each trigger rule is in now."
-        );
-        let _ = writeln!(out, "# TYPE ripcord_trigger_state gauge");
-        for ((svc, rule), state) in &m.triggers {
-            for s in ["ok", "no_data", "fired"] {
-                let _ = writeln!(
-                    out,
-                    "ripcord_trigger_state{{service=\"{}\",rule=\"{}\",state=\"{s}\"}} {}",
-                    esc(svc),
-                    esc(rule),
-                    u8::from(*state == s)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ripcord_signal_lag_seconds Age of the oldest observation when the guard read it."
-        );
-        let _ = writeln!(out, "# TYPE ripcord_signal_lag_seconds gauge");
-        for ((svc, signal), secs) in &m.lag {
-            let _ = writeln!(
-                out,
-                "ripcord_signal_lag_seconds{{service=\"{}\",signal=\"{}\"}} {secs}",
-                esc(svc),
-                esc(signal)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ripcord_proxy_requests_total Requests through the built-in proxy."
-        );
-        let _ = writeln!(out, "# TYPE ripcord_proxy_requests_total counter");
-        for (svc, (n, _)) in &m.requests {
-            let _ = writeln!(
-                out,
-                "ripcord_proxy_requests_total{{service=\"{}\"}} {n}",
-                esc(svc)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ripcord_proxy_5xx_total 5xx answers through the built-in proxy."
-        );
-        let _ = writeln!(out, "# TYPE ripcord_proxy_5xx_total counter");
-        for (svc, (_, e)) in &m.requests {
-            let _ = writeln!(
-                out,
-                "ripcord_proxy_5xx_total{{service=\"{}\"}} {e}",
-                esc(svc)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ripcord_access_log_lines_total nginx access-log lines read (malformed included)."
-        );
-        let _ = writeln!(out, "# TYPE ripcord_access_log_lines_total counter");
-        let snaps: Vec<(String, crate::signals::nginx_log::FollowSnapshot)> = m
-            .access_logs
-            .iter()
-            .map(|(svc, st)| (svc.clone(), st.snapshot()))
-            .collect();
-        for (svc, snap) in &snaps {
-            let _ = writeln!(
-                out,
-                "ripcord_access_log_lines_total{{service=\"{}\"}} {}",
-                esc(svc),
-                snap.lines
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ripcord_access_log_malformed_total nginx access-log lines that did not parse."
-        );
-        let _ = writeln!(out, "# TYPE ripcord_access_log_malformed_total counter");
-        for (svc, snap) in &snaps {
-            let _ = writeln!(
-                out,
-                "ripcord_access_log_malformed_total{{service=\"{}\"}} {}",
-                esc(svc),
-                snap.malformed
-            );
-        }
-        for (metric, help, value) in [
-            (
-                "ripcord_access_log_unattributed_total",
-                "nginx access-log requests tied to no release (the upstream address is no slot's).",
-                (|s: &crate::signals::nginx_log::FollowSnapshot| s.unattributed)
-                    as fn(&crate::signals::nginx_log::FollowSnapshot) -> u64,
-            ),
-            (
-                "ripcord_access_log_dropped_total",
-                "nginx access-log requests never given to the guard because it stayed behind.",
-                |s| s.dropped,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {metric} {help}");
-            let _ = writeln!(out, "# TYPE {metric} counter");
-            for (svc, snap) in &snaps {
-                let _ = writeln!(out, "{metric}{{service=\"{}\"}} {}", esc(svc), value(snap));
-            }
-        }
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
-/// Escapes a label value (backslash, quote, newline).
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// service → the nginx access-log follower's counters, read at each scrape.
+#[derive(Clone, Default)]
+struct AccessLogs(Arc<Mutex<BTreeMap<String, Arc<FollowStats>>>>);
+
+impl std::fmt::Debug for AccessLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessLogs")
+    }
+}
+
+type Read = fn(&FollowSnapshot) -> u64;
+
+impl Collector for AccessLogs {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snaps: Vec<(String, FollowSnapshot)> = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(svc, st)| (svc.clone(), st.snapshot()))
+            .collect();
+        let families: [(&str, &str, Read); 4] = [
+            (
+                "ripcord_access_log_lines",
+                "nginx access-log lines read (malformed included).",
+                |s| s.lines,
+            ),
+            (
+                "ripcord_access_log_malformed",
+                "nginx access-log lines that did not parse.",
+                |s| s.malformed,
+            ),
+            (
+                "ripcord_access_log_unattributed",
+                "nginx access-log requests tied to no release (the upstream address is no slot's).",
+                |s| s.unattributed,
+            ),
+            (
+                "ripcord_access_log_dropped",
+                "nginx access-log requests never given to the guard because it stayed behind.",
+                |s| s.dropped,
+            ),
+        ];
+        for (name, help, read) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (svc, snap) in &snaps {
+                let labels = ServiceLabels {
+                    service: svc.clone(),
+                };
+                ConstCounter::new(read(snap)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Serves `/metrics` until the task is dropped.
@@ -274,7 +276,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                         let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
                         r.headers_mut().insert(
                             hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                            hyper::header::HeaderValue::from_static(CONTENT_TYPE),
                         );
                         r
                     } else {
@@ -304,20 +306,33 @@ mod tests {
         m.trigger_state("web", "error_rate", "fired");
         m.signal_lag("web", "proxy", 0.05);
         m.requests("web", 10, 2);
+        let stats = Arc::new(FollowStats::default());
+        m.access_log("edge", stats);
+        m.rollback("we\"b", "x", "verified", None);
         let text = m.render();
         for line in [
+            "# HELP ripcord_rollbacks Rollbacks, by service, trigger and outcome.",
+            "# TYPE ripcord_rollbacks counter",
             "ripcord_rollbacks_total{service=\"web\",trigger=\"error_rate\",outcome=\"verified\"} 2",
-            "ripcord_rollback_duration_seconds_bucket{service=\"web\",le=\"0.25\"} 1",
-            "ripcord_rollback_duration_seconds_bucket{service=\"web\",le=\"5\"} 2",
-            "ripcord_rollback_duration_seconds_bucket{service=\"web\",le=\"+Inf\"} 2",
+            "# HELP ripcord_rollback_duration_seconds Automatic rollbacks: decision to verified.",
+            "ripcord_rollback_duration_seconds_bucket{le=\"0.25\",service=\"web\"} 1",
+            "ripcord_rollback_duration_seconds_bucket{le=\"5.0\",service=\"web\"} 2",
+            "ripcord_rollback_duration_seconds_bucket{le=\"+Inf\",service=\"web\"} 2",
             "ripcord_rollback_duration_seconds_sum{service=\"web\"} 3.2",
+            "ripcord_rollback_duration_seconds_count{service=\"web\"} 2",
+            "# HELP ripcord_trigger_state 1 for the state each trigger rule is in now.",
             "ripcord_trigger_state{service=\"web\",rule=\"error_rate\",state=\"fired\"} 1",
             "ripcord_trigger_state{service=\"web\",rule=\"error_rate\",state=\"ok\"} 0",
             "ripcord_signal_lag_seconds{service=\"web\",signal=\"proxy\"} 0.05",
+            "ripcord_proxy_requests_total{service=\"web\"} 10",
             "ripcord_proxy_5xx_total{service=\"web\"} 2",
+            "# HELP ripcord_access_log_lines nginx access-log lines read (malformed included).",
+            "ripcord_access_log_lines_total{service=\"edge\"} 0",
+            "ripcord_access_log_dropped_total{service=\"edge\"} 0",
+            "ripcord_rollbacks_total{service=\"we\\\"b\",trigger=\"x\",outcome=\"verified\"} 1",
+            "# EOF",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
-        assert_eq!(esc("a\"b\\c"), "a\\\"b\\\\c");
     }
 }
