@@ -16,11 +16,17 @@ use crate::prometheus::query;
 /// the router serves at that moment, so a rule can be scoped to the active release.
 pub async fn run(
     url: String,
+    ca_file: Option<std::path::PathBuf>,
     rule: MetricRule,
     router: impl Targets,
     tx: mpsc::Sender<Observation>,
 ) {
-    let client = HttpClient::default();
+    // The config loader has read the CA file already; a file changed since is reported
+    // in each evaluation's "no data" as an untrusted certificate.
+    let client = HttpClient::with_ca_file(ca_file.as_deref()).unwrap_or_else(|e| {
+        tracing::error!(url = %url, error = %e, "the Prometheus CA file cannot be used");
+        HttpClient::default()
+    });
     let mut tick = tokio::time::interval(Duration::from_secs(rule.interval_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -252,6 +252,7 @@ pub async fn run(
             for rule in &p.rules {
                 tokio::spawn(crate::signals::prometheus::run(
                     p.url.clone(),
+                    p.ca_file.clone(),
                     rule.clone(),
                     router.clone(),
                     obs_tx.clone(),
@@ -271,7 +272,10 @@ pub async fn run(
         }
         let view: guard::SharedView = Arc::default();
         let series = guard::new_series();
-        let notifier = crate::notify::Notifier::start(cfg.webhooks.clone());
+        let notifier = crate::notify::Notifier::start_with_ca_file(
+            cfg.webhooks.clone(),
+            cfg.webhooks_ca_file.clone(),
+        );
         let g = guard::Guard::new(
             exec.clone(),
             ledger.clone(),
