@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// How long a follower may take to exit: a bound that catches a hang, nothing more.
+const HANG: Duration = Duration::from_secs(15);
+
 /// `--json deploy web VERSION EXTRA... -- demo-app ... APP_FLAGS...`, parsed.
 fn deploy_json(
     p: &Project,
@@ -20,15 +23,7 @@ fn deploy_json(
 ) -> (Option<i32>, serde_json::Value, String) {
     let mut args = vec!["--json", "deploy", "web", version];
     args.extend_from_slice(extra);
-    args.extend([
-        "--",
-        BIN,
-        "demo-app",
-        "--port",
-        "{port}",
-        "--version",
-        "{version}",
-    ]);
+    args.extend(DEMO_APP_ARGV);
     args.extend_from_slice(app_flags);
     let out = p.run(&args);
     let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -198,29 +193,6 @@ fn read_until(
     }
 }
 
-/// SIGTERM, then waits (bounded) for the exit status.
-fn terminate(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    wait_exit(child, what)
-}
-
-fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} did not exit within 15 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn kinds_after(lines: &[String], kind: &str) -> Vec<String> {
     let events: Vec<serde_json::Value> = lines
         .iter()
@@ -272,7 +244,7 @@ fn events_follow_prints_new_events_as_json_lines_and_status_watch_redraws() {
                 && kinds_after(l, "deploy_started").contains(&"traffic_switched".to_string())
         },
     );
-    let status = terminate(&mut follower, "events --follow");
+    let status = terminate(&mut follower, "events --follow", HANG);
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
 
     // One JSON object a line, each event once, in order, and none missed: the followed
@@ -304,7 +276,11 @@ fn events_follow_prints_new_events_as_json_lines_and_status_watch_redraws() {
         .spawn()
         .unwrap();
     drop(follower.stdout.take());
-    let status = wait_exit(&mut follower, "events --follow with its stdout closed");
+    let status = wait_exit(
+        &mut follower,
+        "events --follow with its stdout closed",
+        HANG,
+    );
     assert!(status.success(), "{status}");
 
     // status --watch: frames separated by a line of dashes when stdout is a pipe.
@@ -323,7 +299,7 @@ fn events_follow_prints_new_events_as_json_lines_and_status_watch_redraws() {
         Duration::from_secs(15),
         |l| l.iter().filter(|l| l.starts_with("web: ")).count() == 3,
     );
-    assert!(terminate(&mut watch, "status --watch").success());
+    assert!(terminate(&mut watch, "status --watch", HANG).success());
     let headers = frames
         .iter()
         .filter(|l| l.starts_with("ripcord status at "))
@@ -359,7 +335,7 @@ fn events_follow_prints_new_events_as_json_lines_and_status_watch_redraws() {
         Duration::from_secs(15),
         |l| l.len() >= 2,
     );
-    assert!(terminate(&mut watch, "status --watch --json").success());
+    assert!(terminate(&mut watch, "status --watch --json", HANG).success());
     for f in &frames {
         let v: serde_json::Value = serde_json::from_str(f).unwrap();
         assert_eq!(v["service"], "web", "{v:#}");

@@ -169,39 +169,52 @@ json_equals = "{{version}}"
     /// Sends SIGTERM and waits (bounded) for the watcher to exit.
     pub fn stop_watcher(&mut self) -> std::process::ExitStatus {
         let mut child = self.watcher.take().unwrap();
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the watcher did not stop within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        terminate(&mut child, "the watcher", Duration::from_secs(30))
     }
 
     /// `deploy web VERSION -- demo-app ... EXTRA`.
     pub fn deploy(&self, version: &str, extra: &[&str]) -> Output {
         let mut args = vec!["deploy", "web", version];
         if !extra.is_empty() {
-            args.extend([
-                "--",
-                BIN,
-                "demo-app",
-                "--port",
-                "{port}",
-                "--version",
-                "{version}",
-            ]);
+            args.extend(DEMO_APP_ARGV);
             args.extend_from_slice(extra);
         }
         self.run(&args)
+    }
+}
+
+/// What follows `deploy web VERSION` to run the demo app: `-- ripcord demo-app ...`.
+pub const DEMO_APP_ARGV: [&str; 7] = [
+    "--",
+    BIN,
+    "demo-app",
+    "--port",
+    "{port}",
+    "--version",
+    "{version}",
+];
+
+/// SIGTERM, then waits (bounded by `max`) for the exit status.
+pub fn terminate(child: &mut Child, what: &str, max: Duration) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    wait_exit(child, what, max)
+}
+
+/// Waits (bounded by `max`, then kills it and fails) for a child to exit.
+pub fn wait_exit(child: &mut Child, what: &str, max: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + max;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {max:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
