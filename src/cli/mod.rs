@@ -3,6 +3,7 @@
 //! output is for people; `--json` output is a compatibility promise for scripts, and
 //! under it a fatal error is one JSON object on stderr, nothing else.
 
+mod ci_cmd;
 mod db_cmd;
 mod demo;
 mod doctor;
@@ -182,6 +183,11 @@ pub enum Command {
         #[command(subcommand)]
         command: IncidentCommand,
     },
+    /// Generate CI workflows for the config's services
+    Ci {
+        #[command(subcommand)]
+        command: CiCommand,
+    },
     /// Migrations: which changes make a rollback unsafe
     Migrations {
         #[command(subcommand)]
@@ -266,6 +272,43 @@ pub enum MigrationsCommand {
         /// Change a rule's severity: RULE=error|warning|info (repeatable)
         #[arg(long, value_name = "RULE=LEVEL")]
         severity: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CiCommand {
+    /// Write GitHub Actions workflows: a rollback started by hand (workflow_dispatch) and
+    /// a deploy that fails its job when the guard rolls the release back
+    Github {
+        /// Where to write them
+        #[arg(long, value_name = "DIR", default_value = ".github/workflows")]
+        out: PathBuf,
+        /// Run the jobs on a GitHub-hosted runner and reach the deploy host over SSH
+        /// (secrets RIPCORD_SSH_KEY, RIPCORD_SSH_HOST, RIPCORD_SSH_KNOWN_HOSTS), instead
+        /// of on a self-hosted runner on the deploy host
+        #[arg(long)]
+        ssh: bool,
+        /// The self-hosted runner's label, besides `self-hosted` (repeatable)
+        #[arg(
+            long,
+            value_name = "LABEL",
+            default_value = "ripcord",
+            conflicts_with = "ssh"
+        )]
+        runner_label: Vec<String>,
+        /// The ripcord binary on the deploy host
+        #[arg(long, value_name = "PATH", default_value = "ripcord")]
+        host_ripcord: String,
+        /// The config file on the deploy host [default: this config's absolute path]
+        #[arg(long, value_name = "FILE")]
+        host_config: Option<String>,
+        /// The state directory on the deploy host [default: this state dir's absolute path]
+        #[arg(long, value_name = "DIR")]
+        host_state_dir: Option<String>,
+        /// Write nothing; exit 1 when a file is missing or differs (for a CI check that
+        /// the workflows follow the config)
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -567,6 +610,31 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Dashboard { token } => {
             guard_cmd::dashboard(cli.config.as_deref(), &state_dir, token, json)
         }
+        Command::Ci {
+            command:
+                CiCommand::Github {
+                    out,
+                    ssh,
+                    runner_label,
+                    host_ripcord,
+                    host_config,
+                    host_state_dir,
+                    check,
+                },
+        } => ci_cmd::github(
+            cli.config.as_deref(),
+            &state_dir,
+            ci_cmd::GithubArgs {
+                out: &out,
+                ssh,
+                runner_labels: runner_label,
+                host_ripcord,
+                host_config,
+                host_state_dir,
+                check,
+            },
+            json,
+        ),
         Command::Runbook { service, out } => guard_cmd::runbook(
             cli.config.as_deref(),
             &state_dir,

@@ -9,6 +9,7 @@
 //! renders the same bytes (which is what lets the snapshot tests hold).
 
 pub mod chart;
+pub mod github;
 pub mod runbook;
 
 use std::fmt::Write as _;
