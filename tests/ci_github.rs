@@ -3,7 +3,8 @@
 //! demo-app processes: the deploy job waits for the guard's verdict and fails when the
 //! release is rolled back, and the rollback job rolls back with the person's reason kept
 //! verbatim, however it is quoted. GitHub's runner is the one thing not here: each
-//! step's `run:` script is run with bash and the environment the runner would give it.
+//! step's `run:` script is run with bash and the environment the runner would give it;
+//! the SSH variant reaches a real sshd on a loopback port.
 
 mod common;
 
@@ -171,9 +172,12 @@ fn step_of(file: &Path, job: &str, name: &str) -> Step {
     }
 }
 
-/// The step's script as the runner runs it (`shell: bash`), with the inputs in place of
-/// the `${{ inputs.X }}` expressions and GitHub's variables set.
-fn runner_command(step: &Step, inputs: &[(&str, &str)], summary: &Path) -> Command {
+/// The step's script as the runner runs it (`shell: bash`), with values in place of the
+/// `${{ inputs.X }}` and `${{ secrets.X }}` expressions, GitHub's variables set, and the
+/// runner's own home directory (beside the summary file).
+fn runner_command(step: &Step, values: &[(&str, &str)], summary: &Path) -> Command {
+    let home = summary.parent().unwrap().join("runner-home");
+    std::fs::create_dir_all(&home).unwrap();
     let mut c = Command::new("bash");
     c.args(["--noprofile", "--norc", "-e", "-o", "pipefail", "-c"])
         .arg(&step.script)
@@ -189,9 +193,9 @@ fn runner_command(step: &Step, inputs: &[(&str, &str)], summary: &Path) -> Comma
         .env("GITHUB_ACTOR", "octocat")
         .env("GITHUB_STEP_SUMMARY", summary);
     for (k, v) in &step.env {
-        let value = inputs
+        let value = values
             .iter()
-            .find(|(name, _)| *v == format!("${{{{ inputs.{name} }}}}"))
+            .find(|(name, _)| *v == format!("${{{{ {name} }}}}"))
             .map_or(v.as_str(), |(_, value)| value);
         assert!(
             !value.contains("${{"),
@@ -215,7 +219,11 @@ fn the_deploy_job_fails_when_the_release_is_rolled_back_by_the_rollback_job() {
 
     let mut job = runner_command(
         &deploy,
-        &[("service", "web"), ("version", "v2"), ("reason", "")],
+        &[
+            ("inputs.service", "web"),
+            ("inputs.version", "v2"),
+            ("inputs.reason", ""),
+        ],
         &summary,
     )
     .stdout(Stdio::piped())
@@ -232,7 +240,11 @@ fn the_deploy_job_fails_when_the_release_is_rolled_back_by_the_rollback_job() {
     );
     let out = runner_command(
         &rollback,
-        &[("service", "web"), ("version", ""), ("reason", &reason)],
+        &[
+            ("inputs.service", "web"),
+            ("inputs.version", ""),
+            ("inputs.reason", &reason),
+        ],
         &summary,
     )
     .output()
@@ -284,7 +296,11 @@ fn the_jobs_refuse_a_service_not_in_the_config() {
     let deploy = step_of(&files[1], "deploy", "ripcord deploy --wait");
     let out = runner_command(
         &deploy,
-        &[("service", "web;id"), ("version", "v1"), ("reason", "")],
+        &[
+            ("inputs.service", "web;id"),
+            ("inputs.version", "v1"),
+            ("inputs.reason", ""),
+        ],
         &p.dir.path().join("summary.md"),
     )
     .output()
@@ -295,4 +311,157 @@ fn the_jobs_refuse_a_service_not_in_the_config() {
         "{}",
         stdout(&out)
     );
+}
+
+/// A real OpenSSH server on a loopback port, letting in one client key, for the SSH
+/// variant (Debian's `openssh-server`; scripts/test installs it).
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    /// The client's private key and the `known_hosts` line for this server.
+    client_key: String,
+    known_hosts: String,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        terminate(&mut self.child, "sshd", Duration::from_secs(10));
+    }
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ripcord-test", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen (openssh-client)");
+    assert_ok(&out, "ssh-keygen");
+}
+
+fn sshd(dir: &Path) -> Sshd {
+    assert!(
+        Path::new("/usr/sbin/sshd").exists(),
+        "sshd is not installed (apt-get install openssh-server; scripts/test does it)"
+    );
+    let dir = dir.join("sshd");
+    std::fs::create_dir_all(&dir).unwrap();
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("client_key"));
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    // sshd's privilege-separation directory.
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let port = free_port();
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nAllowUsers {user}\nLogLevel ERROR\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    eventually("sshd listens", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+    let mut fields = host_pub.split_whitespace();
+    let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+    Sshd {
+        child,
+        port,
+        client_key: std::fs::read_to_string(dir.join("client_key")).unwrap(),
+        known_hosts: format!("[127.0.0.1]:{port} {kind} {key}"),
+    }
+}
+
+#[test]
+fn over_ssh_the_rollback_job_quotes_every_argument_and_refuses_control_characters() {
+    let mut p = Project::new("", "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    assert_eq!(serving(&p), "v2");
+    let server = sshd(p.dir.path());
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let host = format!("ssh://{user}@127.0.0.1:{}", server.port);
+    let files = generate(&p, &p.dir.path().join("wf"), &["--ssh"]);
+    let setup = step_of(&files[0], "rollback", "SSH key for the deploy host");
+    let rollback = step_of(&files[0], "rollback", "ripcord rollback");
+    let summary = p.dir.path().join("summary.md");
+    let secrets = [
+        ("secrets.RIPCORD_SSH_KEY", server.client_key.as_str()),
+        (
+            "secrets.RIPCORD_SSH_KNOWN_HOSTS",
+            server.known_hosts.as_str(),
+        ),
+        ("secrets.RIPCORD_SSH_HOST", host.as_str()),
+    ];
+    let out = runner_command(&setup, &secrets, &summary).output().unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+
+    let run = |reason: &str| {
+        let mut values = secrets.to_vec();
+        values.extend([
+            ("inputs.service", "web"),
+            ("inputs.version", ""),
+            ("inputs.reason", reason),
+        ]);
+        runner_command(&rollback, &values, &summary)
+            .output()
+            .unwrap()
+    };
+    // A newline would reach the remote shell in a form only bash reads: refused, and
+    // nothing is rolled back.
+    let out = run("two\nlines");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("control characters"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(serving(&p), "v2");
+
+    let pwned = p.dir.path().join("pwned");
+    let reason = format!(
+        "it's \"broken\" $(touch {0}) `touch {0}` ${{HOME}} ; touch {0} & *",
+        pwned.display()
+    );
+    let out = run(&reason);
+    assert!(
+        out.status.success(),
+        "{}{}\nsshd: {}",
+        stdout(&out),
+        stderr(&out),
+        std::fs::read_to_string(p.dir.path().join("sshd/sshd.log")).unwrap_or_default()
+    );
+    assert!(!pwned.exists(), "the remote shell ran the reason as code");
+    assert_eq!(serving(&p), "v1");
+    let kept = format!(
+        "{reason} (GitHub Actions run https://github.com/acme/shop/actions/runs/4242 by octocat)"
+    );
+    let events = p.json(&["events", "web"]);
+    assert!(holds(&events, &kept), "not verbatim: {kept}\n{events:#}");
 }
