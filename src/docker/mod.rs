@@ -917,33 +917,12 @@ fn cpu_fraction(
     (wall_ns > 0).then(|| delta / wall_ns as f64)
 }
 
-/// Nanoseconds since the epoch for an RFC 3339 UTC time as the engine writes
-/// it (`2024-01-02T03:04:05.123456789Z`). Only what the stats API emits.
+/// Nanoseconds since the epoch for an RFC 3339 time as the engine writes it
+/// (`2024-01-02T03:04:05.123456789Z`).
 fn rfc3339_nanos(s: &str) -> Option<i128> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = match time.split_once('.') {
-        Some((a, b)) => (a, b),
-        None => (time, ""),
-    };
-    let mut t = hms.split(':').map(|p| p.parse::<i64>());
-    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let mut frac_ns: i128 = 0;
-    for (i, c) in frac.chars().take(9).enumerate() {
-        frac_ns += i128::from(c.to_digit(10)?) * 10i128.pow(8 - i as u32);
-    }
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    Some(i128::from(secs) * 1_000_000_000 + frac_ns)
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(jiff::Timestamp::as_nanosecond)
 }
 
 #[cfg(test)]
@@ -973,6 +952,12 @@ mod tests {
         let a = rfc3339_nanos("2024-02-29T23:59:59.999999999Z");
         let b = rfc3339_nanos("2024-03-01T00:00:00Z");
         assert_eq!(b.zip(a).map(|(b, a)| b - a), Some(1));
+        // The engine's zero time: the first sample's `preread`.
+        assert_eq!(
+            rfc3339_nanos("0001-01-01T00:00:00Z"),
+            Some(-62_135_596_800_000_000_000)
+        );
+        assert_eq!(rfc3339_nanos("yesterday"), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! rollback guard reads the phases and the Alembic revision chain from the same report.
 //!
 //! The pipeline: [`plan`] pairs files into migrations by layout, `sql.rs` and `alembic.rs`
-//! lower each script into a list of [`model::Op`]s with line numbers, `rules.rs` walks
+//! lower each script into a list of [`model::Op`]s with line numbers, `rules/` walks
 //! those ops with a model of the transaction they run in and turns them into findings,
 //! and `output.rs` renders the report.
 //!

@@ -11,7 +11,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
-use super::{Facts, impact_i64, signed_secs};
+use super::format::signed_secs;
+use super::{Facts, impact_i64};
 use crate::guard::requests::{self, Sample};
 
 /// Bucket widths to choose from, in ms: round numbers a reader can take in.

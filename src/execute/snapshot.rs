@@ -1,0 +1,82 @@
+//! The service's config as the ledger keeps it with each release, secrets taken out.
+
+/// The service's config as the ledger keeps it with a release, with what may be secret
+/// taken out, since `releases --json` prints the snapshot: `env` values and webhook URLs
+/// become a digest (a change still shows, the value never does), and any other URL
+/// loses its user, password and query.
+pub(super) fn redacted_snapshot(cfg: &crate::config::ServiceConfig) -> serde_json::Value {
+    let mut snapshot = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(env) = snapshot.get_mut("env").and_then(|e| e.as_object_mut()) {
+        for value in env.values_mut() {
+            *value = digest_of(value);
+        }
+    }
+    if let Some(hooks) = snapshot.get_mut("webhooks").and_then(|e| e.as_array_mut()) {
+        for value in hooks.iter_mut() {
+            *value = digest_of(value);
+        }
+    }
+    strip_url_secrets(&mut snapshot);
+    snapshot
+}
+
+fn digest_of(value: &serde_json::Value) -> serde_json::Value {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(value.as_str().unwrap_or_default().as_bytes());
+    let short: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    serde_json::Value::String(format!("<redacted sha256:{short}>"))
+}
+
+/// Every `http(s)://user:password@host/path?query` in the value loses its user,
+/// password and query.
+fn strip_url_secrets(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
+            let (scheme, rest) = s.split_once("://").unwrap_or_default();
+            let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let user = if authority.contains('@') {
+                "<redacted>@"
+            } else {
+                ""
+            };
+            let path = tail
+                .split_once('?')
+                .map_or(tail.to_string(), |(p, _)| format!("{p}?<redacted>"));
+            *s = format!("{scheme}://{user}{host}{path}");
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_url_secrets),
+        serde_json::Value::Object(map) => map.values_mut().for_each(strip_url_secrets),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_never_reach_the_ledger_snapshot() {
+        let cfg = crate::config::Config::parse(
+            "[service.web]\nlisten = \"127.0.0.1:18080\"\nslots = { blue = 18081, green = 18082 }\n\
+             command = [\"app\", \"{port}\"]\n\
+             [[service.web.verify]]\nname = \"api\"\nhttp = \"http://user:s3cret-pw@127.0.0.1:18080/api?token=s3cret-q\"\n\
+             [service.web.notify]\nwebhooks = [\"http://127.0.0.1:9000/hooks/T0/s3cret-hook\"]\n\
+             [service.web.env]\nAPI_TOKEN = \"s3cret-value\"\n",
+            std::path::Path::new("ripcord.toml"),
+        )
+        .unwrap();
+        let snap = super::redacted_snapshot(&cfg.services["web"]);
+        let text = snap.to_string();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("http://<redacted>@127.0.0.1:18080/api?<redacted>"),
+            "{text}"
+        );
+        assert!(
+            snap["env"]["API_TOKEN"]
+                .as_str()
+                .unwrap()
+                .starts_with("<redacted sha256:"),
+            "{text}"
+        );
+    }
+}
