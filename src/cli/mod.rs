@@ -843,12 +843,7 @@ async fn verify(
         .and_then(|l| l.active_release(service).ok().flatten())
         .map(|r| r.version)
         .unwrap_or_default();
-    let report = crate::verify::run(
-        &svc.verify,
-        Duration::from_secs(svc.verify_deadline_secs),
-        &version,
-    )
-    .await;
+    let report = crate::verify::run(&svc.verify, svc.verify_deadline, &version).await;
     if json {
         output::print_json(&report);
     } else {

@@ -9,6 +9,7 @@
 //! This module never starts anything: it only describes. The daemon and the executors
 //! turn a [`ServiceConfig`] into running parts.
 
+pub mod duration;
 mod reader;
 mod validate;
 
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -237,23 +239,30 @@ pub struct ServiceConfig {
     pub slots: Slots,
     /// The path probed on a slot to decide whether a release is healthy.
     pub health_path: String,
-    /// How long a new release may take to become healthy before the deploy fails.
-    pub start_timeout_secs: u64,
-    /// How long the previous release stays warm after a deploy.
-    pub bake_secs: u64,
-    /// How long a stopping release gets between SIGTERM and SIGKILL.
-    pub stop_timeout_secs: u64,
+    /// `start_timeout`: how long a new release may take to become healthy before the
+    /// deploy fails.
+    #[serde(rename = "start_timeout_secs", serialize_with = "duration::as_secs")]
+    pub start_timeout: Duration,
+    /// `bake`: how long the previous release stays warm after a deploy.
+    #[serde(rename = "bake_secs", serialize_with = "duration::as_secs")]
+    pub bake: Duration,
+    /// `stop_timeout`: how long a stopping release gets between SIGTERM and SIGKILL.
+    #[serde(rename = "stop_timeout_secs", serialize_with = "duration::as_secs")]
+    pub stop_timeout: Duration,
     /// The default argv of a release; `{port}` and `{version}` are substituted.
     pub command: Option<Vec<String>>,
     /// Extra environment for every release of this service.
     pub env: BTreeMap<String, String>,
     pub verify: Vec<Check>,
-    /// The deadline for the whole set of verification checks.
-    pub verify_deadline_secs: u64,
+    /// `verify_deadline`: the deadline for the whole set of verification checks.
+    #[serde(rename = "verify_deadline_secs", serialize_with = "duration::as_secs")]
+    pub verify_deadline: Duration,
     /// What the guard watches for, and when it acts.
     pub triggers: Triggers,
-    /// How long an investigation waits for `ripcord ack` before it rolls back.
-    pub investigate_secs: u64,
+    /// `investigate`: how long an investigation waits for `ripcord ack` before it rolls
+    /// back.
+    #[serde(rename = "investigate_secs", serialize_with = "duration::as_secs")]
+    pub investigate: Duration,
     /// A release using more resident memory than this is killed (counted as an OOM kill).
     pub memory_limit_mb: Option<u64>,
     /// Webhooks told of triggers, decisions, rollbacks, freezes and investigations.
@@ -288,14 +297,17 @@ pub struct MetricRule {
     pub below: Option<f64>,
     /// How many evaluations in a row must breach before it fires.
     pub consecutive: u32,
-    pub interval_secs: u64,
+    /// How often the query is evaluated.
+    #[serde(rename = "interval_secs", serialize_with = "duration::as_secs")]
+    pub interval: Duration,
 }
 
 /// `[service.NAME.integrity]`: a check (HTTP or command) and how often it runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct IntegrityCheck {
     pub check: Check,
-    pub interval_secs: u64,
+    #[serde(rename = "interval_secs", serialize_with = "duration::as_secs")]
+    pub interval: Duration,
 }
 
 /// The guard's trigger rules for one service; `None` means the rule is off. Defaults are
@@ -332,12 +344,13 @@ pub const DEFAULT_REQUESTS_PER_FALSE_ALARM: f64 = 1e8;
 /// A 5xx ratio at or above `above` is a failing release: a sequential test on the
 /// per-request stream (docs/guard-statistics.md) decides, with at most one false alarm
 /// per `requests_per_false_alarm` requests of a healthy release (≤ 0.8 × `above`).
-/// `window_secs` is the span of the ratio people read beside it (status, charts) and
-/// the time the runbook gives a sustained failure just over the threshold.
+/// `window` is the span of the ratio people read beside it (status, charts) and the
+/// time the runbook gives a sustained failure just over the threshold.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorRateRule {
     pub above: f64,
-    pub window_secs: u64,
+    #[serde(rename = "window_secs", serialize_with = "duration::as_secs")]
+    pub window: Duration,
     pub requests_per_false_alarm: f64,
 }
 
@@ -345,20 +358,22 @@ impl Default for ErrorRateRule {
     fn default() -> Self {
         ErrorRateRule {
             above: 0.10,
-            window_secs: 120,
+            window: Duration::from_secs(120),
             requests_per_false_alarm: DEFAULT_REQUESTS_PER_FALSE_ALARM,
         }
     }
 }
 
-/// p95 above `factor` × the previous release's healthy p95, and above `floor_ms`: more
+/// p95 above `factor` × the previous release's healthy p95, and above `floor`: more
 /// than 5% of requests slower than that limit, judged by the same sequential test as
 /// the 5xx ratio.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LatencyRule {
     pub factor: f64,
-    pub window_secs: u64,
-    pub floor_ms: u64,
+    #[serde(rename = "window_secs", serialize_with = "duration::as_secs")]
+    pub window: Duration,
+    #[serde(rename = "floor_ms", serialize_with = "duration::as_millis")]
+    pub floor: Duration,
     pub requests_per_false_alarm: f64,
 }
 
@@ -366,18 +381,20 @@ impl Default for LatencyRule {
     fn default() -> Self {
         LatencyRule {
             factor: 5.0,
-            window_secs: 120,
-            floor_ms: 25,
+            window: Duration::from_secs(120),
+            floor: Duration::from_millis(25),
             requests_per_false_alarm: DEFAULT_REQUESTS_PER_FALSE_ALARM,
         }
     }
 }
 
-/// CPU above `above` of one core for `for_secs`: investigate (or roll back at once).
+/// CPU above `above` of one core for `for`: investigate (or roll back at once).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CpuRule {
     pub above: f64,
-    pub for_secs: u64,
+    /// `for`: how long the mean share must stay above.
+    #[serde(rename = "for_secs", serialize_with = "duration::as_secs")]
+    pub for_: Duration,
     /// `action = "investigate"` (the default) or `"rollback"`.
     pub investigate: bool,
 }
@@ -386,7 +403,7 @@ impl Default for CpuRule {
     fn default() -> Self {
         CpuRule {
             above: 0.95,
-            for_secs: 300,
+            for_: Duration::from_secs(300),
             investigate: true,
         }
     }
@@ -396,16 +413,18 @@ impl Default for CpuRule {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthRule {
     pub consecutive_failures: u32,
-    pub interval_secs: u64,
-    pub timeout_secs: u64,
+    #[serde(rename = "interval_secs", serialize_with = "duration::as_secs")]
+    pub interval: Duration,
+    #[serde(rename = "timeout_secs", serialize_with = "duration::as_secs")]
+    pub timeout: Duration,
 }
 
 impl Default for HealthRule {
     fn default() -> Self {
         HealthRule {
             consecutive_failures: 3,
-            interval_secs: 5,
-            timeout_secs: 2,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
         }
     }
 }
@@ -437,7 +456,8 @@ impl ServiceConfig {
 pub struct Check {
     pub name: String,
     pub kind: CheckKind,
-    pub timeout_secs: u64,
+    #[serde(rename = "timeout_secs", serialize_with = "duration::as_secs")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -622,15 +642,15 @@ pub(crate) struct RawService {
     pub(crate) migrations: Option<MigrationsConfig>,
     pub(crate) slots: Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>>,
     pub(crate) health_path: Option<Spanned<String>>,
-    pub(crate) start_timeout_secs: Option<u64>,
-    pub(crate) bake_secs: Option<u64>,
-    pub(crate) stop_timeout_secs: Option<u64>,
+    pub(crate) start_timeout: Option<Duration>,
+    pub(crate) bake: Option<Duration>,
+    pub(crate) stop_timeout: Option<Duration>,
     pub(crate) command: Option<Vec<String>>,
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) verify: Vec<Option<Check>>,
-    pub(crate) verify_deadline_secs: Option<u64>,
+    pub(crate) verify_deadline: Option<Duration>,
     pub(crate) triggers: Option<Triggers>,
-    pub(crate) investigate_secs: Option<u64>,
+    pub(crate) investigate: Option<Duration>,
     pub(crate) memory_limit_mb: Option<u64>,
     pub(crate) webhooks: Vec<String>,
     pub(crate) webhooks_ca_file: Option<PathBuf>,
@@ -665,15 +685,15 @@ impl RawService {
                 .health_path
                 .map(|p| p.value)
                 .unwrap_or_else(|| "/health".to_string()),
-            start_timeout_secs: self.start_timeout_secs.unwrap_or(30),
-            bake_secs: self.bake_secs.unwrap_or(300),
-            stop_timeout_secs: self.stop_timeout_secs.unwrap_or(10),
+            start_timeout: self.start_timeout.unwrap_or(Duration::from_secs(30)),
+            bake: self.bake.unwrap_or(Duration::from_secs(300)),
+            stop_timeout: self.stop_timeout.unwrap_or(Duration::from_secs(10)),
             command: self.command,
             env: self.env,
             verify: self.verify.into_iter().collect::<Option<Vec<_>>>()?,
-            verify_deadline_secs: self.verify_deadline_secs.unwrap_or(30),
+            verify_deadline: self.verify_deadline.unwrap_or(Duration::from_secs(30)),
             triggers: self.triggers?,
-            investigate_secs: self.investigate_secs.unwrap_or(300),
+            investigate: self.investigate.unwrap_or(Duration::from_secs(300)),
             memory_limit_mb: self.memory_limit_mb,
             webhooks: self.webhooks,
             webhooks_ca_file: self.webhooks_ca_file,
@@ -689,15 +709,15 @@ const SERVICE_KEYS: &[&str] = &[
     "listen",
     "slots",
     "health_path",
-    "start_timeout_secs",
-    "bake_secs",
-    "stop_timeout_secs",
+    "start_timeout",
+    "bake",
+    "stop_timeout",
     "command",
     "env",
     "verify",
-    "verify_deadline_secs",
+    "verify_deadline",
     "triggers",
-    "investigate_secs",
+    "investigate",
     "memory_limit_mb",
     "notify",
     "integrity",
@@ -720,11 +740,15 @@ const CHECK_KEYS: &[&str] = &[
     "json_equals",
     "command",
     "exit_code",
-    "timeout_secs",
+    "timeout",
     "ca_file",
 ];
 
-const DAY_SECS: i64 = 86_400;
+const DAY: Duration = Duration::from_secs(86_400);
+const HOUR: Duration = Duration::from_secs(3600);
+const SECOND: Duration = Duration::from_secs(1);
+/// The shortest probe interval and probe or check timeout.
+const MIN_PROBE: Duration = Duration::from_millis(100);
 
 fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
     r.deny_unknown(root, &["service", "watch"]);
@@ -981,14 +1005,11 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             format!("must start with `/`, e.g. \"/{}\"", p.value),
         );
     }
-    let secs = |r: &mut Reader<'_>, key: &str, min: i64| {
-        r.integer(t, key, min, DAY_SECS).map(|v| v.value as u64)
-    };
-    let start_timeout_secs = secs(r, "start_timeout_secs", 1);
-    let bake_secs = secs(r, "bake_secs", 0);
-    let stop_timeout_secs = secs(r, "stop_timeout_secs", 1);
-    let verify_deadline_secs = secs(r, "verify_deadline_secs", 1);
-    let investigate_secs = secs(r, "investigate_secs", 0);
+    let start_timeout = r.duration(t, "start_timeout", SECOND, DAY);
+    let bake = r.duration(t, "bake", Duration::ZERO, DAY);
+    let stop_timeout = r.duration(t, "stop_timeout", SECOND, DAY);
+    let verify_deadline = r.duration(t, "verify_deadline", SECOND, DAY);
+    let investigate = r.duration(t, "investigate", Duration::ZERO, DAY);
     let memory_limit_mb = r
         .integer(t, "memory_limit_mb", 1, 1 << 30)
         .map(|v| v.value as u64);
@@ -1031,14 +1052,11 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let prometheus_ca_file = prometheus.as_ref().and_then(|p| p.ca_file.clone());
     let mut integrity = r.table(t, "integrity").and_then(|it| {
         let mut allowed = CHECK_KEYS.to_vec();
-        allowed.push("interval_secs");
-        let interval_secs = r
-            .integer(&it, "interval_secs", 1, DAY_SECS)
-            .map_or(30, |v| v.value as u64);
-        read_check_allowing(r, &it, &allowed).map(|check| IntegrityCheck {
-            check,
-            interval_secs,
-        })
+        allowed.push("interval");
+        let interval = r
+            .duration(&it, "interval", SECOND, DAY)
+            .unwrap_or(Duration::from_secs(30));
+        read_check_allowing(r, &it, &allowed).map(|check| IntegrityCheck { check, interval })
     });
     let mut webhooks = Vec::new();
     let mut webhooks_ca_file = None;
@@ -1107,15 +1125,15 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         migrations,
         slots,
         health_path,
-        start_timeout_secs,
-        bake_secs,
-        stop_timeout_secs,
+        start_timeout,
+        bake,
+        stop_timeout,
         command,
         env,
         verify,
-        verify_deadline_secs,
+        verify_deadline,
         triggers,
-        investigate_secs,
+        investigate,
         memory_limit_mb,
         webhooks,
         webhooks_ca_file,
@@ -1336,14 +1354,7 @@ fn read_metric_rule(r: &mut Reader<'_>, t: &Table<'_>) -> Option<MetricRule> {
     let before = r.errors.len();
     r.deny_unknown(
         t,
-        &[
-            "name",
-            "query",
-            "above",
-            "below",
-            "consecutive",
-            "interval_secs",
-        ],
+        &["name", "query", "above", "below", "consecutive", "interval"],
     );
     let query = r.string(t, "query");
     let above = r.float(t, "above", f64::MIN, f64::MAX);
@@ -1351,9 +1362,9 @@ fn read_metric_rule(r: &mut Reader<'_>, t: &Table<'_>) -> Option<MetricRule> {
     let consecutive = r
         .integer(t, "consecutive", 1, 1000)
         .map_or(2, |v| v.value as u32);
-    let interval_secs = r
-        .integer(t, "interval_secs", 1, 3600)
-        .map_or(10, |v| v.value as u64);
+    let interval = r
+        .duration(t, "interval", SECOND, HOUR)
+        .unwrap_or(Duration::from_secs(10));
     let name = r.string(t, "name").map(|n| n.value);
     let Some(query) = query else {
         r.error(
@@ -1377,7 +1388,7 @@ fn read_metric_rule(r: &mut Reader<'_>, t: &Table<'_>) -> Option<MetricRule> {
         above,
         below,
         consecutive,
-        interval_secs,
+        interval,
     })
 }
 
@@ -1409,15 +1420,13 @@ fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
     let enabled = |r: &mut Reader<'_>, rt: &Table<'_>| r.boolean(rt, "enabled").unwrap_or(true);
     if let Some(rt) = r.table(&tt, "error_rate") {
         r.removed(&rt, "min_samples", MIN_SAMPLES_GONE);
-        r.deny_unknown(&rt, &["enabled", "above", "window_secs", "false_alarm"]);
+        r.deny_unknown(&rt, &["enabled", "above", "window", "false_alarm"]);
         let d = ErrorRateRule::default();
         let rule = ErrorRateRule {
             // Strictly inside (0, 1): the healthy zone is 0.8 × `above`, and a test of
             // "above 100%" could never fire.
             above: r.float(&rt, "above", 0.001, 0.99).unwrap_or(d.above),
-            window_secs: r
-                .integer(&rt, "window_secs", 1, DAY_SECS)
-                .map_or(d.window_secs, |v| v.value as u64),
+            window: r.duration(&rt, "window", SECOND, DAY).unwrap_or(d.window),
             requests_per_false_alarm: r
                 .false_alarm(&rt, "false_alarm")
                 .unwrap_or(d.requests_per_false_alarm),
@@ -1429,23 +1438,15 @@ fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
         r.removed(&rt, "min_samples", MIN_SAMPLES_GONE);
         r.deny_unknown(
             &rt,
-            &[
-                "enabled",
-                "factor",
-                "window_secs",
-                "floor_ms",
-                "false_alarm",
-            ],
+            &["enabled", "factor", "window", "floor", "false_alarm"],
         );
         let d = LatencyRule::default();
         let rule = LatencyRule {
             factor: r.float(&rt, "factor", 1.0, 1000.0).unwrap_or(d.factor),
-            window_secs: r
-                .integer(&rt, "window_secs", 1, DAY_SECS)
-                .map_or(d.window_secs, |v| v.value as u64),
-            floor_ms: r
-                .integer(&rt, "floor_ms", 0, 3_600_000)
-                .map_or(d.floor_ms, |v| v.value as u64),
+            window: r.duration(&rt, "window", SECOND, DAY).unwrap_or(d.window),
+            floor: r
+                .duration(&rt, "floor", Duration::ZERO, HOUR)
+                .unwrap_or(d.floor),
             requests_per_false_alarm: r
                 .false_alarm(&rt, "false_alarm")
                 .unwrap_or(d.requests_per_false_alarm),
@@ -1459,7 +1460,7 @@ fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
         out.crash = b;
     }
     if let Some(rt) = r.table(&tt, "cpu") {
-        r.deny_unknown(&rt, &["enabled", "above", "for_secs", "action"]);
+        r.deny_unknown(&rt, &["enabled", "above", "for", "action"]);
         let d = CpuRule::default();
         let investigate = match r.string(&rt, "action") {
             None => true,
@@ -1479,9 +1480,7 @@ fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
         };
         let rule = CpuRule {
             above: r.float(&rt, "above", 0.0, 1024.0).unwrap_or(d.above),
-            for_secs: r
-                .integer(&rt, "for_secs", 1, DAY_SECS)
-                .map_or(d.for_secs, |v| v.value as u64),
+            for_: r.duration(&rt, "for", SECOND, DAY).unwrap_or(d.for_),
             investigate,
         };
         out.cpu = enabled(r, &rt).then_some(rule);
@@ -1489,24 +1488,19 @@ fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
     if let Some(rt) = r.table(&tt, "health") {
         r.deny_unknown(
             &rt,
-            &[
-                "enabled",
-                "consecutive_failures",
-                "interval_secs",
-                "timeout_secs",
-            ],
+            &["enabled", "consecutive_failures", "interval", "timeout"],
         );
         let d = HealthRule::default();
         let rule = HealthRule {
             consecutive_failures: r
                 .integer(&rt, "consecutive_failures", 1, 1000)
                 .map_or(d.consecutive_failures, |v| v.value as u32),
-            interval_secs: r
-                .integer(&rt, "interval_secs", 1, 3600)
-                .map_or(d.interval_secs, |v| v.value as u64),
-            timeout_secs: r
-                .integer(&rt, "timeout_secs", 1, 3600)
-                .map_or(d.timeout_secs, |v| v.value as u64),
+            interval: r
+                .duration(&rt, "interval", MIN_PROBE, HOUR)
+                .unwrap_or(d.interval),
+            timeout: r
+                .duration(&rt, "timeout", MIN_PROBE, HOUR)
+                .unwrap_or(d.timeout),
         };
         out.health = enabled(r, &rt).then_some(rule);
     }
@@ -1586,10 +1580,9 @@ fn read_check_allowing(r: &mut Reader<'_>, t: &Table<'_>, allowed: &[&str]) -> O
         .integer(t, "exit_code", 0, 255)
         .map(|s| s.value as i32)
         .unwrap_or(0);
-    let timeout_secs = r
-        .integer(t, "timeout_secs", 1, 3600)
-        .map(|s| s.value as u64)
-        .unwrap_or(5);
+    let timeout = r
+        .duration(t, "timeout", MIN_PROBE, HOUR)
+        .unwrap_or(Duration::from_secs(5));
     let name = r.string(t, "name").map(|s| s.value);
     if json_field.is_some() != json_equals.is_some() {
         r.error(
@@ -1682,7 +1675,7 @@ fn read_check_allowing(r: &mut Reader<'_>, t: &Table<'_>, allowed: &[&str]) -> O
     Some(Check {
         name,
         kind,
-        timeout_secs,
+        timeout,
     })
 }
 

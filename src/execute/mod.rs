@@ -259,12 +259,10 @@ impl ServiceExec {
                 self.name()
             )));
         };
-        let ttl = Duration::from_secs(
-            self.cfg.start_timeout_secs
-                + self.cfg.verify_deadline_secs
-                + 2 * self.cfg.stop_timeout_secs
-                + 60,
-        );
+        let ttl = self.cfg.start_timeout
+            + self.cfg.verify_deadline
+            + 2 * self.cfg.stop_timeout
+            + Duration::from_secs(60);
         let lease = self.ledger().acquire_lease(self.name(), &holder, ttl)?;
         let result = f().await;
         if let Err(e) = self.ledger().release_lease(&lease) {
@@ -516,7 +514,7 @@ impl ServiceExec {
         );
         // The previous release stays warm for the bake period: a rollback is a switch.
         if let Some(old) = &old {
-            self.keep_warm(old.slot, Duration::from_secs(self.cfg.bake_secs))?;
+            self.keep_warm(old.slot, self.cfg.bake)?;
         }
         let report = self.verify_serving(op, release, progress).await?;
         if !report.ok {
@@ -925,12 +923,8 @@ impl ServiceExec {
         self.router.settle().await;
         self.ledger()
             .step(op, "verifying", format!("verifying {}", release.version))?;
-        let report = verify::run(
-            &self.cfg.verify,
-            Duration::from_secs(self.cfg.verify_deadline_secs),
-            &release.version,
-        )
-        .await;
+        let report =
+            verify::run(&self.cfg.verify, self.cfg.verify_deadline, &release.version).await;
         say(
             progress,
             format!("verification:\n{}", report.render().trim_end()),
@@ -1003,7 +997,7 @@ impl ServiceExec {
             "health_wait",
             format!(
                 "waiting up to {}s for {} to answer {}",
-                self.cfg.start_timeout_secs,
+                crate::config::duration::secs_text(self.cfg.start_timeout),
                 release.version,
                 self.cfg.health_url(slot)
             ),
@@ -1012,7 +1006,7 @@ impl ServiceExec {
             progress,
             format!("waiting for {} to become healthy", release.version),
         );
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let deadline = Instant::now() + self.cfg.start_timeout;
         let t0 = Instant::now();
         match self.wait_healthy(slot, Some(&proc), None, deadline).await {
             Ok(()) => {
@@ -1063,7 +1057,7 @@ impl ServiceExec {
             "health_wait",
             format!(
                 "waiting up to {}s for {} in slot {slot} (run by someone else) to answer {}",
-                self.cfg.start_timeout_secs,
+                crate::config::duration::secs_text(self.cfg.start_timeout),
                 release.version,
                 self.cfg.health_url(slot)
             ),
@@ -1075,7 +1069,7 @@ impl ServiceExec {
                 release.version
             ),
         );
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let deadline = Instant::now() + self.cfg.start_timeout;
         self.wait_healthy(slot, None, None, deadline)
             .await
             .map_err(|why| {
@@ -1145,7 +1139,7 @@ impl ServiceExec {
                 Err(last) if Instant::now() >= deadline => {
                     return Err(format!(
                         "not healthy after {}s; last probe: {last}",
-                        self.cfg.start_timeout_secs
+                        crate::config::duration::secs_text(self.cfg.start_timeout)
                     ));
                 }
                 Err(_) => {}
@@ -1238,10 +1232,7 @@ impl ServiceExec {
             return;
         };
         let outcome = match (&sp.proc, &sp.container) {
-            (Some(proc), _) => {
-                proc.stop(Duration::from_secs(self.cfg.stop_timeout_secs))
-                    .await
-            }
+            (Some(proc), _) => proc.stop(self.cfg.stop_timeout).await,
             (None, Some(c)) => self.stop_container(c).await,
             // Someone else runs it: ripcord only stops routing to it.
             (None, None) => process::StopOutcome::NotOurs,
