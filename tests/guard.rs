@@ -214,7 +214,7 @@ fn an_interrupted_demo_removes_its_temporary_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(BIN)
-        .args(["demo", "--scenario", "healthy", "--duration-secs", "120"])
+        .args(["demo", "--scenario", "healthy", "--duration", "2m"])
         .env("TMPDIR", tmp.path())
         .current_dir(cwd.path())
         .stdout(std::process::Stdio::piped())

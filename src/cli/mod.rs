@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::config::duration::parse as parse_duration;
 use crate::config::{self, Config, LoadError};
 use crate::ledger::Ledger;
 use crate::watch::control::{self, Request};
@@ -57,9 +58,9 @@ pub enum Command {
         /// The fault the bad release carries
         #[arg(long, value_enum, default_value = "errors")]
         scenario: demo::Scenario,
-        /// How long the `healthy` and `edge` scenarios run, in seconds
-        #[arg(long, value_name = "SECS", default_value_t = 60)]
-        duration_secs: u64,
+        /// How long the `healthy` and `edge` scenarios run (`90s`, `2m`, or whole seconds)
+        #[arg(long, alias = "duration-secs", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
         /// Requests a second the demo's load generator sends through the proxy
         #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=2000))]
         rate: u64,
@@ -292,19 +293,6 @@ pub mod exit {
     pub const ROLLED_BACK: i32 = 5;
     /// `deploy --wait`: no verdict in time; the release still serves, not yet cleared.
     pub const WAIT_TIMED_OUT: i32 = 6;
-}
-
-/// `90s`, `2m`, `500ms` (humantime) or whole seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s
-            .parse()
-            .map(Duration::from_secs)
-            .map_err(|e| format!("{s}: {e}"));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 90s, 2m or 500ms ({e})"))
 }
 
 /// A command's failure: what to print and the exit code.
@@ -624,9 +612,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Watch => watch(cli.config.as_deref(), &state_dir).await,
         Command::Demo {
             scenario,
-            duration_secs,
+            duration,
             rate,
-        } => demo::run(scenario, duration_secs, rate, json).await,
+        } => demo::run(scenario, duration, rate, json).await,
         Command::DemoApp(_) | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the runtime starts")
         }
@@ -1003,22 +991,6 @@ mod tests {
             .clone();
         let help = deploy.bin_name("ripcord deploy").render_long_help();
         insta::assert_snapshot!("deploy_help", help.to_string());
-    }
-
-    #[test]
-    fn durations_are_humantime_or_whole_seconds() {
-        let check = |input: &str, expected: Option<Duration>| {
-            assert_eq!(parse_duration(input).ok(), expected, "{input}");
-        };
-        check("90", Some(Duration::from_secs(90)));
-        check("90s", Some(Duration::from_secs(90)));
-        check("2m", Some(Duration::from_secs(120)));
-        check("500ms", Some(Duration::from_millis(500)));
-        check("1m 30s", Some(Duration::from_secs(90)));
-        check("", None);
-        check("soon", None);
-        check("-5", None);
-        check("1.5", None);
     }
 
     #[test]
