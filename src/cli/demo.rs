@@ -174,16 +174,16 @@ router = "proxy"
 listen = "127.0.0.1:{listen}"
 slots = {{ blue = {blue}, green = {green} }}
 health_path = "/health"
-bake_secs = 300
+bake = "5m"
 memory_limit_mb = 64
-investigate_secs = 5
+investigate = "5s"
 command = [{exe:?}, "demo-app", "--port", "{{port}}", "--version", "{{version}}"]
 
 [service.web.triggers]
-error_rate = {{ above = 0.10, window_secs = 30 }}
-latency_p95 = {{ factor = 5.0, window_secs = 30 }}
-cpu = {{ above = 0.60, for_secs = 3, action = "investigate" }}
-health = {{ consecutive_failures = 3, interval_secs = 1, timeout_secs = 1 }}
+error_rate = {{ above = 0.10, window = "30s" }}
+latency_p95 = {{ factor = 5.0, window = "30s" }}
+cpu = {{ above = 0.60, for = "3s", action = "investigate" }}
+health = {{ consecutive_failures = 3, interval = "1s", timeout = "1s" }}
 
 [[service.web.verify]]
 http = "http://127.0.0.1:{listen}/health"
