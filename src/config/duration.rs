@@ -70,6 +70,13 @@ pub(crate) const KEYS: &[Key] = &[
     key("floor", "floor_ms", Whole::Millis),
 ];
 
+/// Bounds the config's durations are checked against.
+pub(crate) const SECOND: Duration = Duration::from_secs(1);
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const DAY: Duration = Duration::from_secs(86_400);
+/// The shortest probe interval and probe or check timeout.
+pub(crate) const MIN_PROBE: Duration = Duration::from_millis(100);
+
 /// The duration key `name` (one of [`KEYS`]).
 pub(crate) fn key_named(name: &str) -> Key {
     KEYS.iter()

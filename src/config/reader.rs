@@ -5,6 +5,7 @@
 //! This module only reads; it never decides whether a combination of values makes
 //! sense (that is stage two, in `validate.rs`).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -407,6 +408,25 @@ impl<'a> Reader<'a> {
             format!("expected {want}, found {}", type_name(item)),
         );
     }
+}
+
+/// Parses `host:port` where host is an IP address or `localhost`.
+pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(format!("\"{s}\" has port 0; give a fixed port"));
+        }
+        return Ok(a);
+    }
+    if let Some(port) = s.strip_prefix("localhost:")
+        && let Ok(p) = port.parse::<u16>()
+        && p > 0
+    {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
+    }
+    Err(format!(
+        "\"{s}\" is not an address: expected \"host:port\" with an IP address, e.g. \"127.0.0.1:8080\""
+    ))
 }
 
 /// A value with the byte range it came from, so stage two can point at its line.
