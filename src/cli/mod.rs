@@ -123,7 +123,7 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
         /// How often --watch redraws (`2s`, `500ms`, or whole seconds)
-        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, requires = "watch")]
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval, requires = "watch")]
         interval: Duration,
     },
     /// Every release of SERVICE, newest first
@@ -293,6 +293,15 @@ pub mod exit {
     pub const ROLLED_BACK: i32 = 5;
     /// `deploy --wait`: no verdict in time; the release still serves, not yet cleared.
     pub const WAIT_TIMED_OUT: i32 = 6;
+}
+
+/// `status --interval`: a duration of at least 100ms (a redraw loop, never a busy one).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("\"{s}\" is too short: at least 100ms"));
+    }
+    Ok(d)
 }
 
 /// A command's failure: what to print and the exit code.
@@ -991,6 +1000,21 @@ mod tests {
             .clone();
         let help = deploy.bin_name("ripcord deploy").render_long_help();
         insta::assert_snapshot!("deploy_help", help.to_string());
+    }
+
+    #[test]
+    fn a_status_interval_is_a_duration_of_at_least_100ms() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(
+            parse_interval("0").unwrap_err(),
+            "\"0\" is too short: at least 100ms"
+        );
+        assert!(
+            parse_interval("soon")
+                .unwrap_err()
+                .contains("is not a duration")
+        );
     }
 
     #[test]
