@@ -2,13 +2,13 @@
 //! (humantime, `1m 30s` too) or a whole number of seconds.
 //!
 //! The config's duration keys lost their unit suffix when they learnt units:
-//! `bake = "5m"` was `bake_secs = 300`. [`KEYS`] pairs each with its old name, which is
+//! `bake = "5m"` was `bake_secs = 300`. `KEYS` pairs each with its old name, which is
 //! still read (a bare number keeps the old name's unit: `floor_ms = 25` and `floor = 25`
 //! are both 25 ms).
 //!
 //! The JSON a config is serialized to (the snapshot the ledger keeps with a release,
-//! which `releases --json` prints) keeps the old names and numbers: [`as_secs`],
-//! [`as_millis`].
+//! which `releases --json` prints) keeps the old names and numbers: `as_secs`,
+//! `as_millis`.
 
 use std::time::Duration;
 
