@@ -6,7 +6,7 @@
 //! `--crash --after-secs 3` (it exits with code 70 three seconds after it starts). Both
 //! take their listen address from `DEMO_LISTEN`, so one pair of images serves all cases:
 //!
-//! 1. ripcord, container blue-green (runtime `docker`, router `proxy`, `bake_secs = 300`
+//! 1. ripcord, container blue-green (runtime `docker`, router `proxy`, `bake = "5m"`
 //!    so v1's container stays warm): `ripcord watch`, deploy v1, deploy v2, the guard sees
 //!    v2's container die and rolls back. Containers listen on 0.0.0.0:8080 on the bridge
 //!    network, published on 127.0.0.1 only.
@@ -286,7 +286,7 @@ impl Project {
                     "router = \"proxy\"\nlisten = \"127.0.0.1:{entry}\"\nslots = {{ blue = {blue}, green = {green} }}"
                 ),
                 String::new(),
-                "bake_secs = 300",
+                "bake = \"5m\"",
             )
         } else {
             (
@@ -299,8 +299,8 @@ impl Project {
             r#"[service.{svc}]
 runtime = "docker"
 {routing}
-start_timeout_secs = 20
-stop_timeout_secs = 5
+start_timeout = "20s"
+stop_timeout = "5s"
 health_path = "/health"
 {extra}
 
@@ -311,8 +311,8 @@ container_port = 8080
 {publish}
 
 [service.{svc}.triggers]
-error_rate = {{ above = 0.10, window_secs = 30 }}
-health = {{ consecutive_failures = 3, interval_secs = 1, timeout_secs = 1 }}
+error_rate = {{ above = 0.10, window = "30s" }}
+health = {{ consecutive_failures = 3, interval = "1s", timeout = "1s" }}
 
 [[service.{svc}.verify]]
 name = "the API answers with the expected version"

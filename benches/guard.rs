@@ -98,7 +98,7 @@ fn main() {
     let healthy = demo(&[
         "--scenario",
         "healthy",
-        "--duration-secs",
+        "--duration",
         &healthy_secs.to_string(),
     ]);
 

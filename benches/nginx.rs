@@ -259,7 +259,7 @@ router = "nginx"
 slots = {{ blue = {blue}, green = {green} }}
 command = [{BIN:?}, "demo-app", "--port", "{{port}}", "--version", "{{version}}"]
 [service.web.triggers]
-error_rate = {{ above = 0.10, window_secs = 30 }}
+error_rate = {{ above = 0.10, window = "30s" }}
 [service.web.nginx]
 site = {site:?}
 upstream = "app"

@@ -35,7 +35,7 @@ fn config_check_reports_every_problem_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("ripcord.toml"),
-        "[service.web]\nlisten = \"127.0.0.1:8080\"\nslots = { blue = 8080, green = 8082 }\nbake = 3\n\n[service.api]\nslots = { blue = 9001, green = \"x\" }\n",
+        "[service.web]\nlisten = \"127.0.0.1:8080\"\nslots = { blue = 8080, green = 8082 }\nbake_sec = 3\n\n[service.api]\nslots = { blue = 9001, green = \"x\" }\n",
     )
     .unwrap();
     // ./ripcord.toml is the default.
@@ -47,7 +47,7 @@ fn config_check_reports_every_problem_and_exits_2() {
     let stdout = text(&out.stdout);
     let expected = [
         "✗ ripcord.toml:3: service.web.slots.blue: port 8080 is already used by `service.web.listen`",
-        "✗ ripcord.toml:4: service.web.bake: unknown key (did you mean `bake_secs`?)",
+        "✗ ripcord.toml:4: service.web.bake_sec: unknown key (did you mean `bake`?)",
         "✗ ripcord.toml:6: service.api.listen: missing: router \"proxy\" needs the address",
         "✗ ripcord.toml:7: service.api.slots.green: \"x\" is not an address",
         "4 problems in ripcord.toml",
@@ -66,7 +66,7 @@ fn config_check_reports_every_problem_and_exits_2() {
     let errors = v["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 4);
     assert_eq!(errors[1]["line"], 4);
-    assert_eq!(errors[1]["key"], "service.web.bake");
+    assert_eq!(errors[1]["key"], "service.web.bake_sec");
     assert!(
         errors[1]["message"]
             .as_str()
@@ -154,7 +154,7 @@ command = ["true"]
 
 [[service.web.verify]]
 http = "http://127.0.0.1:{dead}/health"
-timeout_secs = 2
+timeout = "2s"
 "#,
             free_port(),
             free_port(),

@@ -214,7 +214,7 @@ fn an_interrupted_demo_removes_its_temporary_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(BIN)
-        .args(["demo", "--scenario", "healthy", "--duration-secs", "120"])
+        .args(["demo", "--scenario", "healthy", "--duration", "2m"])
         .env("TMPDIR", tmp.path())
         .current_dir(cwd.path())
         .stdout(std::process::Stdio::piped())
@@ -519,7 +519,7 @@ fn freeze_blocks_deploy_and_rollback_until_unfrozen() {
 
 #[test]
 fn an_acknowledged_investigation_is_not_rolled_back() {
-    let extra = "investigate_secs = 3\n[service.web.triggers]\ncpu = { above = 0.5, for_secs = 2 }";
+    let extra = "investigate = \"3s\"\n[service.web.triggers]\ncpu = { above = 0.5, for = \"2s\" }";
     let mut p = Project::new(extra, "");
     p.start_watcher();
     assert_ok(&p.deploy("v1", &[]), "deploy v1");

@@ -15,7 +15,8 @@ use common::*;
 /// tests beside this one, a loaded proxy's ordinary requests can take 25 ms now and
 /// then, which would make the slow share the machine's rather than the release's. The
 /// injected slow requests take 250 ms, far over either limit.
-const TRIGGERS: &str = "\n[service.web.triggers]\nlatency_p95 = { factor = 5.0, floor_ms = 60 }\n";
+const TRIGGERS: &str =
+    "\n[service.web.triggers]\nlatency_p95 = { factor = 5.0, floor = \"60ms\" }\n";
 
 /// Starts the watcher, deploys a clean v1, sends `rate` req/s through the proxy for a
 /// few seconds (v1's p95 becomes the baseline), then deploys v2 with `v2` (faults that

@@ -48,9 +48,7 @@ pub(super) fn github(
         .iter()
         .map(|(name, s)| ServiceFacts {
             name: name.clone(),
-            deploy_secs: s.start_timeout_secs
-                + s.verify_deadline_secs
-                + s.bake_secs
+            deploy_secs: (s.start_timeout + s.verify_deadline + s.bake).as_secs()
                 + WAIT_MARGIN_SECS,
         })
         .collect();

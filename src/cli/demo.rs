@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::CliError;
 use crate::clock::now_ms;
-use crate::config::Config;
+use crate::config::{Config, duration};
 use crate::http::HttpClient;
 use crate::ledger::Ledger;
 use crate::watch::control::{self, Request};
@@ -43,10 +43,10 @@ pub enum Scenario {
     /// a sudden 100% failure of the API a second after it starts
     Outage,
     /// nothing is wrong: 1% background errors and latency jitter, which must never
-    /// cause a rollback (runs for --duration-secs)
+    /// cause a rollback (runs for --duration)
     Healthy,
     /// a near miss: 7% of API requests fail at random, under the 10% line, which must
-    /// not cause a rollback either (runs for --duration-secs)
+    /// not cause a rollback either (runs for --duration)
     Edge,
 }
 
@@ -81,7 +81,7 @@ impl Scenario {
         }
     }
 
-    /// Whether v2 must stay: the run lasts --duration-secs and any incident is a false
+    /// Whether v2 must stay: the run lasts --duration and any incident is a false
     /// rollback.
     fn stays(self) -> bool {
         matches!(self, Scenario::Healthy | Scenario::Edge)
@@ -117,7 +117,7 @@ struct LoadStats {
 
 pub(super) async fn run(
     scenario: Scenario,
-    duration_secs: u64,
+    duration: Duration,
     rate: u64,
     json: bool,
 ) -> Result<i32, CliError> {
@@ -127,7 +127,7 @@ pub(super) async fn run(
     std::fs::create_dir_all(&dir)?;
     let plan = Plan {
         scenario,
-        duration_secs,
+        duration,
         rate,
     };
     let result = run_in(&dir, &report_dir, plan, json, started).await;
@@ -174,16 +174,16 @@ router = "proxy"
 listen = "127.0.0.1:{listen}"
 slots = {{ blue = {blue}, green = {green} }}
 health_path = "/health"
-bake_secs = 300
+bake = "5m"
 memory_limit_mb = 64
-investigate_secs = 5
+investigate = "5s"
 command = [{exe:?}, "demo-app", "--port", "{{port}}", "--version", "{{version}}"]
 
 [service.web.triggers]
-error_rate = {{ above = 0.10, window_secs = 30 }}
-latency_p95 = {{ factor = 5.0, window_secs = 30 }}
-cpu = {{ above = 0.60, for_secs = 3, action = "investigate" }}
-health = {{ consecutive_failures = 3, interval_secs = 1, timeout_secs = 1 }}
+error_rate = {{ above = 0.10, window = "30s" }}
+latency_p95 = {{ factor = 5.0, window = "30s" }}
+cpu = {{ above = 0.60, for = "3s", action = "investigate" }}
+health = {{ consecutive_failures = 3, interval = "1s", timeout = "1s" }}
 
 [[service.web.verify]]
 http = "http://127.0.0.1:{listen}/health"
@@ -265,7 +265,7 @@ fn scenario_name(s: Scenario) -> String {
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     scenario: Scenario,
-    duration_secs: u64,
+    duration: Duration,
     rate: u64,
 }
 
@@ -279,7 +279,7 @@ async fn drive(
 ) -> Result<i32, CliError> {
     let Plan {
         scenario,
-        duration_secs,
+        duration,
         rate,
     } = plan;
     // In the healthy run both releases carry the same background noise: v1's baseline
@@ -304,7 +304,7 @@ async fn drive(
     let stats = Arc::new(LoadStats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let run_for = if scenario.stays() {
-        Duration::from_secs(duration_secs)
+        duration
     } else {
         GUARD_DEADLINE
     };
@@ -389,7 +389,7 @@ async fn drive(
             scenario,
             incident.is_some(),
             &stats,
-            duration_secs,
+            duration,
             json,
             started,
         );
@@ -511,7 +511,7 @@ fn healthy_summary(
     scenario: Scenario,
     any: bool,
     stats: &LoadStats,
-    duration_secs: u64,
+    duration: Duration,
     json: bool,
     started: Instant,
 ) -> Result<i32, CliError> {
@@ -522,7 +522,7 @@ fn healthy_summary(
         .count();
     let summary = json!({
         "scenario": scenario_name(scenario),
-        "duration_secs": duration_secs,
+        "duration_secs": duration::secs_json(duration),
         "incidents": incidents.len(),
         "false_rollbacks": false_rollbacks,
         "rolled_back": false_rollbacks > 0,
@@ -535,9 +535,10 @@ fn healthy_summary(
     } else {
         println!(
             "
-{} {} run of {duration_secs} s: {} incidents, {false_rollbacks} false rollbacks; {} of {} requests failed ({})",
+{} {} run of {} s: {} incidents, {false_rollbacks} false rollbacks; {} of {} requests failed ({})",
             if any { "✗" } else { "✓" },
             scenario_name(scenario),
+            duration::secs_text(duration),
             incidents.len(),
             stats.failed.load(Ordering::Relaxed),
             stats.sent.load(Ordering::Relaxed),

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::config::duration::parse as parse_duration;
 use crate::config::{self, Config, LoadError};
 use crate::ledger::Ledger;
 use crate::watch::control::{self, Request};
@@ -58,9 +59,9 @@ pub enum Command {
         /// The fault the bad release carries
         #[arg(long, value_enum, default_value = "errors")]
         scenario: demo::Scenario,
-        /// How long the `healthy` and `edge` scenarios run, in seconds
-        #[arg(long, value_name = "SECS", default_value_t = 60)]
-        duration_secs: u64,
+        /// How long the `healthy` and `edge` scenarios run (`90s`, `2m`, or whole seconds)
+        #[arg(long, alias = "duration-secs", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
         /// Requests a second the demo's load generator sends through the proxy
         #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=2000))]
         rate: u64,
@@ -123,7 +124,7 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
         /// How often --watch redraws (`2s`, `500ms`, or whole seconds)
-        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration, requires = "watch")]
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval, requires = "watch")]
         interval: Duration,
     },
     /// Every release of SERVICE, newest first
@@ -337,17 +338,13 @@ pub mod exit {
     pub const WAIT_TIMED_OUT: i32 = 6;
 }
 
-/// `90s`, `2m`, `500ms` (humantime) or whole seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s
-            .parse()
-            .map(Duration::from_secs)
-            .map_err(|e| format!("{s}: {e}"));
+/// `status --interval`: a duration of at least 100ms (a redraw loop, never a busy one).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("\"{s}\" is too short: at least 100ms"));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 90s, 2m or 500ms ({e})"))
+    Ok(d)
 }
 
 /// A command's failure: what to print and the exit code.
@@ -692,9 +689,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Watch => watch(cli.config.as_deref(), &state_dir).await,
         Command::Demo {
             scenario,
-            duration_secs,
+            duration,
             rate,
-        } => demo::run(scenario, duration_secs, rate, json).await,
+        } => demo::run(scenario, duration, rate, json).await,
         Command::DemoApp(_) | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the runtime starts")
         }
@@ -911,12 +908,7 @@ async fn verify(
         .and_then(|l| l.active_release(service).ok().flatten())
         .map(|r| r.version)
         .unwrap_or_default();
-    let report = crate::verify::run(
-        &svc.verify,
-        Duration::from_secs(svc.verify_deadline_secs),
-        &version,
-    )
-    .await;
+    let report = crate::verify::run(&svc.verify, svc.verify_deadline, &version).await;
     if json {
         output::print_json(&report);
     } else {
@@ -1079,19 +1071,18 @@ mod tests {
     }
 
     #[test]
-    fn durations_are_humantime_or_whole_seconds() {
-        let check = |input: &str, expected: Option<Duration>| {
-            assert_eq!(parse_duration(input).ok(), expected, "{input}");
-        };
-        check("90", Some(Duration::from_secs(90)));
-        check("90s", Some(Duration::from_secs(90)));
-        check("2m", Some(Duration::from_secs(120)));
-        check("500ms", Some(Duration::from_millis(500)));
-        check("1m 30s", Some(Duration::from_secs(90)));
-        check("", None);
-        check("soon", None);
-        check("-5", None);
-        check("1.5", None);
+    fn a_status_interval_is_a_duration_of_at_least_100ms() {
+        assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(
+            parse_interval("0").unwrap_err(),
+            "\"0\" is too short: at least 100ms"
+        );
+        assert!(
+            parse_interval("soon")
+                .unwrap_err()
+                .contains("is not a duration")
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// bake a while past it for want of evidence.
 const MARGIN: Duration = Duration::from_secs(60);
 /// The bake period when the release's config snapshot does not say (the config default).
-const DEFAULT_BAKE_SECS: u64 = 300;
+const DEFAULT_BAKE: Duration = Duration::from_secs(300);
 
 /// How the wait ended.
 #[derive(Debug, PartialEq)]
@@ -172,10 +172,12 @@ async fn wait_for_verdict(
     let previous = result["from"]["release"].as_i64();
     let ledger = super::open_ledger(state_dir)?;
     let release = ledger.release(id)?;
-    let bake_secs = release.config_snapshot["bake_secs"]
-        .as_u64()
-        .unwrap_or(DEFAULT_BAKE_SECS);
-    let limit = limit.unwrap_or(Duration::from_secs(bake_secs) + MARGIN);
+    // The snapshot keeps `bake` in seconds, a fraction when it is not whole.
+    let bake = release.config_snapshot["bake_secs"]
+        .as_f64()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(DEFAULT_BAKE);
+    let limit = limit.unwrap_or(bake + MARGIN);
     let deadline = Instant::now() + limit;
     // The previous release is kept warm unless the router has one address (router
     // `none`, swarm): then no `bake_ended` comes, and the guard's live evidence decides.

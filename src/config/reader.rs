@@ -5,12 +5,15 @@
 //! This module only reads; it never decides whether a combination of values makes
 //! sense (that is stage two, in `validate.rs`).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml_edit::{Item, TableLike, Value};
 
 use super::ConfigError;
+use super::duration;
 
 /// Collects errors while the document is read.
 pub(crate) struct Reader<'a> {
@@ -58,10 +61,15 @@ impl<'a> Reader<'a> {
         });
     }
 
-    /// Reports keys of `table` that are not in `allowed`.
+    /// Reports keys of `table` that are not in `allowed`. The old name of an allowed
+    /// duration key (`bake_secs` for `bake`) is allowed too, but never suggested.
     pub(crate) fn deny_unknown(&mut self, table: &Table<'_>, allowed: &[&str]) {
         for (key, _) in table.inner.iter() {
-            if !allowed.contains(&key) && !self.removed.contains(&join(&table.path, key)) {
+            let old_name = duration::renamed(key).is_some_and(|new| allowed.contains(&new));
+            if !allowed.contains(&key)
+                && !old_name
+                && !self.removed.contains(&join(&table.path, key))
+            {
                 let span = key_span(table, key);
                 let hint = closest(key, allowed)
                     .map(|c| format!(" (did you mean `{c}`?)"))
@@ -130,6 +138,66 @@ impl<'a> Reader<'a> {
             }
             None => {
                 self.wrong_type(table, key, item, "an integer");
+                None
+            }
+        }
+    }
+
+    /// A duration key (one of `duration::KEYS`) within `min..=max`: `key = "90s"` (units)
+    /// or a whole number (seconds; milliseconds for `floor`), also under its old name
+    /// (`bake_secs` for `bake`). Both names at once is an error that names both.
+    pub(crate) fn duration(
+        &mut self,
+        table: &Table<'_>,
+        key: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let k = duration::key_named(key);
+        let (name, item) = match (table.inner.get(key), table.inner.get(k.old)) {
+            (None, None) => return None,
+            (Some(item), None) => (k.name, item),
+            (None, Some(item)) => (k.old, item),
+            (Some(_), Some(_)) => {
+                self.error(
+                    key_span(table, k.old),
+                    &join(&table.path, k.old),
+                    format!(
+                        "both `{}` and `{}` are given, and `{}` is the old name of `{}`: keep one",
+                        k.name, k.old, k.old, k.name
+                    ),
+                );
+                return None;
+            }
+        };
+        let span = item_span(table, name, item);
+        let path = join(&table.path, name);
+        let (value, shown) = if let Some(n) = item.as_integer() {
+            (u64::try_from(n).ok().map(|n| k.whole.of(n)), n.to_string())
+        } else if let Some(s) = item.as_str() {
+            match duration::parse_as(s, k.whole) {
+                Ok(d) => (Some(d), format!("\"{s}\"")),
+                Err(message) => {
+                    self.error(span, &path, message);
+                    return None;
+                }
+            }
+        } else {
+            self.wrong_type(table, name, item, k.whole.wanted());
+            return None;
+        };
+        match value {
+            Some(d) if (min..=max).contains(&d) => Some(d),
+            _ => {
+                self.error(
+                    span,
+                    &path,
+                    format!(
+                        "{shown} is out of range: expected {} to {}",
+                        duration::unit_text(min),
+                        duration::unit_text(max)
+                    ),
+                );
                 None
             }
         }
@@ -340,6 +408,25 @@ impl<'a> Reader<'a> {
             format!("expected {want}, found {}", type_name(item)),
         );
     }
+}
+
+/// Parses `host:port` where host is an IP address or `localhost`.
+pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        if a.port() == 0 {
+            return Err(format!("\"{s}\" has port 0; give a fixed port"));
+        }
+        return Ok(a);
+    }
+    if let Some(port) = s.strip_prefix("localhost:")
+        && let Ok(p) = port.parse::<u16>()
+        && p > 0
+    {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
+    }
+    Err(format!(
+        "\"{s}\" is not an address: expected \"host:port\" with an IP address, e.g. \"127.0.0.1:8080\""
+    ))
 }
 
 /// A value with the byte range it came from, so stage two can point at its line.

@@ -7,8 +7,11 @@
 //! No IO, no tokio, no clock: time comes in as `now_ms`, so every decision is
 //! reproducible in a test. Every decision carries its reasons.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
+use crate::config::duration::secs_text;
 use crate::guard::triggers::{Finding, Rule};
 
 /// What the decision needs to know about the service.
@@ -21,7 +24,8 @@ pub struct State {
     pub acting: bool,
     /// Whether a good release exists to roll back to.
     pub has_rollback_target: bool,
-    pub investigate_secs: u64,
+    /// How long an investigation waits for `ripcord ack`.
+    pub investigate: Duration,
     /// The CPU rule investigates (true) or rolls back at once (false).
     pub cpu_investigates: bool,
 }
@@ -184,12 +188,12 @@ pub fn decide(state: &State, findings: &[Finding], now_ms: i64) -> Decision {
         return Decision {
             action: Action::Investigate {
                 release_id: f.release_id,
-                deadline_ms: now_ms + state.investigate_secs as i64 * 1000,
+                deadline_ms: now_ms + state.investigate.as_millis() as i64,
             },
             reasons: vec![
                 format!(
                     "cpu → investigate: notify, roll back in {} s unless a person runs `ripcord ack`",
-                    state.investigate_secs
+                    secs_text(state.investigate)
                 ),
                 f.summary.clone(),
             ],

@@ -1,5 +1,8 @@
-use super::*;
+use std::time::Duration;
+
 use proptest::prelude::*;
+
+use super::*;
 
 fn finding(rule: Rule) -> Finding {
     Finding {
@@ -14,7 +17,7 @@ fn finding(rule: Rule) -> Finding {
 fn state() -> State {
     State {
         has_rollback_target: true,
-        investigate_secs: 300,
+        investigate: Duration::from_secs(300),
         cpu_investigates: true,
         ..State::default()
     }
@@ -223,7 +226,7 @@ proptest! {
     #[test]
     fn never_flaps(steps in proptest::collection::vec(tick(), 1..60)) {
         let mut s = state();
-        s.investigate_secs = 10;
+        s.investigate = Duration::from_secs(10);
         let mut rolled_back = false;
         for (i, rules) in steps.iter().enumerate() {
             let now = i as i64 * 1000;

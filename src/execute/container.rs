@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::envfile;
 use super::{ExecError, Progress, ServiceExec, SlotProc, process, sanitize, say};
-use crate::config::{DockerConfig, Slot};
+use crate::config::{DockerConfig, Slot, duration};
 use crate::docker::{ContainerSpec, Engine, ImageInfo};
 use crate::ledger::{ImageRelease, Release};
 use crate::os::describe_exit;
@@ -212,7 +212,7 @@ impl ServiceExec {
             restart: Some(img.restart.clone()),
             labels,
             init: true,
-            stop_timeout_secs: Some(self.cfg.stop_timeout_secs),
+            stop_timeout_secs: Some(duration::ceil_secs(self.cfg.stop_timeout)),
             // ripcord probes the health URL itself; an image's own HEALTHCHECK still
             // reports through the engine's health_status events.
             healthcheck: None,
@@ -275,7 +275,7 @@ impl ServiceExec {
             )));
         }
         engine
-            .stop_and_remove(name, Duration::from_secs(self.cfg.stop_timeout_secs))
+            .stop_and_remove(name, self.cfg.stop_timeout)
             .await
             .map_err(|e| ExecError::Failed(e.to_string()))?;
         Ok(())
@@ -360,7 +360,7 @@ impl ServiceExec {
             "health_wait",
             format!(
                 "waiting up to {}s for {} to answer {}",
-                self.cfg.start_timeout_secs,
+                duration::secs_text(self.cfg.start_timeout),
                 release.version,
                 self.cfg.health_url(slot)
             ),
@@ -372,7 +372,7 @@ impl ServiceExec {
                 release.version
             ),
         );
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let deadline = Instant::now() + self.cfg.start_timeout;
         let t0 = Instant::now();
         match self.wait_healthy(slot, None, Some(&handle), deadline).await {
             Ok(()) => {
@@ -458,7 +458,7 @@ impl ServiceExec {
             );
             // A running container gets its full start timeout to answer before it is
             // given up (one missed probe must not cost a restart).
-            let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+            let deadline = Instant::now() + self.cfg.start_timeout;
             if is_active
                 && self
                     .wait_healthy(rec.slot, None, Some(&handle), deadline)
@@ -474,7 +474,7 @@ impl ServiceExec {
                 continue;
             }
             engine
-                .stop_and_remove(&c.id, Duration::from_secs(self.cfg.stop_timeout_secs))
+                .stop_and_remove(&c.id, self.cfg.stop_timeout)
                 .await
                 .map_err(failed)?;
             self.event(
@@ -496,10 +496,7 @@ impl ServiceExec {
         let Ok(engine) = self.engine().await else {
             return process::StopOutcome::NotOurs;
         };
-        match engine
-            .stop_and_remove(&c.id, Duration::from_secs(self.cfg.stop_timeout_secs))
-            .await
-        {
+        match engine.stop_and_remove(&c.id, self.cfg.stop_timeout).await {
             Ok(crate::docker::StopOutcome::Stopped) => process::StopOutcome::Terminated,
             Ok(crate::docker::StopOutcome::Killed) => process::StopOutcome::Killed,
             Ok(_) => process::StopOutcome::AlreadyExited,

@@ -3,7 +3,7 @@
 //! verified; a failed verification goes back to the warm previous release.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::replace;
 use super::snapshot::redacted_snapshot;
@@ -247,7 +247,7 @@ impl ServiceExec {
         );
         // The previous release stays warm for the bake period: a rollback is a switch.
         if let Some(old) = &old {
-            self.keep_warm(old.slot, Duration::from_secs(self.cfg.bake_secs))?;
+            self.keep_warm(old.slot, self.cfg.bake)?;
         }
         let report = self.verify_serving(op, release, progress).await?;
         if !report.ok {

@@ -268,12 +268,10 @@ impl ServiceExec {
                 self.name()
             )));
         };
-        let ttl = Duration::from_secs(
-            self.cfg.start_timeout_secs
-                + self.cfg.verify_deadline_secs
-                + 2 * self.cfg.stop_timeout_secs
-                + 60,
-        );
+        let ttl = self.cfg.start_timeout
+            + self.cfg.verify_deadline
+            + 2 * self.cfg.stop_timeout
+            + Duration::from_secs(60);
         let lease = self.ledger().acquire_lease(self.name(), &holder, ttl)?;
         let result = f().await;
         if let Err(e) = self.ledger().release_lease(&lease) {

@@ -16,7 +16,7 @@
 //! no port to share, so the pre-flight is skipped and the gap is only the start.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::container::{ContainerHandle, never_healthy, short_id};
 use super::{ExecError, Progress, ServiceExec, SlotProc, say};
@@ -45,7 +45,7 @@ impl ServiceExec {
         let engine = self.engine().await?.clone();
         let name = self.container_name(None);
         let next_name = format!("{name}-{suffix}");
-        let timeout = Duration::from_secs(self.cfg.stop_timeout_secs);
+        let timeout = self.cfg.stop_timeout;
         let failed = |e: crate::docker::DockerError| ExecError::Failed(e.to_string());
 
         // What runs now, and whether it still answers for anything.
@@ -149,7 +149,7 @@ impl ServiceExec {
             })?;
             let pre = ContainerHandle::new(id, next_name.clone());
             let url = format!("http://{private}{}", self.cfg.health_path);
-            let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+            let deadline = Instant::now() + self.cfg.start_timeout;
             if let Err(why) = self.wait_healthy_at(&url, None, Some(&pre), deadline).await {
                 let tail = engine.logs_tail(&pre.id, 10).await.unwrap_or_default();
                 pre.mark_stopping();
@@ -215,7 +215,7 @@ impl ServiceExec {
         let outcome = match started {
             Ok(id) => {
                 let h = ContainerHandle::new(id, next_name.clone());
-                let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+                let deadline = Instant::now() + self.cfg.start_timeout;
                 match self
                     .wait_healthy_at(&self.cfg.health_url(REPLACE_SLOT), None, Some(&h), deadline)
                     .await

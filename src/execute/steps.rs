@@ -26,12 +26,8 @@ impl ServiceExec {
         self.router.settle().await;
         self.ledger()
             .step(op, "verifying", format!("verifying {}", release.version))?;
-        let report = verify::run(
-            &self.cfg.verify,
-            Duration::from_secs(self.cfg.verify_deadline_secs),
-            &release.version,
-        )
-        .await;
+        let report =
+            verify::run(&self.cfg.verify, self.cfg.verify_deadline, &release.version).await;
         say(
             progress,
             format!("verification:\n{}", report.render().trim_end()),
@@ -102,7 +98,7 @@ impl ServiceExec {
             "health_wait",
             format!(
                 "waiting up to {}s for {} to answer {}",
-                self.cfg.start_timeout_secs,
+                crate::config::duration::secs_text(self.cfg.start_timeout),
                 release.version,
                 self.cfg.health_url(slot)
             ),
@@ -111,7 +107,7 @@ impl ServiceExec {
             progress,
             format!("waiting for {} to become healthy", release.version),
         );
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let deadline = Instant::now() + self.cfg.start_timeout;
         let t0 = Instant::now();
         match self.wait_healthy(slot, Some(&proc), None, deadline).await {
             Ok(()) => {
@@ -162,7 +158,7 @@ impl ServiceExec {
             "health_wait",
             format!(
                 "waiting up to {}s for {} in slot {slot} (run by someone else) to answer {}",
-                self.cfg.start_timeout_secs,
+                crate::config::duration::secs_text(self.cfg.start_timeout),
                 release.version,
                 self.cfg.health_url(slot)
             ),
@@ -174,7 +170,7 @@ impl ServiceExec {
                 release.version
             ),
         );
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let deadline = Instant::now() + self.cfg.start_timeout;
         self.wait_healthy(slot, None, None, deadline)
             .await
             .map_err(|why| {
@@ -244,7 +240,7 @@ impl ServiceExec {
                 Err(last) if Instant::now() >= deadline => {
                     return Err(format!(
                         "not healthy after {}s; last probe: {last}",
-                        self.cfg.start_timeout_secs
+                        crate::config::duration::secs_text(self.cfg.start_timeout)
                     ));
                 }
                 Err(_) => {}
@@ -337,10 +333,7 @@ impl ServiceExec {
             return;
         };
         let outcome = match (&sp.proc, &sp.container) {
-            (Some(proc), _) => {
-                proc.stop(Duration::from_secs(self.cfg.stop_timeout_secs))
-                    .await
-            }
+            (Some(proc), _) => proc.stop(self.cfg.stop_timeout).await,
             (None, Some(c)) => self.stop_container(c).await,
             // Someone else runs it: ripcord only stops routing to it.
             (None, None) => process::StopOutcome::NotOurs,

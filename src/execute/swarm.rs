@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::container::short_id;
 use super::{ExecError, Progress, ServiceExec, say};
+use crate::config::duration;
 use crate::docker::SwarmServiceSpec;
 use crate::ledger::Release;
 
@@ -94,7 +95,7 @@ impl ServiceExec {
                     update_failure_action: None,
                     monitor_secs: 5,
                     init: true,
-                    stop_grace_secs: Some(self.cfg.stop_timeout_secs),
+                    stop_grace_secs: Some(duration::ceil_secs(self.cfg.stop_timeout)),
                     host_network,
                 })
                 .await
@@ -116,7 +117,7 @@ impl ServiceExec {
             engine.service_rollback(&name).await.map_err(failed)?;
             // The previous spec may not be the target (a rollback further back): then
             // the target is set explicitly. Either way the result is checked.
-            let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+            let deadline = Instant::now() + self.cfg.start_timeout;
             match self.swarm_converged(&name, None, deadline).await {
                 Ok(running) if running == want => {}
                 _ => {
@@ -157,7 +158,7 @@ impl ServiceExec {
                 self.cfg.health_url(self.cfg_slot())
             ),
         );
-        let deadline = Instant::now() + Duration::from_secs(self.cfg.start_timeout_secs);
+        let deadline = Instant::now() + self.cfg.start_timeout;
         let t0 = Instant::now();
         self.swarm_converged(&name, Some(&want), deadline)
             .await
@@ -246,7 +247,7 @@ impl ServiceExec {
             if Instant::now() >= deadline {
                 return Err(format!(
                     "not converged after {}s; last seen: {last}",
-                    self.cfg.start_timeout_secs
+                    duration::secs_text(self.cfg.start_timeout)
                 ));
             }
             tokio::time::sleep(POLL).await;
@@ -284,8 +285,8 @@ impl ServiceExec {
             .unwrap_or(1)
             .max(1);
         engine.service_scale(&name, 0).await.map_err(failed)?;
-        let wait = self.cfg.stop_timeout_secs + 30;
-        let deadline = Instant::now() + Duration::from_secs(wait);
+        let wait = self.cfg.stop_timeout + Duration::from_secs(30);
+        let deadline = Instant::now() + wait;
         loop {
             let left = match engine.service_tasks(&name).await {
                 Ok(tasks) => tasks.iter().filter(|t| !task_ended(&t.state)).count(),
@@ -300,8 +301,9 @@ impl ServiceExec {
             if Instant::now() >= deadline {
                 self.give_back(&name, replicas).await;
                 return Err(ExecError::Failed(format!(
-                    "swarm service {name} still had {left} task(s) not ended {wait}s after it \
-                     was scaled to 0; its {replicas} replica(s) were given back"
+                    "swarm service {name} still had {left} task(s) not ended {}s after it \
+                     was scaled to 0; its {replicas} replica(s) were given back",
+                    duration::secs_text(wait)
                 )));
             }
             tokio::time::sleep(POLL).await;

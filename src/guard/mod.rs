@@ -40,7 +40,7 @@ mod tests {
             let lat = LatencyRule::default();
             let mut errors = Detector::new(Spec::new(er.above, er.requests_per_false_alarm));
             let mut slow = Detector::new(Spec::new(SLOW_SHARE, lat.requests_per_false_alarm));
-            let mut lat_w = Window::new(lat.window_secs);
+            let mut lat_w = Window::new(lat.window);
             let baseline_us = 15_000;
             let limit = latency_limit_us(&lat, baseline_us);
             for ms in (0..180_000i64).step_by(5) {

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::detector::{Alarm, Detector, Spec};
 use super::window::{Window, WindowStats};
+use crate::config::duration::{secs_json, secs_text};
 use crate::config::{CpuRule, ErrorRateRule, HealthRule, LatencyRule};
 
 /// Which rule fired.
@@ -155,7 +156,7 @@ fn alarm_values(a: &Alarm, spec: &Spec) -> serde_json::Value {
 }
 
 /// The 5xx ratio rule: the sequential detector over the release's requests decides;
-/// `window` (the rule's last `window_secs`) gives the recent ratio people read beside it.
+/// `window` (the rule's last `window`) gives the recent ratio people read beside it.
 pub fn error_rate(
     rule: &ErrorRateRule,
     detector: &Detector,
@@ -168,14 +169,14 @@ pub fn error_rate(
         format!(
             "; {} over the last {} s ({})",
             pct(r),
-            rule.window_secs,
+            secs_text(rule.window),
             plural(window.requests, "request", "requests")
         )
     });
     if let Some(a) = detector.alarm() {
         let summary = format!("{}{recent}", alarm_words(a, detector.spec(), "5xx", now_ms));
         let mut values = alarm_values(a, detector.spec());
-        values["window_secs"] = json!(rule.window_secs);
+        values["window_secs"] = secs_json(rule.window);
         values["window_ratio"] = json!(window.error_ratio());
         return Verdict::Fired(Finding {
             rule: Rule::ErrorRate,
@@ -198,12 +199,12 @@ pub fn error_rate(
 /// The p95 is above a limit exactly when more than this share of requests is slower.
 pub const SLOW_SHARE: f64 = 0.05;
 
-/// The latency limit: `factor` × the previous release's healthy p95, at least `floor_ms`.
+/// The latency limit: `factor` × the previous release's healthy p95, at least `floor`.
 pub fn latency_limit_us(rule: &LatencyRule, baseline_p95_us: u64) -> u64 {
-    ((baseline_p95_us as f64 * rule.factor) as u64).max(rule.floor_ms * 1000)
+    ((baseline_p95_us as f64 * rule.factor) as u64).max(rule.floor.as_micros() as u64)
 }
 
-/// p95 above `factor` × the previous release's healthy p95 (and above `floor_ms`): the
+/// p95 above `factor` × the previous release's healthy p95 (and above `floor`): the
 /// p95 is above a limit exactly when more than 5% of requests are slower than it, so
 /// the detector watches the stream of slow requests against a 5% threshold. `window`
 /// gives the p95 people read beside it.
@@ -233,7 +234,7 @@ pub fn latency_p95(
     if let Some(a) = detector.alarm() {
         let summary = format!(
             "p95 {p95} over the last {} s is above {} × the baseline {} ms: {}",
-            rule.window_secs,
+            secs_text(rule.window),
             rule.factor,
             baseline as f64 / 1000.0,
             alarm_words(a, detector.spec(), &what, now_ms)
@@ -243,7 +244,7 @@ pub fn latency_p95(
         values["baseline_p95_ms"] = json!(baseline as f64 / 1000.0);
         values["factor"] = json!(rule.factor);
         values["limit_ms"] = json!(limit_us as f64 / 1000.0);
-        values["window_secs"] = json!(rule.window_secs);
+        values["window_secs"] = secs_json(rule.window);
         return Verdict::Fired(Finding {
             rule: Rule::LatencyP95,
             release_id,
@@ -287,11 +288,11 @@ pub fn health(
     Verdict::Ok(format!("{consecutive_failures} consecutive failures"))
 }
 
-/// CPU share (of one core) above `above` on average over `for_secs`, once the samples
+/// CPU share (of one core) above `above` on average over `for`, once the samples
 /// cover that span: an average, as a monitoring query would take, so one scheduling dip
 /// on a busy host does not reset the clock.
 pub fn cpu(rule: &CpuRule, samples: &[(i64, f64)], release_id: i64, now_ms: i64) -> Verdict {
-    let from = now_ms - rule.for_secs as i64 * 1000;
+    let from = now_ms - rule.for_.as_millis() as i64;
     let Some(&(first_at, _)) = samples.first() else {
         return Verdict::NoData("no CPU samples yet".to_string());
     };
@@ -311,7 +312,7 @@ pub fn cpu(rule: &CpuRule, samples: &[(i64, f64)], release_id: i64, now_ms: i64)
             "CPU {} over {} s watched of the {} s the rule needs",
             pct(mean),
             (now_ms - first_at) / 1000 + 1,
-            rule.for_secs
+            secs_text(rule.for_)
         ));
     }
     if mean > rule.above {
@@ -322,27 +323,29 @@ pub fn cpu(rule: &CpuRule, samples: &[(i64, f64)], release_id: i64, now_ms: i64)
             summary: format!(
                 "CPU {} of a core on average over {} s is above {}",
                 pct(mean),
-                rule.for_secs,
+                secs_text(rule.for_),
                 pct(rule.above)
             ),
-            values: json!({ "mean_share": mean, "samples": recent.len(), "threshold": rule.above, "for_secs": rule.for_secs }),
+            values: json!({ "mean_share": mean, "samples": recent.len(), "threshold": rule.above, "for_secs": secs_json(rule.for_) }),
         });
     }
     Verdict::Ok(format!(
         "CPU {} on average over {} s",
         pct(mean),
-        rule.for_secs
+        secs_text(rule.for_)
     ))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn er() -> ErrorRateRule {
         ErrorRateRule {
             above: 0.10,
-            window_secs: 120,
+            window: Duration::from_secs(120),
             requests_per_false_alarm: 1e8,
         }
     }
@@ -354,7 +357,7 @@ mod tests {
         outcomes: impl IntoIterator<Item = bool>,
     ) -> (Detector, WindowStats) {
         let mut d = Detector::new(Spec::new(rule.above, rule.requests_per_false_alarm));
-        let mut w = Window::new(rule.window_secs);
+        let mut w = Window::new(rule.window);
         let mut last = 0;
         for (i, bad) in outcomes.into_iter().enumerate() {
             last = i as i64 * 10;
@@ -456,15 +459,15 @@ mod tests {
     fn lat() -> LatencyRule {
         LatencyRule {
             factor: 5.0,
-            window_secs: 120,
-            floor_ms: 25,
+            window: Duration::from_secs(120),
+            floor: Duration::from_millis(25),
             requests_per_false_alarm: 1e8,
         }
     }
 
     /// A window and the slow-request detector fed the same latencies, as the guard does.
     fn timed(latencies: impl IntoIterator<Item = u64>, limit_us: u64) -> (Window, Detector) {
-        let mut w = Window::new(120);
+        let mut w = Window::new(Duration::from_secs(120));
         let mut d = Detector::new(Spec::new(SLOW_SHARE, 1e8));
         for (i, us) in latencies.into_iter().enumerate() {
             w.add(i as i64 * 10, false, us);
@@ -518,8 +521,8 @@ mod tests {
     fn health_table() {
         let rule = HealthRule {
             consecutive_failures: 3,
-            interval_secs: 5,
-            timeout_secs: 2,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
         };
         assert!(matches!(health(&rule, 0, 0, "", 1, 0), Verdict::NoData(_)));
         assert!(matches!(health(&rule, 2, 10, "503", 1, 0), Verdict::Ok(_)));
@@ -536,7 +539,7 @@ mod tests {
     fn cpu_table() {
         let rule = CpuRule {
             above: 0.95,
-            for_secs: 10,
+            for_: Duration::from_secs(10),
             investigate: true,
         };
         let burning: Vec<(i64, f64)> = (0..=20).map(|s| (s * 1000, 0.99)).collect();

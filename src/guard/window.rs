@@ -6,6 +6,7 @@
 //! Pure data: no clock of its own (every call takes `now_ms`), no IO.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 /// Histogram bins: bin `i` holds latencies in [2^(i/4), 2^((i+1)/4)) µs, so a bin is
 /// about 19% wide and 128 bins reach past an hour.
@@ -71,9 +72,10 @@ pub fn bin_upper_us(bin: usize) -> u64 {
 }
 
 impl Window {
-    pub fn new(span_secs: u64) -> Self {
+    /// A window over the last `span` (at least one bucket).
+    pub fn new(span: Duration) -> Self {
         Window {
-            span_ms: (span_secs.max(1) as i64) * 1000,
+            span_ms: (span.as_millis() as i64).max(BUCKET_MS),
             buckets: VecDeque::new(),
             first_ms: None,
         }
@@ -230,7 +232,7 @@ mod tests {
 
     #[test]
     fn ratio_and_p95_over_the_window() {
-        let mut w = Window::new(10);
+        let mut w = Window::new(Duration::from_secs(10));
         for i in 0..100 {
             // 10% errors; latencies 1..=100 ms.
             w.add(1_000 + i * 10, i % 10 == 0, (i as u64 + 1) * 1000);
@@ -247,7 +249,7 @@ mod tests {
 
     #[test]
     fn old_buckets_fall_out() {
-        let mut w = Window::new(2);
+        let mut w = Window::new(Duration::from_secs(2));
         w.add(0, true, 10);
         w.add(500, true, 10);
         assert_eq!(w.stats(900).errors, 2);
@@ -260,7 +262,7 @@ mod tests {
 
     #[test]
     fn out_of_order_samples_land_in_their_bucket() {
-        let mut w = Window::new(60);
+        let mut w = Window::new(Duration::from_secs(60));
         w.add(5_000, false, 10);
         w.add(3_000, true, 10);
         w.add(4_000, false, 10);

@@ -95,7 +95,8 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
         out,
         "- After a deploy the previous release stays warm for {} s: a rollback in that time is a \
          traffic switch (milliseconds); later it is a cold start (health-gated, up to {} s).\n",
-        c.bake_secs, c.start_timeout_secs
+        crate::config::duration::secs_text(c.bake),
+        crate::config::duration::secs_text(c.start_timeout)
     );
 
     let _ = writeln!(out, "### When ripcord rolls back on its own\n");
@@ -105,7 +106,10 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
         let _ = writeln!(
             out,
             "| health | {} consecutive failed probes of `{}` (every {} s, {} s timeout) | automatic rollback |",
-            r.consecutive_failures, c.health_path, r.interval_secs, r.timeout_secs
+            r.consecutive_failures,
+            c.health_path,
+            crate::config::duration::secs_text(r.interval),
+            crate::config::duration::secs_text(r.timeout)
         );
     }
     if let Some(r) = &t.error_rate {
@@ -136,14 +140,15 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
         let _ = writeln!(
             out,
             "| latency_p95 | p95 above {} × the previous release's healthy p95 (and above {} ms): more than 5% of requests slower, by the same sequential test | rollback |",
-            r.factor, r.floor_ms
+            r.factor,
+            crate::config::duration::millis_text(r.floor)
         );
     }
     if let Some(r) = &t.cpu {
         let then = if r.investigate {
             format!(
                 "investigate: notify, roll back after {} s unless `ripcord ack {name}`",
-                c.investigate_secs
+                crate::config::duration::secs_text(c.investigate)
             )
         } else {
             "rollback".to_string()
@@ -152,7 +157,7 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
             out,
             "| cpu | above {} of a core on average for {} s | {then} |",
             pct(r.above),
-            r.for_secs
+            crate::config::duration::secs_text(r.for_)
         );
     }
     match &c.integrity {
@@ -160,7 +165,8 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
             let _ = writeln!(
                 out,
                 "| data_corruption | the integrity check `{}` fails (every {} s), or `ripcord freeze` | **freeze everything** |",
-                i.check.name, i.interval_secs
+                i.check.name,
+                crate::config::duration::secs_text(i.interval)
             );
         }
         None => {
@@ -213,7 +219,7 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
     let _ = writeln!(
         out,
         "### Verification (after every deploy and rollback, {} s deadline)\n",
-        c.verify_deadline_secs
+        crate::config::duration::secs_text(c.verify_deadline)
     );
     if c.verify.is_empty() {
         let _ = writeln!(
@@ -246,7 +252,12 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
                 format!("Prometheus `{query}` is {}", bounds.join(" and "))
             }
         };
-        let _ = writeln!(out, "- {}: {what} (timeout {} s)", v.name, v.timeout_secs);
+        let _ = writeln!(
+            out,
+            "- {}: {what} (timeout {} s)",
+            v.name,
+            crate::config::duration::secs_text(v.timeout)
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "### When everything else fails\n");

@@ -1,8 +1,6 @@
 //! The configured data-integrity check, run on an interval. A failure is reported as an
 //! observation; the decision tree turns it into a freeze.
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 
 use super::Observation;
@@ -11,11 +9,11 @@ use crate::config::IntegrityCheck;
 
 /// Runs the check until the channel closes.
 pub async fn run(check: IntegrityCheck, tx: mpsc::Sender<Observation>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(check.interval_secs));
+    let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let timeout = Duration::from_secs(check.check.timeout_secs);
+        let timeout = check.check.timeout;
         let report = crate::verify::run(std::slice::from_ref(&check.check), timeout, "").await;
         let result = report.checks.into_iter().next();
         let (ok, detail) = match result {

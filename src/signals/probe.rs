@@ -3,8 +3,6 @@
 //! after a switch it probes the new release); a slot that keeps the previous release
 //! warm is probed too, so `status` tells whether the rollback target would answer.
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 
 use super::{Observation, SlotSource, Targets};
@@ -21,7 +19,7 @@ pub async fn run(
     tx: mpsc::Sender<Observation>,
 ) {
     let client = HttpClient::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(rule.interval_secs));
+    let mut tick = tokio::time::interval(rule.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -33,10 +31,7 @@ pub async fn run(
         };
         let probe = async |slot| {
             let url = cfg.health_url(slot);
-            match client
-                .get(&url, Duration::from_secs(rule.timeout_secs))
-                .await
-            {
+            match client.get(&url, rule.timeout).await {
                 Ok(r) if (200..300).contains(&r.status) => {
                     (true, format!("{url} answered {}", r.status))
                 }

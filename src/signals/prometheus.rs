@@ -27,7 +27,7 @@ pub async fn run(
         tracing::error!(url = %url, error = %e, "the Prometheus CA file cannot be used");
         HttpClient::default()
     });
-    let mut tick = tokio::time::interval(Duration::from_secs(rule.interval_secs));
+    let mut tick = tokio::time::interval(rule.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -38,7 +38,9 @@ pub async fn run(
             continue;
         };
         let promql = rule.query.replace("{version}", &target.version);
-        let timeout = Duration::from_secs(rule.interval_secs.clamp(1, 10));
+        let timeout = rule
+            .interval
+            .clamp(Duration::from_secs(1), Duration::from_secs(10));
         let result = query(&client, &url, &promql, timeout).await;
         let obs = Observation::Metric {
             rule: rule.name.clone(),

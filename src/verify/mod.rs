@@ -58,7 +58,7 @@ pub async fn run(checks: &[Check], deadline: Duration, version: &str) -> VerifyR
     let mut results = Vec::new();
     for check in checks {
         let left = deadline.saturating_sub(start.elapsed());
-        let timeout = Duration::from_secs(check.timeout_secs).min(left);
+        let timeout = check.timeout.min(left);
         let name = check.name.replace("{version}", version);
         let t0 = Instant::now();
         let (ok, detail) = if timeout.is_zero() {
@@ -252,7 +252,7 @@ mod tests {
                 argv: argv.iter().map(|s| s.to_string()).collect(),
                 exit_code,
             },
-            timeout_secs: 5,
+            timeout: Duration::from_secs(5),
         }
     }
 
@@ -287,7 +287,7 @@ mod tests {
     #[tokio::test]
     async fn the_deadline_bounds_the_set() {
         let mut slow = cmd(&["sleep", "5"], 0);
-        slow.timeout_secs = 60;
+        slow.timeout = Duration::from_secs(60);
         let r = run(&[slow, cmd(&["true"], 0)], Duration::from_millis(300), "v1").await;
         assert!(!r.ok);
         assert!(
@@ -320,7 +320,7 @@ mod tests {
                 json_equals: None,
                 ca_file: None,
             },
-            timeout_secs: 2,
+            timeout: Duration::from_secs(2),
         };
         let r = run(&[check], Duration::from_secs(5), "v1").await;
         assert!(!r.ok);

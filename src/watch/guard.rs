@@ -79,7 +79,7 @@ pub enum BakeEvidence {
     /// The guard has not judged the active release yet.
     #[default]
     Unknown,
-    /// Not yet: the previous release stays warm past `bake_secs`, for this reason.
+    /// Not yet: the previous release stays warm past `bake`, for this reason.
     Hold(String),
     /// Enough requests show the release below its thresholds: the bake may end.
     Clear,
@@ -101,15 +101,18 @@ pub type SharedView = Arc<Mutex<GuardView>>;
 pub type SharedSeries = Arc<Mutex<Window>>;
 
 pub fn new_series() -> SharedSeries {
-    Arc::new(Mutex::new(Window::new(CHART_SECS)))
+    Arc::new(Mutex::new(Window::new(Duration::from_secs(CHART_SECS))))
 }
 
 /// How far back the per-second traffic for the dashboard reaches.
 const CHART_SECS: u64 = 900;
 
+/// A release's windows when its rule is off: the rules' default span.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
+
 /// Everything the guard tracks about one release while it serves.
 struct Watch {
-    /// The error rule's last `window_secs`: the recent ratio shown beside the evidence.
+    /// The error rule's last `window`: the recent ratio shown beside the evidence.
     errors: Window,
     latency: Window,
     /// The sequential test of the 5xx ratio (when the rule is on).
@@ -134,8 +137,8 @@ impl Watch {
     fn new(exec: &ServiceExec) -> Self {
         let t = &exec.cfg.triggers;
         Watch {
-            errors: Window::new(t.error_rate.as_ref().map_or(120, |r| r.window_secs)),
-            latency: Window::new(t.latency_p95.as_ref().map_or(120, |r| r.window_secs)),
+            errors: Window::new(t.error_rate.as_ref().map_or(DEFAULT_WINDOW, |r| r.window)),
+            latency: Window::new(t.latency_p95.as_ref().map_or(DEFAULT_WINDOW, |r| r.window)),
             error_test: t
                 .error_rate
                 .as_ref()
@@ -419,7 +422,8 @@ impl Guard {
                 }
                 if let Some(share) = cpu_share {
                     let rule = self.exec.cfg.triggers.cpu.clone();
-                    let keep_ms = rule.as_ref().map_or(300, |c| c.for_secs) as i64 * 1000 + 5_000;
+                    let keep_ms =
+                        rule.as_ref().map_or(300_000, |c| c.for_.as_millis() as i64) + 5_000;
                     let w = self.watch(release_id);
                     // A sample over the CPU rule's limit is the first bad observation of a
                     // CPU incident (users may not see errors, but the host is saturated).
@@ -589,7 +593,10 @@ impl Guard {
                         at_ms: st.at_ms,
                         summary: format!(
                             "metric rule `{}`: {} for {} evaluations in a row ({} s apart)",
-                            rule.name, st.last, st.breaches, rule.interval_secs
+                            rule.name,
+                            st.last,
+                            st.breaches,
+                            crate::config::duration::secs_text(rule.interval)
                         ),
                         values: json!({ "rule": rule.name, "query": rule.query, "last": st.last, "breaches": st.breaches }),
                     }),
@@ -709,7 +716,7 @@ impl Guard {
                 .filter(|i| i.release_id == release),
             acting: self.acting.load(Ordering::Relaxed),
             has_rollback_target: self.state.has_rollback_target,
-            investigate_secs: self.exec.cfg.investigate_secs,
+            investigate: self.exec.cfg.investigate,
             cpu_investigates: self
                 .exec
                 .cfg
@@ -730,7 +737,7 @@ impl Guard {
                 .triggers
                 .health
                 .as_ref()
-                .map_or(5_000, |h| h.interval_secs as i64 * 1000);
+                .map_or(5_000, |h| h.interval.as_millis() as i64);
             if view
                 .warm_probe
                 .as_ref()
@@ -845,13 +852,13 @@ impl Guard {
             .clone()
             .unwrap_or_default();
         let limit = rule.above / 2.0;
-        let since = now - rule.window_secs as i64 * 1000;
+        let since = now - rule.window.as_millis() as i64;
         let cpu_rule = self.exec.cfg.triggers.cpu.clone();
         let w = self.watch(release);
         // Hot as the CPU rule judges it: on average over its span, so one scheduling dip
         // on a busy host does not end the episode (and re-date it at the next hot sample).
         let cpu_hot = cpu_rule.is_some_and(|c| {
-            let from = now - c.for_secs as i64 * 1000;
+            let from = now - c.for_.as_millis() as i64;
             let recent: Vec<f64> = w
                 .cpu
                 .iter()

@@ -50,16 +50,16 @@ impl Project {
         let dir = tempfile::tempdir().unwrap();
         let (listen, blue, green) = (free_port(), free_port(), free_port());
         // A test may set its own start timeout; TOML refuses a key given twice.
-        let start_timeout = if extra.contains("start_timeout_secs") {
+        let start_timeout = if extra.contains("start_timeout") {
             ""
         } else {
-            "start_timeout_secs = 10\n"
+            "start_timeout = \"10s\"\n"
         };
         let config = format!(
             r#"[service.web]
 listen = "127.0.0.1:{listen}"
 slots = {{ blue = {blue}, green = {green} }}
-{start_timeout}stop_timeout_secs = 5
+{start_timeout}stop_timeout = "5s"
 command = [{BIN:?}, "demo-app", "--port", "{{port}}", "--version", "{{version}}"]
 {extra}
 

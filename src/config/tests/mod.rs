@@ -1,4 +1,8 @@
+use std::time::Duration;
+
 use super::*;
+
+mod durations;
 
 fn errors(src: &str) -> Vec<String> {
     match Config::parse(src, Path::new("ripcord.toml")) {
@@ -28,7 +32,8 @@ fn minimal_service_gets_defaults() {
     assert_eq!(web.slots.blue, "127.0.0.1:8081".parse().unwrap());
     assert_eq!(web.slots.green, "127.0.0.1:8082".parse().unwrap());
     assert_eq!(web.health_path, "/health");
-    assert_eq!(web.bake_secs, 300);
+    assert_eq!(web.bake, Duration::from_secs(300));
+    assert_eq!(web.start_timeout, Duration::from_secs(30));
     assert_eq!(web.health_url(Slot::Green), "http://127.0.0.1:8082/health");
 }
 
@@ -67,7 +72,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake_secs`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout_secs`, `bake_secs`, `stop_timeout_secs`, `command`, `env`, `verify`, `verify_deadline_secs`, `triggers`, `investigate_secs`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `verify`, `verify_deadline`, `triggers`, `investigate`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -102,7 +107,7 @@ runtime = "kubernetes"
             "ripcord.toml:3: service.web.listen: \"nowhere\" is not an address: expected \"host:port\" with an IP address, e.g. \"127.0.0.1:8080\"",
             "ripcord.toml:4: service.web.slots.blue: 0 is not a valid port (1-65535)",
             "ripcord.toml:4: service.web.slots.green: expected a port number or \"host:port\", found a boolean",
-            "ripcord.toml:5: service.web.bake_secs: -1 is out of range: expected 0 to 86400",
+            "ripcord.toml:5: service.web.bake_secs: -1 is out of range: expected 0s to 24h",
             "ripcord.toml:6: service.web.command: expected an array of strings (an argument vector such as [\"/usr/bin/app\", \"--port\", \"{port}\"]; ripcord never runs a shell string), found a string",
             "ripcord.toml:7: service.web.runtime: runtime \"kubernetes\" is not available in this version of ripcord yet; use \"process\", \"external\", \"docker\" or \"swarm\"",
         ],
@@ -121,7 +126,7 @@ http = "http://127.0.0.1:8080/health"
 command = ["true"]
 
 [[service.web.verify]]
-timeout = 3
+time_out = 3
 
 [[service.web.verify]]
 http = "ftp://example.invalid/"
@@ -131,7 +136,7 @@ json_field = "a"
         src,
         &[
             "ripcord.toml:6: service.web.verify[0]: a check has exactly one of `http`, `command` or `prometheus`",
-            "ripcord.toml:11: service.web.verify[1].timeout: unknown key (did you mean `timeout_secs`?); expected one of `name`, `http`, `prometheus`, `below`, `above`, `status`, `body_contains`, `json_field`, `json_equals`, `command`, `exit_code`, `timeout_secs`, `ca_file`",
+            "ripcord.toml:11: service.web.verify[1].time_out: unknown key (did you mean `timeout`?); expected one of `name`, `http`, `prometheus`, `below`, `above`, `status`, `body_contains`, `json_field`, `json_equals`, `command`, `exit_code`, `timeout`, `ca_file`",
             "ripcord.toml:13: service.web.verify[2]: `json_field` and `json_equals` go together: give both or neither",
             "ripcord.toml:14: service.web.verify[2].http: expected an http:// or https:// URL, found \"ftp://example.invalid/\"",
         ],
@@ -181,9 +186,12 @@ fn triggers_default_to_the_runbook_and_can_be_tuned_or_turned_off() {
     let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
     let t = &cfg.service("web").unwrap().triggers;
     assert_eq!(t.error_rate.as_ref().unwrap().above, 0.10);
-    assert_eq!(t.error_rate.as_ref().unwrap().window_secs, 120);
+    assert_eq!(
+        t.error_rate.as_ref().unwrap().window,
+        Duration::from_secs(120)
+    );
     assert_eq!(t.latency_p95.as_ref().unwrap().factor, 5.0);
-    assert_eq!(t.cpu.as_ref().unwrap().for_secs, 300);
+    assert_eq!(t.cpu.as_ref().unwrap().for_, Duration::from_secs(300));
     assert!(t.cpu.as_ref().unwrap().investigate);
     assert_eq!(t.health.as_ref().unwrap().consecutive_failures, 3);
     assert!(t.oom_kills);
@@ -195,7 +203,7 @@ fn triggers_default_to_the_runbook_and_can_be_tuned_or_turned_off() {
     );
     let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
     let web = cfg.service("web").unwrap();
-    assert_eq!(web.investigate_secs, 30);
+    assert_eq!(web.investigate, Duration::from_secs(30));
     assert_eq!(web.memory_limit_mb, Some(64));
     let t = &web.triggers;
     assert_eq!(t.error_rate.as_ref().unwrap().above, 0.2);
@@ -269,17 +277,19 @@ fn the_false_alarm_budget_is_read_in_words_and_min_samples_is_gone() {
 
 #[test]
 fn an_integrity_check_has_an_interval() {
-    let src = format!(
-        "{GOOD}[service.web.integrity]\ncommand = [\"pg-check\", \"orders\"]\ninterval_secs = 10\n"
-    );
-    let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
-    let it = cfg.service("web").unwrap().integrity.clone().unwrap();
-    assert_eq!(it.interval_secs, 10);
-    assert!(matches!(it.check.kind, CheckKind::Command { .. }));
-    let src = format!("{GOOD}[service.web.integrity]\ninterval = 10\n");
+    for interval in ["interval = \"10s\"", "interval = 10", "interval_secs = 10"] {
+        let src = format!(
+            "{GOOD}[service.web.integrity]\ncommand = [\"pg-check\", \"orders\"]\n{interval}\n"
+        );
+        let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
+        let it = cfg.service("web").unwrap().integrity.clone().unwrap();
+        assert_eq!(it.interval, Duration::from_secs(10), "{interval}");
+        assert!(matches!(it.check.kind, CheckKind::Command { .. }));
+    }
+    let src = format!("{GOOD}[service.web.integrity]\nevery = 10\n");
     let got = errors(&src);
     assert!(
-        got[0].contains("service.web.integrity.interval: unknown key"),
+        got[0].contains("service.web.integrity.every: unknown key"),
         "{got:?}"
     );
 }
@@ -327,7 +337,10 @@ fn metric_rules_are_read_and_checked() {
     let cfg = Config::parse(&src, Path::new("x.toml")).unwrap();
     let p = cfg.service("web").unwrap().prometheus.clone().unwrap();
     assert_eq!(p.rules[0].name, "x");
-    assert_eq!((p.rules[0].consecutive, p.rules[0].interval_secs), (2, 10));
+    assert_eq!(
+        (p.rules[0].consecutive, p.rules[0].interval),
+        (2, Duration::from_secs(10))
+    );
     assert_eq!(p.rules[0].below, Some(5.0));
 }
 

@@ -1,0 +1,402 @@
+//! A service's sub-tables: `database`, `docker`, `nginx`, `migrations` and `triggers`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::duration::{DAY, HOUR, MIN_PROBE, SECOND};
+use super::model::{DatabaseConfig, DockerConfig, MigrationsConfig, NginxConfig, OnContract};
+use super::reader::{self, Reader, Table, parse_addr};
+use super::triggers::{CpuRule, ErrorRateRule, HealthRule, LatencyRule, Triggers};
+
+/// `[service.NAME.database]`: the PostgreSQL database, for backups and restore.
+pub(super) fn read_database(r: &mut Reader<'_>, t: &Table<'_>) -> Option<DatabaseConfig> {
+    let before = r.errors.len();
+    r.deny_unknown(
+        t,
+        &[
+            "url",
+            "password_file",
+            "backup_dir",
+            "keep",
+            "checks",
+            "pg_bin_dir",
+            "backup_before_migrations",
+        ],
+    );
+    let url = r.string(t, "url");
+    match &url {
+        None if !t.inner.contains_key("url") => r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "url"),
+            "missing: the database, e.g. url = \"postgresql://app@127.0.0.1:5432/app\" (the password goes in password_file or PGPASSWORD)"
+                .to_string(),
+        ),
+        Some(u) => {
+            if let Err(e) = crate::db::PgUrl::parse(&u.value) {
+                r.error(u.span.clone(), &reader::join(&t.path, "url"), e.to_string());
+            }
+        }
+        None => {}
+    }
+    let password_file = r.string(t, "password_file").map(|s| PathBuf::from(s.value));
+    let backup_dir = r.string(t, "backup_dir").map(|s| PathBuf::from(s.value));
+    let keep = r
+        .integer(t, "keep", 1, 10_000)
+        .map_or(7, |v| v.value as usize);
+    let checks = r.argv(t, "checks").map(|a| a.value).unwrap_or_default();
+    let pg_bin_dir = r.string(t, "pg_bin_dir").map(|s| PathBuf::from(s.value));
+    let backup_before_migrations = r.boolean(t, "backup_before_migrations").unwrap_or(false);
+    if r.errors.len() > before {
+        return None;
+    }
+    Some(DatabaseConfig {
+        url: url?.value,
+        password_file,
+        backup_dir,
+        keep,
+        checks,
+        pg_bin_dir,
+        backup_before_migrations,
+    })
+}
+
+/// `[service.NAME.docker]`: how a release's container runs.
+pub(super) fn read_docker(
+    r: &mut Reader<'_>,
+    t: &Table<'_>,
+    service: &str,
+) -> Option<DockerConfig> {
+    let before = r.errors.len();
+    r.deny_unknown(
+        t,
+        &[
+            "image",
+            "env_file",
+            "container_port",
+            "publish",
+            "memory_limit_mb",
+            "restart",
+            "name",
+            "command",
+            "network",
+        ],
+    );
+    let image = r.string(t, "image").map(|s| s.value);
+    let env_file = r.string(t, "env_file").map(|s| PathBuf::from(s.value));
+    let container_port = r.integer(t, "container_port", 1, 65535);
+    if container_port.is_none() && !t.inner.contains_key("container_port") {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "container_port"),
+            "missing: the port the app listens on inside the container, e.g. container_port = 8080"
+                .to_string(),
+        );
+    }
+    let publish = r
+        .string(t, "publish")
+        .and_then(|s| match parse_addr(&s.value) {
+            Ok(a) => Some(a),
+            Err(msg) => {
+                r.error(s.span, &reader::join(&t.path, "publish"), msg);
+                None
+            }
+        });
+    let memory_limit_mb = r
+        .integer(t, "memory_limit_mb", 6, 1 << 30)
+        .map(|v| v.value as u64);
+    let restart = r.string(t, "restart");
+    if let Some(p) = &restart {
+        let policy = p.value.split(':').next().unwrap_or("");
+        let count_ok = match p.value.split_once(':') {
+            Some(("on-failure", n)) => n.parse::<u32>().is_ok(),
+            Some(_) => false,
+            None => true,
+        };
+        if !["no", "on-failure", "always", "unless-stopped"].contains(&policy) || !count_ok {
+            r.error(
+                p.span.clone(),
+                &reader::join(&t.path, "restart"),
+                format!(
+                    "\"{}\" is not a restart policy; expected \"no\", \"on-failure[:N]\", \"always\" or \"unless-stopped\"",
+                    p.value
+                ),
+            );
+        }
+    }
+    let name = r.string(t, "name");
+    if let Some(n) = &name
+        && !valid_container_name(&n.value)
+    {
+        r.error(
+            n.span.clone(),
+            &reader::join(&t.path, "name"),
+            format!(
+                "\"{}\" is not a container name: letters, digits, `_`, `.` and `-`, starting with a letter or digit",
+                n.value
+            ),
+        );
+    }
+    let command = r.argv(t, "command").map(|a| a.value);
+    let network = r.string(t, "network");
+    if let Some(n) = &network
+        && n.value != "host"
+    {
+        r.error(
+            n.span.clone(),
+            &reader::join(&t.path, "network"),
+            format!(
+                "\"{}\": only \"host\" is supported (leave it out for the ingress network)",
+                n.value
+            ),
+        );
+    }
+    if r.errors.len() > before {
+        return None;
+    }
+    Some(DockerConfig {
+        image,
+        env_file,
+        container_port: container_port?.value as u16,
+        publish,
+        memory_limit_mb,
+        restart: restart.map_or_else(|| "no".to_string(), |r| r.value),
+        name: name.map_or_else(|| service.to_string(), |n| n.value),
+        command,
+        network: network.map(|n| n.value),
+    })
+}
+
+/// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn valid_container_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// `[service.NAME.nginx]`: the site file and upstream block ripcord owns.
+pub(super) fn read_nginx(r: &mut Reader<'_>, t: &Table<'_>) -> Option<NginxConfig> {
+    let before = r.errors.len();
+    r.deny_unknown(
+        t,
+        &[
+            "site",
+            "upstream",
+            "access_log",
+            "test_command",
+            "reload_command",
+            "conf",
+            "log_format",
+        ],
+    );
+    let site = r.string(t, "site");
+    let upstream = r.string(t, "upstream");
+    let access_log = r.string(t, "access_log").map(|s| PathBuf::from(s.value));
+    let test_command = r.argv(t, "test_command").map(|a| a.value);
+    let reload_command = r.argv(t, "reload_command").map(|a| a.value);
+    let conf = r.string(t, "conf").map(|s| PathBuf::from(s.value));
+    let log_format = r.string(t, "log_format").map(|s| s.value);
+    for (key, given) in [("site", site.is_some()), ("upstream", upstream.is_some())] {
+        if !given && !r.errors.iter().any(|e| e.key == reader::join(&t.path, key)) {
+            r.error(
+                t.span.clone(),
+                &reader::join(&t.path, key),
+                match key {
+                    "site" => "missing: the site file ripcord edits, e.g. site = \"/etc/nginx/sites-available/app\"",
+                    _ => "missing: the name of the upstream block ripcord owns, e.g. upstream = \"app\"",
+                }
+                .to_string(),
+            );
+        }
+    }
+    if r.errors.len() > before {
+        return None;
+    }
+    Some(NginxConfig {
+        site: PathBuf::from(site?.value),
+        upstream: upstream?.value,
+        access_log,
+        test_command: test_command.unwrap_or_else(|| vec!["nginx".into(), "-t".into()]),
+        reload_command: reload_command
+            .unwrap_or_else(|| vec!["nginx".into(), "-s".into(), "reload".into()]),
+        conf,
+        log_format,
+    })
+}
+
+/// `[service.NAME.migrations]`; `has_database`: the service has a `[service.NAME.database]`
+/// to read the head from when there is no `head_command`.
+pub(super) fn read_migrations(
+    r: &mut Reader<'_>,
+    m: &Table<'_>,
+    has_database: bool,
+) -> Option<MigrationsConfig> {
+    r.deny_unknown(
+        m,
+        &[
+            "dir",
+            "head_command",
+            "head_table",
+            "pg_version",
+            "on_contract",
+        ],
+    );
+    let dir = r.string(m, "dir");
+    let head = r.argv(m, "head_command");
+    let head_table = r.string(m, "head_table");
+    let pg_version = r
+        .integer(m, "pg_version", 9, 99)
+        .map_or(15, |v| v.value as u32);
+    let on_contract = match r.string(m, "on_contract") {
+        None => Some(OnContract::Warn),
+        Some(v) if v.value == "warn" => Some(OnContract::Warn),
+        Some(v) if v.value == "refuse" => Some(OnContract::Refuse),
+        Some(v) => {
+            r.error(
+                v.span,
+                &reader::join(&m.path, "on_contract"),
+                format!("\"{}\": expected \"warn\" or \"refuse\"", v.value),
+            );
+            None
+        }
+    };
+    if dir.is_none() {
+        r.error(
+            m.span.clone(),
+            &reader::join(&m.path, "dir"),
+            "missing: the migrations directory, e.g. dir = \"migrations\"".to_string(),
+        );
+        return None;
+    }
+    if head.is_none() && !has_database {
+        r.error(
+            m.span.clone(),
+            &reader::join(&m.path, "head_command"),
+            "missing: how to read today's schema head: `head_command` (an argv that prints it), \
+             or a [service.NAME.database] whose `alembic_version` table ripcord reads"
+                .to_string(),
+        );
+        return None;
+    }
+    Some(MigrationsConfig {
+        dir: PathBuf::from(dir?.value),
+        head_command: head.map(|h| h.value),
+        head_table: head_table.map_or_else(|| "alembic_version".to_string(), |h| h.value),
+        pg_version,
+        on_contract: on_contract?,
+    })
+}
+
+/// Why `min_samples` is refused: the sequential test needs no minimum.
+const MIN_SAMPLES_GONE: &str = "is no longer used: the rule is a sequential test that needs no minimum \
+     sample (a total failure is caught within a handful of requests, a healthy release \
+     almost never); set `false_alarm = \"1 per 1e8 requests\"` to change how rare a false \
+     rollback must be (docs/guard-statistics.md)";
+
+/// `[service.NAME.triggers]`: each rule is a table; `enabled = false` turns it off and
+/// a key left out keeps the runbook's default. Returns `None` when a key was wrong.
+pub(super) fn read_triggers(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Triggers> {
+    let mut out = Triggers::default();
+    let Some(tt) = r.table(t, "triggers") else {
+        return (!t.inner.contains_key("triggers")).then_some(out);
+    };
+    let before = r.errors.len();
+    r.deny_unknown(
+        &tt,
+        &[
+            "error_rate",
+            "latency_p95",
+            "oom_kills",
+            "crash",
+            "cpu",
+            "health",
+        ],
+    );
+    let enabled = |r: &mut Reader<'_>, rt: &Table<'_>| r.boolean(rt, "enabled").unwrap_or(true);
+    if let Some(rt) = r.table(&tt, "error_rate") {
+        r.removed(&rt, "min_samples", MIN_SAMPLES_GONE);
+        r.deny_unknown(&rt, &["enabled", "above", "window", "false_alarm"]);
+        let d = ErrorRateRule::default();
+        let rule = ErrorRateRule {
+            // Strictly inside (0, 1): the healthy zone is 0.8 × `above`, and a test of
+            // "above 100%" could never fire.
+            above: r.float(&rt, "above", 0.001, 0.99).unwrap_or(d.above),
+            window: r.duration(&rt, "window", SECOND, DAY).unwrap_or(d.window),
+            requests_per_false_alarm: r
+                .false_alarm(&rt, "false_alarm")
+                .unwrap_or(d.requests_per_false_alarm),
+        };
+
+        out.error_rate = enabled(r, &rt).then_some(rule);
+    }
+    if let Some(rt) = r.table(&tt, "latency_p95") {
+        r.removed(&rt, "min_samples", MIN_SAMPLES_GONE);
+        r.deny_unknown(
+            &rt,
+            &["enabled", "factor", "window", "floor", "false_alarm"],
+        );
+        let d = LatencyRule::default();
+        let rule = LatencyRule {
+            factor: r.float(&rt, "factor", 1.0, 1000.0).unwrap_or(d.factor),
+            window: r.duration(&rt, "window", SECOND, DAY).unwrap_or(d.window),
+            floor: r
+                .duration(&rt, "floor", Duration::ZERO, HOUR)
+                .unwrap_or(d.floor),
+            requests_per_false_alarm: r
+                .false_alarm(&rt, "false_alarm")
+                .unwrap_or(d.requests_per_false_alarm),
+        };
+        out.latency_p95 = enabled(r, &rt).then_some(rule);
+    }
+    if let Some(b) = r.boolean(&tt, "oom_kills") {
+        out.oom_kills = b;
+    }
+    if let Some(b) = r.boolean(&tt, "crash") {
+        out.crash = b;
+    }
+    if let Some(rt) = r.table(&tt, "cpu") {
+        r.deny_unknown(&rt, &["enabled", "above", "for", "action"]);
+        let d = CpuRule::default();
+        let investigate = match r.string(&rt, "action") {
+            None => true,
+            Some(a) if a.value == "investigate" => true,
+            Some(a) if a.value == "rollback" => false,
+            Some(a) => {
+                r.error(
+                    a.span,
+                    &reader::join(&rt.path, "action"),
+                    format!(
+                        "unknown action \"{}\"; expected \"investigate\" or \"rollback\"",
+                        a.value
+                    ),
+                );
+                true
+            }
+        };
+        let rule = CpuRule {
+            above: r.float(&rt, "above", 0.0, 1024.0).unwrap_or(d.above),
+            for_: r.duration(&rt, "for", SECOND, DAY).unwrap_or(d.for_),
+            investigate,
+        };
+        out.cpu = enabled(r, &rt).then_some(rule);
+    }
+    if let Some(rt) = r.table(&tt, "health") {
+        r.deny_unknown(
+            &rt,
+            &["enabled", "consecutive_failures", "interval", "timeout"],
+        );
+        let d = HealthRule::default();
+        let rule = HealthRule {
+            consecutive_failures: r
+                .integer(&rt, "consecutive_failures", 1, 1000)
+                .map_or(d.consecutive_failures, |v| v.value as u32),
+            interval: r
+                .duration(&rt, "interval", MIN_PROBE, HOUR)
+                .unwrap_or(d.interval),
+            timeout: r
+                .duration(&rt, "timeout", MIN_PROBE, HOUR)
+                .unwrap_or(d.timeout),
+        };
+        out.health = enabled(r, &rt).then_some(rule);
+    }
+    (r.errors.len() == before).then_some(out)
+}
