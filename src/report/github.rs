@@ -244,6 +244,42 @@ fn ssh_host_env(opts: &Options) -> Option<(&'static str, String)> {
     })
 }
 
+/// The job's main step: the inputs in the environment; a script that checks the
+/// service, builds `args` with `command`, runs ripcord, annotates its exit code with
+/// `outcomes` (the lines of a `case`), appends the status to the job summary and exits
+/// with ripcord's code.
+fn main_step(
+    out: &mut String,
+    services: &[ServiceFacts],
+    opts: &Options,
+    name: &str,
+    command: &[&str],
+    outcomes: &[&str],
+) {
+    let mut script: Vec<String> = vec!["set -euo pipefail".into()];
+    script.extend(service_check(services));
+    script.extend(run_function(opts).into_iter().map(String::from));
+    script.push(String::new());
+    script.push(
+        "by=\"GitHub Actions run $GITHUB_SERVER_URL/$GITHUB_REPOSITORY/actions/runs/$GITHUB_RUN_ID by $GITHUB_ACTOR\""
+            .into(),
+    );
+    script.extend(command.iter().map(|l| l.to_string()));
+    script.extend(["rc=0", "ripcord \"${args[@]}\" || rc=$?", "case \"$rc\" in"].map(String::from));
+    script.extend(outcomes.iter().map(|l| l.to_string()));
+    script.push("esac".into());
+    script.extend(SUMMARY.map(String::from));
+    script.push("exit \"$rc\"".into());
+    let mut env = vec![
+        ("SERVICE", "${{ inputs.service }}".to_string()),
+        ("VERSION", "${{ inputs.version }}".to_string()),
+        ("REASON", "${{ inputs.reason }}".to_string()),
+    ];
+    env.extend(ssh_host_env(opts));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    step(out, name, &env, &script);
+}
+
 fn rollback(services: &[ServiceFacts], opts: &Options) -> String {
     let mut out = String::new();
     header(
@@ -278,37 +314,23 @@ fn rollback(services: &[ServiceFacts], opts: &Options) -> String {
     out.push_str("    steps:\n");
     ssh_setup(&mut out, opts);
 
-    let mut script: Vec<String> = vec!["set -euo pipefail".into()];
-    script.extend(service_check(services));
-    script.extend(run_function(opts).into_iter().map(String::from));
-    script.extend(
-        [
-            "",
-            "by=\"GitHub Actions run $GITHUB_SERVER_URL/$GITHUB_REPOSITORY/actions/runs/$GITHUB_RUN_ID by $GITHUB_ACTOR\"",
+    main_step(
+        &mut out,
+        services,
+        opts,
+        "ripcord rollback",
+        &[
             "args=(rollback \"$SERVICE\" --reason \"$REASON ($by)\")",
             "if [ -n \"$VERSION\" ]; then args+=(--to \"$VERSION\"); fi",
-            "rc=0",
-            "ripcord \"${args[@]}\" || rc=$?",
-            "case \"$rc\" in",
+        ],
+        &[
             "  0) echo \"::notice title=Rolled back::$SERVICE is back on its previous good release, verified\" ;;",
             "  3) echo \"::error title=Refused::ripcord refused to roll $SERVICE back (frozen, a contract migration, or nothing good to go back to): see the log\" ;;",
             "  4) echo \"::error title=Verification failed::$SERVICE was rolled back, but its verification failed: see the log\" ;;",
             "  255) echo \"::error title=Unreachable::could not reach the deploy host\" ;;",
             "  *) echo \"::error title=Rollback failed::ripcord exited with $rc: see the log\" ;;",
-            "esac",
-        ]
-        .map(String::from),
+        ],
     );
-    script.extend(SUMMARY.map(String::from));
-    script.push("exit \"$rc\"".into());
-    let mut env = vec![
-        ("SERVICE", "${{ inputs.service }}".to_string()),
-        ("VERSION", "${{ inputs.version }}".to_string()),
-        ("REASON", "${{ inputs.reason }}".to_string()),
-    ];
-    env.extend(ssh_host_env(opts));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    step(&mut out, "ripcord rollback", &env, &script);
     out
 }
 
@@ -373,17 +395,13 @@ fn deploy(services: &[ServiceFacts], opts: &Options) -> String {
     out.push_str("    steps:\n");
     ssh_setup(&mut out, opts);
 
-    let mut script: Vec<String> = vec!["set -euo pipefail".into()];
-    script.extend(service_check(services));
-    script.extend(run_function(opts).into_iter().map(String::from));
-    script.extend(
-        [
-            "",
-            "by=\"GitHub Actions run $GITHUB_SERVER_URL/$GITHUB_REPOSITORY/actions/runs/$GITHUB_RUN_ID by $GITHUB_ACTOR\"",
-            "args=(deploy \"$SERVICE\" \"$VERSION\" --wait --reason \"${REASON:-deploy} ($by)\")",
-            "rc=0",
-            "ripcord \"${args[@]}\" || rc=$?",
-            "case \"$rc\" in",
+    main_step(
+        &mut out,
+        services,
+        opts,
+        "ripcord deploy --wait",
+        &["args=(deploy \"$SERVICE\" \"$VERSION\" --wait --reason \"${REASON:-deploy} ($by)\")"],
+        &[
             "  0) echo \"::notice title=Deployed::$SERVICE $VERSION is live and the guard cleared it\" ;;",
             "  5) echo \"::error title=Rolled back::$SERVICE $VERSION was rolled back while the guard watched it: ripcord incident list\" ;;",
             "  6) echo \"::error title=No verdict::$SERVICE $VERSION still serves, but the guard gave no verdict in time: ripcord status $SERVICE\" ;;",
@@ -391,20 +409,8 @@ fn deploy(services: &[ServiceFacts], opts: &Options) -> String {
             "  4) echo \"::error title=Verification failed::$SERVICE $VERSION failed its verification and was not kept: see the log\" ;;",
             "  255) echo \"::error title=Unreachable::could not reach the deploy host\" ;;",
             "  *) echo \"::error title=Deploy failed::ripcord exited with $rc: see the log\" ;;",
-            "esac",
-        ]
-        .map(String::from),
+        ],
     );
-    script.extend(SUMMARY.map(String::from));
-    script.push("exit \"$rc\"".into());
-    let mut env = vec![
-        ("SERVICE", "${{ inputs.service }}".to_string()),
-        ("VERSION", "${{ inputs.version }}".to_string()),
-        ("REASON", "${{ inputs.reason }}".to_string()),
-    ];
-    env.extend(ssh_host_env(opts));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    step(&mut out, "ripcord deploy --wait", &env, &script);
     out
 }
 
