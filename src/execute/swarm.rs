@@ -43,6 +43,10 @@ impl ServiceExec {
         })?;
         let env = self.release_env(release)?;
         let labels = self.release_labels(release);
+        self.ensure_image(op, release).await?;
+        // The digest when the release came from a registry: other nodes can pull it,
+        // and it names exactly the pinned content. An id only resolves on this engine.
+        let image = img.repo_digest.clone().unwrap_or_else(|| img.id.clone());
         let existing = engine.service_labels(&name).await.map_err(failed)?;
         if let Some(labels) = &existing
             && labels
@@ -84,7 +88,7 @@ impl ServiceExec {
             engine
                 .service_create(&SwarmServiceSpec {
                     name: name.clone(),
-                    image: img.id.clone(),
+                    image: image.clone(),
                     env,
                     published_port: (!host_network)
                         .then_some((publish.port(), crate::docker::swarm::PublishMode::Ingress)),
@@ -130,7 +134,7 @@ impl ServiceExec {
                         ),
                     )?;
                     engine
-                        .service_set(&name, &img.id, &env, &labels)
+                        .service_set(&name, &image, &env, &labels)
                         .await
                         .map_err(failed)?;
                 }
@@ -146,7 +150,7 @@ impl ServiceExec {
                 ),
             )?;
             engine
-                .service_set(&name, &img.id, &env, &labels)
+                .service_set(&name, &image, &env, &labels)
                 .await
                 .map_err(failed)?;
         }
