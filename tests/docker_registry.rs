@@ -400,6 +400,60 @@ fn deploy_pulls_from_the_registry_and_pins_the_digest() {
         v2,
         "the pull left {repo}:v2 on the engine"
     );
+
+    // v1 gone from the engine and from the registry: doctor says a rollback would fail,
+    // and what to do.
+    let load = common::Load::start(
+        format!("http://127.0.0.1:{}/api/load", p.entry),
+        2,
+        Duration::from_secs(30),
+        150,
+    );
+    eventually(
+        "v1's warm container stops after the bake",
+        Duration::from_secs(30),
+        || containers_of(&p.svc).len() == 1,
+    );
+    load.stop();
+    assert_ok(
+        &Command::new("docker")
+            .args(["image", "rm", "-f", &v1])
+            .output()
+            .unwrap(),
+        "docker image rm v1",
+    );
+    let digest = p.pinned("v1")["repo_digest"].as_str().unwrap().to_string();
+    let (name, sha) = digest.split_once('@').unwrap();
+    let name = name.split_once('/').unwrap().1;
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "DELETE",
+        ])
+        .arg(format!(
+            "http://{}/v2/{name}/manifests/{sha}",
+            registry.host()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "202",
+        "deleting v1's manifest: {}",
+        stderr(&out)
+    );
+    let out = p.run(&["doctor", &p.svc]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("✗ image pullable") && text.contains("push the exact image"),
+        "{text}"
+    );
 }
 
 #[test]
