@@ -2,8 +2,9 @@
 //! server (Debian's `docker-registry`, started per test on a loopback port with its
 //! storage in a temporary directory): a deploy pulls what the engine lacks and records
 //! `name@sha256:…`; a rollback to a pruned image pulls that digest and runs the pinned
-//! id; `doctor` says the image is pullable; basic auth from the Docker config or from
-//! the service's `registry_username` + `registry_password_env`. The Docker config is a
+//! id; `doctor` says the image is pullable, or not once the registry lost it; a Swarm
+//! service is created, updated and rolled back by digest; basic auth from the Docker
+//! config or from the service's `registry_username` + `registry_password_env`. The Docker config is a
 //! per-test `DOCKER_CONFIG` directory: the real `~/.docker` is never read or written.
 //! Every test removes the containers and images it made, also when it fails. Needs the
 //! engine, `docker-registry` and `htpasswd`: fails, never skips, without them.
@@ -17,9 +18,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BIN, assert_ok, eventually, free_port, get, stderr, stdout};
-use docker_fixture::{Cleanup, build_image, containers_of, engine, rt, unique};
+use docker_fixture::{Cleanup, Swarm, build_image, containers_of, engine, rt, unique};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// The app's arguments in a container: listen on the container port, all interfaces.
+const LISTEN: &[&str] = &["--listen", "0.0.0.0:8080"];
 
 /// A Distribution server on `127.0.0.1:port`, killed on drop.
 struct Registry {
@@ -126,6 +130,10 @@ struct Project {
     docker_config: PathBuf,
     /// More environment for the CLI and the watcher.
     env: Vec<(String, String)>,
+    /// More lines for the app's env file.
+    app_env: String,
+    /// Runtime swarm: the tasks bind this loopback port themselves (host network).
+    swarm_port: Option<u16>,
     // Last: containers and images go after the watcher is stopped.
     cleanup: Cleanup,
 }
@@ -147,6 +155,8 @@ impl Project {
             watcher: None,
             docker_config,
             env: Vec::new(),
+            app_env: String::new(),
+            swarm_port: None,
             cleanup,
         };
         p.write_config(docker_extra);
@@ -156,12 +166,23 @@ impl Project {
     fn write_config(&self, docker_extra: &str) {
         let (svc, entry, repo) = (&self.svc, self.entry, &self.repo);
         let (blue, green) = self.slots;
+        let (runtime, placement) = match self.swarm_port {
+            Some(port) => (
+                "swarm",
+                format!("publish = \"127.0.0.1:{port}\"\nnetwork = \"host\""),
+            ),
+            None => ("docker", String::new()),
+        };
+        let slots = match self.swarm_port {
+            Some(_) => String::new(),
+            None => format!("slots = {{ blue = {blue}, green = {green} }}"),
+        };
         let config = format!(
             r#"[service.{svc}]
-runtime = "docker"
+runtime = "{runtime}"
 router = "proxy"
 listen = "127.0.0.1:{entry}"
-slots = {{ blue = {blue}, green = {green} }}
+{slots}
 start_timeout = "20s"
 stop_timeout = "5s"
 bake = "1s"
@@ -171,6 +192,7 @@ health_path = "/health"
 image = "{repo}"
 env_file = "app.env"
 container_port = 8080
+{placement}
 {docker_extra}
 
 [[service.{svc}.verify]]
@@ -186,7 +208,7 @@ json_equals = "{{version}}"
     fn env_file(&self, version: &str) {
         std::fs::write(
             self.dir.path().join("app.env"),
-            format!("DEMO_VERSION={version}\n"),
+            format!("DEMO_VERSION={version}\n{}", self.app_env),
         )
         .unwrap();
     }
@@ -309,7 +331,8 @@ impl Drop for Project {
 /// Builds `repo:v1` and `repo:v2`, pushes them with the docker CLI (logged in with
 /// `login` through a private config dir when given), and removes the local copies so a
 /// deploy must pull. Returns the image ids; every reference is left to `p.cleanup`.
-fn publish(p: &mut Project, login: Option<(&str, &str)>) -> (String, String) {
+/// `args`: the app's default arguments (none for swarm: it listens where DEMO_LISTEN says).
+fn publish(p: &mut Project, login: Option<(&str, &str)>, args: &[&str]) -> (String, String) {
     let rt = rt();
     let engine = engine(&rt);
     let push_config = tempfile::tempdir().unwrap();
@@ -335,13 +358,7 @@ fn publish(p: &mut Project, login: Option<(&str, &str)>) -> (String, String) {
     let mut ids = Vec::new();
     for v in ["v1", "v2"] {
         let reference = format!("{}:{v}", p.repo);
-        let id = build_image(
-            &rt,
-            &engine,
-            &mut p.cleanup,
-            &reference,
-            &["--listen", "0.0.0.0:8080"],
-        );
+        let id = build_image(&rt, &engine, &mut p.cleanup, &reference, args);
         // Removed by id too: a pull by digest brings it back without the tag.
         p.cleanup.images.push(id.clone());
         assert_ok(
@@ -373,7 +390,7 @@ fn deploy_pulls_from_the_registry_and_pins_the_digest() {
     let registry = Registry::start(None);
     let repo = format!("{}/{}", registry.host(), unique("demo"));
     let mut p = Project::new(&repo, "");
-    let (v1, v2) = publish(&mut p, None);
+    let (v1, v2) = publish(&mut p, None, LISTEN);
     p.start_watcher();
 
     for (version, id) in [("v1", &v1), ("v2", &v2)] {
@@ -461,7 +478,7 @@ fn rollback_pulls_a_pruned_image_by_its_digest_and_runs_the_pinned_id() {
     let registry = Registry::start(None);
     let repo = format!("{}/{}", registry.host(), unique("demo"));
     let mut p = Project::new(&repo, "");
-    let (v1, _v2) = publish(&mut p, None);
+    let (v1, _v2) = publish(&mut p, None, LISTEN);
     p.start_watcher();
     assert_ok(&p.deploy("v1"), "deploy v1");
     assert_ok(&p.deploy("v2"), "deploy v2");
@@ -537,7 +554,7 @@ fn a_registry_with_basic_auth_needs_a_login_from_the_docker_config_or_the_env() 
     let registry = Registry::start(Some(("ci", "s3cret-pw")));
     let repo = format!("{}/{}", registry.host(), unique("demo"));
     let mut p = Project::new(&repo, "");
-    let (v1, v2) = publish(&mut p, Some(("ci", "s3cret-pw")));
+    let (v1, v2) = publish(&mut p, Some(("ci", "s3cret-pw")), LISTEN);
     p.start_watcher();
 
     // No login anywhere: the deploy fails and says what to do.
@@ -597,4 +614,60 @@ fn a_registry_with_basic_auth_needs_a_login_from_the_docker_config_or_the_env() 
             "{args:?} printed the password: {all}"
         );
     }
+}
+
+/// The image a swarm service's spec names.
+fn swarm_image(service: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "service",
+            "inspect",
+            "--format",
+            "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+            service,
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out, "docker service inspect");
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn a_swarm_service_is_updated_and_rolled_back_by_digest() {
+    let rt = rt();
+    let engine = engine(&rt);
+    let _swarm = Swarm::join(&rt, &engine);
+    let registry = Registry::start(None);
+    let repo = format!("{}/{}", registry.host(), unique("demo"));
+    let app_port = free_port();
+    let mut p = Project::new(&repo, "");
+    p.swarm_port = Some(app_port);
+    p.app_env = format!("DEMO_LISTEN=127.0.0.1:{app_port}\n");
+    p.write_config("");
+    p.cleanup.swarm_services.push(p.svc.clone());
+    let (v1, v2) = publish(&mut p, None, &[]);
+    p.start_watcher();
+
+    for (version, id) in [("v1", &v1), ("v2", &v2)] {
+        let out = p.deploy(version);
+        assert_ok(
+            &out,
+            &format!("deploy {version} (swarm) {}", p.watcher_log()),
+        );
+        assert_eq!(p.serving(), version);
+        let pinned = p.pinned(version);
+        assert_pinned(&pinned, &repo, id);
+        assert_eq!(
+            swarm_image(&p.svc),
+            pinned["repo_digest"].as_str().unwrap(),
+            "the service names the digest"
+        );
+    }
+    let out = p.run(&["rollback", &p.svc, "--reason", "registry test"]);
+    assert_ok(&out, &format!("swarm rollback {}", p.watcher_log()));
+    assert_eq!(p.serving(), "v1");
+    assert_eq!(
+        swarm_image(&p.svc),
+        p.pinned("v1")["repo_digest"].as_str().unwrap()
+    );
 }
