@@ -41,7 +41,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    fn to_bollard(&self) -> DockerCredentials {
+    pub(super) fn to_bollard(&self) -> DockerCredentials {
         DockerCredentials {
             username: Some(self.username.clone()),
             password: Some(self.password.clone()),
