@@ -267,28 +267,27 @@ async fn docker_checks(svc: &ServiceConfig, prev: &Release, out: &mut Vec<Check>
         ));
         return;
     };
+    let short = crate::execute::container::short_id(&img.id);
     match engine.image_present(&img.id).await {
         Ok(true) => out.push(pass(
             "image present",
-            format!(
-                "{} ({}) is on this engine",
-                img.reference,
-                crate::execute::container::short_id(&img.id)
-            ),
+            format!("{} ({short}) is on this engine", img.reference),
         )),
-        Ok(false) => out.push(fail(
-            "image present",
-            format!(
-                "{} was {} ({}), and no image with that id is on this engine",
-                prev.version,
-                img.reference,
-                crate::execute::container::short_id(&img.id)
-            ),
-            format!(
-                "pull it by digest ({}) or rebuild and load the exact image; a different build is not the same release",
-                img.repo_digest.as_deref().unwrap_or(&img.reference)
-            ),
-        )),
+        Ok(false) => match &img.repo_digest {
+            // Gone from the engine: a rollback pulls the pinned digest, so what matters
+            // is whether the registry still has it.
+            Some(digest) => out.push(pullable(&engine, svc, digest, &img.id).await),
+            None => out.push(fail(
+                "image present",
+                format!(
+                    "{} was {} ({short}), no image with that id is on this engine, and it has no \
+                     registry digest (it was built or loaded here)",
+                    prev.version, img.reference
+                ),
+                "rebuild and `docker load` the exact image; a different build is not the same release"
+                    .into(),
+            )),
+        },
         Err(e) => out.push(fail(
             "image present",
             e.to_string(),
@@ -361,4 +360,56 @@ fn which(program: &str) -> bool {
     }
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Whether the registry still has `digest` (`name@sha256:…`), asked through the engine
+/// without pulling: a rollback would pull it and check it is image `id`.
+async fn pullable(
+    engine: &crate::docker::Engine,
+    svc: &ServiceConfig,
+    digest: &str,
+    id: &str,
+) -> Check {
+    let short = crate::execute::container::short_id(id);
+    let Some(d) = svc.docker.as_ref() else {
+        return fail(
+            "image pullable",
+            format!("{short} is not on this engine"),
+            format!("add the [service.{}.docker] table", svc.name),
+        );
+    };
+    let creds = match crate::execute::container::registry_credentials(d, digest) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                "image pullable",
+                e.to_string(),
+                "set it, then run doctor again".into(),
+            );
+        }
+    };
+    let want = digest.split_once('@').map_or("", |(_, d)| d);
+    match engine.registry_digest(digest, creds.as_ref()).await {
+        Ok(got) if got == want => pass(
+            "image pullable",
+            format!(
+                "{short} is not on this engine; the registry has {digest}, and a rollback pulls it"
+            ),
+        ),
+        Ok(got) => fail(
+            "image pullable",
+            format!("the registry answers {got} for {digest}"),
+            "the registry does not serve the pinned content: push the exact image again, or \
+             load it on this engine"
+                .into(),
+        ),
+        Err(e) => fail(
+            "image pullable",
+            format!("{short} is not on this engine, and {e}"),
+            "push the exact image to the registry again (or `docker load` it here); if the \
+             registry needs a login, `docker login` it or set registry_username and \
+             registry_password_env"
+                .into(),
+        ),
+    }
 }

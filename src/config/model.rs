@@ -84,6 +84,12 @@ pub struct DockerConfig {
     /// Runtime swarm: `"host"` runs the tasks in the host's network (the app binds
     /// `publish` itself; nothing is published on other interfaces).
     pub network: Option<String>,
+    /// The user ripcord logs in to the image's registry as, when the Docker config
+    /// (`$DOCKER_CONFIG/config.json`, `~/.docker/config.json`) has no entry for it.
+    pub registry_username: Option<String>,
+    /// The environment variable that holds that user's password: the config file names
+    /// where the secret is, never the secret itself (the file is often committed).
+    pub registry_password_env: Option<String>,
 }
 
 /// `[service.NAME.migrations]`: the migrations directory and how to read today's schema

@@ -67,6 +67,13 @@ pub(super) fn read_docker(
     service: &str,
 ) -> Option<DockerConfig> {
     let before = r.errors.len();
+    r.removed(
+        t,
+        "registry_password",
+        "ripcord never reads a password from its config file (it is often committed): put it \
+         in an environment variable of the watcher and name that with \
+         registry_password_env = \"VAR\" (or `docker login` the registry)",
+    );
     r.deny_unknown(
         t,
         &[
@@ -79,6 +86,8 @@ pub(super) fn read_docker(
             "name",
             "command",
             "network",
+            "registry_username",
+            "registry_password_env",
         ],
     );
     let image = r.string(t, "image").map(|s| s.value);
@@ -150,6 +159,18 @@ pub(super) fn read_docker(
             ),
         );
     }
+    let registry_username = r.string(t, "registry_username");
+    let registry_password_env = r.string(t, "registry_password_env");
+    match (&registry_username, &registry_password_env) {
+        (Some(_), None) | (None, Some(_)) => r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "registry_username"),
+            "registry_username and registry_password_env go together (the user, and the \
+             environment variable holding its password); set both or neither"
+                .to_string(),
+        ),
+        _ => {}
+    }
     if r.errors.len() > before {
         return None;
     }
@@ -163,6 +184,8 @@ pub(super) fn read_docker(
         name: name.map_or_else(|| service.to_string(), |n| n.value),
         command,
         network: network.map(|n| n.value),
+        registry_username: registry_username.map(|u| u.value),
+        registry_password_env: registry_password_env.map(|e| e.value),
     })
 }
 

@@ -8,6 +8,7 @@
 
 mod build;
 mod ops;
+pub mod registry;
 pub mod swarm;
 
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +66,9 @@ pub enum DockerError {
         #[source]
         source: BollardError,
     },
+    /// The registry (through the engine) refused a pull or a digest lookup.
+    #[error("cannot pull {reference}: {detail}")]
+    Pull { reference: String, detail: String },
     /// The image build reported an error.
     #[error("image build failed: {0}")]
     Build(String),

@@ -58,6 +58,9 @@ pub struct SwarmServiceSpec {
     /// Run the tasks in the host's network namespace (the app binds its own address,
     /// e.g. a loopback one, and nothing is published).
     pub host_network: bool,
+    /// The registry login the engine hands to the nodes that pull the image (a private
+    /// registry: without it, only a node that already has the image can run a task).
+    pub registry_auth: Option<super::registry::Credentials>,
 }
 
 /// One task of a service.
@@ -211,7 +214,7 @@ impl Engine {
         };
         let created = self
             .docker
-            .create_service(service, None)
+            .create_service(service, spec.registry_auth.as_ref().map(|c| c.to_bollard()))
             .await
             .map_err(self.err("service create", "image", &spec.image))?;
         created.id.ok_or_else(|| DockerError::Unexpected {
@@ -249,6 +252,7 @@ impl Engine {
         image: &str,
         env: &[(String, String)],
         labels: &BTreeMap<String, String>,
+        registry_auth: Option<&super::registry::Credentials>,
     ) -> Result<(), DockerError> {
         let (mut spec, version) = self.service_spec(name).await?;
         let template = spec.task_template.get_or_insert_with(Default::default);
@@ -277,7 +281,7 @@ impl Engine {
                     version,
                     ..Default::default()
                 },
-                None,
+                registry_auth.map(|c| c.to_bollard()),
             )
             .await
             .map(|_| ())

@@ -15,6 +15,7 @@ use std::time::Instant;
 use super::envfile;
 use super::{ExecError, Progress, ServiceExec, SlotProc, process, sanitize, say};
 use crate::config::{DockerConfig, Slot, duration};
+use crate::docker::registry::{self, Credentials};
 use crate::docker::{ContainerSpec, Engine, ImageInfo};
 use crate::ledger::{ImageRelease, Release};
 use crate::os::describe_exit;
@@ -123,17 +124,23 @@ impl ServiceExec {
                 )));
             }
         };
-        let info: ImageInfo = self
-            .engine()
-            .await?
-            .resolve_image(&reference)
-            .await
-            .map_err(|e| {
-                ExecError::Failed(format!(
-                    "cannot deploy {} {version}: {e} (ripcord deploys images present on this engine: build or pull `{reference}` first)",
-                    self.name()
-                ))
-            })?;
+        let engine = self.engine().await?;
+        let cannot = |e: crate::docker::DockerError| {
+            ExecError::Failed(format!("cannot deploy {} {version}: {e}", self.name()))
+        };
+        let info: ImageInfo = match engine.resolve_image(&reference).await {
+            Ok(info) => info,
+            Err(e) if e.is_not_found() => {
+                // Not on this engine: the registry has it, or nobody does.
+                let creds = registry_credentials(&d, &reference)?;
+                engine
+                    .pull(&reference, creds.as_ref())
+                    .await
+                    .map_err(|e| ExecError::Failed(pull_failed(self.name(), version, &e, &d)))?;
+                engine.resolve_image(&reference).await.map_err(cannot)?
+            }
+            Err(e) => return Err(cannot(e)),
+        };
         let (env_snapshot, env_keys) = match &d.env_file {
             Some(path) => {
                 let vars = envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))?;
@@ -147,10 +154,12 @@ impl ServiceExec {
             }
             None => (None, Vec::new()),
         };
+        // What a later rollback pulls when this id was pruned from the engine.
+        let repo_digest = registry::digest_for(&reference, &info.repo_digests);
         Ok(ImageRelease {
             reference,
             id: info.id,
-            repo_digest: info.repo_digests.into_iter().next(),
+            repo_digest,
             env_snapshot,
             env_keys,
             container_port: d.container_port,
@@ -158,6 +167,74 @@ impl ServiceExec {
             restart: d.restart.clone(),
             command: d.command.clone(),
         })
+    }
+
+    /// Makes sure the engine has `release`'s pinned image before it runs: when the id
+    /// is gone (pruned, another host), the pinned `name@sha256:…` is pulled again and
+    /// must come back as the same id. Anything else would be a different release.
+    pub(super) async fn ensure_image(&self, op: i64, release: &Release) -> Result<(), ExecError> {
+        let Some(img) = release.spec.image.as_ref() else {
+            return Ok(());
+        };
+        let engine = self.engine().await?;
+        let present = engine
+            .image_present(&img.id)
+            .await
+            .map_err(|e| ExecError::Failed(e.to_string()))?;
+        if present {
+            return Ok(());
+        }
+        let Some(digest) = &img.repo_digest else {
+            return Err(ExecError::Failed(format!(
+                "the image of {} {} ({}, {}) is not on this engine and its release has no \
+                 registry digest to pull it by (it was built or loaded here): rebuild or `docker \
+                 load` the exact image; a different build is not the same release",
+                self.name(),
+                release.version,
+                img.reference,
+                short_id(&img.id)
+            )));
+        };
+        self.ledger().step(
+            op,
+            "pulling",
+            format!(
+                "{} ({}) is not on this engine: pulling {digest}",
+                release.version,
+                short_id(&img.id)
+            ),
+        )?;
+        let d = self.docker_cfg()?.clone();
+        let creds = registry_credentials(&d, digest)?;
+        engine
+            .pull(digest, creds.as_ref())
+            .await
+            .map_err(|e| ExecError::Failed(pull_failed(self.name(), &release.version, &e, &d)))?;
+        let pulled = engine
+            .resolve_image(digest)
+            .await
+            .map_err(|e| ExecError::Failed(e.to_string()))?;
+        if pulled.id != img.id {
+            return Err(ExecError::Failed(format!(
+                "pulled {digest} for {} {}, and it is image {}, not the pinned {}: the registry \
+                 serves other content under that digest's name (a different platform?); ripcord \
+                 will not run it as this release",
+                self.name(),
+                release.version,
+                short_id(&pulled.id),
+                short_id(&img.id)
+            )));
+        }
+        self.event(
+            Some(release.id),
+            Some(op),
+            "image_pulled",
+            format!(
+                "pulled {digest} again: image {} as pinned",
+                short_id(&img.id)
+            ),
+        );
+        Ok(())
     }
 
     fn env_snapshot_path(&self, version: &str, digest: &str) -> PathBuf {
@@ -330,6 +407,7 @@ impl ServiceExec {
                  or change `slots` in the config"
             )));
         }
+        self.ensure_image(op, release).await?;
         let spec = self.container_spec(release, name.clone(), addr, Some(slot))?;
         self.ledger().step(
             op,
@@ -529,6 +607,52 @@ pub(super) fn never_healthy(
         }
     }
     msg
+}
+
+/// The login for `reference`'s registry: the Docker config's (what `docker login`
+/// stored), else the service's `registry_username` with the password from the
+/// environment variable `registry_password_env` names; `None` pulls anonymously.
+pub fn registry_credentials(
+    d: &DockerConfig,
+    reference: &str,
+) -> Result<Option<Credentials>, ExecError> {
+    let server = registry::registry_of(reference);
+    if let Some(c) = registry::docker_config_credentials(&server) {
+        return Ok(Some(c));
+    }
+    let (Some(username), Some(var)) = (&d.registry_username, &d.registry_password_env) else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(password) if !password.is_empty() => Ok(Some(Credentials {
+            username: username.clone(),
+            password,
+            server,
+        })),
+        _ => Err(ExecError::Failed(format!(
+            "registry_password_env names {var}, and {var} is not set (or empty) in the \
+             environment of the watcher: export it before `ripcord watch` starts"
+        ))),
+    }
+}
+
+/// A failed pull, with what to do about it.
+fn pull_failed(
+    service: &str,
+    version: &str,
+    e: &crate::docker::DockerError,
+    d: &DockerConfig,
+) -> String {
+    let login = if d.registry_username.is_some() {
+        "check registry_username and the password in registry_password_env"
+    } else {
+        "if the registry needs a login, `docker login` it (for the user the watcher runs as, \
+         or DOCKER_CONFIG) or set registry_username and registry_password_env in the docker table"
+    };
+    format!(
+        "cannot get the image of {service} {version} (not on this engine): {e}; {login}, or \
+         build / load the image on this engine"
+    )
 }
 
 /// `sha256:0123456789ab…` shortened to `0123456789ab` for people.

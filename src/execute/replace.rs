@@ -117,6 +117,8 @@ impl ServiceExec {
         // A `-next` left by an interrupted operation is ours and goes first, before
         // anything is stopped (a failure here leaves the current container serving).
         self.clear_name(&next_name).await?;
+        // A pruned image is pulled by its digest now, before anything is stopped.
+        self.ensure_image(op, release).await?;
         if current_running {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())

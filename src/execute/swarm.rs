@@ -43,6 +43,14 @@ impl ServiceExec {
         })?;
         let env = self.release_env(release)?;
         let labels = self.release_labels(release);
+        self.ensure_image(op, release).await?;
+        // The digest when the release came from a registry: other nodes can pull it,
+        // and it names exactly the pinned content. An id only resolves on this engine.
+        let image = img.repo_digest.clone().unwrap_or_else(|| img.id.clone());
+        let registry_auth = match &img.repo_digest {
+            Some(digest) => super::container::registry_credentials(&d, digest)?,
+            None => None,
+        };
         let existing = engine.service_labels(&name).await.map_err(failed)?;
         if let Some(labels) = &existing
             && labels
@@ -84,7 +92,7 @@ impl ServiceExec {
             engine
                 .service_create(&SwarmServiceSpec {
                     name: name.clone(),
-                    image: img.id.clone(),
+                    image: image.clone(),
                     env,
                     published_port: (!host_network)
                         .then_some((publish.port(), crate::docker::swarm::PublishMode::Ingress)),
@@ -97,6 +105,7 @@ impl ServiceExec {
                     init: true,
                     stop_grace_secs: Some(duration::ceil_secs(self.cfg.stop_timeout)),
                     host_network,
+                    registry_auth: registry_auth.clone(),
                 })
                 .await
                 .map_err(failed)?;
@@ -130,7 +139,7 @@ impl ServiceExec {
                         ),
                     )?;
                     engine
-                        .service_set(&name, &img.id, &env, &labels)
+                        .service_set(&name, &image, &env, &labels, registry_auth.as_ref())
                         .await
                         .map_err(failed)?;
                 }
@@ -146,7 +155,7 @@ impl ServiceExec {
                 ),
             )?;
             engine
-                .service_set(&name, &img.id, &env, &labels)
+                .service_set(&name, &image, &env, &labels, registry_auth.as_ref())
                 .await
                 .map_err(failed)?;
         }

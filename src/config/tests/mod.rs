@@ -439,6 +439,34 @@ container_port = 70000
 }
 
 #[test]
+fn a_registry_login_names_its_password_variable_and_never_holds_the_password() {
+    let base = r#"
+[service.api]
+runtime = "docker"
+router = "none"
+
+[service.api.docker]
+container_port = 8080
+publish = "127.0.0.1:8080"
+"#;
+    let cfg = Config::parse(
+        &format!("{base}registry_username = \"ci\"\nregistry_password_env = \"REG_PW\"\n"),
+        Path::new("ripcord.toml"),
+    )
+    .unwrap();
+    let d = cfg.service("api").unwrap().docker.clone().unwrap();
+    assert_eq!(d.registry_username.as_deref(), Some("ci"));
+    assert_eq!(d.registry_password_env.as_deref(), Some("REG_PW"));
+    check(
+        &format!("{base}registry_username = \"ci\"\nregistry_password = \"hunter2\"\n"),
+        &[
+            "ripcord.toml:6: service.api.docker.registry_username: registry_username and registry_password_env go together (the user, and the environment variable holding its password); set both or neither",
+            "ripcord.toml:10: service.api.docker.registry_password: ripcord never reads a password from its config file (it is often committed): put it in an environment variable of the watcher and name that with registry_password_env = \"VAR\" (or `docker login` the registry)",
+        ],
+    );
+}
+
+#[test]
 fn the_docker_example_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/docker.toml");
     let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
