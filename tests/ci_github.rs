@@ -209,7 +209,7 @@ fn runner_command(step: &Step, values: &[(&str, &str)], summary: &Path) -> Comma
 #[test]
 fn the_deploy_job_fails_when_the_release_is_rolled_back_by_the_rollback_job() {
     // A long bake: v2 is still being watched when the person rolls it back.
-    let mut p = Project::new("bake = "30s"", "");
+    let mut p = Project::new(r#"bake = "30s""#, "");
     p.start_watcher();
     assert_ok(&p.deploy("v1", &[]), "deploy v1");
     let files = generate(&p, &p.dir.path().join("wf"), &[]);
