@@ -7,7 +7,8 @@
 //! async mutex excludes other tasks of this one. The slot table is behind a plain mutex
 //! that is never held across an await, so status reads never wait on an operation.
 //!
-//! `deploy.rs` and `rollback.rs` are the two operations, `steps.rs` the steps they
+//! `deploy.rs` and `rollback.rs` are the two operations (`drill.rs` rehearses the
+//! second and undoes it), `steps.rs` the steps they
 //! share (start and health-gate a slot, switch, verify, keep warm, stop), `in_place.rs`
 //! the one-address path of router `none` and runtime `swarm`, `housekeeping.rs` what
 //! the watcher asks between operations (bake timer, reconcile, shutdown), `snapshot.rs`
@@ -15,6 +16,7 @@
 
 pub mod container;
 mod deploy;
+mod drill;
 pub mod envfile;
 mod housekeeping;
 mod in_place;
@@ -43,6 +45,7 @@ use crate::config::{ServiceConfig, Slot};
 use crate::http::HttpClient;
 use crate::ledger::{Ledger, LedgerError, NewEvent, Release, SlotRecord};
 use crate::verify::VerifyReport;
+pub use drill::DrillOutcome;
 use process::RunningProcess;
 pub use router::Router;
 
@@ -180,6 +183,8 @@ pub struct ServiceExec {
     /// Warm releases whose bake was held by the guard's evidence: good rollback targets,
     /// each told once.
     bake_held: Mutex<std::collections::HashSet<i64>>,
+    /// Set while a drill runs (`drill.rs`): the guard leaves the service alone.
+    drilling: std::sync::atomic::AtomicBool,
 }
 
 impl ServiceExec {
@@ -194,6 +199,7 @@ impl ServiceExec {
             http: HttpClient::default(),
             engine: tokio::sync::OnceCell::new(),
             bake_held: Mutex::default(),
+            drilling: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -194,6 +194,8 @@ fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerErro
         )
     } else if let Some(op) = running.as_ref().filter(|o| o.kind == "rollback") {
         ("rolling back", format!("operation #{}: {}", op.id, op.step))
+    } else if let Some(op) = running.as_ref().filter(|o| o.kind == "drill") {
+        ("drilling", format!("operation #{}: {}", op.id, op.step))
     } else if let Some(op) = &running {
         ("deploying", format!("operation #{}: {}", op.id, op.step))
     } else if active.is_none() {
@@ -321,14 +323,20 @@ async fn api_service(
     let svc = service(&d, &name)?;
     let now = now_ms();
     let mut v = summary(&d, &name, svc)?;
-    let (releases, events, incidents) = {
+    let (releases, events, incidents, drill) = {
         let l = d.ledger();
         (
             l.releases(&name)?,
             l.events(&name, 200)?,
             l.incidents(Some(&name))?,
+            l.last_drill(&name)?,
         )
     };
+    v["last_drill"] = drill.map_or(Value::Null, |d| {
+        let mut j = json!(d);
+        j["within_budget"] = json!(d.within_budget());
+        j
+    });
     v["releases"] = history(&releases);
     v["events"] = events.iter().map(event_json).collect();
     v["incidents"] = incidents.iter().take(20).map(brief).collect();

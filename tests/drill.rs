@@ -1,0 +1,210 @@
+//! `ripcord drill` against a real watcher and real demo-app processes: a drill under
+//! live load through the proxy (no request lost, back on the current release, recorded;
+//! `--dry-run` before and after touches nothing), and a drill whose way back fails (the
+//! previous release cannot start) restoring the current release with exit 1.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn events(p: &Project) -> usize {
+    p.json(&["events", "web", "--limit", "1000"])
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+fn release_status(p: &Project, version: &str) -> String {
+    p.json(&["releases", "web"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == version)
+        .unwrap_or_else(|| panic!("no release {version}"))["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn drill_json(p: &Project, extra: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec!["--json", "drill", "web"];
+    args.extend_from_slice(extra);
+    let out = p.run(&args);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "drill: stdout is not JSON ({e}): {}\nstderr: {}\nwatcher: {}",
+            stdout(&out),
+            stderr(&out),
+            p.watcher_log()
+        )
+    });
+    (out.status.code(), v, stderr(&out))
+}
+
+#[test]
+fn a_drill_under_load_goes_back_and_forward_within_budget_and_loses_no_request() {
+    let mut p = Project::new(r#"drill_budget = "30s""#, "");
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+
+    // --dry-run: the plan, and nothing touched (no event, no drill, same traffic).
+    let before = events(&p);
+    let (code, plan, err) = drill_json(&p, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{plan:#}\n{err}");
+    assert_eq!(plan["dry_run"], true, "{plan:#}");
+    assert_eq!(plan["can_run"], true, "{plan:#}");
+    assert_eq!(plan["current"]["version"], "v2", "{plan:#}");
+    assert_eq!(plan["previous"]["version"], "v1", "{plan:#}");
+    assert_eq!(plan["budget_ms"], 30_000, "{plan:#}");
+    assert_eq!(plan["last_drill"], serde_json::Value::Null, "{plan:#}");
+    assert_eq!(events(&p), before, "a dry run writes no event");
+    assert_eq!(serving(&p), "v2");
+    let text = p.run(&["drill", "web", "--dry-run"]);
+    assert_ok(&text, "drill --dry-run");
+    assert!(
+        stdout(&text).contains("last drill: never"),
+        "{}",
+        stdout(&text)
+    );
+
+    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 1_000_000);
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, v, err) = drill_json(&p, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    assert_eq!(code, Some(0), "{v:#}\n{err}\n{}", p.watcher_log());
+    let r = &v["result"];
+    assert_eq!(r["outcome"], "passed", "{v:#}");
+    assert_eq!(r["within_budget"], true, "{v:#}");
+    assert_eq!(r["on_current"], true, "{v:#}");
+    assert_eq!(r["previous"]["version"], "v1", "{v:#}");
+    let steps: Vec<(String, String)> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert_eq!(s["ok"], true, "{s}");
+            assert!(s["ms"].is_u64(), "{s}");
+            (
+                s["leg"].as_str().unwrap().to_string(),
+                s["step"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = ["back", "forward"]
+        .iter()
+        .flat_map(|leg| {
+            ["start", "health_gate", "switch", "verify"]
+                .iter()
+                .map(move |s| (leg.to_string(), s.to_string()))
+        })
+        .collect();
+    assert_eq!(steps, want, "{v:#}");
+    eprintln!("drill steps: {:#}", r["steps"]);
+    eprintln!("drill total_ms: {}", r["total_ms"]);
+
+    assert!(
+        report.failures.is_empty(),
+        "no request lost during the drill: {:?}",
+        &report.failures[..report.failures.len().min(10)]
+    );
+    assert!(
+        report.ok_by_version.get("v1").is_some_and(|n| *n > 0),
+        "the previous release really served during the drill: {:?}",
+        report.ok_by_version
+    );
+    assert_eq!(serving(&p), "v2", "the drill ends on the current release");
+    // A drill marks nothing bad and opens no incident.
+    assert_eq!(release_status(&p, "v2"), "active");
+    assert_eq!(release_status(&p, "v1"), "previous");
+    let incidents = p.json(&["incident", "list"]);
+    assert_eq!(
+        incidents.as_array().map_or(0, Vec::len),
+        0,
+        "{incidents:#}\n{}",
+        p.watcher_log()
+    );
+
+    let status = p.json(&["status", "web"]);
+    assert_eq!(status["last_drill"]["outcome"], "passed", "{status:#}");
+    assert_eq!(
+        status["last_drill"]["total_ms"], r["total_ms"],
+        "{status:#}"
+    );
+    assert_eq!(status["state"], "baking", "{status:#}");
+    let text = stdout(&p.run(&["status", "web"]));
+    assert!(text.contains("drill     passed at"), "{text}");
+
+    // --dry-run after: the last drill's timings, still nothing touched.
+    let before = events(&p);
+    let (code, plan, err) = drill_json(&p, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{plan:#}\n{err}");
+    assert_eq!(plan["last_drill"]["total_ms"], r["total_ms"], "{plan:#}");
+    assert_eq!(plan["last_drill"]["steps"], r["steps"], "{plan:#}");
+    assert_eq!(events(&p), before, "a dry run writes no event");
+
+    p.stop_watcher();
+}
+
+#[test]
+fn a_drill_whose_previous_release_cannot_start_restores_the_current_one_and_exits_1() {
+    let mut p = Project::new("", "");
+    p.start_watcher();
+    // v1 runs through sh so it can be broken later: with the marker file it exits 3.
+    let marker = p.dir.path().join("broken");
+    let script = format!(
+        "test -e {} && exit 3; exec {BIN} demo-app --port {{port}} --version {{version}}",
+        marker.display()
+    );
+    assert_ok(
+        &p.run(&["deploy", "web", "v1", "--", "sh", "-c", &script]),
+        "deploy v1",
+    );
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+
+    // The warm v1 dies and cannot start again: a real rollback would fail now.
+    let status = p.json(&["status", "web"]);
+    let pid = status["live"]["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["version"] == "v1")
+        .and_then(|s| s["pid"].as_i64())
+        .unwrap_or_else(|| panic!("v1 is not warm: {status:#}"));
+    std::fs::write(&marker, "").unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    eventually("v1 exited", Duration::from_secs(10), || !pid_alive(pid));
+
+    let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(60), 1_000_000);
+    let (code, v, err) = drill_json(&p, &[]);
+    let report = load.stop();
+    assert_eq!(code, Some(1), "{v:#}\n{err}\n{}", p.watcher_log());
+    let r = &v["result"];
+    assert_eq!(r["outcome"], "failed", "{v:#}");
+    assert_eq!(r["on_current"], true, "{v:#}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("never became healthy"), "{error}");
+    assert!(
+        error.contains("restored: v2 serves again and passed verification"),
+        "{error}"
+    );
+    assert_eq!(r["steps"][0]["step"], "start", "{v:#}");
+    assert_eq!(r["steps"][0]["ok"], false, "{v:#}");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(serving(&p), "v2", "the current release still serves");
+    assert_eq!(release_status(&p, "v2"), "active");
+
+    let status = p.json(&["status", "web"]);
+    assert_eq!(status["last_drill"]["outcome"], "failed", "{status:#}");
+    // The text says it too.
+    let out = p.run(&["drill", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("restored"), "{}", stderr(&out));
+    assert_eq!(serving(&p), "v2");
+
+    p.stop_watcher();
+}
