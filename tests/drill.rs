@@ -1,7 +1,8 @@
 //! `ripcord drill` against a real watcher and real demo-app processes: a drill under
 //! live load through the proxy (no request lost, back on the current release, recorded;
 //! `--dry-run` before and after touches nothing), and a drill whose way back fails (the
-//! previous release cannot start) restoring the current release with exit 1.
+//! previous release cannot start, or starts and fails verification) restoring the current
+//! release with exit 1.
 
 mod common;
 
@@ -149,14 +150,19 @@ fn a_drill_under_load_goes_back_and_forward_within_budget_and_loses_no_request()
 }
 
 #[test]
-fn a_drill_whose_previous_release_cannot_start_restores_the_current_one_and_exits_1() {
+fn a_drill_whose_previous_release_cannot_start_or_verify_restores_the_current_one_and_exits_1() {
     let mut p = Project::new("", "");
     p.start_watcher();
-    // v1 runs through sh so it can be broken later: with the marker file it exits 3.
+    // v1 runs through sh so it can be broken later: with the marker file `broken` it
+    // exits 3; with `misversion` it starts, healthy, but answers as another version (so
+    // its verification fails).
     let marker = p.dir.path().join("broken");
+    let misversion = p.dir.path().join("misversion");
     let script = format!(
-        "test -e {} && exit 3; exec {BIN} demo-app --port {{port}} --version {{version}}",
-        marker.display()
+        "test -e {} && exit 3; test -e {} && exec {BIN} demo-app --port {{port}} --version other; \
+         exec {BIN} demo-app --port {{port}} --version {{version}}",
+        marker.display(),
+        misversion.display()
     );
     assert_ok(
         &p.run(&["deploy", "web", "v1", "--", "sh", "-c", &script]),
@@ -205,6 +211,35 @@ fn a_drill_whose_previous_release_cannot_start_restores_the_current_one_and_exit
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("restored"), "{}", stderr(&out));
     assert_eq!(serving(&p), "v2");
+
+    // v1 starts but fails its verification once it has traffic: traffic goes back to v2.
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::write(&misversion, "").unwrap();
+    let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(60), 1_000_000);
+    let (code, v, err) = drill_json(&p, &[]);
+    let report = load.stop();
+    assert_eq!(code, Some(1), "{v:#}\n{err}\n{}", p.watcher_log());
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("v1 (the previous release) failed verification"),
+        "{error}"
+    );
+    assert!(error.contains("restored: v2 serves again"), "{error}");
+    let verify = v["result"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["leg"] == "back" && s["step"] == "verify")
+        .cloned();
+    assert_eq!(verify.map(|s| s["ok"].clone()), Some(false.into()), "{v:#}");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(serving(&p), "v2", "the current release serves again");
+    assert_eq!(release_status(&p, "v2"), "active");
+    assert_eq!(
+        release_status(&p, "v1"),
+        "previous",
+        "a drill marks nothing bad"
+    );
 
     p.stop_watcher();
 }
