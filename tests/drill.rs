@@ -45,7 +45,11 @@ fn drill_json(p: &Project, extra: &[&str]) -> (Option<i32>, serde_json::Value, S
 
 #[test]
 fn a_drill_under_load_goes_back_and_forward_within_budget_and_loses_no_request() {
-    let mut p = Project::new(r#"drill_budget = "30s""#, "");
+    let dashboard = free_port();
+    let mut p = Project::new(
+        r#"drill_budget = "30s""#,
+        &format!("[watch]\ndashboard_listen = \"127.0.0.1:{dashboard}\""),
+    );
     p.start_watcher();
     assert_ok(&p.deploy("v1", &[]), "deploy v1");
     assert_ok(&p.deploy("v2", &[]), "deploy v2");
@@ -111,10 +115,22 @@ fn a_drill_under_load_goes_back_and_forward_within_budget_and_loses_no_request()
         "no request lost during the drill: {:?}",
         &report.failures[..report.failures.len().min(10)]
     );
+    // Traffic really went to v1 and back (the load may or may not catch v1 in its few
+    // milliseconds: the ledger's switch events are the evidence).
+    eprintln!("served during the drill: {:?}", report.ok_by_version);
+    let switches: Vec<String> = p
+        .json(&["events", "web", "--limit", "20"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "traffic_switched" && e["operation_id"] == r["operation"])
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(switches.len(), 2, "{switches:?}");
     assert!(
-        report.ok_by_version.get("v1").is_some_and(|n| *n > 0),
-        "the previous release really served during the drill: {:?}",
-        report.ok_by_version
+        switches.iter().any(|m| m.contains("to v1"))
+            && switches.iter().any(|m| m.contains("to v2")),
+        "{switches:?}"
     );
     assert_eq!(serving(&p), "v2", "the drill ends on the current release");
     // A drill marks nothing bad and opens no incident.
@@ -137,6 +153,16 @@ fn a_drill_under_load_goes_back_and_forward_within_budget_and_loses_no_request()
     assert_eq!(status["state"], "baking", "{status:#}");
     let text = stdout(&p.run(&["status", "web"]));
     assert!(text.contains("drill     passed at"), "{text}");
+    let (code, body) = get(&format!("http://127.0.0.1:{dashboard}/api/services/web"));
+    assert_eq!(code, 200, "{body}");
+    let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(api["last_drill"]["outcome"], "passed", "{api:#}");
+    assert_eq!(api["last_drill"]["within_budget"], true, "{api:#}");
+    assert_eq!(api["last_drill"]["steps"], r["steps"], "{api:#}");
+    let runbook = stdout(&p.run(&["runbook", "web"]));
+    assert!(runbook.contains("- Last drill: passed at"), "{runbook}");
+    let doctor = stdout(&p.run(&["doctor", "web"]));
+    assert!(doctor.contains("✓ last drill: passed"), "{doctor}");
 
     // --dry-run after: the last drill's timings, still nothing touched.
     let before = events(&p);

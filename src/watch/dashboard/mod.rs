@@ -152,7 +152,7 @@ fn service<'a>(d: &'a Dashboard, name: &str) -> Result<&'a Service, ApiError> {
 
 /// One service as the overview shows it: releases, state, each trigger's verdict.
 fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerError> {
-    let (active, previous, state, running, open_incident) = {
+    let (active, previous, state, running, open_incident, drill) = {
         let l = d.ledger();
         (
             l.active_release(name)?,
@@ -160,6 +160,7 @@ fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerErro
             l.service_state(name)?,
             l.running_operation(name)?,
             l.open_incident_of(name)?,
+            l.last_drill(name)?,
         )
     };
     let view = svc.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -230,6 +231,11 @@ fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerErro
         "rules": view.rules,
         "bake": view.bake,
         "open_incident": open_incident.as_ref().map(brief),
+        "last_drill": drill.map(|d| {
+            let mut j = json!(d);
+            j["within_budget"] = json!(d.within_budget());
+            j
+        }),
     }))
 }
 
@@ -323,20 +329,14 @@ async fn api_service(
     let svc = service(&d, &name)?;
     let now = now_ms();
     let mut v = summary(&d, &name, svc)?;
-    let (releases, events, incidents, drill) = {
+    let (releases, events, incidents) = {
         let l = d.ledger();
         (
             l.releases(&name)?,
             l.events(&name, 200)?,
             l.incidents(Some(&name))?,
-            l.last_drill(&name)?,
         )
     };
-    v["last_drill"] = drill.map_or(Value::Null, |d| {
-        let mut j = json!(d);
-        j["within_budget"] = json!(d.within_budget());
-        j
-    });
     v["releases"] = history(&releases);
     v["events"] = events.iter().map(event_json).collect();
     v["incidents"] = incidents.iter().take(20).map(brief).collect();
