@@ -718,9 +718,11 @@ async fn serve_client(
         (Request::Drill { .. }, Some(svc)) => {
             let exec = svc.exec.clone();
             tokio::spawn(async move {
-                exec.drill(Some(tx))
-                    .await
-                    .map(|o| serde_json::to_value(o).unwrap_or_default())
+                exec.drill(Some(tx)).await.map(|o| {
+                    let mut v = serde_json::to_value(&o).unwrap_or_default();
+                    v["exit"] = o.exit_code().into();
+                    v
+                })
             })
         }
         (
@@ -743,11 +745,7 @@ async fn serve_client(
     }
     let reply = match op.await {
         Ok(Ok(result)) if drill => {
-            let exit = match result["outcome"].as_str() {
-                Some("passed") => 0,
-                Some("verify_failed") => 4,
-                _ => 1,
-            };
+            let exit = result["exit"].as_i64().unwrap_or(1) as i32;
             let error = result["error"].as_str().map(str::to_string);
             done(exit, result, error)
         }
