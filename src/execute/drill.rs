@@ -118,7 +118,8 @@ impl ServiceExec {
             self.name(),
             std::process::id()
         );
-        self.exclusive(holder, async || {
+        // Back (start, verify), then forward (a restart at worst, verify) or a restore.
+        self.exclusive_for(holder, 2, async || {
             self.refuse_if_frozen("drill")?;
             let (previous, current) = self.plan_drill()?;
             let req = RollbackRequest {

@@ -263,6 +263,15 @@ impl ServiceExec {
     where
         F: AsyncFnOnce() -> Result<T, ExecError>,
     {
+        self.exclusive_for(holder, 1, f).await
+    }
+
+    /// [`Self::exclusive`] for an operation that may start and verify up to `rounds`
+    /// times (a drill: back, then forward or a restore): the lease lasts that long.
+    async fn exclusive_for<T, F>(&self, holder: String, rounds: u32, f: F) -> Result<T, ExecError>
+    where
+        F: AsyncFnOnce() -> Result<T, ExecError>,
+    {
         let Ok(_guard) = self.op.try_lock() else {
             let holder = self
                 .ledger()
@@ -274,8 +283,7 @@ impl ServiceExec {
                 self.name()
             )));
         };
-        let ttl = self.cfg.start_timeout
-            + self.cfg.verify_deadline
+        let ttl = rounds * (self.cfg.start_timeout + self.cfg.verify_deadline)
             + 2 * self.cfg.stop_timeout
             + Duration::from_secs(60);
         let lease = self.ledger().acquire_lease(self.name(), &holder, ttl)?;
