@@ -2,7 +2,8 @@
 //! live load through the proxy (no request lost, back on the current release, recorded;
 //! `--dry-run` before and after touches nothing), and a drill whose way back fails (the
 //! previous release cannot start, or starts and fails verification) restoring the current
-//! release with exit 1.
+//! release with exit 1; and one whose current release fails verification at the end (exit 4,
+//! still on it).
 
 mod common;
 
@@ -267,5 +268,55 @@ fn a_drill_whose_previous_release_cannot_start_or_verify_restores_the_current_on
         "a drill marks nothing bad"
     );
 
+    p.stop_watcher();
+}
+
+#[test]
+fn a_drill_whose_current_release_fails_verification_at_the_end_exits_4_on_it() {
+    // A third check fails for a version whose marker file exists: v1 passes on the way
+    // back, v2 fails once traffic is on it again.
+    let dir = tempfile::tempdir().unwrap();
+    let fail = dir.path().join("fail-");
+    let tail = format!(
+        "[[service.web.verify]]\ncommand = [\"sh\", \"-c\", \"test ! -e {}{{version}}\"]",
+        fail.display()
+    );
+    let mut p = Project::new("", &tail);
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    std::fs::write(format!("{}v2", fail.display()), "").unwrap();
+
+    let (code, v, err) = drill_json(&p, &[]);
+    assert_eq!(code, Some(4), "{v:#}\n{err}\n{}", p.watcher_log());
+    let r = &v["result"];
+    assert_eq!(r["outcome"], "verify_failed", "{v:#}");
+    assert_eq!(r["on_current"], true, "{v:#}");
+    let last = r["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (
+            last["leg"].as_str(),
+            last["step"].as_str(),
+            last["ok"].as_bool()
+        ),
+        (Some("forward"), Some("verify"), Some(false)),
+        "{v:#}"
+    );
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("v2 (the current release) serves again but failed")),
+        "{v:#}"
+    );
+    assert_eq!(serving(&p), "v2");
+    assert_eq!(
+        release_status(&p, "v2"),
+        "active",
+        "a drill marks nothing bad"
+    );
+    assert_eq!(
+        p.json(&["status", "web"])["last_drill"]["outcome"],
+        "verify_failed"
+    );
     p.stop_watcher();
 }
