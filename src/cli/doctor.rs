@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{CliError, load_config, open_ledger};
+use crate::clock::format_utc;
 use crate::config::{Runtime, ServiceConfig, Slot};
 use crate::execute::envfile;
-use crate::ledger::{Ledger, Release};
+use crate::ledger::{DrillRecord, Ledger, Release};
 
 #[derive(Debug, Serialize)]
 pub struct Check {
@@ -221,7 +222,70 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
             },
         });
     }
+    if active.is_some() {
+        let last = ledger.last_drill(name).ok().flatten();
+        out.push(drill_check(
+            name,
+            svc.drill_max_age,
+            last.as_ref(),
+            crate::clock::now_ms(),
+        ));
+    }
     out
+}
+
+/// The last drill: a warning (never blocking) when there is none, it is older than
+/// `drill_max_age`, it failed, or it took longer than its budget.
+fn drill_check(name: &str, max_age: Duration, last: Option<&DrillRecord>, now_ms: i64) -> Check {
+    let warn = |detail: String, fix: String| Check {
+        blocking: false,
+        ..fail("last drill", detail, fix)
+    };
+    let run_one = format!("rehearse the rollback: ripcord drill {name}");
+    let Some(d) = last else {
+        return warn(
+            format!("{name} was never drilled: its rollback path is untested"),
+            run_one,
+        );
+    };
+    let age = Duration::from_millis(now_ms.saturating_sub(d.finished_at_ms).max(0) as u64);
+    let days = |d: Duration| d.as_secs() / 86_400;
+    let when = format!("{} ({} days ago)", format_utc(d.finished_at_ms), days(age));
+    if !d.passed() {
+        return warn(
+            format!(
+                "the last drill {when} {}: {}",
+                d.outcome.replace('_', " "),
+                d.error.as_deref().unwrap_or("no reason recorded")
+            ),
+            format!("fix what it found, then {run_one}"),
+        );
+    }
+    if !d.within_budget() {
+        return warn(
+            format!(
+                "the last drill {when} took {} ms, over its {} ms budget",
+                d.total_ms, d.budget_ms
+            ),
+            format!("see its slowest step (`ripcord drill {name} --dry-run`), then drill again"),
+        );
+    }
+    if age > max_age {
+        return warn(
+            format!(
+                "the last drill passed {when}: older than drill_max_age ({} days)",
+                days(max_age)
+            ),
+            run_one,
+        );
+    }
+    pass(
+        "last drill",
+        format!(
+            "passed {when} in {} ms (budget {} ms)",
+            d.total_ms, d.budget_ms
+        ),
+    )
 }
 
 async fn docker_checks(svc: &ServiceConfig, prev: &Release, out: &mut Vec<Check>) {
@@ -411,5 +475,79 @@ async fn pullable(
              registry_password_env"
                 .into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{DrillStep, NewDrill};
+
+    const DAY_MS: i64 = 86_400_000;
+
+    fn drill(ledger: &mut Ledger, outcome: &str, finished_at_ms: i64, total_ms: u64) {
+        let steps = [DrillStep {
+            leg: "back".to_string(),
+            step: "switch".to_string(),
+            ms: 3,
+            ok: true,
+        }];
+        ledger
+            .record_drill(
+                "web",
+                &NewDrill {
+                    operation_id: None,
+                    current_release: None,
+                    previous_release: None,
+                    outcome,
+                    started_at_ms: finished_at_ms - total_ms as i64,
+                    finished_at_ms,
+                    total_ms,
+                    budget_ms: 60_000,
+                    steps: &steps,
+                    error: (outcome != "passed").then_some("v1 never became healthy"),
+                },
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn doctor_warns_about_a_missing_old_failed_or_slow_drill() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let max_age = Duration::from_secs(30 * 86_400);
+        let now = 100 * DAY_MS;
+        let check =
+            |l: &Ledger| drill_check("web", max_age, l.last_drill("web").unwrap().as_ref(), now);
+
+        let c = check(&ledger);
+        assert!(!c.ok && !c.blocking, "{c:?}");
+        assert!(c.detail.contains("never drilled"), "{c:?}");
+
+        drill(&mut ledger, "passed", now - 31 * DAY_MS, 900);
+        let c = check(&ledger);
+        assert!(!c.ok && !c.blocking, "{c:?}");
+        assert!(
+            c.detail.contains("older than drill_max_age (30 days)"),
+            "{c:?}"
+        );
+
+        drill(&mut ledger, "failed", now - DAY_MS, 900);
+        let c = check(&ledger);
+        assert!(!c.ok && !c.blocking, "{c:?}");
+        assert!(
+            c.detail.contains("failed: v1 never became healthy"),
+            "{c:?}"
+        );
+
+        drill(&mut ledger, "passed", now - DAY_MS, 61_000);
+        let c = check(&ledger);
+        assert!(!c.ok && !c.blocking, "{c:?}");
+        assert!(c.detail.contains("over its 60000 ms budget"), "{c:?}");
+
+        drill(&mut ledger, "passed", now - DAY_MS, 900);
+        let c = check(&ledger);
+        assert!(c.ok, "{c:?}");
+        assert!(c.detail.contains("in 900 ms (budget 60000 ms)"), "{c:?}");
     }
 }

@@ -276,19 +276,24 @@ pub(super) fn runbook(
         let previous = ledger
             .as_ref()
             .and_then(|l| l.previous_good(name).ok().flatten());
+        let drill = ledger
+            .as_ref()
+            .and_then(|l| l.last_drill(name).ok().flatten());
         facts_owned.push((
             cfg.services.get(*name).expect("listed above"),
             active,
             previous,
+            drill,
         ));
     }
     let facts: Vec<crate::report::runbook::ServiceFacts<'_>> = facts_owned
         .iter()
         .map(
-            |(cfg, active, previous)| crate::report::runbook::ServiceFacts {
+            |(cfg, active, previous, drill)| crate::report::runbook::ServiceFacts {
                 cfg,
                 active: active.as_ref(),
                 previous: previous.as_ref(),
+                last_drill: drill.as_ref(),
             },
         )
         .collect();

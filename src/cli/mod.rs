@@ -7,6 +7,7 @@ mod ci_cmd;
 mod db_cmd;
 mod demo;
 mod doctor;
+mod drill;
 mod follow;
 mod guard_cmd;
 mod output;
@@ -114,6 +115,16 @@ pub enum Command {
         /// Roll back even across a contract migration (needs --reason)
         #[arg(long)]
         force: bool,
+    },
+    /// Rehearse SERVICE's rollback under live traffic: back to the previous release,
+    /// verify, forward to the current one, verify; every step timed against
+    /// `drill_budget`. Exit 0 passed (over budget: a warning), 1 failed (the current
+    /// release restored), 3 refused, 4 the current release failed verification
+    Drill {
+        service: String,
+        /// Print the plan and the last drill's timings; touch nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run SERVICE's verification checks now
     Verify { service: String },
@@ -548,6 +559,9 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
                 json,
             )
             .await
+        }
+        Command::Drill { service, dry_run } => {
+            drill::run(cli.config.as_deref(), &state_dir, &service, dry_run, json).await
         }
         Command::Verify { service } => {
             verify(cli.config.as_deref(), &state_dir, &service, json).await

@@ -168,10 +168,12 @@ pub(crate) fn service_status(
         .find(|s| Some(s.slot) != active_slot && s.warm_until_ms.is_some() && watcher.is_some());
     let previous = ledger.previous_good(service)?;
     let guard = ledger.service_state(service)?;
+    let last_drill = ledger.last_drill(service)?;
     let investigating = guard.investigating_release.is_some() && guard.acked_at_ms.is_none();
     let state = match (&operation, warm) {
         _ if guard.frozen_reason.is_some() => "frozen",
         (Some(op), _) if op.kind == "rollback" => "rolling_back",
+        (Some(op), _) if op.kind == "drill" => "drilling",
         (Some(_), _) => "deploying",
         _ if investigating => "investigating",
         (None, Some(w))
@@ -216,8 +218,44 @@ pub(crate) fn service_status(
             "acknowledged": guard.acked_at_ms.is_some(),
         })),
         "watcher": { "running": watcher.is_some(), "holder": watcher },
+        "last_drill": last_drill.as_ref().map(drill_json),
         "live": live,
     }))
+}
+
+/// A drill as `status --json`, `drill --json` and the dashboard's API show it.
+pub(crate) fn drill_json(d: &crate::ledger::DrillRecord) -> Value {
+    json!({
+        "id": d.id,
+        "outcome": d.outcome,
+        "passed": d.passed(),
+        "started_at_ms": d.started_at_ms,
+        "finished_at_ms": d.finished_at_ms,
+        "total_ms": d.total_ms,
+        "budget_ms": d.budget_ms,
+        "within_budget": d.within_budget(),
+        "steps": d.steps,
+        "error": d.error,
+    })
+}
+
+/// The one line a drill gets: `passed at T: 812 ms of a 60000 ms budget`.
+pub(crate) fn drill_line(d: &Value) -> String {
+    let budget = if d["within_budget"] == true {
+        "within"
+    } else {
+        "OVER"
+    };
+    format!(
+        "{} at {}: {} ms, {budget} its {} ms budget",
+        d["outcome"].as_str().unwrap_or("?"),
+        d["finished_at_ms"]
+            .as_i64()
+            .map(format_utc)
+            .unwrap_or_default(),
+        d["total_ms"],
+        d["budget_ms"]
+    )
 }
 
 pub(crate) async fn status(
@@ -379,6 +417,10 @@ fn print_status(s: &Value) {
             "  warm      {} rollback target: {detail}",
             if warm["ok"] == true { "✓" } else { "✗" }
         );
+    }
+    match s["last_drill"].as_object() {
+        Some(_) => println!("  drill     {}", drill_line(&s["last_drill"])),
+        None => println!("  drill     never: `ripcord drill {name}` rehearses the rollback"),
     }
     match s["watcher"]["holder"].as_str() {
         Some(h) => println!("  watcher   {h}"),

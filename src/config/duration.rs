@@ -68,6 +68,9 @@ pub(crate) const KEYS: &[Key] = &[
     key("window", "window_secs", Whole::Seconds),
     key("for", "for_secs", Whole::Seconds),
     key("floor", "floor_ms", Whole::Millis),
+    // Keys born with units have no old name.
+    key("drill_budget", "", Whole::Seconds),
+    key("drill_max_age", "", Whole::Seconds),
 ];
 
 /// Bounds the config's durations are checked against.
@@ -87,7 +90,9 @@ pub(crate) fn key_named(name: &str) -> Key {
 
 /// The current name of a duration key given by its old name (`bake_secs` → `bake`).
 pub(crate) fn renamed(old: &str) -> Option<&'static str> {
-    KEYS.iter().find(|k| k.old == old).map(|k| k.name)
+    KEYS.iter()
+        .find(|k| !k.old.is_empty() && k.old == old)
+        .map(|k| k.name)
 }
 
 /// `90s`, `2m`, `500ms`, `1h 30m` (humantime) or whole seconds.

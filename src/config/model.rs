@@ -230,6 +230,13 @@ pub struct ServiceConfig {
     /// back.
     #[serde(rename = "investigate_secs", serialize_with = "duration::as_secs")]
     pub investigate: Duration,
+    /// `drill_budget`: how long a whole `ripcord drill` (back and forward, verified) may
+    /// take.
+    #[serde(rename = "drill_budget_secs", serialize_with = "duration::as_secs")]
+    pub drill_budget: Duration,
+    /// `drill_max_age`: `doctor` warns when the last drill is older than this.
+    #[serde(rename = "drill_max_age_secs", serialize_with = "duration::as_secs")]
+    pub drill_max_age: Duration,
     /// A release using more resident memory than this is killed (counted as an OOM kill).
     pub memory_limit_mb: Option<u64>,
     /// Webhooks told of triggers, decisions, rollbacks, freezes and investigations.

@@ -44,6 +44,8 @@ pub(crate) struct RawService {
     pub(crate) verify_deadline: Option<Duration>,
     pub(crate) triggers: Option<Triggers>,
     pub(crate) investigate: Option<Duration>,
+    pub(crate) drill_budget: Option<Duration>,
+    pub(crate) drill_max_age: Option<Duration>,
     pub(crate) memory_limit_mb: Option<u64>,
     pub(crate) webhooks: Vec<String>,
     pub(crate) webhooks_ca_file: Option<PathBuf>,
@@ -87,6 +89,10 @@ impl RawService {
             verify_deadline: self.verify_deadline.unwrap_or(Duration::from_secs(30)),
             triggers: self.triggers?,
             investigate: self.investigate.unwrap_or(Duration::from_secs(300)),
+            drill_budget: self.drill_budget.unwrap_or(Duration::from_secs(60)),
+            drill_max_age: self
+                .drill_max_age
+                .unwrap_or(Duration::from_secs(30 * 86_400)),
             memory_limit_mb: self.memory_limit_mb,
             webhooks: self.webhooks,
             webhooks_ca_file: self.webhooks_ca_file,

@@ -27,6 +27,8 @@ const SERVICE_KEYS: &[&str] = &[
     "verify_deadline",
     "triggers",
     "investigate",
+    "drill_budget",
+    "drill_max_age",
     "memory_limit_mb",
     "notify",
     "integrity",
@@ -252,6 +254,8 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let stop_timeout = r.duration(t, "stop_timeout", SECOND, DAY);
     let verify_deadline = r.duration(t, "verify_deadline", SECOND, DAY);
     let investigate = r.duration(t, "investigate", Duration::ZERO, DAY);
+    let drill_budget = r.duration(t, "drill_budget", SECOND, DAY);
+    let drill_max_age = r.duration(t, "drill_max_age", DAY, 3650 * DAY);
     let memory_limit_mb = r
         .integer(t, "memory_limit_mb", 1, 1 << 30)
         .map(|v| v.value as u64);
@@ -325,6 +329,8 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         verify_deadline,
         triggers,
         investigate,
+        drill_budget,
+        drill_max_age,
         memory_limit_mb,
         webhooks,
         webhooks_ca_file,

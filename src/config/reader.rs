@@ -154,7 +154,10 @@ impl<'a> Reader<'a> {
         max: Duration,
     ) -> Option<Duration> {
         let k = duration::key_named(key);
-        let (name, item) = match (table.inner.get(key), table.inner.get(k.old)) {
+        let old = (!k.old.is_empty())
+            .then(|| table.inner.get(k.old))
+            .flatten();
+        let (name, item) = match (table.inner.get(key), old) {
             (None, None) => return None,
             (Some(item), None) => (k.name, item),
             (None, Some(item)) => (k.old, item),

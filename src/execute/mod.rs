@@ -7,7 +7,8 @@
 //! async mutex excludes other tasks of this one. The slot table is behind a plain mutex
 //! that is never held across an await, so status reads never wait on an operation.
 //!
-//! `deploy.rs` and `rollback.rs` are the two operations, `steps.rs` the steps they
+//! `deploy.rs` and `rollback.rs` are the two operations (`drill.rs` rehearses the
+//! second and undoes it), `steps.rs` the steps they
 //! share (start and health-gate a slot, switch, verify, keep warm, stop), `in_place.rs`
 //! the one-address path of router `none` and runtime `swarm`, `housekeeping.rs` what
 //! the watcher asks between operations (bake timer, reconcile, shutdown), `snapshot.rs`
@@ -15,6 +16,7 @@
 
 pub mod container;
 mod deploy;
+mod drill;
 pub mod envfile;
 mod housekeeping;
 mod in_place;
@@ -43,6 +45,7 @@ use crate::config::{ServiceConfig, Slot};
 use crate::http::HttpClient;
 use crate::ledger::{Ledger, LedgerError, NewEvent, Release, SlotRecord};
 use crate::verify::VerifyReport;
+pub use drill::DrillOutcome;
 use process::RunningProcess;
 pub use router::Router;
 
@@ -180,6 +183,8 @@ pub struct ServiceExec {
     /// Warm releases whose bake was held by the guard's evidence: good rollback targets,
     /// each told once.
     bake_held: Mutex<std::collections::HashSet<i64>>,
+    /// Set while a drill runs (`drill.rs`): the guard leaves the service alone.
+    drilling: std::sync::atomic::AtomicBool,
 }
 
 impl ServiceExec {
@@ -194,6 +199,7 @@ impl ServiceExec {
             http: HttpClient::default(),
             engine: tokio::sync::OnceCell::new(),
             bake_held: Mutex::default(),
+            drilling: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -257,6 +263,15 @@ impl ServiceExec {
     where
         F: AsyncFnOnce() -> Result<T, ExecError>,
     {
+        self.exclusive_for(holder, 1, f).await
+    }
+
+    /// [`Self::exclusive`] for an operation that may start and verify up to `rounds`
+    /// times (a drill: back, then forward or a restore): the lease lasts that long.
+    async fn exclusive_for<T, F>(&self, holder: String, rounds: u32, f: F) -> Result<T, ExecError>
+    where
+        F: AsyncFnOnce() -> Result<T, ExecError>,
+    {
         let Ok(_guard) = self.op.try_lock() else {
             let holder = self
                 .ledger()
@@ -268,8 +283,7 @@ impl ServiceExec {
                 self.name()
             )));
         };
-        let ttl = self.cfg.start_timeout
-            + self.cfg.verify_deadline
+        let ttl = rounds * (self.cfg.start_timeout + self.cfg.verify_deadline)
             + 2 * self.cfg.stop_timeout
             + Duration::from_secs(60);
         let lease = self.ledger().acquire_lease(self.name(), &holder, ttl)?;

@@ -45,6 +45,23 @@ impl ServiceExec {
         slot: Slot,
         progress: &Progress,
     ) -> Result<(), ExecError> {
+        self.start_healthy_timed(op, release, slot, progress)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::start_healthy`], timed: `(start, health gate)` in ms. The process runtime
+    /// splits the two at the spawn; runtime `external` only has a health gate; runtime
+    /// `docker` counts its own health wait in the start.
+    pub(super) async fn start_healthy_timed(
+        &self,
+        op: i64,
+        release: &Release,
+        slot: Slot,
+        progress: &Progress,
+    ) -> Result<(u64, u64), ExecError> {
+        let t_start = Instant::now();
+        let ms = |t: Instant| t.elapsed().as_millis() as u64;
         if self.slots().contains_key(&slot) {
             self.ledger().step(
                 op,
@@ -55,10 +72,13 @@ impl ServiceExec {
         }
         let addr = self.cfg.slots.addr(slot);
         if self.cfg.runtime == Runtime::External {
-            return self.adopt_external(op, release, slot, progress).await;
+            let t = Instant::now();
+            self.adopt_external(op, release, slot, progress).await?;
+            return Ok((ms(t_start).saturating_sub(ms(t)), ms(t)));
         }
         if self.cfg.runtime == Runtime::Docker {
-            return self.start_container(op, release, slot, progress).await;
+            self.start_container(op, release, slot, progress).await?;
+            return Ok((ms(t_start), 0));
         }
         if let Err(e) = std::net::TcpListener::bind(addr) {
             return Err(ExecError::Failed(format!(
@@ -93,6 +113,7 @@ impl ServiceExec {
                 warm_until_ms: None,
             }),
         )?;
+        let start_ms = ms(t_start);
         self.ledger().step(
             op,
             "health_wait",
@@ -121,7 +142,7 @@ impl ServiceExec {
                         t0.elapsed().as_millis()
                     ),
                 );
-                Ok(())
+                Ok((start_ms, ms(t0)))
             }
             Err(why) => {
                 self.stop_slot(slot, Some(op)).await;

@@ -11,6 +11,7 @@
 //! This module never starts or stops anything; it only records.
 
 mod backups;
+mod drills;
 mod guard;
 mod person;
 mod schema;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::now_ms;
 use crate::config::Slot;
 pub use backups::{BackupRecord, NewBackup};
+pub use drills::{DrillRecord, DrillStep, NewDrill};
 
 pub use guard::{Incident, IncidentUpdate, ServiceState};
 pub use person::{Frozen, Unfrozen};
@@ -157,6 +159,7 @@ pub struct Release {
 pub enum OperationKind {
     Deploy,
     Rollback,
+    Drill,
 }
 
 impl OperationKind {
@@ -164,6 +167,7 @@ impl OperationKind {
         match self {
             OperationKind::Deploy => "deploy",
             OperationKind::Rollback => "rollback",
+            OperationKind::Drill => "drill",
         }
     }
 }

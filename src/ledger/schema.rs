@@ -138,6 +138,47 @@ const STEPS: &[&str] = &[
     r#"
     ALTER TABLE leases ADD COLUMN pid_start INTEGER;
     "#,
+    // v7: drills (`ripcord drill`): the operations table takes kind 'drill' (SQLite
+    // changes a CHECK only by rebuilding the table), and each drill's timed steps.
+    r#"
+    CREATE TABLE operations_v7 (
+        id              INTEGER PRIMARY KEY,
+        service         TEXT NOT NULL,
+        kind            TEXT NOT NULL CHECK (kind IN ('deploy', 'rollback', 'drill')),
+        step            TEXT NOT NULL,
+        outcome         TEXT CHECK (outcome IN ('succeeded', 'failed', 'interrupted')),
+        from_release    INTEGER REFERENCES releases (id),
+        to_release      INTEGER REFERENCES releases (id),
+        reason          TEXT,
+        error           TEXT,
+        started_at_ms   INTEGER NOT NULL,
+        updated_at_ms   INTEGER NOT NULL,
+        finished_at_ms  INTEGER
+    );
+    INSERT INTO operations_v7 SELECT id, service, kind, step, outcome, from_release,
+        to_release, reason, error, started_at_ms, updated_at_ms, finished_at_ms
+        FROM operations;
+    DROP TABLE operations;
+    ALTER TABLE operations_v7 RENAME TO operations;
+    CREATE INDEX operations_by_service ON operations (service, id);
+
+    CREATE TABLE drills (
+        id              INTEGER PRIMARY KEY,
+        service         TEXT NOT NULL,
+        operation_id    INTEGER REFERENCES operations (id),
+        current_release INTEGER REFERENCES releases (id),
+        previous_release INTEGER REFERENCES releases (id),
+        outcome         TEXT NOT NULL
+            CHECK (outcome IN ('passed', 'failed', 'verify_failed')),
+        started_at_ms   INTEGER NOT NULL,
+        finished_at_ms  INTEGER NOT NULL,
+        total_ms        INTEGER NOT NULL,
+        budget_ms       INTEGER NOT NULL,
+        steps           TEXT NOT NULL,
+        error           TEXT
+    );
+    CREATE INDEX drills_by_service ON drills (service, id);
+    "#,
 ];
 
 /// The SQL of one upgrade step (tests build old ledgers with it).

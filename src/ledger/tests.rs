@@ -383,3 +383,73 @@ fn events_after_reads_the_oldest_new_ones_first_so_a_follower_misses_none() {
     assert!(l.events_after("web", ids[4], 100).unwrap().is_empty());
     assert!(l.events_after("nothing", 0, 100).unwrap().is_empty());
 }
+
+#[test]
+fn a_v6_ledger_keeps_its_operations_and_takes_drills() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A v6 ledger by hand, with a release and a finished rollback in it.
+        let mut conn = rusqlite::Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 0..6 {
+            tx.execute_batch(schema::step(i)).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 6).unwrap();
+        tx.execute(
+            "INSERT INTO releases (service, version, spec, config_snapshot, status, created_at_ms)
+             VALUES ('web', 'v1', '{\"argv\":[\"x\"],\"cwd\":null}', '{}', 'active', 1)",
+            [],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO operations (service, kind, step, outcome, to_release, reason,
+                                     started_at_ms, updated_at_ms, finished_at_ms)
+             VALUES ('web', 'rollback', 'done', 'succeeded', 1, '5xx', 10, 20, 20)",
+            [],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut l = Ledger::open(dir.path()).unwrap();
+    assert_eq!(l.schema_version().unwrap(), SCHEMA_VERSION);
+    let old = l.operation(1).unwrap().unwrap();
+    assert_eq!(
+        (
+            old.kind.as_str(),
+            old.outcome.as_deref(),
+            old.reason.as_deref()
+        ),
+        ("rollback", Some("succeeded"), Some("5xx"))
+    );
+    let op = l
+        .begin_operation("web", OperationKind::Drill, Some(1), Some(1), Some("drill"))
+        .unwrap();
+    assert_eq!(l.operation(op).unwrap().unwrap().kind, "drill");
+    assert!(l.last_drill("web").unwrap().is_none());
+    let steps = [DrillStep {
+        leg: "back".into(),
+        step: "switch".into(),
+        ms: 2,
+        ok: true,
+    }];
+    l.record_drill(
+        "web",
+        &NewDrill {
+            operation_id: Some(op),
+            current_release: Some(1),
+            previous_release: Some(1),
+            outcome: "passed",
+            started_at_ms: 100,
+            finished_at_ms: 150,
+            total_ms: 50,
+            budget_ms: 60_000,
+            steps: &steps,
+            error: None,
+        },
+    )
+    .unwrap();
+    let d = l.last_drill("web").unwrap().unwrap();
+    assert!(d.passed() && d.within_budget());
+    assert_eq!(d.steps, steps);
+    assert!(l.last_drill("api").unwrap().is_none());
+}

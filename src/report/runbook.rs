@@ -6,13 +6,34 @@
 use std::fmt::Write;
 
 use crate::config::{CheckKind, ServiceConfig};
-use crate::ledger::Release;
+use crate::ledger::{DrillRecord, Release};
 
 /// What the ledger knows about a service, for its runbook.
 pub struct ServiceFacts<'a> {
     pub cfg: &'a ServiceConfig,
     pub active: Option<&'a Release>,
     pub previous: Option<&'a Release>,
+    /// The last `ripcord drill`: when the rollback path was last rehearsed.
+    pub last_drill: Option<&'a DrillRecord>,
+}
+
+/// The last drill in one line.
+fn drill_line(d: Option<&DrillRecord>, c: &ServiceConfig) -> String {
+    let budget = crate::config::duration::unit_text(c.drill_budget);
+    match d {
+        None => format!(
+            "Last drill: never. Rehearse the rollback with `ripcord drill {}` (budget {budget}).",
+            c.name
+        ),
+        Some(d) => format!(
+            "Last drill: {} at {}, {} ms of a {} ms budget{}.",
+            d.outcome.replace('_', " "),
+            crate::clock::format_utc(d.finished_at_ms),
+            d.total_ms,
+            d.budget_ms,
+            if d.within_budget() { "" } else { " (OVER)" }
+        ),
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -91,6 +112,7 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
             );
         }
     }
+    let _ = writeln!(out, "- {}", drill_line(s.last_drill, c));
     let _ = writeln!(
         out,
         "- After a deploy the previous release stays warm for {} s: a rollback in that time is a \
@@ -298,6 +320,7 @@ http = "http://127.0.0.1:8080/health"
                 cfg: web,
                 active: None,
                 previous: None,
+                last_drill: None,
             }],
             "ripcord.toml",
         );
@@ -307,6 +330,7 @@ http = "http://127.0.0.1:8080/health"
             "killed for memory (256 MiB limit)",
             "| cpu | above 95% of a core on average for 300 s | rollback |",
             "ripcord rollback web --reason TEXT",
+            "- Last drill: never. Rehearse the rollback with `ripcord drill web` (budget 1m).",
             "GET `http://127.0.0.1:8080/health` answers 2xx",
             "**freeze everything**",
         ] {

@@ -40,6 +40,12 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Rehearse the rollback path: back to the previous release, verify, forward again,
+    /// verify (`ripcord drill`). Its `Done` carries the drill's outcome even when it
+    /// failed.
+    Drill {
+        service: String,
+    },
     /// Restore a database backup (consent was given to the CLI).
     Restore {
         service: String,

@@ -671,6 +671,11 @@ impl Guard {
         let Some(target) = self.exec.router.target() else {
             return;
         };
+        // A drill switches traffic on purpose and switches it back: its own switches are
+        // neither a new release to judge nor a reason to act.
+        if self.exec.drilling() {
+            return;
+        }
         let release = target.release_id;
         if self.active != Some(release) {
             // The release leaving is the next one's baseline: save its p95 if it was

@@ -632,6 +632,7 @@ async fn serve_client(
     let service_name = match &request {
         Request::Deploy { service, .. }
         | Request::Rollback { service, .. }
+        | Request::Drill { service }
         | Request::Restore { service, .. }
         | Request::Live { service } => Some(service.clone()),
         Request::Ping => None,
@@ -654,6 +655,8 @@ async fn serve_client(
         None => None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    // A drill that ran answers with its outcome, failed or not, and its own exit code.
+    let drill = matches!(request, Request::Drill { .. });
     // Operations run in their own task: a client that goes away does not cancel a
     // rollback halfway.
     let op: tokio::task::JoinHandle<Result<serde_json::Value, ExecError>> = match (request, svc) {
@@ -712,6 +715,16 @@ async fn serve_client(
                     .map(|o| serde_json::to_value(o).unwrap_or_default())
             })
         }
+        (Request::Drill { .. }, Some(svc)) => {
+            let exec = svc.exec.clone();
+            tokio::spawn(async move {
+                exec.drill(Some(tx)).await.map(|o| {
+                    let mut v = serde_json::to_value(&o).unwrap_or_default();
+                    v["exit"] = o.exit_code().into();
+                    v
+                })
+            })
+        }
         (
             Request::Restore {
                 backup, confirm, ..
@@ -731,6 +744,11 @@ async fn serve_client(
         let _ = send(&mut write, &Reply::Progress { message }).await;
     }
     let reply = match op.await {
+        Ok(Ok(result)) if drill => {
+            let exit = result["exit"].as_i64().unwrap_or(1) as i32;
+            let error = result["error"].as_str().map(str::to_string);
+            done(exit, result, error)
+        }
         Ok(Ok(result)) => done(0, result, None),
         Ok(Err(e)) => {
             let result = match &e {

@@ -352,3 +352,35 @@ fn the_snapshot_keeps_the_old_names_in_seconds() {
     assert_eq!(json["triggers"]["latency_p95"]["floor_ms"], 25);
     assert_eq!(json["triggers"]["health"]["interval_secs"], 5);
 }
+
+#[test]
+fn the_drill_keys_take_units_have_defaults_and_no_old_name() {
+    let web = |lines: &str| {
+        let src = format!("{GOOD}{lines}\n");
+        let cfg = Config::parse(&src, Path::new("x.toml"))
+            .unwrap_or_else(|e| panic!("{lines}: {e}: {:?}", errors(&src)));
+        cfg.service("web").unwrap().clone()
+    };
+    let d = web("");
+    assert_eq!(d.drill_budget, Duration::from_secs(60));
+    assert_eq!(d.drill_max_age, Duration::from_secs(30 * 86_400));
+    let d = web("drill_budget = \"90s\"\ndrill_max_age = \"7d\"");
+    assert_eq!(d.drill_budget, Duration::from_secs(90));
+    assert_eq!(d.drill_max_age, Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        web("drill_budget = 45").drill_budget,
+        Duration::from_secs(45)
+    );
+    let problems = errors(&format!("{GOOD}drill_budget = \"500ms\"\n"));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("service.web.drill_budget"),
+        "{problems:?}"
+    );
+    // Born with units: no `_secs` name is read for them.
+    let problems = errors(&format!("{GOOD}drill_budget_secs = 60\n"));
+    assert!(
+        problems.iter().any(|p| p.contains("unknown key")),
+        "{problems:?}"
+    );
+}

@@ -152,7 +152,7 @@ fn service<'a>(d: &'a Dashboard, name: &str) -> Result<&'a Service, ApiError> {
 
 /// One service as the overview shows it: releases, state, each trigger's verdict.
 fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerError> {
-    let (active, previous, state, running, open_incident) = {
+    let (active, previous, state, running, open_incident, drill) = {
         let l = d.ledger();
         (
             l.active_release(name)?,
@@ -160,6 +160,7 @@ fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerErro
             l.service_state(name)?,
             l.running_operation(name)?,
             l.open_incident_of(name)?,
+            l.last_drill(name)?,
         )
     };
     let view = svc.view.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -194,6 +195,8 @@ fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerErro
         )
     } else if let Some(op) = running.as_ref().filter(|o| o.kind == "rollback") {
         ("rolling back", format!("operation #{}: {}", op.id, op.step))
+    } else if let Some(op) = running.as_ref().filter(|o| o.kind == "drill") {
+        ("drilling", format!("operation #{}: {}", op.id, op.step))
     } else if let Some(op) = &running {
         ("deploying", format!("operation #{}: {}", op.id, op.step))
     } else if active.is_none() {
@@ -228,6 +231,11 @@ fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerErro
         "rules": view.rules,
         "bake": view.bake,
         "open_incident": open_incident.as_ref().map(brief),
+        "last_drill": drill.map(|d| {
+            let mut j = json!(d);
+            j["within_budget"] = json!(d.within_budget());
+            j
+        }),
     }))
 }
 

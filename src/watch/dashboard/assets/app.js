@@ -219,6 +219,13 @@ async function overviewPage() {
 
 const TOKEN_KEY = "ripcord-token";
 
+// The last `ripcord drill`: outcome, when, total against the budget.
+function drillText(d) {
+  if (!d) return "never: `ripcord drill` rehearses the rollback";
+  return d.outcome + " " + fmtTime(d.finished_at_ms) + ", " + d.total_ms + " ms of a " + d.budget_ms + " ms budget" +
+    (d.within_budget ? "" : " (OVER)") + (d.error ? ": " + d.error : "");
+}
+
 function servicePage(name) {
   const state = { points: new Map(), events: [], spanSecs: 900 };
   const head = el("div");
@@ -289,6 +296,7 @@ function servicePage(name) {
         el("dt", { text: "previous" }), el("dd", { id: "previous", text: releaseText(v.previous) }),
         el("dt", { text: "warm" }), el("dd", { id: "warm", text: v.warm.length ? v.warm.map((w) => w.version + " in " + w.slot).join(", ") : "none" }),
         el("dt", { text: "migration head" }), el("dd", { id: "migration-head", text: (v.active && v.active.migration_head) || "none recorded" }),
+        el("dt", { text: "last drill" }), el("dd", { id: "last-drill", text: drillText(v.last_drill) }),
         el("dt", { text: "traffic" }), el("dd", { text: v.entry })),
     );
     rules.replaceChildren(rulesList(v.rules));
