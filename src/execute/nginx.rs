@@ -26,6 +26,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 /// How long each of the test and reload commands may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -1188,7 +1190,7 @@ pub fn switch_with(
 // State file: a small flat JSON object, written atomically.
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct State {
     site: String,
     upstream: String,
@@ -1197,7 +1199,19 @@ struct State {
     /// The block's server lines then, for the hand-edit message.
     servers: String,
     /// The fingerprint of a write in progress.
+    #[serde(default)]
     pending: Option<String>,
+}
+
+/// The state file as stored: the [`State`] between a format version and the time it was
+/// written (which is for people; reading ignores it).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    version: u64,
+    #[serde(flatten)]
+    state: State,
+    #[serde(skip_deserializing)]
+    updated_unix_ms: u64,
 }
 
 enum Loaded {
@@ -1230,46 +1244,26 @@ fn load_state(path: &Path) -> Result<Loaded, SiteError> {
 }
 
 fn parse_state(text: &str) -> Result<State, String> {
-    let map = json::parse_flat_object(text)?;
-    let string = |key: &str| match map.get(key) {
-        Some(json::Value::Str(s)) => Ok(s.clone()),
-        Some(_) => Err(format!("`{key}` is not a string")),
-        None => Err(format!("`{key}` is missing")),
-    };
-    match map.get("version") {
-        Some(json::Value::Num(v)) if *v == STATE_VERSION as f64 => {}
-        _ => return Err(format!("`version` is not {STATE_VERSION}")),
+    let stored: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if stored.version != STATE_VERSION {
+        return Err(format!("`version` is not {STATE_VERSION}"));
     }
-    Ok(State {
-        site: string("site")?,
-        upstream: string("upstream")?,
-        fingerprint: string("fingerprint")?,
-        servers: string("servers")?,
-        pending: match map.get("pending") {
-            None | Some(json::Value::Null) => None,
-            Some(json::Value::Str(s)) => Some(s.clone()),
-            Some(_) => return Err("`pending` is not a string".into()),
-        },
-    })
+    Ok(stored.state)
 }
 
 fn render_state(st: &State) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(millis)
-        .unwrap_or(0);
-    let pending = st
-        .pending
-        .as_deref()
-        .map(json::quote)
-        .unwrap_or_else(|| "null".to_string());
-    format!(
-        "{{\n  \"version\": {STATE_VERSION},\n  \"site\": {},\n  \"upstream\": {},\n  \"fingerprint\": {},\n  \"servers\": {},\n  \"pending\": {pending},\n  \"updated_unix_ms\": {now}\n}}\n",
-        json::quote(&st.site),
-        json::quote(&st.upstream),
-        json::quote(&st.fingerprint),
-        json::quote(&st.servers),
-    )
+    let stored = Stored {
+        version: STATE_VERSION,
+        state: st.clone(),
+        updated_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(millis)
+            .unwrap_or(0),
+    };
+    let mut text =
+        serde_json::to_string_pretty(&stored).expect("strings and integers serialize to JSON");
+    text.push('\n');
+    text
 }
 
 fn store_state(path: &Path, st: &State) -> Result<(), SiteError> {
@@ -1277,153 +1271,6 @@ fn store_state(path: &Path, st: &State) -> Result<(), SiteError> {
         fs::create_dir_all(dir).map_err(io_err("create state directory", dir))?;
     }
     write_atomically(path, render_state(st).as_bytes(), None)
-}
-
-/// Just enough JSON for the state file, to keep this module free of serde. When it moves
-/// into ripcord proper, serde_json can take its place.
-mod json {
-    use std::collections::BTreeMap;
-
-    #[derive(Debug, Clone, PartialEq)]
-    pub enum Value {
-        Str(String),
-        Num(f64),
-        Bool(bool),
-        Null,
-    }
-
-    pub fn quote(s: &str) -> String {
-        let mut out = String::with_capacity(s.len() + 2);
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-        out
-    }
-
-    struct Cursor<'a> {
-        s: &'a str,
-        i: usize,
-    }
-
-    impl Cursor<'_> {
-        fn ws(&mut self) {
-            while self.s[self.i..].starts_with([' ', '\n', '\r', '\t']) {
-                self.i += 1;
-            }
-        }
-        fn eat(&mut self, c: char) -> Result<(), String> {
-            self.ws();
-            if self.s[self.i..].starts_with(c) {
-                self.i += 1;
-                Ok(())
-            } else {
-                Err(format!("expected `{c}` at byte {}", self.i))
-            }
-        }
-        fn peek(&mut self) -> Option<char> {
-            self.ws();
-            self.s[self.i..].chars().next()
-        }
-        fn string(&mut self) -> Result<String, String> {
-            self.eat('"')?;
-            let mut out = String::new();
-            let mut chars = self.s[self.i..].char_indices();
-            while let Some((off, c)) = chars.next() {
-                match c {
-                    '"' => {
-                        self.i += off + 1;
-                        return Ok(out);
-                    }
-                    '\\' => match chars.next().map(|(_, e)| e) {
-                        Some('"') => out.push('"'),
-                        Some('\\') => out.push('\\'),
-                        Some('/') => out.push('/'),
-                        Some('n') => out.push('\n'),
-                        Some('r') => out.push('\r'),
-                        Some('t') => out.push('\t'),
-                        Some('b') => out.push('\u{8}'),
-                        Some('f') => out.push('\u{c}'),
-                        Some('u') => {
-                            let hex: String = (0..4)
-                                .filter_map(|_| chars.next().map(|(_, h)| h))
-                                .collect();
-                            let code = u32::from_str_radix(&hex, 16)
-                                .map_err(|_| "bad \\u escape".to_string())?;
-                            // Surrogate pairs never occur in what this module writes; a
-                            // lone surrogate becomes U+FFFD rather than an error.
-                            out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
-                        }
-                        _ => return Err("bad escape in string".into()),
-                    },
-                    c => out.push(c),
-                }
-            }
-            Err("unterminated string".into())
-        }
-        fn value(&mut self) -> Result<Value, String> {
-            match self.peek() {
-                Some('"') => self.string().map(Value::Str),
-                Some(_) => {
-                    let rest = &self.s[self.i..];
-                    let len = rest
-                        .find([',', '}', ' ', '\n', '\r', '\t'])
-                        .unwrap_or(rest.len());
-                    let word = &rest[..len];
-                    self.i += len;
-                    match word {
-                        "null" => Ok(Value::Null),
-                        "true" => Ok(Value::Bool(true)),
-                        "false" => Ok(Value::Bool(false)),
-                        w => w
-                            .parse()
-                            .map(Value::Num)
-                            .map_err(|_| format!("unexpected `{w}`")),
-                    }
-                }
-                None => Err("unexpected end".into()),
-            }
-        }
-    }
-
-    /// Parses `{"key": scalar, ...}`; nested objects and arrays are not needed.
-    pub fn parse_flat_object(s: &str) -> Result<BTreeMap<String, Value>, String> {
-        let mut c = Cursor { s, i: 0 };
-        let mut map = BTreeMap::new();
-        c.eat('{')?;
-        if c.peek() == Some('}') {
-            c.i += 1;
-        } else {
-            loop {
-                let key = c.string()?;
-                c.eat(':')?;
-                let value = c.value()?;
-                map.insert(key, value);
-                match c.peek() {
-                    Some(',') => c.i += 1,
-                    Some('}') => {
-                        c.i += 1;
-                        break;
-                    }
-                    _ => return Err(format!("expected `,` or `}}` at byte {}", c.i)),
-                }
-            }
-        }
-        c.ws();
-        if c.i != s.len() {
-            return Err(format!("trailing data at byte {}", c.i));
-        }
-        Ok(map)
-    }
 }
 
 // ---------------------------------------------------------------------------------------
