@@ -28,6 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::nginx_conf::tokens::{Kind, Token, TokenError, tokenize};
+
 /// How long each of the test and reload commands may run before it is killed.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -436,190 +438,13 @@ impl SiteError {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Tokenizer: nginx's own rules (ngx_conf_read_token), so the block found is the block
-// nginx reads. A `#` starts a comment only where a token could start; quotes only open at
-// the start of a token; `\` escapes the next character; `}` inside a word is part of it;
-// `${` inside a word does not open a block.
-// ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Word,
-    Semicolon,
-    Open,
-    Close,
-}
-
-#[derive(Debug, Clone)]
-struct Token {
-    kind: Kind,
-    /// The word as nginx sees it; empty for punctuation.
-    value: String,
-    /// Bytes in the source, including quotes.
-    span: Range<usize>,
-    line: usize,
-}
-
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
-/// Steps over the character after a `\`, whole, so spans stay on char boundaries.
-fn skip_escaped(b: &[u8], mut i: usize, line: &mut usize) -> usize {
-    // `i` points at the backslash.
-    i += 1;
-    if i < b.len() {
-        if b[i] == b'\n' {
-            *line += 1;
-        }
-        i += 1;
-        while i < b.len() && (b[i] & 0b1100_0000) == 0b1000_0000 {
-            i += 1;
+impl From<TokenError> for ParseError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::UnterminatedQuote { line, .. } => ParseError::UnterminatedQuote { line },
+            TokenError::Unexpected { ch, line } => ParseError::Unexpected { ch, line },
         }
     }
-    i.min(b.len())
-}
-
-/// Resolves escapes the way nginx does: `\"`, `\'`, `\\` drop the backslash, `\t` `\r`
-/// `\n` become control characters, anything else keeps the backslash.
-fn unescape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek() {
-            Some('"') | Some('\'') | Some('\\') => out.push(chars.next().unwrap_or('\\')),
-            Some('t') => {
-                chars.next();
-                out.push('\t');
-            }
-            Some('r') => {
-                chars.next();
-                out.push('\r');
-            }
-            Some('n') => {
-                chars.next();
-                out.push('\n');
-            }
-            _ => out.push('\\'),
-        }
-    }
-    out
-}
-
-fn tokenize(text: &str) -> Result<Vec<Token>, ParseError> {
-    let b = text.as_bytes();
-    let n = b.len();
-    let mut tokens = Vec::new();
-    let mut i = 0;
-    let mut line = 1;
-    while i < n {
-        let c = b[i];
-        match c {
-            b'\n' => {
-                line += 1;
-                i += 1;
-            }
-            b' ' | b'\t' | b'\r' => i += 1,
-            b'#' => {
-                while i < n && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b';' | b'{' | b'}' => {
-                let kind = match c {
-                    b';' => Kind::Semicolon,
-                    b'{' => Kind::Open,
-                    _ => Kind::Close,
-                };
-                tokens.push(Token {
-                    kind,
-                    value: String::new(),
-                    span: i..i + 1,
-                    line,
-                });
-                i += 1;
-            }
-            b'"' | b'\'' => {
-                let start = i;
-                let start_line = line;
-                i += 1;
-                loop {
-                    if i >= n {
-                        return Err(ParseError::UnterminatedQuote { line: start_line });
-                    }
-                    match b[i] {
-                        b'\\' => i = skip_escaped(b, i, &mut line),
-                        q if q == c => {
-                            i += 1;
-                            break;
-                        }
-                        b'\n' => {
-                            line += 1;
-                            i += 1;
-                        }
-                        _ => i += 1,
-                    }
-                }
-                // nginx wants a separator after a closing quote (or `)` for `if`).
-                if i < n && !(is_space(b[i]) || matches!(b[i], b';' | b'{' | b')')) {
-                    let ch = text[i..].chars().next().unwrap_or('?');
-                    return Err(ParseError::Unexpected { ch, line });
-                }
-                tokens.push(Token {
-                    kind: Kind::Word,
-                    value: unescape(&text[start + 1..i - 1]),
-                    span: start..i,
-                    line: start_line,
-                });
-            }
-            _ => {
-                let start = i;
-                let start_line = line;
-                let mut variable = false;
-                match c {
-                    b'\\' => i = skip_escaped(b, i, &mut line),
-                    b'$' => {
-                        variable = true;
-                        i += 1;
-                    }
-                    _ => i += 1,
-                }
-                while i < n {
-                    let ch = b[i];
-                    if ch == b'{' && variable {
-                        i += 1;
-                        continue;
-                    }
-                    variable = false;
-                    if ch == b'\\' {
-                        i = skip_escaped(b, i, &mut line);
-                        continue;
-                    }
-                    if ch == b'$' {
-                        variable = true;
-                        i += 1;
-                        continue;
-                    }
-                    if is_space(ch) || ch == b';' || ch == b'{' {
-                        break;
-                    }
-                    i += 1;
-                }
-                tokens.push(Token {
-                    kind: Kind::Word,
-                    value: unescape(&text[start..i]),
-                    span: start..i,
-                    line: start_line,
-                });
-            }
-        }
-    }
-    Ok(tokens)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -68,6 +68,9 @@ pub enum FormatError {
     Adjacent { first: String, second: String },
     #[error("line {line}: unterminated {quote} quote")]
     UnterminatedQuote { line: usize, quote: char },
+    /// A closing quote not followed by whitespace, `;` or `{`, which nginx refuses too.
+    #[error("line {line}: unexpected `{ch}` after a quoted string")]
+    Unexpected { line: usize, ch: char },
     #[error("line {line}: log_format has no name")]
     MissingName { line: usize },
     #[error("line {line}: log_format `{name}` has no format string")]
@@ -774,9 +777,10 @@ fn compile(text: &str, escape: Escape) -> Result<LogFormat, FormatError> {
     })
 }
 
-/// Just enough of nginx's config lexer to find `log_format` directives.
+/// `log_format` directives found with nginx's config tokenizer.
 mod conf {
     use super::{Escape, FormatError};
+    use crate::nginx_conf::tokens::{Kind, TokenError, tokenize};
 
     pub(super) struct Declared {
         pub name: String,
@@ -785,20 +789,20 @@ mod conf {
         pub format: String,
     }
 
-    enum Tok {
-        Word(String),
-        End,
-        Block,
-    }
-
     /// Every `log_format` in the text, in order.
     pub(super) fn log_formats(text: &str) -> Result<Vec<Declared>, FormatError> {
         let mut found = Vec::new();
         let mut words: Vec<(String, usize)> = Vec::new();
-        for (tok, line) in tokens(text)? {
-            match tok {
-                Tok::Word(w) => words.push((w, line)),
-                Tok::End => {
+        let tokens = tokenize(text).map_err(|e| match e {
+            TokenError::UnterminatedQuote { line, quote } => {
+                FormatError::UnterminatedQuote { line, quote }
+            }
+            TokenError::Unexpected { ch, line } => FormatError::Unexpected { ch, line },
+        })?;
+        for tok in tokens {
+            match tok.kind {
+                Kind::Word => words.push((tok.value, tok.line)),
+                Kind::Semicolon => {
                     if let Some(d) = directive(&words)? {
                         found.push(d);
                     }
@@ -806,7 +810,7 @@ mod conf {
                 }
                 // A block opens or closes: whatever words came before named a block, not
                 // a `log_format`.
-                Tok::Block => words.clear(),
+                Kind::Open | Kind::Close => words.clear(),
             }
         }
         if let Some((first, line)) = words.first()
@@ -862,101 +866,6 @@ mod conf {
             // nginx joins the parts with nothing between them.
             format: args.iter().map(|(a, _)| a.as_str()).collect(),
         }))
-    }
-
-    /// Tokens with the line each starts on. Quotes and backslash escapes follow nginx's
-    /// `ngx_conf_read_token`.
-    fn tokens(text: &str) -> Result<Vec<(Tok, usize)>, FormatError> {
-        let b = text.as_bytes();
-        let mut out = Vec::new();
-        let mut line = 1;
-        let mut i = 0;
-        while i < b.len() {
-            let c = b[i];
-            match c {
-                b'\n' => {
-                    line += 1;
-                    i += 1;
-                }
-                b' ' | b'\t' | b'\r' => i += 1,
-                b'#' => {
-                    i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n);
-                }
-                b';' => {
-                    out.push((Tok::End, line));
-                    i += 1;
-                }
-                b'{' | b'}' => {
-                    out.push((Tok::Block, line));
-                    i += 1;
-                }
-                b'"' | b'\'' => {
-                    let start = line;
-                    let mut word = Vec::new();
-                    i += 1;
-                    loop {
-                        let Some(&ch) = b.get(i) else {
-                            return Err(FormatError::UnterminatedQuote {
-                                line: start,
-                                quote: char::from(c),
-                            });
-                        };
-                        if ch == c {
-                            i += 1;
-                            break;
-                        }
-                        if ch == b'\\'
-                            && let Some(&next) = b.get(i + 1)
-                        {
-                            unescape(next, &mut word);
-                            line += usize::from(next == b'\n');
-                            i += 2;
-                            continue;
-                        }
-                        line += usize::from(ch == b'\n');
-                        word.push(ch);
-                        i += 1;
-                    }
-                    out.push((
-                        Tok::Word(String::from_utf8_lossy(&word).into_owned()),
-                        start,
-                    ));
-                }
-                _ => {
-                    let mut word = Vec::new();
-                    let mut in_var_brace = false;
-                    while let Some(&ch) = b.get(i) {
-                        match ch {
-                            b' ' | b'\t' | b'\r' | b'\n' | b';' => break,
-                            b'{' if word.last() == Some(&b'$') => in_var_brace = true,
-                            b'}' if in_var_brace => in_var_brace = false,
-                            b'{' | b'}' => break,
-                            b'\\' if i + 1 < b.len() => {
-                                unescape(b[i + 1], &mut word);
-                                line += usize::from(b[i + 1] == b'\n');
-                                i += 2;
-                                continue;
-                            }
-                            _ => {}
-                        }
-                        word.push(ch);
-                        i += 1;
-                    }
-                    out.push((Tok::Word(String::from_utf8_lossy(&word).into_owned()), line));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn unescape(next: u8, word: &mut Vec<u8>) {
-        match next {
-            b'"' | b'\'' | b'\\' => word.push(next),
-            b't' => word.push(b'\t'),
-            b'r' => word.push(b'\r'),
-            b'n' => word.push(b'\n'),
-            _ => word.extend_from_slice(&[b'\\', next]),
-        }
     }
 }
 
