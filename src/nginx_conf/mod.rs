@@ -5,4 +5,5 @@
 //! A leaf: it imports nothing from the rest of ripcord, so `config`, `signals` and
 //! `execute` may all use it.
 
+pub mod log_format;
 pub mod tokens;
