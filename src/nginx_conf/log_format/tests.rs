@@ -448,40 +448,16 @@ fn setting_is_a_format_or_a_name() {
 
 // ---- laws ----
 
-/// The inverse of `days_from_civil` (Hinnant's `civil_from_days`), to write times the
-/// parser must read back.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = u32::try_from(doy - (153 * mp + 2) / 5 + 1).expect("day fits");
-    let month = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).expect("month fits");
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
+/// `secs` as nginx writes it in `$time_local` at `offset_min` minutes east of UTC.
 fn time_local(secs: i64, offset_min: i64) -> String {
-    let local = secs + offset_min * 60;
-    let (y, m, d) = civil_from_days(local.div_euclid(86_400));
-    let t = local.rem_euclid(86_400);
-    let sign = if offset_min < 0 { '-' } else { '+' };
-    let off = offset_min.abs();
-    format!(
-        "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} {sign}{:02}{:02}",
-        MONTHS[m as usize - 1],
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
-        off / 60,
-        off % 60
-    )
+    let offset = i32::try_from(offset_min * 60)
+        .ok()
+        .and_then(|s| jiff::tz::Offset::from_seconds(s).ok())
+        .expect("a valid offset");
+    let at = jiff::Timestamp::from_second(secs).expect("a valid time");
+    at.to_zoned(jiff::tz::TimeZone::fixed(offset))
+        .strftime("%d/%b/%Y:%H:%M:%S %z")
+        .to_string()
 }
 
 fn addr() -> impl Strategy<Value = String> {
