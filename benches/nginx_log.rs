@@ -2,6 +2,9 @@
 //! case measured against a baseline over the same bytes in the same run: counting the
 //! newlines, which any line-based reader must at least do. Prints a table.
 //!
+//! Timestamps are random per line (nothing repeats: each one is read afresh) except in the
+//! "in order" cases, where they run in order, 100 lines to a second, as in a real log.
+//!
 //! `cargo bench --bench nginx_log` (NGINX_LOG_BENCH_LINES overrides the 2 M lines).
 
 use std::hint::black_box;
@@ -58,7 +61,17 @@ const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
 
-fn line(rng: &mut Rng, custom: bool, out: &mut Vec<u8>) {
+/// Where the lines' timestamps come from.
+#[derive(Clone, Copy)]
+enum Times {
+    /// A random second of a random day for every line: nothing repeats, so the timestamp
+    /// is parsed afresh every time (the worst case).
+    Random,
+    /// In order, this many lines to a second, as nginx writes them.
+    InOrder(u64),
+}
+
+fn line(rng: &mut Rng, custom: bool, times: Times, index: u64, out: &mut Vec<u8>) {
     let status = match rng.below(100) {
         0..=84 => 200,
         85..=89 => 304,
@@ -67,15 +80,23 @@ fn line(rng: &mut Rng, custom: bool, out: &mut Vec<u8>) {
         97..=98 => 502,
         _ => 503,
     };
-    let secs = rng.below(86_400);
+    let secs = match times {
+        Times::Random => rng.below(86_400),
+        Times::InOrder(per_second) => index / per_second % 86_400,
+    };
+    let ip = [rng.below(256), rng.below(256), rng.below(256)];
+    let (day, month) = match times {
+        Times::Random => (1 + rng.below(28), rng.below(12)),
+        Times::InOrder(_) => (26, 10),
+    };
     write!(
         out,
         r#"10.{}.{}.{} - - [{:02}/{}/2026:{:02}:{:02}:{:02} +0000] "{} {} HTTP/1.1" {status} {} "{}" "{}""#,
-        rng.below(256),
-        rng.below(256),
-        rng.below(256),
-        1 + rng.below(28),
-        MONTHS[rng.below(12) as usize],
+        ip[0],
+        ip[1],
+        ip[2],
+        day,
+        MONTHS[month as usize],
         secs / 3600,
         secs / 60 % 60,
         secs % 60,
@@ -113,11 +134,11 @@ fn line(rng: &mut Rng, custom: bool, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-fn lines(n: usize, custom: bool) -> Vec<u8> {
+fn lines(n: usize, custom: bool, times: Times) -> Vec<u8> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut buf = Vec::with_capacity(n * if custom { 300 } else { 240 });
-    for _ in 0..n {
-        line(&mut rng, custom, &mut buf);
+    for i in 0..n {
+        line(&mut rng, custom, times, i as u64, &mut buf);
     }
     buf
 }
@@ -158,13 +179,13 @@ struct Row {
 
 fn print(rows: &[Row]) {
     println!(
-        "{:<44} {:>11} {:>8} {:>7} {:>10} {:>13}",
+        "{:<54} {:>11} {:>8} {:>7} {:>10} {:>13}",
         "case", "lines/s", "ns/line", "MB/s", "x baseline", "best lines/s"
     );
     for r in rows {
         let secs = r.time.median.as_secs_f64();
         println!(
-            "{:<44} {:>11.0} {:>8.1} {:>7.0} {:>10.1} {:>13.0}",
+            "{:<54} {:>11.0} {:>8.1} {:>7.0} {:>10.1} {:>13.0}",
             r.case,
             r.lines as f64 / secs,
             secs * 1e9 / r.lines as f64,
@@ -175,8 +196,15 @@ fn print(rows: &[Row]) {
     }
 }
 
-fn parse_cases(name: &str, format: &LogFormat, custom: bool, n: usize, rows: &mut Vec<Row>) {
-    let buf = lines(n, custom);
+fn parse_cases(
+    name: &str,
+    format: &LogFormat,
+    custom: bool,
+    times: Times,
+    n: usize,
+    rows: &mut Vec<Row>,
+) {
+    let buf = lines(n, custom, times);
     let (baseline, count) = median(|| memchr::memchr_iter(b'\n', &buf).count());
     assert_eq!(count, n);
     let mut row = |case: &str, time: Timing| {
@@ -225,7 +253,7 @@ fn parse_cases(name: &str, format: &LogFormat, custom: bool, n: usize, rows: &mu
 fn follower_case(rows: &mut Vec<Row>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("access.log");
-    let buf = lines(FOLLOW_LINES, true);
+    let buf = lines(FOLLOW_LINES, true, Times::Random);
     std::fs::write(&path, &buf).expect("write the log");
     let (baseline, count) = median(|| {
         let bytes = std::fs::read(&path).expect("read the log");
@@ -278,9 +306,24 @@ fn main() {
         "nginx access-log ingest, one thread, {n} generated lines per case, median of {RUNS} runs"
     );
     let mut rows = Vec::new();
-    parse_cases("combined", &LogFormat::combined(), false, n, &mut rows);
+    parse_cases(
+        "combined",
+        &LogFormat::combined(),
+        false,
+        Times::Random,
+        n,
+        &mut rows,
+    );
     let custom = LogFormat::new(CUSTOM).expect("the custom format compiles");
-    parse_cases("custom", &custom, true, n, &mut rows);
+    parse_cases("custom", &custom, true, Times::Random, n, &mut rows);
+    parse_cases(
+        "custom, in order",
+        &custom,
+        true,
+        Times::InOrder(100),
+        n,
+        &mut rows,
+    );
     follower_case(&mut rows);
     print(&rows);
 }

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod http;
 pub mod ledger;
 pub mod migrate;
+pub mod nginx_conf;
 pub mod notify;
 pub mod os;
 pub mod prometheus;

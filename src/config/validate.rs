@@ -19,7 +19,7 @@ impl Config {
     /// cannot be read or compiled gives no warning here: the watcher refuses to start
     /// with the reason.
     pub fn warnings(&self) -> Vec<ConfigError> {
-        use crate::signals::nginx_log::{LogFormat, attribution_warning};
+        use crate::nginx_conf::log_format::{LogFormat, attribution_warning};
         let mut out = Vec::new();
         for (name, svc) in &self.services {
             let Some(n) = svc.nginx.as_ref().filter(|n| n.access_log.is_some()) else {
@@ -183,7 +183,7 @@ mod tests {
         );
         let cfg = nginx_service(&format!(
             "access_log = \"/l\"\nlog_format = {:?}",
-            crate::signals::nginx_log::RECOMMENDED
+            crate::nginx_conf::log_format::RECOMMENDED
         ));
         assert!(cfg.warnings().is_empty());
         // No access log followed: nothing to attribute.
