@@ -95,27 +95,9 @@ fn words(out: &Output) -> Vec<String> {
 /// Milliseconds since the epoch for an RFC 3339 UTC time as the engine writes it
 /// (`2024-01-02T03:04:05.123456789Z`).
 fn rfc3339_ms(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':').map(|p| p.parse::<i64>());
-    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let mut frac_ms = 0;
-    for (i, c) in frac.chars().take(3).enumerate() {
-        frac_ms += i64::from(c.to_digit(10)?) * 10i64.pow(2 - i as u32);
-    }
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let ms = s.parse::<jiff::Timestamp>().ok()?.as_millisecond();
     // The engine writes 0001-01-01T00:00:00Z for "never".
-    (y > 1970).then_some((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000 + frac_ms)
+    (ms > 0).then_some(ms)
 }
 
 /// `GET path` on 127.0.0.1:port with a short timeout: the status and the body.

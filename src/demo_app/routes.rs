@@ -274,16 +274,19 @@ fn json_response(
     status: StatusCode,
     fields: &[(&str, serde_json::Value)],
 ) -> Response<ResponseBody> {
-    let mut text = String::from("{");
-    for (index, (key, value)) in fields.iter().enumerate() {
-        if index > 0 {
-            text.push(',');
+    /// The fields as a JSON object in the order given (serde_json's own map sorts).
+    struct Ordered<'a>(&'a [(&'a str, serde_json::Value)]);
+    impl serde::Serialize for Ordered<'_> {
+        fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap as _;
+            let mut map = ser.serialize_map(Some(self.0.len()))?;
+            for (key, value) in self.0 {
+                map.serialize_entry(key, value)?;
+            }
+            map.end()
         }
-        text.push_str(&serde_json::Value::from(*key).to_string());
-        text.push(':');
-        text.push_str(&value.to_string());
     }
-    text.push('}');
+    let text = serde_json::to_string(&Ordered(fields)).expect("JSON values serialize");
     response(state, status, "application/json", full_body(text))
 }
 
