@@ -8,7 +8,7 @@ mod common;
 mod docker_fixture;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{BIN, assert_ok, eventually, free_port, get, stderr, stdout};
@@ -135,37 +135,12 @@ json_equals = "{{version}}"
     }
 
     fn start_watcher(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("watcher.log")).unwrap();
-        let child = self
-            .cmd(&["watch"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = common::start_watch(
+            self.cmd(&["watch"]),
+            &self.dir.path().join("watcher.log"),
+            || self.run(&["--json", "status", &self.svc]),
+        );
         self.watcher = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.run(&["--json", "status", &self.svc]);
-            if out.status.success() {
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                if !v["live"].is_null() {
-                    return;
-                }
-            }
-            if let Some(status) = self
-                .watcher
-                .as_mut()
-                .and_then(|w| w.try_wait().ok().flatten())
-            {
-                panic!("the watcher exited ({status}): {}", self.watcher_log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the watcher never became ready: {}",
-                self.watcher_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     fn watcher_log(&self) -> String {
@@ -174,19 +149,7 @@ json_equals = "{{version}}"
 
     fn stop_watcher(&mut self) {
         if let Some(mut child) = self.watcher.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while child.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.wait();
+            common::stop_quietly(&mut child, Duration::from_secs(30));
         }
     }
 

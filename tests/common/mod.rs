@@ -129,33 +129,12 @@ json_equals = "{{version}}"
 
     /// Starts `ripcord watch` and waits (bounded) until it answers on its socket.
     pub fn start_watcher(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("watcher.log")).unwrap();
-        let child = self
-            .cmd(&["watch"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = start_watch(
+            self.cmd(&["watch"]),
+            &self.dir.path().join("watcher.log"),
+            || self.run(&["--json", "status", "web"]),
+        );
         self.watcher = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.run(&["--json", "status", "web"]);
-            if out.status.success() {
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                if !v["live"].is_null() {
-                    return;
-                }
-            }
-            if let Some(status) = self.watcher.as_mut().unwrap().try_wait().unwrap() {
-                panic!("the watcher exited ({status}): {}", self.watcher_log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the watcher never became ready: {}",
-                self.watcher_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     pub fn watcher_log(&self) -> String {
@@ -222,18 +201,55 @@ impl Drop for Project {
     fn drop(&mut self) {
         if let Some(mut child) = self.watcher.take() {
             // SIGTERM first so the watcher stops its releases too.
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_quietly(&mut child, Duration::from_secs(20));
         }
     }
+}
+
+/// Starts `watch` (a `ripcord ... watch` command) with its stderr in `log`, then waits
+/// (bounded) until `status` (a `--json status SERVICE` run) shows it live. Panics with
+/// the log when the watcher exits first or never answers.
+pub fn start_watch(mut watch: Command, log: &Path, status: impl Fn() -> Output) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    let mut child = watch
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = status();
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if !v["live"].is_null() {
+                return child;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the watcher exited ({status}): {}", read_log());
+        }
+        if Instant::now() >= deadline {
+            stop_quietly(&mut child, Duration::from_secs(5));
+            panic!("the watcher never became ready: {}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM, up to `max` for the exit, then SIGKILL: for cleanup, where a hang must not
+/// hide the test's own failure.
+pub fn stop_quietly(child: &mut Child, max: Duration) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + max;
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub fn assert_ok(out: &Output, what: &str) {
