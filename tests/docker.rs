@@ -1,8 +1,9 @@
 //! Runtime `docker` end to end on the real engine: images `FROM scratch` of the static
 //! demo app, blue-green containers behind the built-in proxy, image replace (router
-//! `none`), the env snapshot, OOM kills and crash loops seen through engine events, and
-//! `ripcord doctor`. Every test removes the containers and images it made, also when it
-//! fails. Needs a Docker engine: fails, never skips, without one.
+//! `none`), the env snapshot, OOM kills and crash loops seen through engine events,
+//! `ripcord doctor`, and `ripcord drill` under load (warm and cold). Every test removes
+//! the containers and images it made, also when it fails. Needs a Docker engine: fails,
+//! never skips, without one.
 
 mod common;
 mod docker_fixture;
@@ -542,4 +543,163 @@ fn a_swarm_service_is_rolled_back_on_5xx_and_verified_by_ripcord() {
 #[test]
 fn an_image_replace_service_that_crashes_is_replaced_back_by_the_guard() {
     guard_rolls_back_via("none", &["--crash", "--after-secs", "3"], "", "crash");
+}
+
+/// `ripcord --json drill NAME`: exit code, the JSON, stderr.
+fn drill(p: &DockerProject) -> (Option<i32>, serde_json::Value, String) {
+    let out = p.run(&["--json", "drill", &p.svc]);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "drill: stdout is not JSON ({e}): {}\nstderr: {}\nwatcher: {}",
+            stdout(&out),
+            stderr(&out),
+            p.watcher_log()
+        )
+    });
+    (out.status.code(), v, stderr(&out))
+}
+
+/// One drill under live load through the built-in proxy; asserts it passed within
+/// budget, lost no request, switched to v1 and back, and ends on v2. Returns the result.
+fn drill_under_load(p: &DockerProject, what: &str) -> serde_json::Value {
+    let load = common::Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 1_000_000);
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, v, err) = drill(p);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    assert_eq!(code, Some(0), "{what}: {v:#}\n{err}\n{}", p.watcher_log());
+    let r = v["result"].clone();
+    eprintln!(
+        "{what} drill: total_ms {} steps {}",
+        r["total_ms"], r["steps"]
+    );
+    eprintln!("{what} drill: served during it {:?}", report.ok_by_version);
+    assert_eq!(r["outcome"], "passed", "{what}: {v:#}");
+    assert_eq!(r["within_budget"], true, "{what}: {v:#}");
+    assert_eq!(r["on_current"], true, "{what}: {v:#}");
+    assert_eq!(r["previous"]["version"], "v1", "{what}: {v:#}");
+    assert_eq!(r["current"]["version"], "v2", "{what}: {v:#}");
+    let steps: Vec<String> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert_eq!(s["ok"], true, "{what}: {s}");
+            format!(
+                "{} {}",
+                s["leg"].as_str().unwrap(),
+                s["step"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let want: Vec<String> = ["back", "forward"]
+        .iter()
+        .flat_map(|leg| {
+            ["start", "health_gate", "switch", "verify"]
+                .iter()
+                .map(move |s| format!("{leg} {s}"))
+        })
+        .collect();
+    assert_eq!(steps, want, "{what}: {v:#}");
+    assert!(
+        report.failures.is_empty(),
+        "{what}: no request fails during the drill ({} of {:?} did): {:?}",
+        report.failures.len(),
+        report.ok_by_version,
+        &report.failures[..report.failures.len().min(10)]
+    );
+    assert!(
+        report.ok_by_version.values().sum::<u64>() > 0,
+        "{what}: the load ran"
+    );
+    // Traffic went to v1 and back: the ledger's switch events of this drill's operation.
+    let switches: Vec<String> = p
+        .json(&["events", &p.svc, "--limit", "50"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "traffic_switched" && e["operation_id"] == r["operation"])
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(switches.len(), 2, "{what}: {switches:?}");
+    assert!(
+        switches
+            .iter()
+            .any(|m| m.starts_with("traffic switched to v1 "))
+            && switches
+                .iter()
+                .any(|m| m.starts_with("traffic switched to v2 ")),
+        "{what}: {switches:?}"
+    );
+    assert_eq!(
+        p.serving(),
+        "v2",
+        "{what}: the drill ends on the current release"
+    );
+    // A drill marks nothing bad and opens no incident.
+    assert_eq!(p.release("v2")["status"], "active", "{what}");
+    assert_eq!(p.release("v1")["status"], "previous", "{what}");
+    let incidents = p.json(&["incident", "list", "--service", &p.svc]);
+    assert_eq!(
+        incidents.as_array().map_or(0, Vec::len),
+        0,
+        "{what}: {incidents:#}\n{}",
+        p.watcher_log()
+    );
+    r
+}
+
+/// Issue 15: a drill round trip on a Docker service completes within budget with no
+/// failed requests through the built-in proxy; warm (v1's container still runs), then
+/// cold (v1's container killed, so the drill starts it from its image and snapshot).
+#[test]
+fn a_drill_of_a_docker_service_goes_back_and_forward_under_load_within_budget() {
+    let repo = unique("ripcord-test-dr");
+    // bake 300 s: v1's container stays warm for the first drill.
+    let mut p = DockerProject::new(
+        "proxy",
+        &repo,
+        "bake_secs = 300\ndrill_budget = \"30s\"",
+        "",
+    );
+    images(&mut p, &repo, &[]);
+    p.env_file("DEMO_VERSION=v1\n");
+    p.start_watcher();
+    assert_ok(&p.run(&["deploy", &p.svc, "v1"]), "deploy v1");
+    p.env_file("DEMO_VERSION=v2\n");
+    assert_ok(&p.run(&["deploy", &p.svc, "v2"]), "deploy v2");
+    assert_eq!(p.serving(), "v2");
+    let by_version = |version: &str| {
+        containers_of(&p.svc).iter().map(|i| inspect(i)).find(|c| {
+            c["Config"]["Labels"]["ripcord.version"] == version && c["State"]["Running"] == true
+        })
+    };
+    for version in ["v1", "v2"] {
+        let c = by_version(version).unwrap_or_else(|| panic!("{version} runs"));
+        let bindings = &c["HostConfig"]["PortBindings"]["8080/tcp"];
+        assert_eq!(bindings[0]["HostIp"], "127.0.0.1", "{version}: {bindings}");
+    }
+
+    let warm = drill_under_load(&p, "warm");
+    assert_eq!(warm["warm"], true, "{warm:#}");
+
+    // Cold: v1's container is killed; the drill starts v1 again in the idle slot.
+    let v1 = by_version("v1").expect("v1 is still warm after the drill");
+    let id = v1["Id"].as_str().unwrap().to_string();
+    let out = Command::new("docker").args(["kill", &id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("v1's container stopped", Duration::from_secs(10), || {
+        inspect(&id)["State"]["Running"] != true
+    });
+    let cold = drill_under_load(&p, "cold");
+    assert_eq!(cold["warm"], false, "{cold:#}");
+    assert!(
+        cold["steps"][0]["ms"].as_u64().unwrap() > 0,
+        "a cold drill times its start: {cold:#}"
+    );
+    p.stop_watcher();
 }
