@@ -379,18 +379,7 @@ fn a_bad_release_under_watch_is_rolled_back_and_recorded() {
         "",
     );
     p.start_watcher();
-    assert_ok(&p.deploy("v1", &[]), "deploy v1");
-    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
-    std::thread::sleep(Duration::from_millis(500));
-    // Bad a second after it starts: its deploy-time verification passes, as in life.
-    assert_ok(
-        &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),
-        "deploy v2",
-    );
-    eventually("the guard rolls v2 back", Duration::from_secs(20), || {
-        serving(&p) == "v1"
-    });
-    let report = load.stop();
+    let report = bad_v2_rolled_back_under_load(&p);
     assert!(
         !report.failures.is_empty(),
         "v2 should have failed some requests"
@@ -569,18 +558,7 @@ fn dead_and_silent_webhooks_do_not_delay_a_rollback() {
     );
     let mut p = Project::new(&extra, "");
     p.start_watcher();
-    assert_ok(&p.deploy("v1", &[]), "deploy v1");
-    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
-    std::thread::sleep(Duration::from_millis(500));
-    // Bad a second after it starts: its deploy-time verification passes, as in life.
-    assert_ok(
-        &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),
-        "deploy v2",
-    );
-    eventually("the guard rolls v2 back", Duration::from_secs(20), || {
-        serving(&p) == "v1"
-    });
-    load.stop();
+    bad_v2_rolled_back_under_load(&p);
     eventually("the incident is resolved", Duration::from_secs(10), || {
         p.json(&["incident", "list"])[0]["status"] == "resolved"
     });

@@ -378,17 +378,7 @@ fn prometheus_scrapes_ripcords_own_metrics() {
             ) == Some(1.0)
         },
     );
-    assert_ok(&p.deploy("v1", &[]), "deploy v1");
-    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_ok(
-        &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),
-        "deploy v2",
-    );
-    eventually("the guard rolls v2 back", Duration::from_secs(20), || {
-        serving(&p) == "v1"
-    });
-    load.stop();
+    bad_v2_rolled_back_under_load(&p);
 
     let rollbacks = "ripcord_rollbacks_total{job=\"app\",service=\"web\",trigger=\"error_rate\",outcome=\"verified\"}";
     eventually(

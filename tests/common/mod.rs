@@ -162,6 +162,24 @@ json_equals = "{{version}}"
     }
 }
 
+/// v1 under load (4 workers through the proxy), then v2, bad a second after it starts
+/// (so its deploy-time verification passes, as in life; then half its requests fail,
+/// at random); waits (bounded) until the guard has rolled v2 back, and returns what the
+/// load saw.
+pub fn bad_v2_rolled_back_under_load(p: &Project) -> LoadReport {
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let load = Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 200_000);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_ok(
+        &p.deploy("v2", &["--error-ratio", "0.5", "--after-secs", "1"]),
+        "deploy v2",
+    );
+    eventually("the guard rolls v2 back", Duration::from_secs(20), || {
+        serving(p) == "v1"
+    });
+    load.stop()
+}
+
 /// What follows `deploy web VERSION` to run the demo app: `-- ripcord demo-app ...`.
 pub const DEMO_APP_ARGV: [&str; 7] = [
     "--",
