@@ -348,6 +348,23 @@ fn assert_pinned(image: &serde_json::Value, repo: &str, id: &str) {
     );
 }
 
+/// A little traffic for v2, the evidence the bake ends on; waits (bounded) until v1's
+/// warm container is stopped, so nothing holds v1's image any more.
+fn bake_ended_by_traffic(p: &Project) {
+    let load = common::Load::start(
+        format!("http://127.0.0.1:{}/api/load", p.entry),
+        2,
+        Duration::from_secs(30),
+        150,
+    );
+    eventually(
+        "v1's warm container stops after the bake",
+        Duration::from_secs(30),
+        || containers_of(&p.svc).len() == 1,
+    );
+    load.stop();
+}
+
 #[test]
 fn deploy_pulls_from_the_registry_and_pins_the_digest() {
     let registry = Registry::start(None);
@@ -383,18 +400,7 @@ fn deploy_pulls_from_the_registry_and_pins_the_digest() {
 
     // v1 gone from the engine and from the registry: doctor says a rollback would fail,
     // and what to do.
-    let load = common::Load::start(
-        format!("http://127.0.0.1:{}/api/load", p.entry),
-        2,
-        Duration::from_secs(30),
-        150,
-    );
-    eventually(
-        "v1's warm container stops after the bake",
-        Duration::from_secs(30),
-        || containers_of(&p.svc).len() == 1,
-    );
-    load.stop();
+    bake_ended_by_traffic(&p);
     assert_ok(
         &Command::new("docker")
             .args(["image", "rm", "-f", &v1])
@@ -447,18 +453,7 @@ fn rollback_pulls_a_pruned_image_by_its_digest_and_runs_the_pinned_id() {
     assert_ok(&p.deploy("v2"), "deploy v2");
     // After the bake, v1's container is gone (the bake ends on evidence: v2's first
     // requests): nothing holds its image.
-    let load = common::Load::start(
-        format!("http://127.0.0.1:{}/api/load", p.entry),
-        2,
-        Duration::from_secs(30),
-        150,
-    );
-    eventually(
-        "v1's warm container stops after the bake",
-        Duration::from_secs(30),
-        || containers_of(&p.svc).len() == 1,
-    );
-    load.stop();
+    bake_ended_by_traffic(&p);
     let rm = Command::new("docker")
         .args(["image", "rm", "-f", &v1])
         .output()
