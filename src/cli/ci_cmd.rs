@@ -81,7 +81,10 @@ pub(super) fn github(
                 "missing"
             }
         } else {
-            write_atomic(&path, w.yaml.as_bytes())
+            std::fs::create_dir_all(args.out)
+                .and_then(|()| {
+                    crate::report::write_atomic(args.out, w.file_name, w.yaml.as_bytes())
+                })
                 .map_err(|e| CliError::new(exit::FAILURE, format!("{}: {e}", path.display())))?;
             "written"
         };
@@ -115,17 +118,4 @@ pub(super) fn github(
         );
     }
     Ok(exit::OK)
-}
-
-/// Creates the directory, then writes through a temporary file and a rename: a reader
-/// never sees half a workflow.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("yml.tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }

@@ -300,9 +300,19 @@ pub(super) fn runbook(
     let md = crate::report::runbook::markdown(&facts, &cfg.path.display().to_string());
     match out {
         Some(path) => {
-            let tmp = path.with_extension("md.tmp");
-            std::fs::write(&tmp, &md)?;
-            std::fs::rename(&tmp, path)?;
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                CliError::new(
+                    super::exit::USAGE,
+                    format!("{}: not a file name ripcord can write", path.display()),
+                )
+            })?;
+            crate::report::write_atomic(dir, name, md.as_bytes()).map_err(|e| {
+                CliError::new(super::exit::FAILURE, format!("{}: {e}", path.display()))
+            })?;
             if json {
                 print_json(&json!({ "runbook": path }));
             } else {

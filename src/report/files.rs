@@ -24,8 +24,9 @@ pub fn write(dir: &Path, input: &ReportInput<'_>) -> io::Result<PathBuf> {
 }
 
 /// Writes `name` in `dir` through a temporary file in the same directory, so a reader
-/// sees either the old file or the whole new one, never a torn one.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+/// sees either the old file or the whole new one, never a torn one. Every file ripcord
+/// generates for people (reports, the runbook, CI workflows) is written through here.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
     // Two reports written at once in one process must not share a temporary file.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(

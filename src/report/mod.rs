@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use crate::ledger::{Event, Incident, Release, ReleaseStatus};
 pub use chart::{ChartData, Exposure};
-pub use files::write;
+pub use files::{write, write_atomic};
 pub use markdown::markdown;
 
 use format::signed_secs;
