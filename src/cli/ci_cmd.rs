@@ -20,9 +20,6 @@ pub(super) struct GithubArgs<'a> {
     pub check: bool,
 }
 
-/// `deploy --wait`'s margin past the bake (cli::wait), so the job outlives the wait.
-const WAIT_MARGIN_SECS: u64 = 60;
-
 fn absolute(p: &Path) -> String {
     std::path::absolute(p)
         .unwrap_or_else(|_| p.to_path_buf())
@@ -48,8 +45,10 @@ pub(super) fn github(
         .iter()
         .map(|(name, s)| ServiceFacts {
             name: name.clone(),
-            deploy_secs: (s.start_timeout + s.verify_deadline + s.bake).as_secs()
-                + WAIT_MARGIN_SECS,
+            // The job outlives `deploy --wait`'s own default deadline.
+            deploy_secs: (s.start_timeout + s.verify_deadline + s.bake + super::wait::MARGIN)
+                .as_secs_f64()
+                .ceil() as u64,
         })
         .collect();
     let opts = Options {

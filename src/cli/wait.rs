@@ -22,7 +22,7 @@ use crate::watch::control::{self, Request};
 const POLL: Duration = Duration::from_millis(250);
 /// Added to the bake period when no --wait duration is given: the guard may hold the
 /// bake a while past it for want of evidence.
-const MARGIN: Duration = Duration::from_secs(60);
+pub(super) const MARGIN: Duration = Duration::from_secs(60);
 /// The bake period when the release's config snapshot does not say (the config default).
 const DEFAULT_BAKE: Duration = Duration::from_secs(300);
 
