@@ -559,13 +559,30 @@ fn drill(p: &DockerProject) -> (Option<i32>, serde_json::Value, String) {
     (out.status.code(), v, stderr(&out))
 }
 
-/// One drill under live load through the built-in proxy; asserts it passed within
-/// budget, lost no request, switched to v1 and back, and ends on v2. Returns the result.
-fn drill_under_load(p: &DockerProject, what: &str) -> serde_json::Value {
-    let load = common::Load::start(p.url("/api/load"), 4, Duration::from_secs(60), 1_000_000);
+/// How a drill moves between releases.
+#[derive(Clone, Copy, PartialEq)]
+enum Drill {
+    /// Two slots behind the built-in proxy: a switch, no request may fail.
+    TwoSlots,
+    /// One address (router `none`, runtime `swarm`): each leg puts its release in place,
+    /// and the requests that fail in the gap are what the drill reports.
+    InPlace,
+}
+
+/// One drill under live load; asserts it passed within budget, switched to v1 and back,
+/// ends on v2, marked nothing bad and opened no incident (also while the load goes on
+/// for `after` more), and, with two slots, lost no request. Returns the result and the
+/// load's report.
+fn drill_under_load(
+    p: &DockerProject,
+    what: &str,
+    how: Drill,
+    after: Duration,
+) -> (serde_json::Value, common::LoadReport) {
+    let load = common::Load::start(p.url("/api/load"), 4, Duration::from_secs(90), 1_000_000);
     std::thread::sleep(Duration::from_millis(500));
     let (code, v, err) = drill(p);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500) + after);
     let report = load.stop();
     assert_eq!(code, Some(0), "{what}: {v:#}\n{err}\n{}", p.watcher_log());
     let r = v["result"].clone();
@@ -592,22 +609,38 @@ fn drill_under_load(p: &DockerProject, what: &str) -> serde_json::Value {
             )
         })
         .collect();
+    let leg_steps: &[&str] = match how {
+        Drill::TwoSlots => &["start", "health_gate", "switch", "verify"],
+        Drill::InPlace => &["put_in_place", "switch", "verify"],
+    };
     let want: Vec<String> = ["back", "forward"]
         .iter()
-        .flat_map(|leg| {
-            ["start", "health_gate", "switch", "verify"]
-                .iter()
-                .map(move |s| format!("{leg} {s}"))
-        })
+        .flat_map(|leg| leg_steps.iter().map(move |s| format!("{leg} {s}")))
         .collect();
     assert_eq!(steps, want, "{what}: {v:#}");
-    assert!(
-        report.failures.is_empty(),
-        "{what}: no request fails during the drill ({} of {:?} did): {:?}",
-        report.failures.len(),
-        report.ok_by_version,
-        &report.failures[..report.failures.len().min(10)]
-    );
+    assert_eq!(r["in_place"], (how == Drill::InPlace), "{what}: {v:#}");
+    if how == Drill::TwoSlots {
+        assert!(
+            report.failures.is_empty(),
+            "{what}: no request fails during the drill ({} of {:?} did): {:?}",
+            report.failures.len(),
+            report.ok_by_version,
+            &report.failures[..report.failures.len().min(10)]
+        );
+    }
+    // The proxy's own count of what users lost is the clients' count.
+    if let Some(proxied) = r["proxied"].as_object() {
+        assert_eq!(
+            proxied["failed"].as_u64(),
+            Some(report.failures.len() as u64),
+            "{what}: {v:#}\nclients saw: {:?}",
+            &report.failures[..report.failures.len().min(10)]
+        );
+        assert!(
+            proxied["requests"].as_u64().unwrap() > 0,
+            "{what}: the proxy counted the drill's requests: {v:#}"
+        );
+    }
     assert!(
         report.ok_by_version.values().sum::<u64>() > 0,
         "{what}: the load ran"
@@ -636,6 +669,11 @@ fn drill_under_load(p: &DockerProject, what: &str) -> serde_json::Value {
         "v2",
         "{what}: the drill ends on the current release"
     );
+    assert_eq!(
+        report.ok_by_version.keys().cloned().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "{what}: users were served by both releases"
+    );
     // A drill marks nothing bad and opens no incident.
     assert_eq!(p.release("v2")["status"], "active", "{what}");
     assert_eq!(p.release("v1")["status"], "previous", "{what}");
@@ -646,7 +684,7 @@ fn drill_under_load(p: &DockerProject, what: &str) -> serde_json::Value {
         "{what}: {incidents:#}\n{}",
         p.watcher_log()
     );
-    r
+    (r, report)
 }
 
 /// Issue 15: a drill round trip on a Docker service completes within budget with no
@@ -680,7 +718,7 @@ fn a_drill_of_a_docker_service_goes_back_and_forward_under_load_within_budget() 
         assert_eq!(bindings[0]["HostIp"], "127.0.0.1", "{version}: {bindings}");
     }
 
-    let warm = drill_under_load(&p, "warm");
+    let (warm, _) = drill_under_load(&p, "warm", Drill::TwoSlots, Duration::ZERO);
     assert_eq!(warm["warm"], true, "{warm:#}");
 
     // Cold: v1's container is killed; the drill starts v1 again in the idle slot.
@@ -695,11 +733,109 @@ fn a_drill_of_a_docker_service_goes_back_and_forward_under_load_within_budget() 
     eventually("v1's container stopped", Duration::from_secs(10), || {
         inspect(&id)["State"]["Running"] != true
     });
-    let cold = drill_under_load(&p, "cold");
+    let (cold, _) = drill_under_load(&p, "cold", Drill::TwoSlots, Duration::ZERO);
     assert_eq!(cold["warm"], false, "{cold:#}");
     assert!(
         cold["steps"][0]["ms"].as_u64().unwrap() > 0,
         "a cold drill times its start: {cold:#}"
+    );
+    p.stop_watcher();
+}
+
+/// A drill at one address: each leg puts its release in place, as a rollback and the
+/// next deploy would. Router `none` replaces the one published container (the gap is
+/// measured); the load goes on after the drill, and the guard does not take the drill's
+/// gap for the current release's failure.
+#[test]
+fn a_drill_of_an_image_replace_service_puts_each_release_in_place_and_reports_the_gap() {
+    let repo = unique("ripcord-test-dn");
+    let mut p = DockerProject::new("none", &repo, "drill_budget = \"30s\"", "");
+    images(&mut p, &repo, &[]);
+    p.env_file("DEMO_VERSION=v1\n");
+    p.start_watcher();
+    assert_ok(&p.run(&["deploy", &p.svc, "v1"]), "deploy v1");
+    p.env_file("DEMO_VERSION=v2\n");
+    assert_ok(&p.run(&["deploy", &p.svc, "v2"]), "deploy v2");
+    assert_eq!(p.serving(), "v2");
+    let plan = p.json(&["drill", &p.svc, "--dry-run"]);
+    assert_eq!(plan["in_place"], true, "{plan:#}");
+    assert_eq!(plan["can_run"], true, "{plan:#}");
+    let (r, report) = drill_under_load(&p, "replace", Drill::InPlace, Duration::from_secs(4));
+    assert!(r["proxied"].is_null(), "no proxy in front: {r:#}");
+    let gap = r["downtime_ms"]
+        .as_u64()
+        .expect("a replace reports its gap");
+    assert!(gap > 0, "{r:#}");
+    eprintln!(
+        "replace drill: {gap} ms without an answer, {} of {} client requests failed",
+        report.failures.len(),
+        report.ok_by_version.values().sum::<u64>() + report.failures.len() as u64
+    );
+    // One container of the service runs, and it runs v2.
+    let running: Vec<serde_json::Value> = containers_of(&p.svc)
+        .iter()
+        .map(|i| inspect(i))
+        .filter(|c| c["State"]["Running"] == true)
+        .collect();
+    assert_eq!(running.len(), 1, "{running:#?}");
+    assert_eq!(running[0]["Config"]["Labels"]["ripcord.version"], "v2");
+    p.stop_watcher();
+}
+
+/// A drill of a Swarm service: the service updated to v1's pinned image and back to
+/// v2's, each verified by ripcord, under load through the built-in proxy, which counts
+/// what failed in the engine's stop-first gaps exactly as the clients do.
+#[test]
+fn a_drill_of_a_swarm_service_updates_it_back_and_forward_and_counts_what_failed() {
+    let rt = rt();
+    let engine = engine(&rt);
+    let _swarm = Swarm::join(&rt, &engine);
+    let repo = unique("ripcord-test-ds");
+    let app_port = free_port();
+    let mut p = DockerProject::with_runtime(
+        "swarm",
+        "proxy",
+        &repo,
+        "drill_budget = \"60s\"",
+        &format!("publish = \"127.0.0.1:{app_port}\"\nnetwork = \"host\""),
+    );
+    p.cleanup.swarm_services.push(p.svc.clone());
+    let v1 = build_image(&rt, &engine, &mut p.cleanup, &format!("{repo}:v1"), &[]);
+    let v2 = build_image(&rt, &engine, &mut p.cleanup, &format!("{repo}:v2"), &[]);
+    assert_ne!(v1, v2);
+    for version in ["v1", "v2"] {
+        p.env_file(&format!(
+            "DEMO_LISTEN=127.0.0.1:{app_port}\nDEMO_VERSION={version}\n"
+        ));
+        if version == "v1" {
+            p.start_watcher();
+        }
+        assert_ok(
+            &p.run(&["deploy", &p.svc, version]),
+            &format!("deploy {version}"),
+        );
+    }
+    assert_eq!(p.serving(), "v2");
+    let (r, _) = drill_under_load(&p, "swarm", Drill::InPlace, Duration::from_secs(4));
+    assert!(r["downtime_ms"].is_null(), "{r:#}");
+    eprintln!(
+        "swarm drill: {} of {} requests through the proxy failed",
+        r["proxied"]["failed"], r["proxied"]["requests"]
+    );
+    let out = Command::new("docker")
+        .args([
+            "service",
+            "inspect",
+            &p.svc,
+            "-f",
+            "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        v2,
+        "the service runs v2's image again"
     );
     p.stop_watcher();
 }

@@ -49,6 +49,18 @@ pub(crate) async fn run(
                 result["previous"]["version"].as_str().unwrap_or("?"),
                 result["current"]["version"].as_str().unwrap_or("?"),
             );
+            if let Some(p) = result["proxied"].as_object() {
+                println!(
+                    "  through the proxy meanwhile: {} requests, {} failed",
+                    p["requests"], p["failed"]
+                );
+            }
+            if let Some(d) = result["downtime_ms"].as_u64() {
+                println!(
+                    "  {d} ms without an answer on the published address (router \"none\": \
+                     two containers cannot publish one port; a real rollback has the same gap)"
+                );
+            }
             if result["within_budget"] == false {
                 eprintln!(
                     "⚠ over budget: the drill took {total} ms, the budget is {budget} ms \
@@ -64,10 +76,10 @@ pub(crate) async fn run(
 }
 
 fn print_steps(steps: &Value) {
-    println!("  {:<8} {:<12} {:>8}", "leg", "step", "ms");
+    println!("  {:<8} {:<13} {:>8}", "leg", "step", "ms");
     for s in steps.as_array().into_iter().flatten() {
         println!(
-            "  {:<8} {:<12} {:>8}{}",
+            "  {:<8} {:<13} {:>8}{}",
             s["leg"].as_str().unwrap_or("?"),
             s["step"].as_str().unwrap_or("?"),
             s["ms"],
@@ -98,6 +110,8 @@ fn plan(
                 .is_ok_and(|s| s.iter().any(|s| s.release_id == Some(p.id)))
     });
     let last = ledger.last_drill(service)?.as_ref().map(drill_json);
+    let in_place =
+        svc.router == crate::config::Router::None || svc.runtime == crate::config::Runtime::Swarm;
     let frozen = ledger.service_state(service)?.frozen_reason;
     let blocker = match (&current, &previous) {
         _ if frozen.is_some() => Some(format!(
@@ -113,6 +127,7 @@ fn plan(
         "service": service,
         "current": current.as_ref().map(|r| json!({ "release": r.id, "version": r.version })),
         "previous": previous.as_ref().map(|r| json!({ "release": r.id, "version": r.version, "warm": warm })),
+        "in_place": in_place,
         "budget_ms": svc.drill_budget.as_millis() as u64,
         "can_run": blocker.is_none(),
         "blocker": blocker,
@@ -129,19 +144,36 @@ fn plan(
             "drill plan for {service} (dry run: nothing is touched), budget {}:",
             unit_text(svc.drill_budget)
         );
-        println!(
-            "  1. back to {}: {}, health gate, switch traffic, verify",
-            name(&previous),
-            if warm {
-                "warm, no start"
+        if in_place {
+            let how = if svc.runtime == crate::config::Runtime::Swarm {
+                "a swarm service update"
             } else {
-                "start it in the idle slot"
-            }
-        );
-        println!(
-            "  2. forward to {}: it keeps running meanwhile; health gate, switch traffic, verify",
-            name(&current)
-        );
+                "a container replace, with a gap on the published address"
+            };
+            println!(
+                "  1. back to {}: put in place ({how}), verify",
+                name(&previous)
+            );
+            println!(
+                "  2. forward to {}: put in place again the same way, verify",
+                name(&current)
+            );
+        } else {
+            println!(
+                "  1. back to {}: {}, health gate, switch traffic, verify",
+                name(&previous),
+                if warm {
+                    "warm, no start"
+                } else {
+                    "start it in the idle slot"
+                }
+            );
+            println!(
+                "  2. forward to {}: it keeps running meanwhile; health gate, switch traffic, \
+                 verify",
+                name(&current)
+            );
+        }
         println!("  the ledger's release statuses do not change; the guard does not act meanwhile");
         if let Some(b) = &v["blocker"].as_str() {
             println!("  cannot run now: {b}");

@@ -3,12 +3,20 @@
 //! idle slot), verify; forward to the current release (still running in its slot),
 //! verify. Every step is timed and the whole compared with `drill_budget`.
 //!
+//! Router `none` and runtime `swarm` have one address: there the drill puts the
+//! previous release in place (a container replace, a swarm service update), verifies
+//! it, and puts the current release back the same way, just as a rollback and the next
+//! deploy would; the gap users see in between is measured, not hidden.
+//!
 //! Unlike a rollback, a drill changes no release's status (the current release stays
 //! `active` in the ledger, nothing is marked bad) and opens no incident: while it runs,
-//! [`ServiceExec::drilling`] tells the guard to leave the service alone. A drill that
-//! fails on the way back switches traffic to the current release again and says so.
+//! [`ServiceExec::drilling`] tells the guard to leave the service alone, and
+//! [`ServiceExec::in_drill`] keeps the requests made meanwhile out of its judgement. A
+//! drill that fails on the way back puts traffic on the current release again and says
+//! so.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -34,6 +42,13 @@ pub struct DrillOutcome {
     pub previous: ReleaseRef,
     /// Whether the previous release was warm (a switch, no start).
     pub warm: bool,
+    /// One address (router `none`, runtime `swarm`): each leg put its release in place.
+    pub in_place: bool,
+    /// Router `none`: how long nothing answered on the published address, both legs
+    /// together (two containers cannot publish one port at once).
+    pub downtime_ms: Option<u64>,
+    /// What the built-in proxy saw while the drill ran, when it is the router.
+    pub proxied: Option<Proxied>,
     pub total_ms: u64,
     pub budget_ms: u64,
     pub within_budget: bool,
@@ -56,13 +71,40 @@ impl DrillOutcome {
     }
 }
 
-/// Sets the drilling flag for as long as it lives.
-struct Drilling<'a>(&'a AtomicBool);
+/// The built-in proxy's count of requests during a drill.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Proxied {
+    pub requests: u64,
+    /// Requests the proxy could not deliver (it answered 502 itself): what users lost.
+    pub failed: u64,
+}
+
+/// Marks a drill's span as running for as long as it lives, and ends it when dropped.
+struct Drilling<'a>(&'a Mutex<Option<(i64, i64)>>);
+
+impl<'a> Drilling<'a> {
+    fn start(span: &'a Mutex<Option<(i64, i64)>>) -> Self {
+        *span.lock().unwrap_or_else(|p| p.into_inner()) = Some((now_ms(), i64::MAX));
+        Drilling(span)
+    }
+}
 
 impl Drop for Drilling<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
+        if let Some((_, end)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            *end = now_ms();
+        }
     }
+}
+
+/// What [`ServiceExec::drill_finish`] records.
+struct Finish {
+    stop: Option<Stop>,
+    steps: Vec<DrillStep>,
+    warm: bool,
+    in_place: bool,
+    downtime_ms: Option<u64>,
+    proxied: Option<Proxied>,
 }
 
 /// How a leg ended early.
@@ -75,18 +117,24 @@ struct Stop {
 impl ServiceExec {
     /// Whether a drill runs: the guard does not judge or act on the service meanwhile.
     pub fn drilling(&self) -> bool {
-        self.drilling.load(Ordering::Relaxed)
+        self.drill_span
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(_, end)| end == i64::MAX)
+    }
+
+    /// Whether something seen at `at_ms` happened during the running or the last drill:
+    /// the drill's own switches and (router `none`, runtime `swarm`) its gaps are not the
+    /// release's doing, so the guard does not judge them, even when it reads them late.
+    pub fn in_drill(&self, at_ms: i64) -> bool {
+        self.drill_span
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(start, end)| (start..=end).contains(&at_ms))
     }
 
     /// The releases a drill goes back to and forward to again, or why it cannot run.
     pub fn plan_drill(&self) -> Result<(Release, Release), ExecError> {
-        if self.one_address() {
-            return Err(ExecError::Refused(format!(
-                "{} has one address (router none or runtime swarm): a drill needs two slots, \
-                 so the current release keeps running while the previous one serves",
-                self.name()
-            )));
-        }
         let ledger = self.ledger();
         let current = ledger.active_release(self.name())?.ok_or_else(|| {
             ExecError::Failed(format!(
@@ -142,8 +190,7 @@ impl ServiceExec {
                     self.name()
                 )));
             };
-            self.drilling.store(true, Ordering::Relaxed);
-            let _drilling = Drilling(&self.drilling);
+            let _drilling = Drilling::start(&self.drill_span);
             self.drill_locked(&previous, &current, cur_slot, &progress)
                 .await
         })
@@ -180,34 +227,129 @@ impl ServiceExec {
         );
         let mut steps = Vec::new();
         let mut warm = false;
-        let back_slot = cur_slot.other();
+        let in_place = self.one_address();
+        let back_slot = if in_place { cur_slot } else { cur_slot.other() };
         let mut started_back = false;
-        let stop = match self
-            .drill_back(
+        let mut downtime = None;
+        let counted = self.router.proxy().map(|p| {
+            let c = p.counters();
+            (
+                c.requests.load(Ordering::Relaxed),
+                c.upstream_errors.load(Ordering::Relaxed),
+            )
+        });
+        let stop = if in_place {
+            self.drill_in_place(
                 op,
                 previous,
-                back_slot,
+                current,
+                cur_slot,
+                &mut steps,
+                &mut downtime,
+                progress,
+            )
+            .await
+        } else {
+            self.drill_two_slots(
+                op,
+                previous,
+                current,
+                cur_slot,
                 &mut steps,
                 &mut warm,
                 &mut started_back,
                 progress,
             )
             .await
-        {
-            Ok(()) => self
-                .drill_forward(op, current, cur_slot, &mut steps, progress)
-                .await
-                .err(),
-            Err(stop) => Some(
-                self.drill_restore(op, current, cur_slot, stop, progress)
-                    .await,
-            ),
         };
         // A previous release this drill started drains and stops; a warm one stays as
         // it was (the bake timer ends it).
         if started_back && self.slot_alive(back_slot, previous.id) {
             self.keep_warm(back_slot, ROLLBACK_DRAIN)?;
         }
+        let proxied = self
+            .router
+            .proxy()
+            .zip(counted)
+            .map(|(p, (requests, failed))| {
+                let c = p.counters();
+                Proxied {
+                    requests: c.requests.load(Ordering::Relaxed) - requests,
+                    failed: c.upstream_errors.load(Ordering::Relaxed) - failed,
+                }
+            });
+        self.drill_finish(
+            op,
+            started_at_ms,
+            start,
+            previous,
+            current,
+            cur_slot,
+            back_slot,
+            Finish {
+                stop,
+                steps,
+                warm,
+                in_place,
+                downtime_ms: downtime,
+                proxied,
+            },
+            progress,
+        )
+    }
+
+    /// Back to the previous release in the idle slot and forward again; a way back that
+    /// failed restores the current release.
+    #[allow(clippy::too_many_arguments)]
+    async fn drill_two_slots(
+        &self,
+        op: i64,
+        previous: &Release,
+        current: &Release,
+        cur_slot: Slot,
+        steps: &mut Vec<DrillStep>,
+        warm: &mut bool,
+        started_back: &mut bool,
+        progress: &Progress,
+    ) -> Option<Stop> {
+        let back_slot = cur_slot.other();
+        match self
+            .drill_back(op, previous, back_slot, steps, warm, started_back, progress)
+            .await
+        {
+            Ok(()) => self
+                .drill_forward(op, current, cur_slot, steps, progress)
+                .await
+                .err(),
+            Err(stop) => Some(
+                self.drill_restore(op, current, cur_slot, stop, progress)
+                    .await,
+            ),
+        }
+    }
+
+    /// Records the drill that ran (in the ledger and as events) and says how it went.
+    #[allow(clippy::too_many_arguments)]
+    fn drill_finish(
+        &self,
+        op: i64,
+        started_at_ms: i64,
+        start: Instant,
+        previous: &Release,
+        current: &Release,
+        cur_slot: Slot,
+        back_slot: Slot,
+        finish: Finish,
+        progress: &Progress,
+    ) -> Result<DrillOutcome, ExecError> {
+        let Finish {
+            stop,
+            steps,
+            warm,
+            in_place,
+            downtime_ms,
+            proxied,
+        } = finish;
         let on_current = self
             .router
             .target()
@@ -233,16 +375,31 @@ impl ServiceExec {
                 error: error.as_deref(),
             },
         )?;
+        let mut seen = Vec::new();
+        if let Some(p) = proxied {
+            seen.push(format!(
+                "{} of {} requests through the proxy failed",
+                p.failed, p.requests
+            ));
+        }
+        if let Some(d) = downtime_ms {
+            seen.push(format!("{d} ms without an answer on the published address"));
+        }
+        let seen = if seen.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", seen.join(", "))
+        };
         let summary = match &error {
             None => format!(
-                "drill passed in {total_ms} ms (budget {budget_ms} ms{})",
+                "drill passed in {total_ms} ms (budget {budget_ms} ms{}){seen}",
                 if total_ms > budget_ms {
                     ": OVER BUDGET"
                 } else {
                     ""
                 }
             ),
-            Some(e) => format!("drill failed after {total_ms} ms: {e}"),
+            Some(e) => format!("drill failed after {total_ms} ms{seen}: {e}"),
         };
         self.event(
             Some(current.id),
@@ -263,6 +420,9 @@ impl ServiceExec {
             current: release_ref(current, Some(cur_slot)),
             previous: release_ref(previous, Some(back_slot)),
             warm,
+            in_place,
+            downtime_ms,
+            proxied,
             total_ms,
             budget_ms,
             within_budget: total_ms <= budget_ms,
@@ -468,6 +628,131 @@ impl ServiceExec {
             error: format!("{}; restored: {restored}", stop.error),
             ..stop
         }
+    }
+}
+
+impl ServiceExec {
+    /// One address: the previous release put in place and verified, then the current
+    /// one put back and verified; a way back that failed puts the current one back.
+    #[allow(clippy::too_many_arguments)]
+    async fn drill_in_place(
+        &self,
+        op: i64,
+        previous: &Release,
+        current: &Release,
+        slot: Slot,
+        steps: &mut Vec<DrillStep>,
+        downtime: &mut Option<u64>,
+        progress: &Progress,
+    ) -> Option<Stop> {
+        let back = self
+            .in_place_leg(op, "back", previous, slot, steps, downtime, progress)
+            .await;
+        let Err(stop) = back else {
+            return self
+                .in_place_leg(op, "forward", current, slot, steps, downtime, progress)
+                .await
+                .err();
+        };
+        // The way back failed: a replace that could not start the previous release
+        // started the current container again itself; anything else puts it back.
+        let serving_current = self.slot_alive(slot, current.id)
+            && self.cfg.runtime != crate::config::Runtime::Swarm
+            && self.probe(slot).await.is_ok();
+        if !serving_current {
+            say(
+                progress,
+                format!("restoring: putting {} back in place", current.version),
+            );
+            if let Err(e) = self.put_in_place(op, current, "next", progress).await {
+                return Some(Stop {
+                    error: format!(
+                        "{}; then putting {} back failed too: {e}\nTHE SERVICE MAY STILL RUN \
+                         THE PREVIOUS RELEASE: deploy or roll back by hand",
+                        stop.error, current.version
+                    ),
+                    ..stop
+                });
+            }
+        }
+        Some(self.drill_restore(op, current, slot, stop, progress).await)
+    }
+
+    /// One leg at one address: `release` put in place (started and health-gated by the
+    /// engine or the replace, so one step), traffic recorded on it, verified.
+    #[allow(clippy::too_many_arguments)]
+    async fn in_place_leg(
+        &self,
+        op: i64,
+        leg: &str,
+        release: &Release,
+        slot: Slot,
+        steps: &mut Vec<DrillStep>,
+        downtime: &mut Option<u64>,
+        progress: &Progress,
+    ) -> Result<(), Stop> {
+        let back = leg == "back";
+        let stranded = |error: String| Stop {
+            outcome: "failed",
+            error: if back {
+                error
+            } else {
+                format!(
+                    "{error}\nTHE SERVICE MAY STILL RUN THE PREVIOUS RELEASE: deploy or roll \
+                     back by hand"
+                )
+            },
+            verify: None,
+        };
+        say(
+            progress,
+            format!("{leg}: putting {} in place", release.version),
+        );
+        let t = Instant::now();
+        let suffix = if back { "rollback" } else { "next" };
+        match self.put_in_place(op, release, suffix, progress).await {
+            Ok(gap) => {
+                push(steps, leg, "put_in_place", ms(t), true);
+                if let Some(gap) = gap {
+                    *downtime = Some(downtime.unwrap_or(0) + gap);
+                }
+            }
+            Err(e) => {
+                push(steps, leg, "put_in_place", ms(t), false);
+                return Err(stranded(e.to_string()));
+            }
+        }
+        let t = Instant::now();
+        if let Err(e) = self.switch_to(op, release, slot).await {
+            push(steps, leg, "switch", ms(t), false);
+            return Err(stranded(e.to_string()));
+        }
+        push(steps, leg, "switch", ms(t), true);
+        say(progress, format!("{leg}: {} serves", release.version));
+        let t = Instant::now();
+        let outcome = if back { "failed" } else { "verify_failed" };
+        let report = self
+            .verify_serving(op, release, progress)
+            .await
+            .map_err(|e| Stop {
+                outcome,
+                error: e.to_string(),
+                verify: None,
+            })?;
+        push(steps, leg, "verify", ms(t), report.ok);
+        if !report.ok {
+            let which = if back {
+                "the previous release) failed verification: a real rollback to it would fail too"
+            } else {
+                "the current release) serves again but failed verification"
+            };
+            return Err(Stop {
+                outcome,
+                error: format!("{} {} ({which}", self.name(), release.version),
+                verify: Some(report),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -183,8 +183,10 @@ pub struct ServiceExec {
     /// Warm releases whose bake was held by the guard's evidence: good rollback targets,
     /// each told once.
     bake_held: Mutex<std::collections::HashSet<i64>>,
-    /// Set while a drill runs (`drill.rs`): the guard leaves the service alone.
-    drilling: std::sync::atomic::AtomicBool,
+    /// The span of the running or last drill (`drill.rs`), in ms since the epoch; the
+    /// end is `i64::MAX` while it runs. The guard leaves the service alone meanwhile and
+    /// judges none of the requests made in it.
+    drill_span: Mutex<Option<(i64, i64)>>,
 }
 
 impl ServiceExec {
@@ -199,7 +201,7 @@ impl ServiceExec {
             http: HttpClient::default(),
             engine: tokio::sync::OnceCell::new(),
             bake_held: Mutex::default(),
-            drilling: std::sync::atomic::AtomicBool::new(false),
+            drill_span: Mutex::default(),
         }
     }
 

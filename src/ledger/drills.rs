@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::{Ledger, LedgerError};
 
 /// One timed step of a drill: `leg` is `back` (to the previous release) or `forward`
-/// (to the current one); `step` is `start`, `health_gate`, `switch` or `verify`.
+/// (to the current one); `step` is `start`, `health_gate`, `switch` or `verify`, or at
+/// one address (router `none`, runtime `swarm`) `put_in_place` (start and health gate
+/// together, as the replace or the swarm update does them), `switch` and `verify`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrillStep {
     pub leg: String,

@@ -336,6 +336,11 @@ impl Guard {
             .latency_p95
             .as_ref()
             .map(|r| r.requests_per_false_alarm);
+        // A drill's requests are not the release's doing: its switches, and the gap of
+        // a release put in place at one address, are the drill's.
+        if self.exec.in_drill(rec.at_ms) {
+            return;
+        }
         let w = self.watch(rec.release_id);
         if slow {
             w.bad(rec.at_ms);
@@ -377,6 +382,9 @@ impl Guard {
                 detail,
                 at_ms,
             } => {
+                if !ok && self.exec.in_drill(at_ms) {
+                    return;
+                }
                 let w = self.watch(release_id);
                 w.probes += 1;
                 w.last_probe = detail;
