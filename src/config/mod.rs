@@ -171,6 +171,11 @@ impl Config {
                     {
                         m.dir = base.join(&m.dir);
                     }
+                    if let Some(f) = s.env_file.as_mut()
+                        && f.is_relative()
+                    {
+                        *f = base.join(&*f);
+                    }
                     if let Some(f) = s.docker.as_mut().and_then(|d| d.env_file.as_mut())
                         && f.is_relative()
                     {

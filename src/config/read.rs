@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::checks::{read_check, read_integrity, read_notify, read_prometheus};
@@ -23,6 +24,7 @@ const SERVICE_KEYS: &[&str] = &[
     "stop_timeout",
     "command",
     "env",
+    "env_file",
     "verify",
     "verify_deadline",
     "triggers",
@@ -281,6 +283,18 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             }
         }
     }
+    let env_file = r.string(t, "env_file").and_then(|f| {
+        if matches!(runtime, Some(Runtime::Process) | None) {
+            return Some(PathBuf::from(f.value));
+        }
+        r.error(
+            f.span,
+            &reader::join(&t.path, "env_file"),
+            "`env_file` here is for runtime \"process\"; containers take theirs from [service.NAME.docker] env_file"
+                .to_string(),
+        );
+        None
+    });
     let mut verify: Vec<Option<Check>> = r
         .tables(t, "verify")
         .iter()
@@ -325,6 +339,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         stop_timeout,
         command,
         env,
+        env_file,
         verify,
         verify_deadline,
         triggers,

@@ -237,7 +237,7 @@ impl ServiceExec {
         Ok(())
     }
 
-    fn env_snapshot_path(&self, version: &str, digest: &str) -> PathBuf {
+    pub(super) fn env_snapshot_path(&self, version: &str, digest: &str) -> PathBuf {
         self.state_dir
             .join("env")
             .join(self.name())
@@ -661,7 +661,10 @@ pub fn short_id(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn read_snapshot(path: &Path, release: &Release) -> Result<Vec<(String, String)>, ExecError> {
+pub(super) fn read_snapshot(
+    path: &Path,
+    release: &Release,
+) -> Result<Vec<(String, String)>, ExecError> {
     envfile::read(path).map_err(|e| {
         ExecError::Failed(format!(
             "the env snapshot of {} is missing or unreadable ({e}): ripcord will not start it with \

@@ -106,7 +106,7 @@ impl ReleaseStatus {
 }
 
 /// How a release runs: everything needed to start it again, cold, months later.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseSpec {
     /// The argv template; `{port}` and `{version}` are substituted at start.
     pub argv: Vec<String>,
@@ -115,6 +115,14 @@ pub struct ReleaseSpec {
     /// Runtime `docker`: the image pinned at deploy time and how its container runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRelease>,
+    /// Runtime `process`: the release's environment (`env` and `env_file` at deploy
+    /// time) snapshotted under the state dir (owner-only); never printed. A release
+    /// recorded before snapshots existed has none and runs with today's `env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_snapshot: Option<PathBuf>,
+    /// The names (never the values) of the snapshot's variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_keys: Vec<String>,
 }
 
 /// A container release, pinned: the image id it resolved to, its env snapshot and its
