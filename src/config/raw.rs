@@ -20,6 +20,8 @@ pub(crate) struct RawConfig {
     pub(crate) metrics_listen: Option<Spanned<SocketAddr>>,
     /// `Some(None)` is `"off"`.
     pub(crate) dashboard: Option<Spanned<Option<SocketAddr>>>,
+    /// `redact`, when given: replaces the default patterns.
+    pub(crate) redact: Option<Vec<String>>,
 }
 
 pub(crate) struct RawService {

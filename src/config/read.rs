@@ -42,7 +42,8 @@ const SERVICE_KEYS: &[&str] = &[
 ];
 
 pub(super) fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
-    r.deny_unknown(root, &["service", "watch"]);
+    r.deny_unknown(root, &["service", "watch", "redact"]);
+    let redact = read_redact(r, root);
     let mut metrics_listen = None;
     let mut dashboard = None;
     if let Some(w) = r.table(root, "watch") {
@@ -102,7 +103,32 @@ pub(super) fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
         services,
         metrics_listen,
         dashboard,
+        redact,
     }
+}
+
+/// `redact = ["*_KEY", ...]`: an empty list turns redaction off; a pattern holds
+/// letters, digits, `_` and `*` only.
+fn read_redact(r: &mut Reader<'_>, root: &Table<'_>) -> Option<Vec<String>> {
+    let item = root.inner.get("redact")?;
+    if item.as_array().is_some_and(|a| a.is_empty()) {
+        return Some(Vec::new());
+    }
+    let patterns = r.argv(root, "redact")?;
+    let mut ok = true;
+    for (i, p) in patterns.value.iter().enumerate() {
+        if !super::redact::valid_pattern(p) {
+            ok = false;
+            r.error(
+                patterns.span.clone(),
+                &format!("redact[{i}]"),
+                format!(
+                    "\"{p}\" is not a name pattern: letters, digits, `_` and `*` (any run), e.g. \"*_TOKEN\""
+                ),
+            );
+        }
+    }
+    ok.then_some(patterns.value)
 }
 
 fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {

@@ -144,6 +144,7 @@ impl ServiceExec {
         let (env_snapshot, env_keys) = match &d.env_file {
             Some(path) => {
                 let vars = envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))?;
+                crate::config::redact::learn(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                 // Named by its content: a snapshot another release points at is never
                 // overwritten with different values (a redeploy, a refused deploy, two
                 // versions that sanitize alike).

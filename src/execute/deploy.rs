@@ -149,6 +149,7 @@ impl ServiceExec {
                 self.name()
             )));
         }
+        crate::config::redact::learn(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let dest = self.env_snapshot_path(version, &envfile::digest(&vars));
         envfile::write_snapshot(&dest, &vars).map_err(|e| ExecError::Failed(e.to_string()))?;
         Ok((dest, vars.into_iter().map(|(k, _)| k).collect()))

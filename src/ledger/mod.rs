@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 use crate::config::Slot;
+use crate::config::redact::{scrub, scrub_json};
 pub use backups::{BackupRecord, NewBackup};
 pub use drills::{DrillRecord, DrillStep, NewDrill};
 
@@ -40,6 +41,11 @@ pub enum LedgerError {
     Open {
         path: PathBuf,
         source: rusqlite::Error,
+    },
+    #[error("cannot create the ledger {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("ledger: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -259,6 +265,27 @@ impl Ledger {
             path: path.clone(),
             source,
         };
+        // Owner-only from its first byte: it names releases, hosts and people's reasons.
+        // SQLite gives its -wal and -shm files the same mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(_) => {}
+                // An existing ledger keeps its mode (a reader may lack write access).
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(LedgerError::Create {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(open_err)?;
@@ -528,7 +555,7 @@ impl Ledger {
         if let Some(from) = from {
             tx.execute(
                 "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
-                params![from, reason],
+                params![from, scrub(reason)],
             )?;
         }
         tx.execute(
@@ -554,7 +581,7 @@ impl Ledger {
     pub fn mark_bad(&mut self, release: i64, reason: &str) -> Result<(), LedgerError> {
         self.conn.execute(
             "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
-            params![release, reason],
+            params![release, scrub(reason)],
         )?;
         Ok(())
     }
@@ -574,7 +601,7 @@ impl Ledger {
         tx.execute(
             "INSERT INTO operations (service, kind, step, from_release, to_release, reason, started_at_ms, updated_at_ms)
              VALUES (?1, ?2, 'started', ?3, ?4, ?5, ?6, ?6)",
-            params![service, kind.as_str(), from, to, reason, now],
+            params![service, kind.as_str(), from, to, reason.map(scrub), now],
         )?;
         let id = tx.last_insert_rowid();
         insert_event(
@@ -639,7 +666,7 @@ impl Ledger {
         )?;
         tx.execute(
             "UPDATE operations SET step = ?2, outcome = ?2, error = ?3, updated_at_ms = ?4, finished_at_ms = ?4 WHERE id = ?1",
-            params![op, outcome, error, now],
+            params![op, outcome, error.map(scrub), now],
         )?;
         let message = match error {
             Some(e) => format!("{kind} {outcome}: {e}"),
@@ -929,8 +956,12 @@ fn insert_event(
             e.release_id,
             e.operation_id,
             e.kind,
-            e.message,
-            e.data.as_ref().map(|d| d.to_string()),
+            scrub(&e.message),
+            e.data.as_ref().map(|d| {
+                let mut d = d.clone();
+                scrub_json(&mut d);
+                d.to_string()
+            }),
             e.incident_id
         ],
     )?;

@@ -158,7 +158,7 @@ fn unknown_top_level_key_and_bad_name() {
     check(
         "[services.web]\n",
         &[
-            "ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`, `watch`",
+            "ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`, `watch`, `redact`",
         ],
     );
     let got =
@@ -583,5 +583,25 @@ fn a_process_env_file_is_relative_to_the_config_and_only_for_processes() {
         [
             "ripcord.toml:5: service.web.env_file: `env_file` here is for runtime \"process\"; containers take theirs from [service.NAME.docker] env_file"
         ]
+    );
+}
+
+#[test]
+fn redact_defaults_replaces_and_names_a_bad_pattern() {
+    let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+    assert_eq!(cfg.redact, redact::Redact::default());
+    let cfg = Config::parse(
+        &format!("redact = [\"*_PIN\"]\n{GOOD}"),
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert!(cfg.redact.matches("card_pin") && !cfg.redact.matches("API_KEY"));
+    let cfg = Config::parse(&format!("redact = []\n{GOOD}"), Path::new("x.toml")).unwrap();
+    assert!(!cfg.redact.matches("API_KEY"));
+    check(
+        &format!("redact = [\"*_KEY\", \"bad name\"]\n{GOOD}"),
+        &[
+            "ripcord.toml:1: redact[1]: \"bad name\" is not a name pattern: letters, digits, `_` and `*` (any run), e.g. \"*_TOKEN\"",
+        ],
     );
 }
