@@ -26,6 +26,7 @@ mod observed;
 pub mod process;
 pub mod replace;
 pub mod restore;
+pub mod restore_offline;
 mod rollback;
 pub mod router;
 mod snapshot;

@@ -35,6 +35,10 @@ pub use schema::CURRENT as SCHEMA_VERSION;
 /// The ledger's file name inside the state dir.
 pub const FILE_NAME: &str = "ledger.db";
 
+/// The lease a watcher holds for as long as it runs (one per state dir); a restore with
+/// no watcher holds it too, so that no watcher starts the app meanwhile.
+pub const WATCHER_LEASE: &str = "@watcher";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger {}: {source}", path.display())]

@@ -33,7 +33,7 @@ use crate::proxy::{DRAIN_TIMEOUT, Proxy};
 use control::{Reply, Request};
 
 /// The pseudo-service whose lease marks the one watcher of a state dir.
-const WATCHER_LEASE: &str = "@watcher";
+use crate::ledger::WATCHER_LEASE;
 
 /// How often warm releases are checked for the end of their bake time.
 const BAKE_TICK: Duration = Duration::from_millis(250);
