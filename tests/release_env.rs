@@ -92,6 +92,13 @@ fn a_cold_rollback_runs_the_release_with_its_own_environment() {
         ],
         &[],
     );
+    // doctor reads the rollback target's snapshot back: names, never values.
+    let doctor = stdout(&p.run(&["doctor", "web"]));
+    assert!(
+        doctor.contains("env snapshot") && doctor.contains("MARKER"),
+        "{doctor}"
+    );
+    assert!(!doctor.contains("env-a"), "{doctor}");
     // v1 stops being warm: the watcher restarts and starts only the active v2.
     assert!(p.stop_watcher().success());
     p.start_watcher();
