@@ -314,6 +314,17 @@ fn a_planted_secret_is_nowhere_ripcord_writes() {
     ] {
         run(&p, args);
     }
+    // The dashboard's JSON (it reads the ledger and the watcher's live view).
+    for path in [
+        "/api/overview",
+        "/api/incidents",
+        "/api/services/web",
+        "/incidents/1",
+    ] {
+        let (status, body) = get(&format!("http://127.0.0.1:{dashboard}{path}"));
+        assert_eq!(status, 200, "{path}: {body}");
+        outputs.push(format!("GET {path}\n{body}"));
+    }
     let events = p.json(&["events", "web", "--limit", "500"]).to_string();
     assert!(
         events.contains("<redacted>"),
