@@ -70,6 +70,25 @@ fn a_restore_after_the_watcher_was_killed_takes_the_locks_and_stops_its_orphan()
     watcher.wait().unwrap();
     assert!(pid_alive(v1_pid));
 
+    // Someone else holds the service's lease (this test process, through the ledger):
+    // refused, naming the holder, with nothing stopped or changed.
+    {
+        let mut ledger = ripcord::ledger::Ledger::open(&p.state_dir()).unwrap();
+        let lease = ledger
+            .acquire_lease("web", "a test holding web", Duration::from_secs(60))
+            .unwrap();
+        let out = p.run(&["db", "restore", "web", "--confirm", "app"]);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("service `web` is held by a test holding web"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(items(&pg, "app"), "2,3,4");
+        assert!(pid_alive(v1_pid), "nothing was stopped");
+        ledger.release_lease(&lease).unwrap();
+    }
+
     let out = p.run(&["db", "restore", "web", "--confirm", "app"]);
     assert_ok(&out, "db restore without a watcher");
     assert!(
