@@ -149,6 +149,10 @@ pub struct ImageRelease {
     pub env_snapshot: Option<PathBuf>,
     /// The names (never the values) of the snapshot's variables.
     pub env_keys: Vec<String>,
+    /// The snapshot holds the release's whole env (`[service.NAME.env]` too), pinned at
+    /// deploy; a release recorded before that runs today's `env` under its env file's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_pinned: bool,
     pub container_port: u16,
     pub memory_limit_mb: Option<u64>,
     pub restart: String,
