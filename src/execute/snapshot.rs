@@ -66,7 +66,7 @@ mod tests {
              command = [\"app\", \"{port}\"]\n\
              [[service.web.verify]]\nname = \"api\"\nhttp = \"http://user:s3cret-pw@127.0.0.1:18080/api?token=s3cret-q\"\n\
              [service.web.notify]\nwebhooks = [\"http://127.0.0.1:9000/hooks/T0/s3cret-hook\"]\n\
-             [service.web.env]\nAPI_TOKEN = \"s3cret-value\"\n",
+             [service.web.env]\nAPI_TOKEN = \"s3cret-value\"\nRUST_LOG = \"info\"\n",
             std::path::Path::new("ripcord.toml"),
         )
         .unwrap();
@@ -77,6 +77,15 @@ mod tests {
             text.contains("http://<redacted>@127.0.0.1:18080/api?<redacted>"),
             "{text}"
         );
+        // A secret's name shows no digest at all; any other value a digest, so a change
+        // still shows.
         assert_eq!(snap["env"]["API_TOKEN"], "<redacted>", "{text}");
+        assert!(
+            snap["env"]["RUST_LOG"]
+                .as_str()
+                .unwrap()
+                .starts_with("<redacted sha256:"),
+            "{text}"
+        );
     }
 }
