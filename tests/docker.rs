@@ -216,7 +216,12 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
     let repo = unique("ripcord-test-bg");
     // bake_secs = 1: the previous container stops soon after a deploy, so the rollback
     // below is a cold start from the image and the snapshot, not a traffic switch.
-    let mut p = DockerProject::new("proxy", &repo, "bake_secs = 1", "memory_limit_mb = 64");
+    let mut p = DockerProject::new(
+        "proxy",
+        &repo,
+        "bake_secs = 1\nenv = { FROM_TABLE = \"table-a\" }",
+        "memory_limit_mb = 64",
+    );
     let (v1_id, v2_id) = images(&mut p, &repo, &[]);
     p.env_file("# v1's config\nDEMO_VERSION=v1\nAPI_TOKEN=s3cret-one\n");
     p.start_watcher();
@@ -240,7 +245,7 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
     assert_eq!(r2["spec"]["image"]["id"], v2_id.as_str(), "{r2}");
     assert_eq!(
         r1["spec"]["image"]["env_keys"],
-        serde_json::json!(["DEMO_VERSION", "API_TOKEN"])
+        serde_json::json!(["FROM_TABLE", "DEMO_VERSION", "API_TOKEN"])
     );
     let snapshot = PathBuf::from(r1["spec"]["image"]["env_snapshot"].as_str().unwrap());
     use std::os::unix::fs::PermissionsExt;
@@ -286,6 +291,16 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
     );
     clean.stop();
     p.env_file("DEMO_VERSION=v3-todays-env\nAPI_TOKEN=changed\n");
+    // Today's `[service.NAME.env]` changes too (a watcher reads its config at start).
+    let config = p.dir.path().join("ripcord.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("\"table-a\"", "\"table-b\", ONLY_TODAY = \"1\""),
+    )
+    .unwrap();
+    p.stop_watcher();
+    p.start_watcher();
     let out = p.run(&["--json", "rollback", &p.svc, "--reason", "test"]);
     assert_ok(&out, "rollback");
     assert!(
@@ -304,6 +319,8 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
     assert_eq!(c1["Image"], v1_id.as_str());
     let env: Vec<String> = serde_json::from_value(c1["Config"]["Env"].clone()).unwrap();
     assert!(env.contains(&"API_TOKEN=s3cret-one".to_string()), "{env:?}");
+    assert!(env.contains(&"FROM_TABLE=table-a".to_string()), "{env:?}");
+    assert!(!env.contains(&"ONLY_TODAY=1".to_string()), "{env:?}");
 
     // A watcher restart adopts the running container instead of restarting it.
     let before = containers_of(&p.svc);

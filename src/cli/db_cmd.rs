@@ -4,7 +4,8 @@
 //! anything else, the data-loss window is shown, and consent is typed (the database's
 //! name) or given with `--confirm DBNAME`; without it nothing changes (exit 3). The
 //! restore itself runs in the watcher, which owns the app's runtime
-//! (`execute/restore.rs`).
+//! (`execute/restore.rs`); with no watcher running it runs here, under the ledger's
+//! locks, and leaves starting the app to the next watcher (`execute/restore_offline.rs`).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use crate::clock::{format_utc, now_ms};
 use crate::config::ServiceConfig;
 use crate::db;
 use crate::execute::restore::{TakenBackup, db_config, record_restore_refused, take_backup};
+use crate::execute::restore_offline::restore_without_watcher;
 use crate::ledger::{BackupRecord, Ledger};
 use crate::watch::control::{self, Request};
 
@@ -306,17 +308,37 @@ pub(super) async fn restore(
         }
     })
     .await;
+    let mut offline = false;
+    let (exit, result, error) = match answer {
+        Ok(a) => a,
+        // No watcher: the restore takes the ledger's locks and runs here; the app is
+        // started by the next `ripcord watch`.
+        Err(control::ClientError::NotRunning { .. }) => {
+            offline = true;
+            drop(ledger);
+            let shared = std::sync::Arc::new(std::sync::Mutex::new(self::ledger(state_dir)?));
+            let say = |msg: String| spinner.set_message(msg);
+            let r = restore_without_watcher(svc, state_dir, &shared, b.id, &given, &say).await;
+            match r {
+                Ok(outcome) => (0, serde_json::to_value(&outcome).unwrap_or_default(), None),
+                Err(e) => (e.exit_code(), serde_json::Value::Null, Some(e.to_string())),
+            }
+        }
+        Err(e) => {
+            spinner.finish();
+            return Err(CliError::new(
+                1,
+                format!(
+                    "{e}\nthe restore runs in the watcher, which stops and starts the app; nothing was changed"
+                ),
+            ));
+        }
+    };
     spinner.finish();
-    let (exit, result, error) = answer
-    .map_err(|e| {
-        CliError::new(
-            1,
-            format!("{e}\nthe restore runs in the watcher, which stops and starts the app; nothing was changed"),
-        )
-    })?;
     if json {
         output::print_json(&serde_json::json!({
             "ok": exit == 0, "exit": exit, "result": result, "error": error,
+            "watcher": !offline,
         }));
         return Ok(exit);
     }
@@ -332,6 +354,9 @@ pub(super) async fn restore(
                 result["kept_as"].as_str().unwrap_or("?"),
                 match result["app"].as_str() {
                     Some(v) => format!("{v} runs again and passed verification"),
+                    None if offline => "no watcher runs, so no app was started: `ripcord watch` \
+                                        starts the active release on the restored database"
+                        .to_string(),
                     None => "no release was running".to_string(),
                 }
             );

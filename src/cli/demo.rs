@@ -198,6 +198,7 @@ json_equals = "{{version}}"
     std::fs::write(&config_path, &config_text)?;
     let config =
         Config::load(&config_path).map_err(|e| CliError::new(1, format!("demo config: {e}")))?;
+    crate::config::redact::configure(&config.redact);
     say(
         json,
         &format!(

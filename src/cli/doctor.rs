@@ -181,6 +181,21 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
                     "put the program back where the ledger recorded it".to_string(),
                 )
             });
+            out.push(match &prev.spec.env_snapshot {
+                Some(path) => env_snapshot_check(&prev, path),
+                None => Check {
+                    blocking: false,
+                    ..fail(
+                        "env snapshot",
+                        format!(
+                            "{} was deployed before env snapshots: a cold rollback runs it with \
+                             today's env",
+                            prev.version
+                        ),
+                        "deploy it again to pin its env".to_string(),
+                    )
+                },
+            });
         }
         Runtime::External => {}
     }
@@ -358,35 +373,40 @@ async fn docker_checks(svc: &ServiceConfig, prev: &Release, out: &mut Vec<Check>
             "check the engine".into(),
         )),
     }
-    match &img.env_snapshot {
-        None => out.push(pass(
+    out.push(match &img.env_snapshot {
+        None => pass(
             "env snapshot",
             format!("{} runs without an env file", prev.version),
-        )),
-        Some(path) => match envfile::read(path) {
-            Ok(vars) => out.push(pass(
-                "env snapshot",
-                format!(
-                    "{} holds {} variable(s) ({}); values not shown",
-                    path.display(),
-                    vars.len(),
-                    vars.iter()
-                        .map(|(k, _)| k.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )),
-            Err(e) => out.push(fail(
-                "env snapshot",
-                e.to_string(),
-                format!(
-                    "the snapshot is how {} runs with its own config: restore it from a backup of the state dir",
-                    prev.version
-                ),
-            )),
-        },
-    }
+        ),
+        Some(path) => env_snapshot_check(prev, path),
+    });
     let _ = svc;
+}
+
+/// The previous release's env snapshot reads back: a cold rollback starts it with it.
+fn env_snapshot_check(prev: &Release, path: &Path) -> Check {
+    match envfile::read(path) {
+        Ok(vars) => pass(
+            "env snapshot",
+            format!(
+                "{} holds {} variable(s) ({}); values not shown",
+                path.display(),
+                vars.len(),
+                vars.iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => fail(
+            "env snapshot",
+            e.to_string(),
+            format!(
+                "the snapshot is how {} runs with its own config: restore it from a backup of the state dir",
+                prev.version
+            ),
+        ),
+    }
 }
 
 /// A slot port is fine when it is free, or when the ledger says this service runs there.

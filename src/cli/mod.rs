@@ -450,13 +450,14 @@ fn public_command() -> clap::Command {
 
 /// Prints a fatal error (one JSON object under --json) and returns its exit code.
 fn fatal(e: &CliError, json: bool) -> i32 {
+    let message = config::redact::scrub(&e.message);
     if json {
         eprintln!(
             "{}",
-            serde_json::json!({ "error": e.message, "exit": e.code })
+            serde_json::json!({ "error": message, "exit": e.code })
         );
     } else {
-        eprintln!("error: {}", e.message);
+        eprintln!("error: {message}");
     }
     e.code
 }
@@ -495,12 +496,28 @@ fn write_stdout(bytes: &[u8], json: bool) -> i32 {
     }
 }
 
+/// The log's stderr, with every known secret value taken out (`config::redact`): the
+/// formatter writes each event whole, so a value is never cut across two writes.
+struct ScrubbedStderr;
+
+impl std::io::Write for ScrubbedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(config::redact::scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| ScrubbedStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
@@ -730,7 +747,7 @@ pub(crate) fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
             ),
         ));
     }
-    Config::load(&path).map_err(|e| match e {
+    let config = Config::load(&path).map_err(|e| match e {
         LoadError::Invalid { ref errors, .. } => {
             let mut msg = e.to_string();
             for err in errors {
@@ -740,7 +757,9 @@ pub(crate) fn load_config(flag: Option<&Path>) -> Result<Config, CliError> {
             CliError::new(2, msg)
         }
         e @ LoadError::Read { .. } => CliError::new(2, e.to_string()),
-    })
+    })?;
+    config::redact::configure(&config.redact);
+    Ok(config)
 }
 
 /// A read command names a service that neither the ledger nor the config knows (a typo,

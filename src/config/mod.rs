@@ -21,6 +21,7 @@ mod model;
 mod raw;
 mod read;
 mod reader;
+pub mod redact;
 mod tables;
 mod triggers;
 mod validate;
@@ -57,6 +58,8 @@ pub struct Config {
     /// `[watch] dashboard_listen`: where `ripcord watch` serves its web dashboard, or
     /// `None` when it is `"off"`.
     pub dashboard: Option<DashboardListen>,
+    /// `redact`: the name patterns of secret env variables (see `redact.rs`).
+    pub redact: redact::Redact,
 }
 
 /// Where the dashboard listens when the config says nothing.
@@ -151,6 +154,12 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             metrics_listen: raw.metrics_listen.as_ref().map(|m| m.value),
+            redact: raw
+                .redact
+                .clone()
+                .map_or_else(redact::Redact::default, |patterns| redact::Redact {
+                    patterns,
+                }),
             dashboard: match &raw.dashboard {
                 None => Some(DashboardListen {
                     addr: DEFAULT_DASHBOARD,
@@ -170,6 +179,11 @@ impl Config {
                         && m.dir.is_relative()
                     {
                         m.dir = base.join(&m.dir);
+                    }
+                    if let Some(f) = s.env_file.as_mut()
+                        && f.is_relative()
+                    {
+                        *f = base.join(&*f);
                     }
                     if let Some(f) = s.docker.as_mut().and_then(|d| d.env_file.as_mut())
                         && f.is_relative()

@@ -220,6 +220,9 @@ pub struct ServiceConfig {
     pub command: Option<Vec<String>>,
     /// Extra environment for every release of this service.
     pub env: BTreeMap<String, String>,
+    /// Runtime `process`: an env file (Docker's format) read at deploy time and
+    /// snapshotted with `env` per release (relative to the config file).
+    pub env_file: Option<PathBuf>,
     pub verify: Vec<Check>,
     /// `verify_deadline`: the deadline for the whole set of verification checks.
     #[serde(rename = "verify_deadline_secs", serialize_with = "duration::as_secs")]

@@ -20,6 +20,8 @@ pub(crate) struct RawConfig {
     pub(crate) metrics_listen: Option<Spanned<SocketAddr>>,
     /// `Some(None)` is `"off"`.
     pub(crate) dashboard: Option<Spanned<Option<SocketAddr>>>,
+    /// `redact`, when given: replaces the default patterns.
+    pub(crate) redact: Option<Vec<String>>,
 }
 
 pub(crate) struct RawService {
@@ -40,6 +42,7 @@ pub(crate) struct RawService {
     pub(crate) stop_timeout: Option<Duration>,
     pub(crate) command: Option<Vec<String>>,
     pub(crate) env: BTreeMap<String, String>,
+    pub(crate) env_file: Option<PathBuf>,
     pub(crate) verify: Vec<Option<Check>>,
     pub(crate) verify_deadline: Option<Duration>,
     pub(crate) triggers: Option<Triggers>,
@@ -85,6 +88,7 @@ impl RawService {
             stop_timeout: self.stop_timeout.unwrap_or(Duration::from_secs(10)),
             command: self.command,
             env: self.env,
+            env_file: self.env_file,
             verify: self.verify.into_iter().collect::<Option<Vec<_>>>()?,
             verify_deadline: self.verify_deadline.unwrap_or(Duration::from_secs(30)),
             triggers: self.triggers?,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::checks::{read_check, read_integrity, read_notify, read_prometheus};
@@ -23,6 +24,7 @@ const SERVICE_KEYS: &[&str] = &[
     "stop_timeout",
     "command",
     "env",
+    "env_file",
     "verify",
     "verify_deadline",
     "triggers",
@@ -40,7 +42,8 @@ const SERVICE_KEYS: &[&str] = &[
 ];
 
 pub(super) fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
-    r.deny_unknown(root, &["service", "watch"]);
+    r.deny_unknown(root, &["service", "watch", "redact"]);
+    let redact = read_redact(r, root);
     let mut metrics_listen = None;
     let mut dashboard = None;
     if let Some(w) = r.table(root, "watch") {
@@ -100,7 +103,32 @@ pub(super) fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
         services,
         metrics_listen,
         dashboard,
+        redact,
     }
+}
+
+/// `redact = ["*_KEY", ...]`: an empty list turns redaction off; a pattern holds
+/// letters, digits, `_` and `*` only.
+fn read_redact(r: &mut Reader<'_>, root: &Table<'_>) -> Option<Vec<String>> {
+    let item = root.inner.get("redact")?;
+    if item.as_array().is_some_and(|a| a.is_empty()) {
+        return Some(Vec::new());
+    }
+    let patterns = r.argv(root, "redact")?;
+    let mut ok = true;
+    for (i, p) in patterns.value.iter().enumerate() {
+        if !super::redact::valid_pattern(p) {
+            ok = false;
+            r.error(
+                patterns.span.clone(),
+                &format!("redact[{i}]"),
+                format!(
+                    "\"{p}\" is not a name pattern: letters, digits, `_` and `*` (any run), e.g. \"*_TOKEN\""
+                ),
+            );
+        }
+    }
+    ok.then_some(patterns.value)
 }
 
 fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
@@ -281,6 +309,18 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             }
         }
     }
+    let env_file = r.string(t, "env_file").and_then(|f| {
+        if matches!(runtime, Some(Runtime::Process) | None) {
+            return Some(PathBuf::from(f.value));
+        }
+        r.error(
+            f.span,
+            &reader::join(&t.path, "env_file"),
+            "`env_file` here is for runtime \"process\"; containers take theirs from [service.NAME.docker] env_file"
+                .to_string(),
+        );
+        None
+    });
     let mut verify: Vec<Option<Check>> = r
         .tables(t, "verify")
         .iter()
@@ -325,6 +365,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         stop_timeout,
         command,
         env,
+        env_file,
         verify,
         verify_deadline,
         triggers,

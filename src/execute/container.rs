@@ -141,19 +141,34 @@ impl ServiceExec {
             }
             Err(e) => return Err(cannot(e)),
         };
-        let (env_snapshot, env_keys) = match &d.env_file {
-            Some(path) => {
-                let vars = envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))?;
-                // Named by its content: a snapshot another release points at is never
-                // overwritten with different values (a redeploy, a refused deploy, two
-                // versions that sanitize alike).
-                let dest = self.env_snapshot_path(version, &envfile::digest(&vars));
-                envfile::write_snapshot(&dest, &vars)
-                    .map_err(|e| ExecError::Failed(e.to_string()))?;
-                (Some(dest), vars.into_iter().map(|(k, _)| k).collect())
+        // The release's whole env, pinned: `[service.NAME.env]` with the env file's
+        // variables over it, so a cold rollback runs neither today's file nor today's table.
+        let mut vars: Vec<(String, String)> = self
+            .cfg
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(path) = &d.env_file {
+            for (k, v) in envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))? {
+                vars.retain(|(ek, _)| *ek != k);
+                vars.push((k, v));
             }
-            None => (None, Vec::new()),
-        };
+        }
+        if let Some((k, _)) = vars.iter().find(|(_, v)| v.contains('\n')) {
+            return Err(ExecError::Failed(format!(
+                "the env variable {k} of {} holds a line break, which an env snapshot cannot carry; \
+                 put it in a file the app reads instead",
+                self.name()
+            )));
+        }
+        crate::config::redact::learn(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // Named by its content: a snapshot another release points at is never
+        // overwritten with different values (a redeploy, a refused deploy, two versions
+        // that sanitize alike).
+        let dest = self.env_snapshot_path(version, &envfile::digest(&vars));
+        envfile::write_snapshot(&dest, &vars).map_err(|e| ExecError::Failed(e.to_string()))?;
+        let (env_snapshot, env_keys) = (Some(dest), vars.into_iter().map(|(k, _)| k).collect());
         // What a later rollback pulls when this id was pruned from the engine.
         let repo_digest = registry::digest_for(&reference, &info.repo_digests);
         Ok(ImageRelease {
@@ -162,6 +177,7 @@ impl ServiceExec {
             repo_digest,
             env_snapshot,
             env_keys,
+            env_pinned: true,
             container_port: d.container_port,
             memory_limit_mb: d.memory_limit_mb.or(self.cfg.memory_limit_mb),
             restart: d.restart.clone(),
@@ -237,7 +253,7 @@ impl ServiceExec {
         Ok(())
     }
 
-    fn env_snapshot_path(&self, version: &str, digest: &str) -> PathBuf {
+    pub(super) fn env_snapshot_path(&self, version: &str, digest: &str) -> PathBuf {
         self.state_dir
             .join("env")
             .join(self.name())
@@ -296,11 +312,18 @@ impl ServiceExec {
         })
     }
 
-    /// The service's `env` with the release's own env snapshot over it.
+    /// The release's own env snapshot; for a release recorded before snapshots held the
+    /// whole env, the service's `env` today with its snapshot over it.
     pub(super) fn release_env(
         &self,
         release: &Release,
     ) -> Result<Vec<(String, String)>, ExecError> {
+        if let Some(img) = release.spec.image.as_ref()
+            && img.env_pinned
+            && let Some(path) = &img.env_snapshot
+        {
+            return read_snapshot(path, release);
+        }
         let mut env: Vec<(String, String)> = self
             .cfg
             .env
@@ -661,7 +684,10 @@ pub fn short_id(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn read_snapshot(path: &Path, release: &Release) -> Result<Vec<(String, String)>, ExecError> {
+pub(super) fn read_snapshot(
+    path: &Path,
+    release: &Release,
+) -> Result<Vec<(String, String)>, ExecError> {
     envfile::read(path).map_err(|e| {
         ExecError::Failed(format!(
             "the env snapshot of {} is missing or unreadable ({e}): ripcord will not start it with \

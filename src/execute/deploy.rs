@@ -2,14 +2,15 @@
 //! guard), its release pinned and recorded, started in the idle slot, switched to and
 //! verified; a failed verification goes back to the warm previous release.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::replace;
 use super::snapshot::redacted_snapshot;
 use super::{
     DeployRequest, ExecError, Outcome, Progress, ROLLBACK_DRAIN, ServiceExec, release_ref, say,
 };
+use super::{envfile, replace};
 use crate::clock::now_ms;
 use crate::config::{Runtime, Slot};
 use crate::ledger::{OperationKind, Release, ReleaseSpec, ReleaseStatus};
@@ -70,6 +71,7 @@ impl ServiceExec {
                 argv: req.argv.clone().unwrap_or_default(),
                 cwd: req.cwd.clone(),
                 image: None,
+                ..Default::default()
             });
         }
         if matches!(self.cfg.runtime, Runtime::Docker | Runtime::Swarm) {
@@ -85,6 +87,7 @@ impl ServiceExec {
                 argv: Vec::new(),
                 cwd: None,
                 image: Some(image),
+                ..Default::default()
             });
         }
         if req.image.is_some() {
@@ -113,11 +116,43 @@ impl ServiceExec {
                     self.name()
                 ))
             })?;
+        let (env_snapshot, env_keys) = self.snapshot_process_env(&req.version)?;
         Ok(ReleaseSpec {
             argv,
             cwd: req.cwd.clone(),
             image: None,
+            env_snapshot: Some(env_snapshot),
+            env_keys,
         })
+    }
+
+    /// Runtime process: the release's environment as it is now (`env`, with
+    /// `env_file`'s variables over it) written to an owner-only snapshot named by its
+    /// content, so a cold start months later runs with it rather than today's.
+    fn snapshot_process_env(&self, version: &str) -> Result<(PathBuf, Vec<String>), ExecError> {
+        let mut vars: Vec<(String, String)> = self
+            .cfg
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(path) = &self.cfg.env_file {
+            for (k, v) in envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))? {
+                vars.retain(|(ek, _)| *ek != k);
+                vars.push((k, v));
+            }
+        }
+        if let Some((k, _)) = vars.iter().find(|(_, v)| v.contains('\n')) {
+            return Err(ExecError::Failed(format!(
+                "the env variable {k} of {} holds a line break, which an env snapshot cannot carry; \
+                 put it in a file the app reads instead",
+                self.name()
+            )));
+        }
+        crate::config::redact::learn(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let dest = self.env_snapshot_path(version, &envfile::digest(&vars));
+        envfile::write_snapshot(&dest, &vars).map_err(|e| ExecError::Failed(e.to_string()))?;
+        Ok((dest, vars.into_iter().map(|(k, _)| k).collect()))
     }
 
     async fn deploy_locked(

@@ -1,8 +1,9 @@
-//! Env files and their per-release snapshots (runtime `docker`).
+//! Env files and their per-release snapshots (runtimes `process` and `docker`).
 //!
-//! The runbook re-ran an old image with *today's* env file. ripcord copies the env file
-//! at deploy time into the state dir (owner-only, written atomically) and a rollback
-//! starts the old release with that copy. Values are secrets: they are never printed,
+//! The runbook re-ran an old image with *today's* env file. ripcord copies a release's
+//! environment (the config's `env` with the env file's variables over it) at deploy time
+//! into the state dir (owner-only, written atomically) and a rollback starts the old
+//! release with that copy. Values are secrets: they are never printed,
 //! logged or put in the ledger; only the variable names are.
 
 use std::io::Write;

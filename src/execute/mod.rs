@@ -26,6 +26,7 @@ mod observed;
 pub mod process;
 pub mod replace;
 pub mod restore;
+pub mod restore_offline;
 mod rollback;
 pub mod router;
 mod snapshot;
@@ -189,8 +190,38 @@ pub struct ServiceExec {
     drill_span: Mutex<Option<(i64, i64)>>,
 }
 
+/// Tells `config::redact` the secret values this service's releases may see: today's
+/// `env` and env files, and every release's snapshot (an old release's secrets can
+/// reach a log tail or an error after a rollback). Unreadable files are skipped here:
+/// the deploy or start that needs one reports it.
+fn learn_secrets(cfg: &ServiceConfig, ledger: &SharedLedger) {
+    use crate::config::redact;
+    redact::learn(cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut files: Vec<std::path::PathBuf> = cfg
+        .env_file
+        .iter()
+        .chain(cfg.docker.as_ref().and_then(|d| d.env_file.as_ref()))
+        .cloned()
+        .collect();
+    let releases = ledger
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .releases(&cfg.name)
+        .unwrap_or_default();
+    for r in releases {
+        files.extend(r.spec.env_snapshot.clone());
+        files.extend(r.spec.image.and_then(|i| i.env_snapshot));
+    }
+    for f in files {
+        if let Ok(vars) = envfile::read(&f) {
+            redact::learn(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+    }
+}
+
 impl ServiceExec {
     pub fn new(cfg: ServiceConfig, router: Router, ledger: SharedLedger, state_dir: &Path) -> Self {
+        learn_secrets(&cfg, &ledger);
         ServiceExec {
             cfg,
             router,

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,9 +99,11 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
             source,
         })?;
     }
+    // Owner-only: an app's output may hold what its environment does.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&spec.log_path)
         .map_err(|source| ProcessError::Log {
             path: spec.log_path.clone(),

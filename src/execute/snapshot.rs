@@ -2,13 +2,19 @@
 
 /// The service's config as the ledger keeps it with a release, with what may be secret
 /// taken out, since `releases --json` prints the snapshot: `env` values and webhook URLs
-/// become a digest (a change still shows, the value never does), and any other URL
+/// become a digest (a change still shows, the value never does), or `<redacted>` for a
+/// variable whose name `redact` calls secret, and any other URL
 /// loses its user, password and query.
 pub(super) fn redacted_snapshot(cfg: &crate::config::ServiceConfig) -> serde_json::Value {
     let mut snapshot = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(env) = snapshot.get_mut("env").and_then(|e| e.as_object_mut()) {
-        for value in env.values_mut() {
-            *value = digest_of(value);
+        for (name, value) in env.iter_mut() {
+            // A secret's digest could be brute-forced when the secret is short: none.
+            *value = if crate::config::redact::is_secret(name) {
+                serde_json::Value::String(crate::config::redact::REDACTED.to_string())
+            } else {
+                digest_of(value)
+            };
         }
     }
     if let Some(hooks) = snapshot.get_mut("webhooks").and_then(|e| e.as_array_mut()) {
@@ -60,7 +66,7 @@ mod tests {
              command = [\"app\", \"{port}\"]\n\
              [[service.web.verify]]\nname = \"api\"\nhttp = \"http://user:s3cret-pw@127.0.0.1:18080/api?token=s3cret-q\"\n\
              [service.web.notify]\nwebhooks = [\"http://127.0.0.1:9000/hooks/T0/s3cret-hook\"]\n\
-             [service.web.env]\nAPI_TOKEN = \"s3cret-value\"\n",
+             [service.web.env]\nAPI_TOKEN = \"s3cret-value\"\nRUST_LOG = \"info\"\n",
             std::path::Path::new("ripcord.toml"),
         )
         .unwrap();
@@ -71,8 +77,11 @@ mod tests {
             text.contains("http://<redacted>@127.0.0.1:18080/api?<redacted>"),
             "{text}"
         );
+        // A secret's name shows no digest at all; any other value a digest, so a change
+        // still shows.
+        assert_eq!(snap["env"]["API_TOKEN"], "<redacted>", "{text}");
         assert!(
-            snap["env"]["API_TOKEN"]
+            snap["env"]["RUST_LOG"]
                 .as_str()
                 .unwrap()
                 .starts_with("<redacted sha256:"),

@@ -100,7 +100,7 @@ impl ServiceExec {
             addr,
             argv: release.spec.argv.clone(),
             cwd: release.spec.cwd.clone(),
-            env: self.cfg.env.clone(),
+            env: self.process_env(release)?,
             log_path: log_path.clone(),
         };
         let proc = Arc::new(process::start(&spec).map_err(|e| ExecError::Failed(e.to_string()))?);
@@ -374,6 +374,20 @@ impl ServiceExec {
             "release_stopped",
             format!("{} in slot {slot} {how}", sp.release.version),
         );
+    }
+
+    /// The environment a process release runs with: its own snapshot from deploy time;
+    /// today's `env` only for a release recorded before snapshots existed.
+    fn process_env(
+        &self,
+        release: &Release,
+    ) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
+        match &release.spec.env_snapshot {
+            Some(path) => Ok(container::read_snapshot(path, release)?
+                .into_iter()
+                .collect()),
+            None => Ok(self.cfg.env.clone()),
+        }
     }
 
     pub(super) fn log_path(&self, release: &Release, slot: Slot) -> PathBuf {

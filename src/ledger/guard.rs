@@ -133,7 +133,7 @@ impl Ledger {
         let changed = tx.execute(
             "UPDATE service_state SET frozen_reason = ?2, frozen_at_ms = ?3
              WHERE service = ?1 AND frozen_reason IS NULL",
-            params![service, reason, now_ms()],
+            params![service, crate::config::redact::scrub(reason), now_ms()],
         )?;
         if changed > 0 {
             super::insert_event(
@@ -224,7 +224,7 @@ impl Ledger {
         tx.execute(
             "UPDATE service_state SET frozen_reason = ?2, frozen_at_ms = COALESCE(frozen_at_ms, ?3)
              WHERE service = ?1",
-            params![service, reason, now_ms()],
+            params![service, crate::config::redact::scrub(reason), now_ms()],
         )?;
         super::insert_event(
             &tx,
@@ -306,7 +306,19 @@ impl Ledger {
         tx.execute(
             "INSERT INTO incidents (service, release_id, status, rule, summary, opened_at_ms, first_bad_at_ms, decision)
              VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7)",
-            params![service, release, rule, summary, now, first_bad_at_ms, decision.to_string()],
+            params![
+                service,
+                release,
+                rule,
+                crate::config::redact::scrub(summary),
+                now,
+                first_bad_at_ms,
+                {
+                    let mut d = decision.clone();
+                    crate::config::redact::scrub_json(&mut d);
+                    d.to_string()
+                }
+            ],
         )?;
         let id = tx.last_insert_rowid();
         super::insert_event(

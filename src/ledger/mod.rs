@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 use crate::config::Slot;
+use crate::config::redact::{scrub, scrub_json};
 pub use backups::{BackupRecord, NewBackup};
 pub use drills::{DrillRecord, DrillStep, NewDrill};
 
@@ -34,12 +35,21 @@ pub use schema::CURRENT as SCHEMA_VERSION;
 /// The ledger's file name inside the state dir.
 pub const FILE_NAME: &str = "ledger.db";
 
+/// The lease a watcher holds for as long as it runs (one per state dir); a restore with
+/// no watcher holds it too, so that no watcher starts the app meanwhile.
+pub const WATCHER_LEASE: &str = "@watcher";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger {}: {source}", path.display())]
     Open {
         path: PathBuf,
         source: rusqlite::Error,
+    },
+    #[error("cannot create the ledger {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("ledger: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -106,7 +116,7 @@ impl ReleaseStatus {
 }
 
 /// How a release runs: everything needed to start it again, cold, months later.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseSpec {
     /// The argv template; `{port}` and `{version}` are substituted at start.
     pub argv: Vec<String>,
@@ -115,6 +125,14 @@ pub struct ReleaseSpec {
     /// Runtime `docker`: the image pinned at deploy time and how its container runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageRelease>,
+    /// Runtime `process`: the release's environment (`env` and `env_file` at deploy
+    /// time) snapshotted under the state dir (owner-only); never printed. A release
+    /// recorded before snapshots existed has none and runs with today's `env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_snapshot: Option<PathBuf>,
+    /// The names (never the values) of the snapshot's variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_keys: Vec<String>,
 }
 
 /// A container release, pinned: the image id it resolved to, its env snapshot and its
@@ -131,6 +149,10 @@ pub struct ImageRelease {
     pub env_snapshot: Option<PathBuf>,
     /// The names (never the values) of the snapshot's variables.
     pub env_keys: Vec<String>,
+    /// The snapshot holds the release's whole env (`[service.NAME.env]` too), pinned at
+    /// deploy; a release recorded before that runs today's `env` under its env file's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_pinned: bool,
     pub container_port: u16,
     pub memory_limit_mb: Option<u64>,
     pub restart: String,
@@ -251,6 +273,27 @@ impl Ledger {
             path: path.clone(),
             source,
         };
+        // Owner-only from its first byte: it names releases, hosts and people's reasons.
+        // SQLite gives its -wal and -shm files the same mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(_) => {}
+                // An existing ledger keeps its mode (a reader may lack write access).
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(LedgerError::Create {
+                        path: path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
         let mut conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(open_err)?;
@@ -520,7 +563,7 @@ impl Ledger {
         if let Some(from) = from {
             tx.execute(
                 "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
-                params![from, reason],
+                params![from, scrub(reason)],
             )?;
         }
         tx.execute(
@@ -546,7 +589,7 @@ impl Ledger {
     pub fn mark_bad(&mut self, release: i64, reason: &str) -> Result<(), LedgerError> {
         self.conn.execute(
             "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
-            params![release, reason],
+            params![release, scrub(reason)],
         )?;
         Ok(())
     }
@@ -566,7 +609,7 @@ impl Ledger {
         tx.execute(
             "INSERT INTO operations (service, kind, step, from_release, to_release, reason, started_at_ms, updated_at_ms)
              VALUES (?1, ?2, 'started', ?3, ?4, ?5, ?6, ?6)",
-            params![service, kind.as_str(), from, to, reason, now],
+            params![service, kind.as_str(), from, to, reason.map(scrub), now],
         )?;
         let id = tx.last_insert_rowid();
         insert_event(
@@ -631,7 +674,7 @@ impl Ledger {
         )?;
         tx.execute(
             "UPDATE operations SET step = ?2, outcome = ?2, error = ?3, updated_at_ms = ?4, finished_at_ms = ?4 WHERE id = ?1",
-            params![op, outcome, error, now],
+            params![op, outcome, error.map(scrub), now],
         )?;
         let message = match error {
             Some(e) => format!("{kind} {outcome}: {e}"),
@@ -921,8 +964,12 @@ fn insert_event(
             e.release_id,
             e.operation_id,
             e.kind,
-            e.message,
-            e.data.as_ref().map(|d| d.to_string()),
+            scrub(&e.message),
+            e.data.as_ref().map(|d| {
+                let mut d = d.clone();
+                scrub_json(&mut d);
+                d.to_string()
+            }),
             e.incident_id
         ],
     )?;

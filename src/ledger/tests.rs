@@ -5,6 +5,7 @@ fn spec(v: &str) -> ReleaseSpec {
         argv: vec!["app".into(), "--version".into(), v.into()],
         cwd: None,
         image: None,
+        ..Default::default()
     }
 }
 

@@ -96,13 +96,14 @@ async fn worker(url: String, ca_file: Option<PathBuf>, mut rx: mpsc::Receiver<Me
         HttpClient::default()
     });
     while let Some(msg) = rx.recv().await {
-        let body = json!({
+        let mut body = json!({
             "text": format!("[ripcord] {}: {}", msg.service, msg.text),
             "kind": msg.kind,
             "service": msg.service,
             "at_ms": msg.at_ms,
             "data": msg.data,
         });
+        crate::config::redact::scrub_json(&mut body);
         let mut last = String::new();
         let mut delivered = false;
         for pause in BACKOFF {

@@ -35,6 +35,13 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf>
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     let path = dir.join(name);
+    // The report quotes events and errors, scrubbed when written; a value learned since
+    // (a snapshot read after they were) is taken out here too.
+    let scrubbed = std::str::from_utf8(bytes).map(crate::config::redact::scrub);
+    let bytes = match &scrubbed {
+        Ok(text) => text.as_bytes(),
+        Err(_) => bytes,
+    };
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -25,6 +25,7 @@ fn release(id: i64, version: &str, status: ReleaseStatus, reason: Option<&str>) 
             argv: vec!["./web".into(), "--port".into(), "{port}".into()],
             cwd: Some("/srv/web".into()),
             image: None,
+            ..Default::default()
         },
         config_snapshot: json!({}),
         status,

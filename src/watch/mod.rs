@@ -33,7 +33,7 @@ use crate::proxy::{DRAIN_TIMEOUT, Proxy};
 use control::{Reply, Request};
 
 /// The pseudo-service whose lease marks the one watcher of a state dir.
-const WATCHER_LEASE: &str = "@watcher";
+use crate::ledger::WATCHER_LEASE;
 
 /// How often warm releases are checked for the end of their bake time.
 const BAKE_TICK: Duration = Duration::from_millis(250);
@@ -767,7 +767,10 @@ async fn serve_client(
 }
 
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_string(reply).expect("replies serialize");
+    // Errors and progress may quote an app's log or a check's output: no secret leaves.
+    let mut value = serde_json::to_value(reply).expect("replies serialize");
+    crate::config::redact::scrub_json(&mut value);
+    let mut line = value.to_string();
     line.push('\n');
     write.write_all(line.as_bytes()).await
 }

@@ -72,7 +72,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `verify`, `verify_deadline`, `triggers`, `investigate`, `drill_budget`, `drill_max_age`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `env_file`, `verify`, `verify_deadline`, `triggers`, `investigate`, `drill_budget`, `drill_max_age`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -158,7 +158,7 @@ fn unknown_top_level_key_and_bad_name() {
     check(
         "[services.web]\n",
         &[
-            "ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`, `watch`",
+            "ripcord.toml:1: services: unknown key (did you mean `service`?); expected one of `service`, `watch`, `redact`",
         ],
     );
     let got =
@@ -564,5 +564,44 @@ fn a_missing_or_non_pem_ca_file_is_reported_with_its_line() {
     assert!(
         got[3].starts_with(&format!("{f}:13: service.web.verify[1].ca_file: CA file")),
         "{got:#?}"
+    );
+}
+
+#[test]
+fn a_process_env_file_is_relative_to_the_config_and_only_for_processes() {
+    let src = format!("{GOOD}env_file = \"app.env\"\n");
+    let cfg = Config::parse(&src, Path::new("/etc/ripcord/ripcord.toml")).unwrap();
+    assert_eq!(
+        cfg.service("web").unwrap().env_file.as_deref(),
+        Some(Path::new("/etc/ripcord/app.env"))
+    );
+    let errs = errors(
+        "[service.web]\nruntime = \"docker\"\nlisten = \"127.0.0.1:8080\"\nslots = { blue = 8081, green = 8082 }\nenv_file = \"app.env\"\n[service.web.docker]\ncontainer_port = 8000\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "ripcord.toml:5: service.web.env_file: `env_file` here is for runtime \"process\"; containers take theirs from [service.NAME.docker] env_file"
+        ]
+    );
+}
+
+#[test]
+fn redact_defaults_replaces_and_names_a_bad_pattern() {
+    let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+    assert_eq!(cfg.redact, redact::Redact::default());
+    let cfg = Config::parse(
+        &format!("redact = [\"*_PIN\"]\n{GOOD}"),
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert!(cfg.redact.matches("card_pin") && !cfg.redact.matches("API_KEY"));
+    let cfg = Config::parse(&format!("redact = []\n{GOOD}"), Path::new("x.toml")).unwrap();
+    assert!(!cfg.redact.matches("API_KEY"));
+    check(
+        &format!("redact = [\"*_KEY\", \"bad name\"]\n{GOOD}"),
+        &[
+            "ripcord.toml:1: redact[1]: \"bad name\" is not a name pattern: letters, digits, `_` and `*` (any run), e.g. \"*_TOKEN\"",
+        ],
     );
 }
