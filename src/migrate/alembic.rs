@@ -207,6 +207,8 @@ struct Module<'t> {
     src: &'t str,
     funcs: HashMap<String, Node<'t>>,
     consts: HashMap<String, String>,
+    /// Every module-level `NAME = expr`, for what a name stands for.
+    values: HashMap<String, Node<'t>>,
     revision: Option<String>,
     down_revision: Option<Vec<String>>,
 }
@@ -217,6 +219,7 @@ impl<'t> Module<'t> {
             src,
             funcs: HashMap::new(),
             consts: HashMap::new(),
+            values: HashMap::new(),
             revision: None,
             down_revision: None,
         };
@@ -245,6 +248,7 @@ impl<'t> Module<'t> {
                 continue;
             };
             let name = m.text(left).to_string();
+            m.values.insert(name.clone(), right);
             match name.as_str() {
                 "revision" => m.revision = string_value(src, right).map(|s| s.0),
                 "down_revision" => {
@@ -1260,7 +1264,9 @@ impl<'t> Walker<'_, 't> {
             add.identity_or_serial |= integer;
         }
         match kw.get("server_default") {
-            Some(sd) if sd.kind() != "none" => add.default = Some(self.server_default(*sd)),
+            Some(sd) if sd.kind() != "none" => {
+                add.default = Some(self.server_default(*sd)).filter(|k| *k != DefaultKind::Null);
+            }
             _ => {
                 add.orm_default_only = kw.contains_key("default");
             }
@@ -1268,38 +1274,91 @@ impl<'t> Walker<'_, 't> {
         add
     }
 
+    /// How PostgreSQL evaluates a `server_default=`. SQLAlchemy takes a Python string
+    /// (rendered as a quoted literal) or an SQL construct (`sa.text`, `sa.func.*`,
+    /// `sa.literal_column`). Any other Python expression, such as an enum member or a
+    /// constant, is evaluated once when the migration runs and ends up as one literal for
+    /// every row: a constant, however it is spelled.
     fn server_default(&self, n: Node<'_>) -> DefaultKind {
-        if let Some((s, _)) = string_value(self.m.src, n) {
-            // A plain string is quoted by Alembic: a constant.
-            let _ = s;
-            return DefaultKind::Constant;
-        }
+        self.server_default_at(n, 0)
+    }
+
+    fn server_default_at(&self, n: Node<'_>, depth: usize) -> DefaultKind {
         let text = self.text(n);
-        if n.kind() == "call" {
-            let fname = n
-                .child_by_field_name("function")
-                .map(|f| self.text(f))
-                .unwrap_or("");
-            let (pos, _) = self.args(n);
-            if (fname == "text" || fname.ends_with(".text"))
-                && let Some((s, _)) = pos.first().and_then(|p| self.str_of(*p))
-            {
-                return classify_default_text(&s);
-            }
-            if let Some(f) = fname
-                .strip_prefix("sa.func.")
-                .or_else(|| fname.strip_prefix("func."))
-            {
-                return classify_default_text(&format!("{f}()"));
-            }
-            if fname.ends_with("literal") || fname.ends_with("true") || fname.ends_with("false") {
-                return DefaultKind::Constant;
-            }
-        }
-        if matches!(n.kind(), "integer" | "float" | "true" | "false") {
+        let shown = || format!("`{}`", text.chars().take(40).collect::<String>());
+        if self.str_of(n).is_some() {
             return DefaultKind::Constant;
         }
-        DefaultKind::Volatile(format!("`{}`", text.chars().take(40).collect::<String>()))
+        if depth > 8 {
+            return DefaultKind::Volatile(shown());
+        }
+        match n.kind() {
+            "parenthesized_expression" => match n.named_child(0) {
+                Some(inner) => self.server_default_at(inner, depth + 1),
+                None => DefaultKind::Volatile(shown()),
+            },
+            "integer" | "float" | "true" | "false" | "unary_operator" => DefaultKind::Constant,
+            "none" => DefaultKind::Null,
+            "call" => {
+                let fname = n
+                    .child_by_field_name("function")
+                    .map(|f| self.text(f))
+                    .unwrap_or("");
+                let (pos, _) = self.args(n);
+                let last = fname.rsplit('.').next().unwrap_or(fname);
+                if matches!(last, "text" | "literal_column") {
+                    return match pos.first().and_then(|p| self.str_of(*p)) {
+                        Some((s, _)) => classify_default_text(&s),
+                        None => DefaultKind::Volatile(shown()),
+                    };
+                }
+                if let Some(f) = fname
+                    .strip_prefix("sa.func.")
+                    .or_else(|| fname.strip_prefix("sqlalchemy.func."))
+                    .or_else(|| fname.strip_prefix("func."))
+                {
+                    return classify_default_text(&format!("{f}()"));
+                }
+                if matches!(last, "literal" | "true" | "false" | "true_" | "false_") {
+                    return DefaultKind::Constant;
+                }
+                if matches!(last, "null") {
+                    return DefaultKind::Null;
+                }
+                // Another SQLAlchemy construct is SQL ripcord does not read.
+                if fname.starts_with("sa.") || fname.starts_with("sqlalchemy.") {
+                    return DefaultKind::Volatile(shown());
+                }
+                // A helper in the revision may return an SQL construct: follow its
+                // return value.
+                if let Some(def) = self.m.funcs.get(fname).copied() {
+                    return match returned(def) {
+                        Some(r) => self.server_default_at(r, depth + 1),
+                        None => DefaultKind::Volatile(shown()),
+                    };
+                }
+                // A Python call (`str(3)`, `Status.ACTIVE.value.lower()`): one value.
+                DefaultKind::Constant
+            }
+            "attribute" => {
+                // `Status.ACTIVE`, `Status.ACTIVE.value`, `Defaults.PLAN`: a Python value.
+                // SQLAlchemy's own attributes (`sa.func.now`) are SQL.
+                if text.starts_with("sa.")
+                    || text.starts_with("sqlalchemy.")
+                    || text.starts_with("func.")
+                {
+                    DefaultKind::Volatile(shown())
+                } else {
+                    DefaultKind::Constant
+                }
+            }
+            "identifier" => match self.m.values.get(text).copied() {
+                Some(v) => self.server_default_at(v, depth + 1),
+                None => DefaultKind::Unresolved(shown()),
+            },
+            "binary_operator" | "string" | "concatenated_string" => DefaultKind::Constant,
+            _ => DefaultKind::Volatile(shown()),
+        }
     }
 
     /// An SQLAlchemy type expression as a [`Ty`].
@@ -1341,6 +1400,15 @@ impl<'t> Walker<'_, 't> {
             parse_ty(&format!("{name}({})", nums.join(",")))
         }
     }
+}
+
+/// The expression a function's first top-level `return` gives back.
+fn returned(def: Node<'_>) -> Option<Node<'_>> {
+    let body = def.child_by_field_name("body")?;
+    children(body)
+        .into_iter()
+        .find(|st| st.kind() == "return_statement")
+        .and_then(|r| r.named_child(0))
 }
 
 fn unknown_op(method: &str) -> Op {

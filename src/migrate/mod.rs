@@ -26,6 +26,8 @@ mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_inputs;
 
 use std::collections::{BTreeMap, BTreeSet};
 

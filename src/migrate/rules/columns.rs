@@ -2,9 +2,9 @@
 //! constraints), dropping, renaming, changing the type, NOT NULL and defaults.
 
 use super::{Engine, Side, norm};
-use crate::migrate::Phase;
 use crate::migrate::model::{AddColumn, DefaultKind, Op};
 use crate::migrate::types::{Change, type_change};
+use crate::migrate::{Phase, Severity};
 
 impl Engine<'_> {
     /// Columns: renames, drops, type changes, NOT NULL and defaults (ADD COLUMN is
@@ -109,13 +109,29 @@ impl Engine<'_> {
                             format!("widens {table}.{column} to {to}"),
                         );
                     }
-                    Change::Unknown(hint) => {
-                        self.emit("change-column-type", line, format!("changes {table}.{column} to {to}: {hint}; ripcord does not know its current type (give existing_type=, or let an earlier migration in the run create it)"));
-                        self.mark(
-                            Phase::Contract,
-                            line,
-                            format!("changes the type of {table}.{column}"),
+                    Change::Unknown { hint, widening } => {
+                        let message = format!(
+                            "changes {table}.{column} to {to}: {hint}; ripcord does not know its current type (give existing_type=, or let an earlier migration in the run create it)"
                         );
+                        if widening {
+                            // Usually a widening (free, catalog only), and a rewrite only
+                            // if the column is of another family or longer today: a
+                            // question for the reviewer, not a verdict, so a warning and
+                            // an unknown phase rather than an error and a contract.
+                            self.emit_as("change-column-type", Severity::Warning, line, message);
+                            self.mark(
+                                Phase::Unknown,
+                                line,
+                                format!("changes the type of {table}.{column} (its current type is unknown)"),
+                            );
+                        } else {
+                            self.emit("change-column-type", line, message);
+                            self.mark(
+                                Phase::Contract,
+                                line,
+                                format!("changes the type of {table}.{column}"),
+                            );
+                        }
                     }
                     Change::Rewrite { narrowing } => {
                         let from_s = from
@@ -221,6 +237,7 @@ impl Engine<'_> {
         }
         match &add.default {
             Some(DefaultKind::Volatile(f)) => self.emit("volatile-default", line, format!("adds {table}.{column} with volatile default {f}: every row gets its own value, so the table is rewritten under ACCESS EXCLUSIVE")),
+            Some(DefaultKind::Unresolved(f)) => self.emit_as("volatile-default", Severity::Warning, line, format!("adds {table}.{column} with default {f}, a name ripcord cannot resolve: a Python value is one constant (no rewrite), but SQL calling a volatile function rewrites the table under ACCESS EXCLUSIVE")),
             Some(DefaultKind::Stable(_) | DefaultKind::Constant) if pg < 11 => self.emit("volatile-default", line, format!("adds {table}.{column} with a default: before PostgreSQL 11 (the target is {pg}) any default rewrites the table under ACCESS EXCLUSIVE")),
             _ => {}
         }

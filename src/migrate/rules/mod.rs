@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use crate::migrate::model::{Action, ConKind, Lowered, Op};
 use crate::migrate::{
     DownReport, DownState, FileReport, Finding, Kind, Layout, Migration, Phase, PhaseReason, Risk,
-    Settings, UpReport,
+    Settings, Severity, UpReport,
 };
 
 pub use catalog::rule_ids;
@@ -105,6 +105,16 @@ impl Engine<'_> {
             },
             anchor: self.anchor,
         });
+    }
+
+    /// [`Engine::emit`] with a severity other than the rule's default, for a case of the
+    /// rule that is less certain (settings still override it).
+    fn emit_as(&mut self, id: &'static str, severity: Severity, line: usize, message: String) {
+        let before = self.findings.len();
+        self.emit(id, line, message);
+        if let Some(added) = self.findings.get_mut(before) {
+            added.finding.severity = severity;
+        }
     }
 
     fn mark(&mut self, phase: Phase, line: usize, why: String) {
