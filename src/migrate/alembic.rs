@@ -675,7 +675,11 @@ impl<'t> Walker<'_, 't> {
                     autocommit = true;
                 } else if fname.ends_with("batch_alter_table") {
                     let (pos, kw) = self.args(call);
-                    let table = pos.first().map(|n| self.name_of(*n)).unwrap_or_default();
+                    let table = pos
+                        .first()
+                        .or_else(|| kw.get("table_name"))
+                        .map(|n| self.name_of(*n))
+                        .unwrap_or_default();
                     if let Some(recreate) = kw.get("recreate")
                         && self.text(*recreate).contains("always")
                     {
@@ -788,6 +792,22 @@ impl<'t> Walker<'_, 't> {
 
     /// A name argument: its string value, or the expression as written.
     fn name_of(&self, n: Node<'_>) -> String {
+        // `op.f("ix_name")` and `batch_op.f("ix_name")` mark a name as final (not to be
+        // run through the naming convention): the name is the string.
+        if n.kind() == "call"
+            && let Some(f) = n.child_by_field_name("function")
+            && f.kind() == "attribute"
+            && f.child_by_field_name("attribute")
+                .is_some_and(|a| self.text(a) == "f")
+            && f.child_by_field_name("object").is_some_and(|o| {
+                let o = self.text(o);
+                o == "op" || matches!(self.locals.get(o), Some(Local::Batch(_)))
+            })
+            && let Some(first) = self.args(n).0.first()
+            && let Some((s, _)) = self.str_of(*first)
+        {
+            return s;
+        }
         self.str_of(n)
             .map(|s| s.0)
             .unwrap_or_else(|| self.text(n).to_string())

@@ -152,3 +152,128 @@ fn a_widening_with_an_unknown_current_type_is_a_warning_and_an_unknown_phase() {
             .any(|f| f.rule == "change-column-type" && f.severity == Error)
     );
 }
+
+// ------------------------------------------------------------- batch mode (step 2)
+
+/// A revision in the style autogenerate writes for projects that also run on SQLite.
+const BATCH: &str = r#""""orders: currency, customer required, reference unique
+
+Revision ID: 7c1d
+Revises: 7c1c
+"""
+from alembic import op
+import sqlalchemy as sa
+
+revision = "7c1d"
+down_revision = "7c1c"
+
+
+def upgrade():
+    op.execute("SET lock_timeout = '3s'")
+    with op.batch_alter_table("orders", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("currency", sa.String(length=3), nullable=True))
+        batch_op.add_column(sa.Column("channel", sa.String(length=10), nullable=False))
+        batch_op.alter_column("customer_id", existing_type=sa.INTEGER(), nullable=False)
+        batch_op.alter_column("total", existing_type=sa.Numeric(10, 2), type_=sa.Numeric(12, 2))
+        batch_op.drop_column("legacy_total")
+        batch_op.create_unique_constraint("uq_orders_reference", ["reference"])
+        batch_op.drop_constraint("fk_orders_shop", type_="foreignkey")
+        batch_op.create_foreign_key("fk_orders_customer", "customers", ["customer_id"], ["id"])
+        batch_op.create_index(batch_op.f("ix_orders_currency"), ["currency"], unique=False)
+        batch_op.alter_column("note", new_column_name="notes")
+        batch_op.create_check_constraint("ck_orders_total", "total >= 0")
+
+    with op.batch_alter_table(table_name="customers") as batch_op:
+        batch_op.alter_column("email", existing_type=sa.String(100), type_=sa.String(50))
+
+
+def downgrade():
+    with op.batch_alter_table("orders", schema=None) as batch_op:
+        batch_op.drop_constraint("ck_orders_total", type_="check")
+        batch_op.alter_column("notes", new_column_name="note")
+        batch_op.drop_index(batch_op.f("ix_orders_currency"))
+        batch_op.drop_constraint("fk_orders_customer", type_="foreignkey")
+        batch_op.drop_constraint("uq_orders_reference", type_="unique")
+        batch_op.add_column(sa.Column("legacy_total", sa.Numeric(10, 2), nullable=False))
+        batch_op.alter_column("customer_id", existing_type=sa.INTEGER(), nullable=True)
+        batch_op.drop_column("channel")
+        batch_op.drop_column("currency")
+"#;
+
+#[test]
+fn alembic_batch_mode_is_judged_like_op_calls() {
+    let r = report("alembic/versions/7c1d_orders.py", BATCH);
+    let got: BTreeSet<(usize, &str)> = r
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .collect();
+    let want: BTreeSet<(usize, &str)> = [
+        (17, "add-not-null-column-without-default"),
+        (18, "set-not-null"),
+        (20, "drop-column"),
+        (20, "expand-and-contract"),
+        (21, "add-unique-constraint"),
+        (23, "add-foreign-key"),
+        (24, "create-index-without-concurrently"),
+        (25, "rename-column"),
+        (25, "expand-and-contract"),
+        (26, "add-check-constraint"),
+        (29, "change-column-type"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+    // As specific as for op.*: the table, the column and the name op.f() gives.
+    let msg = |l: usize, rule: &str| {
+        r.upgrade
+            .findings
+            .iter()
+            .find(|f| f.line == l && f.rule == rule)
+            .map(|f| f.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        msg(18, "set-not-null").contains("orders.customer_id"),
+        "{}",
+        msg(18, "set-not-null")
+    );
+    assert!(msg(20, "drop-column").contains("orders.legacy_total"));
+    assert!(
+        msg(24, "create-index-without-concurrently").contains("CREATE INDEX ix_orders_currency ")
+            && msg(24, "create-index-without-concurrently").contains("on orders"),
+        "{}",
+        msg(24, "create-index-without-concurrently")
+    );
+    assert!(msg(25, "rename-column").contains("orders.note to notes"));
+    // The table given by keyword, and a narrowing with its current type known.
+    assert!(
+        msg(29, "change-column-type").contains("customers.email from varchar(100) to varchar(50)"),
+        "{}",
+        msg(29, "change-column-type")
+    );
+    assert_eq!(r.phase, Phase::Contract);
+
+    let down: BTreeSet<(usize, &str)> = r
+        .downgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .filter(|(_, rule)| *rule != "missing-lock-timeout")
+        .collect();
+    let want_down: BTreeSet<(usize, &str)> = [
+        (36, "drop-index-without-concurrently"),
+        // The re-added NOT NULL column has no default: the downgrade fails on a table
+        // with rows.
+        (39, "downgrade-fails"),
+        // What the upgrade added and the new code wrote is lost.
+        (41, "downgrade-data-loss"),
+        (42, "downgrade-data-loss"),
+        (42, "implicit-drop"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(down, want_down);
+    assert_eq!(r.downgrade.state, DownState::Fails);
+}
