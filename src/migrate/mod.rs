@@ -20,6 +20,8 @@ pub mod guard;
 mod layout;
 mod model;
 mod output;
+mod pyconst;
+mod pyparse;
 mod rules;
 mod sql;
 mod types;

@@ -77,6 +77,12 @@ pub(crate) enum Op {
         verb: &'static str,
         table: String,
     },
+    /// Rows read and rewritten through an ORM session (SQLAlchemy `Session`): what
+    /// changes is known only at run time. `model` is the class last queried, if any.
+    OrmWrite {
+        call: String,
+        model: Option<String>,
+    },
     RenameColumn {
         table: String,
         from: String,

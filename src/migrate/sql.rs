@@ -656,17 +656,26 @@ fn ident_list(idents: &[sqlparser::ast::Ident]) -> Vec<String> {
 
 /// The table a DML statement writes, from its tokens: INSERT INTO t, UPDATE [ONLY] t,
 /// DELETE FROM [ONLY] t, MERGE INTO t.
-fn dml_table(words: &[String]) -> String {
-    let skip = |w: &&String| {
-        !matches!(
-            w.as_str(),
-            "INSERT" | "INTO" | "UPDATE" | "DELETE" | "FROM" | "ONLY" | "MERGE" | "WITH"
-        )
-    };
-    words
-        .iter()
-        .find(skip)
-        .map(|w| w.to_ascii_lowercase())
+/// The table a DML statement writes, schema-qualified as written (`billing.invoices`),
+/// read from the statement's canonical text.
+fn dml_table(st: &Statement) -> String {
+    let text = st.to_string();
+    text.split_whitespace()
+        .find(|w| {
+            !matches!(
+                w.to_ascii_uppercase().as_str(),
+                "INSERT" | "INTO" | "UPDATE" | "DELETE" | "FROM" | "ONLY" | "MERGE" | "WITH"
+            )
+        })
+        .map(|w| {
+            let w = w
+                .split('(')
+                .next()
+                .unwrap_or(w)
+                .trim_end_matches([',', ';']);
+            w.to_ascii_lowercase()
+        })
+        .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "?".into())
 }
 
@@ -752,19 +761,19 @@ fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
         }],
         Statement::Insert(_) => vec![Op::Dml {
             verb: "INSERT",
-            table: dml_table(words),
+            table: dml_table(st),
         }],
         Statement::Update(_) => vec![Op::Dml {
             verb: "UPDATE",
-            table: dml_table(words),
+            table: dml_table(st),
         }],
         Statement::Delete(_) => vec![Op::Dml {
             verb: "DELETE",
-            table: dml_table(words),
+            table: dml_table(st),
         }],
         Statement::Merge(_) => vec![Op::Dml {
             verb: "MERGE",
-            table: dml_table(words),
+            table: dml_table(st),
         }],
         Statement::StartTransaction { .. } => vec![Op::Begin],
         Statement::Commit { .. } => vec![Op::Commit],

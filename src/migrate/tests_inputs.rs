@@ -277,3 +277,176 @@ fn alembic_batch_mode_is_judged_like_op_calls() {
     assert_eq!(down, want_down);
     assert_eq!(r.downgrade.state, DownState::Fails);
 }
+
+// ------------------------------------------------------------- raw SQL from Python (step 3)
+
+const RAW: &str = r#""""invoices: cents, paid_at; sessions purged
+
+Revision ID: 91aa
+Revises: 90ff
+"""
+from alembic import op
+import sqlalchemy as sa
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+revision = "91aa"
+down_revision = "90ff"
+
+SCHEMA = "billing"
+TABLE = f"{SCHEMA}.invoices"
+ADD_PAID = sa.text("ALTER TABLE billing.invoices ADD COLUMN paid_at timestamptz")
+
+
+def upgrade():
+    op.execute("SET lock_timeout = '2s'")
+    conn = op.get_bind()
+    conn.execute(ADD_PAID)
+    conn.execute(sa.text(f"ALTER TABLE {TABLE} ADD COLUMN amount_cents bigint"))
+    rows = conn.execute(text("SELECT id, amount FROM billing.invoices")).fetchall()
+    for row in rows:
+        conn.execute(
+            text("UPDATE billing.invoices SET amount_cents = :c WHERE id = :id"),
+            {"c": int(row.amount * 100), "id": row.id},
+        )
+    bind = op.get_bind()
+    bind.execute("DELETE FROM %s.sessions WHERE expired" % SCHEMA)
+    op.execute("ALTER TABLE " + TABLE + " DROP COLUMN amount")
+    op.execute("ALTER TABLE {}.invoices RENAME COLUMN ref TO reference".format(SCHEMA))
+    for column in ("legacy_a", "legacy_b"):
+        op.execute(f"ALTER TABLE {TABLE} DROP COLUMN {column}")
+    for name in tenant_schemas(conn):
+        op.execute(f"ALTER TABLE {name}.invoices ADD COLUMN note text")
+    op.execute("ALTER TABLE billing.invoices ADD COLUMN %s text" % column_name())
+    session = Session(bind=conn)
+    for invoice in session.query(Invoice).filter(Invoice.currency.is_(None)):
+        invoice.currency = "EUR"
+    session.commit()
+
+
+def downgrade():
+    op.execute(sa.text("ALTER TABLE billing.invoices DROP COLUMN paid_at"))
+"#;
+
+#[test]
+fn raw_sql_from_python_is_read_like_plain_sql() {
+    let r = report("alembic/versions/91aa_invoices.py", RAW);
+    let got: BTreeSet<(usize, &str)> = r
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .collect();
+    let want: BTreeSet<(usize, &str)> = [
+        // A row-by-row rewrite in a loop: an UPDATE of an existing table.
+        (27, "backfill-in-migration"),
+        // `%` formatting with a module constant.
+        (31, "backfill-in-migration"),
+        // `+` with a constant built from another (an f-string at module level).
+        (32, "drop-column"),
+        (32, "expand-and-contract"),
+        // `.format()`.
+        (33, "rename-column"),
+        (33, "expand-and-contract"),
+        // A loop over literals: each value read.
+        (35, "drop-column"),
+        (35, "expand-and-contract"),
+        // A loop over what a function returns, and `%` with a call: unreadable, said so.
+        (37, "dynamic-sql"),
+        (38, "dynamic-sql"),
+        // The ORM data migration: one finding at the session's first write.
+        (42, "backfill-in-migration"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+    let msgs: Vec<(usize, &str)> = r
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.message.as_str()))
+        .collect();
+    let msg = |l: usize, rule: &str| {
+        r.upgrade
+            .findings
+            .iter()
+            .filter(|f| f.line == l && f.rule == rule)
+            .map(|f| f.message.clone())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    assert!(
+        msg(27, "backfill-in-migration").contains("UPDATE on existing table billing.invoices"),
+        "{msgs:?}"
+    );
+    assert!(msg(31, "backfill-in-migration").contains("DELETE on existing table billing.sessions"));
+    assert!(msg(32, "drop-column").contains("billing.invoices.amount"));
+    assert!(msg(33, "rename-column").contains("ref to reference"));
+    let loop_drops = msg(35, "drop-column");
+    assert!(
+        loop_drops.contains("legacy_a") && loop_drops.contains("legacy_b"),
+        "{loop_drops}"
+    );
+    assert!(
+        msg(37, "dynamic-sql").contains("op.execute()")
+            && msg(37, "dynamic-sql").contains("{name}"),
+        "{}",
+        msg(37, "dynamic-sql")
+    );
+    assert!(
+        msg(38, "dynamic-sql").contains("column_name()"),
+        "{}",
+        msg(38, "dynamic-sql")
+    );
+    assert!(
+        msg(42, "backfill-in-migration").contains("session.commit()")
+            && msg(42, "backfill-in-migration").contains("Invoice")
+    );
+    // The two ADD COLUMNs (one through a module-level sa.text, one through an f-string
+    // of constants) are read: the downgrade's drop of paid_at is data written since.
+    assert_eq!(r.downgrade.state, DownState::DataLoss);
+    // Drops outrank the unreadable statements: the phase is contract, not unknown.
+    assert_eq!(r.phase, Phase::Contract);
+}
+
+#[test]
+fn dynamic_sql_is_never_silent_and_names_its_call() {
+    // (statement in upgrade(), the part the message must name)
+    let cases: &[(&str, &str)] = &[
+        (
+            "    bind = op.get_bind()\n    bind.execute(f\"DELETE FROM {table_for(bind)}\")",
+            "bind.execute()",
+        ),
+        (
+            "    conn = op.get_bind()\n    conn.execute(sa.text(\"UPDATE t SET a = 1 WHERE \" + condition))",
+            "`condition`",
+        ),
+        ("    op.execute(\"DROP TABLE %r\" % (\"t\",))", "conversion"),
+        (
+            "    op.execute(\"DROP TABLE {:>10}\".format(\"t\"))",
+            "{:>10}",
+        ),
+        ("    op.execute(f\"DROP TABLE {'t'!r}\")", "!r"),
+        ("    op.execute(build_statement())", "build_statement()"),
+    ];
+    for (body, part) in cases {
+        let r = report("versions/r1_x.py", &revision(body));
+        let f: Vec<_> = r
+            .upgrade
+            .findings
+            .iter()
+            .filter(|f| f.rule == "dynamic-sql")
+            .collect();
+        assert_eq!(f.len(), 1, "{body}: {:?}", r.upgrade.findings);
+        assert!(f[0].message.contains(part), "{body}: {}", f[0].message);
+        assert_eq!(r.phase, Phase::Unknown, "{body}");
+    }
+    // A name reassigned from something unreadable is no longer the old constant.
+    let body = "    sql = \"SELECT 1\"\n    sql = make_sql()\n    op.execute(sql)";
+    let r = report("versions/r1_x.py", &revision(body));
+    assert!(
+        r.upgrade.findings.iter().any(|f| f.rule == "dynamic-sql"),
+        "{:?}",
+        r.upgrade.findings
+    );
+}

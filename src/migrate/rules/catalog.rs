@@ -301,6 +301,12 @@ pub(crate) const RULES: &[Rule] = &[
         "review it by hand; if it is safe, say why with a ripcord:allow comment",
     ),
     rule(
+        "dynamic-sql",
+        Warning,
+        &[U],
+        "build the SQL from string literals or module constants ripcord can read, or review it by hand and say why it is safe with a ripcord:allow comment",
+    ),
+    rule(
         "parse-error",
         Warning,
         &[U],

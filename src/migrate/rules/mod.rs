@@ -177,6 +177,7 @@ impl Engine<'_> {
             | Op::CreateOther { .. }
             | Op::Truncate { .. }
             | Op::Dml { .. }
+            | Op::OrmWrite { .. }
             | Op::RenameTable { .. }
             | Op::RenameSchema { .. }
             | Op::RenameType { .. }
