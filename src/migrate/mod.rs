@@ -20,6 +20,7 @@ pub mod guard;
 mod layout;
 mod model;
 mod output;
+mod plpgsql;
 mod pyconst;
 mod pyparse;
 mod rules;

@@ -104,9 +104,9 @@ fn flyway_non_transactional(words: &[String]) -> Option<NonTransactional> {
 }
 
 /// One statement's text and its first line.
-struct Piece {
-    text: String,
-    line: usize,
+pub(crate) struct Piece {
+    pub text: String,
+    pub line: usize,
 }
 
 /// How deep DO blocks are opened: a DO inside a DO is reported, not opened.
@@ -146,7 +146,7 @@ fn lower_into(text: &str, first_line: usize, depth: usize, out: &mut SqlScript) 
             lower_piece(&piece, depth, out);
         }
     } else {
-        lower_plpgsql(pieces, depth, out);
+        super::plpgsql::lower_block(pieces, depth, out);
     }
     if let Some(u) = unterminated {
         let cut = match u.statement_line {
@@ -166,56 +166,8 @@ fn lower_into(text: &str, first_line: usize, depth: usize, out: &mut SqlScript) 
     }
 }
 
-/// The statements of a PL/pgSQL block (a DO body), whose `BEGIN` and `END` open and
-/// close nested blocks, never transactions. A nested block's statements are analysed
-/// like the body's own; what its `EXCEPTION` handlers do (only on an error) is skipped,
-/// as the body's own handler is.
-fn lower_plpgsql(pieces: Vec<Piece>, depth: usize, out: &mut SqlScript) {
-    // How many nested blocks are open, and the level whose handler is being skipped.
-    let mut open = 0usize;
-    let mut handler: Option<usize> = None;
-    for mut piece in pieces {
-        // A nested block starts with BEGIN (or DECLARE ... BEGIN) and no semicolon
-        // after it, so its BEGIN prefixes the block's first statement.
-        let mut first = first_word(&piece.text);
-        while first.as_deref() == Some("BEGIN") {
-            open += 1;
-            let (rest, skipped_lines) = after_first_word(&piece.text);
-            piece = Piece {
-                text: rest.to_string(),
-                line: piece.line + skipped_lines,
-            };
-            first = first_word(&piece.text);
-        }
-        match first.as_deref() {
-            None => continue,
-            // END closes a block (END IF, END LOOP and END CASE close statements whose
-            // opening piece was already reported as not understood).
-            Some("END") => {
-                let rest = after_first_word(&piece.text).0;
-                if matches!(first_word(rest).as_deref(), Some("IF" | "LOOP" | "CASE")) {
-                    continue;
-                }
-                if handler == Some(open) {
-                    handler = None;
-                }
-                open = open.saturating_sub(1);
-                continue;
-            }
-            Some("EXCEPTION") => {
-                handler.get_or_insert(open);
-                continue;
-            }
-            _ => {}
-        }
-        if handler.is_none() {
-            lower_piece(&piece, depth, out);
-        }
-    }
-}
-
 /// The first word of a statement, upper-cased (`None` when it starts with no word).
-fn first_word(text: &str) -> Option<String> {
+pub(crate) fn first_word(text: &str) -> Option<String> {
     let t = text.trim_start();
     let end = t
         .find(|c: char| !(c.is_alphanumeric() || c == '_'))
@@ -224,7 +176,7 @@ fn first_word(text: &str) -> Option<String> {
 }
 
 /// The text after the first word, and how many lines that skipped.
-fn after_first_word(text: &str) -> (&str, usize) {
+pub(crate) fn after_first_word(text: &str) -> (&str, usize) {
     let lead = text.len() - text.trim_start().len();
     let t = &text[lead..];
     let end = t
@@ -236,7 +188,7 @@ fn after_first_word(text: &str) -> (&str, usize) {
     (rest_trimmed, skipped.matches('\n').count())
 }
 
-fn lower_piece(piece: &Piece, depth: usize, out: &mut SqlScript) {
+pub(crate) fn lower_piece(piece: &Piece, depth: usize, out: &mut SqlScript) {
     let text = replace_placeholders(&piece.text);
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, &text)
         .tokenize_with_location()
@@ -424,7 +376,7 @@ fn lower_do(
 }
 
 /// The byte offset of a tokenizer location (1-based line and character column).
-fn offset_of(text: &str, loc: &sqlparser::tokenizer::Location) -> Option<usize> {
+pub(crate) fn offset_of(text: &str, loc: &sqlparser::tokenizer::Location) -> Option<usize> {
     let mut line = 1u64;
     let mut col = 1u64;
     for (i, c) in text.char_indices() {
@@ -442,8 +394,8 @@ fn offset_of(text: &str, loc: &sqlparser::tokenizer::Location) -> Option<usize> 
 }
 
 /// A script cut into statements.
-struct Split {
-    pieces: Vec<Piece>,
+pub(crate) struct Split {
+    pub pieces: Vec<Piece>,
     /// Comments with their lines.
     comments: Vec<(usize, String)>,
     /// A comment, string, quoted identifier or dollar quote still open at the end of the
@@ -459,7 +411,7 @@ struct Unterminated {
 }
 
 /// Splits a script into statements and collects its comments with their lines.
-fn split(text: &str, first_line: usize) -> Split {
+pub(crate) fn split(text: &str, first_line: usize) -> Split {
     #[derive(PartialEq)]
     enum St {
         Normal,

@@ -450,3 +450,144 @@ fn dynamic_sql_is_never_silent_and_names_its_call() {
         r.upgrade.findings
     );
 }
+
+// ------------------------------------------------------------- PL/pgSQL DO blocks (step 4)
+
+/// A golang-migrate file rendered from a Go template, as operators of multi-tenant
+/// services write them: every change guarded so a rerun is harmless.
+const DO_BLOCKS: &str = r#"SET lock_timeout = '2s';
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = '{{ index .Options "Namespace" }}'
+                 AND table_name = 'jobs' AND column_name = 'owner') THEN
+        ALTER TABLE {{ index .Options "Namespace" }}.jobs RENAME COLUMN owner TO owner_id;
+    ELSIF NOT EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_name = 'jobs' AND column_name = 'owner_id') THEN
+        ALTER TABLE jobs ADD COLUMN owner_id bigint NOT NULL;
+    ELSE
+        RAISE NOTICE 'owner_id already there';
+    END IF;
+END
+$$;
+
+DO $migration$
+DECLARE
+    n integer;
+BEGIN
+    SELECT count(*) INTO n FROM jobs WHERE queue_id IS NULL;
+    n := n + 1;
+    PERFORM pg_sleep(0);
+    IF NOT EXISTS (SELECT 1 FROM information_schema.table_constraints
+                   WHERE constraint_name = 'jobs_pkey' AND table_name = 'jobs') THEN
+        ALTER TABLE jobs ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+    END IF;
+    <<fk>>
+    BEGIN
+        ALTER TABLE jobs ADD CONSTRAINT jobs_queue_fk FOREIGN KEY (queue_id) REFERENCES queues (id);
+    EXCEPTION WHEN duplicate_object THEN
+        ALTER TABLE jobs DROP COLUMN never_runs;
+    END;
+    CASE current_setting('server_version_num')::int >= 120000
+        WHEN true THEN
+            EXECUTE 'ALTER TABLE jobs ALTER COLUMN queue_id SET NOT NULL';
+        ELSE
+            EXECUTE format('ALTER TABLE %I DROP COLUMN %I', 'jobs', 'legacy');
+    END CASE;
+END $migration$;
+
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT tablename FROM pg_tables WHERE schemaname = 'public' LOOP
+        EXECUTE 'ALTER TABLE ' || quote_ident(r.tablename) || ' DROP COLUMN IF EXISTS tmp';
+    END LOOP;
+    WHILE false LOOP
+        UPDATE jobs SET state = 'queued' WHERE state IS NULL;
+    END LOOP;
+END $$;
+"#;
+
+#[test]
+fn plpgsql_do_blocks_are_read_through_their_control_flow() {
+    let got = up("m/000042_jobs.up.sql", DO_BLOCKS);
+    let rules: BTreeSet<(usize, &str)> = got.iter().map(|(l, r, _)| (*l, *r)).collect();
+    let want: BTreeSet<(usize, &str)> = [
+        // IF EXISTS (... information_schema ...) THEN rename, with template placeholders.
+        (8, "rename-column"),
+        // ELSIF ... THEN: every branch may run.
+        (11, "add-not-null-column-without-default"),
+        // After DECLARE, SELECT INTO, an assignment and PERFORM: the guarded primary key.
+        (27, "add-primary-key"),
+        // A labelled nested block: its statement counts, its handler does not.
+        (31, "add-foreign-key"),
+        // CASE ... WHEN ... THEN EXECUTE of a literal, ELSE EXECUTE of format() literals.
+        (37, "set-not-null"),
+        (39, "drop-column"),
+        (39, "expand-and-contract"),
+        // EXECUTE of SQL built from a loop variable: said, not skipped.
+        (48, "dynamic-sql"),
+        // The body of a WHILE loop.
+        (51, "backfill-in-migration"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(rules, want);
+    let r = report("m/000042_jobs.up.sql", DO_BLOCKS);
+    let msg = |l: usize| {
+        r.upgrade
+            .findings
+            .iter()
+            .filter(|f| f.line == l)
+            .map(|f| f.message.clone())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    assert!(msg(8).contains("jobs.owner to owner_id"), "{}", msg(8));
+    assert!(msg(27).contains("primary key on jobs"), "{}", msg(27));
+    assert!(msg(39).contains("jobs.legacy"), "{}", msg(39));
+    assert!(msg(48).contains("quote_ident"), "{}", msg(48));
+    // Nothing in the file is unreadable except the one dynamic EXECUTE.
+    assert!(
+        r.upgrade
+            .findings
+            .iter()
+            .all(|f| f.rule != "unknown-statement"),
+        "{:?}",
+        r.upgrade.findings
+    );
+}
+
+#[test]
+fn plpgsql_statements_that_change_nothing_are_not_findings() {
+    // A DO block of only checks and notices is not "a DO block ripcord cannot read".
+    let text = "DO $$\nDECLARE\n  n int;\nBEGIN\n  SELECT count(*) INTO n FROM jobs;\n  IF n > 0 THEN\n    RAISE NOTICE 'jobs: %', n;\n  END IF;\n  n := 0;\n  RETURN;\nEND $$;";
+    let r = report("m.sql", text);
+    assert!(r.upgrade.findings.is_empty(), "{:?}", r.upgrade.findings);
+    assert_eq!(r.phase, Phase::Expand);
+    // An IF whose THEN is missing is reported, not skipped.
+    let r = report(
+        "m.sql",
+        "DO $$ BEGIN IF EXISTS (SELECT 1) ALTER TABLE jobs DROP COLUMN a; END IF; END $$;",
+    );
+    assert!(
+        r.upgrade
+            .findings
+            .iter()
+            .any(|f| f.rule == "unknown-statement" && f.message.contains("THEN")),
+        "{:?}",
+        r.upgrade.findings
+    );
+    // Dynamic EXECUTE through a variable.
+    let r = report(
+        "m.sql",
+        "DO $$ DECLARE s text := 'DROP TABLE jobs'; BEGIN EXECUTE s; END $$;",
+    );
+    assert!(
+        r.upgrade.findings.iter().any(|f| f.rule == "dynamic-sql"),
+        "{:?}",
+        r.upgrade.findings
+    );
+}
