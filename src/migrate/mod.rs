@@ -25,6 +25,7 @@ mod pyconst;
 mod pyparse;
 mod rules;
 mod sql;
+mod sqltext;
 mod types;
 
 #[cfg(test)]
@@ -265,6 +266,9 @@ pub struct Settings {
     pub disabled: BTreeSet<String>,
     /// Rule id to severity, overriding the default.
     pub severity: BTreeMap<String, Severity>,
+    /// What a migration must set before it queues for a blocking lock.
+    pub lock_timeout: Timeout,
+    pub statement_timeout: Timeout,
 }
 
 impl Default for Settings {
@@ -273,6 +277,96 @@ impl Default for Settings {
             pg_version: 15,
             disabled: BTreeSet::new(),
             severity: BTreeMap::new(),
+            lock_timeout: Timeout::Required,
+            statement_timeout: Timeout::Off,
+        }
+    }
+}
+
+/// What a migration must set before a statement that queues for a blocking lock on an
+/// existing table (`missing-lock-timeout`, `missing-statement-timeout`), and the most it
+/// may set (`timeout-above-limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Timeout {
+    /// Not checked.
+    Off,
+    /// Must be set (to anything but 0).
+    Required,
+    /// Must be set, to at most this many milliseconds.
+    AtMost(u64),
+}
+
+impl Timeout {
+    /// Parses `off`, `required` or a duration (`5s`, `500ms`, `1min`; a bare number is
+    /// milliseconds, as in PostgreSQL).
+    pub fn parse(s: &str) -> Result<Timeout, String> {
+        match s.trim() {
+            "off" => Ok(Timeout::Off),
+            "required" => Ok(Timeout::Required),
+            other => match parse_pg_millis(other) {
+                Some(0) => Err(format!(
+                    "\"{s}\": a timeout of 0 turns it off; write \"off\" to stop checking it"
+                )),
+                Some(ms) => Ok(Timeout::AtMost(ms)),
+                None => Err(format!(
+                    "\"{s}\": expected \"off\", \"required\" or a duration such as \"5s\" or \"500ms\""
+                )),
+            },
+        }
+    }
+}
+
+/// A PostgreSQL time setting in milliseconds: `2000`, `'2s'`, `'500ms'`, `'1min'`,
+/// `'1h'`, `'1d'`, `'250us'` (rounded down), with optional space before the unit.
+pub(crate) fn parse_pg_millis(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let per = match unit.trim() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    let ms = n * per;
+    (ms.is_finite() && (0.0..1e15).contains(&ms)).then_some(ms as u64)
+}
+
+/// Which migration files a project holds, when the layout alone should not decide: a
+/// directory of `.py` files that are not Alembic revisions, say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// `.sql` and Alembic `.py` files, each by its layout.
+    Auto,
+    Alembic,
+    Sql,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "auto" => Some(Format::Auto),
+            "alembic" => Some(Format::Alembic),
+            "sql" => Some(Format::Sql),
+            _ => None,
+        }
+    }
+
+    /// Keeps the files this format reads (diesel's `metadata.toml` goes with SQL).
+    pub fn keep(self, files: Vec<SourceFile>) -> Vec<SourceFile> {
+        let py = |f: &SourceFile| f.path.ends_with(".py");
+        match self {
+            Format::Auto => files,
+            Format::Alembic => files.into_iter().filter(py).collect(),
+            Format::Sql => files.into_iter().filter(|f| !py(f)).collect(),
         }
     }
 }

@@ -171,10 +171,13 @@ pub(crate) enum Op {
         full: bool,
         cluster: bool,
     },
-    /// `SET [LOCAL] lock_timeout|statement_timeout`.
+    /// `SET [LOCAL] lock_timeout|statement_timeout`. `millis`: the value in
+    /// milliseconds (`Some(0)`: the timeout is turned off, as `DEFAULT` does on a server
+    /// with no default), `None` when it is not a literal ripcord reads.
     SetTimeout {
         lock: bool,
         local: bool,
+        millis: Option<u64>,
     },
     CreateDomain {
         name: String,

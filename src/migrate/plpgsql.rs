@@ -12,14 +12,26 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use super::model::{Action, Op};
-use super::sql::{Piece, SqlScript, after_first_word, first_word, lower_piece, offset_of, split};
+use super::sqltext::{Piece, after_first_word, first_word, offset_of};
+
+/// Where the block's findings go: the SQL front end lowers the statements (the two
+/// recurse, as a DO body holds SQL that may hold a DO block; the sink keeps the files
+/// from importing each other).
+pub(crate) trait Sink {
+    fn push(&mut self, a: Action);
+    /// Lowers one SQL statement.
+    fn statement(&mut self, piece: &Piece);
+    /// Lowers the SQL an `EXECUTE` runs, every statement at `line`; returns how many
+    /// operations it found.
+    fn execute(&mut self, sql: &str, line: usize) -> usize;
+}
 
 /// How many control-flow prefixes (`IF ... THEN FOR ... LOOP ...`) one statement may
 /// carry before it is reported rather than opened.
 const MAX_PREFIXES: usize = 32;
 
 /// Lowers the statements of a block body (already split at its semicolons).
-pub(crate) fn lower_block(pieces: Vec<Piece>, depth: usize, out: &mut SqlScript) {
+pub(crate) fn lower_block(pieces: Vec<Piece>, out: &mut dyn Sink) {
     // How many nested blocks are open, and the level whose handler is being skipped.
     let mut open = 0usize;
     let mut handler: Option<usize> = None;
@@ -50,7 +62,7 @@ pub(crate) fn lower_block(pieces: Vec<Piece>, depth: usize, out: &mut SqlScript)
             _ => {}
         }
         if handler.is_none() {
-            statement(&piece, depth, out);
+            statement(&piece, out);
         }
     }
 }
@@ -58,7 +70,7 @@ pub(crate) fn lower_block(pieces: Vec<Piece>, depth: usize, out: &mut SqlScript)
 /// Peels what comes before the statement proper: nested `BEGIN`s (counted in `open`),
 /// `<<label>>`, `IF/ELSIF/WHEN/CASE ... THEN`, `ELSE`, `FOR/WHILE/FOREACH ... LOOP`,
 /// `LOOP`. `None` when nothing is left.
-fn strip_prefixes(mut piece: Piece, open: &mut usize, out: &mut SqlScript) -> Option<Piece> {
+fn strip_prefixes(mut piece: Piece, open: &mut usize, out: &mut dyn Sink) -> Option<Piece> {
     for _ in 0..MAX_PREFIXES {
         let trimmed = piece.text.trim_start();
         if let Some(rest) = trimmed.strip_prefix("<<") {
@@ -80,7 +92,7 @@ fn strip_prefixes(mut piece: Piece, open: &mut usize, out: &mut SqlScript) -> Op
         match next {
             Some(p) => piece = p,
             None => {
-                out.actions.push(Action::new(
+                out.push(Action::new(
                     piece.line,
                     Op::Unknown {
                         rule: "unknown-statement",
@@ -98,7 +110,7 @@ fn strip_prefixes(mut piece: Piece, open: &mut usize, out: &mut SqlScript) -> Op
             }
         }
     }
-    out.actions.push(Action::new(
+    out.push(Action::new(
         piece.line,
         Op::Unknown {
             rule: "unknown-statement",
@@ -154,9 +166,9 @@ fn after_keyword(piece: &Piece, keyword: &str) -> Option<Piece> {
 }
 
 /// One statement of the block.
-fn statement(piece: &Piece, depth: usize, out: &mut SqlScript) {
-    let inert = |out: &mut SqlScript, what: &str| {
-        out.actions.push(Action::new(
+fn statement(piece: &Piece, out: &mut dyn Sink) {
+    let inert = |out: &mut dyn Sink, what: &str| {
+        out.push(Action::new(
             piece.line,
             Op::Inert {
                 what: what.to_string(),
@@ -180,9 +192,9 @@ fn statement(piece: &Piece, depth: usize, out: &mut SqlScript) {
                 text: format!("SELECT {rest}"),
                 line: piece.line,
             };
-            lower_piece(&p, depth, out);
+            out.statement(&p);
         }
-        "EXECUTE" => execute(piece, rest, depth, out),
+        "EXECUTE" => execute(piece, rest, out),
         // `SELECT ... INTO var` fills a variable (in SQL it would create a table).
         "SELECT"
             if tokens(&piece.text).iter().any(
@@ -191,13 +203,13 @@ fn statement(piece: &Piece, depth: usize, out: &mut SqlScript) {
         {
             inert(out, "SELECT INTO a PL/pgSQL variable");
         }
-        _ => lower_piece(piece, depth, out),
+        _ => out.statement(piece),
     }
 }
 
 /// `EXECUTE string [INTO ...] [USING ...]`: the SQL is read when the string is a literal,
 /// a concatenation of literals, or `format()` of literals; otherwise `dynamic-sql`.
-fn execute(piece: &Piece, rest: &str, depth: usize, out: &mut SqlScript) {
+fn execute(piece: &Piece, rest: &str, out: &mut dyn Sink) {
     let toks: Vec<Token> = tokens(rest)
         .into_iter()
         .map(|t| t.token)
@@ -228,17 +240,8 @@ fn execute(piece: &Piece, rest: &str, depth: usize, out: &mut SqlScript) {
     let expr = &toks[..end];
     match static_sql(expr) {
         Ok(sql) => {
-            let before = out.actions.len();
-            for p in split(&sql, piece.line).pieces {
-                let p = Piece {
-                    text: p.text,
-                    // The string's own lines are not the file's: keep the EXECUTE's.
-                    line: piece.line,
-                };
-                lower_piece(&p, depth, out);
-            }
-            if out.actions.len() == before {
-                out.actions.push(Action::new(
+            if out.execute(&sql, piece.line) == 0 {
+                out.push(Action::new(
                     piece.line,
                     Op::Inert {
                         what: "EXECUTE of an empty string".into(),
@@ -246,7 +249,7 @@ fn execute(piece: &Piece, rest: &str, depth: usize, out: &mut SqlScript) {
                 ));
             }
         }
-        Err(part) => out.actions.push(Action::new(
+        Err(part) => out.push(Action::new(
             piece.line,
             Op::Unknown {
                 rule: "dynamic-sql",

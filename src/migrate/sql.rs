@@ -19,6 +19,7 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 use super::model::{
     Action, AddColumn, Allow, ConKind, DefaultKind, Op, is_irreversible_marker, parse_allow,
 };
+use super::sqltext::{Piece, offset_of};
 use super::types::{classify_default, parse_ty, using_is_plain};
 
 /// The statements of a script and what its comments say.
@@ -103,12 +104,6 @@ fn flyway_non_transactional(words: &[String]) -> Option<NonTransactional> {
     }
 }
 
-/// One statement's text and its first line.
-pub(crate) struct Piece {
-    pub text: String,
-    pub line: usize,
-}
-
 /// How deep DO blocks are opened: a DO inside a DO is reported, not opened.
 const MAX_DEPTH: usize = 2;
 
@@ -146,7 +141,7 @@ fn lower_into(text: &str, first_line: usize, depth: usize, out: &mut SqlScript) 
             lower_piece(&piece, depth, out);
         }
     } else {
-        super::plpgsql::lower_block(pieces, depth, out);
+        super::plpgsql::lower_block(pieces, &mut DoSink { out, depth });
     }
     if let Some(u) = unterminated {
         let cut = match u.statement_line {
@@ -166,29 +161,34 @@ fn lower_into(text: &str, first_line: usize, depth: usize, out: &mut SqlScript) 
     }
 }
 
-/// The first word of a statement, upper-cased (`None` when it starts with no word).
-pub(crate) fn first_word(text: &str) -> Option<String> {
-    let t = text.trim_start();
-    let end = t
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(t.len());
-    (end > 0).then(|| t[..end].to_ascii_uppercase())
+/// Where the PL/pgSQL reader hands what it finds in a DO body: its statements are
+/// lowered as SQL at the body's depth.
+struct DoSink<'a> {
+    out: &'a mut SqlScript,
+    depth: usize,
 }
 
-/// The text after the first word, and how many lines that skipped.
-pub(crate) fn after_first_word(text: &str) -> (&str, usize) {
-    let lead = text.len() - text.trim_start().len();
-    let t = &text[lead..];
-    let end = t
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(t.len());
-    let rest = &t[end..];
-    let rest_trimmed = rest.trim_start();
-    let skipped = &text[..text.len() - rest_trimmed.len()];
-    (rest_trimmed, skipped.matches('\n').count())
+impl super::plpgsql::Sink for DoSink<'_> {
+    fn push(&mut self, a: Action) {
+        self.out.actions.push(a);
+    }
+
+    fn statement(&mut self, piece: &Piece) {
+        lower_piece(piece, self.depth, self.out);
+    }
+
+    fn execute(&mut self, sql: &str, line: usize) -> usize {
+        let before = self.out.actions.len();
+        for p in split(sql, line).pieces {
+            // The string's own lines are not the file's: keep the EXECUTE's.
+            let p = Piece { text: p.text, line };
+            lower_piece(&p, self.depth, self.out);
+        }
+        self.out.actions.len() - before
+    }
 }
 
-pub(crate) fn lower_piece(piece: &Piece, depth: usize, out: &mut SqlScript) {
+fn lower_piece(piece: &Piece, depth: usize, out: &mut SqlScript) {
     let text = replace_placeholders(&piece.text);
     let tokens = Tokenizer::new(&PostgreSqlDialect {}, &text)
         .tokenize_with_location()
@@ -375,27 +375,9 @@ fn lower_do(
     }
 }
 
-/// The byte offset of a tokenizer location (1-based line and character column).
-pub(crate) fn offset_of(text: &str, loc: &sqlparser::tokenizer::Location) -> Option<usize> {
-    let mut line = 1u64;
-    let mut col = 1u64;
-    for (i, c) in text.char_indices() {
-        if line == loc.line && col == loc.column {
-            return Some(i);
-        }
-        if c == '\n' {
-            line += 1;
-            col = 1;
-        } else {
-            col += 1;
-        }
-    }
-    (line == loc.line && col == loc.column).then_some(text.len())
-}
-
 /// A script cut into statements.
-pub(crate) struct Split {
-    pub pieces: Vec<Piece>,
+struct Split {
+    pieces: Vec<Piece>,
     /// Comments with their lines.
     comments: Vec<(usize, String)>,
     /// A comment, string, quoted identifier or dollar quote still open at the end of the
@@ -411,7 +393,7 @@ struct Unterminated {
 }
 
 /// Splits a script into statements and collects its comments with their lines.
-pub(crate) fn split(text: &str, first_line: usize) -> Split {
+fn split(text: &str, first_line: usize) -> Split {
     #[derive(PartialEq)]
     enum St {
         Normal,
@@ -631,6 +613,22 @@ fn dml_table(st: &Statement) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// A timeout setting's value in milliseconds, as PostgreSQL reads it: a bare number is
+/// milliseconds, a string may carry a unit (`'2s'`, `'500ms'`, `'1min'`), and `DEFAULT`
+/// (or `0`) turns the timeout off.
+fn timeout_millis(v: &Expr) -> Option<u64> {
+    let text = match v {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(n, _) => n.to_string(),
+            sqlparser::ast::Value::SingleQuotedString(s) => s.clone(),
+            _ => return None,
+        },
+        Expr::Identifier(id) if id.value.eq_ignore_ascii_case("default") => return Some(0),
+        _ => return None,
+    };
+    crate::migrate::parse_pg_millis(&text)
+}
+
 fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
     let benign = |what: &str| vec![Op::Benign { what: what.into() }];
     let inert = |what: &str| vec![Op::Inert { what: what.into() }];
@@ -733,13 +731,28 @@ fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
             savepoint: None, ..
         } => vec![Op::Rollback],
         Statement::Set(Set::SingleAssignment {
-            scope, variable, ..
+            scope,
+            variable,
+            values,
+            ..
         }) => {
             let var = variable.to_string().to_ascii_lowercase();
             let local = matches!(scope, Some(ContextModifier::Local));
+            let millis = match values.as_slice() {
+                [v] => timeout_millis(v),
+                _ => None,
+            };
             match var.as_str() {
-                "lock_timeout" => vec![Op::SetTimeout { lock: true, local }],
-                "statement_timeout" => vec![Op::SetTimeout { lock: false, local }],
+                "lock_timeout" => vec![Op::SetTimeout {
+                    lock: true,
+                    local,
+                    millis,
+                }],
+                "statement_timeout" => vec![Op::SetTimeout {
+                    lock: false,
+                    local,
+                    millis,
+                }],
                 _ => inert("SET"),
             }
         }

@@ -430,7 +430,11 @@ fn every_file_case_bad_fires_and_good_does_not() {
 fn every_rule_has_a_bad_and_a_good_case() {
     for id in rule_ids() {
         assert!(
-            CASES.iter().any(|c| c.0 == id) || FILE_CASES.iter().any(|c| c.0 == id),
+            CASES.iter().any(|c| c.0 == id)
+                || FILE_CASES.iter().any(|c| c.0 == id)
+                || super::tests_inputs::settings_cases()
+                    .iter()
+                    .any(|c| c.0 == id),
             "rule {id} has no test case"
         );
     }

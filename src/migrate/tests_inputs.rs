@@ -591,3 +591,165 @@ fn plpgsql_statements_that_change_nothing_are_not_findings() {
         r.upgrade.findings
     );
 }
+
+// ------------------------------------------------------------- timeout settings (step 5)
+
+fn with(lock: Timeout, statement: Timeout) -> Settings {
+    Settings {
+        lock_timeout: lock,
+        statement_timeout: statement,
+        ..Settings::default()
+    }
+}
+
+fn rules_with(settings: &Settings, path: &str, text: &str) -> Vec<(usize, &'static str)> {
+    let files = vec![SourceFile {
+        path: path.to_string(),
+        text: text.to_string(),
+    }];
+    check(&plan(files), settings).files[0]
+        .upgrade
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule))
+        .collect()
+}
+
+/// Rules that only fire under some settings: (rule, settings, bad, good).
+pub(super) fn settings_cases() -> Vec<(&'static str, Settings, &'static str, &'static str)> {
+    let both = with(Timeout::Required, Timeout::Required);
+    let at_most = with(Timeout::AtMost(5000), Timeout::AtMost(60_000));
+    vec![
+        (
+            "missing-statement-timeout",
+            both.clone(),
+            "SET lock_timeout = '2s';\nALTER TABLE users ALTER COLUMN email SET NOT NULL;",
+            "SET lock_timeout = '2s';\nSET statement_timeout = '30s';\nALTER TABLE users ALTER COLUMN email SET NOT NULL;",
+        ),
+        (
+            "timeout-above-limit",
+            at_most,
+            "SET lock_timeout = '10s';\nSET statement_timeout = '30s';\nALTER TABLE users DROP COLUMN x;",
+            "SET lock_timeout = '5s';\nSET statement_timeout = '1min';\nALTER TABLE users DROP COLUMN x;",
+        ),
+    ]
+}
+
+#[test]
+fn settings_cases_bad_fires_and_good_does_not() {
+    for (rule, settings, bad, good) in settings_cases() {
+        let fired = |t: &str| {
+            rules_with(&settings, "m.sql", t)
+                .iter()
+                .any(|(_, r)| *r == rule)
+        };
+        assert!(fired(bad), "{rule}: bad did not fire:\n{bad}");
+        assert!(!fired(good), "{rule}: good fired:\n{good}");
+    }
+}
+
+#[test]
+fn statement_timeout_is_checked_like_lock_timeout() {
+    let both = with(Timeout::Required, Timeout::Required);
+    let timeouts = |s: &Settings, t: &str| -> Vec<(usize, &'static str)> {
+        rules_with(s, "m.sql", t)
+            .into_iter()
+            .filter(|(_, r)| r.starts_with("missing-") && r.ends_with("-timeout"))
+            .collect()
+    };
+    // Reported once, at the first statement that queues for a blocking lock on an
+    // existing table, not at an earlier harmless one or a table made in the migration.
+    let text = "SELECT 1;\nCREATE TABLE fresh (id int);\nALTER TABLE fresh ADD COLUMN a int;\nALTER TABLE users ADD COLUMN b int;\nALTER TABLE users DROP COLUMN c;";
+    assert_eq!(
+        timeouts(&both, text),
+        vec![
+            (4, "missing-lock-timeout"),
+            (4, "missing-statement-timeout")
+        ]
+    );
+    // 0 and DEFAULT turn a timeout off again.
+    let text =
+        "SET lock_timeout = '2s';\nSET statement_timeout = 0;\nALTER TABLE users ADD COLUMN b int;";
+    assert_eq!(
+        timeouts(&both, text),
+        vec![(3, "missing-statement-timeout")]
+    );
+    let text = "SET statement_timeout = '1s';\nSET lock_timeout TO DEFAULT;\nALTER TABLE users ADD COLUMN b int;";
+    assert_eq!(timeouts(&both, text), vec![(3, "missing-lock-timeout")]);
+    // SET LOCAL ends with the transaction it is in (an explicit one here).
+    let text = "-- no-transaction\nBEGIN;\nSET LOCAL lock_timeout = '2s';\nSET LOCAL statement_timeout = '2s';\nCOMMIT;\nALTER TABLE users ADD COLUMN b int;";
+    assert_eq!(
+        timeouts(&both, text),
+        vec![
+            (6, "missing-lock-timeout"),
+            (6, "missing-statement-timeout")
+        ]
+    );
+    // Off: not checked (the default for statement_timeout).
+    let off = with(Timeout::Off, Timeout::Off);
+    assert!(timeouts(&off, "ALTER TABLE users ADD COLUMN b int;").is_empty());
+    assert_eq!(
+        timeouts(&Settings::default(), "ALTER TABLE users ADD COLUMN b int;"),
+        vec![(1, "missing-lock-timeout")]
+    );
+    // From Alembic, through op.execute.
+    let py = revision(
+        "    op.execute(\"SET lock_timeout = '2s'\")\n    op.drop_column(\"users\", \"x\")",
+    );
+    assert_eq!(
+        rules_with(&both, "versions/r1_x.py", &py)
+            .into_iter()
+            .filter(|(_, r)| r.ends_with("-timeout"))
+            .collect::<Vec<_>>(),
+        vec![(10, "missing-statement-timeout")]
+    );
+}
+
+#[test]
+fn timeout_values_are_read_as_postgresql_reads_them() {
+    let limit = with(Timeout::AtMost(2000), Timeout::Off);
+    let over = |v: &str| {
+        rules_with(
+            &limit,
+            "m.sql",
+            &format!("SET lock_timeout = {v};\nALTER TABLE users ADD COLUMN b int;"),
+        )
+        .iter()
+        .any(|(_, r)| *r == "timeout-above-limit")
+    };
+    // A bare number is milliseconds; strings carry units.
+    assert!(!over("2000"));
+    assert!(over("2001"));
+    assert!(!over("'2s'"));
+    assert!(over("'3s'"));
+    assert!(!over("'500ms'"));
+    assert!(over("'1min'"));
+    assert!(!over("'1.5s'"));
+    assert_eq!(Timeout::parse("5s"), Ok(Timeout::AtMost(5000)));
+    assert_eq!(Timeout::parse("1min"), Ok(Timeout::AtMost(60_000)));
+    assert_eq!(Timeout::parse("750"), Ok(Timeout::AtMost(750)));
+    assert!(Timeout::parse("0").is_err());
+    assert!(Timeout::parse("5 parsecs").is_err());
+}
+
+#[test]
+fn format_keeps_the_files_it_names() {
+    let files = || {
+        ["a/versions/1_x.py", "m/1_x.up.sql", "m/metadata.toml"]
+            .iter()
+            .map(|p| SourceFile {
+                path: p.to_string(),
+                text: String::new(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let paths = |f: Format| {
+        f.keep(files())
+            .into_iter()
+            .map(|s| s.path)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(paths(Format::Auto).len(), 3);
+    assert_eq!(paths(Format::Alembic), vec!["a/versions/1_x.py"]);
+    assert_eq!(paths(Format::Sql), vec!["m/1_x.up.sql", "m/metadata.toml"]);
+}

@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use crate::migrate::model::{Action, ConKind, Lowered, Op};
 use crate::migrate::{
     DownReport, DownState, FileReport, Finding, Kind, Layout, Migration, Phase, PhaseReason, Risk,
-    Settings, Severity, UpReport,
+    Settings, Severity, Timeout, UpReport,
 };
 
 pub use catalog::rule_ids;
@@ -78,6 +78,9 @@ struct Engine<'a> {
     lock_timeout: bool,
     lock_timeout_local: bool,
     timeout_reported: bool,
+    statement_timeout: bool,
+    statement_timeout_local: bool,
+    statement_reported: bool,
     /// Constraints added NOT VALID in the open transaction, with their kind.
     not_valid: HashMap<String, ConKind>,
     enum_values: Vec<String>,
@@ -134,12 +137,26 @@ impl Engine<'_> {
     /// A statement that queues for a lock on an existing table: without lock_timeout,
     /// it blocks every query that arrives after it while it waits.
     fn lock_taken(&mut self, line: usize, what: &str) {
-        if !self.lock_timeout && !self.timeout_reported {
+        if self.settings.lock_timeout != Timeout::Off
+            && !self.lock_timeout
+            && !self.timeout_reported
+        {
             self.timeout_reported = true;
             self.emit(
                 "missing-lock-timeout",
                 line,
                 format!("{what} waits for a lock with no lock_timeout set: while it waits, every query on the table queues behind it"),
+            );
+        }
+        if self.settings.statement_timeout != Timeout::Off
+            && !self.statement_timeout
+            && !self.statement_reported
+        {
+            self.statement_reported = true;
+            self.emit(
+                "missing-statement-timeout",
+                line,
+                format!("{what} takes a lock with no statement_timeout set: a scan or rewrite under that lock holds it (and every query queued behind it) for as long as the table takes"),
             );
         }
     }
@@ -248,6 +265,9 @@ fn evaluate(
         lock_timeout: false,
         lock_timeout_local: false,
         timeout_reported: false,
+        statement_timeout: false,
+        statement_timeout_local: false,
+        statement_reported: false,
         not_valid: HashMap::new(),
         enum_values: Vec::new(),
         expanded: HashSet::new(),

@@ -4,7 +4,7 @@
 
 use super::Engine;
 use crate::migrate::model::{Action, Op};
-use crate::migrate::{Kind, Layout, Migration, Phase, sql};
+use crate::migrate::{Kind, Layout, Migration, Phase, Timeout, sql};
 
 impl Engine<'_> {
     /// A statement that uses an enum value added earlier in the same transaction, which
@@ -27,9 +27,30 @@ impl Engine<'_> {
     /// lock_timeout, and enum values, which a transaction may not use once added.
     pub(super) fn transaction_action(&mut self, line: usize, op: &Op, pg: u32) {
         match op {
-            Op::SetTimeout { lock, local } if *lock && (!local || self.in_tx) => {
-                self.lock_timeout = true;
-                self.lock_timeout_local = *local;
+            Op::SetTimeout {
+                lock,
+                local,
+                millis,
+            } if !local || self.in_tx => {
+                let (name, expect) = if *lock {
+                    ("lock_timeout", self.settings.lock_timeout)
+                } else {
+                    ("statement_timeout", self.settings.statement_timeout)
+                };
+                if let (Timeout::AtMost(max), Some(ms)) = (expect, millis)
+                    && *ms > max
+                {
+                    self.emit("timeout-above-limit", line, format!("sets {name} to {ms}ms, above the {max}ms the settings allow: a statement that queues or runs that long holds every query on its table behind it"));
+                }
+                // 0 (or DEFAULT) turns the timeout off again.
+                let on = *millis != Some(0);
+                if *lock {
+                    self.lock_timeout = on;
+                    self.lock_timeout_local = *local;
+                } else {
+                    self.statement_timeout = on;
+                    self.statement_timeout_local = *local;
+                }
             }
             Op::Begin => {
                 // In the implicit transaction of a query string, BEGIN makes it an
@@ -118,6 +139,10 @@ impl Engine<'_> {
         if self.lock_timeout_local {
             self.lock_timeout = false;
             self.lock_timeout_local = false;
+        }
+        if self.statement_timeout_local {
+            self.statement_timeout = false;
+            self.statement_timeout_local = false;
         }
     }
 
