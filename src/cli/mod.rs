@@ -280,8 +280,8 @@ pub enum MigrationsCommand {
         /// text (default), json, or github (workflow annotations)
         #[arg(long, value_parser = ["text", "json", "github"], default_value = "text")]
         format: String,
-        /// Which files are migrations: auto (default), alembic or sql
-        #[arg(long, value_name = "FORMAT", value_parser = ["auto", "alembic", "sql"])]
+        /// Which files are migrations: auto (default), alembic, django or sql
+        #[arg(long, value_name = "FORMAT", value_parser = ["auto", "alembic", "django", "sql"])]
         migration_format: Option<String>,
         /// The PostgreSQL major version the migrations run against [default: 15]
         #[arg(long, value_name = "N")]

@@ -276,7 +276,10 @@ pub(super) fn read_migrations(
             r.error(
                 v.span,
                 &reader::join(&m.path, "format"),
-                format!("\"{}\": expected \"auto\", \"alembic\" or \"sql\"", v.value),
+                format!(
+                    "\"{}\": expected \"auto\", \"alembic\", \"django\" or \"sql\"",
+                    v.value
+                ),
             );
             migrate::Format::Auto
         }),

@@ -1,4 +1,5 @@
-//! The migration checker: reads PostgreSQL `.sql` migrations and Alembic revision files
+//! The migration checker: reads PostgreSQL `.sql` migrations, Alembic revision files and
+//! Django migrations
 //! and says, per file, which statements take blocking locks, lose data or break the code
 //! that is running (or that a rollback would bring back), which phase the migration is in
 //! (`expand`, `migrate`, `contract`) and whether its downgrade can be trusted. The
@@ -16,6 +17,7 @@
 
 mod alembic;
 pub mod discover;
+mod django;
 pub mod guard;
 mod layout;
 mod model;
@@ -30,6 +32,8 @@ mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_django;
 #[cfg(test)]
 mod tests_inputs;
 
@@ -57,6 +61,7 @@ pub struct SourceFile {
 pub enum Kind {
     Sql,
     Alembic,
+    Django,
 }
 
 /// The convention a migration was recognised by; it decides how up and down pair and
@@ -66,6 +71,8 @@ pub enum Kind {
 pub enum Layout {
     /// An Alembic revision (`versions/*.py`).
     Alembic,
+    /// A Django migration (`APP/migrations/0001_x.py`).
+    Django,
     /// diesel: `DIR/up.sql` + `DIR/down.sql`.
     Diesel,
     /// golang-migrate: `N_name.up.sql` + `N_name.down.sql`.
@@ -344,9 +351,10 @@ pub(crate) fn parse_pg_millis(s: &str) -> Option<u64> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
-    /// `.sql` and Alembic `.py` files, each by its layout.
+    /// `.sql`, Alembic and Django `.py` files, each by its layout.
     Auto,
     Alembic,
+    Django,
     Sql,
 }
 
@@ -355,6 +363,7 @@ impl Format {
         match s {
             "auto" => Some(Format::Auto),
             "alembic" => Some(Format::Alembic),
+            "django" => Some(Format::Django),
             "sql" => Some(Format::Sql),
             _ => None,
         }
@@ -365,7 +374,7 @@ impl Format {
         let py = |f: &SourceFile| f.path.ends_with(".py");
         match self {
             Format::Auto => files,
-            Format::Alembic => files.into_iter().filter(py).collect(),
+            Format::Alembic | Format::Django => files.into_iter().filter(py).collect(),
             Format::Sql => files.into_iter().filter(|f| !py(f)).collect(),
         }
     }

@@ -26,7 +26,8 @@ pub(crate) struct AddColumn {
     pub if_not_exists: bool,
     pub not_null: bool,
     pub default: Option<DefaultKind>,
-    /// Alembic `default=` (client side) on a column without `server_default=`.
+    /// Alembic `default=` (client side) on a column without `server_default=`; Django's
+    /// `default=` (with `default` set: it fills the rows, then the column keeps none).
     pub orm_default_only: bool,
     pub stored_generated: bool,
     pub identity_or_serial: bool,
@@ -117,6 +118,18 @@ pub(crate) enum Op {
     SetNotNull {
         table: String,
         column: String,
+    },
+    /// A full column definition that says NOT NULL (Django's `AlterField`): a SET NOT
+    /// NULL unless an earlier migration made the column NOT NULL already.
+    RequireNotNull {
+        table: String,
+        column: String,
+    },
+    /// Columns a new table defines NOT NULL (Django's `CreateModel`), for later
+    /// [`Op::RequireNotNull`]s.
+    NotNullColumns {
+        table: String,
+        columns: Vec<String>,
     },
     DropNotNull {
         table: String,

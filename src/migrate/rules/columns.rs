@@ -155,6 +155,9 @@ impl Engine<'_> {
                 }
             }
             Op::SetNotNull { table, column } => {
+                if self.side == Side::Up {
+                    self.schema.not_null.insert((norm(table), norm(column)));
+                }
                 if self.new_column(table, column) {
                     return;
                 }
@@ -175,7 +178,28 @@ impl Engine<'_> {
                     format!("makes {table}.{column} NOT NULL"),
                 );
             }
+            Op::NotNullColumns { table, columns } if self.side == Side::Up => {
+                for c in columns {
+                    self.schema.not_null.insert((norm(table), norm(c)));
+                }
+            }
+            Op::RequireNotNull { table, column } => {
+                if self.schema.not_null.contains(&(norm(table), norm(column))) {
+                    return;
+                }
+                self.column_action(
+                    line,
+                    &Op::SetNotNull {
+                        table: table.clone(),
+                        column: column.clone(),
+                    },
+                    pg,
+                );
+            }
             Op::DropNotNull { table, column } => {
+                if self.side == Side::Up {
+                    self.schema.not_null.remove(&(norm(table), norm(column)));
+                }
                 if self.new_column(table, column) {
                     return;
                 }
@@ -210,6 +234,9 @@ impl Engine<'_> {
         if let (Some(ty), Side::Up) = (&add.ty, self.side) {
             self.schema.columns.insert(key.clone(), ty.clone());
         }
+        if self.side == Side::Up && add.not_null {
+            self.schema.not_null.insert(key.clone());
+        }
         if !self.existing(table) {
             return;
         }
@@ -234,6 +261,11 @@ impl Engine<'_> {
                     Side::Down => self.emit("downgrade-fails", line, format!("re-adds {table}.{column} as NOT NULL without a default: fails once the table has rows")),
                 }
             }
+        }
+        if add.not_null && add.default.is_some() && add.orm_default_only && self.side == Side::Up {
+            // Django: the default fills the existing rows, then is dropped from the column.
+            contract = true;
+            self.emit("orm-side-default", line, format!("column {table}.{column} is NOT NULL with a default only the ORM keeps: the existing rows are filled, then the database default is dropped, so inserts from the old code (which does not set the column) fail"));
         }
         match &add.default {
             Some(DefaultKind::Volatile(f)) => self.emit("volatile-default", line, format!("adds {table}.{column} with volatile default {f}: every row gets its own value, so the table is rewritten under ACCESS EXCLUSIVE")),

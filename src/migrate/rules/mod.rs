@@ -205,6 +205,8 @@ impl Engine<'_> {
             | Op::DropColumn { .. }
             | Op::AlterType { .. }
             | Op::SetNotNull { .. }
+            | Op::RequireNotNull { .. }
+            | Op::NotNullColumns { .. }
             | Op::DropNotNull { .. }
             | Op::ChangeDefault { .. } => self.column_action(line, &a.op, pg),
             Op::AddConstraint { .. }
@@ -359,6 +361,7 @@ pub(crate) fn check_migration(
             down_raw.push(Raw {
                 finding: meta_finding("downgrade-missing", down_l.line.max(1), match m.layout {
                     Layout::Alembic => "no downgrade() function: a rollback of this revision cannot run".to_string(),
+                    Layout::Django => "the migration cannot be reversed".to_string(),
                     Layout::Plain => "no down migration: this file has no convention ripcord knows for one (use a paired layout or dbmate/goose sections)".to_string(),
                     _ => "no down migration file next to this one: a rollback cannot run".to_string(),
                 }),
@@ -436,6 +439,7 @@ fn undoes_nothing(op: &Op) -> bool {
     matches!(
         op,
         Op::Inert { .. }
+            | Op::NotNullColumns { .. }
             | Op::SetTimeout { .. }
             | Op::Begin
             | Op::Commit

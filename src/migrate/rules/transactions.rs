@@ -167,6 +167,8 @@ impl Engine<'_> {
     pub(super) fn tx_hint(&self) -> &'static str {
         if self.kind == Kind::Alembic {
             " (Alembic runs upgrade() in a transaction; wrap it in `with op.get_context().autocommit_block():`)"
+        } else if self.kind == Kind::Django {
+            " (Django runs a migration in a transaction; set `atomic = False` on it)"
         } else if self.explicit.is_empty() && !self.runner_hint.is_empty() {
             self.runner_hint
         } else if self.explicit.is_empty() {
