@@ -341,3 +341,76 @@ fn a_django_head_comes_from_django_migrations_and_guards_the_rollback() {
     );
     assert_eq!(serving(&p), "v2");
 }
+
+#[test]
+fn a_rails_head_comes_from_schema_migrations_and_guards_the_rollback() {
+    let pg = start();
+    pg.sql("postgres", "CREATE DATABASE rb");
+    pg.sql(
+        "rb",
+        "CREATE TABLE schema_migrations (version varchar PRIMARY KEY);
+         CREATE TABLE users (id int PRIMARY KEY, email text);",
+    );
+    let extra =
+        "[service.web.migrations]\ndir = \"db/migrate\"\nhead_table = \"schema_migrations\"\n"
+            .to_string();
+    let tail = format!(
+        "\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/rb\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let mut p = Project::new(&extra, &tail);
+    let dir = p.dir.path().join("db/migrate");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, body) in [
+        (
+            "20240101000000_add_status",
+            "add_column :users, :status, :string",
+        ),
+        (
+            "20240201000000_add_email_new",
+            "add_column :users, :email_new, :text",
+        ),
+        (
+            "20240301000000_drop_email",
+            "remove_column :users, :email, :text",
+        ),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.rb")),
+            format!(
+                "class M{} < ActiveRecord::Migration[7.1]\n  def change\n    {body}\n  end\nend\n",
+                &name[..8]
+            ),
+        )
+        .unwrap();
+    }
+    p.start_watcher();
+    pg.sql(
+        "rb",
+        "INSERT INTO schema_migrations VALUES ('20240101000000')",
+    );
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    pg.sql(
+        "rb",
+        "INSERT INTO schema_migrations VALUES ('20240201000000'), ('20240301000000')",
+    );
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    let releases = p.json(&["releases", "web"]);
+    assert_eq!(
+        releases[0]["migration_head"], "20240301000000",
+        "{releases}"
+    );
+    assert_eq!(
+        releases[1]["migration_head"], "20240101000000",
+        "{releases}"
+    );
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("20240301000000_drop_email.rb"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(serving(&p), "v2");
+}

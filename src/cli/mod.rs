@@ -265,11 +265,12 @@ pub enum IncidentCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum MigrationsCommand {
-    /// Check SQL and Alembic migrations (files or directories): locks, data loss, what
+    /// Check SQL, Alembic, Django and Rails migrations (files or directories): locks, data loss, what
     /// breaks the old code, each revision's phase and whether its downgrade is safe.
     /// Exit 1 when an error-severity finding remains
     Check {
-        /// Files or directories (Alembic versions/, diesel, golang-migrate, Flyway, plain
+        /// Files or directories (Alembic versions/, Django, Rails db/migrate, diesel,
+        /// golang-migrate, Flyway, plain
         /// .sql); with --service, its [service.NAME.migrations] dir when left out
         #[arg(value_name = "PATH", required_unless_present = "service")]
         paths: Vec<PathBuf>,
@@ -280,8 +281,8 @@ pub enum MigrationsCommand {
         /// text (default), json, or github (workflow annotations)
         #[arg(long, value_parser = ["text", "json", "github"], default_value = "text")]
         format: String,
-        /// Which files are migrations: auto (default), alembic, django or sql
-        #[arg(long, value_name = "FORMAT", value_parser = ["auto", "alembic", "django", "sql"])]
+        /// Which files are migrations: auto (default), alembic, django, rails or sql
+        #[arg(long, value_name = "FORMAT", value_parser = ["auto", "alembic", "django", "rails", "sql"])]
         migration_format: Option<String>,
         /// The PostgreSQL major version the migrations run against [default: 15]
         #[arg(long, value_name = "N")]

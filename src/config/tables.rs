@@ -277,7 +277,7 @@ pub(super) fn read_migrations(
                 v.span,
                 &reader::join(&m.path, "format"),
                 format!(
-                    "\"{}\": expected \"auto\", \"alembic\", \"django\" or \"sql\"",
+                    "\"{}\": expected \"auto\", \"alembic\", \"django\", \"rails\" or \"sql\"",
                     v.value
                 ),
             );

@@ -1,5 +1,6 @@
 //! Today's schema head as the runner records it: Alembic's `alembic_version` table, or
-//! Django's `django_migrations` (the latest per app, as `APP.NAME`), read over a
+//! Django's `django_migrations` (the latest per app, as `APP.NAME`), or Rails'
+//! `schema_migrations` (the newest version), read over a
 //! PostgreSQL connection (the rollback guard's alternative to a `head_command`).
 
 use tokio_postgres::error::SqlState;
@@ -22,7 +23,11 @@ pub async fn schema_head(cfg: &DbConfig, table: &str) -> Result<Option<String>, 
     // Django's table lists every applied migration: the head is the latest per app, as
     // `APP.NAME` (the checker's identity for a Django migration).
     let django = table.rsplit('.').next() == Some("django_migrations");
-    let sql = if django {
+    // Rails' table lists every applied version: the head is the newest.
+    let rails = table.rsplit('.').next() == Some("schema_migrations");
+    let sql = if rails {
+        format!("SELECT max(version)::text FROM {qualified} HAVING count(*) > 0")
+    } else if django {
         format!(
             "SELECT DISTINCT ON (app) (app || '.' || name)::text FROM {qualified} ORDER BY app, applied DESC, id DESC"
         )

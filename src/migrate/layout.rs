@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{Kind, Layout, Migration, Script, SourceFile, alembic, django};
+use super::{Kind, Layout, Migration, Script, SourceFile, alembic, django, rails};
 
 /// Pairs up/down files and recognises layouts.
 pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
@@ -19,6 +19,7 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
     let mut sql = Vec::new();
     let mut py = Vec::new();
     let mut dj = Vec::new();
+    let mut rb = Vec::new();
     // key -> (layout, up, down)
     let mut pairs: BTreeMap<String, (Layout, Option<SourceFile>, Option<SourceFile>)> =
         BTreeMap::new();
@@ -31,6 +32,12 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
             None => (String::new(), f.path.clone()),
         };
         let lower = base.to_ascii_lowercase();
+        if lower.ends_with(".rb") {
+            if rails::is_migration(&f.path, &f.text) {
+                rb.push(f);
+            }
+            continue;
+        }
         if lower.ends_with(".py") && django::is_migration(&f.path, &f.text) {
             dj.push(f);
             continue;
@@ -118,6 +125,23 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
     }));
     out.extend(order_by_parents(dj, Kind::Django, Layout::Django, |f| {
         django::revision_info(&f.path, &f.text)
+    }));
+    // Rails runs migrations by version (the timestamp in the name), as sorted above.
+    out.extend(rb.into_iter().map(|f| Migration {
+        path: f.path.clone(),
+        kind: Kind::Rails,
+        layout: Layout::Rails,
+        up: Some(Script {
+            path: f.path.clone(),
+            text: f.text.clone(),
+            first_line: 1,
+        }),
+        down: Some(Script {
+            path: f.path,
+            text: f.text,
+            first_line: 1,
+        }),
+        without_transaction: false,
     }));
     out
 }

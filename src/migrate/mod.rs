@@ -1,5 +1,5 @@
-//! The migration checker: reads PostgreSQL `.sql` migrations, Alembic revision files and
-//! Django migrations
+//! The migration checker: reads PostgreSQL `.sql` migrations, Alembic revision files,
+//! Django and Rails migrations
 //! and says, per file, which statements take blocking locks, lose data or break the code
 //! that is running (or that a rollback would bring back), which phase the migration is in
 //! (`expand`, `migrate`, `contract`) and whether its downgrade can be trusted. The
@@ -25,6 +25,7 @@ mod output;
 mod plpgsql;
 mod pyconst;
 mod pyparse;
+mod rails;
 mod rules;
 mod sql;
 mod sqltext;
@@ -36,6 +37,8 @@ mod tests;
 mod tests_django;
 #[cfg(test)]
 mod tests_inputs;
+#[cfg(test)]
+mod tests_rails;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,6 +65,7 @@ pub enum Kind {
     Sql,
     Alembic,
     Django,
+    Rails,
 }
 
 /// The convention a migration was recognised by; it decides how up and down pair and
@@ -73,6 +77,8 @@ pub enum Layout {
     Alembic,
     /// A Django migration (`APP/migrations/0001_x.py`).
     Django,
+    /// A Rails migration (`db/migrate/20240101120000_x.rb`).
+    Rails,
     /// diesel: `DIR/up.sql` + `DIR/down.sql`.
     Diesel,
     /// golang-migrate: `N_name.up.sql` + `N_name.down.sql`.
@@ -355,6 +361,7 @@ pub enum Format {
     Auto,
     Alembic,
     Django,
+    Rails,
     Sql,
 }
 
@@ -364,6 +371,7 @@ impl Format {
             "auto" => Some(Format::Auto),
             "alembic" => Some(Format::Alembic),
             "django" => Some(Format::Django),
+            "rails" => Some(Format::Rails),
             "sql" => Some(Format::Sql),
             _ => None,
         }
@@ -375,7 +383,14 @@ impl Format {
         match self {
             Format::Auto => files,
             Format::Alembic | Format::Django => files.into_iter().filter(py).collect(),
-            Format::Sql => files.into_iter().filter(|f| !py(f)).collect(),
+            Format::Rails => files
+                .into_iter()
+                .filter(|f| f.path.ends_with(".rb"))
+                .collect(),
+            Format::Sql => files
+                .into_iter()
+                .filter(|f| !py(f) && !f.path.ends_with(".rb"))
+                .collect(),
         }
     }
 }

@@ -632,7 +632,7 @@ statement_timeout = "0"
 "#;
     let got = errors(src);
     let want_prefixes = [
-        "ripcord.toml:9: service.web.migrations.format: \"django-ish\": expected \"auto\", \"alembic\", \"django\" or \"sql\"",
+        "ripcord.toml:9: service.web.migrations.format: \"django-ish\": expected \"auto\", \"alembic\", \"django\", \"rails\" or \"sql\"",
         "ripcord.toml:10: service.web.migrations.disable[0]: unknown rule `drop-colum`; the rules are: ",
         "ripcord.toml:11: service.web.migrations.severity.drop-column: \"fatal\": expected \"error\", \"warning\" or \"info\"",
         "ripcord.toml:11: service.web.migrations.severity.nope: unknown rule `nope`",

@@ -362,6 +362,7 @@ pub(crate) fn check_migration(
                 finding: meta_finding("downgrade-missing", down_l.line.max(1), match m.layout {
                     Layout::Alembic => "no downgrade() function: a rollback of this revision cannot run".to_string(),
                     Layout::Django => "the migration cannot be reversed".to_string(),
+                    Layout::Rails => "no down method (and no change): a rollback of this migration cannot run".to_string(),
                     Layout::Plain => "no down migration: this file has no convention ripcord knows for one (use a paired layout or dbmate/goose sections)".to_string(),
                     _ => "no down migration file next to this one: a rollback cannot run".to_string(),
                 }),

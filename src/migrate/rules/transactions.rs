@@ -169,6 +169,8 @@ impl Engine<'_> {
             " (Alembic runs upgrade() in a transaction; wrap it in `with op.get_context().autocommit_block():`)"
         } else if self.kind == Kind::Django {
             " (Django runs a migration in a transaction; set `atomic = False` on it)"
+        } else if self.kind == Kind::Rails {
+            " (Rails runs a migration in a transaction; add `disable_ddl_transaction!` to the class)"
         } else if self.explicit.is_empty() && !self.runner_hint.is_empty() {
             self.runner_hint
         } else if self.explicit.is_empty() {
