@@ -753,3 +753,164 @@ fn format_keeps_the_files_it_names() {
     assert_eq!(paths(Format::Alembic), vec!["a/versions/1_x.py"]);
     assert_eq!(paths(Format::Sql), vec!["m/1_x.up.sql", "m/metadata.toml"]);
 }
+
+// ------------------------------------------------------------- never panic (all steps)
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::super::*;
+
+    fn one(path: &str, text: &str) -> Report {
+        check(
+            &plan(vec![SourceFile {
+                path: path.to_string(),
+                text: text.to_string(),
+            }]),
+            &Settings::default(),
+        )
+    }
+
+    fn plpgsql_fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("DO $$ BEGIN ".to_string()),
+            Just("IF NOT EXISTS (SELECT 1 FROM information_schema.columns) THEN ".to_string()),
+            Just("ELSIF x THEN ".to_string()),
+            Just("ELSE ".to_string()),
+            Just("END IF; ".to_string()),
+            Just("FOR r IN SELECT 1 LOOP ".to_string()),
+            Just("END LOOP; ".to_string()),
+            Just("EXECUTE format('ALTER TABLE %I DROP COLUMN %I', 't', 'c'); ".to_string()),
+            Just("EXECUTE 'a' || x; ".to_string()),
+            Just("<<lbl>> ".to_string()),
+            Just("CASE WHEN ".to_string()),
+            Just("ALTER TABLE t ADD PRIMARY KEY (id); ".to_string()),
+            Just("{{ index .Options \"Namespace\" }}".to_string()),
+            Just("END $$;".to_string()),
+            Just("(".to_string()),
+            "[ -~\n]{0,12}",
+        ]
+    }
+
+    fn django_fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("class Migration(migrations.Migration):\n".to_string()),
+            Just("    dependencies = [(\"a\", \"0001_x\")]\n".to_string()),
+            Just("    atomic = False\n".to_string()),
+            Just("    operations = [\n".to_string()),
+            Just("        migrations.AddField(model_name=\"m\", name=\"c\", field=models.CharField(max_length=3)),\n".to_string()),
+            Just("        migrations.RunSQL([\"DROP TABLE t\", (\"X\", [1])], reverse_sql=f\"{x}\"),\n".to_string()),
+            Just("        migrations.SeparateDatabaseAndState(database_operations=[\n".to_string()),
+            Just("        migrations.AlterField(\"m\", \"c\", models.ForeignKey(to=\"x\")),\n".to_string()),
+            Just("    ]\n".to_string()),
+            Just("(".to_string()),
+            "[ -~\n]{0,16}",
+        ]
+    }
+
+    fn rails_fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("class M < ActiveRecord::Migration[7.1]\n".to_string()),
+            Just("  disable_ddl_transaction!\n".to_string()),
+            Just("  def change\n".to_string()),
+            Just("  def up\n".to_string()),
+            Just(
+                "    add_column :t, :c, :string, null: false, default: -> { \"now()\" }\n"
+                    .to_string()
+            ),
+            Just("    execute <<~SQL\n      DROP TABLE t;\n    SQL\n".to_string()),
+            Just("    execute \"x #{y}\"\n".to_string()),
+            Just("    safety_assured { remove_column :t, :c }\n".to_string()),
+            Just("    reversible do |dir|\n      dir.up { add_index :t, :c }\n".to_string()),
+            Just("    User.in_batches.update_all(a: 1)\n".to_string()),
+            Just("  end\n".to_string()),
+            Just("end\n".to_string()),
+            Just("<<~A\n".to_string()),
+            "[ -~\n]{0,16}",
+        ]
+    }
+
+    fn python_sql_fragment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("    op.execute(f\"ALTER TABLE {T} DROP COLUMN {c!r}\")\n".to_string()),
+            Just("    op.execute(\"DROP %s\" % (T, U))\n".to_string()),
+            Just("    op.execute(\"{} {x} {{\".format(T, x=U))\n".to_string()),
+            Just("    op.execute(\"A\" + T + (\"B\" + (T)))\n".to_string()),
+            Just("    for c in (\"a\", \"b\"):\n".to_string()),
+            Just("        op.execute(f\"ALTER TABLE t DROP COLUMN {c}\")\n".to_string()),
+            Just("    s = Session(bind=op.get_bind())\n".to_string()),
+            Just("    s.query(M).update({\"a\": 1})\n".to_string()),
+            Just("T = \"t\"\n".to_string()),
+            Just("U = f\"{T}.x\"\n".to_string()),
+            "[ -~\n]{0,16}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn plpgsql_blocks(parts in proptest::collection::vec(plpgsql_fragment(), 0..40)) {
+            let r = one("x.sql", &parts.concat());
+            prop_assert_eq!(r.files.len(), 1);
+        }
+
+        #[test]
+        fn django_migrations(parts in proptest::collection::vec(django_fragment(), 0..30)) {
+            let text = format!("from django.db import migrations, models\n{}", parts.concat());
+            let r = one("app/migrations/0002_x.py", &text);
+            prop_assert!(r.files.len() <= 1);
+        }
+
+        #[test]
+        fn rails_migrations(parts in proptest::collection::vec(rails_fragment(), 0..30)) {
+            let text = format!("class M < ActiveRecord::Migration[7.1]\n{}", parts.concat());
+            let r = one("db/migrate/20240101000000_x.rb", &text);
+            prop_assert_eq!(r.files.len(), 1);
+        }
+
+        #[test]
+        fn python_built_sql(parts in proptest::collection::vec(python_sql_fragment(), 0..30)) {
+            let text = format!("from alembic import op\ndef upgrade():\n{}", parts.concat());
+            let r = one("versions/x.py", &text);
+            prop_assert_eq!(r.files.len(), 1);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_crashed() {
+        // Nested Ruby blocks and heredocs, nested PL/pgSQL IFs, nested Python strings.
+        let ruby = format!(
+            "class M < ActiveRecord::Migration[7.1]\n  def change\n{}{}  end\nend\n",
+            "    safety_assured {\n".repeat(300),
+            "    }\n".repeat(300)
+        );
+        let _ = one("db/migrate/20240101000000_x.rb", &ruby);
+        let heredocs = format!(
+            "class M < ActiveRecord::Migration[7.1]\n  def up\n    execute {}\n  end\nend\n",
+            (0..200).map(|i| format!("<<~S{i}, ")).collect::<String>()
+        );
+        let _ = one("db/migrate/20240101000001_x.rb", &heredocs);
+        let plpgsql = format!(
+            "DO $$ BEGIN {} ALTER TABLE t DROP COLUMN c; END $$;",
+            "IF x THEN ".repeat(500)
+        );
+        let r = one("x.sql", &plpgsql);
+        assert!(
+            r.files[0]
+                .upgrade
+                .findings
+                .iter()
+                .any(|f| f.rule == "unknown-statement")
+        );
+        let py = format!(
+            "from alembic import op\ndef upgrade():\n    op.execute({}\"x\"{})\n",
+            "(".repeat(200),
+            ")".repeat(200)
+        );
+        let _ = one("versions/x.py", &py);
+        let concat = format!(
+            "from alembic import op\ndef upgrade():\n    op.execute(\"a\"{})\n",
+            " + \"b\"".repeat(2000)
+        );
+        let _ = one("versions/x.py", &concat);
+    }
+}
