@@ -382,7 +382,14 @@ impl Format {
         let py = |f: &SourceFile| f.path.ends_with(".py");
         match self {
             Format::Auto => files,
-            Format::Alembic | Format::Django => files.into_iter().filter(py).collect(),
+            Format::Alembic => files
+                .into_iter()
+                .filter(|f| py(f) && !django::is_migration(&f.path, &f.text))
+                .collect(),
+            Format::Django => files
+                .into_iter()
+                .filter(|f| django::is_migration(&f.path, &f.text))
+                .collect(),
             Format::Rails => files
                 .into_iter()
                 .filter(|f| f.path.ends_with(".rb"))

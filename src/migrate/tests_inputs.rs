@@ -735,13 +735,23 @@ fn timeout_values_are_read_as_postgresql_reads_them() {
 #[test]
 fn format_keeps_the_files_it_names() {
     let files = || {
-        ["a/versions/1_x.py", "m/1_x.up.sql", "m/metadata.toml"]
-            .iter()
-            .map(|p| SourceFile {
-                path: p.to_string(),
-                text: String::new(),
-            })
-            .collect::<Vec<_>>()
+        [
+            "a/versions/1_x.py",
+            "m/1_x.up.sql",
+            "m/metadata.toml",
+            "shop/orders/migrations/0001_x.py",
+            "db/migrate/20240101000000_x.rb",
+        ]
+        .iter()
+        .map(|p| SourceFile {
+            path: p.to_string(),
+            text: if p.contains("orders") {
+                "class Migration(migrations.Migration):\n".to_string()
+            } else {
+                String::new()
+            },
+        })
+        .collect::<Vec<_>>()
     };
     let paths = |f: Format| {
         f.keep(files())
@@ -749,8 +759,13 @@ fn format_keeps_the_files_it_names() {
             .map(|s| s.path)
             .collect::<Vec<_>>()
     };
-    assert_eq!(paths(Format::Auto).len(), 3);
+    assert_eq!(paths(Format::Auto).len(), 5);
     assert_eq!(paths(Format::Alembic), vec!["a/versions/1_x.py"]);
+    assert_eq!(
+        paths(Format::Django),
+        vec!["shop/orders/migrations/0001_x.py"]
+    );
+    assert_eq!(paths(Format::Rails), vec!["db/migrate/20240101000000_x.rb"]);
     assert_eq!(paths(Format::Sql), vec!["m/1_x.up.sql", "m/metadata.toml"]);
 }
 
