@@ -185,9 +185,15 @@ pub(crate) fn lower(path: &str, src: &str) -> DjangoFile {
     let vars = assignments(src, body);
     // `atomic = False`: Django runs the operations without a transaction.
     let atomic = vars.get("atomic").is_none_or(|v| v.kind() != "false");
+    let funcs = children(root)
+        .into_iter()
+        .filter(|c| c.kind() == "function_definition")
+        .filter_map(|f| Some((text(src, f.child_by_field_name("name")?).to_string(), f)))
+        .collect();
     let mut l = Lowerer {
         src,
         app: app.to_ascii_lowercase(),
+        funcs,
         up: Vec::new(),
         down: Vec::new(),
     };
@@ -286,15 +292,17 @@ fn first_error(root: Node<'_>) -> Option<Node<'_>> {
     }
 }
 
-struct Lowerer<'s> {
+struct Lowerer<'s, 't> {
     src: &'s str,
     app: String,
+    /// The module's functions, for what a `RunPython` runs.
+    funcs: HashMap<String, Node<'t>>,
     up: Vec<Action>,
     /// In the order of the operations; reversed at the end.
     down: Vec<Action>,
 }
 
-impl Lowerer<'_> {
+impl Lowerer<'_, '_> {
     fn s(&self, n: Option<&Node<'_>>) -> String {
         n.map(|n| {
             string_value(self.src, *n)
@@ -665,26 +673,17 @@ impl Lowerer<'_> {
             "RunPython" => {
                 let forward = arg(0, "code");
                 let reverse = arg(1, "reverse_code");
-                let fname = |n: Node<'_>| text(self.src, n).to_string();
                 if let Some(f) = forward.filter(|f| !text(self.src, *f).ends_with(".noop")) {
-                    self.up(
-                        at,
-                        Op::OrmWrite {
-                            call: format!("RunPython({})", fname(f)),
-                            model: None,
-                        },
-                    );
+                    let actions = self.python_code(f, at);
+                    self.up.extend(actions);
                 }
                 match reverse {
                     None => self.down(at, Op::Irreversible),
                     Some(r) if text(self.src, r).ends_with(".noop") => {}
-                    Some(r) => self.down(
-                        at,
-                        Op::OrmWrite {
-                            call: format!("RunPython reverse {}", fname(r)),
-                            model: None,
-                        },
-                    ),
+                    Some(r) => {
+                        let actions = self.python_code(r, at);
+                        self.down.extend(actions.into_iter().rev());
+                    }
                 }
             }
             "SeparateDatabaseAndState" => {
@@ -722,6 +721,97 @@ impl Lowerer<'_> {
                 );
             }
         }
+    }
+
+    /// What a `RunPython` function does: the SQL its `schema_editor.execute(...)` or
+    /// `cursor.execute(...)` calls run (read as SQL, at their own lines), and, when it
+    /// writes through models (or ripcord cannot see into it), a data migration naming
+    /// the model it gets with `apps.get_model`.
+    fn python_code(&self, code: Node<'_>, at: usize) -> Vec<Action> {
+        let name = text(self.src, code).to_string();
+        let orm = |model: Option<String>| {
+            Action::new(
+                at,
+                Op::OrmWrite {
+                    call: format!("RunPython({name})"),
+                    model,
+                },
+            )
+        };
+        let Some(def) = self.funcs.get(&name).copied() else {
+            return vec![orm(None)];
+        };
+        let mut out = Vec::new();
+        let mut model = None;
+        let mut writes = false;
+        let none = |_: &str| None;
+        let mut calls = Vec::new();
+        let mut cursor = def.walk();
+        loop {
+            let n = cursor.node();
+            if n.kind() == "call" {
+                calls.push(n);
+            }
+            if cursor.goto_first_child() {
+                continue;
+            }
+            let mut done = false;
+            loop {
+                if cursor.node() == def {
+                    done = true;
+                    break;
+                }
+                if cursor.goto_next_sibling() {
+                    break;
+                }
+                if !cursor.goto_parent() {
+                    done = true;
+                    break;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        for n in calls {
+            let method = n
+                .child_by_field_name("function")
+                .filter(|f| f.kind() == "attribute")
+                .and_then(|f| f.child_by_field_name("attribute"))
+                .map(|a| text(self.src, a))
+                .unwrap_or("");
+            let (pos, _) = args(self.src, n);
+            match method {
+                "execute" => match pos.first().map(|a| eval(self.src, *a, &none, 0)) {
+                    Some(Ok((sql_text, first))) => {
+                        for mut a in sql::lower(&sql_text, first).actions {
+                            a.anchor = Some(at);
+                            out.push(a);
+                        }
+                    }
+                    Some(Err(part)) => out.push(Action::new(
+                        line(n),
+                        Op::Unknown {
+                            rule: "dynamic-sql",
+                            why: format!("RunPython({name}) runs SQL built at run time from {part}: ripcord cannot read which statement it is"),
+                        },
+                    )),
+                    None => {}
+                },
+                "get_model" => {
+                    if let Some(m) = pos.get(1).and_then(|m| string_value(self.src, *m)) {
+                        model.get_or_insert(m.0);
+                    }
+                }
+                "save" | "update" | "bulk_update" | "bulk_create" | "create" | "delete"
+                | "get_or_create" | "update_or_create" => writes = true,
+                _ => {}
+            }
+        }
+        if writes || out.is_empty() {
+            out.insert(0, orm(model));
+        }
+        out
     }
 
     fn kw_true(&self, call: Node<'_>, key: &str) -> bool {

@@ -304,3 +304,53 @@ class Migration(migrations.Migration):
         .expect("concurrently-in-transaction");
     assert!(c.message.contains("atomic = False"), "{}", c.message);
 }
+
+#[test]
+fn django_run_python_is_read_into() {
+    let text = r#"from django.db import migrations
+
+
+def drop_legacy(apps, schema_editor):
+    schema_editor.execute("ALTER TABLE shop_order DROP COLUMN legacy")
+
+
+def backfill(apps, schema_editor):
+    Order = apps.get_model("shop", "Order")
+    Order.objects.filter(state="").update(state="new")
+
+
+def per_tenant(apps, schema_editor):
+    for tenant in tenants():
+        schema_editor.execute(f"ALTER TABLE {tenant}.shop_order ADD COLUMN x int")
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0007_x")]
+    operations = [
+        migrations.RunPython(drop_legacy, migrations.RunPython.noop),
+        migrations.RunPython(backfill, migrations.RunPython.noop),
+        migrations.RunPython(per_tenant, migrations.RunPython.noop),
+        migrations.RunPython(imported.helper, migrations.RunPython.noop),
+    ]
+"#;
+    let r = run(&[("x/shop/migrations/0008_y.py", text)]);
+    let f = &r.files[0].upgrade.findings;
+    let got = rules(f);
+    // SQL run through schema_editor.execute: read at its own line, no ORM finding.
+    assert!(got.contains(&(5, "drop-column")), "{got:?}");
+    assert!(!got.contains(&(21, "backfill-in-migration")), "{got:?}");
+    // A model write names the model apps.get_model returned.
+    let orm = f
+        .iter()
+        .find(|x| x.line == 22 && x.rule == "backfill-in-migration")
+        .expect("backfill");
+    assert!(
+        orm.message.contains("RunPython(backfill)") && orm.message.contains("model Order"),
+        "{}",
+        orm.message
+    );
+    // SQL built per tenant at run time is said to be unreadable.
+    assert!(got.contains(&(15, "dynamic-sql")), "{got:?}");
+    // A function from elsewhere: a data migration ripcord cannot see into.
+    assert!(got.contains(&(24, "backfill-in-migration")), "{got:?}");
+}
