@@ -137,3 +137,131 @@ fn commands_named_in_fix_texts_exist() {
         "{stderr}"
     );
 }
+
+/// A project whose ripcord.toml sets the checker up: one SQL migration that drops a
+/// column and sets a lock_timeout above the limit, and no statement_timeout.
+fn project(settings: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("db/migrations");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("1_drop.up.sql"),
+        "SET lock_timeout = '10s';\nALTER TABLE users DROP COLUMN legacy;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        m.join("1_drop.down.sql"),
+        "ALTER TABLE users ADD COLUMN legacy text;\n",
+    )
+    .unwrap();
+    // A .py file that is no Alembic revision: `format = "sql"` leaves it out.
+    std::fs::write(m.join("helpers.py"), "def helper():\n    pass\n").unwrap();
+    std::fs::write(
+        dir.path().join("ripcord.toml"),
+        format!(
+            "[service.web]\nlisten = \"127.0.0.1:8080\"\nslots = {{ blue = 8081, green = 8082 }}\n\n[service.web.migrations]\ndir = \"db/migrations\"\nhead_command = [\"cat\", \"head\"]\n{settings}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn settings_come_from_ripcord_toml_and_flags_override_them() {
+    let dir = project(
+        "format = \"sql\"\nlock_timeout = \"5s\"\nstatement_timeout = \"required\"\nseverity = { \"drop-column\" = \"warning\" }\n",
+    );
+    // The directory, the format, the timeouts and the severity all from the config.
+    let out = ripcord(dir.path())
+        .args(["migrations", "check", "--service", "web"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("1_drop.up.sql:1: warning timeout-above-limit"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1_drop.up.sql:2: warning drop-column"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1_drop.up.sql:2: warning missing-statement-timeout"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("helpers.py"), "{stdout}");
+
+    // Flags win: the severity back to error (exit 1), statement_timeout unchecked.
+    let out = ripcord(dir.path())
+        .args([
+            "migrations",
+            "check",
+            "--service",
+            "web",
+            "--severity",
+            "drop-column=error",
+            "--statement-timeout",
+            "off",
+            "--lock-timeout",
+            "required",
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("1_drop.up.sql:2: error drop-column"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("missing-statement-timeout"), "{stdout}");
+    assert!(!stdout.contains("timeout-above-limit"), "{stdout}");
+
+    // A bad flag value is a usage error naming the flag.
+    let out = ripcord(dir.path())
+        .args([
+            "migrations",
+            "check",
+            "--service",
+            "web",
+            "--lock-timeout",
+            "soon",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--lock-timeout \"soon\""),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bad_migrations_setting_is_a_config_error_with_its_line() {
+    let dir = project("disable = [\"no-such-rule\"]\n");
+    let out = ripcord(dir.path())
+        .args(["migrations", "check", "--service", "web"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "ripcord.toml:8: service.web.migrations.disable[0]: unknown rule `no-such-rule`"
+        ),
+        "{stderr}"
+    );
+    // Without --service the config is not read: plain paths still work.
+    let out = ripcord(dir.path())
+        .args([
+            "migrations",
+            "check",
+            "db/migrations",
+            "--migration-format",
+            "sql",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}

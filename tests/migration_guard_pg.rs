@@ -262,3 +262,155 @@ fn a_forced_rollback_records_what_it_crossed_and_an_unknown_phase_warns() {
         "{forced:?}"
     );
 }
+
+/// A Django app's migrations: an expand, a backfill, then a contract.
+const DJANGO: &[(&str, &str)] = &[
+    (
+        "0001_status",
+        "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = []\n    operations = [\n        migrations.AddField(model_name=\"user\", name=\"status\", field=models.CharField(max_length=20, null=True)),\n    ]\n",
+    ),
+    (
+        "0002_email_new",
+        "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"accounts\", \"0001_status\")]\n    operations = [\n        migrations.AddField(model_name=\"user\", name=\"email_new\", field=models.TextField(null=True)),\n    ]\n",
+    ),
+    (
+        "0003_drop_email",
+        "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"accounts\", \"0002_email_new\")]\n    operations = [\n        migrations.RemoveField(model_name=\"user\", name=\"email\"),\n    ]\n",
+    ),
+];
+
+/// Marks `names` (in order) as the applied migrations of app `accounts`.
+fn set_django_applied(pg: &Postgres, db: &str, names: &[&str]) {
+    let mut sql = String::from("DELETE FROM django_migrations;");
+    for (i, n) in names.iter().enumerate() {
+        sql.push_str(&format!(
+            "INSERT INTO django_migrations (app, name, applied) VALUES ('accounts', '{n}', now() + interval '{i} seconds');"
+        ));
+    }
+    pg.sql(db, &sql);
+}
+
+#[test]
+fn a_django_head_comes_from_django_migrations_and_guards_the_rollback() {
+    let pg = start();
+    pg.sql("postgres", "CREATE DATABASE dj");
+    pg.sql(
+        "dj",
+        "CREATE TABLE django_migrations (id serial PRIMARY KEY, app varchar(255) NOT NULL, name varchar(255) NOT NULL, applied timestamptz NOT NULL);
+         CREATE TABLE accounts_user (id int PRIMARY KEY, email text);",
+    );
+    let extra = "[service.web.migrations]\ndir = \"shop\"\nhead_table = \"django_migrations\"\n"
+        .to_string();
+    let tail = format!(
+        "\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/dj\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let mut p = Project::new(&extra, &tail);
+    let dir = p.dir.path().join("shop/accounts/migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("__init__.py"), "").unwrap();
+    for (name, text) in DJANGO {
+        std::fs::write(dir.join(format!("{name}.py")), text).unwrap();
+    }
+    p.start_watcher();
+    set_django_applied(&pg, "dj", &["0001_status"]);
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    set_django_applied(
+        &pg,
+        "dj",
+        &["0001_status", "0002_email_new", "0003_drop_email"],
+    );
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    let releases = p.json(&["releases", "web"]);
+    assert_eq!(
+        releases[0]["migration_head"], "accounts.0003_drop_email",
+        "{releases}"
+    );
+    assert_eq!(
+        releases[1]["migration_head"], "accounts.0001_status",
+        "{releases}"
+    );
+    // Back to v1 crosses 0003, which drops a column v1 reads: refused.
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("0003_drop_email.py"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(serving(&p), "v2");
+}
+
+#[test]
+fn a_rails_head_comes_from_schema_migrations_and_guards_the_rollback() {
+    let pg = start();
+    pg.sql("postgres", "CREATE DATABASE rb");
+    pg.sql(
+        "rb",
+        "CREATE TABLE schema_migrations (version varchar PRIMARY KEY);
+         CREATE TABLE users (id int PRIMARY KEY, email text);",
+    );
+    let extra =
+        "[service.web.migrations]\ndir = \"db/migrate\"\nhead_table = \"schema_migrations\"\n"
+            .to_string();
+    let tail = format!(
+        "\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/rb\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let mut p = Project::new(&extra, &tail);
+    let dir = p.dir.path().join("db/migrate");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, body) in [
+        (
+            "20240101000000_add_status",
+            "add_column :users, :status, :string",
+        ),
+        (
+            "20240201000000_add_email_new",
+            "add_column :users, :email_new, :text",
+        ),
+        (
+            "20240301000000_drop_email",
+            "remove_column :users, :email, :text",
+        ),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.rb")),
+            format!(
+                "class M{} < ActiveRecord::Migration[7.1]\n  def change\n    {body}\n  end\nend\n",
+                &name[..8]
+            ),
+        )
+        .unwrap();
+    }
+    p.start_watcher();
+    pg.sql(
+        "rb",
+        "INSERT INTO schema_migrations VALUES ('20240101000000')",
+    );
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    pg.sql(
+        "rb",
+        "INSERT INTO schema_migrations VALUES ('20240201000000'), ('20240301000000')",
+    );
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    let releases = p.json(&["releases", "web"]);
+    assert_eq!(
+        releases[0]["migration_head"], "20240301000000",
+        "{releases}"
+    );
+    assert_eq!(
+        releases[1]["migration_head"], "20240101000000",
+        "{releases}"
+    );
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("20240301000000_drop_email.rb"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(serving(&p), "v2");
+}

@@ -944,6 +944,39 @@ ALTER TABLE t VALIDATE CONSTRAINT k",
         must: &["add-primary-key"],
         ..C
     },
+    // The same statements inside PL/pgSQL DO blocks, behind the guards real migrations
+    // write (IF [NOT] EXISTS over information_schema or pg_constraint) and through an
+    // EXECUTE of a format() of literals: the lock is the statement's own.
+    Case {
+        sql: "DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 't' AND column_name = 'a') THEN ALTER TABLE t RENAME COLUMN a TO b; END IF; END $$",
+        pg: &[AEL],
+        must: &["rename-column"],
+        ..C
+    },
+    Case {
+        sql: "DO $$\nBEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'f') THEN\n    ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES u (id);\n  END IF;\nEND $$",
+        pg: &[
+            "t:ShareRowExclusiveLock",
+            "u:ShareRowExclusiveLock",
+            "scan:t",
+        ],
+        must: &["add-foreign-key"],
+        ..C
+    },
+    Case {
+        setup: "ALTER TABLE t DROP CONSTRAINT t_pkey;",
+        sql: "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.table_constraints WHERE table_name = 't' AND constraint_type = 'PRIMARY KEY') THEN ALTER TABLE t ADD PRIMARY KEY (a); END IF; END $$",
+        pg: &[AEL, "t:ShareLock", "scan:t"],
+        must: &["add-primary-key"],
+        ..C
+    },
+    Case {
+        sql: "DO $$ BEGIN EXECUTE format('ALTER TABLE %I ALTER COLUMN %I SET NOT NULL', 't', 'a'); END $$",
+        pg: &[AEL, "scan:t"],
+        must: &["set-not-null"],
+        must_not: &["dynamic-sql"],
+        ..C
+    },
     Case {
         setup: "CREATE EXTENSION btree_gist;",
         sql: "ALTER TABLE t ADD CONSTRAINT a_excl EXCLUDE USING gist (a WITH =)",

@@ -265,19 +265,35 @@ pub enum IncidentCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum MigrationsCommand {
-    /// Check SQL and Alembic migrations (files or directories): locks, data loss, what
+    /// Check SQL, Alembic, Django and Rails migrations (files or directories): locks, data loss, what
     /// breaks the old code, each revision's phase and whether its downgrade is safe.
     /// Exit 1 when an error-severity finding remains
     Check {
-        /// Files or directories (Alembic versions/, diesel, golang-migrate, Flyway, plain .sql)
-        #[arg(required = true, value_name = "PATH")]
+        /// Files or directories (Alembic versions/, Django, Rails db/migrate, diesel,
+        /// golang-migrate, Flyway, plain
+        /// .sql); with --service, its [service.NAME.migrations] dir when left out
+        #[arg(value_name = "PATH", required_unless_present = "service")]
         paths: Vec<PathBuf>,
+        /// Take the settings (and the directory) from [service.NAME.migrations] in the
+        /// config file; the flags below override them
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
         /// text (default), json, or github (workflow annotations)
         #[arg(long, value_parser = ["text", "json", "github"], default_value = "text")]
         format: String,
-        /// The PostgreSQL major version the migrations run against
-        #[arg(long, value_name = "N", default_value_t = 15)]
-        pg_version: u32,
+        /// Which files are migrations: auto (default), alembic, django, rails or sql
+        #[arg(long, value_name = "FORMAT", value_parser = ["auto", "alembic", "django", "rails", "sql"])]
+        migration_format: Option<String>,
+        /// The PostgreSQL major version the migrations run against [default: 15]
+        #[arg(long, value_name = "N")]
+        pg_version: Option<u32>,
+        /// What a migration must set before a blocking lock: off, required (default), or
+        /// a duration it may not exceed (5s, 500ms)
+        #[arg(long, value_name = "EXPECT")]
+        lock_timeout: Option<String>,
+        /// The same for statement_timeout [default: off]
+        #[arg(long, value_name = "EXPECT")]
+        statement_timeout: Option<String>,
         /// Turn a rule off (repeatable)
         #[arg(long, value_name = "RULE")]
         disable: Vec<String>,
@@ -687,18 +703,46 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             command:
                 MigrationsCommand::Check {
                     paths,
+                    service,
                     format,
+                    migration_format,
                     pg_version,
+                    lock_timeout,
+                    statement_timeout,
                     disable,
                     severity,
                 },
-        } => migrations_check(
-            &paths,
-            if json { "json" } else { &format },
-            pg_version,
-            &disable,
-            &severity,
-        ),
+        } => {
+            let from_config = match &service {
+                Some(name) => {
+                    let cfg = load_config(cli.config.as_deref())?;
+                    let svc = cfg.services.get(name.as_str()).ok_or_else(|| {
+                        CliError::new(2, format!("no service `{name}` in the config"))
+                    })?;
+                    let m = svc.migrations.clone().ok_or_else(|| {
+                        CliError::new(
+                            2,
+                            format!("service `{name}` has no [service.{name}.migrations]"),
+                        )
+                    })?;
+                    Some(m)
+                }
+                None => None,
+            };
+            migrations_check(
+                MigrationsArgs {
+                    paths,
+                    from_config,
+                    migration_format,
+                    pg_version,
+                    lock_timeout,
+                    statement_timeout,
+                    disable,
+                    severity,
+                },
+                if json { "json" } else { &format },
+            )
+        }
         Command::Releases { service } => {
             let ledger = open_ledger(&state_dir)?;
             known_service(cli.config.as_deref(), &ledger, &service)?;
@@ -964,24 +1008,70 @@ async fn verify(
     Ok(if report.ok { 0 } else { 4 })
 }
 
-fn migrations_check(
-    paths: &[PathBuf],
-    format: &str,
-    pg_version: u32,
-    disable: &[String],
-    severity: &[String],
-) -> Result<i32, CliError> {
+/// `migrations check`'s inputs: the config's `[service.NAME.migrations]`, if named, and
+/// the flags that override it.
+struct MigrationsArgs {
+    paths: Vec<PathBuf>,
+    from_config: Option<config::MigrationsConfig>,
+    migration_format: Option<String>,
+    pg_version: Option<u32>,
+    lock_timeout: Option<String>,
+    statement_timeout: Option<String>,
+    disable: Vec<String>,
+    severity: Vec<String>,
+}
+
+fn migrations_check(args: MigrationsArgs, format: &str) -> Result<i32, CliError> {
     use crate::migrate;
+    let MigrationsArgs {
+        mut paths,
+        from_config,
+        migration_format,
+        pg_version,
+        lock_timeout,
+        statement_timeout,
+        disable,
+        severity,
+    } = args;
+    let mut settings = from_config
+        .as_ref()
+        .map(config::MigrationsConfig::settings)
+        .unwrap_or_default();
+    let mut files_format = from_config
+        .as_ref()
+        .map_or(migrate::Format::Auto, |m| m.format);
+    if paths.is_empty()
+        && let Some(m) = &from_config
+    {
+        paths.push(m.dir.clone());
+    }
+    if let Some(f) = migration_format.as_deref().and_then(migrate::Format::parse) {
+        files_format = f;
+    }
+    if let Some(v) = pg_version {
+        settings.pg_version = v;
+    }
+    for (flag, value, slot) in [
+        ("--lock-timeout", lock_timeout, &mut settings.lock_timeout),
+        (
+            "--statement-timeout",
+            statement_timeout,
+            &mut settings.statement_timeout,
+        ),
+    ] {
+        if let Some(v) = value {
+            *slot =
+                migrate::Timeout::parse(&v).map_err(|e| CliError::new(2, format!("{flag} {e}")))?;
+        }
+    }
+    let disable = &disable;
+    let severity = &severity;
     let known = migrate::rule_ids();
     let unknown = |rule: &str| {
         CliError::new(
             2,
             format!("unknown rule `{rule}`; the rules are: {}", known.join(", ")),
         )
-    };
-    let mut settings = migrate::Settings {
-        pg_version,
-        ..Default::default()
     };
     for rule in disable {
         if !known.contains(&rule.as_str()) {
@@ -1007,8 +1097,9 @@ fn migrations_check(
         })?;
         settings.severity.insert(rule.to_string(), level);
     }
-    let files =
-        migrate::discover::read_paths(paths).map_err(|e| CliError::new(2, e.to_string()))?;
+    let files = migrate::discover::read_paths(&paths)
+        .map(|f| files_format.keep(f))
+        .map_err(|e| CliError::new(2, e.to_string()))?;
     if files.is_empty() {
         return Err(CliError::new(
             2,

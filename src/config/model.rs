@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::duration;
 use super::triggers::Triggers;
+use crate::migrate;
 
 /// How a version runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,6 +108,27 @@ pub struct MigrationsConfig {
     /// What a deploy does when its release ships a contract migration together with
     /// the expand it depends on (the expand was never live in an earlier release).
     pub on_contract: OnContract,
+    /// Which files in `dir` are migrations (`format`).
+    pub format: migrate::Format,
+    /// Rules turned off (`disable`) and severities changed (`severity`).
+    pub disable: Vec<String>,
+    pub severity: BTreeMap<String, migrate::Severity>,
+    /// What a migration must set before it takes a blocking lock.
+    pub lock_timeout: migrate::Timeout,
+    pub statement_timeout: migrate::Timeout,
+}
+
+impl MigrationsConfig {
+    /// The checker's settings these keys give (the CLI's flags override them).
+    pub fn settings(&self) -> migrate::Settings {
+        migrate::Settings {
+            pg_version: self.pg_version,
+            disabled: self.disable.iter().cloned().collect(),
+            severity: self.severity.clone(),
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

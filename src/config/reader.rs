@@ -301,6 +301,31 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An array of strings (possibly empty), such as a list of rule ids.
+    pub(crate) fn strings(&mut self, table: &Table<'_>, key: &str) -> Option<Spanned<Vec<String>>> {
+        let item = table.inner.get(key)?;
+        let span = item_span(table, key, item);
+        let Some(array) = item.as_array() else {
+            self.wrong_type(table, key, item, "an array of strings");
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, value) in array.iter().enumerate() {
+            match value.as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => {
+                    self.error(
+                        value.span().or(span.clone()),
+                        &format!("{}[{i}]", join(&table.path, key)),
+                        format!("expected a string, found {}", value.type_name()),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Spanned::new(out, span))
+    }
+
     /// An array of strings (an argv): never a single shell string.
     pub(crate) fn argv(&mut self, table: &Table<'_>, key: &str) -> Option<Spanned<Vec<String>>> {
         let item = table.inner.get(key)?;

@@ -7,6 +7,7 @@ use super::duration::{DAY, HOUR, MIN_PROBE, SECOND};
 use super::model::{DatabaseConfig, DockerConfig, MigrationsConfig, NginxConfig, OnContract};
 use super::reader::{self, Reader, Table, parse_addr};
 use super::triggers::{CpuRule, ErrorRateRule, HealthRule, LatencyRule, Triggers};
+use crate::migrate;
 
 /// `[service.NAME.database]`: the PostgreSQL database, for backups and restore.
 pub(super) fn read_database(r: &mut Reader<'_>, t: &Table<'_>) -> Option<DatabaseConfig> {
@@ -261,8 +262,87 @@ pub(super) fn read_migrations(
             "head_table",
             "pg_version",
             "on_contract",
+            "format",
+            "disable",
+            "severity",
+            "lock_timeout",
+            "statement_timeout",
         ],
     );
+    let before = r.errors.len();
+    let format = match r.string(m, "format") {
+        None => migrate::Format::Auto,
+        Some(v) => migrate::Format::parse(&v.value).unwrap_or_else(|| {
+            r.error(
+                v.span,
+                &reader::join(&m.path, "format"),
+                format!(
+                    "\"{}\": expected \"auto\", \"alembic\", \"django\", \"rails\" or \"sql\"",
+                    v.value
+                ),
+            );
+            migrate::Format::Auto
+        }),
+    };
+    let known = migrate::rule_ids();
+    let unknown_rule =
+        |rule: &str| format!("unknown rule `{rule}`; the rules are: {}", known.join(", "));
+    let disable = match r.strings(m, "disable") {
+        Some(list) => {
+            for (i, rule) in list.value.iter().enumerate() {
+                if !known.contains(&rule.as_str()) {
+                    r.error(
+                        list.span.clone(),
+                        &format!("{}[{i}]", reader::join(&m.path, "disable")),
+                        unknown_rule(rule),
+                    );
+                }
+            }
+            list.value
+        }
+        None => Vec::new(),
+    };
+    let mut severity = std::collections::BTreeMap::new();
+    if let Some(t) = r.table(m, "severity") {
+        let keys: Vec<String> = t.inner.iter().map(|(k, _)| k.to_string()).collect();
+        for rule in keys {
+            let Some(level) = r.string(&t, &rule) else {
+                continue;
+            };
+            if !known.contains(&rule.as_str()) {
+                r.error(
+                    level.span.clone(),
+                    &reader::join(&t.path, &rule),
+                    unknown_rule(&rule),
+                );
+                continue;
+            }
+            match migrate::Severity::parse(&level.value) {
+                Some(s) => {
+                    severity.insert(rule, s);
+                }
+                None => r.error(
+                    level.span,
+                    &reader::join(&t.path, &rule),
+                    format!(
+                        "\"{}\": expected \"error\", \"warning\" or \"info\"",
+                        level.value
+                    ),
+                ),
+            }
+        }
+    }
+    let timeout = |r: &mut Reader<'_>, key: &str, default: migrate::Timeout| match r.string(m, key)
+    {
+        None => default,
+        Some(v) => migrate::Timeout::parse(&v.value).unwrap_or_else(|e| {
+            r.error(v.span, &reader::join(&m.path, key), e);
+            default
+        }),
+    };
+    let lock_timeout = timeout(r, "lock_timeout", migrate::Timeout::Required);
+    let statement_timeout = timeout(r, "statement_timeout", migrate::Timeout::Off);
+    let settings_ok = r.errors.len() == before;
     let dir = r.string(m, "dir");
     let head = r.argv(m, "head_command");
     let head_table = r.string(m, "head_table");
@@ -306,7 +386,13 @@ pub(super) fn read_migrations(
         head_table: head_table.map_or_else(|| "alembic_version".to_string(), |h| h.value),
         pg_version,
         on_contract: on_contract?,
+        format,
+        disable,
+        severity,
+        lock_timeout,
+        statement_timeout,
     })
+    .filter(|_| settings_ok)
 }
 
 /// Why `min_samples` is refused: the sequential test needs no minimum.

@@ -1,4 +1,6 @@
-//! Today's schema head as Alembic records it: the `alembic_version` table, read over a
+//! Today's schema head as the runner records it: Alembic's `alembic_version` table, or
+//! Django's `django_migrations` (the latest per app, as `APP.NAME`), or Rails'
+//! `schema_migrations` (the newest version), read over a
 //! PostgreSQL connection (the rollback guard's alternative to a `head_command`).
 
 use tokio_postgres::error::SqlState;
@@ -18,7 +20,20 @@ pub async fn schema_head(cfg: &DbConfig, table: &str) -> Result<Option<String>, 
         .map(quote_ident)
         .collect::<Vec<_>>()
         .join(".");
-    let sql = format!("SELECT version_num::text FROM {qualified}");
+    // Django's table lists every applied migration: the head is the latest per app, as
+    // `APP.NAME` (the checker's identity for a Django migration).
+    let django = table.rsplit('.').next() == Some("django_migrations");
+    // Rails' table lists every applied version: the head is the newest.
+    let rails = table.rsplit('.').next() == Some("schema_migrations");
+    let sql = if rails {
+        format!("SELECT max(version)::text FROM {qualified} HAVING count(*) > 0")
+    } else if django {
+        format!(
+            "SELECT DISTINCT ON (app) (app || '.' || name)::text FROM {qualified} ORDER BY app, applied DESC, id DESC"
+        )
+    } else {
+        format!("SELECT version_num::text FROM {qualified}")
+    };
     match client.query(&sql, &[]).await {
         Ok(rows) => {
             let mut heads: Vec<String> = rows

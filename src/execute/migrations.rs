@@ -131,11 +131,8 @@ impl ServiceExec {
             .ok_or_else(|| "no migrations configured".to_string())?;
         let files = migrate::discover::read_paths(std::slice::from_ref(&m.dir))
             .map_err(|e| e.to_string())?;
-        let settings = migrate::Settings {
-            pg_version: m.pg_version,
-            ..Default::default()
-        };
-        Ok(migrate::check(&migrate::plan(files), &settings))
+        let files = m.format.keep(files);
+        Ok(migrate::check(&migrate::plan(files), &m.settings()))
     }
 
     /// The migrations a deploy ships: those after the active release's head up to the
@@ -410,13 +407,10 @@ pub fn rollback_judgement(
         || {
             let files = crate::migrate::discover::read_paths(std::slice::from_ref(&m.dir))
                 .map_err(|e| format!("cannot read the migrations: {e}"))?;
-            let settings = crate::migrate::Settings {
-                pg_version: m.pg_version,
-                ..Default::default()
-            };
+            let files = m.format.keep(files);
             Ok(crate::migrate::check(
                 &crate::migrate::plan(files),
-                &settings,
+                &m.settings(),
             ))
         },
     )

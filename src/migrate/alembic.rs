@@ -10,11 +10,14 @@
 
 use std::collections::HashMap;
 
-use tree_sitter::{Node, Parser, Tree};
+use tree_sitter::Node;
+
+use super::pyparse::{NotParsed, parse};
 
 use super::model::{
     Action, AddColumn, ConKind, DefaultKind, Lowered, Op, is_irreversible_marker, parse_allow,
 };
+use super::pyconst::{self, string_value};
 use super::sql;
 use super::types::{Ty, classify_default_text, parse_ty, using_text_is_plain};
 
@@ -30,159 +33,6 @@ pub(crate) struct AlembicFile {
 
 /// How deep helper functions are followed and blocks are entered.
 const MAX_DEPTH: usize = 24;
-
-/// The most indentation levels CPython accepts: its tokenizer refuses the 100th with
-/// "too many levels of indentation".
-const MAX_INDENT_LEVELS: usize = 99;
-
-/// The most distinct indentation widths a file may have for tree-sitter. Its Python
-/// scanner saves its stack of indentation widths in a 1024-byte buffer (2 bytes a
-/// width, after up to 257 bytes of string delimiters) and aborts the whole process
-/// when the stack does not fit. The stack only ever holds increasing widths, so no
-/// more widths than the file has distinct ones; this bound keeps it well inside the
-/// buffer whatever the parser's error recovery pushes.
-const MAX_INDENT_WIDTHS: usize = 300;
-
-/// Why a file was not handed to the parser.
-struct NotParsed {
-    line: usize,
-    why: String,
-}
-
-fn parse(text: &str) -> Result<Tree, NotParsed> {
-    if let Some(refused) = too_deep(text) {
-        return Err(refused);
-    }
-    let not_started = || NotParsed {
-        line: 1,
-        why: "the Python parser could not be started".into(),
-    };
-    let mut parser = Parser::new();
-    parser
-        .set_language(&tree_sitter_python::LANGUAGE.into())
-        .map_err(|_| not_started())?;
-    parser.parse(text, None).ok_or_else(not_started)
-}
-
-/// Measures indentation before parsing, as CPython's tokenizer does: a stack of the
-/// indentation widths of logical lines (blank lines, comment-only lines and lines
-/// inside brackets or strings do not count), one level per width deeper than the one
-/// before. Returns why the file is refused when it nests deeper than CPython allows, or
-/// has more distinct indentation widths than tree-sitter can hold.
-fn too_deep(text: &str) -> Option<NotParsed> {
-    let mut stack: Vec<usize> = vec![0];
-    let mut widths = std::collections::HashSet::new();
-    // Open brackets and the open string (its quote character and whether it is
-    // triple-quoted), carried from line to line.
-    let mut brackets = 0usize;
-    let mut string: Option<(char, bool)> = None;
-    let mut continued = false;
-    // The width a line of only whitespace and a backslash hands on to the next.
-    let mut carry = 0usize;
-    for (i, line) in text.split('\n').enumerate() {
-        // The width tree-sitter's scanner computes: a space counts 1, a tab 8, a
-        // carriage return or form feed starts again from 0.
-        let mut width = std::mem::take(&mut carry);
-        let mut body = "";
-        for (at, c) in line.char_indices() {
-            match c {
-                ' ' => width += 1,
-                '\t' => width += 8,
-                '\r' | '\x0c' => width = 0,
-                _ => {
-                    body = &line[at..];
-                    break;
-                }
-            }
-        }
-        if matches!(body, "\\" | "\\\r") {
-            carry = width;
-            continue;
-        }
-        if width > 0 {
-            widths.insert(width);
-        }
-        if widths.len() > MAX_INDENT_WIDTHS {
-            return Some(NotParsed {
-                line: i + 1,
-                why: format!(
-                    "more than {MAX_INDENT_WIDTHS} different indentation widths: ripcord does not parse this file"
-                ),
-            });
-        }
-        let logical = brackets == 0 && string.is_none() && !continued;
-        let blank = body.is_empty() || body.starts_with('#');
-        if logical && !blank {
-            while stack.last().is_some_and(|&top| top > width) {
-                stack.pop();
-            }
-            if stack.last().is_some_and(|&top| top < width) {
-                stack.push(width);
-                if stack.len() - 1 > MAX_INDENT_LEVELS {
-                    return Some(NotParsed {
-                        line: i + 1,
-                        why: format!(
-                            "indentation nested more than {MAX_INDENT_LEVELS} levels deep: Python refuses the file (\"too many levels of indentation\") and ripcord does not parse it"
-                        ),
-                    });
-                }
-            }
-        }
-        continued = scan_line(body, &mut brackets, &mut string);
-    }
-    None
-}
-
-/// Follows brackets and strings through one line; returns whether the line ends in a
-/// backslash continuation.
-fn scan_line(line: &str, brackets: &mut usize, string: &mut Option<(char, bool)>) -> bool {
-    let chars: Vec<char> = line.trim_end_matches('\r').chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match *string {
-            Some((q, triple)) => {
-                if c == '\\' {
-                    if i + 1 == chars.len() {
-                        return true;
-                    }
-                    i += 2;
-                    continue;
-                }
-                if c == q {
-                    if !triple {
-                        *string = None;
-                    } else if chars.get(i + 1) == Some(&q) && chars.get(i + 2) == Some(&q) {
-                        *string = None;
-                        i += 3;
-                        continue;
-                    }
-                }
-            }
-            None => match c {
-                '#' => return false,
-                '\\' if i + 1 == chars.len() => return true,
-                '(' | '[' | '{' => *brackets += 1,
-                ')' | ']' | '}' => *brackets = brackets.saturating_sub(1),
-                '\'' | '"' => {
-                    let triple = chars.get(i + 1) == Some(&c) && chars.get(i + 2) == Some(&c);
-                    *string = Some((c, triple));
-                    if triple {
-                        i += 3;
-                        continue;
-                    }
-                }
-                _ => {}
-            },
-        }
-        i += 1;
-    }
-    // A one-line string ends with its line (or is an error the parser reports).
-    if string.is_some_and(|(_, triple)| !triple) {
-        *string = None;
-    }
-    false
-}
 
 fn line(n: Node<'_>) -> usize {
     n.start_position().row + 1
@@ -207,6 +57,10 @@ struct Module<'t> {
     src: &'t str,
     funcs: HashMap<String, Node<'t>>,
     consts: HashMap<String, String>,
+    /// Module-level `NAME = sa.text("...")`: SQL for `execute`, not a Python string.
+    sql_consts: HashMap<String, String>,
+    /// Every module-level `NAME = expr`, for what a name stands for.
+    values: HashMap<String, Node<'t>>,
     revision: Option<String>,
     down_revision: Option<Vec<String>>,
 }
@@ -217,6 +71,8 @@ impl<'t> Module<'t> {
             src,
             funcs: HashMap::new(),
             consts: HashMap::new(),
+            sql_consts: HashMap::new(),
+            values: HashMap::new(),
             revision: None,
             down_revision: None,
         };
@@ -245,6 +101,7 @@ impl<'t> Module<'t> {
                 continue;
             };
             let name = m.text(left).to_string();
+            m.values.insert(name.clone(), right);
             match name.as_str() {
                 "revision" => m.revision = string_value(src, right).map(|s| s.0),
                 "down_revision" => {
@@ -260,8 +117,16 @@ impl<'t> Module<'t> {
                     }
                 }
                 _ => {
-                    if let Some((s, _)) = string_value(src, right) {
-                        m.consts.insert(name, s);
+                    // A constant built from earlier ones (`TABLE = f"{SCHEMA}.jobs"`).
+                    // `sa.text(...)` is SQL, not a Python string: only `execute` reads it.
+                    let consts = &m.consts;
+                    let lookup = |n: &str| consts.get(n).map(|s| (s.clone(), 0));
+                    if let Ok((s, _)) = pyconst::eval(src, right, &lookup, 0) {
+                        if is_sql_text(src, right) {
+                            m.sql_consts.insert(name, s);
+                        } else {
+                            m.consts.insert(name, s);
+                        }
                     }
                 }
             }
@@ -292,64 +157,6 @@ impl<'t> Module<'t> {
     }
 }
 
-/// A Python string literal's value and the line its content starts on; `None` for
-/// anything else, including f-strings with placeholders.
-fn string_value(src: &str, n: Node<'_>) -> Option<(String, usize)> {
-    // Parentheses are peeled in a loop: recursion would let `((((...` exhaust the stack.
-    let mut n = n;
-    while n.kind() == "parenthesized_expression" {
-        n = n.named_child(0)?;
-    }
-    match n.kind() {
-        "string" => {
-            let kids = children(n);
-            if kids.iter().any(|k| k.kind() == "interpolation") {
-                return None;
-            }
-            let start = kids.iter().find(|k| k.kind() == "string_start")?;
-            let end = kids.iter().rev().find(|k| k.kind() == "string_end")?;
-            let prefix = src.get(start.byte_range())?.to_ascii_lowercase();
-            let raw = src.get(start.end_byte()..end.start_byte())?;
-            let value = if prefix.contains('r') {
-                raw.to_string()
-            } else {
-                unescape(raw)
-            };
-            Some((value, line(n)))
-        }
-        "concatenated_string" => {
-            let mut out = String::new();
-            for k in children(n) {
-                out.push_str(&string_value(src, k)?.0);
-            }
-            Some((out, line(n)))
-        }
-        _ => None,
-    }
-}
-
-fn unescape(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('n') => out.push('\n'),
-            Some('t') => out.push('\t'),
-            Some('\n') => {
-                // A line continuation: keep the line count right for SQL line numbers.
-                out.push('\n');
-            }
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    out
-}
-
 /// What a local name is bound to, as far as static reading can tell.
 #[derive(Debug, Clone)]
 enum Local {
@@ -360,6 +167,10 @@ enum Local {
     Table(String),
     /// The `as` name of a `batch_alter_table` block.
     Batch(String),
+    /// `sa.text("...")`: SQL that `execute` runs, not a Python string.
+    Sql(String, usize),
+    /// An ORM session (`Session(bind=...)`): what it writes is known only at run time.
+    Session,
 }
 
 /// Lowers one function body into actions.
@@ -368,6 +179,9 @@ struct Walker<'m, 't> {
     locals: HashMap<String, Local>,
     out: Lowered,
     depth: usize,
+    /// The model an ORM session last queried, and the sessions already reported.
+    orm_model: Option<String>,
+    orm_reported: std::collections::HashSet<String>,
 }
 
 /// Lowers a whole revision file.
@@ -518,6 +332,8 @@ fn lower_function(m: &Module<'_>, def: Node<'_>) -> Lowered {
             ..Lowered::default()
         },
         depth: 0,
+        orm_model: None,
+        orm_reported: Default::default(),
     };
     if let Some(body) = def.child_by_field_name("body") {
         w.block(body);
@@ -562,7 +378,8 @@ impl<'t> Walker<'_, 't> {
             }
             "with_statement" => self.with(st),
             "if_statement" => self.if_statement(st),
-            "for_statement" | "while_statement" => {
+            "for_statement" => self.for_statement(st),
+            "while_statement" => {
                 if let Some(b) = st.child_by_field_name("body") {
                     self.block(b);
                 }
@@ -593,6 +410,48 @@ impl<'t> Walker<'_, 't> {
             "function_definition" | "class_definition" | "decorated_definition" => {}
             "ERROR" => {}
             _ => {}
+        }
+    }
+
+    /// A `for` loop: what it iterates over is read (`conn.execute(...)` there runs too),
+    /// and a loop over literal strings (`for table in ("a", "b"):`) is followed once per
+    /// value, so SQL built from the loop variable is read for each. Any other loop is
+    /// followed once with the variable unknown.
+    fn for_statement(&mut self, st: Node<'_>) {
+        let (left, right, body) = (
+            st.child_by_field_name("left"),
+            st.child_by_field_name("right"),
+            st.child_by_field_name("body"),
+        );
+        if let Some(r) = right {
+            self.expression(r);
+        }
+        let values: Option<Vec<(String, usize)>> = right
+            .filter(|r| matches!(r.kind(), "list" | "tuple"))
+            .filter(|_| left.is_some_and(|l| l.kind() == "identifier"))
+            .and_then(|r| {
+                let items = children(r);
+                (items.len() <= MAX_UNROLL)
+                    .then(|| items.iter().map(|i| self.sql_of(*i, 0).ok()).collect())
+                    .flatten()
+            });
+        let name = left.map(|l| self.text(l).to_string()).unwrap_or_default();
+        match (values, body) {
+            (Some(values), Some(b)) => {
+                for (v, l) in values {
+                    self.locals.insert(name.clone(), Local::Str(v, l));
+                    self.block(b);
+                }
+                self.locals.remove(&name);
+            }
+            (None, Some(b)) => {
+                self.locals.remove(&name);
+                self.block(b);
+            }
+            _ => {}
+        }
+        if let Some(alt) = st.child_by_field_name("alternative") {
+            self.block_of(alt);
         }
     }
 
@@ -669,9 +528,17 @@ impl<'t> Walker<'_, 't> {
                     .unwrap_or("");
                 if fname.ends_with("autocommit_block") {
                     autocommit = true;
+                } else if is_session(self.m.src, call) {
+                    if let Some(a) = alias {
+                        self.locals.insert(a, Local::Session);
+                    }
                 } else if fname.ends_with("batch_alter_table") {
                     let (pos, kw) = self.args(call);
-                    let table = pos.first().map(|n| self.name_of(*n)).unwrap_or_default();
+                    let table = pos
+                        .first()
+                        .or_else(|| kw.get("table_name"))
+                        .map(|n| self.name_of(*n))
+                        .unwrap_or_default();
                     if let Some(recreate) = kw.get("recreate")
                         && self.text(*recreate).contains("always")
                     {
@@ -713,10 +580,19 @@ impl<'t> Walker<'_, 't> {
                 if let (Some(left), Some(right)) = (e.child_by_field_name("left"), right) {
                     let name = self.text(left).to_string();
                     let rt = self.text(right);
-                    if let Some((s, l)) = string_value(self.m.src, right) {
-                        self.locals.insert(name, Local::Str(s, l));
+                    // A reassignment forgets what the name held before.
+                    self.locals.remove(&name);
+                    if let Ok((s, l)) = self.sql_of(right, 0) {
+                        let local = if is_sql_text(self.m.src, right) {
+                            Local::Sql(s, l)
+                        } else {
+                            Local::Str(s, l)
+                        };
+                        self.locals.insert(name, local);
                     } else if rt.contains("get_bind") || rt.ends_with(".connection") {
                         self.locals.insert(name, Local::Bind);
+                    } else if is_session(self.m.src, right) {
+                        self.locals.insert(name, Local::Session);
                     } else if right.kind() == "call"
                         && (rt.starts_with("sa.table(")
                             || rt.starts_with("sa.Table(")
@@ -784,6 +660,22 @@ impl<'t> Walker<'_, 't> {
 
     /// A name argument: its string value, or the expression as written.
     fn name_of(&self, n: Node<'_>) -> String {
+        // `op.f("ix_name")` and `batch_op.f("ix_name")` mark a name as final (not to be
+        // run through the naming convention): the name is the string.
+        if n.kind() == "call"
+            && let Some(f) = n.child_by_field_name("function")
+            && f.kind() == "attribute"
+            && f.child_by_field_name("attribute")
+                .is_some_and(|a| self.text(a) == "f")
+            && f.child_by_field_name("object").is_some_and(|o| {
+                let o = self.text(o);
+                o == "op" || matches!(self.locals.get(o), Some(Local::Batch(_)))
+            })
+            && let Some(first) = self.args(n).0.first()
+            && let Some((s, _)) = self.str_of(*first)
+        {
+            return s;
+        }
         self.str_of(n)
             .map(|s| s.0)
             .unwrap_or_else(|| self.text(n).to_string())
@@ -825,6 +717,10 @@ impl<'t> Walker<'_, 't> {
                     self.op_call(call, &attr, Some(table));
                 } else if attr == "execute" || attr == "exec_driver_sql" {
                     self.execute(call);
+                } else if let Some(session) = root_name(self.m.src, obj)
+                    .filter(|r| matches!(self.locals.get(r.as_str()), Some(Local::Session)))
+                {
+                    self.orm_call(call, obj, &session, &attr);
                 } else if attr == "create"
                     && (obj_text.contains("Enum") || obj_text.contains("ENUM"))
                 {
@@ -848,9 +744,55 @@ impl<'t> Walker<'_, 't> {
                             cascade: false,
                         },
                     );
+                } else if obj.kind() == "call" && self.depth < MAX_DEPTH {
+                    // `conn.execute(...).fetchall()`: the call the result comes from.
+                    self.depth += 1;
+                    self.call(obj);
+                    self.depth -= 1;
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A call on an ORM session: `query(Model)` names the model being read; the first
+    /// write (`add`, `merge`, `delete`, `update`, `bulk_*`, `flush`, `commit`) of each
+    /// session is an [`Op::OrmWrite`].
+    fn orm_call(&mut self, call: Node<'_>, obj: Node<'_>, session: &str, attr: &str) {
+        if obj.kind() == "call" && self.depth < MAX_DEPTH {
+            self.depth += 1;
+            self.call(obj);
+            self.depth -= 1;
+        }
+        if attr == "query" {
+            let (pos, _) = self.args(call);
+            if let Some(m) = pos.first() {
+                self.orm_model = Some(self.text(*m).to_string());
+            }
+            return;
+        }
+        let writes = matches!(
+            attr,
+            "add"
+                | "add_all"
+                | "merge"
+                | "delete"
+                | "update"
+                | "bulk_update_mappings"
+                | "bulk_insert_mappings"
+                | "bulk_save_objects"
+                | "flush"
+                | "commit"
+        );
+        if writes && self.orm_reported.insert(session.to_string()) {
+            let model = self.orm_model.clone();
+            self.push(
+                call,
+                Op::OrmWrite {
+                    call: format!("{session}.{attr}()"),
+                    model,
+                },
+            );
         }
     }
 
@@ -881,65 +823,56 @@ impl<'t> Walker<'_, 't> {
                 }
                 self.out.allows.extend(script.allows);
             }
-            Err(why) => self.push(
-                call,
-                Op::Unknown {
-                    rule: "unknown-statement",
-                    why,
-                },
-            ),
+            Err(part) => {
+                let who = call
+                    .child_by_field_name("function")
+                    .map(|f| self.text(f))
+                    .unwrap_or("execute");
+                self.push(
+                    call,
+                    Op::Unknown {
+                        rule: "dynamic-sql",
+                        why: format!(
+                            "{who}() runs SQL built at run time from {part}: ripcord cannot read which statement it is"
+                        ),
+                    },
+                );
+            }
         }
     }
 
-    /// The SQL text an execute argument holds, or why it cannot be known.
+    /// The SQL text an execute argument holds (literals, constants, and f-strings, `+`,
+    /// `%` and `.format()` built from them), or what in it is known only at run time.
     fn sql_of(&self, arg: Node<'_>, depth: usize) -> Result<(String, usize), String> {
-        if let Some(s) = self.str_of(arg) {
-            return Ok(s);
+        // `sa.text("...").bindparams(...)` (or `.columns(...)`, `.execution_options(...)`)
+        // runs the text's SQL with values bound.
+        if arg.kind() == "call"
+            && let Some(f) = arg
+                .child_by_field_name("function")
+                .filter(|f| f.kind() == "attribute")
+            && let (Some(obj), Some(attr)) = (
+                f.child_by_field_name("object"),
+                f.child_by_field_name("attribute"),
+            )
+            && matches!(
+                self.text(attr),
+                "bindparams" | "columns" | "execution_options"
+            )
+            && depth < MAX_DEPTH
+        {
+            return self.sql_of(obj, depth + 1);
         }
-        match arg.kind() {
-            "string" => Err("op.execute runs an f-string: the SQL is built at run time and ripcord cannot see it".into()),
-            "call" => {
-                let func = arg.child_by_field_name("function");
-                // `sa.text("...").bindparams(...)` (or `.columns(...)`,
-                // `.execution_options(...)`) runs the text's SQL with values bound.
-                if let Some(f) = func.filter(|f| f.kind() == "attribute")
-                    && let (Some(obj), Some(attr)) = (
-                        f.child_by_field_name("object"),
-                        f.child_by_field_name("attribute"),
-                    )
-                    && matches!(
-                        self.text(attr),
-                        "bindparams" | "columns" | "execution_options"
-                    )
-                    && depth < MAX_DEPTH
-                {
-                    return self.sql_of(obj, depth + 1);
-                }
-                let fname = func.map(|f| self.text(f)).unwrap_or("");
-                let (pos, _) = self.args(arg);
-                if (fname == "text"
-                    || fname.ends_with(".text")
-                    || fname.ends_with("dedent")
-                    || fname.ends_with("inline_literal"))
-                    && depth < MAX_DEPTH
-                    && let Some(inner) = pos.first()
-                {
-                    return self.sql_of(*inner, depth + 1);
-                }
-                if fname.ends_with(".format") {
-                    return Err("op.execute runs SQL built with .format(): ripcord cannot see it".into());
-                }
-                Err(format!(
-                    "op.execute runs `{}`: ripcord cannot tell which SQL that is",
-                    self.text(arg).chars().take(60).collect::<String>()
-                ))
-            }
-            "binary_operator" => Err("op.execute runs SQL built at run time (string operators): ripcord cannot see it".into()),
-            _ => Err(format!(
-                "op.execute runs `{}`: ripcord cannot tell which SQL that is",
-                self.text(arg).chars().take(60).collect::<String>()
-            )),
-        }
+        let lookup = |name: &str| match self.locals.get(name) {
+            Some(Local::Str(s, l) | Local::Sql(s, l)) => Some((s.clone(), *l)),
+            Some(_) => None,
+            None => self
+                .m
+                .consts
+                .get(name)
+                .or_else(|| self.m.sql_consts.get(name))
+                .map(|s| (s.clone(), 0)),
+        };
+        pyconst::eval(self.m.src, arg, &lookup, 0)
     }
 
     /// SQLAlchemy Core statements: `t.update()...`, `sa.delete(t)`, `t.insert()`.
@@ -1260,7 +1193,9 @@ impl<'t> Walker<'_, 't> {
             add.identity_or_serial |= integer;
         }
         match kw.get("server_default") {
-            Some(sd) if sd.kind() != "none" => add.default = Some(self.server_default(*sd)),
+            Some(sd) if sd.kind() != "none" => {
+                add.default = Some(self.server_default(*sd)).filter(|k| *k != DefaultKind::Null);
+            }
             _ => {
                 add.orm_default_only = kw.contains_key("default");
             }
@@ -1268,38 +1203,97 @@ impl<'t> Walker<'_, 't> {
         add
     }
 
+    /// How PostgreSQL evaluates a `server_default=`. SQLAlchemy takes a Python string
+    /// (rendered as a quoted literal) or an SQL construct (`sa.text`, `sa.func.*`,
+    /// `sa.literal_column`). Any other Python expression, such as an enum member or a
+    /// constant, is evaluated once when the migration runs and ends up as one literal for
+    /// every row: a constant, however it is spelled.
     fn server_default(&self, n: Node<'_>) -> DefaultKind {
-        if let Some((s, _)) = string_value(self.m.src, n) {
-            // A plain string is quoted by Alembic: a constant.
-            let _ = s;
-            return DefaultKind::Constant;
-        }
+        self.server_default_at(n, 0)
+    }
+
+    fn server_default_at(&self, n: Node<'_>, depth: usize) -> DefaultKind {
         let text = self.text(n);
-        if n.kind() == "call" {
-            let fname = n
-                .child_by_field_name("function")
-                .map(|f| self.text(f))
-                .unwrap_or("");
-            let (pos, _) = self.args(n);
-            if (fname == "text" || fname.ends_with(".text"))
-                && let Some((s, _)) = pos.first().and_then(|p| self.str_of(*p))
-            {
-                return classify_default_text(&s);
-            }
-            if let Some(f) = fname
-                .strip_prefix("sa.func.")
-                .or_else(|| fname.strip_prefix("func."))
-            {
-                return classify_default_text(&format!("{f}()"));
-            }
-            if fname.ends_with("literal") || fname.ends_with("true") || fname.ends_with("false") {
-                return DefaultKind::Constant;
-            }
-        }
-        if matches!(n.kind(), "integer" | "float" | "true" | "false") {
+        let shown = || format!("`{}`", text.chars().take(40).collect::<String>());
+        if self.str_of(n).is_some() {
             return DefaultKind::Constant;
         }
-        DefaultKind::Volatile(format!("`{}`", text.chars().take(40).collect::<String>()))
+        if depth > 8 {
+            return DefaultKind::Volatile(shown());
+        }
+        match n.kind() {
+            "parenthesized_expression" => match n.named_child(0) {
+                Some(inner) => self.server_default_at(inner, depth + 1),
+                None => DefaultKind::Volatile(shown()),
+            },
+            "integer" | "float" | "true" | "false" | "unary_operator" => DefaultKind::Constant,
+            "none" => DefaultKind::Null,
+            "call" => {
+                let fname = n
+                    .child_by_field_name("function")
+                    .map(|f| self.text(f))
+                    .unwrap_or("");
+                let (pos, _) = self.args(n);
+                let last = fname.rsplit('.').next().unwrap_or(fname);
+                if matches!(last, "text" | "literal_column") {
+                    return match pos.first().and_then(|p| self.str_of(*p)) {
+                        Some((s, _)) => classify_default_text(&s),
+                        None => DefaultKind::Volatile(shown()),
+                    };
+                }
+                if let Some(f) = fname
+                    .strip_prefix("sa.func.")
+                    .or_else(|| fname.strip_prefix("sqlalchemy.func."))
+                    .or_else(|| fname.strip_prefix("func."))
+                {
+                    return classify_default_text(&format!("{f}()"));
+                }
+                if matches!(last, "literal" | "true" | "false" | "true_" | "false_") {
+                    return DefaultKind::Constant;
+                }
+                if matches!(last, "null") {
+                    return DefaultKind::Null;
+                }
+                // Another SQLAlchemy construct is SQL ripcord does not read.
+                if fname.starts_with("sa.") || fname.starts_with("sqlalchemy.") {
+                    return DefaultKind::Volatile(shown());
+                }
+                // A helper in the revision may return an SQL construct: follow its
+                // return value.
+                if let Some(def) = self.m.funcs.get(fname).copied() {
+                    return match returned(def) {
+                        Some(r) => self.server_default_at(r, depth + 1),
+                        None => DefaultKind::Volatile(shown()),
+                    };
+                }
+                // A Python call (`str(3)`, `Status.ACTIVE.value.lower()`): one value.
+                DefaultKind::Constant
+            }
+            "attribute" => {
+                // `Status.ACTIVE`, `Status.ACTIVE.value`, `Defaults.PLAN`: a Python value.
+                // SQLAlchemy's own attributes (`sa.func.now`) are SQL.
+                if text.starts_with("sa.")
+                    || text.starts_with("sqlalchemy.")
+                    || text.starts_with("func.")
+                {
+                    DefaultKind::Volatile(shown())
+                } else {
+                    DefaultKind::Constant
+                }
+            }
+            "identifier" if matches!(self.locals.get(text), Some(Local::Sql(..))) => {
+                match self.locals.get(text) {
+                    Some(Local::Sql(s, _)) => classify_default_text(s),
+                    _ => DefaultKind::Volatile(shown()),
+                }
+            }
+            "identifier" => match self.m.values.get(text).copied() {
+                Some(v) => self.server_default_at(v, depth + 1),
+                None => DefaultKind::Unresolved(shown()),
+            },
+            "binary_operator" | "string" | "concatenated_string" => DefaultKind::Constant,
+            _ => DefaultKind::Volatile(shown()),
+        }
     }
 
     /// An SQLAlchemy type expression as a [`Ty`].
@@ -1341,6 +1335,59 @@ impl<'t> Walker<'_, 't> {
             parse_ty(&format!("{name}({})", nums.join(",")))
         }
     }
+}
+
+/// How many values a `for` loop over literals is followed for.
+const MAX_UNROLL: usize = 32;
+
+/// Whether `n` is an SQL text construct (`sa.text(...)`, `literal_column(...)`,
+/// `text(...).bindparams(...)`) rather than a Python string.
+fn is_sql_text(src: &str, n: Node<'_>) -> bool {
+    n.kind() == "call"
+        && n.child_by_field_name("function").is_some_and(|f| {
+            let name = src.get(f.byte_range()).unwrap_or("");
+            let last = name.rsplit('.').next().unwrap_or(name);
+            matches!(last, "text" | "literal_column" | "bindparams" | "columns")
+        })
+}
+
+/// Whether `n` creates an ORM session: `Session(...)`, `orm.Session(...)`,
+/// `sessionmaker(...)()`.
+fn is_session(src: &str, n: Node<'_>) -> bool {
+    if n.kind() != "call" {
+        return false;
+    }
+    let Some(f) = n.child_by_field_name("function") else {
+        return false;
+    };
+    let name = src.get(f.byte_range()).unwrap_or("");
+    name.rsplit('.').next() == Some("Session")
+        || (f.kind() == "call" && name.starts_with("sessionmaker"))
+}
+
+/// The name an attribute or call chain starts from (`session` in
+/// `session.query(M).filter(...).update(...)`).
+fn root_name(src: &str, n: Node<'_>) -> Option<String> {
+    let mut n = n;
+    for _ in 0..64 {
+        n = match n.kind() {
+            "identifier" => return src.get(n.byte_range()).map(str::to_string),
+            "attribute" => n.child_by_field_name("object")?,
+            "call" => n.child_by_field_name("function")?,
+            "subscript" => n.child_by_field_name("value")?,
+            _ => return None,
+        };
+    }
+    None
+}
+
+/// The expression a function's first top-level `return` gives back.
+fn returned(def: Node<'_>) -> Option<Node<'_>> {
+    let body = def.child_by_field_name("body")?;
+    children(body)
+        .into_iter()
+        .find(|st| st.kind() == "return_statement")
+        .and_then(|r| r.named_child(0))
 }
 
 fn unknown_op(method: &str) -> Op {

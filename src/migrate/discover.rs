@@ -2,7 +2,7 @@
 //! line into [`SourceFile`]s for [`super::plan`]. Only the CLI calls it; the checker itself
 //! never touches the disk.
 //!
-//! It picks `.sql` and `.py` files and diesel's `metadata.toml` (read by
+//! It picks `.sql`, `.py` and `.rb` files and diesel's `metadata.toml` (read by
 //! [`super::plan`] as text like the rest), walks directories in sorted order, skips hidden
 //! entries and `__pycache__`, and names the path in every error. It never follows a
 //! symlinked directory (a link loop would never end). Bytes that are not UTF-8 are read
@@ -71,7 +71,11 @@ fn walk(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), DiscoverError> {
         })?;
         if meta.is_dir() {
             walk(&path, out)?;
-        } else if name.ends_with(".sql") || name.ends_with(".py") || name == "metadata.toml" {
+        } else if name.ends_with(".sql")
+            || name.ends_with(".py")
+            || name.ends_with(".rb")
+            || name == "metadata.toml"
+        {
             out.push(read(&path)?);
         }
     }

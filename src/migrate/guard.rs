@@ -3,7 +3,7 @@
 //! old code cannot run on the schema it leaves). Pure: a checked report in, a verdict out.
 
 use super::layout::{run_order, strip_extension, version, version_parts};
-use super::{FileReport, Phase, Report};
+use super::{FileReport, Kind, Phase, Report};
 
 /// What stands between today's schema and the release a rollback goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +48,14 @@ pub fn is_head(f: &FileReport, head: &str) -> bool {
     if head_of(f) == head {
         return true;
     }
+    // A Django migration is `APP.NAME`; `showmigrations` and most scripts print the name.
+    if f.kind == Kind::Django {
+        return f
+            .revision
+            .as_deref()
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(_, name)| name == head);
+    }
     if f.revision.is_some() {
         return false;
     }
@@ -83,7 +91,7 @@ pub fn between<'a>(
         let mut reached = false;
         while let Some(f) = frontier.pop() {
             let head = head_of(f);
-            if head == target_head {
+            if is_head(f, target_head) {
                 reached = true;
                 continue;
             }
@@ -94,7 +102,14 @@ pub fn between<'a>(
             for parent in f.down_revision.iter().flatten() {
                 match find(parent) {
                     Some(p) => frontier.push(p),
-                    None if parent == target_head => reached = true,
+                    None if parent == target_head
+                        || (f.kind == Kind::Django
+                            && parent
+                                .split_once('.')
+                                .is_some_and(|(_, n)| n == target_head)) =>
+                    {
+                        reached = true
+                    }
                     None => {}
                 }
             }
@@ -171,6 +186,62 @@ mod tests {
         assert!(between(&report, "003", "003").unwrap().applied.is_empty());
         assert!(between(&report, "003", "999").is_err());
         assert!(between(&report, "999", "001").is_err());
+    }
+
+    #[test]
+    fn django_graphs_and_contracts() {
+        let dj = |name: &str, deps: &str, ops: &str| SourceFile {
+            path: format!("shop/orders/migrations/{name}.py"),
+            text: format!(
+                "from django.db import migrations, models\n\n\nclass Migration(migrations.Migration):\n    dependencies = [{deps}]\n    operations = [\n        {ops},\n    ]\n"
+            ),
+        };
+        // Given out of order: the dependencies decide the order, not the file names.
+        let files = vec![
+            dj(
+                "0003_drop_note",
+                "(\"orders\", \"0002_backfill\"), (\"auth\", \"0012_alter_user\")",
+                "migrations.RemoveField(model_name=\"order\", name=\"note\")",
+            ),
+            dj(
+                "0001_initial",
+                "",
+                "migrations.AddField(model_name=\"order\", name=\"note2\", field=models.TextField(null=True))",
+            ),
+            dj(
+                "0002_backfill",
+                "(\"orders\", \"0001_initial\")",
+                "migrations.RunPython(copy_notes, migrations.RunPython.noop)",
+            ),
+        ];
+        let report = check(&plan(files), &Settings::default());
+        let order: Vec<String> = report.files.iter().map(head_of).collect();
+        assert_eq!(
+            order,
+            [
+                "orders.0001_initial",
+                "orders.0002_backfill",
+                "orders.0003_drop_note"
+            ]
+        );
+        // As the django_migrations table reads (APP.NAME) or as a name alone.
+        for (current, target) in [
+            ("orders.0003_drop_note", "orders.0001_initial"),
+            ("0003_drop_note", "0001_initial"),
+        ] {
+            let b = between(&report, current, target).unwrap();
+            let heads: Vec<String> = b.applied.iter().map(|f| head_of(f)).collect();
+            assert_eq!(heads, ["orders.0003_drop_note", "orders.0002_backfill"]);
+            assert_eq!(b.contracts().len(), 1, "{current} -> {target}");
+        }
+        // A rollback that stays after the contract crosses none.
+        assert!(
+            between(&report, "orders.0002_backfill", "orders.0001_initial")
+                .unwrap()
+                .contracts()
+                .is_empty()
+        );
+        assert!(between(&report, "0003_drop_note", "0009_missing").is_err());
     }
 
     #[test]

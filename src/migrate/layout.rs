@@ -11,13 +11,15 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{Kind, Layout, Migration, Script, SourceFile, alembic};
+use super::{Kind, Layout, Migration, Script, SourceFile, alembic, django, rails};
 
 /// Pairs up/down files and recognises layouts.
 pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
     files.sort_by(|a, b| run_order(&a.path, &b.path));
     let mut sql = Vec::new();
     let mut py = Vec::new();
+    let mut dj = Vec::new();
+    let mut rb = Vec::new();
     // key -> (layout, up, down)
     let mut pairs: BTreeMap<String, (Layout, Option<SourceFile>, Option<SourceFile>)> =
         BTreeMap::new();
@@ -30,6 +32,16 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
             None => (String::new(), f.path.clone()),
         };
         let lower = base.to_ascii_lowercase();
+        if lower.ends_with(".rb") {
+            if rails::is_migration(&f.path, &f.text) {
+                rb.push(f);
+            }
+            continue;
+        }
+        if lower.ends_with(".py") && django::is_migration(&f.path, &f.text) {
+            dj.push(f);
+            continue;
+        }
         if lower.ends_with(".py") {
             let is_revision = f.text.contains("def upgrade")
                 || (f.path.contains("versions/") && lower != "__init__.py");
@@ -107,7 +119,30 @@ pub fn plan(mut files: Vec<SourceFile>) -> Vec<Migration> {
     }
     sql.sort_by(|a, b| run_order(&a.0, &b.0));
     let mut out: Vec<Migration> = sql.into_iter().map(|(_, m)| m).collect();
-    out.extend(order_alembic(py));
+    out.extend(order_by_parents(py, Kind::Alembic, Layout::Alembic, |f| {
+        let (rev, down) = alembic::revision_info(&f.text);
+        (rev, down.unwrap_or_default())
+    }));
+    out.extend(order_by_parents(dj, Kind::Django, Layout::Django, |f| {
+        django::revision_info(&f.path, &f.text)
+    }));
+    // Rails runs migrations by version (the timestamp in the name), as sorted above.
+    out.extend(rb.into_iter().map(|f| Migration {
+        path: f.path.clone(),
+        kind: Kind::Rails,
+        layout: Layout::Rails,
+        up: Some(Script {
+            path: f.path.clone(),
+            text: f.text.clone(),
+            first_line: 1,
+        }),
+        down: Some(Script {
+            path: f.path,
+            text: f.text,
+            first_line: 1,
+        }),
+        without_transaction: false,
+    }));
     out
 }
 
@@ -189,14 +224,19 @@ fn flyway_version(base: &str, prefix: char) -> Option<String> {
     .then(|| version.replace('_', "."))
 }
 
-/// Orders Alembic revisions parents first; revisions whose chain cannot be read come
-/// last, in path order.
-fn order_alembic(files: Vec<SourceFile>) -> Vec<Migration> {
+/// Orders Alembic revisions (or Django migrations) parents first; those whose chain
+/// cannot be read come last, in path order.
+fn order_by_parents(
+    files: Vec<SourceFile>,
+    kind: Kind,
+    layout: Layout,
+    info: impl Fn(&SourceFile) -> (Option<String>, Vec<String>),
+) -> Vec<Migration> {
     let infos: Vec<(SourceFile, Option<String>, Vec<String>)> = files
         .into_iter()
         .map(|f| {
-            let (rev, down) = alembic::revision_info(&f.text);
-            (f, rev, down.unwrap_or_default())
+            let (rev, down) = info(&f);
+            (f, rev, down)
         })
         .collect();
     let known: HashSet<String> = infos.iter().filter_map(|i| i.1.clone()).collect();
@@ -236,8 +276,8 @@ fn order_alembic(files: Vec<SourceFile>) -> Vec<Migration> {
         .filter_map(|i| slots.remove(&i))
         .map(|f| Migration {
             path: f.path.clone(),
-            kind: Kind::Alembic,
-            layout: Layout::Alembic,
+            kind,
+            layout,
             up: Some(Script {
                 path: f.path.clone(),
                 text: f.text.clone(),

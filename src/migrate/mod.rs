@@ -1,4 +1,5 @@
-//! The migration checker: reads PostgreSQL `.sql` migrations and Alembic revision files
+//! The migration checker: reads PostgreSQL `.sql` migrations, Alembic revision files,
+//! Django and Rails migrations
 //! and says, per file, which statements take blocking locks, lose data or break the code
 //! that is running (or that a rollback would bring back), which phase the migration is in
 //! (`expand`, `migrate`, `contract`) and whether its downgrade can be trusted. The
@@ -16,16 +17,28 @@
 
 mod alembic;
 pub mod discover;
+mod django;
 pub mod guard;
 mod layout;
 mod model;
 mod output;
+mod plpgsql;
+mod pyconst;
+mod pyparse;
+mod rails;
 mod rules;
 mod sql;
+mod sqltext;
 mod types;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_django;
+#[cfg(test)]
+mod tests_inputs;
+#[cfg(test)]
+mod tests_rails;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +64,8 @@ pub struct SourceFile {
 pub enum Kind {
     Sql,
     Alembic,
+    Django,
+    Rails,
 }
 
 /// The convention a migration was recognised by; it decides how up and down pair and
@@ -60,6 +75,10 @@ pub enum Kind {
 pub enum Layout {
     /// An Alembic revision (`versions/*.py`).
     Alembic,
+    /// A Django migration (`APP/migrations/0001_x.py`).
+    Django,
+    /// A Rails migration (`db/migrate/20240101120000_x.rb`).
+    Rails,
     /// diesel: `DIR/up.sql` + `DIR/down.sql`.
     Diesel,
     /// golang-migrate: `N_name.up.sql` + `N_name.down.sql`.
@@ -260,6 +279,9 @@ pub struct Settings {
     pub disabled: BTreeSet<String>,
     /// Rule id to severity, overriding the default.
     pub severity: BTreeMap<String, Severity>,
+    /// What a migration must set before it queues for a blocking lock.
+    pub lock_timeout: Timeout,
+    pub statement_timeout: Timeout,
 }
 
 impl Default for Settings {
@@ -268,6 +290,114 @@ impl Default for Settings {
             pg_version: 15,
             disabled: BTreeSet::new(),
             severity: BTreeMap::new(),
+            lock_timeout: Timeout::Required,
+            statement_timeout: Timeout::Off,
+        }
+    }
+}
+
+/// What a migration must set before a statement that queues for a blocking lock on an
+/// existing table (`missing-lock-timeout`, `missing-statement-timeout`), and the most it
+/// may set (`timeout-above-limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Timeout {
+    /// Not checked.
+    Off,
+    /// Must be set (to anything but 0).
+    Required,
+    /// Must be set, to at most this many milliseconds.
+    AtMost(u64),
+}
+
+impl Timeout {
+    /// Parses `off`, `required` or a duration (`5s`, `500ms`, `1min`; a bare number is
+    /// milliseconds, as in PostgreSQL).
+    pub fn parse(s: &str) -> Result<Timeout, String> {
+        match s.trim() {
+            "off" => Ok(Timeout::Off),
+            "required" => Ok(Timeout::Required),
+            other => match parse_pg_millis(other) {
+                Some(0) => Err(format!(
+                    "\"{s}\": a timeout of 0 turns it off; write \"off\" to stop checking it"
+                )),
+                Some(ms) => Ok(Timeout::AtMost(ms)),
+                None => Err(format!(
+                    "\"{s}\": expected \"off\", \"required\" or a duration such as \"5s\" or \"500ms\""
+                )),
+            },
+        }
+    }
+}
+
+/// A PostgreSQL time setting in milliseconds: `2000`, `'2s'`, `'500ms'`, `'1min'`,
+/// `'1h'`, `'1d'`, `'250us'` (rounded down), with optional space before the unit.
+pub(crate) fn parse_pg_millis(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let per = match unit.trim() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    let ms = n * per;
+    (ms.is_finite() && (0.0..1e15).contains(&ms)).then_some(ms as u64)
+}
+
+/// Which migration files a project holds, when the layout alone should not decide: a
+/// directory of `.py` files that are not Alembic revisions, say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// `.sql`, Alembic and Django `.py` files, each by its layout.
+    Auto,
+    Alembic,
+    Django,
+    Rails,
+    Sql,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "auto" => Some(Format::Auto),
+            "alembic" => Some(Format::Alembic),
+            "django" => Some(Format::Django),
+            "rails" => Some(Format::Rails),
+            "sql" => Some(Format::Sql),
+            _ => None,
+        }
+    }
+
+    /// Keeps the files this format reads (diesel's `metadata.toml` goes with SQL).
+    pub fn keep(self, files: Vec<SourceFile>) -> Vec<SourceFile> {
+        let py = |f: &SourceFile| f.path.ends_with(".py");
+        match self {
+            Format::Auto => files,
+            Format::Alembic => files
+                .into_iter()
+                .filter(|f| py(f) && !django::is_migration(&f.path, &f.text))
+                .collect(),
+            Format::Django => files
+                .into_iter()
+                .filter(|f| django::is_migration(&f.path, &f.text))
+                .collect(),
+            Format::Rails => files
+                .into_iter()
+                .filter(|f| f.path.ends_with(".rb"))
+                .collect(),
+            Format::Sql => files
+                .into_iter()
+                .filter(|f| !py(f) && !f.path.ends_with(".rb"))
+                .collect(),
         }
     }
 }

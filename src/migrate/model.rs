@@ -26,7 +26,8 @@ pub(crate) struct AddColumn {
     pub if_not_exists: bool,
     pub not_null: bool,
     pub default: Option<DefaultKind>,
-    /// Alembic `default=` (client side) on a column without `server_default=`.
+    /// Alembic `default=` (client side) on a column without `server_default=`; Django's
+    /// `default=` (with `default` set: it fills the rows, then the column keeps none).
     pub orm_default_only: bool,
     pub stored_generated: bool,
     pub identity_or_serial: bool,
@@ -77,6 +78,12 @@ pub(crate) enum Op {
         verb: &'static str,
         table: String,
     },
+    /// Rows read and rewritten through an ORM session (SQLAlchemy `Session`): what
+    /// changes is known only at run time. `model` is the class last queried, if any.
+    OrmWrite {
+        call: String,
+        model: Option<String>,
+    },
     RenameColumn {
         table: String,
         from: String,
@@ -111,6 +118,18 @@ pub(crate) enum Op {
     SetNotNull {
         table: String,
         column: String,
+    },
+    /// A full column definition that says NOT NULL (Django's `AlterField`): a SET NOT
+    /// NULL unless an earlier migration made the column NOT NULL already.
+    RequireNotNull {
+        table: String,
+        column: String,
+    },
+    /// Columns a new table defines NOT NULL (Django's `CreateModel`), for later
+    /// [`Op::RequireNotNull`]s.
+    NotNullColumns {
+        table: String,
+        columns: Vec<String>,
     },
     DropNotNull {
         table: String,
@@ -165,10 +184,13 @@ pub(crate) enum Op {
         full: bool,
         cluster: bool,
     },
-    /// `SET [LOCAL] lock_timeout|statement_timeout`.
+    /// `SET [LOCAL] lock_timeout|statement_timeout`. `millis`: the value in
+    /// milliseconds (`Some(0)`: the timeout is turned off, as `DEFAULT` does on a server
+    /// with no default), `None` when it is not a literal ripcord reads.
     SetTimeout {
         lock: bool,
         local: bool,
+        millis: Option<u64>,
     },
     CreateDomain {
         name: String,

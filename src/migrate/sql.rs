@@ -19,6 +19,7 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 use super::model::{
     Action, AddColumn, Allow, ConKind, DefaultKind, Op, is_irreversible_marker, parse_allow,
 };
+use super::sqltext::{Piece, offset_of};
 use super::types::{classify_default, parse_ty, using_is_plain};
 
 /// The statements of a script and what its comments say.
@@ -103,12 +104,6 @@ fn flyway_non_transactional(words: &[String]) -> Option<NonTransactional> {
     }
 }
 
-/// One statement's text and its first line.
-struct Piece {
-    text: String,
-    line: usize,
-}
-
 /// How deep DO blocks are opened: a DO inside a DO is reported, not opened.
 const MAX_DEPTH: usize = 2;
 
@@ -146,7 +141,7 @@ fn lower_into(text: &str, first_line: usize, depth: usize, out: &mut SqlScript) 
             lower_piece(&piece, depth, out);
         }
     } else {
-        lower_plpgsql(pieces, depth, out);
+        super::plpgsql::lower_block(pieces, &mut DoSink { out, depth });
     }
     if let Some(u) = unterminated {
         let cut = match u.statement_line {
@@ -166,74 +161,31 @@ fn lower_into(text: &str, first_line: usize, depth: usize, out: &mut SqlScript) 
     }
 }
 
-/// The statements of a PL/pgSQL block (a DO body), whose `BEGIN` and `END` open and
-/// close nested blocks, never transactions. A nested block's statements are analysed
-/// like the body's own; what its `EXCEPTION` handlers do (only on an error) is skipped,
-/// as the body's own handler is.
-fn lower_plpgsql(pieces: Vec<Piece>, depth: usize, out: &mut SqlScript) {
-    // How many nested blocks are open, and the level whose handler is being skipped.
-    let mut open = 0usize;
-    let mut handler: Option<usize> = None;
-    for mut piece in pieces {
-        // A nested block starts with BEGIN (or DECLARE ... BEGIN) and no semicolon
-        // after it, so its BEGIN prefixes the block's first statement.
-        let mut first = first_word(&piece.text);
-        while first.as_deref() == Some("BEGIN") {
-            open += 1;
-            let (rest, skipped_lines) = after_first_word(&piece.text);
-            piece = Piece {
-                text: rest.to_string(),
-                line: piece.line + skipped_lines,
-            };
-            first = first_word(&piece.text);
-        }
-        match first.as_deref() {
-            None => continue,
-            // END closes a block (END IF, END LOOP and END CASE close statements whose
-            // opening piece was already reported as not understood).
-            Some("END") => {
-                let rest = after_first_word(&piece.text).0;
-                if matches!(first_word(rest).as_deref(), Some("IF" | "LOOP" | "CASE")) {
-                    continue;
-                }
-                if handler == Some(open) {
-                    handler = None;
-                }
-                open = open.saturating_sub(1);
-                continue;
-            }
-            Some("EXCEPTION") => {
-                handler.get_or_insert(open);
-                continue;
-            }
-            _ => {}
-        }
-        if handler.is_none() {
-            lower_piece(&piece, depth, out);
-        }
+/// Where the PL/pgSQL reader hands what it finds in a DO body: its statements are
+/// lowered as SQL at the body's depth.
+struct DoSink<'a> {
+    out: &'a mut SqlScript,
+    depth: usize,
+}
+
+impl super::plpgsql::Sink for DoSink<'_> {
+    fn push(&mut self, a: Action) {
+        self.out.actions.push(a);
     }
-}
 
-/// The first word of a statement, upper-cased (`None` when it starts with no word).
-fn first_word(text: &str) -> Option<String> {
-    let t = text.trim_start();
-    let end = t
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(t.len());
-    (end > 0).then(|| t[..end].to_ascii_uppercase())
-}
+    fn statement(&mut self, piece: &Piece) {
+        lower_piece(piece, self.depth, self.out);
+    }
 
-/// The text after the first word, and how many lines that skipped.
-fn after_first_word(text: &str) -> (&str, usize) {
-    let lead = text.len() - text.trim_start().len();
-    let t = &text[lead..];
-    let end = t
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(t.len());
-    let rest = &t[end..];
-    let rest_trimmed = rest.trim_start();
-    let skipped = &text[..text.len() - rest_trimmed.len()];
-    (rest_trimmed, skipped.matches('\n').count())
+    fn execute(&mut self, sql: &str, line: usize) -> usize {
+        let before = self.out.actions.len();
+        for p in split(sql, line).pieces {
+            // The string's own lines are not the file's: keep the EXECUTE's.
+            let p = Piece { text: p.text, line };
+            lower_piece(&p, self.depth, self.out);
+        }
+        self.out.actions.len() - before
+    }
 }
 
 fn lower_piece(piece: &Piece, depth: usize, out: &mut SqlScript) {
@@ -421,24 +373,6 @@ fn lower_do(
     if out.actions.len() == before {
         unknown(out, "DO block: no statement found in its body");
     }
-}
-
-/// The byte offset of a tokenizer location (1-based line and character column).
-fn offset_of(text: &str, loc: &sqlparser::tokenizer::Location) -> Option<usize> {
-    let mut line = 1u64;
-    let mut col = 1u64;
-    for (i, c) in text.char_indices() {
-        if line == loc.line && col == loc.column {
-            return Some(i);
-        }
-        if c == '\n' {
-            line += 1;
-            col = 1;
-        } else {
-            col += 1;
-        }
-    }
-    (line == loc.line && col == loc.column).then_some(text.len())
 }
 
 /// A script cut into statements.
@@ -656,18 +590,43 @@ fn ident_list(idents: &[sqlparser::ast::Ident]) -> Vec<String> {
 
 /// The table a DML statement writes, from its tokens: INSERT INTO t, UPDATE [ONLY] t,
 /// DELETE FROM [ONLY] t, MERGE INTO t.
-fn dml_table(words: &[String]) -> String {
-    let skip = |w: &&String| {
-        !matches!(
-            w.as_str(),
-            "INSERT" | "INTO" | "UPDATE" | "DELETE" | "FROM" | "ONLY" | "MERGE" | "WITH"
-        )
-    };
-    words
-        .iter()
-        .find(skip)
-        .map(|w| w.to_ascii_lowercase())
+/// The table a DML statement writes, schema-qualified as written (`billing.invoices`),
+/// read from the statement's canonical text.
+fn dml_table(st: &Statement) -> String {
+    let text = st.to_string();
+    text.split_whitespace()
+        .find(|w| {
+            !matches!(
+                w.to_ascii_uppercase().as_str(),
+                "INSERT" | "INTO" | "UPDATE" | "DELETE" | "FROM" | "ONLY" | "MERGE" | "WITH"
+            )
+        })
+        .map(|w| {
+            let w = w
+                .split('(')
+                .next()
+                .unwrap_or(w)
+                .trim_end_matches([',', ';']);
+            w.to_ascii_lowercase()
+        })
+        .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "?".into())
+}
+
+/// A timeout setting's value in milliseconds, as PostgreSQL reads it: a bare number is
+/// milliseconds, a string may carry a unit (`'2s'`, `'500ms'`, `'1min'`), and `DEFAULT`
+/// (or `0`) turns the timeout off.
+fn timeout_millis(v: &Expr) -> Option<u64> {
+    let text = match v {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(n, _) => n.to_string(),
+            sqlparser::ast::Value::SingleQuotedString(s) => s.clone(),
+            _ => return None,
+        },
+        Expr::Identifier(id) if id.value.eq_ignore_ascii_case("default") => return Some(0),
+        _ => return None,
+    };
+    crate::migrate::parse_pg_millis(&text)
 }
 
 fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
@@ -752,19 +711,19 @@ fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
         }],
         Statement::Insert(_) => vec![Op::Dml {
             verb: "INSERT",
-            table: dml_table(words),
+            table: dml_table(st),
         }],
         Statement::Update(_) => vec![Op::Dml {
             verb: "UPDATE",
-            table: dml_table(words),
+            table: dml_table(st),
         }],
         Statement::Delete(_) => vec![Op::Dml {
             verb: "DELETE",
-            table: dml_table(words),
+            table: dml_table(st),
         }],
         Statement::Merge(_) => vec![Op::Dml {
             verb: "MERGE",
-            table: dml_table(words),
+            table: dml_table(st),
         }],
         Statement::StartTransaction { .. } => vec![Op::Begin],
         Statement::Commit { .. } => vec![Op::Commit],
@@ -772,13 +731,28 @@ fn lower_statement(st: &Statement, words: &[String]) -> Vec<Op> {
             savepoint: None, ..
         } => vec![Op::Rollback],
         Statement::Set(Set::SingleAssignment {
-            scope, variable, ..
+            scope,
+            variable,
+            values,
+            ..
         }) => {
             let var = variable.to_string().to_ascii_lowercase();
             let local = matches!(scope, Some(ContextModifier::Local));
+            let millis = match values.as_slice() {
+                [v] => timeout_millis(v),
+                _ => None,
+            };
             match var.as_str() {
-                "lock_timeout" => vec![Op::SetTimeout { lock: true, local }],
-                "statement_timeout" => vec![Op::SetTimeout { lock: false, local }],
+                "lock_timeout" => vec![Op::SetTimeout {
+                    lock: true,
+                    local,
+                    millis,
+                }],
+                "statement_timeout" => vec![Op::SetTimeout {
+                    lock: false,
+                    local,
+                    millis,
+                }],
                 _ => inert("SET"),
             }
         }

@@ -253,6 +253,17 @@ type FileCase = (
 
 const FILE_CASES: &[FileCase] = &[
     (
+        "dynamic-sql",
+        &[(
+            "versions/a1_x.py",
+            "from alembic import op\ndef upgrade():\n    for t in tables():\n        op.execute(f\"ALTER TABLE {t} ADD COLUMN note text\")\ndef downgrade():\n    pass\n",
+        )],
+        &[(
+            "versions/a1_x.py",
+            "from alembic import op\ndef upgrade():\n    for t in (\"a\", \"b\"):\n        op.execute(f\"ALTER TABLE {t} ADD COLUMN note text\")\ndef downgrade():\n    pass\n",
+        )],
+    ),
+    (
         "downgrade-missing",
         &[ADD_NICK],
         &[
@@ -419,7 +430,11 @@ fn every_file_case_bad_fires_and_good_does_not() {
 fn every_rule_has_a_bad_and_a_good_case() {
     for id in rule_ids() {
         assert!(
-            CASES.iter().any(|c| c.0 == id) || FILE_CASES.iter().any(|c| c.0 == id),
+            CASES.iter().any(|c| c.0 == id)
+                || FILE_CASES.iter().any(|c| c.0 == id)
+                || super::tests_inputs::settings_cases()
+                    .iter()
+                    .any(|c| c.0 == id),
             "rule {id} has no test case"
         );
     }
@@ -995,7 +1010,7 @@ fn alembic_every_op_form() {
         (41, "backfill-in-migration"),
         // The SQL inside the triple-quoted string: the line of the statement itself.
         (43, "rename-table"),
-        (47, "unknown-statement"),
+        (47, "dynamic-sql"),
         (50, "rename-table"),
         (51, "drop-table"),
         (52, "unknown-statement"),

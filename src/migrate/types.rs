@@ -19,6 +19,9 @@ pub(crate) enum DefaultKind {
     /// A volatile function (or one ripcord does not know, which PostgreSQL also treats
     /// as volatile unless declared otherwise): every row gets its own value.
     Volatile(String),
+    /// A name the front end could not resolve (an imported Python name): most likely a
+    /// constant, but it could be SQL that calls a volatile function.
+    Unresolved(String),
 }
 
 /// A column type, normalised from SQL text or an SQLAlchemy type.
@@ -119,8 +122,10 @@ pub(crate) enum Change {
     Free,
     /// A full table rewrite under ACCESS EXCLUSIVE (or a scan to check the values).
     Rewrite { narrowing: bool },
-    /// The current type is unknown; the text says what would make it free.
-    Unknown(String),
+    /// The current type is unknown; the text says what would make it free. `widening`:
+    /// the new type is one a column is usually widened to (text, varchar, numeric), so
+    /// the change is free if the column is of the same family with a smaller limit.
+    Unknown { hint: String, widening: bool },
 }
 
 /// Classifies `ALTER COLUMN ... TYPE to` given the current type, if known.
@@ -139,7 +144,11 @@ pub(crate) fn type_change(from: Option<&Ty>, to: &Ty, using: bool) -> Change {
             }
             _ => "a rewrite unless the cast is binary-coercible",
         };
-        return Change::Unknown(hint.to_string());
+        let widening = matches!(to, Ty::Text | Ty::Varchar(_) | Ty::Numeric(_));
+        return Change::Unknown {
+            hint: hint.to_string(),
+            widening,
+        };
     };
     use Ty::*;
     let free = match (from, to) {
@@ -279,7 +288,7 @@ fn bump(worst: &mut DefaultKind, next: DefaultKind) {
         DefaultKind::Null => 0,
         DefaultKind::Constant => 1,
         DefaultKind::Stable(_) => 2,
-        DefaultKind::Volatile(_) => 3,
+        DefaultKind::Volatile(_) | DefaultKind::Unresolved(_) => 3,
     };
     if rank(&next) > rank(worst) {
         *worst = next;

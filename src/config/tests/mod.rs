@@ -605,3 +605,81 @@ fn redact_defaults_replaces_and_names_a_bad_pattern() {
         ],
     );
 }
+
+#[test]
+fn migration_settings_are_read_with_their_defaults() {
+    let src = r#"
+[service.web]
+listen = "127.0.0.1:8080"
+slots = { blue = 8081, green = 8082 }
+
+[service.web.migrations]
+dir = "alembic/versions"
+head_command = ["alembic", "current"]
+format = "alembic"
+disable = ["backfill-in-migration"]
+severity = { "missing-lock-timeout" = "error" }
+lock_timeout = "5s"
+statement_timeout = "required"
+"#;
+    let cfg = Config::parse(src, Path::new("x.toml")).unwrap();
+    let m = cfg.service("web").unwrap().migrations.clone().unwrap();
+    assert_eq!(m.format, crate::migrate::Format::Alembic);
+    let s = m.settings();
+    assert!(s.disabled.contains("backfill-in-migration"));
+    assert_eq!(
+        s.severity.get("missing-lock-timeout"),
+        Some(&crate::migrate::Severity::Error)
+    );
+    assert_eq!(s.lock_timeout, crate::migrate::Timeout::AtMost(5000));
+    assert_eq!(s.statement_timeout, crate::migrate::Timeout::Required);
+
+    // Left out: every rule on, lock_timeout required, statement_timeout not checked.
+    let plain = src
+        .lines()
+        .filter(|l| {
+            !["format", "disable", "severity", "lock_", "statement_"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = Config::parse(&plain, Path::new("x.toml")).unwrap();
+    let m = cfg.service("web").unwrap().migrations.clone().unwrap();
+    let s = m.settings();
+    assert_eq!(m.format, crate::migrate::Format::Auto);
+    assert!(s.disabled.is_empty() && s.severity.is_empty());
+    assert_eq!(s.lock_timeout, crate::migrate::Timeout::Required);
+    assert_eq!(s.statement_timeout, crate::migrate::Timeout::Off);
+}
+
+#[test]
+fn bad_migration_settings_name_file_line_and_key() {
+    let src = r#"
+[service.web]
+listen = "127.0.0.1:8080"
+slots = { blue = 8081, green = 8082 }
+
+[service.web.migrations]
+dir = "migrations"
+head_command = ["alembic", "current"]
+format = "django-ish"
+disable = ["drop-colum"]
+severity = { "drop-column" = "fatal", "nope" = "error" }
+lock_timeout = "soon"
+statement_timeout = "0"
+"#;
+    let got = errors(src);
+    let want_prefixes = [
+        "ripcord.toml:9: service.web.migrations.format: \"django-ish\": expected \"auto\", \"alembic\", \"django\", \"rails\" or \"sql\"",
+        "ripcord.toml:10: service.web.migrations.disable[0]: unknown rule `drop-colum`; the rules are: ",
+        "ripcord.toml:11: service.web.migrations.severity.drop-column: \"fatal\": expected \"error\", \"warning\" or \"info\"",
+        "ripcord.toml:11: service.web.migrations.severity.nope: unknown rule `nope`",
+        "ripcord.toml:12: service.web.migrations.lock_timeout: \"soon\": expected \"off\", \"required\" or a duration",
+        "ripcord.toml:13: service.web.migrations.statement_timeout: \"0\": a timeout of 0 turns it off",
+    ];
+    assert_eq!(got.len(), want_prefixes.len(), "{got:#?}");
+    for (g, w) in got.iter().zip(want_prefixes) {
+        assert!(g.starts_with(w), "{g}\n  does not start with\n{w}");
+    }
+}

@@ -301,6 +301,24 @@ pub(crate) const RULES: &[Rule] = &[
         "review it by hand; if it is safe, say why with a ripcord:allow comment",
     ),
     rule(
+        "missing-statement-timeout",
+        Warning,
+        &[L],
+        "start with SET statement_timeout (and a lock_timeout) so a scan or rewrite under a lock fails instead of holding the table",
+    ),
+    rule(
+        "timeout-above-limit",
+        Warning,
+        &[L],
+        "lower the timeout to the limit in [service.NAME.migrations] (or raise the limit, if this migration needs longer)",
+    ),
+    rule(
+        "dynamic-sql",
+        Warning,
+        &[U],
+        "build the SQL from string literals or module constants ripcord can read, or review it by hand and say why it is safe with a ripcord:allow comment",
+    ),
+    rule(
         "parse-error",
         Warning,
         &[U],

@@ -2,9 +2,9 @@
 //! constraints), dropping, renaming, changing the type, NOT NULL and defaults.
 
 use super::{Engine, Side, norm};
-use crate::migrate::Phase;
 use crate::migrate::model::{AddColumn, DefaultKind, Op};
 use crate::migrate::types::{Change, type_change};
+use crate::migrate::{Phase, Severity};
 
 impl Engine<'_> {
     /// Columns: renames, drops, type changes, NOT NULL and defaults (ADD COLUMN is
@@ -109,13 +109,29 @@ impl Engine<'_> {
                             format!("widens {table}.{column} to {to}"),
                         );
                     }
-                    Change::Unknown(hint) => {
-                        self.emit("change-column-type", line, format!("changes {table}.{column} to {to}: {hint}; ripcord does not know its current type (give existing_type=, or let an earlier migration in the run create it)"));
-                        self.mark(
-                            Phase::Contract,
-                            line,
-                            format!("changes the type of {table}.{column}"),
+                    Change::Unknown { hint, widening } => {
+                        let message = format!(
+                            "changes {table}.{column} to {to}: {hint}; ripcord does not know its current type (give existing_type=, or let an earlier migration in the run create it)"
                         );
+                        if widening {
+                            // Usually a widening (free, catalog only), and a rewrite only
+                            // if the column is of another family or longer today: a
+                            // question for the reviewer, not a verdict, so a warning and
+                            // an unknown phase rather than an error and a contract.
+                            self.emit_as("change-column-type", Severity::Warning, line, message);
+                            self.mark(
+                                Phase::Unknown,
+                                line,
+                                format!("changes the type of {table}.{column} (its current type is unknown)"),
+                            );
+                        } else {
+                            self.emit("change-column-type", line, message);
+                            self.mark(
+                                Phase::Contract,
+                                line,
+                                format!("changes the type of {table}.{column}"),
+                            );
+                        }
                     }
                     Change::Rewrite { narrowing } => {
                         let from_s = from
@@ -139,6 +155,9 @@ impl Engine<'_> {
                 }
             }
             Op::SetNotNull { table, column } => {
+                if self.side == Side::Up {
+                    self.schema.not_null.insert((norm(table), norm(column)));
+                }
                 if self.new_column(table, column) {
                     return;
                 }
@@ -159,7 +178,28 @@ impl Engine<'_> {
                     format!("makes {table}.{column} NOT NULL"),
                 );
             }
+            Op::NotNullColumns { table, columns } if self.side == Side::Up => {
+                for c in columns {
+                    self.schema.not_null.insert((norm(table), norm(c)));
+                }
+            }
+            Op::RequireNotNull { table, column } => {
+                if self.schema.not_null.contains(&(norm(table), norm(column))) {
+                    return;
+                }
+                self.column_action(
+                    line,
+                    &Op::SetNotNull {
+                        table: table.clone(),
+                        column: column.clone(),
+                    },
+                    pg,
+                );
+            }
             Op::DropNotNull { table, column } => {
+                if self.side == Side::Up {
+                    self.schema.not_null.remove(&(norm(table), norm(column)));
+                }
                 if self.new_column(table, column) {
                     return;
                 }
@@ -194,6 +234,9 @@ impl Engine<'_> {
         if let (Some(ty), Side::Up) = (&add.ty, self.side) {
             self.schema.columns.insert(key.clone(), ty.clone());
         }
+        if self.side == Side::Up && add.not_null {
+            self.schema.not_null.insert(key.clone());
+        }
         if !self.existing(table) {
             return;
         }
@@ -219,8 +262,14 @@ impl Engine<'_> {
                 }
             }
         }
+        if add.not_null && add.default.is_some() && add.orm_default_only && self.side == Side::Up {
+            // Django: the default fills the existing rows, then is dropped from the column.
+            contract = true;
+            self.emit("orm-side-default", line, format!("column {table}.{column} is NOT NULL with a default only the ORM keeps: the existing rows are filled, then the database default is dropped, so inserts from the old code (which does not set the column) fail"));
+        }
         match &add.default {
             Some(DefaultKind::Volatile(f)) => self.emit("volatile-default", line, format!("adds {table}.{column} with volatile default {f}: every row gets its own value, so the table is rewritten under ACCESS EXCLUSIVE")),
+            Some(DefaultKind::Unresolved(f)) => self.emit_as("volatile-default", Severity::Warning, line, format!("adds {table}.{column} with default {f}, a name ripcord cannot resolve: a Python value is one constant (no rewrite), but SQL calling a volatile function rewrites the table under ACCESS EXCLUSIVE")),
             Some(DefaultKind::Stable(_) | DefaultKind::Constant) if pg < 11 => self.emit("volatile-default", line, format!("adds {table}.{column} with a default: before PostgreSQL 11 (the target is {pg}) any default rewrites the table under ACCESS EXCLUSIVE")),
             _ => {}
         }

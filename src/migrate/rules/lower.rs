@@ -2,7 +2,7 @@
 
 use super::transactions::sql_runner;
 use crate::migrate::model::{Action, Lowered, Op};
-use crate::migrate::{Kind, Migration, Script, Settings, alembic, sql};
+use crate::migrate::{Kind, Migration, Script, Settings, alembic, django, rails, sql};
 
 /// Lowers both directions of a migration.
 pub(super) fn lower(
@@ -13,6 +13,24 @@ pub(super) fn lower(
         Kind::Alembic => {
             let text = m.up.as_ref().map(|s| s.text.as_str()).unwrap_or("");
             let mut f = alembic::lower(text);
+            if let Some(a) = not_utf8(text, 1) {
+                f.up.actions.push(a);
+                f.up.empty = false;
+            }
+            (f.up, f.down, f.revision, f.down_revision)
+        }
+        Kind::Rails => {
+            let text = m.up.as_ref().map(|s| s.text.as_str()).unwrap_or("");
+            let mut f = rails::lower(text);
+            if let Some(a) = not_utf8(text, 1) {
+                f.up.actions.push(a);
+                f.up.empty = false;
+            }
+            (f.up, f.down, None, None)
+        }
+        Kind::Django => {
+            let text = m.up.as_ref().map(|s| s.text.as_str()).unwrap_or("");
+            let mut f = django::lower(&m.path, text);
             if let Some(a) = not_utf8(text, 1) {
                 f.up.actions.push(a);
                 f.up.empty = false;

@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use crate::migrate::model::{Action, ConKind, Lowered, Op};
 use crate::migrate::{
     DownReport, DownState, FileReport, Finding, Kind, Layout, Migration, Phase, PhaseReason, Risk,
-    Settings, UpReport,
+    Settings, Severity, Timeout, UpReport,
 };
 
 pub use catalog::rule_ids;
@@ -78,6 +78,9 @@ struct Engine<'a> {
     lock_timeout: bool,
     lock_timeout_local: bool,
     timeout_reported: bool,
+    statement_timeout: bool,
+    statement_timeout_local: bool,
+    statement_reported: bool,
     /// Constraints added NOT VALID in the open transaction, with their kind.
     not_valid: HashMap<String, ConKind>,
     enum_values: Vec<String>,
@@ -107,6 +110,16 @@ impl Engine<'_> {
         });
     }
 
+    /// [`Engine::emit`] with a severity other than the rule's default, for a case of the
+    /// rule that is less certain (settings still override it).
+    fn emit_as(&mut self, id: &'static str, severity: Severity, line: usize, message: String) {
+        let before = self.findings.len();
+        self.emit(id, line, message);
+        if let Some(added) = self.findings.get_mut(before) {
+            added.finding.severity = severity;
+        }
+    }
+
     fn mark(&mut self, phase: Phase, line: usize, why: String) {
         if self.side == Side::Up {
             self.phases.push((phase, line, why));
@@ -124,12 +137,26 @@ impl Engine<'_> {
     /// A statement that queues for a lock on an existing table: without lock_timeout,
     /// it blocks every query that arrives after it while it waits.
     fn lock_taken(&mut self, line: usize, what: &str) {
-        if !self.lock_timeout && !self.timeout_reported {
+        if self.settings.lock_timeout != Timeout::Off
+            && !self.lock_timeout
+            && !self.timeout_reported
+        {
             self.timeout_reported = true;
             self.emit(
                 "missing-lock-timeout",
                 line,
                 format!("{what} waits for a lock with no lock_timeout set: while it waits, every query on the table queues behind it"),
+            );
+        }
+        if self.settings.statement_timeout != Timeout::Off
+            && !self.statement_timeout
+            && !self.statement_reported
+        {
+            self.statement_reported = true;
+            self.emit(
+                "missing-statement-timeout",
+                line,
+                format!("{what} takes a lock with no statement_timeout set: a scan or rewrite under that lock holds it (and every query queued behind it) for as long as the table takes"),
             );
         }
     }
@@ -167,6 +194,7 @@ impl Engine<'_> {
             | Op::CreateOther { .. }
             | Op::Truncate { .. }
             | Op::Dml { .. }
+            | Op::OrmWrite { .. }
             | Op::RenameTable { .. }
             | Op::RenameSchema { .. }
             | Op::RenameType { .. }
@@ -177,6 +205,8 @@ impl Engine<'_> {
             | Op::DropColumn { .. }
             | Op::AlterType { .. }
             | Op::SetNotNull { .. }
+            | Op::RequireNotNull { .. }
+            | Op::NotNullColumns { .. }
             | Op::DropNotNull { .. }
             | Op::ChangeDefault { .. } => self.column_action(line, &a.op, pg),
             Op::AddConstraint { .. }
@@ -237,6 +267,9 @@ fn evaluate(
         lock_timeout: false,
         lock_timeout_local: false,
         timeout_reported: false,
+        statement_timeout: false,
+        statement_timeout_local: false,
+        statement_reported: false,
         not_valid: HashMap::new(),
         enum_values: Vec::new(),
         expanded: HashSet::new(),
@@ -328,6 +361,8 @@ pub(crate) fn check_migration(
             down_raw.push(Raw {
                 finding: meta_finding("downgrade-missing", down_l.line.max(1), match m.layout {
                     Layout::Alembic => "no downgrade() function: a rollback of this revision cannot run".to_string(),
+                    Layout::Django => "the migration cannot be reversed".to_string(),
+                    Layout::Rails => "no down method (and no change): a rollback of this migration cannot run".to_string(),
                     Layout::Plain => "no down migration: this file has no convention ripcord knows for one (use a paired layout or dbmate/goose sections)".to_string(),
                     _ => "no down migration file next to this one: a rollback cannot run".to_string(),
                 }),
@@ -405,6 +440,7 @@ fn undoes_nothing(op: &Op) -> bool {
     matches!(
         op,
         Op::Inert { .. }
+            | Op::NotNullColumns { .. }
             | Op::SetTimeout { .. }
             | Op::Begin
             | Op::Commit

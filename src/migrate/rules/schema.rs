@@ -15,6 +15,8 @@ pub(crate) struct Schema {
     /// NOT VALID `CHECK (col IS NOT NULL)` constraints: name -> (table, column).
     pub(super) not_null_checks: HashMap<String, (String, String)>,
     pub(super) validated_not_null: HashSet<(String, String)>,
+    /// Columns an earlier migration created or made NOT NULL.
+    pub(super) not_null: HashSet<(String, String)>,
 }
 
 /// The named indexes earlier migrations created, all names normalised by [`norm`](super::norm).

@@ -29,7 +29,7 @@ pub(super) fn settle(
             ));
         }
         for id in &allow.rules {
-            if find_rule(id).is_none() {
+            if id != "*" && find_rule(id).is_none() {
                 meta.push((
                     "suppression-unknown-rule",
                     allow.line,
@@ -69,7 +69,11 @@ pub(super) fn settle(
                 || anchor.is_some_and(|a| l == a || l + 1 == a)
         };
         let allow = l.allows.iter().find(|a| {
-            a.reason.is_some() && near(a.line) && a.rules.iter().any(|r| r == finding.rule)
+            // `*` (a block the author vouched for, such as strong_migrations'
+            // `safety_assured`) covers its own line only.
+            a.reason.is_some()
+                && ((near(a.line) && a.rules.iter().any(|r| r == finding.rule))
+                    || (a.line == finding.line && a.rules.iter().any(|r| r == "*")))
         });
         let is_meta = finding.rule.starts_with("suppression-");
         match allow {

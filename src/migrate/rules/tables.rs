@@ -161,6 +161,18 @@ impl Engine<'_> {
                     format!("{} rows of {table}", verb.to_ascii_lowercase()),
                 );
             }
+            Op::OrmWrite { call, model } => {
+                let what = model
+                    .as_ref()
+                    .map(|m| format!("rows of model {m}"))
+                    .unwrap_or_else(|| "rows".to_string());
+                self.emit("backfill-in-migration", line, format!("{call} writes {what} through the ORM inside a schema migration: which rows change is known only at run time, the model is the application's code of today rather than the schema at this revision, and the rows stay locked until the migration commits"));
+                self.mark(
+                    Phase::Migrate,
+                    line,
+                    format!("rewrites {what} through the ORM"),
+                );
+            }
             Op::RenameTable { table, to } if self.existing(table) => {
                 self.lock_taken(line, &format!("ALTER TABLE {table}"));
                 if self.side == Side::Up {

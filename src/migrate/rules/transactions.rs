@@ -4,7 +4,7 @@
 
 use super::Engine;
 use crate::migrate::model::{Action, Op};
-use crate::migrate::{Kind, Layout, Migration, Phase, sql};
+use crate::migrate::{Kind, Layout, Migration, Phase, Timeout, sql};
 
 impl Engine<'_> {
     /// A statement that uses an enum value added earlier in the same transaction, which
@@ -27,9 +27,30 @@ impl Engine<'_> {
     /// lock_timeout, and enum values, which a transaction may not use once added.
     pub(super) fn transaction_action(&mut self, line: usize, op: &Op, pg: u32) {
         match op {
-            Op::SetTimeout { lock, local } if *lock && (!local || self.in_tx) => {
-                self.lock_timeout = true;
-                self.lock_timeout_local = *local;
+            Op::SetTimeout {
+                lock,
+                local,
+                millis,
+            } if !local || self.in_tx => {
+                let (name, expect) = if *lock {
+                    ("lock_timeout", self.settings.lock_timeout)
+                } else {
+                    ("statement_timeout", self.settings.statement_timeout)
+                };
+                if let (Timeout::AtMost(max), Some(ms)) = (expect, millis)
+                    && *ms > max
+                {
+                    self.emit("timeout-above-limit", line, format!("sets {name} to {ms}ms, above the {max}ms the settings allow: a statement that queues or runs that long holds every query on its table behind it"));
+                }
+                // 0 (or DEFAULT) turns the timeout off again.
+                let on = *millis != Some(0);
+                if *lock {
+                    self.lock_timeout = on;
+                    self.lock_timeout_local = *local;
+                } else {
+                    self.statement_timeout = on;
+                    self.statement_timeout_local = *local;
+                }
             }
             Op::Begin => {
                 // In the implicit transaction of a query string, BEGIN makes it an
@@ -119,6 +140,10 @@ impl Engine<'_> {
             self.lock_timeout = false;
             self.lock_timeout_local = false;
         }
+        if self.statement_timeout_local {
+            self.statement_timeout = false;
+            self.statement_timeout_local = false;
+        }
     }
 
     /// At the end of the file: a BEGIN left open.
@@ -142,6 +167,10 @@ impl Engine<'_> {
     pub(super) fn tx_hint(&self) -> &'static str {
         if self.kind == Kind::Alembic {
             " (Alembic runs upgrade() in a transaction; wrap it in `with op.get_context().autocommit_block():`)"
+        } else if self.kind == Kind::Django {
+            " (Django runs a migration in a transaction; set `atomic = False` on it)"
+        } else if self.kind == Kind::Rails {
+            " (Rails runs a migration in a transaction; add `disable_ddl_transaction!` to the class)"
         } else if self.explicit.is_empty() && !self.runner_hint.is_empty() {
             self.runner_hint
         } else if self.explicit.is_empty() {
