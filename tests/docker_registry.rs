@@ -442,6 +442,65 @@ fn deploy_pulls_from_the_registry_and_pins_the_digest() {
     );
 }
 
+/// A registry that accepts connections and never answers (a real fault: a hung
+/// registry, or a firewall that drops replies): the deploy gives up after
+/// `pull_timeout`, says so, and the watcher takes the next deploy.
+#[test]
+fn a_pull_from_a_registry_that_never_answers_ends_at_pull_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    silent.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let holder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Holds every connection open, reads nothing, answers nothing; bounded.
+            let mut held = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok((c, _)) = silent.accept() {
+                    held.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            held.len()
+        })
+    };
+    let repo = format!("127.0.0.1:{port}/{}", unique("silent"));
+    let mut p = Project::new(&repo, "pull_timeout = \"2s\"");
+    p.env_file("v1");
+    p.start_watcher();
+    let t = Instant::now();
+    let out = p.deploy("v1");
+    let took = t.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let connections = holder.join().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("took longer than 2s")
+            && err.contains("pull_timeout")
+            && err.contains("does not answer"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("docker login"),
+        "a timeout is not a login problem: {err}"
+    );
+    assert!(connections > 0, "the engine reached the silent registry");
+    // A bound that catches a hang, not a timing claim.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    // The watcher is free again: the next deploy is not refused as busy.
+    let out = p.deploy("v1");
+    assert!(
+        !stderr(&out).contains("in progress"),
+        "{}\n{}",
+        stderr(&out),
+        p.watcher_log()
+    );
+    p.stop_watcher();
+}
+
 #[test]
 fn rollback_pulls_a_pruned_image_by_its_digest_and_runs_the_pinned_id() {
     let registry = Registry::start(None);

@@ -71,6 +71,7 @@ pub(crate) const KEYS: &[Key] = &[
     // Keys born with units have no old name.
     key("drill_budget", "", Whole::Seconds),
     key("drill_max_age", "", Whole::Seconds),
+    key("pull_timeout", "", Whole::Seconds),
 ];
 
 /// Bounds the config's durations are checked against.

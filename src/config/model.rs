@@ -91,6 +91,8 @@ pub struct DockerConfig {
     /// The environment variable that holds that user's password: the config file names
     /// where the secret is, never the secret itself (the file is often committed).
     pub registry_password_env: Option<String>,
+    /// How long an image pull may take before the deploy or rollback gives up on it.
+    pub pull_timeout: Duration,
 }
 
 /// `[service.NAME.migrations]`: the migrations directory and how to read today's schema

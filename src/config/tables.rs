@@ -9,6 +9,9 @@ use super::reader::{self, Reader, Table, parse_addr};
 use super::triggers::{CpuRule, ErrorRateRule, HealthRule, LatencyRule, Triggers};
 use crate::migrate;
 
+/// How long an image pull may take by default: a large image over a slow link.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// `[service.NAME.database]`: the PostgreSQL database, for backups and restore.
 pub(super) fn read_database(r: &mut Reader<'_>, t: &Table<'_>) -> Option<DatabaseConfig> {
     let before = r.errors.len();
@@ -89,6 +92,7 @@ pub(super) fn read_docker(
             "network",
             "registry_username",
             "registry_password_env",
+            "pull_timeout",
         ],
     );
     let image = r.string(t, "image").map(|s| s.value);
@@ -160,6 +164,7 @@ pub(super) fn read_docker(
             ),
         );
     }
+    let pull_timeout = r.duration(t, "pull_timeout", SECOND, DAY);
     let registry_username = r.string(t, "registry_username");
     let registry_password_env = r.string(t, "registry_password_env");
     match (&registry_username, &registry_password_env) {
@@ -187,6 +192,7 @@ pub(super) fn read_docker(
         network: network.map(|n| n.value),
         registry_username: registry_username.map(|u| u.value),
         registry_password_env: registry_password_env.map(|e| e.value),
+        pull_timeout: pull_timeout.unwrap_or(DEFAULT_PULL_TIMEOUT),
     })
 }
 

@@ -85,6 +85,14 @@ pub enum DockerError {
     /// The engine answered, but without something it always should send.
     #[error("unexpected engine response to {op}: {detail}")]
     Unexpected { op: &'static str, detail: String },
+    #[error(
+        "pulling {reference} took longer than {after} (`pull_timeout` in [service.NAME.docker]); {progress}"
+    )]
+    PullTimeout {
+        reference: String,
+        after: String,
+        progress: String,
+    },
 }
 
 impl DockerError {

@@ -9,7 +9,9 @@
 //! credential helper (`credsStore`, `credHelpers`) is not run: ripcord does not execute
 //! programs named by a file it did not write.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::CreateImageOptions;
@@ -158,12 +160,15 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 
 impl Engine {
     /// Pulls `reference` (a tag or `name@sha256:…`) through the engine, and waits for
-    /// the pull to finish. A registry's refusal (unknown tag, no login) is an error that
-    /// names the registry.
+    /// the pull to finish, at most `timeout`; `on_progress` hears how far it got every
+    /// few seconds. A registry's refusal (unknown tag, no login) is an error that names
+    /// the registry.
     pub async fn pull(
         &self,
         reference: &str,
         credentials: Option<&Credentials>,
+        timeout: Duration,
+        on_progress: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), DockerError> {
         let options = CreateImageOptions {
             from_image: Some(reference.to_string()),
@@ -174,11 +179,36 @@ impl Engine {
             None,
             credentials.map(Credentials::to_bollard),
         );
-        while let Some(item) = stream.next().await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut layers = PullLayers::default();
+        let mut told = std::time::Instant::now();
+        loop {
+            let item = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(DockerError::PullTimeout {
+                        reference: reference.to_string(),
+                        after: crate::config::duration::unit_text(timeout),
+                        progress: layers.summary(),
+                    });
+                }
+            };
             match item {
                 Ok(info) => {
                     if let Some(msg) = info.error_detail.and_then(|d| d.message) {
                         return Err(pull_refused(reference, credentials, msg));
+                    }
+                    layers.note(
+                        info.id.as_deref(),
+                        info.status.as_deref(),
+                        info.progress_detail
+                            .as_ref()
+                            .map(|p| (p.current.unwrap_or(0), p.total.unwrap_or(0))),
+                    );
+                    if told.elapsed() >= PULL_PROGRESS_EVERY {
+                        told = std::time::Instant::now();
+                        on_progress(format!("pulling {reference}: {}", layers.summary()));
                     }
                 }
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
@@ -290,5 +320,78 @@ mod tests {
         assert_eq!(decode_base64("YQ==").unwrap(), b"a");
         assert_eq!(decode_base64("YQ").unwrap(), b"a");
         assert!(decode_base64("Y*Q").is_none());
+    }
+}
+
+/// How often a pull says how far it got.
+const PULL_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// The layers of a pull as the engine reports them: bytes downloaded of each, and
+/// which are done.
+#[derive(Default)]
+struct PullLayers {
+    /// Layer id → (downloaded, size, done).
+    layers: BTreeMap<String, (i64, i64, bool)>,
+}
+
+impl PullLayers {
+    fn note(&mut self, id: Option<&str>, status: Option<&str>, progress: Option<(i64, i64)>) {
+        let (Some(id), Some(status)) = (id, status) else {
+            return;
+        };
+        // The first line names the tag, not a layer.
+        if status.starts_with("Pulling from") {
+            return;
+        }
+        let layer = self.layers.entry(id.to_string()).or_default();
+        match status {
+            "Pull complete" | "Already exists" => layer.2 = true,
+            "Downloading" => {
+                if let Some((current, total)) = progress {
+                    layer.0 = current;
+                    layer.1 = total.max(layer.1);
+                }
+            }
+            "Download complete" => layer.0 = layer.1,
+            _ => {}
+        }
+    }
+
+    fn summary(&self) -> String {
+        let done = self.layers.values().filter(|l| l.2).count();
+        let got: i64 = self.layers.values().map(|l| l.0).sum();
+        let size: i64 = self.layers.values().map(|l| l.1).sum();
+        let mb = |b: i64| b as f64 / 1_000_000.0;
+        format!(
+            "{done} of {} layers done, {:.1} of {:.1} MB downloaded",
+            self.layers.len(),
+            mb(got),
+            mb(size)
+        )
+    }
+}
+
+#[cfg(test)]
+mod pull_tests {
+    use super::PullLayers;
+
+    /// The engine's own sequence of pull messages for a two-layer image, one of them
+    /// already present.
+    #[test]
+    fn pull_progress_counts_layers_and_bytes() {
+        let mut p = PullLayers::default();
+        p.note(Some("v1"), Some("Pulling from app"), None);
+        p.note(Some("aaa"), Some("Already exists"), None);
+        p.note(Some("bbb"), Some("Pulling fs layer"), None);
+        p.note(
+            Some("bbb"),
+            Some("Downloading"),
+            Some((1_500_000, 4_000_000)),
+        );
+        assert_eq!(p.summary(), "1 of 2 layers done, 1.5 of 4.0 MB downloaded");
+        p.note(Some("bbb"), Some("Download complete"), None);
+        p.note(Some("bbb"), Some("Extracting"), Some((10, 4_000_000)));
+        p.note(Some("bbb"), Some("Pull complete"), None);
+        assert_eq!(p.summary(), "2 of 2 layers done, 4.0 of 4.0 MB downloaded");
     }
 }

@@ -111,6 +111,7 @@ impl ServiceExec {
         &self,
         version: &str,
         image: Option<&str>,
+        progress: &Progress,
     ) -> Result<ImageRelease, ExecError> {
         let d = self.docker_cfg()?.clone();
         let reference = match (image, &d.image) {
@@ -133,8 +134,13 @@ impl ServiceExec {
             Err(e) if e.is_not_found() => {
                 // Not on this engine: the registry has it, or nobody does.
                 let creds = registry_credentials(&d, &reference)?;
+                say(
+                    progress,
+                    format!("{reference} is not on this engine: pulling it"),
+                );
+                let mut told = |m: String| say(progress, m);
                 engine
-                    .pull(&reference, creds.as_ref())
+                    .pull(&reference, creds.as_ref(), d.pull_timeout, &mut told)
                     .await
                     .map_err(|e| ExecError::Failed(pull_failed(self.name(), version, &e, &d)))?;
                 engine.resolve_image(&reference).await.map_err(cannot)?
@@ -222,8 +228,13 @@ impl ServiceExec {
         )?;
         let d = self.docker_cfg()?.clone();
         let creds = registry_credentials(&d, digest)?;
+        let mut told = |m: String| {
+            if let Err(e) = self.ledger().step(op, "pulling", m) {
+                tracing::warn!(error = %e, "cannot record the pull's progress");
+            }
+        };
         engine
-            .pull(digest, creds.as_ref())
+            .pull(digest, creds.as_ref(), d.pull_timeout, &mut told)
             .await
             .map_err(|e| ExecError::Failed(pull_failed(self.name(), &release.version, &e, &d)))?;
         let pulled = engine
@@ -666,6 +677,13 @@ fn pull_failed(
     e: &crate::docker::DockerError,
     d: &DockerConfig,
 ) -> String {
+    if matches!(e, crate::docker::DockerError::PullTimeout { .. }) {
+        return format!(
+            "cannot get the image of {service} {version} (not on this engine): {e}: the registry \
+             is slow or does not answer; raise pull_timeout, or build / load the image on this \
+             engine"
+        );
+    }
     let login = if d.registry_username.is_some() {
         "check registry_username and the password in registry_password_env"
     } else {

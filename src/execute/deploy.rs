@@ -31,7 +31,7 @@ impl ServiceExec {
         );
         // Busy comes first: the answer to "can I deploy now?" is no, whatever else.
         self.exclusive(holder, async || {
-            let spec = self.plan_deploy(&req).await?;
+            let spec = self.plan_deploy(&req, &progress).await?;
             self.deploy_locked(req, spec, progress).await
         })
         .await
@@ -39,7 +39,11 @@ impl ServiceExec {
 
     /// Checks a deploy against the ledger and pins what it runs: the argv, or for
     /// runtime docker the image id and env snapshot.
-    async fn plan_deploy(&self, req: &DeployRequest) -> Result<ReleaseSpec, ExecError> {
+    async fn plan_deploy(
+        &self,
+        req: &DeployRequest,
+        progress: &Progress,
+    ) -> Result<ReleaseSpec, ExecError> {
         self.refuse_if_frozen("deploy")?;
         let existing = self.ledger().find_release(self.name(), &req.version)?;
         if let Some(r) = &existing {
@@ -82,7 +86,9 @@ impl ServiceExec {
                         .into(),
                 ));
             }
-            let image = self.pin_image(&req.version, req.image.as_deref()).await?;
+            let image = self
+                .pin_image(&req.version, req.image.as_deref(), progress)
+                .await?;
             return Ok(ReleaseSpec {
                 argv: Vec::new(),
                 cwd: None,
