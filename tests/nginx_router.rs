@@ -626,3 +626,78 @@ fn containers_behind_nginx_are_deployed_and_rolled_back() {
     drop(s);
     drop(cleanup);
 }
+
+/// Issue 15: a drill works with router nginx as with the built-in proxy: back to v1 and
+/// forward to v2 through two validated reloads, under load, with no failed request.
+#[test]
+fn a_drill_behind_nginx_goes_back_and_forward_and_loses_no_request() {
+    let mut s = Setup::new("process", "bake = \"5m\"\ndrill_budget = \"30s\"");
+    s.start_watcher();
+    assert_ok(&s.run(&["deploy", "web", "v1"]), "deploy v1");
+    assert_ok(&s.run(&["deploy", "web", "v2"]), "deploy v2");
+    assert_eq!(s.serving(), "v2");
+    // A connection per request: nginx's reload closes its old workers' idle keep-alive
+    // connections, which a client would see as a reset however the switch went.
+    let load = common::Load::start_with(
+        s.url("/api/load"),
+        4,
+        Duration::from_secs(60),
+        1_000_000,
+        false,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let out = s.run(&["--json", "drill", "web"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = load.stop();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", common::stderr(&out)));
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    let r = &v["result"];
+    assert_eq!(r["outcome"], "passed", "{v:#}");
+    assert_eq!(r["in_place"], false, "{v:#}");
+    assert!(
+        r["proxied"].is_null(),
+        "nginx, not the built-in proxy: {v:#}"
+    );
+    let steps: Vec<String> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["leg"].as_str().unwrap(),
+                s["step"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "back start",
+            "back health_gate",
+            "back switch",
+            "back verify",
+            "forward start",
+            "forward health_gate",
+            "forward switch",
+            "forward verify"
+        ],
+        "{v:#}"
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} failed: {:?}",
+        report.failures.len(),
+        &report.failures[..report.failures.len().min(10)]
+    );
+    assert_eq!(
+        report.ok_by_version.keys().cloned().collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "nginx sent users to v1 during the drill and back to v2"
+    );
+    assert_eq!(s.serving(), "v2");
+    let releases = s.json(&["releases", "web"]);
+    assert_eq!(releases[0]["version"], "v2", "{releases:#}");
+    assert_eq!(releases[0]["status"], "active", "{releases:#}");
+}
