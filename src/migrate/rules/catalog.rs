@@ -178,7 +178,7 @@ pub(crate) const RULES: &[Rule] = &[
         "create-index-without-concurrently",
         Error,
         &[L],
-        "CREATE INDEX CONCURRENTLY, outside a transaction (Alembic: postgresql_concurrently=True inside autocommit_block())",
+        "CREATE INDEX CONCURRENTLY, outside a transaction (Alembic: postgresql_concurrently=True inside autocommit_block(); Django: AddIndexConcurrently in a migration with atomic = False; Rails: algorithm: :concurrently with disable_ddl_transaction!)",
     ),
     rule(
         "drop-index-without-concurrently",
