@@ -189,7 +189,7 @@ impl Engine {
                 Err(_) => {
                     return Err(DockerError::PullTimeout {
                         reference: reference.to_string(),
-                        after: crate::config::duration::unit_text(timeout),
+                        after: format!("{timeout:?}"),
                         progress: layers.summary(),
                     });
                 }

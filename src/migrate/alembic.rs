@@ -19,6 +19,7 @@ use super::model::{
 };
 use super::pyconst::{self, string_value};
 use super::sql;
+use super::syntax::{children, comments as collect_comments, first_error, line};
 use super::types::{Ty, classify_default_text, parse_ty, using_text_is_plain};
 
 /// A revision file, lowered.
@@ -33,15 +34,6 @@ pub(crate) struct AlembicFile {
 
 /// How deep helper functions are followed and blocks are entered.
 const MAX_DEPTH: usize = 24;
-
-fn line(n: Node<'_>) -> usize {
-    n.start_position().row + 1
-}
-
-fn children<'t>(n: Node<'t>) -> Vec<Node<'t>> {
-    let mut c = n.walk();
-    n.named_children(&mut c).collect()
-}
 
 /// The revision and its parents only (used by the layout to order revisions).
 pub(crate) fn revision_info(text: &str) -> (Option<String>, Option<Vec<String>>) {
@@ -272,54 +264,6 @@ pub(crate) fn lower(text: &str) -> AlembicFile {
 
 fn range_has(n: Node<'_>, l: usize) -> bool {
     (n.start_position().row + 1..=n.end_position().row + 1).contains(&l)
-}
-
-/// Comments with their lines, found by walking the tree without recursion.
-fn collect_comments(src: &str, root: Node<'_>) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut cursor = root.walk();
-    loop {
-        let n = cursor.node();
-        if n.kind() == "comment" {
-            let body = src
-                .get(n.byte_range())
-                .unwrap_or("")
-                .trim_start_matches('#');
-            out.push((line(n), body.to_string()));
-        }
-        if cursor.goto_first_child() {
-            continue;
-        }
-        loop {
-            if cursor.goto_next_sibling() {
-                break;
-            }
-            if !cursor.goto_parent() {
-                return out;
-            }
-        }
-    }
-}
-
-fn first_error(root: Node<'_>) -> Option<Node<'_>> {
-    let mut cursor = root.walk();
-    loop {
-        let n = cursor.node();
-        if n.is_error() || n.is_missing() {
-            return Some(n);
-        }
-        if n.has_error() && cursor.goto_first_child() {
-            continue;
-        }
-        loop {
-            if cursor.goto_next_sibling() {
-                break;
-            }
-            if !cursor.goto_parent() {
-                return None;
-            }
-        }
-    }
 }
 
 fn lower_function(m: &Module<'_>, def: Node<'_>) -> Lowered {

@@ -15,9 +15,10 @@ use std::collections::HashMap;
 use tree_sitter::Node;
 
 use super::model::{Action, AddColumn, ConKind, DefaultKind, Lowered, Op, parse_allow};
-use super::pyconst::{eval, line, string_value};
+use super::pyconst::{eval, string_value};
 use super::pyparse::{NotParsed, parse};
 use super::sql;
+use super::syntax::{children, comments, first_error, line, text};
 use super::types::{Ty, parse_ty};
 
 /// A Django migration, lowered.
@@ -61,15 +62,6 @@ pub(crate) fn revision_info(path: &str, text: &str) -> (Option<String>, Vec<Stri
         })
         .unwrap_or_default();
     (Some(format!("{app}.{name}")), deps)
-}
-
-fn children<'t>(n: Node<'t>) -> Vec<Node<'t>> {
-    let mut c = n.walk();
-    n.named_children(&mut c).collect()
-}
-
-fn text<'s>(src: &'s str, n: Node<'_>) -> &'s str {
-    src.get(n.byte_range()).unwrap_or("")
 }
 
 /// The body of `class Migration(...)`.
@@ -247,49 +239,6 @@ pub(crate) fn lower(path: &str, src: &str) -> DjangoFile {
         file.up.empty = false;
     }
     file
-}
-
-fn comments(src: &str, root: Node<'_>) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let mut cursor = root.walk();
-    loop {
-        let n = cursor.node();
-        if n.kind() == "comment" {
-            out.push((line(n), text(src, n).trim_start_matches('#').to_string()));
-        }
-        if cursor.goto_first_child() {
-            continue;
-        }
-        loop {
-            if cursor.goto_next_sibling() {
-                break;
-            }
-            if !cursor.goto_parent() {
-                return out;
-            }
-        }
-    }
-}
-
-fn first_error(root: Node<'_>) -> Option<Node<'_>> {
-    let mut cursor = root.walk();
-    loop {
-        let n = cursor.node();
-        if n.is_error() || n.is_missing() {
-            return Some(n);
-        }
-        if n.has_error() && cursor.goto_first_child() {
-            continue;
-        }
-        loop {
-            if cursor.goto_next_sibling() {
-                break;
-            }
-            if !cursor.goto_parent() {
-                return None;
-            }
-        }
-    }
 }
 
 struct Lowerer<'s, 't> {

@@ -29,6 +29,7 @@ mod rails;
 mod rules;
 mod sql;
 mod sqltext;
+mod syntax;
 mod types;
 
 #[cfg(test)]

@@ -7,24 +7,13 @@
 
 use tree_sitter::Node;
 
+use super::syntax::{children, line, text};
+
 /// Resolves a name to a string value and the line it was written on (0: unknown).
 pub(crate) type Lookup<'a> = &'a dyn Fn(&str) -> Option<(String, usize)>;
 
 /// How deep expressions are followed (`a + b + c ...` nests to the left).
 const MAX_DEPTH: usize = 64;
-
-pub(crate) fn line(n: Node<'_>) -> usize {
-    n.start_position().row + 1
-}
-
-fn children<'t>(n: Node<'t>) -> Vec<Node<'t>> {
-    let mut c = n.walk();
-    n.named_children(&mut c).collect()
-}
-
-fn text<'s>(src: &'s str, n: Node<'_>) -> &'s str {
-    src.get(n.byte_range()).unwrap_or("")
-}
 
 fn shown(src: &str, n: Node<'_>) -> String {
     let t = text(src, n);

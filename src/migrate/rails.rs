@@ -16,6 +16,7 @@ use tree_sitter::{Node, Parser};
 
 use super::model::{Action, AddColumn, Allow, ConKind, DefaultKind, Lowered, Op};
 use super::sql;
+use super::syntax::{children, line};
 use super::types::{Ty, classify_default_text, parse_ty};
 
 /// Whether a file is a Rails migration.
@@ -28,15 +29,6 @@ pub(crate) fn is_migration(path: &str, text: &str) -> bool {
 pub(crate) struct RailsFile {
     pub up: Lowered,
     pub down: Lowered,
-}
-
-fn children<'t>(n: Node<'t>) -> Vec<Node<'t>> {
-    let mut c = n.walk();
-    n.named_children(&mut c).collect()
-}
-
-fn line(n: Node<'_>) -> usize {
-    n.start_position().row + 1
 }
 
 /// What running a method, or one direction of `change`, does.
