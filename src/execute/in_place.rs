@@ -129,11 +129,35 @@ impl ServiceExec {
         progress: &Progress,
     ) -> Result<Option<u64>, ExecError> {
         if self.cfg.runtime == Runtime::Swarm {
+            // Swarm updates stop-first, so the one address is closed for a moment: behind
+            // the built-in proxy new requests wait for the new task instead.
+            let _hold = self.hold_traffic().await;
             self.swarm_apply(op, release, suffix == "rollback", progress)
                 .await?;
             return Ok(None);
         }
         let r = self.replace_with(op, release, suffix, progress).await?;
         Ok(Some(r.downtime_ms))
+    }
+}
+
+impl ServiceExec {
+    /// Behind the built-in proxy: holds new requests, and waits (at most `stop_timeout`)
+    /// for the ones in flight to finish on what serves now. The hold ends when the guard
+    /// is dropped.
+    async fn hold_traffic(&self) -> Option<crate::proxy::HoldGuard> {
+        let proxy = self.router.proxy()?;
+        let hold = proxy.hold();
+        let deadline = Instant::now() + self.cfg.stop_timeout;
+        while proxy
+            .counters()
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Some(hold)
     }
 }

@@ -9,6 +9,10 @@
 //! tasks all run the target image and `publish` answers the health check, and then runs
 //! its own verification. Swarm lacks 5xx and latency triggers; the guard supplies them
 //! through the proxy (or nginx, or Prometheus) in front of `publish`.
+//!
+//! The update is stop-first (the tasks may bind `publish` in the host's network, where
+//! two cannot), so `publish` is closed for a moment: behind the built-in proxy,
+//! `put_in_place` holds new requests meanwhile (`in_place.rs`).
 
 use std::time::{Duration, Instant};
 

@@ -12,7 +12,7 @@ mod headers;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -26,7 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Slot;
@@ -78,6 +78,26 @@ struct Shared {
     client: Client<HttpConnector, Incoming>,
     records: Option<mpsc::Sender<RequestRecord>>,
     counters: ProxyCounters,
+    /// Set while a release is put in place at the one address behind the proxy: new
+    /// requests wait (at most [`MAX_HOLD`]) instead of meeting a closed port.
+    held: AtomicBool,
+    released: Notify,
+}
+
+/// The longest a request waits while the proxy holds new requests; then it goes on to
+/// the target as it is.
+pub const MAX_HOLD: Duration = Duration::from_secs(60);
+
+/// Holds new requests for as long as it lives ([`Proxy::hold`]).
+pub struct HoldGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        self.shared.held.store(false, Ordering::Release);
+        self.shared.released.notify_waiters();
+    }
 }
 
 /// A running proxy. Cloning shares it.
@@ -110,6 +130,8 @@ impl Proxy {
             client,
             records,
             counters: ProxyCounters::default(),
+            held: AtomicBool::new(false),
+            released: Notify::new(),
         });
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
@@ -139,6 +161,17 @@ impl Proxy {
 
     pub fn counters(&self) -> &ProxyCounters {
         &self.shared.counters
+    }
+
+    /// New requests wait until the guard is dropped (at most [`MAX_HOLD`]), for a
+    /// release put in place at the one address behind the proxy (runtime `swarm`):
+    /// they meet the new release late rather than a closed port. Requests already in
+    /// flight go on; [`ProxyCounters::in_flight`] says when they are done.
+    pub fn hold(&self) -> HoldGuard {
+        self.shared.held.store(true, Ordering::Release);
+        HoldGuard {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stops accepting; the accept task then drains open connections for at most
@@ -188,9 +221,14 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let start = Instant::now();
+    let mut start = Instant::now();
     let counters = &shared.counters;
     counters.requests.fetch_add(1, Ordering::Relaxed);
+    if shared.held.load(Ordering::Acquire) {
+        wait_for_release(&shared).await;
+        // The release's latency is its own, not the time the request was held.
+        start = Instant::now();
+    }
     // Read the target exactly once: this request stays on this slot whatever happens.
     let Some(target) = shared.target.load_full() else {
         return Ok(plain(
@@ -253,6 +291,23 @@ async fn handle(
         }
     };
     Ok(response)
+}
+
+/// Waits until the proxy stops holding new requests, at most [`MAX_HOLD`].
+async fn wait_for_release(shared: &Shared) {
+    let deadline = tokio::time::Instant::now() + MAX_HOLD;
+    loop {
+        let released = shared.released.notified();
+        tokio::pin!(released);
+        // Registered before the flag is read: a release in between still wakes it.
+        released.as_mut().enable();
+        if !shared.held.load(Ordering::Acquire) {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, released).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn record(shared: &Shared, target: &Target, status: u16, start: Instant, upstream_error: bool) {

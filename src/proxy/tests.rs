@@ -8,54 +8,57 @@ use http_body_util::channel::Channel;
 async fn upstream(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| async move {
-                    let path = req.uri().path().to_string();
-                    let seen: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
-                    let resp: Response<ProxyBody> = match path.as_str() {
-                        "/slow" => {
-                            tokio::time::sleep(Duration::from_millis(400)).await;
-                            text(name)
-                        }
-                        "/stream" => {
-                            let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(4);
-                            tokio::spawn(async move {
-                                for i in 0..3 {
-                                    let _ = tx.send_data(Bytes::from(format!("part{i};"))).await;
-                                    tokio::time::sleep(Duration::from_millis(150)).await;
-                                }
-                            });
-                            Response::new(body.boxed())
-                        }
-                        "/echo" => {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            Response::new(Full::new(body).map_err(|n| match n {}).boxed())
-                        }
-                        _ => {
-                            let mut r = text(&format!("{name} saw {}", seen.join(",")));
-                            r.headers_mut()
-                                .insert("connection", HeaderValue::from_static("x-up-hop"));
-                            r.headers_mut()
-                                .insert("x-up-hop", HeaderValue::from_static("1"));
-                            r.headers_mut()
-                                .insert("keep-alive", HeaderValue::from_static("timeout=5"));
-                            r
-                        }
-                    };
-                    Ok::<_, Infallible>(resp)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(serve_text(listener, name));
     addr
+}
+
+/// Serves `upstream`'s answers on `listener` until it fails.
+async fn serve_text(listener: TcpListener, name: &'static str) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| async move {
+                let path = req.uri().path().to_string();
+                let seen: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+                let resp: Response<ProxyBody> = match path.as_str() {
+                    "/slow" => {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        text(name)
+                    }
+                    "/stream" => {
+                        let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(4);
+                        tokio::spawn(async move {
+                            for i in 0..3 {
+                                let _ = tx.send_data(Bytes::from(format!("part{i};"))).await;
+                                tokio::time::sleep(Duration::from_millis(150)).await;
+                            }
+                        });
+                        Response::new(body.boxed())
+                    }
+                    "/echo" => {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        Response::new(Full::new(body).map_err(|n| match n {}).boxed())
+                    }
+                    _ => {
+                        let mut r = text(&format!("{name} saw {}", seen.join(",")));
+                        r.headers_mut()
+                            .insert("connection", HeaderValue::from_static("x-up-hop"));
+                        r.headers_mut()
+                            .insert("x-up-hop", HeaderValue::from_static("1"));
+                        r.headers_mut()
+                            .insert("keep-alive", HeaderValue::from_static("timeout=5"));
+                        r
+                    }
+                };
+                Ok::<_, Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }
 
 fn text(s: &str) -> Response<ProxyBody> {
@@ -262,4 +265,55 @@ async fn shutdown_stops_accepting() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused, "the proxy still accepts after shutdown");
+}
+
+/// A hold keeps new requests from a closed port: they wait, and go to the address once
+/// something listens there and the hold ends; the latency they report is the release's,
+/// not the wait.
+#[tokio::test]
+async fn held_requests_wait_for_the_release_instead_of_meeting_a_closed_port() {
+    // The one address, closed for now (as during a stop-first update).
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, addr, 1)));
+    let hold = p.hold();
+    let url = format!("http://{}/held", p.local_addr());
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&client(), url).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "held requests are answered only after the hold"
+    );
+    assert_eq!(p.counters().in_flight.load(Ordering::Relaxed), 0);
+    // The new release comes up on the address; then the hold ends.
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(serve_text(listener, "new"));
+    drop(hold);
+    for w in waiting {
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("released requests are answered")
+            .unwrap();
+        assert_eq!((status, body.starts_with("new")), (200, true), "{body}");
+    }
+    for _ in 0..3 {
+        let rec = rx.recv().await.unwrap();
+        assert_eq!(rec.status, 200);
+        assert!(
+            rec.latency_us < 250_000,
+            "the 300 ms hold is not the release's latency: {} us",
+            rec.latency_us
+        );
+    }
+    assert_eq!(p.counters().upstream_errors.load(Ordering::Relaxed), 0);
 }
