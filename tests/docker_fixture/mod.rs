@@ -178,24 +178,33 @@ pub fn containers_of(service: &str) -> Vec<String> {
         .collect()
 }
 
-/// A single-node swarm for the test: created (advertising 127.0.0.1) when this engine is
-/// not in one, and left again on drop only when the test created it.
-pub struct Swarm {
-    created: bool,
-}
+/// A single-node swarm for the tests of this process: created (advertising 127.0.0.1)
+/// when this engine is in none, and left again when the last test using it is done,
+/// only when a test here created it. Tests run in parallel threads: one test leaving
+/// the swarm would remove the services of another.
+pub struct Swarm(());
+
+/// How many tests use the swarm now, and whether this process created it.
+static SWARM_USERS: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
 
 impl Swarm {
     pub fn join(rt: &tokio::runtime::Runtime, engine: &Engine) -> Swarm {
+        let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
         let created = rt
             .block_on(engine.swarm_init_local())
             .unwrap_or_else(|e| panic!("cannot make this engine a swarm manager: {e}"));
-        Swarm { created }
+        users.0 += 1;
+        users.1 |= created;
+        Swarm(())
     }
 }
 
 impl Drop for Swarm {
     fn drop(&mut self) {
-        if self.created {
+        let mut users = SWARM_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        users.0 -= 1;
+        if users.0 == 0 && users.1 {
+            users.1 = false;
             let _ = Command::new("docker")
                 .args(["swarm", "leave", "--force"])
                 .output();
