@@ -350,27 +350,18 @@ impl Lowerer<'_, '_> {
                 );
                 self.down(at, Self::unknown(format!("re-creates table {table} as the earlier migrations defined it: ripcord does not know that definition, and its rows are gone")));
             }
-            "RenameModel" => {
-                let from = self.table(&self.s(arg(0, "old_name").as_ref()));
-                let to = self.table(&self.s(arg(1, "new_name").as_ref()));
-                self.up(
-                    at,
-                    Op::RenameTable {
-                        table: from.clone(),
-                        to: to.clone(),
-                    },
-                );
-                self.down(
-                    at,
-                    Op::RenameTable {
-                        table: to,
-                        to: from,
-                    },
-                );
-            }
-            "AlterModelTable" => {
-                let from = self.table(&self.s(arg(0, "name").as_ref()));
-                let to = self.s(arg(1, "table").as_ref());
+            "RenameModel" | "AlterModelTable" => {
+                let (from, to) = if name == "RenameModel" {
+                    (
+                        self.table(&self.s(arg(0, "old_name").as_ref())),
+                        self.table(&self.s(arg(1, "new_name").as_ref())),
+                    )
+                } else {
+                    (
+                        self.table(&self.s(arg(0, "name").as_ref())),
+                        self.s(arg(1, "table").as_ref()),
+                    )
+                };
                 self.up(
                     at,
                     Op::RenameTable {

@@ -609,19 +609,25 @@ impl Walker<'_> {
                     }),
                 );
             }
-            "add_foreign_key" => {
+            "add_foreign_key" | "add_check_constraint" => {
                 let table = self.name(pos.first().copied());
-                let to = self.name(pos.get(1).copied());
-                let name = sym(self, "name")
-                    .map(|n| n.trim_matches('"').to_string())
-                    .unwrap_or_else(|| format!("fk_rails_{table}_{to}"));
+                let given = sym(self, "name").map(|n| n.trim_matches('"').to_string());
+                let (kind, name) = if method == "add_foreign_key" {
+                    let to = self.name(pos.get(1).copied());
+                    (
+                        ConKind::ForeignKey,
+                        given.unwrap_or_else(|| format!("fk_rails_{table}_{to}")),
+                    )
+                } else {
+                    (ConKind::Check, given.unwrap_or_default())
+                };
                 let not_valid = flag("validate").as_deref() == Some("false");
                 self.push(
                     at,
                     Op::AddConstraint {
                         table: table.clone(),
                         name: Some(name.clone()),
-                        kind: ConKind::ForeignKey,
+                        kind,
                         not_valid,
                         using_index: false,
                         not_null_column: None,
@@ -633,25 +639,6 @@ impl Walker<'_> {
                 let table = self.name(pos.first().copied());
                 let name = sym(self, "name").unwrap_or_else(|| self.name(pos.get(1).copied()));
                 self.push(at, Op::ValidateConstraint { table, name }, None);
-            }
-            "add_check_constraint" => {
-                let table = self.name(pos.first().copied());
-                let name = sym(self, "name")
-                    .map(|n| n.trim_matches('"').to_string())
-                    .unwrap_or_default();
-                let not_valid = flag("validate").as_deref() == Some("false");
-                self.push(
-                    at,
-                    Op::AddConstraint {
-                        table: table.clone(),
-                        name: Some(name.clone()),
-                        kind: ConKind::Check,
-                        not_valid,
-                        using_index: false,
-                        not_null_column: None,
-                    },
-                    Some(Op::DropConstraint { table, name }),
-                );
             }
             "remove_foreign_key" | "remove_check_constraint" => {
                 let table = self.name(pos.first().copied());
