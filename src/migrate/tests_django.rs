@@ -354,3 +354,33 @@ class Migration(migrations.Migration):
     // A function from elsewhere: a data migration ripcord cannot see into.
     assert!(got.contains(&(24, "backfill-in-migration")), "{got:?}");
 }
+
+#[test]
+fn django_renamed_models_and_tables_are_table_renames_both_ways() {
+    let renames = "from django.db import migrations\n\n\nclass Migration(migrations.Migration):\n    dependencies = [(\"billing\", \"0001_initial\")]\n    operations = [\n        migrations.RenameModel(old_name=\"Customer\", new_name=\"Client\"),\n        migrations.AlterModelTable(name=\"invoice\", table=\"invoices\"),\n    ]\n";
+    let r = run(&[
+        ("b/billing/migrations/0001_initial.py", INITIAL),
+        ("b/billing/migrations/0002_renames.py", renames),
+    ]);
+    let f = &r.files[1];
+    let got = rules(&f.upgrade.findings);
+    assert_eq!(
+        got,
+        [(7, "rename-table"), (8, "rename-table")].into(),
+        "{:?}",
+        f.upgrade.findings
+    );
+    let text: Vec<&str> = f
+        .upgrade
+        .findings
+        .iter()
+        .filter(|x| x.rule == "rename-table")
+        .map(|x| x.message.as_str())
+        .collect();
+    assert!(
+        text[0].contains("billing_customer to billing_client")
+            && text[1].contains("billing_invoice to invoices"),
+        "{text:?}"
+    );
+    assert_eq!(f.phase, Phase::Contract);
+}
