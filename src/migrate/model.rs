@@ -255,6 +255,12 @@ impl Action {
     }
 }
 
+/// The rule id of an allow that covers every rule on its line: a block whose author
+/// vouched for it in the migration's own language (strong_migrations'
+/// `safety_assured`). It holds a space, so no `ripcord:allow` comment can name it (their
+/// ids are split on whitespace).
+pub(crate) const VOUCHED: &str = "every rule (vouched for)";
+
 /// A `ripcord:allow` comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Allow {

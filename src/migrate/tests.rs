@@ -2285,3 +2285,20 @@ fn suppression_unknown_rule_fix_names_no_missing_command() {
     assert_eq!(f[0].rule, "suppression-unknown-rule");
     assert!(!f[0].fix.contains("migrations rules"), "{}", f[0].fix);
 }
+
+/// Only a block the migration's own language vouches for (Rails' `safety_assured`)
+/// covers every rule; a comment cannot: `ripcord:allow *` names an unknown rule and
+/// suppresses nothing.
+#[test]
+fn a_comment_cannot_allow_every_rule() {
+    for text in [
+        "SET lock_timeout = '1s';\n-- ripcord:allow * because trust me\nALTER TABLE users DROP COLUMN legacy;",
+        "SET lock_timeout = '1s';\nALTER TABLE users DROP COLUMN legacy; -- ripcord:allow * because trust me",
+    ] {
+        let got = up_rules(text);
+        assert!(
+            got.contains("drop-column") && got.contains("suppression-unknown-rule"),
+            "{text}: {got:?}"
+        );
+    }
+}

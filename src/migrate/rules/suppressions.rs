@@ -4,7 +4,7 @@
 
 use super::Raw;
 use super::catalog::{find_rule, meta_finding};
-use crate::migrate::model::Lowered;
+use crate::migrate::model::{Lowered, VOUCHED};
 use crate::migrate::{Finding, Settings, Suppressed};
 
 /// Applies settings and suppressions; adds findings about the suppressions themselves.
@@ -29,7 +29,7 @@ pub(super) fn settle(
             ));
         }
         for id in &allow.rules {
-            if id != "*" && find_rule(id).is_none() {
+            if id != VOUCHED && find_rule(id).is_none() {
                 meta.push((
                     "suppression-unknown-rule",
                     allow.line,
@@ -69,11 +69,11 @@ pub(super) fn settle(
                 || anchor.is_some_and(|a| l == a || l + 1 == a)
         };
         let allow = l.allows.iter().find(|a| {
-            // `*` (a block the author vouched for, such as strong_migrations'
+            // VOUCHED (a block the author vouched for, such as strong_migrations'
             // `safety_assured`) covers its own line only.
             a.reason.is_some()
                 && ((near(a.line) && a.rules.iter().any(|r| r == finding.rule))
-                    || (a.line == finding.line && a.rules.iter().any(|r| r == "*")))
+                    || (a.line == finding.line && a.rules.iter().any(|r| r == VOUCHED)))
         });
         let is_meta = finding.rule.starts_with("suppression-");
         match allow {
