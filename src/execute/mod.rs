@@ -56,6 +56,11 @@ pub type SharedLedger = Arc<Mutex<Ledger>>;
 /// Where an operation reports its progress for people (a CLI waiting on the socket).
 pub type Progress = Option<mpsc::UnboundedSender<String>>;
 
+/// How long an operation waits for the operation lock when no operation holds the
+/// service's lease (the bake timer's tick holds it for a moment) before it is refused
+/// as busy.
+const HOUSEKEEPING_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a release rolled away from keeps serving the requests it already has.
 pub const ROLLBACK_DRAIN: Duration = Duration::from_secs(5);
 
@@ -305,16 +310,26 @@ impl ServiceExec {
     where
         F: AsyncFnOnce() -> Result<T, ExecError>,
     {
-        let Ok(_guard) = self.op.try_lock() else {
-            let holder = self
-                .ledger()
-                .lease_holder(self.name())?
-                .unwrap_or_else(|| "another operation of this watcher".to_string());
-            return Err(ExecError::Busy(format!(
+        let busy = |holder: &str| {
+            ExecError::Busy(format!(
                 "service `{}` is busy: {holder} is running; wait for it to finish (see `ripcord status {}`)",
                 self.name(),
                 self.name()
-            )));
+            ))
+        };
+        let locked = self.op.try_lock().ok();
+        let _guard = match locked {
+            Some(guard) => guard,
+            None => match self.lease_holder()? {
+                Some(holder) => return Err(busy(&holder)),
+                // No operation holds the lease: the bake timer's tick (or an operation
+                // just starting or ending) has the lock for a moment. Wait it out rather
+                // than refuse a person's command over it.
+                None => match tokio::time::timeout(HOUSEKEEPING_WAIT, self.op.lock()).await {
+                    Ok(guard) => guard,
+                    Err(_) => return Err(busy("another operation of this watcher")),
+                },
+            },
         };
         let ttl = rounds * (self.cfg.start_timeout + self.cfg.verify_deadline)
             + 2 * self.cfg.stop_timeout
@@ -325,6 +340,11 @@ impl ServiceExec {
             tracing::error!(service = %self.name(), error = %e, "cannot release the lease");
         }
         result
+    }
+
+    /// Who holds this service's lease, read without keeping the ledger locked.
+    fn lease_holder(&self) -> Result<Option<String>, LedgerError> {
+        self.ledger().lease_holder(self.name())
     }
 
     /// Records how an operation ended and passes its result on.
