@@ -58,6 +58,10 @@ pub(super) async fn build_scratch_image_with(
         t: Some(tag.to_string()),
         rm: true,
         forcerm: true,
+        // No layer shared with another build of the same binary: removing one image
+        // (`docker image rm -f` prunes its untagged parents) must never pull a layer
+        // from under a build running beside it.
+        nocache: true,
         ..Default::default()
     };
     let mut stream = engine
