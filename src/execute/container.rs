@@ -149,32 +149,8 @@ impl ServiceExec {
         };
         // The release's whole env, pinned: `[service.NAME.env]` with the env file's
         // variables over it, so a cold rollback runs neither today's file nor today's table.
-        let mut vars: Vec<(String, String)> = self
-            .cfg
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if let Some(path) = &d.env_file {
-            for (k, v) in envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))? {
-                vars.retain(|(ek, _)| *ek != k);
-                vars.push((k, v));
-            }
-        }
-        if let Some((k, _)) = vars.iter().find(|(_, v)| v.contains('\n')) {
-            return Err(ExecError::Failed(format!(
-                "the env variable {k} of {} holds a line break, which an env snapshot cannot carry; \
-                 put it in a file the app reads instead",
-                self.name()
-            )));
-        }
-        crate::config::redact::learn(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        // Named by its content: a snapshot another release points at is never
-        // overwritten with different values (a redeploy, a refused deploy, two versions
-        // that sanitize alike).
-        let dest = self.env_snapshot_path(version, &envfile::digest(&vars));
-        envfile::write_snapshot(&dest, &vars).map_err(|e| ExecError::Failed(e.to_string()))?;
-        let (env_snapshot, env_keys) = (Some(dest), vars.into_iter().map(|(k, _)| k).collect());
+        let (dest, env_keys) = self.snapshot_env(version, d.env_file.as_deref())?;
+        let env_snapshot = Some(dest);
         // What a later rollback pulls when this id was pruned from the engine.
         let repo_digest = registry::digest_for(&reference, &info.repo_digests);
         Ok(ImageRelease {

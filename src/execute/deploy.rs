@@ -136,13 +136,25 @@ impl ServiceExec {
     /// `env_file`'s variables over it) written to an owner-only snapshot named by its
     /// content, so a cold start months later runs with it rather than today's.
     fn snapshot_process_env(&self, version: &str) -> Result<(PathBuf, Vec<String>), ExecError> {
+        self.snapshot_env(version, self.cfg.env_file.as_deref())
+    }
+
+    /// A release's whole environment (`env`, with `env_file`'s variables over it)
+    /// written to an owner-only snapshot named by its content (a snapshot another
+    /// release points at is never overwritten with other values); returns its path and
+    /// the variable names. Shared by the process and Docker runtimes.
+    pub(super) fn snapshot_env(
+        &self,
+        version: &str,
+        env_file: Option<&std::path::Path>,
+    ) -> Result<(PathBuf, Vec<String>), ExecError> {
         let mut vars: Vec<(String, String)> = self
             .cfg
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if let Some(path) = &self.cfg.env_file {
+        if let Some(path) = env_file {
             for (k, v) in envfile::read(path).map_err(|e| ExecError::Failed(e.to_string()))? {
                 vars.retain(|(ek, _)| *ek != k);
                 vars.push((k, v));
