@@ -5,7 +5,10 @@
 use super::{ExecError, ServiceExec, SlotProc, process, replace};
 use crate::clock::now_ms;
 use crate::config::{Runtime, Slot};
-use crate::ledger::{OperationKind, Release, ReleaseStatus};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::ledger::{OperationKind, Release, ReleaseStatus, SlotRecord};
 
 impl ServiceExec {
     /// Stops warm releases whose bake (or drain) time is over. Skipped while an
@@ -92,6 +95,8 @@ impl ServiceExec {
                 (Some(replace::REPLACE_SLOT), ok)
             } else if self.cfg.runtime == Runtime::Docker {
                 self.adopt_containers(active.as_ref()).await?
+            } else if self.cfg.runtime == Runtime::Process {
+                self.adopt_processes(active.as_ref()).await?
             } else {
                 (self.stop_orphans(active.as_ref()).await?, false)
             };
@@ -99,7 +104,9 @@ impl ServiceExec {
                 return Ok(None);
             };
             let slot = active_slot.unwrap_or(Slot::Blue);
-            let why = if adopted {
+            let why = if adopted && self.cfg.runtime == Runtime::Process {
+                "watcher restart: route to the active release's running process"
+            } else if adopted {
                 "watcher restart: route to the active release's running container"
             } else {
                 "watcher restart: bring the active release back up"
@@ -127,6 +134,85 @@ impl ServiceExec {
         .await
     }
 
+    /// Runtime `process`, after a restart: takes over the active release and a warm
+    /// previous one where an earlier watcher left them running (checked to be who the
+    /// ledger says: pid, start time and the release in their environment), so a watcher
+    /// that died costs no cold start and keeps its rollback warm. Anything else in a slot
+    /// (a release an unfinished operation was starting, or one that no longer is what
+    /// the ledger says) is stopped. Returns the active release's slot, and whether it
+    /// was adopted and answers its health check.
+    async fn adopt_processes(
+        &self,
+        active: Option<&Release>,
+    ) -> Result<(Option<Slot>, bool), ExecError> {
+        let records = self.ledger().slots(self.name())?;
+        let mut active_slot = None;
+        let mut adopted_active = false;
+        for rec in records {
+            let is_active = rec.release_id.is_some() && rec.release_id == active.map(|a| a.id);
+            if is_active {
+                active_slot = Some(rec.slot);
+            }
+            // A slot that is neither active nor kept warm held a release an operation was
+            // starting when the earlier watcher died: that operation is interrupted.
+            let wanted = is_active || rec.warm_until_ms.is_some();
+            if let (true, Some(pid), Some(rid)) = (wanted, rec.pid, rec.release_id) {
+                let release = self.ledger().release(rid)?;
+                let log = self.log_path(&release, rec.slot);
+                match process::adopt(pid, rec.pid_start, self.name(), rid, log) {
+                    Ok(proc) => {
+                        let proc = Arc::new(proc);
+                        self.set_slot(
+                            rec.slot,
+                            Some(SlotProc {
+                                release: release.clone(),
+                                proc: Some(proc.clone()),
+                                container: None,
+                                warm_until_ms: rec.warm_until_ms,
+                            }),
+                        )?;
+                        let role = if is_active { "active" } else { "warm" };
+                        self.event(
+                            Some(rid),
+                            None,
+                            "process_adopted",
+                            format!(
+                                "{} ({role}) in slot {} (pid {pid}) kept running across the watcher restart: adopted",
+                                release.version, rec.slot
+                            ),
+                        );
+                        // A running process gets its full start timeout to answer before it
+                        // is given up (one missed probe must not cost a restart).
+                        let deadline = Instant::now() + self.cfg.start_timeout;
+                        if is_active
+                            && self
+                                .wait_healthy(rec.slot, Some(&proc), None, deadline)
+                                .await
+                                .is_ok()
+                        {
+                            adopted_active = true;
+                        }
+                        continue;
+                    }
+                    Err(process::NotAdopted::Stranger(why)) => {
+                        // Not ours to stop: only forgotten.
+                        self.event(
+                            Some(rid),
+                            None,
+                            "adopt_refused",
+                            format!("slot {} is not adopted: {why}", rec.slot),
+                        );
+                        self.ledger().clear_slot(self.name(), rec.slot)?;
+                        continue;
+                    }
+                    Err(process::NotAdopted::Gone) => {}
+                }
+            }
+            self.stop_orphan(&rec).await?;
+        }
+        Ok((active_slot, adopted_active))
+    }
+
     /// Kills what an earlier watcher's processes left running; returns the slot the
     /// active release was in.
     async fn stop_orphans(&self, active: Option<&Release>) -> Result<Option<Slot>, ExecError> {
@@ -136,26 +222,33 @@ impl ServiceExec {
             if rec.release_id.is_some() && rec.release_id == active.map(|a| a.id) {
                 active_slot = Some(rec.slot);
             }
-            if let Some(pid) = rec.pid {
-                let start = rec.pid_start;
-                let killed = tokio::task::spawn_blocking(move || process::kill_orphan(pid, start))
-                    .await
-                    .unwrap_or(false);
-                if killed {
-                    self.event(
-                        rec.release_id,
-                        None,
-                        "orphan_stopped",
-                        format!(
-                            "stopped pid {pid} in slot {} left by an earlier watcher",
-                            rec.slot
-                        ),
-                    );
-                }
-            }
-            self.ledger().clear_slot(self.name(), rec.slot)?;
+            self.stop_orphan(&rec).await?;
         }
         Ok(active_slot)
+    }
+
+    /// Stops the process a slot record names, if it still is that process, and clears
+    /// the slot.
+    async fn stop_orphan(&self, rec: &SlotRecord) -> Result<(), ExecError> {
+        if let Some(pid) = rec.pid {
+            let start = rec.pid_start;
+            let killed = tokio::task::spawn_blocking(move || process::kill_orphan(pid, start))
+                .await
+                .unwrap_or(false);
+            if killed {
+                self.event(
+                    rec.release_id,
+                    None,
+                    "orphan_stopped",
+                    format!(
+                        "stopped pid {pid} in slot {} left by an earlier watcher",
+                        rec.slot
+                    ),
+                );
+            }
+        }
+        self.ledger().clear_slot(self.name(), rec.slot)?;
+        Ok(())
     }
 
     /// Kills a release that exceeds the service's memory limit (the guard's watchdog):

@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::config::Slot;
-use crate::os::start_ticks;
+use crate::os::{environ_var, start_ticks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -61,12 +61,36 @@ pub struct RunningProcess {
     /// Start time in clock ticks since boot (from /proc), recorded for reconciliation.
     pub pid_start: Option<u64>,
     pub log_path: PathBuf,
-    exit: watch::Receiver<Option<ExitStatus>>,
+    exit: watch::Receiver<Option<Exited>>,
     /// Set when ripcord asked it to stop: its exit is then no crash.
     stopping: AtomicBool,
     /// Set when ripcord killed it for exceeding the memory limit.
     oom_killed: AtomicBool,
 }
+
+/// How a release's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exited {
+    /// A child of this watcher: its exit status.
+    Status(ExitStatus),
+    /// Adopted from an earlier watcher: not this watcher's child, so its status is not
+    /// ours to read; only that it is gone.
+    Gone,
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exited::Status(s) => s.fmt(f),
+            Exited::Gone => f.write_str(
+                "exit status unknown: it was adopted from an earlier watcher, so it is not this watcher's child",
+            ),
+        }
+    }
+}
+
+/// How often an adopted process is checked for having exited.
+const ADOPTED_POLL: Duration = Duration::from_millis(100);
 
 /// `{port}` and `{version}` in every argument.
 pub fn substitute(argv: &[String], port: u16, version: &str) -> Vec<String> {
@@ -139,7 +163,7 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         if let Ok(status) = child.wait().await {
-            let _ = tx.send(Some(status));
+            let _ = tx.send(Some(Exited::Status(status)));
         }
     });
     Ok(RunningProcess {
@@ -152,14 +176,72 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
     })
 }
 
+/// Why a process left by an earlier watcher is not adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotAdopted {
+    /// No process has that pid and start time any more.
+    Gone,
+    /// The pid and start time match, but its environment names another release.
+    Stranger(String),
+}
+
+/// Takes over a release process an earlier watcher started (it kept running when that
+/// watcher died), after checking it is who the ledger says: the same pid *and* start
+/// time, and the service and release ripcord put in its environment when it started it.
+/// Its exit is seen by polling, since it is not this watcher's child.
+pub fn adopt(
+    pid: i64,
+    pid_start: Option<u64>,
+    service: &str,
+    release_id: i64,
+    log_path: PathBuf,
+) -> Result<RunningProcess, NotAdopted> {
+    if pid <= 0 || pid_start.is_none() || start_ticks(pid) != pid_start {
+        return Err(NotAdopted::Gone);
+    }
+    let env_service = environ_var(pid, "RIPCORD_SERVICE");
+    let env_release = environ_var(pid, "RIPCORD_RELEASE_ID");
+    if env_service.as_deref() != Some(service)
+        || env_release.as_deref() != Some(release_id.to_string().as_str())
+    {
+        return Err(NotAdopted::Stranger(format!(
+            "pid {pid} runs with RIPCORD_SERVICE={} RIPCORD_RELEASE_ID={}, not {service} release {release_id}",
+            env_service.as_deref().unwrap_or("(unset)"),
+            env_release.as_deref().unwrap_or("(unset)")
+        )));
+    }
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ADOPTED_POLL);
+        loop {
+            tick.tick().await;
+            if start_ticks(pid) != pid_start {
+                let _ = tx.send(Some(Exited::Gone));
+                return;
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok(RunningProcess {
+        pid: pid as u32,
+        pid_start,
+        log_path,
+        exit: rx,
+        stopping: AtomicBool::new(false),
+        oom_killed: AtomicBool::new(false),
+    })
+}
+
 impl RunningProcess {
-    /// The exit status, once the process has exited.
-    pub fn exited(&self) -> Option<ExitStatus> {
+    /// How it ended, once the process has exited.
+    pub fn exited(&self) -> Option<Exited> {
         *self.exit.borrow()
     }
 
     /// Waits for the process to exit.
-    pub async fn wait(&self) -> Option<ExitStatus> {
+    pub async fn wait(&self) -> Option<Exited> {
         let mut rx = self.exit.clone();
         rx.wait_for(|s| s.is_some()).await.ok().and_then(|s| *s)
     }
@@ -283,7 +365,9 @@ mod tests {
             ],
         );
         let p = start(&s).unwrap();
-        let status = p.wait().await.unwrap();
+        let Some(Exited::Status(status)) = p.wait().await else {
+            panic!("a child's exit has its status");
+        };
         assert_eq!(status.code(), Some(3));
         assert_eq!(tail_lines(&s.log_path, 10), ["out 9 v1 yes", "err"]);
         assert_eq!(
@@ -334,6 +418,46 @@ mod tests {
         assert!(!kill_orphan(pid, p.pid_start.map(|s| s + 1)));
         assert!(p.exited().is_none());
         assert!(kill_orphan(pid, p.pid_start));
+        assert!(p.wait().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_process_is_adopted_only_when_pid_start_time_and_release_all_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), &["sleep", "30"]);
+        let p = start(&s).unwrap();
+        let (pid, started) = (p.pid as i64, p.pid_start);
+        let log = s.log_path.clone();
+        // A recycled pid (another start time) is not ours.
+        let other_start = started.map(|t| t + 1);
+        assert_eq!(
+            adopt(pid, other_start, &s.service, s.release_id, log.clone()).unwrap_err(),
+            NotAdopted::Gone
+        );
+        // The right process, but the ledger says another release ran there.
+        let err = adopt(pid, started, &s.service, s.release_id + 1, log.clone()).unwrap_err();
+        let NotAdopted::Stranger(why) = err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            why.contains(&format!("RIPCORD_RELEASE_ID={}", s.release_id)),
+            "{why}"
+        );
+        let err = adopt(pid, started, "other", s.release_id, log.clone()).unwrap_err();
+        assert!(matches!(err, NotAdopted::Stranger(_)), "{err:?}");
+
+        let adopted = adopt(pid, started, &s.service, s.release_id, log).unwrap();
+        assert!(adopted.exited().is_none());
+        // Its end is seen though it is not the adopter's child, and a stop reaches it.
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            adopted.stop(Duration::from_secs(5)),
+        )
+        .await
+        .expect("the stop of an adopted process ends");
+        assert_eq!(outcome, StopOutcome::Terminated);
+        assert_eq!(adopted.exited(), Some(Exited::Gone));
+        assert!(adopted.exited().unwrap().to_string().contains("adopted"));
         assert!(p.wait().await.is_some());
     }
 }

@@ -8,4 +8,6 @@
 
 pub mod process;
 
-pub use process::{boot_time_ms, cpu_ticks, describe_exit, rss_mb, start_ticks, ticks_per_sec};
+pub use process::{
+    boot_time_ms, cpu_ticks, describe_exit, environ_var, rss_mb, start_ticks, ticks_per_sec,
+};

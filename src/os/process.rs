@@ -14,6 +14,17 @@ pub fn start_ticks(pid: i64) -> Option<u64> {
     fields.get(22 - 3)?.parse().ok()
 }
 
+/// The value of `name` in the environment a process was started with
+/// (/proc/PID/environ; readable for a process of the same user).
+pub fn environ_var(pid: i64, name: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|b| *b == 0).find_map(|kv| {
+        let kv = std::str::from_utf8(kv).ok()?;
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
 /// CPU time used so far (user + system), in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
