@@ -23,5 +23,6 @@ pub mod prometheus;
 pub mod proxy;
 pub mod report;
 pub mod signals;
+pub mod sockets;
 pub mod verify;
 pub mod watch;

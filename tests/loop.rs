@@ -258,65 +258,6 @@ fn two_operations_on_one_service_one_is_refused() {
     );
 }
 
-#[test]
-fn kill_9_of_the_watcher_then_restart_serves_the_active_release_again() {
-    let mut p = Project::new("", "");
-    p.start_watcher();
-    assert_ok(&p.deploy("v1", &[]), "deploy v1");
-    assert_ok(&p.deploy("v2", &[]), "deploy v2");
-    let live = p.json(&["status", "web"]);
-    let pids: Vec<i64> = live["live"]["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["pid"].as_i64().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 2, "{live:#}");
-
-    let mut child = p.watcher.take().unwrap();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert_eq!(
-        get(&p.url("/api/x")).0,
-        0,
-        "the proxy died with the watcher"
-    );
-
-    p.start_watcher();
-    assert_eq!(serving(&p), "v2");
-    for pid in pids {
-        assert!(
-            !pid_alive(pid),
-            "pid {pid} left by the killed watcher still runs"
-        );
-    }
-    let status = p.json(&["status", "web"]);
-    assert_eq!(status["active"]["version"], "v2");
-    assert_eq!(status["state"], "steady", "{status:#}");
-    let events = p.json(&["events", "web"]);
-    let kinds: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert!(kinds.contains(&"orphan_stopped"), "{kinds:?}");
-
-    let ledger = ripcord::ledger::Ledger::open(&p.state_dir()).unwrap();
-    assert!(ledger.integrity_ok().unwrap());
-    assert_eq!(ledger.releases("web").unwrap().len(), 2);
-
-    // The previous release is cold now; a rollback starts it and still loses nothing.
-    let load = Load::start(p.url("/api/load"), 2, Duration::from_secs(60), 100_000);
-    let out = p.run(&["--json", "rollback", "web"]);
-    assert_ok(&out, "cold rollback");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["result"]["warm"], false);
-    assert_eq!(serving(&p), "v1");
-    let report = load.stop();
-    assert!(report.failures.is_empty(), "{:?}", report.failures);
-}
-
 /// Whether the service's events hold one of `kind`.
 fn has_event(p: &Project, kind: &str) -> bool {
     p.json(&["events", "web"])

@@ -226,6 +226,7 @@ json_equals = "{{version}}"
         crate::watch::run(
             config,
             &watcher_state,
+            crate::sockets::Keep::No,
             async {
                 let _ = stop_rx.await;
             },

@@ -222,6 +222,13 @@ pub enum Command {
     /// Run the demo application (used by `ripcord demo`, tests and benchmarks)
     #[command(hide = true)]
     DemoApp(crate::demo_app::DemoAppArgs),
+    /// Hold the proxies' listening sockets across watcher restarts (started by `watch`)
+    #[command(hide = true)]
+    KeepSockets {
+        /// How long to hold them after the watcher died, waiting for the next one
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        grace: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -411,6 +418,9 @@ pub fn main() -> i32 {
     let json = cli.json;
     match cli.command {
         Command::DemoApp(args) => return crate::demo_app::run(args),
+        Command::KeepSockets { grace } => {
+            return crate::sockets::keeper::serve(&cli.state_dir, grace);
+        }
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut public_command(), "ripcord", &mut out);
@@ -767,7 +777,10 @@ pub async fn run(cli: Cli) -> Result<i32, CliError> {
             duration,
             rate,
         } => demo::run(scenario, duration, rate, json).await,
-        Command::DemoApp(_) | Command::Completions { .. } | Command::Man => {
+        Command::DemoApp(_)
+        | Command::KeepSockets { .. }
+        | Command::Completions { .. }
+        | Command::Man => {
             unreachable!("handled before the runtime starts")
         }
     }
@@ -1149,7 +1162,17 @@ async fn watch(flag: Option<&Path>, state_dir: &Path) -> Result<i32, CliError> {
             );
         }
     });
-    crate::watch::run(cfg, state_dir, shutdown_signal(), Some(ready_tx))
+    // The proxies' listening sockets outlive this process (a keeper holds them), so a
+    // watcher that dies costs users a delay, not errors.
+    let keep = match (cfg.socket_grace, std::env::current_exe()) {
+        (None, _) => crate::sockets::Keep::No,
+        (Some(grace), Ok(program)) => crate::sockets::Keep::Keeper { program, grace },
+        (Some(_), Err(e)) => {
+            tracing::warn!(error = %e, "cannot find this program's path: no socket keeper");
+            crate::sockets::Keep::No
+        }
+    };
+    crate::watch::run(cfg, state_dir, keep, shutdown_signal(), Some(ready_tx))
         .await
         .map_err(|e| CliError::new(1, e.to_string()))?;
     Ok(0)

@@ -72,6 +72,7 @@ pub(crate) const KEYS: &[Key] = &[
     key("drill_budget", "", Whole::Seconds),
     key("drill_max_age", "", Whole::Seconds),
     key("pull_timeout", "", Whole::Seconds),
+    key("socket_grace", "", Whole::Seconds),
 ];
 
 /// Bounds the config's durations are checked against.

@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -60,7 +61,13 @@ pub struct Config {
     pub dashboard: Option<DashboardListen>,
     /// `redact`: the name patterns of secret env variables (see `redact.rs`).
     pub redact: redact::Redact,
+    /// `[watch] socket_grace`: how long the proxies' listening sockets are kept open
+    /// for the next watcher after one died (`None`: `"off"`, they die with it).
+    pub socket_grace: Option<Duration>,
 }
+
+/// How long a dead watcher's listening sockets wait for the next one by default.
+pub const DEFAULT_SOCKET_GRACE: Duration = Duration::from_secs(60);
 
 /// Where the dashboard listens when the config says nothing.
 pub const DEFAULT_DASHBOARD: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9470);
@@ -154,6 +161,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             metrics_listen: raw.metrics_listen.as_ref().map(|m| m.value),
+            socket_grace: raw.socket_grace.unwrap_or(Some(DEFAULT_SOCKET_GRACE)),
             redact: raw
                 .redact
                 .clone()

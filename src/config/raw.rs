@@ -22,6 +22,8 @@ pub(crate) struct RawConfig {
     pub(crate) dashboard: Option<Spanned<Option<SocketAddr>>>,
     /// `redact`, when given: replaces the default patterns.
     pub(crate) redact: Option<Vec<String>>,
+    /// `[watch] socket_grace`; `Some(None)` is `"off"`.
+    pub(crate) socket_grace: Option<Option<Duration>>,
 }
 
 pub(crate) struct RawService {

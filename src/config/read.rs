@@ -46,8 +46,14 @@ pub(super) fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
     let redact = read_redact(r, root);
     let mut metrics_listen = None;
     let mut dashboard = None;
+    let mut socket_grace = None;
     if let Some(w) = r.table(root, "watch") {
-        r.deny_unknown(&w, &["metrics_listen", "dashboard_listen"]);
+        r.deny_unknown(&w, &["metrics_listen", "dashboard_listen", "socket_grace"]);
+        socket_grace = if w.inner.get("socket_grace").and_then(|i| i.as_str()) == Some("off") {
+            Some(None)
+        } else {
+            r.duration(&w, "socket_grace", SECOND, DAY).map(Some)
+        };
         if let Some(addr) = r.string(&w, "dashboard_listen") {
             if addr.value == "off" {
                 dashboard = Some(Spanned {
@@ -104,6 +110,7 @@ pub(super) fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
         metrics_listen,
         dashboard,
         redact,
+        socket_grace,
     }
 }
 

@@ -116,7 +116,40 @@ impl Proxy {
         listen: SocketAddr,
         records: Option<mpsc::Sender<RequestRecord>>,
     ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
-        let listener = TcpListener::bind(listen).await?;
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        Proxy::serve(service, listener, records)
+    }
+
+    /// Serves on a listening socket bound elsewhere (one kept across a watcher restart,
+    /// or handed over by systemd); it must be non-blocking.
+    pub fn serve(
+        service: &str,
+        listener: std::net::TcpListener,
+        records: Option<mpsc::Sender<RequestRecord>>,
+    ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
+        Proxy::start(service, listener, records, false).map(|(p, t, _)| (p, t))
+    }
+
+    /// [`Proxy::serve`], held from its first request until the guard is dropped: for a
+    /// watcher that takes over a socket with connections already waiting in its backlog,
+    /// before it has routed them anywhere.
+    pub fn serve_held(
+        service: &str,
+        listener: std::net::TcpListener,
+        records: Option<mpsc::Sender<RequestRecord>>,
+    ) -> std::io::Result<(Proxy, JoinHandle<()>, HoldGuard)> {
+        let (p, t, hold) = Proxy::start(service, listener, records, true)?;
+        Ok((p, t, hold.expect("started held")))
+    }
+
+    fn start(
+        service: &str,
+        listener: std::net::TcpListener,
+        records: Option<mpsc::Sender<RequestRecord>>,
+        held: bool,
+    ) -> std::io::Result<(Proxy, JoinHandle<()>, Option<HoldGuard>)> {
+        let listener = TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -130,10 +163,13 @@ impl Proxy {
             client,
             records,
             counters: ProxyCounters::default(),
-            held: AtomicBool::new(false),
+            held: AtomicBool::new(held),
             released: Notify::new(),
         });
         let (shutdown, rx) = watch::channel(false);
+        let hold = held.then(|| HoldGuard {
+            shared: shared.clone(),
+        });
         let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
         Ok((
             Proxy {
@@ -142,6 +178,7 @@ impl Proxy {
                 shutdown,
             },
             task,
+            hold,
         ))
     }
 

@@ -133,6 +133,7 @@ pub fn ensure_state_dir(path: &Path) -> Result<(), WatchError> {
 pub async fn run(
     config: Config,
     state_dir: &Path,
+    keep: crate::sockets::Keep,
     shutdown: impl Future<Output = ()>,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), WatchError> {
@@ -190,6 +191,39 @@ pub async fn run(
             .map_err(|source| WatchError::MetricsBind { addr, source })?;
         tokio::spawn(metrics::serve(listener, own_metrics.clone()));
     }
+    // The proxies' listening sockets: from systemd, from the keeper that held them while
+    // no watcher ran, or bound now (and handed to a keeper, so they outlive this process).
+    let wanted: Vec<(String, std::net::SocketAddr)> = config
+        .services
+        .iter()
+        .filter(|(_, c)| c.router == config::Router::Proxy)
+        .filter_map(|(n, c)| c.listen.map(|a| (n.clone(), a)))
+        .collect();
+    let mut listeners = {
+        let (dir, addrs) = (
+            state_dir.to_path_buf(),
+            wanted.iter().map(|(_, a)| *a).collect::<Vec<_>>(),
+        );
+        tokio::task::spawn_blocking(move || crate::sockets::obtain(&dir, &addrs, &keep))
+            .await
+            .expect("the socket hand-over does not panic")
+            .map_err(|e| WatchError::ProxyBind {
+                service: wanted
+                    .iter()
+                    .find(|(_, a)| *a == e.addr)
+                    .map(|(n, _)| n.clone())
+                    .unwrap_or_default(),
+                addr: e.addr,
+                source: e.source,
+            })?
+    };
+    if let Some(w) = &listeners.warning {
+        tracing::warn!("{w}");
+    }
+    // Where a release was active, requests that arrive before it is reconciled wait for
+    // it (held by the proxy) instead of meeting "no active release yet".
+    let mut holds: BTreeMap<String, crate::proxy::HoldGuard> = BTreeMap::new();
+    let mut origins: BTreeMap<String, crate::sockets::Origin> = BTreeMap::new();
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     for (name, cfg) in &config.services {
         let (tx, rx) = mpsc::channel(65_536);
@@ -198,14 +232,27 @@ pub async fn run(
         // guard stops when its record channel closes.
         let (router, proxy_task, records_tx) = match (cfg.router, cfg.listen, &cfg.nginx) {
             (config::Router::Proxy, Some(listen), _) => {
-                let (proxy, task) =
-                    Proxy::bind(name, listen, Some(tx))
-                        .await
-                        .map_err(|source| WatchError::ProxyBind {
-                            service: name.clone(),
-                            addr: listen,
-                            source,
-                        })?;
+                let (listener, origin) = listeners
+                    .take(listen)
+                    .expect("a socket was obtained for every proxy address");
+                let bind_error = |source| WatchError::ProxyBind {
+                    service: name.clone(),
+                    addr: listen,
+                    source,
+                };
+                let active = ledger
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .active_release(name)?;
+                let (proxy, task) = if active.is_some() {
+                    let (proxy, task, hold) =
+                        Proxy::serve_held(name, listener, Some(tx)).map_err(bind_error)?;
+                    holds.insert(name.clone(), hold);
+                    (proxy, task)
+                } else {
+                    Proxy::serve(name, listener, Some(tx)).map_err(bind_error)?
+                };
+                origins.insert(name.clone(), origin);
                 (Router::Proxy(proxy), Some(task), None)
             }
             (config::Router::Nginx, _, Some(n)) => {
@@ -304,12 +351,19 @@ pub async fn run(
             name,
             "watcher_started",
             format!(
-                "watcher started (pid {}); traffic through {}",
+                "watcher started (pid {}); traffic through {}{}",
                 std::process::id(),
-                svc.exec.cfg.entry()
+                svc.exec.cfg.entry(),
+                origins
+                    .get(name)
+                    .map(|o| format!(", its listening socket {}", o.describe()))
+                    .unwrap_or_default()
             ),
         );
-        match svc.exec.reconcile().await {
+        let reconciled = svc.exec.reconcile().await;
+        // Held requests go on now, to the reconciled release (or get the proxy's 503).
+        drop(holds.remove(name));
+        match reconciled {
             Ok(Some(r)) => {
                 tracing::info!(service = %name, version = %r.version, "active release serving again")
             }
@@ -356,6 +410,9 @@ pub async fn run(
 
     tracing::info!("shutting down: draining the proxies, then stopping releases");
     drop(listener);
+    // A clean stop: the keeper lets go first, so once the proxies close their copies
+    // new clients are refused, not left waiting for a watcher that is not coming.
+    tokio::task::block_in_place(|| listeners.release());
     let _ = std::fs::remove_file(&socket);
     for svc in services.values() {
         if let Some(p) = svc.exec.router.proxy() {
