@@ -200,3 +200,91 @@ fn a_release_an_unfinished_deploy_was_starting_is_stopped_after_the_restart() {
         "{ev:?}"
     );
 }
+
+/// systemd's own tool for socket activation: it binds the socket and execs the watcher
+/// with it as fd 3 (`LISTEN_FDS=1`, `LISTEN_PID`), as systemd does with ripcord.socket.
+#[test]
+fn a_socket_from_systemd_socket_activation_is_served_and_no_keeper_is_started() {
+    let mut p = Project::new("", "");
+    let mut cmd = std::process::Command::new("systemd-socket-activate");
+    cmd.arg("-l")
+        .arg(format!("127.0.0.1:{}", p.listen))
+        .arg(BIN)
+        .arg("--config")
+        .arg(p.config())
+        .arg("--state-dir")
+        .arg(p.state_dir())
+        .arg("watch")
+        .current_dir(p.dir.path());
+    let log = p.dir.path().join("watcher.log");
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("systemd-socket-activate (Debian's systemd package) must be installed: scripts/test installs it");
+    // It execs the watcher on the first connection; that request waits in the backlog
+    // until the watcher serves it (no release yet: a 503 that says so).
+    eventually(
+        "systemd-socket-activate listens",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("Listening on")
+        },
+    );
+    let (status, body) = get(&p.url("/health"));
+    assert_eq!(
+        status,
+        503,
+        "{body}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(body.contains("no active release yet"), "{body}");
+    eventually("the watcher answers", Duration::from_secs(30), || {
+        assert!(child.try_wait().unwrap().is_none(), "{}", p.watcher_log());
+        p.run(&["--json", "status", "web"]).status.success()
+    });
+    // The watcher is this process now (systemd-socket-activate exec'd into it).
+    p.watcher = Some(child);
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    assert_eq!(serving(&p), "v1");
+    let ev = events(&p);
+    let started = ev.iter().find(|(k, _)| k == "watcher_started").unwrap();
+    assert!(started.1.contains("handed over by systemd"), "{started:?}");
+    assert!(
+        !p.state_dir().join("sockets.sock").exists(),
+        "systemd holds the socket: no keeper is started"
+    );
+    p.stop_watcher();
+}
+
+#[test]
+fn the_shipped_systemd_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd");
+    for unit in ["ripcord.socket", "ripcord.service"] {
+        let text = std::fs::read_to_string(root.join(unit)).unwrap();
+        // The unit names the installed binary; verify checks it exists and runs.
+        let text = text.replace("/usr/local/bin/ripcord", BIN);
+        std::fs::write(dir.path().join(unit), text).unwrap();
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("ripcord.socket"))
+        .arg(dir.path().join("ripcord.service"))
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) must be installed");
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    // And the one setting that keeps the releases alive across a restart is there.
+    let service = std::fs::read_to_string(root.join("ripcord.service")).unwrap();
+    assert!(
+        service.lines().any(|l| l.trim() == "KillMode=process"),
+        "{service}"
+    );
+    assert!(
+        service.lines().any(|l| l.trim() == "Restart=always"),
+        "{service}"
+    );
+}

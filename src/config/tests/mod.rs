@@ -345,6 +345,38 @@ fn metric_rules_are_read_and_checked() {
 }
 
 #[test]
+fn socket_grace_is_a_duration_or_off_with_a_default() {
+    let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+    assert_eq!(cfg.socket_grace, Some(DEFAULT_SOCKET_GRACE));
+    let cfg = Config::parse(
+        &format!("[watch]\nsocket_grace = \"5m\"\n{GOOD}"),
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert_eq!(cfg.socket_grace, Some(Duration::from_secs(300)));
+    let cfg = Config::parse(
+        &format!("[watch]\nsocket_grace = 30\n{GOOD}"),
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert_eq!(cfg.socket_grace, Some(Duration::from_secs(30)));
+    let cfg = Config::parse(
+        &format!("[watch]\nsocket_grace = \"off\"\n{GOOD}"),
+        Path::new("x.toml"),
+    )
+    .unwrap();
+    assert_eq!(cfg.socket_grace, None);
+    let problems = errors(&format!("[watch]\nsocket_grace = \"soon\"\n{GOOD}"));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("ripcord.toml:2: watch.socket_grace: "),
+        "{problems:?}"
+    );
+    let problems = errors(&format!("[watch]\nsocket_grace = \"500ms\"\n{GOOD}"));
+    assert!(problems[0].contains("out of range"), "{problems:?}");
+}
+
+#[test]
 fn metrics_listen_must_be_loopback_and_free() {
     let src = format!("[watch]\nmetrics_listen = \"0.0.0.0:9464\"\n{GOOD}");
     check(
