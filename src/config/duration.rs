@@ -73,6 +73,8 @@ pub(crate) const KEYS: &[Key] = &[
     key("drill_max_age", "", Whole::Seconds),
     key("pull_timeout", "", Whole::Seconds),
     key("socket_grace", "", Whole::Seconds),
+    key("header_timeout", "", Whole::Seconds),
+    key("response_timeout", "", Whole::Seconds),
 ];
 
 /// Bounds the config's durations are checked against.

@@ -36,7 +36,8 @@ use serde::Serialize;
 
 pub use model::{
     Check, CheckKind, DatabaseConfig, DockerConfig, IntegrityCheck, MetricRule, MigrationsConfig,
-    NginxConfig, OnContract, PrometheusConfig, Router, Runtime, ServiceConfig, Slot, Slots,
+    NginxConfig, OnContract, PrometheusConfig, ProxyLimits, Router, Runtime, ServiceConfig, Slot,
+    Slots,
 };
 pub(crate) use raw::{RawConfig, RawService};
 use reader::{Reader, Table};

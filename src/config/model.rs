@@ -223,6 +223,9 @@ pub struct ServiceConfig {
     pub nginx: Option<NginxConfig>,
     /// How containers run (runtime `docker` only).
     pub docker: Option<DockerConfig>,
+    /// The built-in proxy's limits per client (router `proxy`).
+    #[serde(skip)]
+    pub proxy_limits: ProxyLimits,
     /// The service's PostgreSQL database (backups and restore).
     pub database: Option<DatabaseConfig>,
     /// Where the migrations live and how to read the schema head (the rollback guard).
@@ -373,4 +376,37 @@ pub enum CheckKind {
         #[serde(skip_serializing_if = "Option::is_none")]
         ca_file: Option<PathBuf>,
     },
+}
+
+/// `[service.NAME.proxy]`: what one client may take of the built-in proxy, so that a slow or oversized one cannot starve
+/// the others. The defaults follow nginx's where it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyLimits {
+    /// Open client connections at most; more wait in the listen backlog until one
+    /// closes (nginx: `worker_connections`).
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must arrive within this, and a
+    /// keep-alive connection idle for this long is closed: a client that trickles its
+    /// headers (slowloris) loses its connection (nginx: `client_header_timeout`).
+    pub header_timeout: Duration,
+    /// The release must send its response head within this, else the client gets a
+    /// 504 and the guard a failed request (nginx: `proxy_read_timeout`).
+    pub response_timeout: Duration,
+    /// The request line and headers, in bytes: more is a 431 (nginx answers 494 past
+    /// `large_client_header_buffers`).
+    pub max_header_bytes: usize,
+    /// The request target, in bytes: longer is a 414 (nginx: a buffer of 8k).
+    pub max_uri_bytes: usize,
+}
+
+impl Default for ProxyLimits {
+    fn default() -> Self {
+        ProxyLimits {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            max_uri_bytes: 8 * 1024,
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::model::{
     Check, DatabaseConfig, DockerConfig, IntegrityCheck, MigrationsConfig, NginxConfig,
-    PrometheusConfig, Router, Runtime, ServiceConfig, Slots,
+    PrometheusConfig, ProxyLimits, Router, Runtime, ServiceConfig, Slots,
 };
 use super::reader::Spanned;
 use super::triggers::Triggers;
@@ -35,6 +35,7 @@ pub(crate) struct RawService {
     pub(crate) listen: Option<Spanned<SocketAddr>>,
     pub(crate) nginx: Option<NginxConfig>,
     pub(crate) docker: Option<DockerConfig>,
+    pub(crate) proxy_limits: Option<ProxyLimits>,
     pub(crate) database: Option<DatabaseConfig>,
     pub(crate) migrations: Option<MigrationsConfig>,
     pub(crate) slots: Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>>,
@@ -75,6 +76,7 @@ impl RawService {
             listen: self.listen.map(|l| l.value),
             nginx: self.nginx,
             docker: self.docker,
+            proxy_limits: self.proxy_limits.unwrap_or_default(),
             database: self.database,
             migrations: self.migrations,
             slots: Slots {

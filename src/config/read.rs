@@ -11,7 +11,9 @@ use super::duration::{DAY, SECOND};
 use super::model::{Check, CheckKind, Router, Runtime};
 use super::raw::{RawConfig, RawService};
 use super::reader::{self, Reader, Spanned, Table, parse_addr};
-use super::tables::{read_database, read_docker, read_migrations, read_nginx, read_triggers};
+use super::tables::{
+    read_database, read_docker, read_migrations, read_nginx, read_proxy, read_triggers,
+};
 
 const SERVICE_KEYS: &[&str] = &[
     "runtime",
@@ -39,6 +41,7 @@ const SERVICE_KEYS: &[&str] = &[
     "migrations",
     "docker",
     "database",
+    "proxy",
 ];
 
 pub(super) fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
@@ -224,6 +227,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let slots = read_slots(r, t);
     let nginx = r.table(t, "nginx").and_then(|n| read_nginx(r, &n));
     let docker = r.table(t, "docker").and_then(|d| read_docker(r, &d, name));
+    let proxy_limits = r.table(t, "proxy").map(|p| read_proxy(r, &p));
     let database = r.table(t, "database").and_then(|d| read_database(r, &d));
     if matches!(runtime, Some(Runtime::Docker | Runtime::Swarm)) && !t.inner.contains_key("docker")
     {
@@ -363,6 +367,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         listen,
         nginx,
         docker,
+        proxy_limits,
         database,
         migrations,
         slots,

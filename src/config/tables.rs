@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::duration::{DAY, HOUR, MIN_PROBE, SECOND};
-use super::model::{DatabaseConfig, DockerConfig, MigrationsConfig, NginxConfig, OnContract};
+use super::model::{
+    DatabaseConfig, DockerConfig, MigrationsConfig, NginxConfig, OnContract, ProxyLimits,
+};
 use super::reader::{self, Reader, Table, parse_addr};
 use super::triggers::{CpuRule, ErrorRateRule, HealthRule, LatencyRule, Triggers};
 use crate::migrate;
@@ -65,6 +67,37 @@ pub(super) fn read_database(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Databas
 }
 
 /// `[service.NAME.docker]`: how a release's container runs.
+/// `[service.NAME.proxy]`: the built-in proxy's limits per client; what is not given
+/// keeps its default.
+pub(super) fn read_proxy(r: &mut Reader<'_>, t: &Table<'_>) -> ProxyLimits {
+    r.deny_unknown(
+        t,
+        &[
+            "max_connections",
+            "header_timeout",
+            "response_timeout",
+            "max_header_bytes",
+            "max_uri_bytes",
+        ],
+    );
+    let d = ProxyLimits::default();
+    let size = |r: &mut Reader<'_>, key: &str, min: i64, default: usize| {
+        r.integer(t, key, min, 1 << 30)
+            .map_or(default, |v| v.value as usize)
+    };
+    ProxyLimits {
+        max_connections: size(r, "max_connections", 1, d.max_connections),
+        max_header_bytes: size(r, "max_header_bytes", 1024, d.max_header_bytes),
+        max_uri_bytes: size(r, "max_uri_bytes", 256, d.max_uri_bytes),
+        header_timeout: r
+            .duration(t, "header_timeout", SECOND, HOUR)
+            .unwrap_or(d.header_timeout),
+        response_timeout: r
+            .duration(t, "response_timeout", SECOND, DAY)
+            .unwrap_or(d.response_timeout),
+    }
+}
+
 pub(super) fn read_docker(
     r: &mut Reader<'_>,
     t: &Table<'_>,

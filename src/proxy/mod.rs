@@ -24,12 +24,12 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Slot;
+use crate::config::{ProxyLimits, Slot};
 use crate::http::error_chain;
 
 pub use headers::strip_hop_by_hop;
@@ -78,6 +78,7 @@ struct Shared {
     client: Client<HttpConnector, Incoming>,
     records: Option<mpsc::Sender<RequestRecord>>,
     counters: ProxyCounters,
+    limits: ProxyLimits,
     /// Set while a release is put in place at the one address behind the proxy: new
     /// requests wait (at most [`MAX_HOLD`]) instead of meeting a closed port.
     held: AtomicBool,
@@ -116,9 +117,19 @@ impl Proxy {
         listen: SocketAddr,
         records: Option<mpsc::Sender<RequestRecord>>,
     ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
+        Proxy::bind_with(service, listen, records, ProxyLimits::default()).await
+    }
+
+    /// [`Proxy::bind`] with limits other than the defaults.
+    pub async fn bind_with(
+        service: &str,
+        listen: SocketAddr,
+        records: Option<mpsc::Sender<RequestRecord>>,
+        limits: ProxyLimits,
+    ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
-        Proxy::serve(service, listener, records)
+        Proxy::serve(service, listener, records, limits)
     }
 
     /// Serves on a listening socket bound elsewhere (one kept across a watcher restart,
@@ -127,8 +138,9 @@ impl Proxy {
         service: &str,
         listener: std::net::TcpListener,
         records: Option<mpsc::Sender<RequestRecord>>,
+        limits: ProxyLimits,
     ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
-        Proxy::start(service, listener, records, false).map(|(p, t, _)| (p, t))
+        Proxy::start(service, listener, records, false, limits).map(|(p, t, _)| (p, t))
     }
 
     /// [`Proxy::serve`], held from its first request until the guard is dropped: for a
@@ -138,8 +150,9 @@ impl Proxy {
         service: &str,
         listener: std::net::TcpListener,
         records: Option<mpsc::Sender<RequestRecord>>,
+        limits: ProxyLimits,
     ) -> std::io::Result<(Proxy, JoinHandle<()>, HoldGuard)> {
-        let (p, t, hold) = Proxy::start(service, listener, records, true)?;
+        let (p, t, hold) = Proxy::start(service, listener, records, true, limits)?;
         Ok((p, t, hold.expect("started held")))
     }
 
@@ -148,6 +161,7 @@ impl Proxy {
         listener: std::net::TcpListener,
         records: Option<mpsc::Sender<RequestRecord>>,
         held: bool,
+        limits: ProxyLimits,
     ) -> std::io::Result<(Proxy, JoinHandle<()>, Option<HoldGuard>)> {
         let listener = TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
@@ -163,6 +177,7 @@ impl Proxy {
             client,
             records,
             counters: ProxyCounters::default(),
+            limits,
             held: AtomicBool::new(held),
             released: Notify::new(),
         });
@@ -223,7 +238,20 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limits = shared.limits;
+    // A connection holds a permit for its life: at the cap, new ones wait in the backlog.
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_header_bytes);
     loop {
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = stop.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -238,12 +266,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let svc = service_fn(move |req| handle(shared.clone(), req, peer));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(permit);
                 });
             }
             _ = stop.changed() => break,
@@ -276,6 +303,16 @@ async fn handle(
             ),
         ));
     };
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > shared.limits.max_uri_bytes {
+        return Ok(plain(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "ripcord: the request target is {uri_len} bytes, more than the {} allowed\n",
+                shared.limits.max_uri_bytes
+            ),
+        ));
+    }
     counters.in_flight.fetch_add(1, Ordering::Relaxed);
     let (mut parts, body) = req.into_parts();
     headers::prepare_request(&mut parts.headers, peer);
@@ -299,33 +336,51 @@ async fn handle(
             ));
         }
     };
-    let result = shared
-        .client
-        .request(Request::from_parts(parts, body))
-        .await;
+    let result = tokio::time::timeout(
+        shared.limits.response_timeout,
+        shared.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
     counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     let response = match result {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers);
-            record(&shared, &target, parts.status.as_u16(), start, false);
-            Response::from_parts(parts, body.boxed())
-        }
-        Err(e) => {
+        Err(_) => {
             counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-            record(&shared, &target, 502, start, true);
+            record(&shared, &target, 504, start, true);
             plain(
-                StatusCode::BAD_GATEWAY,
+                StatusCode::GATEWAY_TIMEOUT,
                 format!(
-                    "ripcord: service `{}`: release {} in slot {} ({}) did not answer: {}\n",
+                    "ripcord: service `{}`: release {} in slot {} ({}) sent no response within {}\n",
                     shared.service,
                     target.version,
                     target.slot,
                     target.addr,
-                    error_chain(&e)
+                    crate::config::duration::unit_text(shared.limits.response_timeout)
                 ),
             )
         }
+        Ok(result) => match result {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                record(&shared, &target, parts.status.as_u16(), start, false);
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(e) => {
+                counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                record(&shared, &target, 502, start, true);
+                plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "ripcord: service `{}`: release {} in slot {} ({}) did not answer: {}\n",
+                        shared.service,
+                        target.version,
+                        target.slot,
+                        target.addr,
+                        error_chain(&e)
+                    ),
+                )
+            }
+        },
     };
     Ok(response)
 }

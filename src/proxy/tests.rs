@@ -37,6 +37,21 @@ async fn serve_text(listener: TcpListener, name: &'static str) {
                         });
                         Response::new(body.boxed())
                     }
+                    "/hang" => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        text(name)
+                    }
+                    "/first" => {
+                        // Answers with the body's first frame, before the rest exists.
+                        let mut body = req.into_body();
+                        let first = body
+                            .frame()
+                            .await
+                            .and_then(|f| f.ok())
+                            .and_then(|f| f.into_data().ok())
+                            .unwrap_or_default();
+                        Response::new(Full::new(first).map_err(|n| match n {}).boxed())
+                    }
                     "/echo" => {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         Response::new(Full::new(body).map_err(|n| match n {}).boxed())
@@ -316,4 +331,171 @@ async fn held_requests_wait_for_the_release_instead_of_meeting_a_closed_port() {
         );
     }
     assert_eq!(p.counters().upstream_errors.load(Ordering::Relaxed), 0);
+}
+
+/// Tight limits, so the tests see them act within a second.
+fn tight() -> ProxyLimits {
+    ProxyLimits {
+        max_connections: 8,
+        header_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_millis(500),
+        max_header_bytes: 4096,
+        max_uri_bytes: 512,
+    }
+}
+
+async fn limited(records: Option<mpsc::Sender<RequestRecord>>) -> Proxy {
+    let blue = upstream("blue").await;
+    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), records, tight())
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    p
+}
+
+/// A normal client's GET, bounded: a proxy that stopped serving fails the test instead
+/// of hanging it.
+async fn served(p: &Proxy) -> u16 {
+    let url = format!("http://{}/", p.local_addr());
+    tokio::time::timeout(Duration::from_secs(3), get(&client(), url))
+        .await
+        .expect("a normal client was not served within 3 s")
+        .0
+}
+
+/// Whether the server closed `conn` (EOF, reset, or an error answer and then EOF)
+/// within `max`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, max: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + max;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slowloris_clients_lose_their_connections_and_the_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let p = limited(None).await;
+    let addr = p.local_addr();
+    // Six clients trickle a request head, a byte every 100 ms: it never completes.
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(c);
+    }
+    let trickle = tokio::spawn(async move {
+        for _ in 0..8 {
+            for c in slow.iter_mut() {
+                let _ = c.write_all(b"X").await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        slow
+    });
+    // Meanwhile everyone else is served at once.
+    for _ in 0..10 {
+        assert_eq!(served(&p).await, 200);
+    }
+    let mut slow = trickle.await.unwrap();
+    for c in slow.iter_mut() {
+        assert!(
+            closed_within(c, Duration::from_secs(2)).await,
+            "a client that never finished its headers still has its connection"
+        );
+    }
+    assert_eq!(served(&p).await, 200);
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_a_new_client_waits_for_a_free_connection() {
+    let p = limited(None).await;
+    let addr = p.local_addr();
+    // Eight idle connections fill the cap; they are closed at the header timeout.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    assert_eq!(served(&p).await, 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "served after {:?}: the cap of 8 connections did not hold the ninth back",
+        start.elapsed()
+    );
+    for c in idle.iter_mut() {
+        assert!(closed_within(c, Duration::from_secs(2)).await);
+    }
+}
+
+#[tokio::test]
+async fn oversized_heads_and_targets_are_refused_and_the_proxy_goes_on() {
+    let p = limited(None).await;
+    let c = client();
+    let big = "v".repeat(8 * 1024);
+    let req = Request::get(format!("http://{}/", p.local_addr()))
+        .header("x-big", big.as_str())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(3), c.request(req))
+        .await
+        .unwrap()
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // A target over max_uri_bytes (but within the head limit) is a 414.
+    let (status, _, body) = get(&c, format!("http://{}/{}", p.local_addr(), "a".repeat(600))).await;
+    assert_eq!(status, 414, "{body}");
+    assert!(body.contains("601 bytes"), "{body}");
+    // Just under the limit passes.
+    let (status, _, _) = get(&c, format!("http://{}/{}", p.local_addr(), "a".repeat(500))).await;
+    assert_eq!(status, 200);
+    assert_eq!(served(&p).await, 200);
+}
+
+#[tokio::test]
+async fn a_release_that_never_answers_is_a_504_at_the_response_timeout() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = limited(Some(tx)).await;
+    let c = client();
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(5),
+        get(&c, format!("http://{}/hang", p.local_addr())),
+    )
+    .await
+    .expect("the proxy answered within its response timeout");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("no response within 500ms"), "{body}");
+    let rec = rx.recv().await.unwrap();
+    assert_eq!((rec.status, rec.upstream_error), (504, true));
+    assert_eq!(p.counters().upstream_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(served(&p).await, 200);
+}
+
+#[tokio::test]
+async fn a_request_body_is_streamed_to_the_release_not_buffered() {
+    let p = limited(None).await;
+    let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(1);
+    tx.send_data(Bytes::from_static(b"first;")).await.unwrap();
+    let req = Request::post(format!("http://{}/first", p.local_addr()))
+        .body(body)
+        .unwrap();
+    // The rest of the body is never sent while the answer is awaited: a proxy that
+    // buffered the whole body would never forward it, and this would time out.
+    let c: Client<HttpConnector, http_body_util::channel::Channel<Bytes, hyper::Error>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let resp = tokio::time::timeout(Duration::from_secs(3), c.request(req))
+        .await
+        .expect("the release saw the body's first part before the body ended")
+        .unwrap();
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&got[..], b"first;");
+    drop(tx);
 }

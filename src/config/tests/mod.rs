@@ -345,6 +345,63 @@ fn metric_rules_are_read_and_checked() {
 }
 
 #[test]
+fn proxy_limits_default_to_nginx_like_values_and_can_be_set() {
+    let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+    assert_eq!(
+        cfg.service("web").unwrap().proxy_limits,
+        ProxyLimits::default()
+    );
+    let src = format!(
+        "{GOOD}[service.web.proxy]\nmax_connections = 500\nheader_timeout = \"10s\"\nresponse_timeout = \"2m\"\nmax_header_bytes = 16384\nmax_uri_bytes = 2048\n"
+    );
+    let l = Config::parse(&src, Path::new("x.toml"))
+        .unwrap()
+        .service("web")
+        .unwrap()
+        .proxy_limits;
+    assert_eq!(
+        l,
+        ProxyLimits {
+            max_connections: 500,
+            header_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(120),
+            max_header_bytes: 16384,
+            max_uri_bytes: 2048,
+        }
+    );
+    // What is not given keeps its default.
+    let src = format!("{GOOD}[service.web.proxy]\nmax_connections = 3\n");
+    let l = Config::parse(&src, Path::new("x.toml"))
+        .unwrap()
+        .service("web")
+        .unwrap()
+        .proxy_limits;
+    assert_eq!(l.header_timeout, ProxyLimits::default().header_timeout);
+    let problems = errors(&format!(
+        "{GOOD}[service.web.proxy]\nmax_connections = 0\nheader_timeout = \"soon\"\nmax_uri = 1\n"
+    ));
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("ripcord.toml:6: service.web.proxy.max_connections")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("ripcord.toml:7: service.web.proxy.header_timeout")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("service.web.proxy.max_uri")),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn socket_grace_is_a_duration_or_off_with_a_default() {
     let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
     assert_eq!(cfg.socket_grace, Some(DEFAULT_SOCKET_GRACE));
