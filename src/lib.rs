@@ -12,6 +12,7 @@ pub mod decide;
 pub mod demo_app;
 pub mod docker;
 pub mod execute;
+pub mod failpoint;
 pub mod guard;
 pub mod http;
 pub mod ledger;

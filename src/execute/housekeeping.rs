@@ -210,6 +210,32 @@ impl ServiceExec {
             }
             self.stop_orphan(&rec).await?;
         }
+        // Processes no slot records: started by an operation whose watcher died before
+        // it wrote the slot down.
+        let known: Vec<i64> = self
+            .slots()
+            .values()
+            .filter_map(|sp| sp.proc.as_ref().map(|p| p.pid as i64))
+            .collect();
+        let (name, dir) = (self.name().to_string(), self.state_dir.clone());
+        let strays = tokio::task::spawn_blocking(move || process::strays(&name, &dir, &known))
+            .await
+            .unwrap_or_default();
+        for (pid, start) in strays {
+            let killed = tokio::task::spawn_blocking(move || process::kill_orphan(pid, start))
+                .await
+                .unwrap_or(false);
+            if killed {
+                self.event(
+                    None,
+                    None,
+                    "orphan_stopped",
+                    format!(
+                        "stopped pid {pid}, a release no slot records (its operation did not finish)"
+                    ),
+                );
+            }
+        }
         Ok((active_slot, adopted_active))
     }
 

@@ -52,6 +52,10 @@ pub struct StartSpec {
     pub cwd: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
     pub log_path: PathBuf,
+    /// The watcher's state dir, given to the release as `RIPCORD_STATE_DIR`: with
+    /// `RIPCORD_SERVICE` it tells a later watcher the process is one of its own even
+    /// when no slot records it ([`strays`]).
+    pub state_dir: PathBuf,
 }
 
 /// A started release. Its exit is observed by a task; `exited()` reports it.
@@ -145,6 +149,9 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
         .env("RIPCORD_VERSION", &spec.version)
         .env("RIPCORD_SLOT", spec.slot.as_str())
         .env("RIPCORD_RELEASE_ID", spec.release_id.to_string())
+        .env("RIPCORD_STATE_DIR", state_dir_id(&spec.state_dir))
+        .env_remove("RIPCORD_FAILPOINT")
+        .env_remove("RIPCORD_FAILPOINT_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log_err))
@@ -174,6 +181,45 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
         stopping: AtomicBool::new(false),
         oom_killed: AtomicBool::new(false),
     })
+}
+
+/// The state dir as releases carry it: absolute, so every watcher names it alike.
+fn state_dir_id(dir: &Path) -> PathBuf {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Release processes of `service` started by a watcher of `state_dir` that are not in
+/// `known` (pid and start time): what an operation started before it could record it in
+/// a slot, when its watcher died in between. Only process-group leaders count (a
+/// release's own children share its group and go with it).
+pub fn strays(service: &str, state_dir: &Path, known: &[i64]) -> Vec<(i64, Option<u64>)> {
+    let dir = state_dir_id(state_dir);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
+            continue;
+        };
+        if known.contains(&pid) || pid == std::process::id() as i64 {
+            continue;
+        }
+        if environ_var(pid, "RIPCORD_SERVICE").as_deref() != Some(service)
+            || environ_var(pid, "RIPCORD_STATE_DIR")
+                .map(PathBuf::from)
+                .as_ref()
+                != Some(&dir)
+        {
+            continue;
+        }
+        let leader = nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
+            .is_ok_and(|g| g.as_raw() as i64 == pid);
+        if leader {
+            out.push((pid, start_ticks(pid)));
+        }
+    }
+    out
 }
 
 /// Why a process left by an earlier watcher is not adopted.
@@ -333,6 +379,7 @@ mod tests {
             cwd: None,
             env: BTreeMap::from([("EXTRA".to_string(), "yes".to_string())]),
             log_path: dir.join("logs/web/v1.log"),
+            state_dir: dir.to_path_buf(),
         }
     }
 

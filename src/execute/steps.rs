@@ -102,8 +102,12 @@ impl ServiceExec {
             cwd: release.spec.cwd.clone(),
             env: self.process_env(release)?,
             log_path: log_path.clone(),
+            state_dir: self.state_dir.clone(),
         };
         let proc = Arc::new(process::start(&spec).map_err(|e| ExecError::Failed(e.to_string()))?);
+        // Started, not yet recorded in a slot: the next watcher finds it by its
+        // environment (`process::strays`).
+        crate::failpoint::hit("process.spawned");
         self.set_slot(
             slot,
             Some(SlotProc {

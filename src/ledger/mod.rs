@@ -546,6 +546,7 @@ impl Ledger {
             params![release, now],
         )?;
         tx.commit()?;
+        crate::failpoint::hit("release.promoted");
         Ok(())
     }
 
@@ -575,6 +576,7 @@ impl Ledger {
             params![target, now],
         )?;
         tx.commit()?;
+        crate::failpoint::hit("release.rolled_back");
         Ok(())
     }
 
@@ -591,6 +593,7 @@ impl Ledger {
             "UPDATE releases SET status = 'bad', status_reason = ?2 WHERE id = ?1",
             params![release, scrub(reason)],
         )?;
+        crate::failpoint::hit("release.marked_bad");
         Ok(())
     }
 
@@ -626,6 +629,7 @@ impl Ledger {
             now,
         )?;
         tx.commit()?;
+        crate::failpoint::hit(&format!("{}.begun", kind.as_str()));
         Ok(id)
     }
 
@@ -633,10 +637,10 @@ impl Ledger {
     pub fn step(&mut self, op: i64, step: &str, message: String) -> Result<(), LedgerError> {
         let now = now_ms();
         let tx = self.write_tx()?;
-        let (service, to): (String, Option<i64>) = tx.query_row(
-            "SELECT service, to_release FROM operations WHERE id = ?1",
+        let (service, to, kind): (String, Option<i64>, String) = tx.query_row(
+            "SELECT service, to_release, kind FROM operations WHERE id = ?1",
             [op],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         tx.execute(
             "UPDATE operations SET step = ?2, updated_at_ms = ?3 WHERE id = ?1",
@@ -656,6 +660,7 @@ impl Ledger {
             now,
         )?;
         tx.commit()?;
+        crate::failpoint::hit(&format!("{kind}.{step}"));
         Ok(())
     }
 
@@ -672,6 +677,7 @@ impl Ledger {
             [op],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
+        crate::failpoint::hit(&format!("{kind}.finishing"));
         tx.execute(
             "UPDATE operations SET step = ?2, outcome = ?2, error = ?3, updated_at_ms = ?4, finished_at_ms = ?4 WHERE id = ?1",
             params![op, outcome, error.map(scrub), now],
@@ -867,6 +873,7 @@ impl Ledger {
                 rec.container
             ],
         )?;
+        crate::failpoint::hit("slot.set");
         Ok(())
     }
 
@@ -875,6 +882,7 @@ impl Ledger {
             "DELETE FROM slots WHERE service = ?1 AND slot = ?2",
             params![service, slot.as_str()],
         )?;
+        crate::failpoint::hit("slot.cleared");
         Ok(())
     }
 
