@@ -277,6 +277,15 @@ impl ServiceExec {
         Ok(())
     }
 
+    /// Whether the kernel enforces the memory limit of what runs in `slot` (a cgroup):
+    /// the guard's RSS watchdog then leaves it to the kernel.
+    pub fn memory_by_kernel(&self, slot: Slot) -> bool {
+        self.slots()
+            .get(&slot)
+            .and_then(|sp| sp.proc.as_ref().map(|p| p.kernel_limit))
+            .unwrap_or(false)
+    }
+
     /// Kills a release that exceeds the service's memory limit (the guard's watchdog):
     /// counted as an OOM kill.
     pub fn kill_for_memory(&self, slot: Slot, release: i64) {

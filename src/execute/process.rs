@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::config::Slot;
+use crate::os::cgroup::Cgroup;
 use crate::os::{environ_var, start_ticks};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub struct StartSpec {
     /// `RIPCORD_SERVICE` it tells a later watcher the process is one of its own even
     /// when no slot records it ([`strays`]).
     pub state_dir: PathBuf,
+    /// `memory_limit_mb`: a cgroup of its own with this limit, where the host allows.
+    pub memory_limit_mb: Option<u64>,
 }
 
 /// A started release. Its exit is observed by a task; `exited()` reports it.
@@ -70,6 +74,13 @@ pub struct RunningProcess {
     stopping: AtomicBool,
     /// Set when ripcord killed it for exceeding the memory limit.
     oom_killed: AtomicBool,
+    /// Set when the kernel killed it in its cgroup for running out of memory.
+    kernel_oom: Arc<AtomicBool>,
+    /// Who enforces `memory_limit_mb`, in words (`None`: no limit).
+    pub memory_limit: Option<String>,
+    /// Whether the kernel enforces it (a cgroup): ripcord's RSS watchdog then stands
+    /// down, as RSS counts shared file pages the kernel charges elsewhere.
+    pub kernel_limit: bool,
 }
 
 /// How a release's process ended.
@@ -167,9 +178,35 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
         source,
     })?;
     let pid = child.id().expect("a just-spawned child has a pid");
+    let (cgroup, memory_limit) = match spec.memory_limit_mb {
+        None => (None, None),
+        Some(mb) => {
+            let name = format!("ripcord-{}-{}-{}", spec.service, spec.release_id, spec.slot);
+            match Cgroup::create(&name, mb).and_then(|cg| {
+                cg.add(pid).map_err(|e| e.to_string())?;
+                Ok(cg)
+            }) {
+                Ok(cg) => {
+                    let said = format!("{mb} MiB, enforced by {}", cg.describe());
+                    (Some(cg), Some(said))
+                }
+                Err(why) => (
+                    None,
+                    Some(format!(
+                        "{mb} MiB, enforced by ripcord's RSS watchdog (sampled every second): no kernel limit here ({why})"
+                    )),
+                ),
+            }
+        }
+    };
+    let cgroup_limited = cgroup.is_some();
     let (tx, rx) = watch::channel(None);
+    let kernel_oom = Arc::new(AtomicBool::new(false));
+    let oom = kernel_oom.clone();
     tokio::spawn(async move {
         if let Ok(status) = child.wait().await {
+            // Read before the cgroup goes, and before the exit is seen.
+            ended_in(cgroup.as_ref(), &oom);
             let _ = tx.send(Some(Exited::Status(status)));
         }
     });
@@ -180,6 +217,9 @@ pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
         exit: rx,
         stopping: AtomicBool::new(false),
         oom_killed: AtomicBool::new(false),
+        kernel_oom,
+        kernel_limit: cgroup_limited,
+        memory_limit,
     })
 }
 
@@ -257,11 +297,18 @@ pub fn adopt(
         )));
     }
     let (tx, rx) = watch::channel(None);
+    let cgroup = Cgroup::of(pid as u32);
+    let memory_limit = cgroup
+        .as_ref()
+        .map(|cg| format!("enforced by {}", cg.describe()));
+    let kernel_oom = Arc::new(AtomicBool::new(false));
+    let oom = kernel_oom.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ADOPTED_POLL);
         loop {
             tick.tick().await;
             if start_ticks(pid) != pid_start {
+                ended_in(cgroup.as_ref(), &oom);
                 let _ = tx.send(Some(Exited::Gone));
                 return;
             }
@@ -277,7 +324,21 @@ pub fn adopt(
         exit: rx,
         stopping: AtomicBool::new(false),
         oom_killed: AtomicBool::new(false),
+        kernel_oom,
+        kernel_limit: memory_limit.is_some(),
+        memory_limit,
     })
+}
+
+/// A release's process ended: whether the kernel killed it for memory, then its
+/// cgroup is removed (quietly kept while something of its group still runs there).
+fn ended_in(cgroup: Option<&Cgroup>, oom: &AtomicBool) {
+    if let Some(cg) = cgroup {
+        if cg.oom_kills() > 0 {
+            oom.store(true, Ordering::Relaxed);
+        }
+        cg.remove();
+    }
 }
 
 impl RunningProcess {
@@ -297,9 +358,10 @@ impl RunningProcess {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Whether ripcord killed it for exceeding its memory limit.
+    /// Whether it was killed for exceeding its memory limit: by ripcord's watchdog, or
+    /// by the kernel in its cgroup.
     pub fn oom_killed(&self) -> bool {
-        self.oom_killed.load(Ordering::Relaxed)
+        self.oom_killed.load(Ordering::Relaxed) || self.kernel_oom.load(Ordering::Relaxed)
     }
 
     /// Kills the group at once for exceeding the memory limit (an OOM kill).
@@ -380,6 +442,7 @@ mod tests {
             env: BTreeMap::from([("EXTRA".to_string(), "yes".to_string())]),
             log_path: dir.join("logs/web/v1.log"),
             state_dir: dir.to_path_buf(),
+            memory_limit_mb: None,
         }
     }
 

@@ -103,11 +103,20 @@ impl ServiceExec {
             env: self.process_env(release)?,
             log_path: log_path.clone(),
             state_dir: self.state_dir.clone(),
+            memory_limit_mb: self.cfg.memory_limit_mb,
         };
         let proc = Arc::new(process::start(&spec).map_err(|e| ExecError::Failed(e.to_string()))?);
         // Started, not yet recorded in a slot: the next watcher finds it by its
         // environment (`process::strays`).
         crate::failpoint::hit("process.spawned");
+        if let Some(limit) = &proc.memory_limit {
+            self.event(
+                Some(release.id),
+                Some(op),
+                "memory_limit",
+                format!("{} in slot {slot}: memory limit {limit}", release.version),
+            );
+        }
         self.set_slot(
             slot,
             Some(SlotProc {

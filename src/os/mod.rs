@@ -6,6 +6,7 @@
 //! facts, so they live below all three. This module only reads: it never starts,
 //! signals or stops a process.
 
+pub mod cgroup;
 pub mod process;
 
 pub use process::{

@@ -418,6 +418,7 @@ impl Guard {
             } => {
                 if let (Some(limit), Some(rss)) = (self.exec.cfg.memory_limit_mb, rss_mb)
                     && rss > limit as f64
+                    && !self.exec.memory_by_kernel(slot)
                 {
                     self.exec.kill_for_memory(slot, release_id);
                     // The guard killed it: the OOM kill is a fact now, not when the exit
