@@ -107,6 +107,7 @@ pub fn switch_with(
         // state update is not later mistaken for a hand edit.
         state.pending = Some(new_block.fingerprint.clone());
         store_state(&cfg.state_file, &state)?;
+        crate::failpoint::hit("nginx.pending_recorded");
         write_atomically(&backup, text.as_bytes(), Some(&meta))?;
         if let Err(e) = write_atomically(&site, new_text.as_bytes(), Some(&meta)) {
             // The rename may have happened before the failure (a failed directory
@@ -114,6 +115,7 @@ pub fn switch_with(
             let _ = write_atomically(&site, text.as_bytes(), Some(&meta));
             return Err(e);
         }
+        crate::failpoint::hit("nginx.site_written");
     }
     let write_ms = millis(write_start.elapsed());
 
@@ -181,6 +183,7 @@ pub fn switch_with(
         return Err(SiteError::Command(Box::new(f)));
     }
 
+    crate::failpoint::hit("nginx.reloaded");
     let done = State {
         site: site_key,
         upstream: cfg.upstream.clone(),
