@@ -56,14 +56,17 @@ K
 kubeconfig admin "$ADMIN" >admin.kubeconfig
 kubeconfig ripcord "$USER" >ripcord.kubeconfig
 if [ -n "${OWNER_PID:-}" ]; then
-  # The watchdog: it outlives this script and stops the three once the owner is gone.
-  (
-    while kill -0 "$OWNER_PID" 2>/dev/null; do sleep 1; done
+  # The watchdog outlives this script in a session of its own (a signal to the caller's
+  # process group, e.g. from `timeout`, must not take it down with the test), and stops
+  # the three once the owner is gone.
+  setsid -f bash -c '
+    cd "$2" || exit 0
+    echo $$ >watchdog.pid
+    while kill -0 "$1" 2>/dev/null; do sleep 1; done
     for p in kcm apiserver etcd; do [ -f "$p.pid" ] && kill -9 "$(cat "$p.pid")" 2>/dev/null; done
     sleep 0.5
-    if [ "${REMOVE_RUNDIR:-0}" = 1 ]; then rm -rf "$RUN"; fi
-  ) </dev/null >/dev/null 2>&1 &
-  echo $! >watchdog.pid
+    if [ "$3" = 1 ]; then rm -rf "$2"; fi
+  ' watchdog "$OWNER_PID" "$RUN" "${REMOVE_RUNDIR:-0}" </dev/null >/dev/null 2>&1
 fi
 ready=0
 for _ in $(seq 120); do
