@@ -14,6 +14,7 @@ pub mod docker;
 pub mod execute;
 pub mod guard;
 pub mod http;
+pub mod k8s;
 pub mod ledger;
 pub mod migrate;
 pub mod nginx_conf;

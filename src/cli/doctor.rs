@@ -198,9 +198,24 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
             });
         }
         Runtime::External => {}
+        Runtime::Kubernetes => out.push(match &prev.spec.kubernetes {
+            Some(k) => pass(
+                "pod template",
+                format!(
+                    "{} has its pod template recorded, with {} ConfigMap/Secret copies",
+                    prev.version,
+                    k.copies.len()
+                ),
+            ),
+            None => fail(
+                "pod template",
+                format!("{} has no pod template in the ledger", prev.version),
+                "deploy it again through ripcord".to_string(),
+            ),
+        }),
     }
     // Slots: free, or held by this service.
-    if svc.router != crate::config::Router::None && svc.runtime != Runtime::Swarm {
+    if !svc.one_address() {
         for slot in [Slot::Blue, Slot::Green] {
             out.push(slot_check(svc, ledger, slot));
         }
