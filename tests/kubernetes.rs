@@ -397,3 +397,55 @@ fn retention_removes_the_copies_of_releases_no_longer_kept() {
     assert_eq!(env_from(&p.ns.template("web")), names[3]);
     assert_ok(&p.run(&["status", "web"]), "status");
 }
+
+#[test]
+fn an_oom_killed_container_makes_the_guard_roll_back() {
+    let p = ready_project("oom", 10, 60);
+    p.must(p.deploy("v1"), "deploy v1");
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    p.must(p.deploy("v2"), "deploy v2");
+    assert_eq!(p.answer().0, "v2");
+    // One of v2's pods reports its container killed for memory, restarted once (as a
+    // kubelet would).
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(kube_fixture::plane().admin.clone(), &p.ns.name);
+    let list = p.ns.block_on(pods.list(&ListParams::default())).unwrap();
+    let v2_pod = list
+        .items
+        .iter()
+        .find(|pod| {
+            pod.metadata.deletion_timestamp.is_none()
+                && pod.spec.as_ref().unwrap().containers[0].image.as_deref()
+                    == Some("registry.test/app:v2")
+        })
+        .expect("a pod of v2")
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let status = serde_json::json!({"status": {"containerStatuses": [{
+        "name": "web", "image": "registry.test/app:v2", "ready": true, "restartCount": 1,
+        "imageID": format!("docker-pullable://registry.test/app@{}", fake_digest("registry.test/app:v2")),
+        "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}},
+        "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+            "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}}
+    }]}});
+    p.ns.block_on(pods.patch_status(&v2_pod, &PatchParams::default(), &Patch::Merge(&status)))
+        .unwrap();
+    eventually(
+        "the guard rolls v2 back after its OOM kill",
+        Duration::from_secs(40),
+        || p.release("v2")["status"] == "bad",
+    );
+    eventually("v1 serves again", Duration::from_secs(40), || {
+        p.answer() == ("v1".to_string(), "hello from v1's config".to_string())
+    });
+    let incidents = p
+        .json(&["incident", "list", "--service", "web"])
+        .to_string();
+    assert!(
+        incidents.contains("oom_kills"),
+        "{incidents}\n{}",
+        p.watcher_log()
+    );
+}

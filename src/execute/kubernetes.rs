@@ -611,6 +611,58 @@ impl ServiceExec {
         }
     }
 
+    /// The terminated containers (current or last state) of the pods that run
+    /// `release`'s image, for the guard (`signals/kubernetes.rs`).
+    pub(super) async fn kube_terminations(
+        &self,
+        release: i64,
+    ) -> Result<Vec<crate::signals::PodTermination>, ExecError> {
+        let k = self.kube_cfg()?.clone();
+        let Some(kr) = self.ledger().release(release)?.spec.kubernetes else {
+            return Ok(Vec::new());
+        };
+        let cluster = self.cluster().await?.clone();
+        let d = cluster.deployment(&k.deployment).await.map_err(failed)?;
+        let selector = selector(&d);
+        let pods = cluster.pods(&selector).await.map_err(failed)?;
+        let mut out = Vec::new();
+        for p in pods {
+            let pod = p.metadata.name.unwrap_or_default();
+            let statuses = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default();
+            for s in statuses {
+                if s.name != k.container || (s.image != kr.image && s.image != kr.reference) {
+                    continue;
+                }
+                let terminated = [s.state.as_ref(), s.last_state.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|st| st.terminated.as_ref());
+                for t in terminated {
+                    out.push(crate::signals::PodTermination {
+                        release_id: release,
+                        key: format!(
+                            "{pod}/{}/{}/{}",
+                            s.name,
+                            s.restart_count,
+                            t.finished_at
+                                .as_ref()
+                                .map(|f| f.0.to_string())
+                                .unwrap_or_default()
+                        ),
+                        pod: pod.clone(),
+                        reason: t.reason.clone().unwrap_or_else(|| "Terminated".to_string()),
+                        exit_code: t.exit_code,
+                        restart_count: s.restart_count,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes the copies no kept release reads: the newest `keep_releases` releases,
     /// the one just applied and the one it replaced (the active one until the operation
     /// ends: the next rollback's target) keep theirs. Best effort: a failure is an
