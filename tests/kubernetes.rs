@@ -260,6 +260,12 @@ fn a_rollback_needs_no_replicaset_history() {
 fn drift_is_reported_and_never_overwritten_silently() {
     let p = ready_project("drift", 10, 60);
     p.must(p.deploy("v1"), "deploy v1");
+    p.must(p.deploy("v2"), "deploy v2");
+    // doctor: a rollback would work now (the Role lets it read all it checks).
+    let out = p.run(&["doctor", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("✓ no drift"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("✓ config copies"), "{}", stdout(&out));
     // Someone runs `kubectl set image` behind ripcord's back.
     let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
         {"name": "web", "image": "registry.test/app:hotfix"}
@@ -270,7 +276,15 @@ fn drift_is_reported_and_never_overwritten_silently() {
         &Patch::Strategic(&patch),
     ))
     .unwrap();
-    let out = p.deploy("v2");
+    // doctor reports it: a rollback now would be refused.
+    let out = p.run(&["doctor", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("✗ no drift") && stdout(&out).contains("changed outside ripcord"),
+        "{}",
+        stdout(&out)
+    );
+    let out = p.deploy("v3");
     assert_eq!(out.status.code(), Some(3), "refused: {}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -283,7 +297,17 @@ fn drift_is_reported_and_never_overwritten_silently() {
         "not overwritten"
     );
     let out = p.run(&["rollback", "web"]);
-    assert_ne!(out.status.code(), Some(0), "a rollback is refused too");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a rollback is refused too: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("will not roll back"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(p.ns.image("web"), "registry.test/app:hotfix");
     assert!(p.events().contains("\"drift\""), "{}", p.events());
     // Forced, with a reason, the deploy overwrites it, and says so.
@@ -291,14 +315,14 @@ fn drift_is_reported_and_never_overwritten_silently() {
         p.run(&[
             "deploy",
             "web",
-            "v2",
+            "v3",
             "--force",
             "--reason",
             "replace the hotfix",
         ]),
         "forced deploy",
     );
-    assert_eq!(p.ns.image("web"), "registry.test/app:v2");
+    assert_eq!(p.ns.image("web"), "registry.test/app:v3");
     assert!(p.events().contains("drift_overwritten"), "{}", p.events());
 }
 
@@ -395,6 +419,9 @@ fn retention_removes_the_copies_of_releases_no_longer_kept() {
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("is gone"), "{}", stderr(&out));
     assert_eq!(env_from(&p.ns.template("web")), names[3]);
+    // doctor: the previous release (v3) still has its copies.
+    let out = p.run(&["doctor", "web"]);
+    assert!(stdout(&out).contains("✓ config copies"), "{}", stdout(&out));
     assert_ok(&p.run(&["status", "web"]), "status");
 }
 

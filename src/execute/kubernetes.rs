@@ -87,26 +87,12 @@ impl ServiceExec {
     }
 
     fn drift_of(&self, d: &Deployment) -> Option<String> {
-        let applied = d
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_TEMPLATE))?;
+        let release = crate::k8s::drifted(d)?;
+        let k = self.cfg.kubernetes.as_ref()?;
         let t = d
             .spec
             .as_ref()
             .map(|s| s.template.clone())
-            .unwrap_or_default();
-        if template::fingerprint(&t) == *applied {
-            return None;
-        }
-        let k = self.cfg.kubernetes.as_ref()?;
-        let release = d
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_RELEASE))
-            .cloned()
             .unwrap_or_default();
         let recorded = release
             .split_once(' ')

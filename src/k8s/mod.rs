@@ -81,6 +81,25 @@ fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeError {
     }
 }
 
+/// Whether the Deployment's template changed since ripcord applied one: `Some(release)`
+/// (the `ID VERSION` ripcord applied last) when it no longer matches the fingerprint
+/// ripcord left on it; `None` when it matches, or ripcord never applied one.
+pub fn drifted(d: &Deployment) -> Option<String> {
+    let annotations = d.metadata.annotations.as_ref()?;
+    let applied = annotations.get(ANNOTATION_TEMPLATE)?;
+    let t = d
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    (template::fingerprint(&t) != *applied).then(|| {
+        annotations
+            .get(ANNOTATION_RELEASE)
+            .cloned()
+            .unwrap_or_default()
+    })
+}
+
 /// A connection to one namespace of one cluster.
 #[derive(Clone)]
 pub struct Cluster {
