@@ -476,3 +476,34 @@ fn an_oom_killed_container_makes_the_guard_roll_back() {
         p.watcher_log()
     );
 }
+
+#[test]
+fn a_drill_applies_the_previous_release_and_comes_back() {
+    let p = ready_project("drill", 10, 60);
+    p.must(p.deploy("v1"), "deploy v1");
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    p.must(p.deploy("v2"), "deploy v2");
+    let v2_template = p.ns.template("web");
+    let out = p.run(&["--json", "drill", "web"]);
+    p.must(out.clone(), "drill");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = &v["result"];
+    assert_eq!(v["outcome"], "passed", "{v}");
+    assert_eq!(v["in_place"], true, "{v}");
+    assert_eq!(v["on_current"], true, "{v}");
+    assert_eq!(v["previous"]["version"], "v1", "{v}");
+    assert_eq!(p.answer(), ("v2".to_string(), "v2's".to_string()));
+    assert_eq!(p.release("v2")["status"], "active");
+    // v2 runs its own template again (its pinned image, its copies).
+    let now = p.ns.template("web");
+    assert_eq!(env_from(&now), env_from(&v2_template));
+    assert_eq!(
+        now["spec"]["containers"][0]["image"],
+        format!("registry.test/app@{}", fake_digest("registry.test/app:v2"))
+    );
+    // The drill really applied v1's template (once at its deploy, once in the drill)
+    // and v2's again (its deploy, then the way forward).
+    let events = p.events();
+    assert_eq!(events.matches("rolled out v1").count(), 2, "{events}");
+    assert_eq!(events.matches("rolled out v2").count(), 2, "{events}");
+}
