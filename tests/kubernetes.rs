@@ -507,3 +507,36 @@ fn a_drill_applies_the_previous_release_and_comes_back() {
     assert_eq!(events.matches("rolled out v1").count(), 2, "{events}");
     assert_eq!(events.matches("rolled out v2").count(), 2, "{events}");
 }
+
+#[test]
+fn without_a_router_the_address_itself_is_verified() {
+    let ns = TestNamespace::new("direct", true);
+    user_objects(&ns, "hello from v1's config");
+    ns.apply::<Deployment>(deployment(1, 10, 60));
+    let p = KubeProject::new(ns, "");
+    // router "none": no proxy; verification asks the Deployment's address directly.
+    let path = p.dir.path().join("ripcord.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            &format!("router = \"proxy\"\nlisten = \"127.0.0.1:{}\"", p.listen),
+            "router = \"none\"",
+        )
+        .replace(
+            &format!("http://127.0.0.1:{}/api/status", p.listen),
+            &format!("http://127.0.0.1:{}/api/status", p.ns.address),
+        );
+    assert!(text.contains("router = \"none\"") && !text.contains(&p.listen.to_string()));
+    std::fs::write(&path, text).unwrap();
+    let mut p = p;
+    p.start_watcher();
+    p.must(p.deploy("v1"), "deploy v1");
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    p.must(p.deploy("v2"), "deploy v2");
+    p.must(p.run(&["rollback", "web"]), "rollback");
+    let (status, body) = common::get(&format!("http://127.0.0.1:{}/api/status", p.ns.address));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["version"], "v1");
+    assert_eq!(v["greeting"], "hello from v1's config");
+}
