@@ -21,6 +21,8 @@ use kube_fixture::{TestNamespace, config, copies, deployment, fake_digest, user_
 struct KubeProject {
     dir: tempfile::TempDir,
     listen: u16,
+    /// KUBECONFIG for the watcher and the CLI (else it is removed from their env).
+    kubeconfig_env: Option<std::path::PathBuf>,
     watcher: Option<Child>,
     // Last: the namespace goes after the watcher is stopped.
     ns: TestNamespace,
@@ -34,6 +36,7 @@ impl KubeProject {
         KubeProject {
             dir,
             listen,
+            kubeconfig_env: None,
             watcher: None,
             ns,
         }
@@ -50,6 +53,9 @@ impl KubeProject {
             .env_remove("RIPCORD_CONFIG")
             .env_remove("RIPCORD_STATE_DIR")
             .env_remove("KUBECONFIG");
+        if let Some(k) = &self.kubeconfig_env {
+            c.env("KUBECONFIG", k);
+        }
         c
     }
 
@@ -427,13 +433,28 @@ fn retention_removes_the_copies_of_releases_no_longer_kept() {
 
 #[test]
 fn an_oom_killed_container_makes_the_guard_roll_back() {
-    let p = ready_project("oom", 10, 60);
+    v2_terminated_and_rolled_back("oom", "OOMKilled", 137, "oom_kills", "crash");
+}
+
+#[test]
+fn a_restarted_container_is_a_crash_and_the_guard_rolls_back() {
+    v2_terminated_and_rolled_back("crash", "Error", 1, "crash", "oom_kills");
+}
+
+/// v2's pod reports its container terminated (`reason`, `exit_code`) and restarted
+/// once, as a kubelet would: the guard rolls v2 back on rule `rule`, not `not_rule`.
+fn v2_terminated_and_rolled_back(
+    prefix: &str,
+    reason: &str,
+    exit_code: i32,
+    rule: &str,
+    not_rule: &str,
+) {
+    let p = ready_project(prefix, 10, 60);
     p.must(p.deploy("v1"), "deploy v1");
     p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
     p.must(p.deploy("v2"), "deploy v2");
     assert_eq!(p.answer().0, "v2");
-    // One of v2's pods reports its container killed for memory, restarted once (as a
-    // kubelet would).
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
         kube::Api::namespaced(kube_fixture::plane().admin.clone(), &p.ns.name);
     let list = p.ns.block_on(pods.list(&ListParams::default())).unwrap();
@@ -454,13 +475,13 @@ fn an_oom_killed_container_makes_the_guard_roll_back() {
         "name": "web", "image": "registry.test/app:v2", "ready": true, "restartCount": 1,
         "imageID": format!("docker-pullable://registry.test/app@{}", fake_digest("registry.test/app:v2")),
         "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}},
-        "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+        "lastState": {"terminated": {"exitCode": exit_code, "reason": reason,
             "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}}
     }]}});
     p.ns.block_on(pods.patch_status(&v2_pod, &PatchParams::default(), &Patch::Merge(&status)))
         .unwrap();
     eventually(
-        "the guard rolls v2 back after its OOM kill",
+        "the guard rolls v2 back after its container terminated",
         Duration::from_secs(40),
         || p.release("v2")["status"] == "bad",
     );
@@ -471,7 +492,7 @@ fn an_oom_killed_container_makes_the_guard_roll_back() {
         .json(&["incident", "list", "--service", "web"])
         .to_string();
     assert!(
-        incidents.contains("oom_kills"),
+        incidents.contains(&format!("\"{rule}\"")) && !incidents.contains(not_rule),
         "{incidents}\n{}",
         p.watcher_log()
     );
@@ -509,7 +530,7 @@ fn a_drill_applies_the_previous_release_and_comes_back() {
 }
 
 #[test]
-fn without_a_router_the_address_itself_is_verified() {
+fn without_a_router_the_address_itself_is_verified_and_kubeconfig_comes_from_the_env() {
     let ns = TestNamespace::new("direct", true);
     user_objects(&ns, "hello from v1's config");
     ns.apply::<Deployment>(deployment(1, 10, 60));
@@ -526,9 +547,17 @@ fn without_a_router_the_address_itself_is_verified() {
             &format!("http://127.0.0.1:{}/api/status", p.listen),
             &format!("http://127.0.0.1:{}/api/status", p.ns.address),
         );
+    // No `kubeconfig` key: the watcher finds it through KUBECONFIG.
+    let kubeconfig = kube_fixture::plane().ripcord_kubeconfig.clone();
+    let text = text.replace(
+        &format!("kubeconfig = {:?}\n", kubeconfig.display().to_string()),
+        "",
+    );
     assert!(text.contains("router = \"none\"") && !text.contains(&p.listen.to_string()));
+    assert!(!text.contains("kubeconfig"), "{text}");
     std::fs::write(&path, text).unwrap();
     let mut p = p;
+    p.kubeconfig_env = Some(kubeconfig);
     p.start_watcher();
     p.must(p.deploy("v1"), "deploy v1");
     p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
