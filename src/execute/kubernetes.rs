@@ -381,16 +381,8 @@ impl ServiceExec {
                 )));
             }
         }
-        let mut d = self.kube_deployment().await?;
         let fingerprint = template::fingerprint(&t);
-        let spec = d.spec.get_or_insert_with(Default::default);
-        spec.template = t;
-        let annotations = d.metadata.annotations.get_or_insert_with(Default::default);
-        annotations.insert(ANNOTATION_TEMPLATE.to_string(), fingerprint.clone());
-        annotations.insert(
-            ANNOTATION_RELEASE.to_string(),
-            format!("{} {}", release.id, release.version),
-        );
+        let release_note = format!("{} {}", release.id, release.version);
         self.ledger().step(
             op,
             "kube_apply",
@@ -411,17 +403,9 @@ impl ServiceExec {
                 release.version, k.namespace, k.deployment
             ),
         );
-        let applied = cluster.replace_deployment(&d).await.map_err(|e| {
-            if e.is_conflict() {
-                ExecError::Refused(format!(
-                    "Deployment {}/{} changed while ripcord was applying {}: nothing was \
-                     overwritten; look at what changed, then try again",
-                    k.namespace, k.deployment, release.version
-                ))
-            } else {
-                failed(e)
-            }
-        })?;
+        let applied = self
+            .kube_replace_template(&cluster, &t, &fingerprint, &release_note)
+            .await?;
         // The API server defaults a template it stores; ripcord's templates came from
         // it, so the stored one is the same. If not, the stored one's fingerprint is the
         // one a later drift check compares with.
@@ -431,24 +415,23 @@ impl ServiceExec {
             .map(|s| template::fingerprint(&s.template))
             .unwrap_or_default();
         let generation = applied.metadata.generation.unwrap_or(0);
-        // When the API server stored the change, by its own clock (the managed fields'
-        // times): a progress deadline condition from before it is stale.
+        // When the change was stored: a progress deadline condition from before it is
+        // stale. The later of the API server's clock (the managed fields' times) and
+        // ours: a time too late only leaves a real timeout to `start_timeout`, one too
+        // early would take a stale condition for a failure.
         let applied_at = applied
             .metadata
             .managed_fields
             .iter()
             .flatten()
             .filter_map(|m| m.time.as_ref().map(|t| t.0))
+            .chain([jiff::Timestamp::now()])
             .max()
             .unwrap_or_else(jiff::Timestamp::now);
         if stored != fingerprint {
-            let mut again = applied;
-            again
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(ANNOTATION_TEMPLATE.to_string(), stored);
-            cluster.replace_deployment(&again).await.map_err(failed)?;
+            let stored_template = applied.spec.clone().unwrap_or_default().template;
+            self.kube_replace_template(&cluster, &stored_template, &stored, &release_note)
+                .await?;
         }
         let t0 = Instant::now();
         let deadline = t0 + self.cfg.start_timeout;
@@ -485,6 +468,58 @@ impl ServiceExec {
         self.kube_pin_digest(&cluster, release, &kr).await;
         self.kube_retention(&cluster, release.id).await;
         Ok(())
+    }
+
+    /// Replaces the Deployment's pod template with `t` and notes the fingerprint and
+    /// release on it. Each write names the `resourceVersion` it read, so nothing
+    /// written meanwhile is overwritten: the controllers update the Deployment's status
+    /// all the time, so a conflict is read again and retried (at most 5 times), unless
+    /// the template itself changed since the first read, which is refused.
+    async fn kube_replace_template(
+        &self,
+        cluster: &Cluster,
+        t: &PodTemplateSpec,
+        fingerprint: &str,
+        release_note: &str,
+    ) -> Result<Deployment, ExecError> {
+        let k = self.kube_cfg()?;
+        let mut first: Option<String> = None;
+        for _ in 0..5 {
+            let mut d = self.kube_deployment().await?;
+            let now = template::fingerprint(
+                &d.spec
+                    .as_ref()
+                    .map(|s| s.template.clone())
+                    .unwrap_or_default(),
+            );
+            match &first {
+                None => first = Some(now),
+                Some(f) if *f != now => {
+                    return Err(ExecError::Refused(format!(
+                        "the pod template of Deployment {}/{} changed while ripcord was \
+                         applying its own: nothing was overwritten; look at what changed, \
+                         then try again",
+                        k.namespace, k.deployment
+                    )));
+                }
+                Some(_) => {}
+            }
+            d.spec.get_or_insert_with(Default::default).template = t.clone();
+            let annotations = d.metadata.annotations.get_or_insert_with(Default::default);
+            annotations.insert(ANNOTATION_TEMPLATE.to_string(), fingerprint.to_string());
+            annotations.insert(ANNOTATION_RELEASE.to_string(), release_note.to_string());
+            match cluster.replace_deployment(&d).await {
+                Ok(applied) => return Ok(applied),
+                Err(e) if e.is_conflict() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Err(ExecError::Failed(format!(
+            "Deployment {}/{} kept changing: 5 writes in a row met a newer version",
+            k.namespace, k.deployment
+        )))
     }
 
     /// Waits until the Deployment's controller has seen `generation` and every replica
