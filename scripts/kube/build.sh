@@ -4,8 +4,9 @@
 # source package, built with Debian's Go 1.19 in GOPATH mode (module mode fails on this
 # tree: "updates to go.mod needed"). The source tarball lacks the generated OpenAPI
 # definitions, so openapi-gen runs first. etcd is Debian's etcd-server. About 3 minutes
-# on 2 cores, 1.4 GB peak RSS, ~1.3 GB of Go cache in WORKDIR (removed at the end unless
-# KEEP_WORKDIR=1); the two binaries are ~110 MB each.
+# on 2 cores, 1.4 GB peak RSS, ~1.3 GB of sources and Go cache in WORKDIR (what this
+# script put there is removed at the end unless KEEP_WORKDIR=1); the two binaries are
+# ~110 MB each.
 # usage: build.sh WORKDIR OUTDIR   (as root: it installs Debian packages)
 set -euo pipefail
 W=${1:?usage: build.sh WORKDIR OUTDIR}
@@ -15,7 +16,11 @@ W=$(cd "$W" && pwd)
 OUT=$(cd "$OUT" && pwd)
 cd "$W"
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -qq --no-install-recommends golang-1.19-go etcd-server >/dev/null
+if ! apt-get install -y -qq --no-install-recommends golang-1.19-go etcd-server >/dev/null; then
+  # A machine whose package lists are old or empty: refresh them once, then again.
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends golang-1.19-go etcd-server >/dev/null
+fi
 # Source packages from the same mirror as the system's binary packages; the system's apt
 # configuration is left untouched (lists and cache live in WORKDIR).
 sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >apt/parts/src.sources
@@ -26,7 +31,7 @@ apt-get "${A[@]}" source --download-only kubernetes=1.20.5+really1.20.2-1.1+deb1
 rm -rf gopath && mkdir -p gopath/src/k8s.io
 tar xzf kubernetes_1.20.5+really1.20.2.orig.tar.gz -C gopath/src/k8s.io
 mv gopath/src/k8s.io/kubernetes-1.20.2 gopath/src/k8s.io/kubernetes
-export PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$W/gopath GOCACHE=$W/gocache GO111MODULE=off GOFLAGS= CGO_ENABLED=0
+export PATH=/usr/lib/go-1.19/bin:$PATH GOPATH=$W/gopath GOCACHE=$W/gocache GO111MODULE=off GOFLAGS='' CGO_ENABLED=0
 cd gopath/src/k8s.io/kubernetes
 go build -o "$W/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
 IN=$( (find pkg cmd plugin -name '*.go'
@@ -44,5 +49,9 @@ go build -ldflags "-s -w -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMino
 mv "$W/out/kube-controller-manager" "$OUT/"
 mv "$W/out/kube-apiserver" "$OUT/"
 cd /
-[ "${KEEP_WORKDIR:-0}" = 1 ] || rm -rf "$W"
+if [ "${KEEP_WORKDIR:-0}" != 1 ]; then
+  rm -rf "$W/apt" "$W/gopath" "$W/gocache" "$W/out" "$W/openapi-gen" "$W/openapi-report.txt" \
+    "$W"/kubernetes_1.20.5+really1.20.2*
+  rmdir "$W" 2>/dev/null || true
+fi
 ls -la "$OUT"

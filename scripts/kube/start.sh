@@ -59,6 +59,7 @@ if [ -n "${OWNER_PID:-}" ]; then
   # The watchdog outlives this script in a session of its own (a signal to the caller's
   # process group, e.g. from `timeout`, must not take it down with the test), and stops
   # the three once the owner is gone.
+  # shellcheck disable=SC2016 # the watchdog's own script: it expands its arguments
   setsid -f bash -c '
     cd "$2" || exit 0
     echo $$ >watchdog.pid
