@@ -179,6 +179,23 @@ fn deploys_snapshot_the_config_and_a_rollback_restores_v1s_not_todays() {
     assert!(volume.starts_with("web-files-rc-"), "{t1}");
     let cm = p.ns.block_on(p.ns.config_maps().get(&copy1)).unwrap();
     assert_eq!(cm.immutable, Some(true), "the copy is immutable");
+    let labels = cm.metadata.labels.unwrap_or_default();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "ripcord");
+    assert_eq!(labels["ripcord.dev/service"], "web");
+    assert_eq!(labels["ripcord.dev/source"], "web-config");
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(kube_fixture::plane().admin.clone(), &p.ns.name);
+    let secret = p.ns.block_on(secrets.get(secret_ref)).unwrap();
+    assert_eq!(
+        secret.immutable,
+        Some(true),
+        "the Secret's copy is immutable"
+    );
+    assert_eq!(
+        secret.data.unwrap()["password"].0,
+        b"s3cret-pw".to_vec(),
+        "the Secret's copy holds its content"
+    );
     assert_eq!(
         cm.data.unwrap()["GREETING"],
         "hello from v1's config",
@@ -527,6 +544,27 @@ fn a_drill_applies_the_previous_release_and_comes_back() {
     let events = p.events();
     assert_eq!(events.matches("rolled out v1").count(), 2, "{events}");
     assert_eq!(events.matches("rolled out v2").count(), 2, "{events}");
+
+    // A restarted watcher adopts the running Deployment (it answers), and a rollback
+    // after the restart still applies v1's own template.
+    let mut p = p;
+    let mut w = p.watcher.take().unwrap();
+    common::stop_quietly(&mut w, Duration::from_secs(20));
+    p.start_watcher();
+    assert_eq!(p.answer().0, "v2");
+    p.must(
+        p.run(&["rollback", "web"]),
+        "rollback after a watcher restart",
+    );
+    assert_eq!(
+        p.answer(),
+        ("v1".to_string(), "hello from v1's config".to_string())
+    );
+    assert!(
+        p.events().contains("route to the active release"),
+        "{}",
+        p.events()
+    );
 }
 
 #[test]
