@@ -15,6 +15,7 @@ pub mod execute;
 pub mod failpoint;
 pub mod guard;
 pub mod http;
+pub mod k8s;
 pub mod ledger;
 pub mod migrate;
 pub mod nginx_conf;

@@ -198,9 +198,10 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
             });
         }
         Runtime::External => {}
+        Runtime::Kubernetes => kube_checks(svc, &prev, &mut out).await,
     }
     // Slots: free, or held by this service.
-    if svc.router != crate::config::Router::None && svc.runtime != Runtime::Swarm {
+    if !svc.one_address() {
         for slot in [Slot::Blue, Slot::Green] {
             out.push(slot_check(svc, ledger, slot));
         }
@@ -301,6 +302,97 @@ fn drill_check(name: &str, max_age: Duration, last: Option<&DrillRecord>, now_ms
             d.total_ms, d.budget_ms
         ),
     )
+}
+
+/// Runtime kubernetes: the API answers, the Deployment is as ripcord left it (no
+/// drift a rollback would refuse to overwrite), and the previous release's template and
+/// its ConfigMap/Secret copies are all there.
+async fn kube_checks(svc: &ServiceConfig, prev: &Release, out: &mut Vec<Check>) {
+    let Some(kr) = &prev.spec.kubernetes else {
+        out.push(fail(
+            "pod template",
+            format!("{} has no pod template in the ledger", prev.version),
+            format!("deploy {} again through ripcord", prev.version),
+        ));
+        return;
+    };
+    out.push(pass(
+        "pod template",
+        format!(
+            "{} has its pod template recorded ({}), with {} ConfigMap/Secret copies",
+            prev.version,
+            kr.image,
+            kr.copies.len()
+        ),
+    ));
+    let Some(k) = &svc.kubernetes else { return };
+    let fix = "check the kubeconfig (`kubeconfig`, KUBECONFIG) and that the watcher's user is \
+               bound to deploy/kubernetes/role.yaml"
+        .to_string();
+    let cluster = match crate::k8s::Cluster::connect(
+        k.kubeconfig.as_deref(),
+        k.context.as_deref(),
+        &k.namespace,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return out.push(fail("kubernetes API", e.to_string(), fix)),
+    };
+    let d = match cluster.deployment(&k.deployment).await {
+        Ok(d) => d,
+        Err(e) => return out.push(fail("kubernetes API", e.to_string(), fix)),
+    };
+    out.push(pass(
+        "kubernetes API",
+        format!("Deployment {}/{} is readable", k.namespace, k.deployment),
+    ));
+    out.push(match crate::k8s::drifted(&d) {
+        None => pass(
+            "no drift",
+            "the Deployment's pod template is the one ripcord applied".to_string(),
+        ),
+        Some(release) => fail(
+            "no drift",
+            format!(
+                "Deployment {}/{} was changed outside ripcord since it applied release \
+                 {release}: a rollback would refuse to overwrite it",
+                k.namespace, k.deployment
+            ),
+            "make the change through ripcord, or roll back with --force --reason TEXT".to_string(),
+        ),
+    });
+    let mut gone = Vec::new();
+    for c in &kr.copies {
+        let there = match c.kind.as_str() {
+            "Secret" => cluster.secret(&c.copy).await.map(|s| s.is_some()),
+            _ => cluster.config_map(&c.copy).await.map(|s| s.is_some()),
+        };
+        match there {
+            Ok(true) => {}
+            Ok(false) => gone.push(format!("{} {}", c.kind, c.copy)),
+            Err(e) => return out.push(fail("config copies", e.to_string(), fix)),
+        }
+    }
+    out.push(if gone.is_empty() {
+        pass(
+            "config copies",
+            format!(
+                "{}'s {} ConfigMap/Secret copies are all there",
+                prev.version,
+                kr.copies.len()
+            ),
+        )
+    } else {
+        fail(
+            "config copies",
+            format!("{}'s copies are gone: {}", prev.version, gone.join(", ")),
+            format!(
+                "deploy {} again to snapshot today's config (its own is lost)",
+                prev.version
+            ),
+        )
+    });
 }
 
 async fn docker_checks(svc: &ServiceConfig, prev: &Release, out: &mut Vec<Check>) {

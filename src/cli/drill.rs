@@ -110,8 +110,7 @@ fn plan(
                 .is_ok_and(|s| s.iter().any(|s| s.release_id == Some(p.id)))
     });
     let last = ledger.last_drill(service)?.as_ref().map(drill_json);
-    let in_place =
-        svc.router == crate::config::Router::None || svc.runtime == crate::config::Runtime::Swarm;
+    let in_place = svc.one_address();
     let frozen = ledger.service_state(service)?.frozen_reason;
     let blocker = match (&current, &previous) {
         _ if frozen.is_some() => Some(format!(
@@ -147,6 +146,8 @@ fn plan(
         if in_place {
             let how = if svc.runtime == crate::config::Runtime::Swarm {
                 "a swarm service update"
+            } else if svc.runtime == crate::config::Runtime::Kubernetes {
+                "the release's pod template applied to the Deployment, rolled out"
             } else {
                 "a container replace, with a gap on the published address"
             };

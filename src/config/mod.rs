@@ -35,9 +35,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use model::{
-    Check, CheckKind, DatabaseConfig, DockerConfig, IntegrityCheck, MetricRule, MigrationsConfig,
-    NginxConfig, OnContract, PrometheusConfig, ProxyLimits, Router, Runtime, ServiceConfig, Slot,
-    Slots,
+    Check, CheckKind, DatabaseConfig, DockerConfig, IntegrityCheck, KubernetesConfig, MetricRule,
+    MigrationsConfig, NginxConfig, OnContract, PrometheusConfig, ProxyLimits, Router, Runtime,
+    ServiceConfig, Slot, Slots,
 };
 pub(crate) use raw::{RawConfig, RawService};
 use reader::{Reader, Table};
@@ -195,6 +195,11 @@ impl Config {
                         *f = base.join(&*f);
                     }
                     if let Some(f) = s.docker.as_mut().and_then(|d| d.env_file.as_mut())
+                        && f.is_relative()
+                    {
+                        *f = base.join(&*f);
+                    }
+                    if let Some(f) = s.kubernetes.as_mut().and_then(|k| k.kubeconfig.as_mut())
                         && f.is_relative()
                     {
                         *f = base.join(&*f);

@@ -29,6 +29,10 @@ pub enum Runtime {
     /// env snapshot; a rollback is the engine's rollback (or an update) that ripcord
     /// verifies itself.
     Swarm,
+    /// A Kubernetes Deployment: a release is its pod template with the image and every
+    /// ConfigMap and Secret it reads snapshotted (immutable copies named by release); a
+    /// rollback applies that template again, independent of ReplicaSet history.
+    Kubernetes,
 }
 
 /// How traffic reaches the active release.
@@ -93,6 +97,31 @@ pub struct DockerConfig {
     pub registry_password_env: Option<String>,
     /// How long an image pull may take before the deploy or rollback gives up on it.
     pub pull_timeout: Duration,
+}
+
+/// `[service.NAME.kubernetes]`: the Deployment a release is applied to (runtime
+/// `kubernetes`).
+#[derive(Debug, Clone, Serialize)]
+pub struct KubernetesConfig {
+    pub namespace: String,
+    pub deployment: String,
+    /// The container of the pod template whose image a deploy sets.
+    pub container: String,
+    /// The repository deployed as `IMAGE:VERSION` (`deploy --image REF` overrides);
+    /// default the container's image today, with its tag replaced by the version.
+    pub image: Option<String>,
+    /// Where the Deployment answers from the watcher's host (a Service, an ingress or
+    /// a port-forward): the one address the health check, the proxy and verification
+    /// reach.
+    pub address: std::net::SocketAddr,
+    /// A kubeconfig file; default `KUBECONFIG`, then `~/.kube/config`, then the
+    /// in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; default its current context.
+    pub context: Option<String>,
+    /// How many releases keep their ConfigMap and Secret copies (the newest ones, and
+    /// always the active release and the previous good one).
+    pub keep_releases: usize,
 }
 
 /// `[service.NAME.migrations]`: the migrations directory and how to read today's schema
@@ -226,6 +255,8 @@ pub struct ServiceConfig {
     /// The built-in proxy's limits per client (router `proxy`).
     #[serde(skip)]
     pub proxy_limits: ProxyLimits,
+    /// The Deployment (runtime `kubernetes` only).
+    pub kubernetes: Option<KubernetesConfig>,
     /// The service's PostgreSQL database (backups and restore).
     pub database: Option<DatabaseConfig>,
     /// Where the migrations live and how to read the schema head (the rollback guard).
@@ -323,11 +354,20 @@ impl ServiceConfig {
             (Router::Nginx, _, Some(n)) => {
                 format!("nginx (upstream `{}` in {})", n.upstream, n.site.display())
             }
+            (Router::None, _, _) if self.runtime == Runtime::Kubernetes => {
+                format!("the Deployment's address {} (no router)", self.slots.blue)
+            }
             (Router::None, _, _) => {
                 format!("the container published on {} (no router)", self.slots.blue)
             }
             _ => "an unconfigured router".to_string(),
         }
+    }
+
+    /// Router `none` and runtimes `swarm` and `kubernetes` have one address, where a
+    /// release is put in place rather than started beside the other.
+    pub fn one_address(&self) -> bool {
+        self.router == Router::None || matches!(self.runtime, Runtime::Swarm | Runtime::Kubernetes)
     }
 
     /// The URL a health probe of `slot` requests.

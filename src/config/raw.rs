@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::model::{
-    Check, DatabaseConfig, DockerConfig, IntegrityCheck, MigrationsConfig, NginxConfig,
-    PrometheusConfig, ProxyLimits, Router, Runtime, ServiceConfig, Slots,
+    Check, DatabaseConfig, DockerConfig, IntegrityCheck, KubernetesConfig, MigrationsConfig,
+    NginxConfig, PrometheusConfig, ProxyLimits, Router, Runtime, ServiceConfig, Slots,
 };
 use super::reader::Spanned;
 use super::triggers::Triggers;
@@ -36,6 +36,7 @@ pub(crate) struct RawService {
     pub(crate) nginx: Option<NginxConfig>,
     pub(crate) docker: Option<DockerConfig>,
     pub(crate) proxy_limits: Option<ProxyLimits>,
+    pub(crate) kubernetes: Option<KubernetesConfig>,
     pub(crate) database: Option<DatabaseConfig>,
     pub(crate) migrations: Option<MigrationsConfig>,
     pub(crate) slots: Option<Spanned<(Option<SocketAddr>, Option<SocketAddr>)>>,
@@ -63,9 +64,16 @@ impl RawService {
     /// The typed service; only called once both stages found no problem, so every
     /// required value is present.
     pub(super) fn build(self) -> Option<ServiceConfig> {
-        // Router `none` and runtime swarm have one address: both "slots" are it.
-        let one_address = self.router == Some(Router::None) || self.runtime == Some(Runtime::Swarm);
-        let (blue, green) = match (&self.slots, self.docker.as_ref().and_then(|d| d.publish)) {
+        // Router `none` and runtimes swarm and kubernetes have one address: both
+        // "slots" are it.
+        let one_address = self.router == Some(Router::None)
+            || matches!(self.runtime, Some(Runtime::Swarm | Runtime::Kubernetes));
+        let address = self
+            .docker
+            .as_ref()
+            .and_then(|d| d.publish)
+            .or(self.kubernetes.as_ref().map(|k| k.address));
+        let (blue, green) = match (&self.slots, address) {
             (_, Some(publish)) if one_address => (Some(publish), Some(publish)),
             (slots, _) => slots.as_ref()?.value,
         };
@@ -77,6 +85,7 @@ impl RawService {
             nginx: self.nginx,
             docker: self.docker,
             proxy_limits: self.proxy_limits.unwrap_or_default(),
+            kubernetes: self.kubernetes,
             database: self.database,
             migrations: self.migrations,
             slots: Slots {

@@ -12,7 +12,8 @@ use super::model::{Check, CheckKind, Router, Runtime};
 use super::raw::{RawConfig, RawService};
 use super::reader::{self, Reader, Spanned, Table, parse_addr};
 use super::tables::{
-    read_database, read_docker, read_migrations, read_nginx, read_proxy, read_triggers,
+    read_database, read_docker, read_kubernetes, read_migrations, read_nginx, read_proxy,
+    read_triggers,
 };
 
 const SERVICE_KEYS: &[&str] = &[
@@ -42,6 +43,7 @@ const SERVICE_KEYS: &[&str] = &[
     "docker",
     "database",
     "proxy",
+    "kubernetes",
 ];
 
 pub(super) fn read_root(r: &mut Reader<'_>, root: &Table<'_>) -> RawConfig {
@@ -156,23 +158,13 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         "external" => Some(Runtime::External),
         "docker" => Some(Runtime::Docker),
         "swarm" => Some(Runtime::Swarm),
-        "kubernetes" => {
-            r.error(
-                s.span,
-                &reader::join(&t.path, "runtime"),
-                format!(
-                    "runtime \"{}\" is not available in this version of ripcord yet; use \"process\", \"external\", \"docker\" or \"swarm\"",
-                    s.value
-                ),
-            );
-            None
-        }
+        "kubernetes" => Some(Runtime::Kubernetes),
         other => {
             r.error(
                 s.span,
                 &reader::join(&t.path, "runtime"),
                 format!(
-                    "unknown runtime \"{other}\"; expected \"process\", \"external\", \"docker\" or \"swarm\""
+                    "unknown runtime \"{other}\"; expected \"process\", \"external\", \"docker\", \"swarm\" or \"kubernetes\""
                 ),
             );
             None
@@ -186,11 +178,14 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         Some(s) if s.value == "proxy" => Some(Router::Proxy),
         Some(s) if s.value == "nginx" => Some(Router::Nginx),
         Some(s) if s.value == "none" => {
-            if !matches!(runtime, Some(Runtime::Docker | Runtime::Swarm)) {
+            if !matches!(
+                runtime,
+                Some(Runtime::Docker | Runtime::Swarm | Runtime::Kubernetes)
+            ) {
                 r.error(
                     s.span,
                     &reader::join(&t.path, "router"),
-                    "router \"none\" (image replace) needs runtime = \"docker\"; use \"proxy\" or \"nginx\" for blue-green"
+                    "router \"none\" (image replace) needs runtime = \"docker\" (or \"swarm\", \"kubernetes\"); use \"proxy\" or \"nginx\" for blue-green"
                         .to_string(),
                 );
                 None
@@ -229,6 +224,37 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let docker = r.table(t, "docker").and_then(|d| read_docker(r, &d, name));
     let proxy_limits = r.table(t, "proxy").map(|p| read_proxy(r, &p));
     let database = r.table(t, "database").and_then(|d| read_database(r, &d));
+    let kubernetes = r
+        .table(t, "kubernetes")
+        .and_then(|k| read_kubernetes(r, &k));
+    if runtime == Some(Runtime::Kubernetes) && !t.inner.contains_key("kubernetes") {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "kubernetes"),
+            "missing: runtime \"kubernetes\" needs [service.NAME.kubernetes] with `namespace`, \
+             `deployment`, `container` and `address`"
+                .to_string(),
+        );
+    }
+    if runtime.is_some()
+        && runtime != Some(Runtime::Kubernetes)
+        && t.inner.contains_key("kubernetes")
+    {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "kubernetes"),
+            "[service.NAME.kubernetes] is for runtime = \"kubernetes\" only".to_string(),
+        );
+    }
+    if runtime == Some(Runtime::Kubernetes) && t.inner.contains_key("docker") {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "docker"),
+            "runtime \"kubernetes\" takes its image and address from [service.NAME.kubernetes], \
+             not [service.NAME.docker]"
+                .to_string(),
+        );
+    }
     if matches!(runtime, Some(Runtime::Docker | Runtime::Swarm)) && !t.inner.contains_key("docker")
     {
         r.error(
@@ -368,6 +394,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         nginx,
         docker,
         proxy_limits,
+        kubernetes,
         database,
         migrations,
         slots,

@@ -1,11 +1,13 @@
-//! A service's sub-tables: `database`, `docker`, `nginx`, `migrations` and `triggers`.
+//! A service's sub-tables: `database`, `docker`, `kubernetes`, `nginx`, `migrations` and
+//! `triggers`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::duration::{DAY, HOUR, MIN_PROBE, SECOND};
 use super::model::{
-    DatabaseConfig, DockerConfig, MigrationsConfig, NginxConfig, OnContract, ProxyLimits,
+    DatabaseConfig, DockerConfig, KubernetesConfig, MigrationsConfig, NginxConfig, OnContract,
+    ProxyLimits,
 };
 use super::reader::{self, Reader, Table, parse_addr};
 use super::triggers::{CpuRule, ErrorRateRule, HealthRule, LatencyRule, Triggers};
@@ -227,6 +229,95 @@ pub(super) fn read_docker(
         registry_password_env: registry_password_env.map(|e| e.value),
         pull_timeout: pull_timeout.unwrap_or(DEFAULT_PULL_TIMEOUT),
     })
+}
+
+/// `[service.NAME.kubernetes]`: the Deployment a release is applied to.
+pub(super) fn read_kubernetes(r: &mut Reader<'_>, t: &Table<'_>) -> Option<KubernetesConfig> {
+    let before = r.errors.len();
+    r.deny_unknown(
+        t,
+        &[
+            "namespace",
+            "deployment",
+            "container",
+            "image",
+            "address",
+            "kubeconfig",
+            "context",
+            "keep_releases",
+        ],
+    );
+    let name = |r: &mut Reader<'_>, key: &str, example: &str| {
+        let v = r.string(t, key);
+        match &v {
+            None if !t.inner.contains_key(key) => r.error(
+                t.span.clone(),
+                &reader::join(&t.path, key),
+                format!("missing: e.g. {key} = \"{example}\""),
+            ),
+            Some(s) if !valid_kube_name(&s.value) => r.error(
+                s.span.clone(),
+                &reader::join(&t.path, key),
+                format!(
+                    "\"{}\" is not a Kubernetes name: lowercase letters, digits and `-`, \
+                     starting and ending with a letter or digit, at most 63 characters",
+                    s.value
+                ),
+            ),
+            _ => {}
+        }
+        v.map(|s| s.value)
+    };
+    let namespace = name(r, "namespace", "default");
+    let deployment = name(r, "deployment", "web");
+    let container = name(r, "container", "web");
+    let image = r.string(t, "image").map(|s| s.value);
+    let address = r.string(t, "address");
+    if address.is_none() && !t.inner.contains_key("address") {
+        r.error(
+            t.span.clone(),
+            &reader::join(&t.path, "address"),
+            "missing: where the Deployment answers from this host (its Service or ingress), \
+             e.g. address = \"127.0.0.1:8000\""
+                .to_string(),
+        );
+    }
+    let address = address.and_then(|s| match parse_addr(&s.value) {
+        Ok(a) => Some(a),
+        Err(msg) => {
+            r.error(s.span, &reader::join(&t.path, "address"), msg);
+            None
+        }
+    });
+    let kubeconfig = r.string(t, "kubeconfig").map(|s| PathBuf::from(s.value));
+    let context = r.string(t, "context").map(|s| s.value);
+    let keep_releases = r
+        .integer(t, "keep_releases", 2, 1000)
+        .map_or(10, |v| v.value as usize);
+    if r.errors.len() > before {
+        return None;
+    }
+    Some(KubernetesConfig {
+        namespace: namespace?,
+        deployment: deployment?,
+        container: container?,
+        image,
+        address: address?,
+        kubeconfig,
+        context,
+        keep_releases,
+    })
+}
+
+/// A DNS-1123 label: what namespaces, containers and (here) Deployments are named by.
+fn valid_kube_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
 }
 
 /// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.

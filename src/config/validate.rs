@@ -84,7 +84,10 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
         match &svc.slots {
             // Image replace and swarm have one address instead of two slots.
             None if svc.router == Some(Router::None)
-                || svc.runtime == Some(super::Runtime::Swarm) => {}
+                || matches!(
+                    svc.runtime,
+                    Some(super::Runtime::Swarm | super::Runtime::Kubernetes)
+                ) => {}
             None => {
                 if !r
                     .errors
@@ -119,6 +122,13 @@ pub(super) fn validate(r: &mut Reader<'_>, raw: &RawConfig) {
             && (svc.router == Some(Router::None) || svc.runtime == Some(super::Runtime::Swarm))
         {
             mine.push((p, join(&svc.path, "docker.publish"), svc.span.clone()));
+        }
+        if let Some(k) = &svc.kubernetes {
+            mine.push((
+                k.address,
+                join(&svc.path, "kubernetes.address"),
+                svc.span.clone(),
+            ));
         }
         if let Some(s) = &svc.slots {
             for (addr, key) in [(s.value.0, "blue"), (s.value.1, "green")] {

@@ -78,6 +78,24 @@ impl ServiceExec {
                 ..Default::default()
             });
         }
+        if self.cfg.runtime == Runtime::Kubernetes {
+            if req.argv.is_some() {
+                return Err(ExecError::Usage(
+                    "runtime kubernetes deploys images: pass --image REF (or set `image` in \
+                     [service.NAME.kubernetes]), not an argv"
+                        .into(),
+                ));
+            }
+            self.kube_refuse_drift("deploy", req.force, req.reason.as_deref())
+                .await?;
+            let kubernetes = self
+                .kube_snapshot(&req.version, req.image.as_deref(), progress)
+                .await?;
+            return Ok(ReleaseSpec {
+                kubernetes: Some(kubernetes),
+                ..Default::default()
+            });
+        }
         if matches!(self.cfg.runtime, Runtime::Docker | Runtime::Swarm) {
             if req.argv.is_some() {
                 return Err(ExecError::Usage(
@@ -129,6 +147,7 @@ impl ServiceExec {
             image: None,
             env_snapshot: Some(env_snapshot),
             env_keys,
+            kubernetes: None,
         })
     }
 

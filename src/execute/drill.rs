@@ -657,7 +657,10 @@ impl ServiceExec {
         // The way back failed: a replace that could not start the previous release
         // started the current container again itself; anything else puts it back.
         let serving_current = self.slot_alive(slot, current.id)
-            && self.cfg.runtime != crate::config::Runtime::Swarm
+            && !matches!(
+                self.cfg.runtime,
+                crate::config::Runtime::Swarm | crate::config::Runtime::Kubernetes
+            )
             && self.probe(slot).await.is_ok();
         if !serving_current {
             say(

@@ -88,18 +88,19 @@ impl ServiceExec {
         let holder = format!("watcher reconcile (pid {})", std::process::id());
         self.exclusive(holder, async || {
             let active = self.ledger().active_release(self.name())?;
-            let (active_slot, adopted) = if self.cfg.runtime == Runtime::Swarm {
-                // The swarm keeps the service running without us: adopt it when it
-                // answers, else put the active release in place again.
-                let ok = self.probe(replace::REPLACE_SLOT).await.is_ok();
-                (Some(replace::REPLACE_SLOT), ok)
-            } else if self.cfg.runtime == Runtime::Docker {
-                self.adopt_containers(active.as_ref()).await?
-            } else if self.cfg.runtime == Runtime::Process {
-                self.adopt_processes(active.as_ref()).await?
-            } else {
-                (self.stop_orphans(active.as_ref()).await?, false)
-            };
+            let (active_slot, adopted) =
+                if matches!(self.cfg.runtime, Runtime::Swarm | Runtime::Kubernetes) {
+                    // The swarm (or the cluster) keeps the service running without us: adopt
+                    // it when it answers, else put the active release in place again.
+                    let ok = self.probe(replace::REPLACE_SLOT).await.is_ok();
+                    (Some(replace::REPLACE_SLOT), ok)
+                } else if self.cfg.runtime == Runtime::Docker {
+                    self.adopt_containers(active.as_ref()).await?
+                } else if self.cfg.runtime == Runtime::Process {
+                    self.adopt_processes(active.as_ref()).await?
+                } else {
+                    (self.stop_orphans(active.as_ref()).await?, false)
+                };
             let Some(active) = active else {
                 return Ok(None);
             };
@@ -314,7 +315,10 @@ impl ServiceExec {
     /// Stops every release of this service (watcher shutdown). Containers keep running:
     /// they do not need the watcher, and the next one adopts them.
     pub async fn stop_all(&self) {
-        if matches!(self.cfg.runtime, Runtime::Docker | Runtime::Swarm) {
+        if matches!(
+            self.cfg.runtime,
+            Runtime::Docker | Runtime::Swarm | Runtime::Kubernetes
+        ) {
             return;
         }
         let slots: Vec<Slot> = self.slots().into_keys().collect();

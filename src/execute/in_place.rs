@@ -29,16 +29,18 @@ impl ServiceExec {
         } else {
             "next"
         };
-        let replaced = self
-            .put_in_place(op, release, suffix, progress)
-            .await
-            .inspect_err(|e| {
-                if rollback_reason.is_none()
-                    && let Err(le) = self.ledger().mark_bad(release.id, &e.to_string())
-                {
+        let replaced = match self.put_in_place(op, release, suffix, progress).await {
+            Ok(r) => r,
+            Err(e) if rollback_reason.is_none() => {
+                if let Err(le) = self.ledger().mark_bad(release.id, &e.to_string()) {
                     tracing::error!(error = %le, "cannot mark the release bad");
                 }
-            })?;
+                return Err(self
+                    .undo_failed_rollout(op, release, from, e, progress)
+                    .await);
+            }
+            Err(e) => return Err(e),
+        };
         if rollback_reason.is_none() {
             self.record_head_after_start(release, progress).await;
         }
@@ -113,10 +115,42 @@ impl ServiceExec {
         })
     }
 
-    /// Router `none` and runtime `swarm` have one address: a release is put in place
-    /// there rather than started beside the other.
+    /// Runtime kubernetes: a rollout that failed (its progress deadline passed, its pods
+    /// never became available) leaves the Deployment half on the new template, so the
+    /// release before it is applied again, with its own config, and verified by its
+    /// rollout. Other runtimes put nothing in place when that fails.
+    async fn undo_failed_rollout(
+        &self,
+        op: i64,
+        release: &Release,
+        from: Option<&Release>,
+        error: ExecError,
+        progress: &Progress,
+    ) -> ExecError {
+        let (Runtime::Kubernetes, Some(from), ExecError::Failed(why)) =
+            (self.cfg.runtime, from, &error)
+        else {
+            return error;
+        };
+        let reason = format!("the rollout failed: {why}");
+        let back = match self.put_in_place(op, from, "rollback", progress).await {
+            Ok(_) => match self.switch_to(op, from, replace::REPLACE_SLOT).await {
+                Ok(_) => self
+                    .ledger()
+                    .rolled_back(self.name(), Some(release.id), from.id, &reason)
+                    .map(|_| format!("; rolled back: {} runs again", from.version))
+                    .unwrap_or_else(|e| format!("; {} runs again, but: {e}", from.version)),
+                Err(e) => format!("; {} was applied again, but: {e}", from.version),
+            },
+            Err(e) => format!("; applying {} again failed too: {e}", from.version),
+        };
+        ExecError::Failed(format!("{why}{back}"))
+    }
+
+    /// Router `none` and runtimes `swarm` and `kubernetes` have one address: a release is
+    /// put in place there rather than started beside the other.
     pub(super) fn one_address(&self) -> bool {
-        self.cfg.router == crate::config::Router::None || self.cfg.runtime == Runtime::Swarm
+        self.cfg.one_address()
     }
 
     /// Puts `release` in place at the one address: a swarm service update, or a
@@ -134,6 +168,11 @@ impl ServiceExec {
             let _hold = self.hold_traffic().await;
             self.swarm_apply(op, release, suffix == "rollback", progress)
                 .await?;
+            return Ok(None);
+        }
+        if self.cfg.runtime == Runtime::Kubernetes {
+            // A rolling update: the old pods serve until new ones are available.
+            self.kube_apply(op, release, progress).await?;
             return Ok(None);
         }
         let r = self.replace_with(op, release, suffix, progress).await?;

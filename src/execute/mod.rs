@@ -10,7 +10,8 @@
 //! `deploy.rs` and `rollback.rs` are the two operations (`drill.rs` rehearses the
 //! second and undoes it), `steps.rs` the steps they
 //! share (start and health-gate a slot, switch, verify, keep warm, stop), `in_place.rs`
-//! the one-address path of router `none` and runtime `swarm`, `housekeeping.rs` what
+//! the one-address path of router `none` and runtimes `swarm` and `kubernetes`
+//! (`kubernetes.rs`: snapshotted pod templates), `housekeeping.rs` what
 //! the watcher asks between operations (bake timer, reconcile, shutdown), `snapshot.rs`
 //! the redacted config kept with each release.
 
@@ -20,6 +21,7 @@ mod drill;
 pub mod envfile;
 mod housekeeping;
 mod in_place;
+mod kubernetes;
 pub mod migrations;
 pub mod nginx;
 mod observed;
@@ -186,6 +188,8 @@ pub struct ServiceExec {
     http: HttpClient,
     /// The Docker engine, connected on first use (runtime `docker`).
     engine: tokio::sync::OnceCell<crate::docker::Engine>,
+    /// The Kubernetes API, connected on first use (runtime `kubernetes`).
+    cluster: tokio::sync::OnceCell<crate::k8s::Cluster>,
     /// Warm releases whose bake was held by the guard's evidence: good rollback targets,
     /// each told once.
     bake_held: Mutex<std::collections::HashSet<i64>>,
@@ -236,6 +240,7 @@ impl ServiceExec {
             op: tokio::sync::Mutex::new(()),
             http: HttpClient::default(),
             engine: tokio::sync::OnceCell::new(),
+            cluster: tokio::sync::OnceCell::new(),
             bake_held: Mutex::default(),
             drill_span: Mutex::default(),
         }

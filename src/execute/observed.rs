@@ -6,7 +6,9 @@
 use super::{Router, ServiceExec, SlotProc};
 use crate::config::Slot;
 use crate::docker::Engine;
-use crate::signals::{Containers, Serving, SlotSource, SlotView, Targets, Unit};
+use crate::signals::{
+    Containers, PodTermination, Pods, Serving, SlotSource, SlotView, Targets, Unit,
+};
 
 impl Targets for Router {
     fn serving(&self) -> Option<Serving> {
@@ -48,6 +50,17 @@ impl Containers for ServiceExec {
         if let Some(handle) = handle {
             handle.mark_exited(how, oom);
         }
+    }
+}
+
+impl Pods for ServiceExec {
+    async fn terminations(&self) -> Result<Vec<PodTermination>, String> {
+        let Some(active) = self.router.target().map(|t| t.release_id) else {
+            return Ok(Vec::new());
+        };
+        self.kube_terminations(active)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

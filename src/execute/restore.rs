@@ -59,6 +59,15 @@ impl ServiceExec {
         progress: &Progress,
     ) -> Result<RestoreOutcome, ExecError> {
         let start = std::time::Instant::now();
+        if self.cfg.runtime == crate::config::Runtime::Kubernetes {
+            // Stopping the app for the restore would mean scaling the Deployment to 0
+            // and back, which is not built yet.
+            return Err(ExecError::Refused(format!(
+                "a database restore for runtime \"kubernetes\" is not supported yet: scale \
+                 the Deployment to 0 and use `pg_restore` by hand; nothing was changed for {}",
+                self.name()
+            )));
+        }
         let cfg = db_config(&self.cfg, &self.state_dir)?;
         let rec = self.ledger().backup(backup_id)?.ok_or_else(|| {
             ExecError::Usage(format!(

@@ -29,6 +29,10 @@ impl ServiceExec {
             .unwrap_or_else(|| "manual rollback".to_string());
         self.exclusive(holder, async || {
             let (target, active) = self.plan_rollback(&req, &progress)?;
+            if self.cfg.runtime == crate::config::Runtime::Kubernetes {
+                self.kube_refuse_drift("roll back", req.force, req.reason.as_deref())
+                    .await?;
+            }
             self.rollback_locked(target, active, reason, progress).await
         })
         .await

@@ -133,6 +133,38 @@ pub struct ReleaseSpec {
     /// The names (never the values) of the snapshot's variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_keys: Vec<String>,
+    /// Runtime `kubernetes`: the pod template this release applies, and the copies of
+    /// the ConfigMaps and Secrets it reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeRelease>,
+}
+
+/// A Kubernetes release, pinned: the Deployment's pod template pointing at the
+/// release's own immutable ConfigMap and Secret copies, so a rollback months later
+/// applies exactly what ran then, whatever today's ConfigMaps say and whatever
+/// ReplicaSet history the cluster kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeRelease {
+    /// The image as given (`registry/app:v2`).
+    pub reference: String,
+    /// The image the template runs: `reference`, or `repo@sha256:...` once a digest is
+    /// known (given in the reference, or reported by the release's pods).
+    pub image: String,
+    /// The pod template (`spec.template` of apps/v1 Deployment) as JSON.
+    pub template: serde_json::Value,
+    /// The copies this template points to instead of the originals.
+    pub copies: Vec<KubeCopy>,
+}
+
+/// One ConfigMap or Secret copied for a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeCopy {
+    /// `ConfigMap` or `Secret`.
+    pub kind: String,
+    /// The original's name (what the user edits).
+    pub source: String,
+    /// The release's immutable copy.
+    pub copy: String,
 }
 
 /// A container release, pinned: the image id it resolved to, its env snapshot and its
@@ -463,6 +495,19 @@ impl Ledger {
         };
         tx.commit()?;
         self.release(id)
+    }
+
+    /// Replaces a release's spec (runtime kubernetes: the digest its pods reported,
+    /// learnt after the rollout).
+    pub fn set_release_spec(&mut self, id: i64, spec: &ReleaseSpec) -> Result<(), LedgerError> {
+        let spec_json = serde_json::to_string(spec).expect("a spec always serializes");
+        let tx = self.write_tx()?;
+        tx.execute(
+            "UPDATE releases SET spec = ?2 WHERE id = ?1",
+            params![id, spec_json],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn release(&self, id: i64) -> Result<Release, LedgerError> {

@@ -76,6 +76,8 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
                 "as Docker containers from images pinned by digest, each with the env file snapshot taken when it was deployed",
             crate::config::Runtime::Swarm =>
                 "as a Docker Swarm service updated to images pinned by digest, each with its env snapshot",
+            crate::config::Runtime::Kubernetes =>
+                "as a Kubernetes Deployment whose pod template ripcord applies, each release with its own immutable copies of the ConfigMaps and Secrets it reads",
         },
         c.slots.blue,
         c.slots.green

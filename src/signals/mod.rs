@@ -11,6 +11,7 @@
 
 pub mod docker;
 pub mod integrity;
+pub mod kubernetes;
 pub mod nginx_log;
 pub mod probe;
 pub mod process;
@@ -85,6 +86,28 @@ pub trait Containers: SlotSource {
     fn engine(&self) -> impl Future<Output = Result<Engine, String>> + Send;
     /// Notes that a slot's container exited on its own, as the engine told it.
     fn mark_exited(&self, container_id: &str, how: String, oom: bool);
+}
+
+/// A container of a release's pod that terminated (runtime kubernetes), as the API
+/// server's pod status says: the container's current state or its last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTermination {
+    pub release_id: i64,
+    /// Pod, container and restart count: the same termination read twice is one.
+    pub key: String,
+    pub pod: String,
+    /// Kubernetes' reason, e.g. `OOMKilled`, `Error`.
+    pub reason: String,
+    pub exit_code: i32,
+    pub restart_count: i32,
+}
+
+/// A service whose release runs as a Deployment's pods: their terminations, read from
+/// the API (the watcher passes its `ServiceExec`).
+pub trait Pods: SlotSource {
+    /// The terminations of the active release's pods' containers that the API reports
+    /// now; the error says why they could not be read.
+    fn terminations(&self) -> impl Future<Output = Result<Vec<PodTermination>, String>> + Send;
 }
 
 #[derive(Debug, Clone, Serialize)]

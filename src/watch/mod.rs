@@ -315,6 +315,8 @@ pub async fn run(
         }
         if cfg.runtime == config::Runtime::Docker {
             tokio::spawn(crate::signals::docker::run(exec.clone(), obs_tx));
+        } else if cfg.runtime == config::Runtime::Kubernetes {
+            tokio::spawn(crate::signals::kubernetes::run(exec.clone(), obs_tx));
         } else {
             tokio::spawn(crate::signals::process::run(exec.clone(), obs_tx));
         }

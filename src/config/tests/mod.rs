@@ -72,7 +72,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `env_file`, `verify`, `verify_deadline`, `triggers`, `investigate`, `drill_budget`, `drill_max_age`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `env_file`, `verify`, `verify_deadline`, `triggers`, `investigate`, `drill_budget`, `drill_max_age`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`, `kubernetes`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -99,7 +99,7 @@ listen = "nowhere"
 slots = { blue = 0, green = true }
 bake_secs = -1
 command = "app --port {port}"
-runtime = "kubernetes"
+runtime = "lambda"
 "#;
     check(
         src,
@@ -109,7 +109,78 @@ runtime = "kubernetes"
             "ripcord.toml:4: service.web.slots.green: expected a port number or \"host:port\", found a boolean",
             "ripcord.toml:5: service.web.bake_secs: -1 is out of range: expected 0s to 24h",
             "ripcord.toml:6: service.web.command: expected an array of strings (an argument vector such as [\"/usr/bin/app\", \"--port\", \"{port}\"]; ripcord never runs a shell string), found a string",
-            "ripcord.toml:7: service.web.runtime: runtime \"kubernetes\" is not available in this version of ripcord yet; use \"process\", \"external\", \"docker\" or \"swarm\"",
+            "ripcord.toml:7: service.web.runtime: unknown runtime \"lambda\"; expected \"process\", \"external\", \"docker\", \"swarm\" or \"kubernetes\"",
+        ],
+    );
+}
+
+#[test]
+fn the_kubernetes_table() {
+    let src = r#"
+[service.web]
+runtime = "kubernetes"
+listen = "127.0.0.1:8080"
+
+[service.web.kubernetes]
+namespace = "shop"
+deployment = "web"
+container = "app"
+address = "127.0.0.1:30080"
+kubeconfig = "kube/config"
+"#;
+    let cfg = Config::parse(src, Path::new("/etc/ripcord/ripcord.toml")).unwrap();
+    let web = cfg.service("web").unwrap();
+    assert_eq!(web.runtime, Runtime::Kubernetes);
+    assert!(web.one_address());
+    let k = web.kubernetes.as_ref().unwrap();
+    assert_eq!(
+        (
+            k.namespace.as_str(),
+            k.deployment.as_str(),
+            k.container.as_str()
+        ),
+        ("shop", "web", "app")
+    );
+    assert_eq!(k.keep_releases, 10);
+    assert_eq!(
+        k.kubeconfig.as_deref(),
+        Some(Path::new("/etc/ripcord/kube/config"))
+    );
+    // The one address is the proxy's target.
+    assert_eq!(web.slots.blue, "127.0.0.1:30080".parse().unwrap());
+    assert_eq!(web.slots.green, web.slots.blue);
+    check(
+        r#"
+[service.web]
+runtime = "kubernetes"
+listen = "127.0.0.1:8080"
+
+[service.web.kubernetes]
+namespace = "Shop_1"
+container = "app"
+address = "somewhere"
+keep_releases = 1
+replicas = 3
+"#,
+        &[
+            "ripcord.toml:6: service.web.kubernetes.deployment: missing: e.g. deployment = \"web\"",
+            "ripcord.toml:7: service.web.kubernetes.namespace: \"Shop_1\" is not a Kubernetes name: lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 characters",
+            "ripcord.toml:9: service.web.kubernetes.address: \"somewhere\" is not an address: expected \"host:port\" with an IP address, e.g. \"127.0.0.1:8080\"",
+            "ripcord.toml:10: service.web.kubernetes.keep_releases: 1 is out of range: expected 2 to 1000",
+            "ripcord.toml:11: service.web.kubernetes.replicas: unknown key; expected one of `namespace`, `deployment`, `container`, `image`, `address`, `kubeconfig`, `context`, `keep_releases`",
+        ],
+    );
+    check(
+        "[service.web]\nruntime = \"kubernetes\"\nlisten = \"127.0.0.1:8080\"\n",
+        &[
+            "ripcord.toml:1: service.web.kubernetes: missing: runtime \"kubernetes\" needs [service.NAME.kubernetes] with `namespace`, `deployment`, `container` and `address`",
+        ],
+    );
+    check(
+        "[service.web]\nlisten = \"127.0.0.1:8080\"\nslots = { blue = 8081, green = 8082 }\n\
+         [service.web.kubernetes]\nnamespace = \"a\"\ndeployment = \"b\"\ncontainer = \"c\"\naddress = \"127.0.0.1:1\"\n",
+        &[
+            "ripcord.toml:1: service.web.kubernetes: [service.NAME.kubernetes] is for runtime = \"kubernetes\" only",
         ],
     );
 }
@@ -519,7 +590,7 @@ publish = "127.0.0.1:8080"
 container_port = 70000
 "#,
         &[
-            "ripcord.toml:4: service.web.router: router \"none\" (image replace) needs runtime = \"docker\"; use \"proxy\" or \"nginx\" for blue-green",
+            "ripcord.toml:4: service.web.router: router \"none\" (image replace) needs runtime = \"docker\" (or \"swarm\", \"kubernetes\"); use \"proxy\" or \"nginx\" for blue-green",
             "ripcord.toml:13: service.api.docker.restart: \"sometimes\" is not a restart policy; expected \"no\", \"on-failure[:N]\", \"always\" or \"unless-stopped\"",
             "ripcord.toml:14: service.api.docker.name: \"-bad\" is not a container name: letters, digits, `_`, `.` and `-`, starting with a letter or digit",
             "ripcord.toml:16: service.api.docker.container_port: 70000 is out of range: expected 1 to 65535",

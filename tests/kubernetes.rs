@@ -1,0 +1,609 @@
+//! Runtime `kubernetes` end to end against a real kube-apiserver and
+//! kube-controller-manager (v1.20.2, under RBAC), driven by the real `ripcord watch` and
+//! CLI running as a user that holds only `deploy/kubernetes/role.yaml`. Pods never run
+//! (no kubelet): the fixture's stand-in marks them ready and serves, at the
+//! Deployment's address, the version and GREETING of the pods the control plane
+//! rolled out. Verification checks that address through the built-in proxy, after
+//! ripcord's own rollout check against the API. Fails, never skips, without the
+//! control plane's binaries.
+
+mod common;
+mod kube_fixture;
+
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use common::{BIN, assert_ok, eventually, free_port, stderr, stdout};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube_fixture::{TestNamespace, config, copies, deployment, fake_digest, user_objects};
+
+struct KubeProject {
+    dir: tempfile::TempDir,
+    listen: u16,
+    /// KUBECONFIG for the watcher and the CLI (else it is removed from their env).
+    kubeconfig_env: Option<std::path::PathBuf>,
+    watcher: Option<Child>,
+    // Last: the namespace goes after the watcher is stopped.
+    ns: TestNamespace,
+}
+
+impl KubeProject {
+    fn new(ns: TestNamespace, extra: &str) -> KubeProject {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = free_port();
+        std::fs::write(dir.path().join("ripcord.toml"), config(&ns, listen, extra)).unwrap();
+        KubeProject {
+            dir,
+            listen,
+            kubeconfig_env: None,
+            watcher: None,
+            ns,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(self.dir.path().join("ripcord.toml"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RIPCORD_CONFIG")
+            .env_remove("RIPCORD_STATE_DIR")
+            .env_remove("KUBECONFIG");
+        if let Some(k) = &self.kubeconfig_env {
+            c.env("KUBECONFIG", k);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {} {}",
+                stdout(&out),
+                stderr(&out)
+            )
+        })
+    }
+
+    fn start_watcher(&mut self) {
+        let child = common::start_watch(
+            self.cmd(&["watch"]),
+            &self.dir.path().join("watcher.log"),
+            || self.run(&["--json", "status", "web"]),
+        );
+        self.watcher = Some(child);
+    }
+
+    fn watcher_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("watcher.log")).unwrap_or_default()
+    }
+
+    fn deploy(&self, version: &str) -> Output {
+        self.run(&["deploy", "web", version])
+    }
+
+    fn must(&self, out: Output, what: &str) {
+        if !out.status.success() {
+            panic!(
+                "{what} failed ({}):\nstdout: {}\nstderr: {}\nwatcher: {}",
+                out.status,
+                stdout(&out),
+                stderr(&out),
+                self.watcher_log()
+            );
+        }
+    }
+
+    /// What the service answers through the built-in proxy: (version, greeting).
+    fn answer(&self) -> (String, String) {
+        let (status, body) = common::get(&format!("http://127.0.0.1:{}/api/status", self.listen));
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            v["version"].as_str().unwrap_or_default().to_string(),
+            v["greeting"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    fn release(&self, version: &str) -> serde_json::Value {
+        let list = self.json(&["releases", "web"]);
+        let releases = list
+            .as_array()
+            .cloned()
+            .or_else(|| list["releases"].as_array().cloned())
+            .unwrap_or_default();
+        releases
+            .into_iter()
+            .find(|r| r["version"] == version)
+            .unwrap_or_else(|| panic!("no release {version} in {list}"))
+    }
+
+    fn events(&self) -> String {
+        self.json(&["events", "web", "--limit", "200"]).to_string()
+    }
+}
+
+impl Drop for KubeProject {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.watcher.take() {
+            common::stop_quietly(&mut child, Duration::from_secs(20));
+        }
+    }
+}
+
+fn ready_project(prefix: &str, history: i32, progress_deadline: i32) -> KubeProject {
+    let ns = TestNamespace::new(prefix, true);
+    user_objects(&ns, "hello from v1's config");
+    ns.apply::<Deployment>(deployment(2, history, progress_deadline));
+    let mut p = KubeProject::new(ns, "");
+    p.start_watcher();
+    p
+}
+
+/// The ConfigMap a template's `envFrom` names.
+fn env_from(template: &serde_json::Value) -> String {
+    template["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn deploys_snapshot_the_config_and_a_rollback_restores_v1s_not_todays() {
+    let p = ready_project("snap", 10, 60);
+    p.must(p.deploy("v1"), "deploy v1");
+    assert_eq!(p.ns.image("web"), "registry.test/app:v1");
+    let t1 = p.ns.template("web");
+    let copy1 = env_from(&t1);
+    // The template reads the release's copy, not the user's ConfigMap; so do the
+    // Secret reference and the volume.
+    assert!(copy1.starts_with("web-config-rc-"), "{t1}");
+    let secret_ref = t1["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"]
+        .as_str()
+        .unwrap();
+    assert!(secret_ref.starts_with("web-secret-rc-"), "{t1}");
+    let volume = t1["spec"]["volumes"][0]["configMap"]["name"]
+        .as_str()
+        .unwrap();
+    assert!(volume.starts_with("web-files-rc-"), "{t1}");
+    let cm = p.ns.block_on(p.ns.config_maps().get(&copy1)).unwrap();
+    assert_eq!(cm.immutable, Some(true), "the copy is immutable");
+    let labels = cm.metadata.labels.unwrap_or_default();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "ripcord");
+    assert_eq!(labels["ripcord.dev/service"], "web");
+    assert_eq!(labels["ripcord.dev/source"], "web-config");
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(kube_fixture::plane().admin.clone(), &p.ns.name);
+    let secret = p.ns.block_on(secrets.get(secret_ref)).unwrap();
+    assert_eq!(
+        secret.immutable,
+        Some(true),
+        "the Secret's copy is immutable"
+    );
+    assert_eq!(
+        secret.data.unwrap()["password"].0,
+        b"s3cret-pw".to_vec(),
+        "the Secret's copy holds its content"
+    );
+    assert_eq!(
+        cm.data.unwrap()["GREETING"],
+        "hello from v1's config",
+        "the copy holds v1's content"
+    );
+    assert_eq!(
+        p.answer(),
+        ("v1".to_string(), "hello from v1's config".to_string())
+    );
+
+    // The user changes the ConfigMap, then deploys v2: v2 snapshots the new content.
+    p.ns.set_config(
+        "web-config",
+        serde_json::json!({"GREETING": "hello from v2's config"}),
+    );
+    p.must(p.deploy("v2"), "deploy v2");
+    assert_eq!(p.ns.image("web"), "registry.test/app:v2");
+    let copy2 = env_from(&p.ns.template("web"));
+    assert_ne!(copy1, copy2, "v2 reads its own copy");
+    assert_eq!(
+        p.answer(),
+        ("v2".to_string(), "hello from v2's config".to_string())
+    );
+
+    // Today's config changes again; a rollback brings back v1 with v1's config.
+    p.ns.set_config(
+        "web-config",
+        serde_json::json!({"GREETING": "today's config"}),
+    );
+    p.must(p.run(&["rollback", "web", "--reason", "test"]), "rollback");
+    assert_eq!(
+        p.answer(),
+        ("v1".to_string(), "hello from v1's config".to_string()),
+        "the rollback restores v1's image and v1's config, not today's"
+    );
+    assert_eq!(env_from(&p.ns.template("web")), copy1);
+    // v1's pods had reported their digest: the rollback runs exactly that content.
+    assert_eq!(
+        p.ns.image("web"),
+        format!("registry.test/app@{}", fake_digest("registry.test/app:v1"))
+    );
+    // The user's own ConfigMap is left as the user set it.
+    let user = p.ns.block_on(p.ns.config_maps().get("web-config")).unwrap();
+    assert_eq!(user.data.unwrap()["GREETING"], "today's config");
+    assert_eq!(p.release("v1")["status"], "active");
+    // Both snapshots are kept (retention keeps 10 releases).
+    let all = copies(&p.ns);
+    assert!(
+        all.contains_key(&copy1) && all.contains_key(&copy2),
+        "{all:?}"
+    );
+}
+
+#[test]
+fn a_rollback_needs_no_replicaset_history() {
+    // revisionHistoryLimit 0: the controller deletes every old ReplicaSet, so
+    // `kubectl rollout undo` has nothing to go back to.
+    let p = ready_project("hist", 0, 60);
+    p.must(p.deploy("v1"), "deploy v1");
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    p.must(p.deploy("v2"), "deploy v2");
+    eventually(
+        "the controller trims the old ReplicaSets",
+        Duration::from_secs(30),
+        || {
+            let rs =
+                p.ns.block_on(p.ns.replica_sets().list(&ListParams::default()))
+                    .unwrap();
+            rs.items.len() == 1
+        },
+    );
+    let rs =
+        p.ns.block_on(p.ns.replica_sets().list(&ListParams::default()))
+            .unwrap();
+    let only = serde_json::to_string(&rs.items[0].spec.as_ref().unwrap().template).unwrap();
+    assert!(only.contains("registry.test/app:v2"), "{only}");
+    p.must(p.run(&["rollback", "web"]), "rollback with no history");
+    assert_eq!(
+        p.answer(),
+        ("v1".to_string(), "hello from v1's config".to_string())
+    );
+}
+
+#[test]
+fn drift_is_reported_and_never_overwritten_silently() {
+    let p = ready_project("drift", 10, 60);
+    p.must(p.deploy("v1"), "deploy v1");
+    p.must(p.deploy("v2"), "deploy v2");
+    // doctor: a rollback would work now (the Role lets it read all it checks).
+    let out = p.run(&["doctor", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("✓ no drift"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("✓ config copies"), "{}", stdout(&out));
+    // Someone runs `kubectl set image` behind ripcord's back.
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "web", "image": "registry.test/app:hotfix"}
+    ]}}}});
+    p.ns.block_on(p.ns.deployments().patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    ))
+    .unwrap();
+    // doctor reports it: a rollback now would be refused.
+    let out = p.run(&["doctor", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("✗ no drift") && stdout(&out).contains("changed outside ripcord"),
+        "{}",
+        stdout(&out)
+    );
+    let out = p.deploy("v3");
+    assert_eq!(out.status.code(), Some(3), "refused: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("changed outside ripcord") && err.contains("registry.test/app:hotfix"),
+        "{err}"
+    );
+    assert_eq!(
+        p.ns.image("web"),
+        "registry.test/app:hotfix",
+        "not overwritten"
+    );
+    let out = p.run(&["rollback", "web"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a rollback is refused too: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("will not roll back"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(p.ns.image("web"), "registry.test/app:hotfix");
+    assert!(p.events().contains("\"drift\""), "{}", p.events());
+    // Forced, with a reason, the deploy overwrites it, and says so.
+    p.must(
+        p.run(&[
+            "deploy",
+            "web",
+            "v3",
+            "--force",
+            "--reason",
+            "replace the hotfix",
+        ]),
+        "forced deploy",
+    );
+    assert_eq!(p.ns.image("web"), "registry.test/app:v3");
+    assert!(p.events().contains("drift_overwritten"), "{}", p.events());
+}
+
+#[test]
+fn a_stuck_rollout_is_rolled_back_to_the_previous_release() {
+    let p = ready_project("stuck", 10, 3);
+    p.must(p.deploy("v1"), "deploy v1");
+    // v2's pods never become ready: the rollout passes its 3 s progress deadline.
+    p.ns.stuck
+        .lock()
+        .unwrap()
+        .push("registry.test/app:v2".to_string());
+    let out = p.deploy("v2");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("progress deadline"), "{err}");
+    assert!(err.contains("rolled back: v1 runs again"), "{err}");
+    assert_eq!(p.release("v2")["status"], "bad");
+    assert_eq!(p.release("v1")["status"], "active");
+    assert_eq!(
+        p.ns.image("web"),
+        format!("registry.test/app@{}", fake_digest("registry.test/app:v1"))
+    );
+    let d = p.ns.deployment("web");
+    let st = d.status.unwrap();
+    assert_eq!(st.updated_replicas, Some(2), "v1's template is rolled out");
+    assert_eq!(st.available_replicas, Some(2));
+    assert_eq!(p.answer().0, "v1");
+}
+
+#[test]
+fn without_the_role_the_api_server_refuses_ripcord() {
+    // The same user in a namespace with no RoleBinding: RBAC is enforced (the other
+    // tests pass with the Role alone, not with AlwaysAllow).
+    let ns = TestNamespace::new("norole", false);
+    user_objects(&ns, "x");
+    ns.apply::<Deployment>(deployment(1, 10, 60));
+    let mut p = KubeProject::new(ns, "");
+    p.start_watcher();
+    let out = p.deploy("v1");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("forbidden") && err.contains("role.yaml"),
+        "{err}"
+    );
+    assert_eq!(
+        p.ns.image("web"),
+        "registry.test/app:v0",
+        "nothing was changed"
+    );
+}
+
+#[test]
+fn retention_removes_the_copies_of_releases_no_longer_kept() {
+    let ns = TestNamespace::new("keep", true);
+    user_objects(&ns, "c1");
+    ns.apply::<Deployment>(deployment(1, 10, 60));
+    let mut p = KubeProject::new(ns, "");
+    let path = p.dir.path().join("ripcord.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "image = \"registry.test/app\"",
+            "image = \"registry.test/app\"\nkeep_releases = 2",
+        ),
+    )
+    .unwrap();
+    p.start_watcher();
+    let mut names = Vec::new();
+    for (i, v) in ["v1", "v2", "v3", "v4"].iter().enumerate() {
+        p.ns.set_config(
+            "web-config",
+            serde_json::json!({"GREETING": format!("c{}", i + 1)}),
+        );
+        p.must(p.deploy(v), &format!("deploy {v}"));
+        names.push(env_from(&p.ns.template("web")));
+    }
+    let all = copies(&p.ns);
+    // v3 and v4 are the two newest (v3 the previous good one): theirs are kept.
+    assert!(
+        all.contains_key(&names[2]) && all.contains_key(&names[3]),
+        "{all:?}"
+    );
+    assert!(
+        !all.contains_key(&names[0]) && !all.contains_key(&names[1]),
+        "v1's and v2's copies are removed: {all:?}"
+    );
+    // The user's own objects are never touched.
+    assert!(p.ns.block_on(p.ns.config_maps().get("web-config")).is_ok());
+    // A rollback to v1 says why it cannot restore its config, and changes nothing.
+    let out = p.run(&["rollback", "web", "--to", "v1"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("is gone"), "{}", stderr(&out));
+    assert_eq!(env_from(&p.ns.template("web")), names[3]);
+    // doctor: the previous release (v3) still has its copies.
+    let out = p.run(&["doctor", "web"]);
+    assert!(stdout(&out).contains("✓ config copies"), "{}", stdout(&out));
+    assert_ok(&p.run(&["status", "web"]), "status");
+}
+
+#[test]
+fn an_oom_killed_container_makes_the_guard_roll_back() {
+    v2_terminated_and_rolled_back("oom", "OOMKilled", 137, "oom_kills", "crash");
+}
+
+#[test]
+fn a_restarted_container_is_a_crash_and_the_guard_rolls_back() {
+    v2_terminated_and_rolled_back("crash", "Error", 1, "crash", "oom_kills");
+}
+
+/// v2's pod reports its container terminated (`reason`, `exit_code`) and restarted
+/// once, as a kubelet would: the guard rolls v2 back on rule `rule`, not `not_rule`.
+fn v2_terminated_and_rolled_back(
+    prefix: &str,
+    reason: &str,
+    exit_code: i32,
+    rule: &str,
+    not_rule: &str,
+) {
+    let p = ready_project(prefix, 10, 60);
+    p.must(p.deploy("v1"), "deploy v1");
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    p.must(p.deploy("v2"), "deploy v2");
+    assert_eq!(p.answer().0, "v2");
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(kube_fixture::plane().admin.clone(), &p.ns.name);
+    let list = p.ns.block_on(pods.list(&ListParams::default())).unwrap();
+    let v2_pod = list
+        .items
+        .iter()
+        .find(|pod| {
+            pod.metadata.deletion_timestamp.is_none()
+                && pod.spec.as_ref().unwrap().containers[0].image.as_deref()
+                    == Some("registry.test/app:v2")
+        })
+        .expect("a pod of v2")
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let status = serde_json::json!({"status": {"containerStatuses": [{
+        "name": "web", "image": "registry.test/app:v2", "ready": true, "restartCount": 1,
+        "imageID": format!("docker-pullable://registry.test/app@{}", fake_digest("registry.test/app:v2")),
+        "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}},
+        "lastState": {"terminated": {"exitCode": exit_code, "reason": reason,
+            "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}}
+    }]}});
+    p.ns.block_on(pods.patch_status(&v2_pod, &PatchParams::default(), &Patch::Merge(&status)))
+        .unwrap();
+    eventually(
+        "the guard rolls v2 back after its container terminated",
+        Duration::from_secs(40),
+        || p.release("v2")["status"] == "bad",
+    );
+    eventually("v1 serves again", Duration::from_secs(40), || {
+        p.answer() == ("v1".to_string(), "hello from v1's config".to_string())
+    });
+    let incidents = p
+        .json(&["incident", "list", "--service", "web"])
+        .to_string();
+    assert!(
+        incidents.contains(&format!("\"{rule}\"")) && !incidents.contains(not_rule),
+        "{incidents}\n{}",
+        p.watcher_log()
+    );
+}
+
+#[test]
+fn a_drill_applies_the_previous_release_and_comes_back() {
+    let p = ready_project("drill", 10, 60);
+    p.must(p.deploy("v1"), "deploy v1");
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    p.must(p.deploy("v2"), "deploy v2");
+    let v2_template = p.ns.template("web");
+    let out = p.run(&["--json", "drill", "web"]);
+    p.must(out.clone(), "drill");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = &v["result"];
+    assert_eq!(v["outcome"], "passed", "{v}");
+    assert_eq!(v["in_place"], true, "{v}");
+    assert_eq!(v["on_current"], true, "{v}");
+    assert_eq!(v["previous"]["version"], "v1", "{v}");
+    assert_eq!(p.answer(), ("v2".to_string(), "v2's".to_string()));
+    assert_eq!(p.release("v2")["status"], "active");
+    // v2 runs its own template again (its pinned image, its copies).
+    let now = p.ns.template("web");
+    assert_eq!(env_from(&now), env_from(&v2_template));
+    assert_eq!(
+        now["spec"]["containers"][0]["image"],
+        format!("registry.test/app@{}", fake_digest("registry.test/app:v2"))
+    );
+    // The drill really applied v1's template (once at its deploy, once in the drill)
+    // and v2's again (its deploy, then the way forward).
+    let events = p.events();
+    assert_eq!(events.matches("rolled out v1").count(), 2, "{events}");
+    assert_eq!(events.matches("rolled out v2").count(), 2, "{events}");
+
+    // A restarted watcher adopts the running Deployment (it answers), and a rollback
+    // after the restart still applies v1's own template.
+    let mut p = p;
+    let mut w = p.watcher.take().unwrap();
+    common::stop_quietly(&mut w, Duration::from_secs(20));
+    p.start_watcher();
+    assert_eq!(p.answer().0, "v2");
+    p.must(
+        p.run(&["rollback", "web"]),
+        "rollback after a watcher restart",
+    );
+    assert_eq!(
+        p.answer(),
+        ("v1".to_string(), "hello from v1's config".to_string())
+    );
+    assert!(
+        p.events().contains("route to the active release"),
+        "{}",
+        p.events()
+    );
+}
+
+#[test]
+fn without_a_router_the_address_itself_is_verified_and_kubeconfig_comes_from_the_env() {
+    let ns = TestNamespace::new("direct", true);
+    user_objects(&ns, "hello from v1's config");
+    ns.apply::<Deployment>(deployment(1, 10, 60));
+    let p = KubeProject::new(ns, "");
+    // router "none": no proxy; verification asks the Deployment's address directly.
+    let path = p.dir.path().join("ripcord.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            &format!("router = \"proxy\"\nlisten = \"127.0.0.1:{}\"", p.listen),
+            "router = \"none\"",
+        )
+        .replace(
+            &format!("http://127.0.0.1:{}/api/status", p.listen),
+            &format!("http://127.0.0.1:{}/api/status", p.ns.address),
+        );
+    // No `kubeconfig` key: the watcher finds it through KUBECONFIG.
+    let kubeconfig = kube_fixture::plane().ripcord_kubeconfig.clone();
+    let text = text.replace(
+        &format!("kubeconfig = {:?}\n", kubeconfig.display().to_string()),
+        "",
+    );
+    assert!(text.contains("router = \"none\"") && !text.contains(&p.listen.to_string()));
+    assert!(!text.contains("kubeconfig"), "{text}");
+    std::fs::write(&path, text).unwrap();
+    let mut p = p;
+    p.kubeconfig_env = Some(kubeconfig);
+    p.start_watcher();
+    p.must(p.deploy("v1"), "deploy v1");
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    p.must(p.deploy("v2"), "deploy v2");
+    p.must(p.run(&["rollback", "web"]), "rollback");
+    let (status, body) = common::get(&format!("http://127.0.0.1:{}/api/status", p.ns.address));
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["version"], "v1");
+    assert_eq!(v["greeting"], "hello from v1's config");
+}
