@@ -72,7 +72,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `env_file`, `verify`, `verify_deadline`, `triggers`, `investigate`, `drill_budget`, `drill_max_age`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`, `kubernetes`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `env_file`, `verify`, `verify_deadline`, `triggers`, `investigate`, `drill_budget`, `drill_max_age`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`, `proxy`, `kubernetes`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
