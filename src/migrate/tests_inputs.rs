@@ -771,7 +771,7 @@ fn format_keeps_the_files_it_names() {
 
 /// Regression (found by the fuzz target `migrations`): after a syntax error,
 /// tree-sitter-python's error recovery was quadratic on a run of `:x` tokens (5 KB took
-/// over 10 s unoptimised, and 20 KB would take minutes, inside a rollback's guard). The
+/// over 10 s unoptimised, and the rollback guard runs this checker). The
 /// parse's work is bounded by the file's size: the file is a parse error at the line
 /// where the parser gave up, and a large valid file still parses.
 #[test]
