@@ -52,11 +52,17 @@ pub async fn query(
             };
         }
     };
-    let body: serde_json::Value = match serde_json::from_slice(&resp.body) {
+    read_answer(resp.status, &resp.body)
+}
+
+/// Reads an answer of the query API: its HTTP status and body, as the server sent them.
+/// Any bytes give a result; one that is not a number says why.
+pub fn read_answer(status: u16, body: &[u8]) -> QueryResult {
+    let body: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(_) => {
+        Err(e) => {
             return QueryResult::NoData {
-                why: format!("error: the answer (status {}) is not JSON", resp.status),
+                why: format!("error: the answer (status {status}) is not JSON: {e}"),
             };
         }
     };
@@ -107,8 +113,13 @@ pub fn parse_data(data: &serde_json::Value) -> QueryResult {
             Some(v) if v.is_nan() => {}
             Some(v) => out.push((name, v)),
             None => {
+                let series = if name.is_empty() {
+                    "the result".to_string()
+                } else {
+                    format!("series {name}")
+                };
                 return QueryResult::NoData {
-                    why: "error: a value that is not a number".to_string(),
+                    why: format!("error: {series} has a value that is not a number"),
                 };
             }
         }
@@ -165,6 +176,17 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_that_is_not_json_says_where() {
+        let QueryResult::NoData { why } = read_answer(502, b"<html>bad gateway") else {
+            panic!("a number from HTML");
+        };
+        assert_eq!(
+            why,
+            "error: the answer (status 502) is not JSON: expected value at line 1 column 1"
+        );
+    }
+
+    #[test]
     fn reads_answers() {
         let vector = json!({"resultType": "vector", "result": [
             {"metric": {"job": "a"}, "value": [1.0, "0.5"]},
@@ -199,6 +221,15 @@ mod tests {
         assert_eq!(
             parse_data(&all_nan),
             QueryResult::NoData { why: "NaN".into() }
+        );
+        let not_a_number = json!({"resultType": "vector", "result": [
+            {"metric": {"job": "a"}, "value": [1.0, "x"]},
+        ]});
+        assert_eq!(
+            parse_data(&not_a_number),
+            QueryResult::NoData {
+                why: "error: series {job=\"a\"} has a value that is not a number".into()
+            }
         );
         let matrix = json!({"resultType": "matrix", "result": []});
         assert!(

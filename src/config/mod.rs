@@ -120,6 +120,35 @@ pub enum LoadError {
     },
 }
 
+/// The byte offset of the line where `[`, `{` and dotted keys nest deepest (brackets
+/// carried across lines, dots counted per line), ignoring strings: only a place to point
+/// at when the TOML parser names none.
+fn deepest_nesting(src: &str) -> usize {
+    let (mut depth, mut best, mut best_at, mut line_start) = (0usize, 0usize, 0usize, 0usize);
+    let mut line_max = 0usize;
+    let mut dots = 0usize;
+    for (i, b) in src.bytes().enumerate() {
+        match b {
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'.' => dots += 1,
+            b'\n' => {
+                if line_max.max(depth) + dots > best {
+                    (best, best_at) = (line_max.max(depth) + dots, line_start);
+                }
+                (line_start, line_max, dots) = (i + 1, depth, 0);
+                continue;
+            }
+            _ => {}
+        }
+        line_max = line_max.max(depth);
+    }
+    if line_max.max(depth) + dots > best {
+        best_at = line_start;
+    }
+    best_at
+}
+
 impl Config {
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
@@ -141,7 +170,22 @@ impl Config {
             Err(e) => {
                 let mut reader = Reader::new(src, path);
                 let message = e.message().trim_end_matches('.').to_string();
-                reader.error(e.span(), "", format!("invalid TOML: {message}"));
+                // toml_edit gives its recursion limit no place: name the line that nests
+                // deepest, which is where a person would look.
+                match e.span() {
+                    None if message.contains("recursion limit") => {
+                        let at = deepest_nesting(src);
+                        reader.error(
+                            Some(at..at),
+                            "",
+                            format!(
+                                "invalid TOML: {message}: keys, arrays or inline tables nest \
+                                 too deeply (the deepest is on this line)"
+                            ),
+                        );
+                    }
+                    span => reader.error(span, "", format!("invalid TOML: {message}")),
+                }
                 return Err(invalid(reader.errors));
             }
         };

@@ -1,9 +1,12 @@
 //! Parses a Python migration with tree-sitter, after measuring its indentation the way
 //! CPython's tokenizer does: a file Python itself refuses, or one whose indentation
 //! would overflow tree-sitter's scanner (which aborts the process), is never handed to
-//! the parser. Shared by every Python front end.
+//! the parser, and the parse itself is bounded by the file's size (`syntax.rs`).
+//! Shared by every Python front end.
 
 use tree_sitter::{Parser, Tree};
+
+use super::syntax::parse_bounded;
 
 /// The most indentation levels CPython accepts: its tokenizer refuses the 100th with
 /// "too many levels of indentation".
@@ -35,7 +38,10 @@ pub(crate) fn parse(text: &str) -> Result<Tree, NotParsed> {
     parser
         .set_language(&tree_sitter_python::LANGUAGE.into())
         .map_err(|_| not_started())?;
-    parser.parse(text, None).ok_or_else(not_started)
+    parse_bounded(&mut parser, text).map_err(|e| {
+        let (line, why) = e.explain("Python");
+        NotParsed { line, why }
+    })
 }
 
 /// Measures indentation before parsing, as CPython's tokenizer does: a stack of the

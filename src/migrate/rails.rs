@@ -16,7 +16,7 @@ use tree_sitter::{Node, Parser};
 
 use super::model::{Action, AddColumn, Allow, ConKind, DefaultKind, Lowered, Op};
 use super::sql;
-use super::syntax::{children, line};
+use super::syntax::{children, line, parse_bounded};
 use super::types::{Ty, classify_default_text, parse_ty};
 
 /// Whether a file is a Rails migration.
@@ -55,11 +55,11 @@ struct Walker<'s> {
 /// Lowers a whole migration file.
 pub(crate) fn lower(src: &str) -> RailsFile {
     let mut file = RailsFile::default();
-    let failed = |file: &mut RailsFile, why: &str| {
+    let failed = |file: &mut RailsFile, line: usize, why: &str| {
         for l in [&mut file.up, &mut file.down] {
-            l.line = 1;
+            l.line = line;
             l.actions.push(Action::new(
-                1,
+                line,
                 Op::Unknown {
                     rule: "parse-error",
                     why: why.to_string(),
@@ -72,16 +72,20 @@ pub(crate) fn lower(src: &str) -> RailsFile {
         .set_language(&tree_sitter_ruby::LANGUAGE.into())
         .is_err()
     {
-        failed(&mut file, "the Ruby parser could not be started");
+        failed(&mut file, 1, "the Ruby parser could not be started");
         return file;
     }
-    let Some(tree) = parser.parse(src, None) else {
-        failed(&mut file, "the Ruby parser could not read this file");
-        return file;
+    let tree = match parse_bounded(&mut parser, src) {
+        Ok(tree) => tree,
+        Err(e) => {
+            let (line, why) = e.explain("Ruby");
+            failed(&mut file, line, &why);
+            return file;
+        }
     };
     let root = tree.root_node();
     let Some(class) = find(root, &|n| n.kind() == "class", 0) else {
-        failed(&mut file, "no migration class found");
+        failed(&mut file, 1, "no migration class found");
         return file;
     };
     let body = class.child_by_field_name("body");

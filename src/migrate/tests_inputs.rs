@@ -769,6 +769,55 @@ fn format_keeps_the_files_it_names() {
     assert_eq!(paths(Format::Sql), vec!["m/1_x.up.sql", "m/metadata.toml"]);
 }
 
+/// Regression (found by the fuzz target `migrations`): after a syntax error,
+/// tree-sitter-python's error recovery was quadratic on a run of `:x` tokens (5 KB took
+/// over 10 s unoptimised, and the rollback guard runs this checker). The
+/// parse's work is bounded by the file's size: the file is a parse error at the line
+/// where the parser gave up, and a large valid file still parses.
+#[test]
+fn a_parse_whose_error_recovery_runs_away_is_stopped_at_its_line() {
+    // Ruby mangled into an Alembic revision, as the fuzzer left it.
+    let text = format!(
+        "revision = 'a'\ndown_revision = None\n\n\nclass AddNote < A=ctiveRecord::Midd_column \
+         :id_column :items, :nottems, :not]    add_column :items, {}\n",
+        ":not ".repeat(1000)
+    );
+    let r = report("alembic/versions/001_x.py", &text);
+    let errors: Vec<(usize, &str)> = r
+        .upgrade
+        .findings
+        .iter()
+        .filter(|f| f.rule == "parse-error")
+        .map(|f| (f.line, f.message.as_str()))
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|(line, why)| *line == 5 && why.contains("gave up")),
+        "{errors:?}"
+    );
+    let big: String = (0..400)
+        .map(|i| format!("    op.add_column('t{i}', sa.Column('c', sa.Text(), nullable=True))\n"))
+        .collect();
+    let r = report("alembic/versions/002_x.py", &revision(&big));
+    assert!(
+        r.upgrade.findings.iter().all(|f| f.rule != "parse-error"),
+        "{:?}",
+        r.upgrade.findings.iter().find(|f| f.rule == "parse-error")
+    );
+    let rb: String = (0..400)
+        .map(|i| format!("    add_column :items, :c{i}, :text\n"))
+        .collect();
+    let rb =
+        format!("class AddMany < ActiveRecord::Migration[7.1]\n  def change\n{rb}  end\nend\n");
+    let r = report("db/migrate/20240101000000_add_many.rb", &rb);
+    assert!(
+        r.upgrade.findings.iter().all(|f| f.rule != "parse-error"),
+        "{:?}",
+        r.upgrade.findings.iter().find(|f| f.rule == "parse-error")
+    );
+}
+
 // ------------------------------------------------------------- never panic (all steps)
 
 mod never_panics {

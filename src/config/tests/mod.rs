@@ -224,6 +224,26 @@ fn syntax_errors_name_the_line() {
     );
 }
 
+/// Regression (found by the fuzz target `config_toml`): toml_edit's recursion limit has
+/// no span, and the error named neither a line nor a key.
+#[test]
+fn nesting_too_deep_names_the_deepest_line() {
+    let dotted = format!("{GOOD}\n[service.web.{}]\n", vec!["a"; 300].join("."));
+    let got = errors(&dotted);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("ripcord.toml:6: invalid TOML: recursion limit"),
+        "{got:?}"
+    );
+    // Arrays nested too deep get a place from toml_edit itself.
+    let deep = format!("{GOOD}x = {}{}\n", "[".repeat(300), "]".repeat(300));
+    let got = errors(&deep);
+    assert!(
+        got[0].starts_with("ripcord.toml:5: invalid TOML"),
+        "{got:?}"
+    );
+}
+
 #[test]
 fn unknown_top_level_key_and_bad_name() {
     check(
