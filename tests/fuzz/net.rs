@@ -363,7 +363,14 @@ fn control_socket_messages() {
             let stop = async move {
                 let _ = stop_rx.await;
             };
-            ripcord::watch::run(config, &state, stop, Some(ready_tx)).await
+            ripcord::watch::run(
+                config,
+                &state,
+                ripcord::sockets::Keep::No,
+                stop,
+                Some(ready_tx),
+            )
+            .await
         })
     };
     rt.block_on(async {
