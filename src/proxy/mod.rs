@@ -75,7 +75,7 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 struct Shared {
     service: Arc<str>,
     target: ArcSwapOption<Target>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, ClientBody>,
     records: Option<mpsc::Sender<RequestRecord>>,
     counters: ProxyCounters,
     limits: ProxyLimits,
@@ -233,6 +233,40 @@ impl Proxy {
     }
 }
 
+/// The status recorded for a request whose client went away before its body was sent
+/// (nginx's 499): not a 5xx, so no rule counts it against the release.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// A client's request body on its way to the release, noting when it breaks off.
+struct ClientBody {
+    inner: Incoming,
+    failed: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// How long open connections get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -244,6 +278,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)
+        // A client that sends its request and closes its writing half still gets the
+        // answer (curl -T, some load balancers' health checks).
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_header_size(limits.max_header_bytes);
@@ -315,6 +352,11 @@ async fn handle(
     }
     counters.in_flight.fetch_add(1, Ordering::Relaxed);
     let (mut parts, body) = req.into_parts();
+    let client_failed = Arc::new(AtomicBool::new(false));
+    let body = ClientBody {
+        inner: body,
+        failed: client_failed.clone(),
+    };
     headers::prepare_request(&mut parts.headers, peer);
     let path = parts
         .uri
@@ -342,6 +384,15 @@ async fn handle(
     )
     .await;
     counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    // The client's body broke off (it went away mid-upload): its failure, not the
+    // release's, so the guard does not count it (nginx logs these as 499).
+    if client_failed.load(Ordering::Relaxed) && !matches!(result, Ok(Ok(_))) {
+        record(&shared, &target, CLIENT_CLOSED, start, false);
+        return Ok(plain(
+            StatusCode::BAD_REQUEST,
+            "ripcord: the request body ended before its length\n".to_string(),
+        ));
+    }
     let response = match result {
         Err(_) => {
             counters.upstream_errors.fetch_add(1, Ordering::Relaxed);

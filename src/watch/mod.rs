@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -34,6 +34,11 @@ use control::{Reply, Request};
 
 /// The pseudo-service whose lease marks the one watcher of a state dir.
 use crate::ledger::WATCHER_LEASE;
+
+/// The longest request line the control socket reads.
+const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// How long a control-socket client gets to send its request line.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often warm releases are checked for the end of their bake time.
 const BAKE_TICK: Duration = Duration::from_millis(250);
@@ -665,14 +670,50 @@ async fn serve_client(
     config_path: PathBuf,
 ) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let Ok(Some(line)) = lines.next_line().await else {
-        return;
-    };
     let done = |exit: i32, result: serde_json::Value, error: Option<String>| Reply::Done {
         exit,
         result,
         error,
+    };
+    // One request line, bounded in size and time: a client of the socket cannot make
+    // the watcher buffer without end or hold a task forever.
+    let mut raw = Vec::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
+    let read_line = reader.read_until(b'\n', &mut raw);
+    let bad = match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_line).await {
+        Err(_) => Some(format!(
+            "bad request: no complete line within {}s",
+            REQUEST_READ_TIMEOUT.as_secs()
+        )),
+        Ok(Err(_)) | Ok(Ok(0)) => return,
+        Ok(Ok(_)) if raw.len() > MAX_REQUEST_BYTES => Some(format!(
+            "bad request: a line longer than {MAX_REQUEST_BYTES} bytes"
+        )),
+        Ok(Ok(_)) => None,
+    };
+    let line = match (bad, String::from_utf8(raw)) {
+        (Some(why), _) => Err(why),
+        (None, Err(e)) => Err(format!(
+            "bad request: not UTF-8 (byte {} is invalid)",
+            e.utf8_error().valid_up_to()
+        )),
+        (None, Ok(mut line)) => {
+            // As `lines()` reads it: without the newline (and a CR before it).
+            if line.ends_with('\n') {
+                line.pop();
+                if line.ends_with('\r') {
+                    line.pop();
+                }
+            }
+            Ok(line)
+        }
+    };
+    let line = match line {
+        Ok(l) => l,
+        Err(why) => {
+            let _ = send(&mut write, &done(2, serde_json::Value::Null, Some(why))).await;
+            return;
+        }
     };
     let request = match serde_json::from_str::<Request>(&line) {
         Ok(r) => r,
