@@ -538,6 +538,13 @@ mod tests {
         let p = start(&s).unwrap();
         let (pid, started) = (p.pid as i64, p.pid_start);
         let log = s.log_path.clone();
+        // Until the child has exec'd, /proc shows the parent's environment (bounded wait).
+        for _ in 0..250 {
+            if environ_var(pid, "RIPCORD_SERVICE").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // A recycled pid (another start time) is not ours.
         let other_start = started.map(|t| t + 1);
         assert_eq!(
