@@ -10,49 +10,158 @@
 //!   knows (no orphan), and each of those runs;
 //! - no operation left unfinished, the ledger passes its integrity check, no
 //!   half-written file in the state dir;
-//! - and the next deploy works.
+//! - and the next deploy works (and, with a database, the next restore).
 //!
 //! Runtime `process` behind the built-in proxy, and behind a real nginx (where the
-//! site file must also pass `nginx -t` and point at the active release's slot). The
-//! table of points and outcomes is `docs/failpoints.md`.
+//! site file must also pass `nginx -t` and point at the active release's slot). Two
+//! more scenarios run over a real PostgreSQL: a backup and a `db restore` (the old
+//! database must be kept, open to connections, and no half-restored copy left), and a
+//! rollback the migration guard judges (the schema untouched). The table of points and
+//! outcomes is `docs/failpoints.md`.
 
 mod common;
 mod nginx_fixture;
+mod pg_fixture;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::*;
+use pg_fixture::Postgres;
 
-/// One step of the scenario, run with the CLI.
+/// One step of a scenario, run with the CLI.
 #[derive(Debug, Clone, Copy)]
 enum Op {
     Deploy(&'static str),
     Drill,
     Rollback,
+    /// `db backup`; when it succeeds, the data then changes (row 1 deleted, 4 added).
+    Backup,
+    /// `db restore` of the newest backup, confirmed.
+    Restore,
+    /// The schema head set in `alembic_version` (as the release's migrations would),
+    /// then the deploy.
+    DeployAt(&'static str, &'static str),
 }
 
 const SCENARIO: [Op; 4] = [Op::Deploy("v1"), Op::Deploy("v2"), Op::Drill, Op::Rollback];
+const RESTORE: [Op; 3] = [Op::Deploy("v1"), Op::Backup, Op::Restore];
+/// v2 ships 002 (an expand, already applied), so the guard lets the rollback cross it.
+const MIGRATIONS: [Op; 3] = [
+    Op::DeployAt("v1", "001"),
+    Op::DeployAt("v2", "002"),
+    Op::Rollback,
+];
 
-/// What is in front of the releases.
+/// What is in front of the releases, and what the scenario does (the name is the table's
+/// first column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Front {
     Proxy,
     Nginx,
+    /// Behind the proxy, with a database: a backup and a restore.
+    Database,
+    /// Behind the proxy, with a database and migrations: a guarded rollback.
+    Migrations,
 }
 
-/// A project, and the nginx in front of it (router `nginx`).
-struct World {
+impl Front {
+    fn scenario(self) -> &'static [Op] {
+        match self {
+            Front::Proxy | Front::Nginx => &SCENARIO,
+            Front::Database => &RESTORE,
+            Front::Migrations => &MIGRATIONS,
+        }
+    }
+}
+
+/// A project, and the nginx in front of it (router `nginx`), or its database.
+struct World<'a> {
     p: Project,
+    /// Set on the CLI where it does the work itself (`db backup`).
+    cli_env: Vec<(&'static str, String)>,
     nginx: Option<(nginx_fixture::Nginx, std::path::PathBuf)>,
+    db: Option<Db<'a>>,
 }
 
-fn world(front: Front) -> World {
+/// A project's own database on the test's PostgreSQL.
+struct Db<'a> {
+    pg: &'a Postgres,
+    name: String,
+    /// Whether the backup was taken and the data changed after it.
+    changed: bool,
+}
+
+const E002: &str = r#"revision = "002"
+down_revision = "001"
+from alembic import op
+import sqlalchemy as sa
+
+def upgrade():
+    op.add_column('items', sa.Column('email_new', sa.String(200), nullable=True))
+
+def downgrade():
+    op.drop_column('items', 'email_new')
+"#;
+
+const E001: &str = r#"revision = "001"
+down_revision = None
+from alembic import op
+import sqlalchemy as sa
+
+def upgrade():
+    op.add_column('items', sa.Column('status', sa.String(20), nullable=True))
+
+def downgrade():
+    op.drop_column('items', 'status')
+"#;
+
+fn world(front: Front, pg: Option<&Postgres>) -> World<'_> {
     if front == Front::Proxy {
         return World {
             p: Project::new("bake = \"300s\"", ""),
+            cli_env: Vec::new(),
             nginx: None,
+            db: None,
+        };
+    }
+    if let Some(pg) = pg {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("app{}", N.fetch_add(1, Ordering::Relaxed));
+        pg.create_app(&name);
+        let tail = format!(
+            "\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/{name}\"\n\
+             password_file = \"{}\"\nbackup_dir = \"backups\"\n",
+            pg.port,
+            pg.work.path().join("pw").display()
+        );
+        let extra = if front == Front::Migrations {
+            pg.sql(
+                &name,
+                "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)",
+            );
+            "bake = \"300s\"\n[service.web.migrations]\ndir = \"migrations\"\n"
+        } else {
+            "bake = \"300s\""
+        };
+        let p = Project::new(extra, &tail);
+        if front == Front::Migrations {
+            let versions = p.dir.path().join("migrations/versions");
+            std::fs::create_dir_all(&versions).unwrap();
+            std::fs::write(versions.join("001_status.py"), E001).unwrap();
+            std::fs::write(versions.join("002_email_new.py"), E002).unwrap();
+        }
+        return World {
+            p,
+            cli_env: Vec::new(),
+            nginx: None,
+            db: Some(Db {
+                pg,
+                name,
+                changed: false,
+            }),
         };
     }
     let dir = tempfile::tempdir().unwrap();
@@ -104,7 +213,9 @@ json_equals = "{{version}}"
             green,
             watcher: None,
         },
+        cli_env: Vec::new(),
         nginx: Some((nginx, site)),
+        db: None,
     }
 }
 
@@ -151,37 +262,76 @@ fn start(p: &mut Project, env: &[(&str, String)]) {
     p.watcher = Some(child);
 }
 
-fn run_op(p: &Project, op: Op) -> std::process::Output {
+fn run_op(w: &mut World, op: Op) -> std::process::Output {
+    let p = &w.p;
     match op {
         Op::Deploy(v) => p.deploy(v, &[]),
         Op::Drill => p.run(&["drill", "web"]),
         Op::Rollback => p.run(&["rollback", "web"]),
+        Op::Backup => {
+            let mut cmd = p.cmd(&["db", "backup", "web"]);
+            cmd.envs(w.cli_env.iter().map(|(k, v)| (k, v)));
+            let out = cmd.output().unwrap();
+            if out.status.success() {
+                let db = w.db.as_mut().unwrap();
+                db.pg.sql(
+                    &db.name,
+                    "DELETE FROM items WHERE id = 1; INSERT INTO items VALUES (4, 'four')",
+                );
+                db.changed = true;
+            }
+            out
+        }
+        Op::Restore => {
+            let db = w.db.as_ref().unwrap();
+            p.run(&["db", "restore", "web", "--confirm", &db.name])
+        }
+        Op::DeployAt(v, head) => {
+            let db = w.db.as_ref().unwrap();
+            db.pg.sql(
+                &db.name,
+                &format!(
+                    "DELETE FROM alembic_version; INSERT INTO alembic_version VALUES ('{head}')"
+                ),
+            );
+            p.deploy(v, &[])
+        }
     }
 }
 
 /// Every failpoint the scenario reaches, in order, as `NAME@N`, and the index of the
 /// scenario step it belongs to.
-fn points(front: Front) -> Vec<(String, usize)> {
-    let mut w = world(front);
-    let p = &mut w.p;
-    let log = p.dir.path().join("failpoints.log");
-    start(p, &[("RIPCORD_FAILPOINT_LOG", log.display().to_string())]);
-    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+fn points(front: Front, pg: Option<&Postgres>) -> Vec<(String, usize)> {
+    let mut w = world(front, pg);
+    let log = w.p.dir.path().join("failpoints.log");
+    // A backup is taken by the CLI itself, which logs (and counts) its own points.
+    let cli_log = w.p.dir.path().join("cli-failpoints.log");
+    w.cli_env = vec![("RIPCORD_FAILPOINT_LOG", cli_log.display().to_string())];
+    start(
+        &mut w.p,
+        &[("RIPCORD_FAILPOINT_LOG", log.display().to_string())],
+    );
     let mut out = Vec::new();
-    let mut read = 0;
-    for (i, op) in SCENARIO.iter().enumerate() {
-        assert_ok(&run_op(p, *op), &format!("{op:?} (unarmed)"));
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut logs = [(log, 0, BTreeMap::new()), (cli_log, 0, BTreeMap::new())];
+    for (i, op) in front.scenario().iter().enumerate() {
+        assert_ok(&run_op(&mut w, *op), &format!("{op:?} (unarmed)"));
+        let (path, read, seen) = &mut logs[usize::from(by_cli(*op))];
+        let text = std::fs::read_to_string(&*path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        for name in &lines[read..] {
-            let n = seen.entry(name.to_string()).or_default();
+        for name in &lines[*read..] {
+            let n: &mut u32 = seen.entry(name.to_string()).or_default();
             *n += 1;
             out.push((format!("{name}@{n}"), i));
         }
-        read = lines.len();
+        *read = lines.len();
     }
-    p.stop_watcher();
+    w.p.stop_watcher();
     out
+}
+
+/// Whether `op` runs in the CLI's own process rather than in the watcher.
+fn by_cli(op: Op) -> bool {
+    matches!(op, Op::Backup)
 }
 
 /// Release processes of `web` started for this state dir, by their environment.
@@ -225,32 +375,46 @@ fn half_written(dir: &Path) -> Vec<String> {
 }
 
 /// Kills the watcher at `point` during the scenario, restarts it, checks the world.
-fn crash_at(front: Front, point: &str, step: usize) -> String {
-    let mut w = world(front);
-    let p = &mut w.p;
-    start(p, &[("RIPCORD_FAILPOINT", point.to_string())]);
+fn crash_at(front: Front, pg: Option<&Postgres>, point: &str, step: usize) -> String {
+    let mut w = world(front, pg);
+    // The process that dies: the CLI where it does the work itself, else the watcher.
+    let cli = by_cli(front.scenario()[step]);
+    let armed = vec![("RIPCORD_FAILPOINT", point.to_string())];
+    if cli {
+        w.cli_env = armed.clone();
+    }
+    start(&mut w.p, if cli { &[] } else { &armed });
     let mut died = false;
-    for (i, op) in SCENARIO[..=step].iter().enumerate() {
-        let ok = run_op(p, *op).status.success();
+    for (i, op) in front.scenario()[..=step].iter().enumerate() {
+        let out = run_op(&mut w, *op);
+        if cli && i == step {
+            use std::os::unix::process::ExitStatusExt;
+            died = out.status.signal() == Some(9);
+            break;
+        }
+        let ok = out.status.success();
         // A step before the armed one succeeds and leaves the watcher running.
         let wait = if ok && i < step {
             Duration::ZERO
         } else {
             Duration::from_secs(5)
         };
-        let child = p.watcher.as_mut().unwrap();
+        let child = w.p.watcher.as_mut().unwrap();
         if wait_gone(child, wait) {
             died = true;
             break;
         }
     }
+    let p = &mut w.p;
     assert!(
         died,
-        "{point}: the watcher never reached it: {}",
+        "{point}: the process never reached it: {}",
         p.watcher_log()
     );
-    p.watcher = None;
-    start(p, &[]);
+    if !cli {
+        p.watcher = None;
+        start(p, &[]);
+    }
 
     let status = p.json(&["status", "web"]);
     let active = status["active"]["version"].as_str().map(str::to_string);
@@ -335,22 +499,114 @@ fn crash_at(front: Front, point: &str, step: usize) -> String {
         .unwrap();
     assert_eq!(check, "ok", "{point}");
     assert!(
-        half_written(&p.state_dir()).is_empty(),
+        half_written(p.dir.path()).is_empty(),
         "{point}: {:?}",
-        half_written(&p.state_dir())
+        half_written(p.dir.path())
     );
+    let database = check_database(&w, point);
 
     let p = &mut w.p;
     assert_ok(&p.deploy("v3", &[]), &format!("{point}: the next deploy"));
     assert_eq!(serving(p), "v3", "{point}");
+    if let (Front::Database, Some(db)) = (front, &w.db) {
+        // And the next restore: from the newest backup, whose data is rows 1 to 3.
+        let out = w.p.run(&["db", "restore", "web", "--confirm", &db.name]);
+        assert_ok(&out, &format!("{point}: the next restore"));
+        assert_eq!(
+            db.pg.sql(
+                &db.name,
+                "SELECT string_agg(id::text, ',' ORDER BY id) FROM items"
+            ),
+            "1,2,3",
+            "{point}"
+        );
+        assert_eq!(serving(&w.p), "v3", "{point}");
+    }
+    let p = &mut w.p;
     let now = p.json(&["status", "web"]);
     p.stop_watcher();
     check_nginx(&w, point, now["active"]["slot"].as_str());
     format!(
-        "{} active, {} slot(s) adopted",
+        "{} active, {} slot(s) adopted{database}",
         active.as_deref().unwrap_or("none"),
         known.len()
     )
+}
+
+/// With a database: it takes connections, no half-restored copy is left, and the data
+/// from before the restore is kept (live when the names were not swapped, under
+/// `*_before_restore_*` when they were). A restore that the crash cut short after the
+/// swap leaves the service frozen for a person to check, and only then (lifted here, so
+/// that the next deploy can run). Returns the outcome for the table.
+fn check_database(w: &World, point: &str) -> String {
+    let Some(db) = &w.db else {
+        return String::new();
+    };
+    let (pg, name) = (db.pg, db.name.as_str());
+    let items = |d: &str| pg.sql(d, "SELECT string_agg(id::text, ',' ORDER BY id) FROM items");
+    let allows = pg.sql(
+        "postgres",
+        &format!("SELECT datallowconn FROM pg_database WHERE datname = '{name}'"),
+    );
+    assert_eq!(allows, "t", "{point}: {name} refuses connections");
+    let all = pg.databases();
+    let left: Vec<&String> = all
+        .iter()
+        .filter(|d| d.starts_with(&format!("{name}_restore_")))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{point}: a half-restored copy is left: {left:?}"
+    );
+    let kept: Vec<&String> = all
+        .iter()
+        .filter(|d| d.starts_with(&format!("{name}_before_restore_")))
+        .collect();
+    assert!(kept.len() <= 1, "{point}: {kept:?}");
+    let before = if db.changed { "2,3,4" } else { "1,2,3" };
+    let status = w.p.json(&["status", "web"]);
+    let frozen = status["frozen"]["reason"].as_str();
+    let outcome = if let Some(k) = kept.first() {
+        assert_eq!(items(name), "1,2,3", "{point}: the backup's data is live");
+        assert_eq!(
+            items(k),
+            before,
+            "{point}: the data before the restore is kept in {k}"
+        );
+        if frozen.is_some() {
+            let events = w.p.json(&["events", "web"]);
+            assert!(
+                events
+                    .to_string()
+                    .contains("after the databases were swapped"),
+                "{point}: frozen with no word of the interrupted restore: {events:#}"
+            );
+            assert_ok(
+                &w.p.run(&["unfreeze", "web", "--reason", "checked after the crash"]),
+                point,
+            );
+            ", restored, frozen for a person"
+        } else {
+            ", restored"
+        }
+    } else {
+        assert_eq!(
+            items(name),
+            before,
+            "{point}: the original database changed"
+        );
+        assert!(
+            frozen.is_none(),
+            "{point}: frozen, though the restore changed nothing: {status:#}"
+        );
+        ", database untouched"
+    };
+    if w.p.dir.path().join("migrations").exists() && kept.is_empty() {
+        // The guarded rollback touches no schema: the head is what the deploy set.
+        let head = pg.sql(name, "SELECT version_num FROM alembic_version");
+        assert!(head == "001" || head == "002", "{point}: head {head}");
+    }
+    outcome.to_string()
 }
 
 /// Whether `child` exited within `max` (reaped, then).
@@ -369,17 +625,20 @@ fn wait_gone(child: &mut std::process::Child, max: Duration) -> bool {
 
 /// Crashes at every point of scenario step `step`; prints its rows of the table.
 fn every_point_of(front: Front, step: usize) {
-    let all = points(front);
-    assert!(all.len() >= 20, "too few failpoints reached: {all:?}");
+    let pg = matches!(front, Front::Database | Front::Migrations).then(pg_fixture::start);
+    let pg = pg.as_ref();
+    let scenario = front.scenario();
+    let all = points(front, pg);
+    assert!(all.len() >= 10, "too few failpoints reached: {all:?}");
     let mine: Vec<&String> = all
         .iter()
         .filter(|(_, s)| *s == step)
         .map(|(p, _)| p)
         .collect();
     assert!(
-        mine.len() >= 3,
+        mine.len() >= 2,
         "{:?} reaches too few failpoints: {all:?}",
-        SCENARIO[step]
+        scenario[step]
     );
     // The table in the docs lists every point the scenario reaches.
     let docs =
@@ -388,7 +647,7 @@ fn every_point_of(front: Front, step: usize) {
     // (`FAILPOINTS_WRITE_TABLE=1` prints the rows for the docs instead of checking.)
     let writing = std::env::var_os("FAILPOINTS_WRITE_TABLE").is_some();
     for point in &mine {
-        let row = format!("| {front:?} | {:?} | `{point}` |", SCENARIO[step]);
+        let row = format!("| {front:?} | {:?} | `{point}` |", scenario[step]);
         assert!(
             writing || docs.contains(&row),
             "docs/failpoints.md has no row {row}"
@@ -400,7 +659,7 @@ fn every_point_of(front: Front, step: usize) {
         let outcomes: Vec<String> = std::thread::scope(|s| {
             let runs: Vec<_> = chunk
                 .iter()
-                .map(|point| s.spawn(move || crash_at(front, point, step)))
+                .map(|point| s.spawn(move || crash_at(front, pg, point, step)))
                 .collect();
             runs.into_iter()
                 .map(|r| r.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
@@ -409,7 +668,7 @@ fn every_point_of(front: Front, step: usize) {
         for (point, outcome) in chunk.iter().zip(outcomes) {
             table.push(format!(
                 "| {front:?} | {:?} | `{point}` | {outcome} |",
-                SCENARIO[step]
+                scenario[step]
             ));
         }
     }
@@ -454,4 +713,19 @@ fn behind_nginx_killed_anywhere_in_a_drill() {
 #[test]
 fn behind_nginx_killed_anywhere_in_a_rollback() {
     every_point_of(Front::Nginx, 3);
+}
+
+#[test]
+fn killed_anywhere_in_a_backup() {
+    every_point_of(Front::Database, 1);
+}
+
+#[test]
+fn killed_anywhere_in_a_restore() {
+    every_point_of(Front::Database, 2);
+}
+
+#[test]
+fn killed_anywhere_in_a_guarded_rollback() {
+    every_point_of(Front::Migrations, 2);
 }

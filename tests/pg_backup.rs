@@ -6,6 +6,7 @@
 
 mod pg_fixture;
 
+use ripcord::clock::now_ms;
 use ripcord::db::{self, DbConfig, DbError, RestoreStep};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -122,7 +123,9 @@ async fn backup_verify_restore_and_swap() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = watch_cmdlines(stop.clone());
-    let new_db = db::restore_into_new(&cfg, &b.path, &v).await.unwrap();
+    let new_db = db::restore_into_new(&cfg, &b.path, &v, now_ms())
+        .await
+        .unwrap();
     stop.store(true, Ordering::Relaxed);
     let (leaks, seen) = watcher.join().unwrap();
     assert!(leaks.is_empty(), "password on a command line: {leaks:?}");
@@ -137,7 +140,7 @@ async fn backup_verify_restore_and_swap() {
         "1changed,2two,4four"
     );
 
-    let kept = db::swap(&cfg, &new_db).await.unwrap();
+    let kept = db::swap(&cfg, &new_db, now_ms()).await.unwrap();
     assert!(kept.starts_with("app_before_restore_"), "{kept}");
     assert_eq!(
         pg.sql(
@@ -169,7 +172,7 @@ async fn backup_verify_restore_and_swap() {
     );
 
     // Swapping a database that does not exist renames nothing.
-    let e = db::swap(&cfg, "nope").await.unwrap_err();
+    let e = db::swap(&cfg, "nope", now_ms()).await.unwrap_err();
     assert!(matches!(e, DbError::Swap { .. }), "{e}");
     assert!(e.to_string().contains("Nothing was renamed"), "{e}");
     assert!(pg.databases().contains(&"app".to_string()));
@@ -236,7 +239,9 @@ async fn damaged_backups_and_failed_checks_change_nothing() {
     // A check that fails: the new database is dropped, the original left as it was.
     pg.sql("shop", "UPDATE items SET name = 'live' WHERE id = 2");
     let before = pg.databases();
-    let e = db::restore_into_new(&cfg, &b.path, &v).await.unwrap_err();
+    let e = db::restore_into_new(&cfg, &b.path, &v, now_ms())
+        .await
+        .unwrap_err();
     eprintln!("failed check: {e}");
     match &e {
         DbError::Restore { step, cleanup, .. } => {
@@ -258,7 +263,9 @@ async fn damaged_backups_and_failed_checks_change_nothing() {
     // A check with an SQL error, and a check returning no rows: same.
     for check in ["SELECT no_such_column FROM items", "SELECT 1 WHERE false"] {
         let cfg = pg.config("shop", &[check]);
-        let e = db::restore_into_new(&cfg, &b.path, &v).await.unwrap_err();
+        let e = db::restore_into_new(&cfg, &b.path, &v, now_ms())
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -280,7 +287,7 @@ async fn damaged_backups_and_failed_checks_change_nothing() {
         name: "ghost".into(),
     });
     let cfg_ok = pg.config("shop", &[]);
-    let e = db::restore_into_new(&cfg_ok, &b.path, &v_more)
+    let e = db::restore_into_new(&cfg_ok, &b.path, &v_more, now_ms())
         .await
         .unwrap_err();
     assert!(
@@ -389,4 +396,69 @@ async fn every_backup_applies_retention_and_keeps_the_newest_good_one() {
 
 fn sha256_of(path: &Path) -> (String, u64) {
     db::sha256_file(path).unwrap()
+}
+
+/// A watcher that died in a restore leaves, before the swap, connections blocked and a
+/// half-restored copy, and after it, both databases blocked: made here by hand, as the
+/// restore's own statements leave them, then put right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_restore_is_put_right_on_either_side_of_the_swap() {
+    let pg = start();
+    pg.create_app("app");
+    let cfg = pg.config("app", &[]);
+    let allows = |d: &str| {
+        pg.sql(
+            "postgres",
+            &format!("SELECT datallowconn FROM pg_database WHERE datname = '{d}'"),
+        )
+    };
+    let items = |d: &str| pg.sql(d, "SELECT string_agg(id::text, ',' ORDER BY id) FROM items");
+
+    // Before the swap: the copy is being restored, and new sessions are refused.
+    let stamp = now_ms();
+    let (new_db, kept) = db::restore_names("app", stamp);
+    pg.sql("postgres", &format!("CREATE DATABASE {new_db}"));
+    pg.sql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE app WITH ALLOW_CONNECTIONS false; ALTER DATABASE {new_db} WITH ALLOW_CONNECTIONS false"
+        ),
+    );
+    assert_eq!(allows("app"), "f");
+    let r = db::recover_restore(&cfg, stamp).await.unwrap();
+    assert_eq!(
+        r,
+        db::Recovered::NotSwapped {
+            dropped: Some(new_db.clone())
+        }
+    );
+    assert!(!pg.databases().contains(&new_db), "{:?}", pg.databases());
+    assert!(!pg.databases().contains(&kept));
+    assert_eq!(allows("app"), "t");
+    assert_eq!(items("app"), "1,2,3", "the original is untouched");
+    // Nothing left to do: a second recovery changes nothing.
+    let r = db::recover_restore(&cfg, stamp).await.unwrap();
+    assert_eq!(r, db::Recovered::NotSwapped { dropped: None });
+
+    // After the swap (one transaction), before connections were allowed again.
+    let stamp = stamp + 1_000;
+    let (new_db, kept) = db::restore_names("app", stamp);
+    pg.sql(
+        "postgres",
+        &format!("CREATE DATABASE {new_db} TEMPLATE app"),
+    );
+    pg.sql(&new_db, "DELETE FROM items WHERE id = 3");
+    pg.sql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE app WITH ALLOW_CONNECTIONS false; ALTER DATABASE {new_db} WITH ALLOW_CONNECTIONS false; \
+             ALTER DATABASE app RENAME TO {kept}; ALTER DATABASE {new_db} RENAME TO app"
+        ),
+    );
+    let r = db::recover_restore(&cfg, stamp).await.unwrap();
+    assert_eq!(r, db::Recovered::Swapped { kept: kept.clone() });
+    assert_eq!(allows("app"), "t");
+    assert_eq!(allows(&kept), "t");
+    assert_eq!(items("app"), "1,2", "the restored data stays live");
+    assert_eq!(items(&kept), "1,2,3", "the one before is kept");
 }

@@ -123,6 +123,87 @@ fn a_cold_rollback_runs_the_release_with_its_own_environment() {
     assert!(p.stop_watcher().success());
 }
 
+/// The config files a process release names are copied per release: a cold rollback
+/// runs v1 with v1's copies (found through `RIPCORD_CONFIG_FILES`), whatever the files
+/// say today; an unchanged set is shared, and a file that cannot be read fails the
+/// deploy naming it.
+#[test]
+fn a_cold_rollback_runs_the_release_with_its_own_config_files() {
+    let mut p = Project::new(
+        "bake = \"300s\"\nconfig_files = [\"app.conf\", \"conf/flags.json\"]",
+        "",
+    );
+    let conf = p.dir.path().join("app.conf");
+    let flags = p.dir.path().join("conf/flags.json");
+    std::fs::create_dir_all(flags.parent().unwrap()).unwrap();
+    std::fs::write(&conf, "greeting = \"hello from v1\"\n").unwrap();
+    std::fs::write(&flags, "{\"new_checkout\": false}\n").unwrap();
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1");
+    let files_of = |p: &Project, version: &str| -> std::path::PathBuf {
+        let env = environ_of(p, version);
+        let dir = env
+            .iter()
+            .find_map(|e| e.strip_prefix("RIPCORD_CONFIG_FILES="))
+            .unwrap_or_else(|| panic!("{version} runs without RIPCORD_CONFIG_FILES: {env:?}"));
+        std::path::PathBuf::from(dir)
+    };
+    let v1_files = files_of(&p, "v1");
+    assert!(
+        v1_files.starts_with(p.state_dir().canonicalize().unwrap())
+            || v1_files.starts_with(p.state_dir()),
+        "{}",
+        v1_files.display()
+    );
+    let read = |dir: &std::path::Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    assert_eq!(
+        read(&v1_files, "app.conf"),
+        "greeting = \"hello from v1\"\n"
+    );
+    assert_eq!(read(&v1_files, "flags.json"), "{\"new_checkout\": false}\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(v1_files.join("app.conf"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the copies are owner-only: {mode:o}");
+
+    // Today's files change; v2 is deployed with them.
+    std::fs::write(&conf, "greeting = \"hello from v2\"\n").unwrap();
+    std::fs::write(&flags, "{\"new_checkout\": true}\n").unwrap();
+    assert_ok(&p.deploy("v2", &[]), "deploy v2");
+    let v2_files = files_of(&p, "v2");
+    assert_ne!(v1_files, v2_files);
+    assert_eq!(
+        read(&v2_files, "app.conf"),
+        "greeting = \"hello from v2\"\n"
+    );
+    assert_eq!(
+        read(&v1_files, "app.conf"),
+        "greeting = \"hello from v1\"\n",
+        "v1's copy kept"
+    );
+
+    // v1 goes cold; today's files change again; the rollback starts v1 with its own.
+    assert!(p.stop_watcher().success());
+    std::fs::write(&conf, "greeting = \"today\"\n").unwrap();
+    p.start_watcher();
+    assert_eq!(p.json(&["status", "web"])["previous"]["warm"], false);
+    assert_ok(&p.run(&["rollback", "web"]), "rollback");
+    assert_eq!(serving(&p), "v1");
+    let again = files_of(&p, "v1");
+    assert_eq!(again, v1_files);
+    assert_eq!(read(&again, "app.conf"), "greeting = \"hello from v1\"\n");
+
+    // A config file that cannot be read fails the deploy, naming it; nothing changes.
+    std::fs::remove_file(&flags).unwrap();
+    let out = p.deploy("v3", &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("flags.json"), "{}", stderr(&out));
+    assert_eq!(serving(&p), "v1");
+    assert!(p.stop_watcher().success());
+}
+
 /// A missing env file fails the deploy before anything starts, naming the file.
 #[test]
 fn a_missing_env_file_fails_the_deploy_naming_it() {

@@ -238,6 +238,9 @@ impl Config {
                     {
                         *f = base.join(&*f);
                     }
+                    for f in s.config_files.iter_mut().filter(|f| f.is_relative()) {
+                        *f = base.join(&*f);
+                    }
                     if let Some(f) = s.docker.as_mut().and_then(|d| d.env_file.as_mut())
                         && f.is_relative()
                     {

@@ -281,6 +281,10 @@ pub struct ServiceConfig {
     /// Runtime `process`: an env file (Docker's format) read at deploy time and
     /// snapshotted with `env` per release (relative to the config file).
     pub env_file: Option<PathBuf>,
+    /// Runtime `process`: files the app reads its configuration from, copied per release
+    /// at deploy time; a release runs with its own copies, found at `{config_files}` in
+    /// its argv and `RIPCORD_CONFIG_FILES` in its env (relative to the config file).
+    pub config_files: Vec<PathBuf>,
     pub verify: Vec<Check>,
     /// `verify_deadline`: the deadline for the whole set of verification checks.
     #[serde(rename = "verify_deadline_secs", serialize_with = "duration::as_secs")]

@@ -28,6 +28,7 @@ const SERVICE_KEYS: &[&str] = &[
     "command",
     "env",
     "env_file",
+    "config_files",
     "verify",
     "verify_deadline",
     "triggers",
@@ -346,6 +347,37 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
             }
         }
     }
+    let config_files = r
+        .argv(t, "config_files")
+        .and_then(|f| {
+            let key = reader::join(&t.path, "config_files");
+            if !matches!(runtime, Some(Runtime::Process) | None) {
+                r.error(
+                    f.span,
+                    &key,
+                    "`config_files` is for runtime \"process\"; a container's files belong in its image"
+                        .to_string(),
+                );
+                return None;
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for file in &f.value {
+                let name = std::path::Path::new(file).file_name();
+                if !name.is_some_and(|n| names.insert(n.to_os_string())) {
+                    r.error(
+                        f.span.clone(),
+                        &key,
+                        format!(
+                            "`{file}`: each config file needs a file name of its own (a release's \
+                             copies sit side by side in one directory)"
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(f.value.into_iter().map(PathBuf::from).collect())
+        })
+        .unwrap_or_default();
     let env_file = r.string(t, "env_file").and_then(|f| {
         if matches!(runtime, Some(Runtime::Process) | None) {
             return Some(PathBuf::from(f.value));
@@ -405,6 +437,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         command,
         env,
         env_file,
+        config_files,
         verify,
         verify_deadline,
         triggers,

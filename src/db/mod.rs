@@ -21,7 +21,9 @@ pub use backup::{BackupFile, Verified, backup, parse_list, pg_dump_command, sha2
 pub use conn::{PgUrl, Target, quote_ident};
 pub use error::{DbError, RestoreStep};
 pub use head::schema_head;
-pub use restore::{MAX_NAME_BYTES, fit_name, restore_into_new, swap};
+pub use restore::{
+    MAX_NAME_BYTES, Recovered, fit_name, recover_restore, restore_into_new, restore_names, swap,
+};
 pub use retention::{BackupMeta, loss_window, retention};
 
 /// Where a service's database is and how its backups are kept.

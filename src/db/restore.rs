@@ -13,7 +13,7 @@ use super::backup::{Verified, sha256_file, stderr_text};
 use super::conn::{MAINTENANCE_DB, Target, quote_ident, tool};
 use super::error::{DbError, RestoreStep, pg_detail};
 use super::{DbConfig, TableName};
-use crate::clock::{db_stamp, now_ms};
+use crate::clock::db_stamp;
 
 /// PostgreSQL's limit on identifiers, in bytes (NAMEDATALEN - 1).
 pub const MAX_NAME_BYTES: usize = 63;
@@ -42,6 +42,17 @@ fn maintenance_for(original: &str) -> &'static str {
     }
 }
 
+/// The names one restore uses, both derived from its `stamp` (the restore operation's
+/// start, ms) so that a watcher that died mid-restore can find them again
+/// ([`recover_restore`]): the database restored into, and the name the original is kept
+/// under once swapped out.
+pub fn restore_names(original: &str, stamp: i64) -> (String, String) {
+    (
+        fit_name(original, &format!("_restore_{}", db_stamp(stamp))),
+        fit_name(original, &format!("_before_restore_{}", db_stamp(stamp))),
+    )
+}
+
 /// Restores the verified backup at `path` into a new database `<db>_restore_<stamp>`,
 /// checks that every table the backup lists is there and that every configured check
 /// passes, and returns the new database's name. On any failure the new database is
@@ -50,6 +61,7 @@ pub async fn restore_into_new(
     cfg: &DbConfig,
     path: &Path,
     verified: &Verified,
+    stamp: i64,
 ) -> Result<String, DbError> {
     let target = Target::from_config(cfg, "ripcord-restore")?;
     let original = target.url.database.clone();
@@ -84,7 +96,7 @@ pub async fn restore_into_new(
 
     let maint_db = maintenance_for(&original);
     let maint = target.connect(maint_db).await?;
-    let new_db = fit_name(&original, &format!("_restore_{}", db_stamp(now_ms())));
+    let new_db = restore_names(&original, stamp).0;
     let version_num: i32 = maint
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await
@@ -322,7 +334,7 @@ async fn wait_no_sessions(maint: &Client, dbs: &[&str], limit: Duration) -> Resu
 /// both, ends their sessions, and in one transaction renames the original to
 /// `<db>_before_restore_<stamp>` and `new_db` to the original's name. Returns the name
 /// the original database is kept under.
-pub async fn swap(cfg: &DbConfig, new_db: &str) -> Result<String, DbError> {
+pub async fn swap(cfg: &DbConfig, new_db: &str, stamp: i64) -> Result<String, DbError> {
     let target = Target::from_config(cfg, "ripcord-restore")?;
     let original = target.url.database.clone();
     let maint_db = maintenance_for(&original);
@@ -361,10 +373,7 @@ pub async fn swap(cfg: &DbConfig, new_db: &str) -> Result<String, DbError> {
             ));
         }
     }
-    let kept = fit_name(
-        &original,
-        &format!("_before_restore_{}", db_stamp(now_ms())),
-    );
+    let kept = restore_names(&original, stamp).1;
     let (q_orig, q_new, q_kept) = (
         quote_ident(&original),
         quote_ident(new_db),
@@ -391,6 +400,7 @@ pub async fn swap(cfg: &DbConfig, new_db: &str) -> Result<String, DbError> {
         let _ = maint.batch_execute(&reopen(&original, new_db)).await;
         return Err(swap_err(pg_detail(&e), &untouched));
     }
+    crate::failpoint::hit("db.connections_blocked");
     let renamed = async {
         let dbs = [original.as_str(), new_db];
         terminate(&maint, &dbs).await.map_err(|e| pg_detail(&e))?;
@@ -417,6 +427,7 @@ pub async fn swap(cfg: &DbConfig, new_db: &str) -> Result<String, DbError> {
         };
         return Err(swap_err(detail, &state));
     }
+    crate::failpoint::hit("db.renamed");
     maint.batch_execute(&reopen(&original, &kept)).await.map_err(|e| {
         swap_err(
             format!("reopening connections failed: {}", pg_detail(&e)),
@@ -428,6 +439,81 @@ pub async fn swap(cfg: &DbConfig, new_db: &str) -> Result<String, DbError> {
         )
     })?;
     Ok(kept)
+}
+
+/// What [`recover_restore`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// The names were never swapped: the original is the live database, open to
+    /// connections; the half-restored copy (if it was created) is dropped.
+    NotSwapped { dropped: Option<String> },
+    /// The swap was committed: the live database holds the backup's data, the one
+    /// before is kept under `kept`; both are open to connections.
+    Swapped { kept: String },
+}
+
+/// Puts the database right after a restore whose process died (stamp: the restore
+/// operation's start). The rename is one transaction, so either both names moved or
+/// none did; what can be left is connections blocked on either database and the
+/// half-restored copy, which this drops (it is only ever ripcord's).
+pub async fn recover_restore(cfg: &DbConfig, stamp: i64) -> Result<Recovered, DbError> {
+    let target = Target::from_config(cfg, "ripcord-restore")?;
+    let original = target.url.database.clone();
+    let (new_db, kept) = restore_names(&original, stamp);
+    let fail = |detail: String| DbError::Swap {
+        original: original.clone(),
+        new_db: new_db.clone(),
+        detail,
+        state: format!(
+            "A restore of \"{original}\" was interrupted and could not be put right: check which of              \"{original}\", \"{new_db}\" and \"{kept}\" exist and that \"{original}\" allows              connections (ALTER DATABASE ... WITH ALLOW_CONNECTIONS true)"
+        ),
+    };
+    let maint = target.connect(maintenance_for(&original)).await?;
+    let version_num: i32 = maint
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| fail(pg_detail(&e)))?;
+    let names = vec![original.clone(), new_db.clone(), kept.clone()];
+    let existing: Vec<String> = maint
+        .query(
+            "SELECT datname::text FROM pg_database WHERE datname = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(|e| fail(pg_detail(&e)))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let exists = |n: &String| existing.contains(n);
+    let allow = |db: &str| {
+        format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+            quote_ident(db)
+        )
+    };
+    if exists(&kept) {
+        maint
+            .batch_execute(&format!("{}; {}", allow(&original), allow(&kept)))
+            .await
+            .map_err(|e| fail(pg_detail(&e)))?;
+        return Ok(Recovered::Swapped { kept });
+    }
+    if exists(&original) {
+        maint
+            .batch_execute(&allow(&original))
+            .await
+            .map_err(|e| fail(pg_detail(&e)))?;
+    }
+    let dropped = if exists(&new_db) {
+        drop_database(&maint, &new_db, version_num)
+            .await
+            .map_err(fail)?;
+        Some(new_db.clone())
+    } else {
+        None
+    };
+    Ok(Recovered::NotSwapped { dropped })
 }
 
 fn clip(s: &str, max: usize) -> String {

@@ -141,12 +141,23 @@ impl ServiceExec {
                 ))
             })?;
         let (env_snapshot, env_keys) = self.snapshot_process_env(&req.version)?;
+        let config_files = if self.cfg.config_files.is_empty() {
+            None
+        } else {
+            let parent = self.state_dir.join("files").join(self.name());
+            let prefix = super::sanitize(&req.version);
+            Some(
+                super::snapshot::snapshot_files(&self.cfg.config_files, &parent, &prefix)
+                    .map_err(ExecError::Failed)?,
+            )
+        };
         Ok(ReleaseSpec {
             argv,
             cwd: req.cwd.clone(),
             image: None,
             env_snapshot: Some(env_snapshot),
             env_keys,
+            config_files,
             kubernetes: None,
         })
     }

@@ -50,6 +50,7 @@ use crate::ledger::{Ledger, LedgerError, NewEvent, Release, SlotRecord};
 use crate::verify::VerifyReport;
 pub use drill::DrillOutcome;
 use process::RunningProcess;
+pub use restore::recover_interrupted_restore;
 pub use router::Router;
 
 /// The ledger, shared by the tasks of one process. Never held across an await.

@@ -117,6 +117,14 @@ pub fn substitute(argv: &[String], port: u16, version: &str) -> Vec<String> {
         .collect()
 }
 
+/// `{config_files}` in every argument: the directory of the release's config file copies.
+pub fn substitute_config_files(argv: &[String], dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    argv.iter()
+        .map(|a| a.replace("{config_files}", &dir))
+        .collect()
+}
+
 /// Starts a release and returns once the process exists (not once it is healthy).
 pub fn start(spec: &StartSpec) -> Result<RunningProcess, ProcessError> {
     let argv = substitute(&spec.argv, spec.addr.port(), &spec.version);
@@ -444,6 +452,19 @@ mod tests {
             state_dir: dir.to_path_buf(),
             memory_limit_mb: None,
         }
+    }
+
+    #[test]
+    fn substitutes_the_config_files_directory_per_argument() {
+        let argv: Vec<String> = vec![
+            "app".into(),
+            "--config={config_files}/app.toml".into(),
+            "{port}".into(),
+        ];
+        assert_eq!(
+            substitute_config_files(&argv, Path::new("/s/files/web/v1-ab")),
+            ["app", "--config=/s/files/web/v1-ab/app.toml", "{port}"]
+        );
     }
 
     #[test]

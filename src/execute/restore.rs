@@ -133,162 +133,156 @@ impl ServiceExec {
         let incident = open_incident(&self.ledger(), self.name())?;
         let window = db::loss_window(rec.created_at_ms, now_ms());
         let active = self.ledger().active_release(self.name())?;
-        let freeze_reason = format!("database restore from backup #{backup_id} in progress");
-        let we_froze = self
-            .ledger()
-            .freeze(self.name(), &freeze_reason, incident)?;
-        // Only the restore's own freeze is lifted at the end: one a person set (or
-        // re-stated) meanwhile stays.
-        let ours = we_froze.then_some(freeze_reason.as_str());
-        self.restore_event(
-            incident,
-            "restore_started",
-            format!(
+        let active_id = active.as_ref().map(|a| a.id);
+        // One operation from here on: a watcher that dies in it is found by the next,
+        // which puts the database right (`recover_restore`). Its start names the
+        // databases it creates.
+        let op = self.ledger().begin_operation_told(
+            self.name(),
+            OperationKind::Restore,
+            active_id,
+            active_id,
+            Some(&restore_reason(backup_id)),
+            Some(format!(
                 "restoring {database} from backup #{backup_id} ({}): data written in the {window} since then \
                  leaves the live database; the current database is kept, renamed",
                 crate::clock::format_utc(rec.created_at_ms)
-            ),
-        );
+            )),
+            incident,
+        )?;
+        let stamp = self
+            .ledger()
+            .operation(op)?
+            .map_or_else(now_ms, |o| o.started_at_ms);
+        let freeze_reason = restore_freeze_reason(&restore_reason(backup_id));
+        let run = async {
+            let we_froze = self
+                .ledger()
+                .freeze(self.name(), &freeze_reason, incident)?;
+            // Only the restore's own freeze is lifted at the end: one a person set (or
+            // re-stated) meanwhile stays.
+            let ours = we_froze.then_some(freeze_reason.as_str());
+            let step = |kind: &str, message: String| self.restore_step(op, incident, kind, message);
 
-        // Stop the app: nothing may write into the database while names are swapped.
-        let active_slot = self
-            .slots()
-            .iter()
-            .find(|(_, sp)| Some(sp.release.id) == active.as_ref().map(|a| a.id))
-            .map(|(s, _)| *s);
-        say(progress, "stopping the app".to_string());
-        let stopped: Vec<Slot> = self.slots().into_keys().collect();
-        for slot in &stopped {
-            self.stop_slot(*slot, None).await;
-        }
-        self.router.clear();
-        // A swarm keeps its tasks running without us: scale the service to 0.
-        let swarm_replicas = if self.cfg.runtime == crate::config::Runtime::Swarm {
-            match self.swarm_stop().await {
-                Ok(r) => r,
+            // Stop the app: nothing may write into the database while names are swapped.
+            let active_slot = self
+                .slots()
+                .iter()
+                .find(|(_, sp)| Some(sp.release.id) == active_id)
+                .map(|(s, _)| *s);
+            say(progress, "stopping the app".to_string());
+            let stopped: Vec<Slot> = self.slots().into_keys().collect();
+            for slot in &stopped {
+                self.stop_slot(*slot, None).await;
+            }
+            self.router.clear();
+            let abort = async |replicas: Option<u64>, why: String| {
+                self.abort_restore(op, incident, ours, active_slot, replicas, &why, progress)
+                    .await
+            };
+            // A swarm keeps its tasks running without us: scale the service to 0.
+            let swarm_replicas = if self.cfg.runtime == crate::config::Runtime::Swarm {
+                match self.swarm_stop().await {
+                    Ok(r) => r,
+                    Err(e) => return Err(abort(None, e.to_string()).await),
+                }
+            } else {
+                None
+            };
+            step(
+                "app_stopped",
+                match (swarm_replicas, stopped.len()) {
+                    (Some(n), _) => {
+                        format!("swarm service scaled from {n} task(s) to 0 for the restore")
+                    }
+                    (None, 0) if self.cfg.runtime == crate::config::Runtime::External => {
+                        "runtime external: ripcord runs nothing to stop; the swap ends the app's \
+                         database sessions"
+                            .to_string()
+                    }
+                    (None, 0) => "no release of this service was running".to_string(),
+                    (None, n) => format!("stopped {n} release(s) for the restore"),
+                },
+            );
+
+            // Restore into a new database and check it; the original is untouched so far.
+            say(
+                progress,
+                format!("restoring into a new database beside {database}"),
+            );
+            let new_db = match db::restore_into_new(&cfg, &path, &verified, stamp).await {
+                Ok(n) => n,
+                Err(e) => return Err(abort(swarm_replicas, e.to_string()).await),
+            };
+            step(
+                "restore_checked",
+                format!(
+                    "backup #{backup_id} restored into {new_db}: {} table(s) present, {} check(s) passed",
+                    verified.table_count,
+                    cfg.checks.len()
+                ),
+            );
+            say(progress, format!("swapping {new_db} in as {database}"));
+            let kept = match db::swap(&cfg, &new_db, stamp).await {
+                Ok(k) => k,
+                Err(e) => return Err(abort(swarm_replicas, e.to_string()).await),
+            };
+            step(
+                "database_swapped",
+                format!(
+                    "the restored database is now {database}; the one before is kept as {kept}"
+                ),
+            );
+
+            // The app back, and verified.
+            let app = match self
+                .restart_after_restore(op, active_slot, swarm_replicas, progress)
+                .await
+            {
+                Ok(app) => app,
                 Err(e) => {
-                    return Err(self
-                        .abort_restore(incident, ours, active_slot, None, &e.to_string(), progress)
-                        .await);
+                    step(
+                        "restore_failed",
+                        format!("the database was restored, but the app did not come back: {e}; {} stays frozen", self.name()),
+                    );
+                    return Err(e);
                 }
+            };
+            if let Some(reason) = ours {
+                self.ledger().unfreeze_if(
+                    self.name(),
+                    reason,
+                    &format!("database restored from backup #{backup_id} and the app verified"),
+                )?;
             }
-        } else {
-            None
-        };
-        self.restore_event(
-            incident,
-            "app_stopped",
-            match (swarm_replicas, stopped.len()) {
-                (Some(n), _) => {
-                    format!("swarm service scaled from {n} task(s) to 0 for the restore")
-                }
-                (None, 0) if self.cfg.runtime == crate::config::Runtime::External => {
-                    "runtime external: ripcord runs nothing to stop; the swap ends the app's \
-                     database sessions"
-                        .to_string()
-                }
-                (None, 0) => "no release of this service was running".to_string(),
-                (None, n) => format!("stopped {n} release(s) for the restore"),
-            },
-        );
-
-        // Restore into a new database and check it; the original is untouched so far.
-        say(
-            progress,
-            format!("restoring into a new database beside {database}"),
-        );
-        let new_db = match db::restore_into_new(&cfg, &path, &verified).await {
-            Ok(n) => n,
-            Err(e) => {
-                return Err(self
-                    .abort_restore(
-                        incident,
-                        ours,
-                        active_slot,
-                        swarm_replicas,
-                        &e.to_string(),
-                        progress,
-                    )
-                    .await);
-            }
-        };
-        self.restore_event(
-            incident,
-            "restore_checked",
-            format!(
-                "backup #{backup_id} restored into {new_db}: {} table(s) present, {} check(s) passed",
-                verified.table_count,
-                cfg.checks.len()
-            ),
-        );
-        say(progress, format!("swapping {new_db} in as {database}"));
-        let kept = match db::swap(&cfg, &new_db).await {
-            Ok(k) => k,
-            Err(e) => {
-                return Err(self
-                    .abort_restore(
-                        incident,
-                        ours,
-                        active_slot,
-                        swarm_replicas,
-                        &e.to_string(),
-                        progress,
-                    )
-                    .await);
-            }
-        };
-        self.restore_event(
-            incident,
-            "database_swapped",
-            format!("the restored database is now {database}; the one before is kept as {kept}"),
-        );
-
-        // The app back, and verified.
-        let app = match self
-            .restart_after_restore(active_slot, swarm_replicas, progress)
-            .await
-        {
-            Ok(app) => app,
-            Err(e) => {
-                self.restore_event(
-                    incident,
-                    "restore_failed",
-                    format!("the database was restored, but the app did not come back: {e}; {} stays frozen", self.name()),
-                );
-                return Err(e);
-            }
-        };
-        if let Some(reason) = ours {
-            self.ledger().unfreeze_if(
-                self.name(),
-                reason,
-                &format!("database restored from backup #{backup_id} and the app verified"),
-            )?;
+            step(
+                "restore_finished",
+                format!(
+                    "restore from backup #{backup_id} finished in {} ms; {database} lost the writes of the {window} before it",
+                    start.elapsed().as_millis()
+                ),
+            );
+            Ok(RestoreOutcome {
+                service: self.name().to_string(),
+                backup: backup_id,
+                database: database.clone(),
+                kept_as: kept,
+                backup_created_at_ms: rec.created_at_ms,
+                loss_window: window.clone(),
+                app,
+                total_ms: start.elapsed().as_millis() as u64,
+            })
         }
-        self.restore_event(
-            incident,
-            "restore_finished",
-            format!(
-                "restore from backup #{backup_id} finished in {} ms; {database} lost the writes of the {window} before it",
-                start.elapsed().as_millis()
-            ),
-        );
-        Ok(RestoreOutcome {
-            service: self.name().to_string(),
-            backup: backup_id,
-            database,
-            kept_as: kept,
-            backup_created_at_ms: rec.created_at_ms,
-            loss_window: window,
-            app,
-            total_ms: start.elapsed().as_millis() as u64,
-        })
+        .await;
+        self.finish(op, run)
     }
 
     /// Before the swap: the original database was not changed; start the app again and
     /// lift the freeze this restore set (`ours`: its reason), unless someone re-stated it.
+    #[allow(clippy::too_many_arguments)]
     async fn abort_restore(
         &self,
+        op: i64,
         incident: Option<i64>,
         ours: Option<&str>,
         active_slot: Option<Slot>,
@@ -297,14 +291,15 @@ impl ServiceExec {
         progress: &Progress,
     ) -> ExecError {
         let app = match self
-            .restart_after_restore(active_slot, swarm_replicas, progress)
+            .restart_after_restore(op, active_slot, swarm_replicas, progress)
             .await
         {
             Ok(Some(v)) => format!("{v} was started again"),
             Ok(None) => "no release was running before, so none was started".to_string(),
             Err(e) => format!("starting the app again failed: {e}"),
         };
-        self.restore_event(
+        self.restore_step(
+            op,
             incident,
             "restore_failed",
             format!(
@@ -323,9 +318,11 @@ impl ServiceExec {
         ExecError::Failed(format!("{why}\nthe original database is untouched; {app}"))
     }
 
-    /// Starts the active release again in its slot, switches traffic to it, verifies.
+    /// Starts the active release again in its slot, switches traffic to it, verifies;
+    /// steps of the restore operation `op`.
     async fn restart_after_restore(
         &self,
+        op: i64,
         slot: Option<Slot>,
         swarm_replicas: Option<u64>,
         progress: &Progress,
@@ -337,53 +334,115 @@ impl ServiceExec {
             return Ok(None);
         };
         let slot = slot.unwrap_or(Slot::Blue);
-        let op = self.ledger().begin_operation(
-            self.name(),
-            OperationKind::Deploy,
-            Some(active.id),
-            Some(active.id),
-            Some("start the active release again after a database restore"),
-        )?;
-        let result = async {
-            if self.one_address() {
-                self.put_in_place(op, &active, "next", progress).await?;
-            } else {
-                self.start_healthy(op, &active, slot, progress).await?;
-            }
-            self.switch_to(op, &active, slot).await?;
-            let report = self.verify_serving(op, &active, progress).await?;
-            if !report.ok {
-                return Err(ExecError::VerifyFailed {
-                    message: format!(
-                        "{} {} runs again on the restored database, but verification failed",
-                        self.name(),
-                        active.version
-                    ),
-                    report,
-                });
-            }
-            Ok(Some(active.version.clone()))
+        if self.one_address() {
+            self.put_in_place(op, &active, "next", progress).await?;
+        } else {
+            self.start_healthy(op, &active, slot, progress).await?;
         }
-        .await;
-        self.finish(op, result)
+        self.switch_to(op, &active, slot).await?;
+        let report = self.verify_serving(op, &active, progress).await?;
+        if !report.ok {
+            return Err(ExecError::VerifyFailed {
+                message: format!(
+                    "{} {} runs again on the restored database, but verification failed",
+                    self.name(),
+                    active.version
+                ),
+                report,
+            });
+        }
+        Ok(Some(active.version.clone()))
     }
 
-    fn restore_event(&self, incident: Option<i64>, kind: &str, message: String) {
+    /// A step of restore operation `op`: its event, attached to the incident.
+    fn restore_step(&self, op: i64, incident: Option<i64>, kind: &str, message: String) {
         tracing::info!(service = %self.name(), kind, "{message}");
-        let result = self.ledger().event(
-            self.name(),
-            NewEvent {
-                release_id: None,
-                operation_id: None,
-                kind,
-                message,
-                data: None,
-                incident_id: incident,
-            },
-        );
+        let result = self.ledger().step_in_incident(op, kind, message, incident);
         if let Err(e) = result {
             tracing::error!(service = %self.name(), error = %e, "cannot write event to the ledger");
         }
+    }
+}
+
+/// A restore operation's reason, which names its backup.
+pub fn restore_reason(backup_id: i64) -> String {
+    format!("database restore from backup #{backup_id}")
+}
+
+/// The freeze a restore (operation reason `reason`) sets while it runs.
+pub fn restore_freeze_reason(reason: &str) -> String {
+    format!("{reason} in progress")
+}
+
+/// After the process running restore operation `op` died (the operation is marked
+/// interrupted): puts the database right ([`db::recover_restore`]) and says what it
+/// found, as a `restore_interrupted` event in the service's incident. Before the swap
+/// nothing had changed: the half-restored copy is dropped and the restore's freeze
+/// lifted. After it the live database holds the backup's data and the old one is kept;
+/// the service stays frozen until a person has checked it. Errors are recorded, not
+/// raised: a watcher starts anyway.
+pub async fn recover_interrupted_restore(
+    cfg: &crate::config::ServiceConfig,
+    state_dir: &Path,
+    ledger: &super::SharedLedger,
+    op: &crate::ledger::Operation,
+) {
+    let name = cfg.name.as_str();
+    let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
+    let reason = op.reason.clone().unwrap_or_default();
+    let recovered = match db_config(cfg, state_dir) {
+        Ok(dbc) => db::recover_restore(&dbc, op.started_at_ms)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let stopped = format!(
+        "the process running the {reason} (operation #{}) stopped during step `{}`",
+        op.id, op.step
+    );
+    let message = match recovered {
+        Ok(db::Recovered::NotSwapped { dropped }) => {
+            let freeze = restore_freeze_reason(&reason);
+            let lifted = lock()
+                .unfreeze_if(name, &freeze, "the interrupted restore had changed nothing")
+                .unwrap_or(false);
+            format!(
+                "{stopped}, before the databases were swapped: the original is untouched and open to \
+                 connections{}{}",
+                dropped
+                    .map(|d| format!("; the half-restored copy {d} was dropped"))
+                    .unwrap_or_default(),
+                if lifted {
+                    "; the restore's freeze is lifted"
+                } else {
+                    ""
+                }
+            )
+        }
+        Ok(db::Recovered::Swapped { kept }) => format!(
+            "{stopped}, after the databases were swapped: the live database holds the backup's data \
+             and the one before is kept as {kept}; the active release is started on it, and {name} \
+             stays frozen until a person has checked it (`ripcord unfreeze {name} --reason ...`)"
+        ),
+        Err(e) => format!(
+            "{stopped}, and the database could not be checked: {e}; {name} stays frozen until a \
+             person has put it right"
+        ),
+    };
+    tracing::warn!(service = name, "{message}");
+    let mut l = lock();
+    let incident = open_incident(&l, name).ok().flatten();
+    if let Err(e) = l.event(
+        name,
+        NewEvent {
+            operation_id: Some(op.id),
+            kind: "restore_interrupted",
+            message,
+            incident_id: incident,
+            ..Default::default()
+        },
+    ) {
+        tracing::error!(service = name, error = %e, "cannot write event to the ledger");
     }
 }
 

@@ -14,12 +14,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::restore::{RestoreOutcome, db_config, open_incident, record_restore_refused};
+use super::restore::{
+    RestoreOutcome, db_config, open_incident, record_restore_refused, recover_interrupted_restore,
+    restore_freeze_reason, restore_reason,
+};
 use super::{ExecError, SharedLedger, process};
 use crate::clock::now_ms;
 use crate::config::{Runtime, ServiceConfig};
 use crate::db;
-use crate::ledger::{LedgerError, NewEvent, WATCHER_LEASE};
+use crate::ledger::{LedgerError, OperationKind, WATCHER_LEASE};
 
 /// How long the offline restore's leases last at most (a dump of many GiB restores in
 /// minutes; a crashed CLI's leases end with its pid anyway).
@@ -90,6 +93,15 @@ async fn restore_leased(
     let start = std::time::Instant::now();
     let name = cfg.name.as_str();
     let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
+    // Holding the watcher lease, any operation still open is a dead process's; a restore
+    // among them is put right first, as a starting watcher would.
+    let interrupted = lock().interrupt_unfinished()?;
+    for op in interrupted
+        .iter()
+        .filter(|op| op.service == name && op.kind == OperationKind::Restore.as_str())
+    {
+        recover_interrupted_restore(cfg, state_dir, ledger, op).await;
+    }
     let dbc = db_config(cfg, state_dir)?;
     let rec = lock()
         .backup(backup_id)?
@@ -143,94 +155,107 @@ async fn restore_leased(
     };
     let incident = open_incident(&lock(), name)?;
     let window = db::loss_window(rec.created_at_ms, now_ms());
-    let freeze_reason = format!("database restore from backup #{backup_id} in progress");
-    let we_froze = lock().freeze(name, &freeze_reason, incident)?;
-    let ours = we_froze.then_some(freeze_reason.as_str());
-    let event = |kind: &str, message: String| {
-        tracing::info!(service = name, kind, "{message}");
-        if let Err(e) = lock().event(
-            name,
-            NewEvent {
-                kind,
-                message,
-                incident_id: incident,
-                ..Default::default()
-            },
-        ) {
-            tracing::error!(service = name, error = %e, "cannot write event to the ledger");
-        }
-    };
-    event(
-        "restore_started",
-        format!(
+    let reason = restore_reason(backup_id);
+    let op = lock().begin_operation_told(
+        name,
+        OperationKind::Restore,
+        None,
+        None,
+        Some(&reason),
+        Some(format!(
             "restoring {database} from backup #{backup_id} ({}) with no watcher running: data \
              written in the {window} since then leaves the live database; the current database is \
              kept, renamed",
             crate::clock::format_utc(rec.created_at_ms)
-        ),
-    );
-    say("stopping what a stopped watcher left running".to_string());
-    let stopped = stop_left_behind(ledger, name).await?;
-    event(
-        "app_stopped",
-        match (cfg.runtime, stopped) {
-            (Runtime::External, _) => "runtime external: ripcord runs nothing to stop; the swap \
-                                       ends the app's database sessions"
-                .to_string(),
-            (_, 0) => "no watcher runs, so no release of this service was running".to_string(),
-            (_, n) => format!("stopped {n} release process(es) an earlier watcher left running"),
-        },
-    );
-    let lift = |why: &str| {
-        if let Some(reason) = ours
-            && let Err(e) = lock().unfreeze_if(name, reason, why)
-        {
-            tracing::error!(service = name, error = %e, "cannot lift the restore's freeze");
+        )),
+        incident,
+    )?;
+    let stamp = lock()
+        .operation(op)?
+        .map_or_else(now_ms, |o| o.started_at_ms);
+    let freeze_reason = restore_freeze_reason(&reason);
+    let run = async {
+        let we_froze = lock().freeze(name, &freeze_reason, incident)?;
+        let ours = we_froze.then_some(freeze_reason.as_str());
+        let step = |kind: &str, message: String| {
+            tracing::info!(service = name, kind, "{message}");
+            if let Err(e) = lock().step_in_incident(op, kind, message, incident) {
+                tracing::error!(service = name, error = %e, "cannot write event to the ledger");
+            }
+        };
+        say("stopping what a stopped watcher left running".to_string());
+        let stopped = stop_left_behind(ledger, name).await?;
+        step(
+            "app_stopped",
+            match (cfg.runtime, stopped) {
+                (Runtime::External, _) => "runtime external: ripcord runs nothing to stop; the swap \
+                                           ends the app's database sessions"
+                    .to_string(),
+                (_, 0) => "no watcher runs, so no release of this service was running".to_string(),
+                (_, n) => format!("stopped {n} release process(es) an earlier watcher left running"),
+            },
+        );
+        let lift = |why: &str| {
+            if let Some(reason) = ours
+                && let Err(e) = lock().unfreeze_if(name, reason, why)
+            {
+                tracing::error!(service = name, error = %e, "cannot lift the restore's freeze");
+            }
+        };
+        say(format!("restoring into a new database beside {database}"));
+        let swapped = async {
+            let new_db = db::restore_into_new(&dbc, &path, &verified, stamp).await?;
+            step(
+                "restore_checked",
+                format!(
+                    "backup #{backup_id} restored into {new_db}: {} table(s) present, {} check(s) passed",
+                    verified.table_count,
+                    dbc.checks.len()
+                ),
+            );
+            say(format!("swapping {new_db} in as {database}"));
+            db::swap(&dbc, &new_db, stamp).await
         }
-    };
-    say(format!("restoring into a new database beside {database}"));
-    let swapped = async {
-        let new_db = db::restore_into_new(&dbc, &path, &verified).await?;
-        event(
-            "restore_checked",
+        .await;
+        let kept = match swapped {
+            Ok(k) => k,
+            Err(e) => {
+                step(
+                    "restore_failed",
+                    format!("restore stopped before the swap: {e}; the original database is untouched"),
+                );
+                lift("the restore stopped before changing anything");
+                return Err(ExecError::Failed(format!(
+                    "{e}\nthe original database is untouched; no app was started (no watcher runs)"
+                )));
+            }
+        };
+        step(
+            "database_swapped",
+            format!("the restored database is now {database}; the one before is kept as {kept}"),
+        );
+        lift(&format!(
+            "database restored from backup #{backup_id}; no watcher runs to start the app"
+        ));
+        step(
+            "restore_finished",
             format!(
-                "backup #{backup_id} restored into {new_db}: {} table(s) present, {} check(s) passed",
-                verified.table_count,
-                dbc.checks.len()
+                "restore from backup #{backup_id} finished in {} ms with no watcher running; {database} \
+                 lost the writes of the {window} before it; `ripcord watch` starts the active release",
+                start.elapsed().as_millis()
             ),
         );
-        say(format!("swapping {new_db} in as {database}"));
-        db::swap(&dbc, &new_db).await
+        Ok(kept)
     }
     .await;
-    let kept = match swapped {
-        Ok(k) => k,
-        Err(e) => {
-            event(
-                "restore_failed",
-                format!("restore stopped before the swap: {e}; the original database is untouched"),
-            );
-            lift("the restore stopped before changing anything");
-            return Err(ExecError::Failed(format!(
-                "{e}\nthe original database is untouched; no app was started (no watcher runs)"
-            )));
-        }
+    let outcome = match &run {
+        Ok(_) => lock().finish_operation(op, "succeeded", None),
+        Err(e) => lock().finish_operation(op, "failed", Some(&e.to_string())),
     };
-    event(
-        "database_swapped",
-        format!("the restored database is now {database}; the one before is kept as {kept}"),
-    );
-    lift(&format!(
-        "database restored from backup #{backup_id}; no watcher runs to start the app"
-    ));
-    event(
-        "restore_finished",
-        format!(
-            "restore from backup #{backup_id} finished in {} ms with no watcher running; {database} \
-             lost the writes of the {window} before it; `ripcord watch` starts the active release",
-            start.elapsed().as_millis()
-        ),
-    );
+    if let Err(e) = outcome {
+        tracing::error!(service = name, error = %e, "cannot close the restore operation");
+    }
+    let kept = run?;
     Ok(RestoreOutcome {
         service: name.to_string(),
         backup: backup_id,

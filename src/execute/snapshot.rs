@@ -57,6 +57,76 @@ fn strip_url_secrets(v: &mut serde_json::Value) {
     }
 }
 
+/// Copies a process release's `config_files` into `<parent>/<prefix>-<digest>/`, one file
+/// per name, owner-only, the directory named by the files' names and contents (so an
+/// unchanged set is shared and a changed one never overwrites an older release's). The
+/// directory appears whole or not at all: it is filled under a temporary name, then
+/// renamed. Errors name the file that could not be read.
+pub(super) fn snapshot_files(
+    files: &[std::path::PathBuf],
+    parent: &std::path::Path,
+    prefix: &str,
+) -> Result<std::path::PathBuf, String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let mut contents = Vec::new();
+    let mut hash = Sha256::new();
+    for path in files {
+        let name = path
+            .file_name()
+            .ok_or_else(|| format!("config file {} has no file name", path.display()))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        hash.update(name.as_encoded_bytes());
+        hash.update([0]);
+        hash.update((bytes.len() as u64).to_le_bytes());
+        hash.update(&bytes);
+        contents.push((name.to_os_string(), bytes));
+    }
+    let digest: String = hash
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dest = parent.join(format!("{prefix}-{digest}"));
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let io = |what: &str, p: &std::path::Path, e: std::io::Error| {
+        format!("cannot {what} {}: {e}", p.display())
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|e| io("create", parent, e))?;
+    let tmp = parent.join(format!(".{prefix}-{digest}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(|e| io("create", &tmp, e))?;
+    let filled = (|| {
+        for (name, bytes) in &contents {
+            let p = tmp.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|e| io("write", &p, e))?;
+            std::io::Write::write_all(&mut f, bytes).map_err(|e| io("write", &p, e))?;
+            f.sync_all().map_err(|e| io("write", &p, e))?;
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| io("rename into place", &dest, e))
+    })();
+    if filled.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    filled.map(|()| dest)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

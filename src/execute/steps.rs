@@ -98,7 +98,7 @@ impl ServiceExec {
             version: release.version.clone(),
             slot,
             addr,
-            argv: release.spec.argv.clone(),
+            argv: self.release_argv(release),
             cwd: release.spec.cwd.clone(),
             env: self.process_env(release)?,
             log_path: log_path.clone(),
@@ -390,16 +390,42 @@ impl ServiceExec {
     }
 
     /// The environment a process release runs with: its own snapshot from deploy time;
-    /// today's `env` only for a release recorded before snapshots existed.
+    /// today's `env` only for a release recorded before snapshots existed. With config
+    /// files, `RIPCORD_CONFIG_FILES` names the directory of the release's copies.
     fn process_env(
         &self,
         release: &Release,
     ) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
-        match &release.spec.env_snapshot {
-            Some(path) => Ok(container::read_snapshot(path, release)?
+        let mut env: std::collections::BTreeMap<String, String> = match &release.spec.env_snapshot {
+            Some(path) => container::read_snapshot(path, release)?
                 .into_iter()
-                .collect()),
-            None => Ok(self.cfg.env.clone()),
+                .collect(),
+            None => self.cfg.env.clone(),
+        };
+        if let Some(dir) = &release.spec.config_files {
+            if !dir.is_dir() {
+                return Err(ExecError::Failed(format!(
+                    "{} {}'s copies of its config files are gone ({}): it cannot run with them; \
+                     deploy it again to copy today's",
+                    self.name(),
+                    release.version,
+                    dir.display()
+                )));
+            }
+            env.insert(
+                "RIPCORD_CONFIG_FILES".to_string(),
+                dir.display().to_string(),
+            );
+        }
+        Ok(env)
+    }
+
+    /// A process release's argv, `{config_files}` replaced by the directory of its
+    /// copies (`{port}` and `{version}` are replaced at start).
+    fn release_argv(&self, release: &Release) -> Vec<String> {
+        match &release.spec.config_files {
+            Some(dir) => process::substitute_config_files(&release.spec.argv, dir),
+            None => release.spec.argv.clone(),
         }
     }
 

@@ -78,6 +78,7 @@ impl Ledger {
         )?;
         let id = tx.last_insert_rowid();
         tx.commit()?;
+        crate::failpoint::hit("backup.recorded");
         self.backup(id)?.ok_or_else(|| LedgerError::Corrupt {
             what: "backups",
             detail: format!("backup {id} vanished after its insert"),
@@ -112,6 +113,7 @@ impl Ledger {
             params![id, ok, now_ms()],
         )?;
         tx.commit()?;
+        crate::failpoint::hit("backup.verified");
         Ok(())
     }
 

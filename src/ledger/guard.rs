@@ -151,6 +151,9 @@ impl Ledger {
             )?;
         }
         tx.commit()?;
+        if changed > 0 {
+            crate::failpoint::hit("service.frozen");
+        }
         Ok(changed > 0)
     }
 
@@ -205,6 +208,9 @@ impl Ledger {
             )?;
         }
         tx.commit()?;
+        if changed > 0 {
+            crate::failpoint::hit("service.unfrozen");
+        }
         Ok(changed > 0)
     }
 

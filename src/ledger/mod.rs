@@ -133,6 +133,10 @@ pub struct ReleaseSpec {
     /// The names (never the values) of the snapshot's variables.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_keys: Vec<String>,
+    /// Runtime `process`: the directory holding the release's copies of its
+    /// `config_files` (owner-only), named by their content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_files: Option<PathBuf>,
     /// Runtime `kubernetes`: the pod template this release applies, and the copies of
     /// the ConfigMaps and Secrets it reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -214,6 +218,8 @@ pub enum OperationKind {
     Deploy,
     Rollback,
     Drill,
+    /// A database restore (`ripcord db restore`).
+    Restore,
 }
 
 impl OperationKind {
@@ -222,6 +228,7 @@ impl OperationKind {
             OperationKind::Deploy => "deploy",
             OperationKind::Rollback => "rollback",
             OperationKind::Drill => "drill",
+            OperationKind::Restore => "restore",
         }
     }
 }
@@ -652,6 +659,22 @@ impl Ledger {
         to: Option<i64>,
         reason: Option<&str>,
     ) -> Result<i64, LedgerError> {
+        self.begin_operation_told(service, kind, from, to, reason, None, None)
+    }
+
+    /// [`Ledger::begin_operation`], its `KIND_started` event saying `message` (else
+    /// "KIND started") and attached to `incident_id`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin_operation_told(
+        &mut self,
+        service: &str,
+        kind: OperationKind,
+        from: Option<i64>,
+        to: Option<i64>,
+        reason: Option<&str>,
+        message: Option<String>,
+        incident_id: Option<i64>,
+    ) -> Result<i64, LedgerError> {
         let now = now_ms();
         let tx = self.write_tx()?;
         tx.execute(
@@ -667,9 +690,9 @@ impl Ledger {
                 release_id: to,
                 operation_id: Some(id),
                 kind: &format!("{}_started", kind.as_str()),
-                message: format!("{} started", kind.as_str()),
+                message: message.unwrap_or_else(|| format!("{} started", kind.as_str())),
                 data: reason.map(|r| serde_json::json!({ "reason": r })),
-                incident_id: None,
+                incident_id,
             },
             now,
         )?;
@@ -680,6 +703,17 @@ impl Ledger {
 
     /// Moves an operation to its next step, with the event that says so, atomically.
     pub fn step(&mut self, op: i64, step: &str, message: String) -> Result<(), LedgerError> {
+        self.step_in_incident(op, step, message, None)
+    }
+
+    /// [`Ledger::step`], with the event attached to an incident.
+    pub fn step_in_incident(
+        &mut self,
+        op: i64,
+        step: &str,
+        message: String,
+        incident_id: Option<i64>,
+    ) -> Result<(), LedgerError> {
         let now = now_ms();
         let tx = self.write_tx()?;
         let (service, to, kind): (String, Option<i64>, String) = tx.query_row(
@@ -700,7 +734,7 @@ impl Ledger {
                 kind: step,
                 message,
                 data: None,
-                incident_id: None,
+                incident_id,
             },
             now,
         )?;

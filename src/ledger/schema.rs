@@ -179,6 +179,31 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX drills_by_service ON drills (service, id);
     "#,
+    // v8: database restores are operations too (kind 'restore'), so a watcher that died
+    // in one is found and its database put right by the next.
+    r#"
+    CREATE TABLE operations_v8 (
+        id              INTEGER PRIMARY KEY,
+        service         TEXT NOT NULL,
+        kind            TEXT NOT NULL
+            CHECK (kind IN ('deploy', 'rollback', 'drill', 'restore')),
+        step            TEXT NOT NULL,
+        outcome         TEXT CHECK (outcome IN ('succeeded', 'failed', 'interrupted')),
+        from_release    INTEGER REFERENCES releases (id),
+        to_release      INTEGER REFERENCES releases (id),
+        reason          TEXT,
+        error           TEXT,
+        started_at_ms   INTEGER NOT NULL,
+        updated_at_ms   INTEGER NOT NULL,
+        finished_at_ms  INTEGER
+    );
+    INSERT INTO operations_v8 SELECT id, service, kind, step, outcome, from_release,
+        to_release, reason, error, started_at_ms, updated_at_ms, finished_at_ms
+        FROM operations;
+    DROP TABLE operations;
+    ALTER TABLE operations_v8 RENAME TO operations;
+    CREATE INDEX operations_by_service ON operations (service, id);
+    "#,
 ];
 
 /// The SQL of one upgrade step (tests build old ledgers with it).

@@ -28,7 +28,7 @@ use crate::execute::router::NginxRouter;
 use crate::execute::{
     DeployRequest, ExecError, RollbackRequest, Router, ServiceExec, SharedLedger,
 };
-use crate::ledger::{Ledger, LedgerError, NewEvent};
+use crate::ledger::{Ledger, LedgerError, NewEvent, OperationKind};
 use crate::proxy::{DRAIN_TIMEOUT, Proxy};
 use control::{Reply, Request};
 
@@ -144,7 +144,7 @@ pub async fn run(
 ) -> Result<(), WatchError> {
     ensure_state_dir(state_dir)?;
     let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::open(state_dir)?));
-    let watcher_lease = {
+    let (watcher_lease, interrupted) = {
         let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
         let holder = format!("ripcord watch (pid {})", std::process::id());
         // Its lease lasts as long as the process: a dead watcher's pid frees it.
@@ -161,7 +161,8 @@ pub async fn run(
                 },
                 e => e.into(),
             })?;
-        for op in l.interrupt_unfinished()? {
+        let interrupted = l.interrupt_unfinished()?;
+        for op in &interrupted {
             tracing::warn!(
                 service = %op.service,
                 operation = op.id,
@@ -169,7 +170,7 @@ pub async fn run(
                 "an earlier watcher stopped during this operation; it is marked interrupted"
             );
         }
-        lease
+        (lease, interrupted)
     };
 
     let socket = control::socket_path(state_dir);
@@ -368,6 +369,14 @@ pub async fn run(
                     .unwrap_or_default()
             ),
         );
+        // A restore the earlier watcher died in: the database first, then the app on it.
+        for op in interrupted
+            .iter()
+            .filter(|op| op.service == *name && op.kind == OperationKind::Restore.as_str())
+        {
+            crate::execute::recover_interrupted_restore(&svc.exec.cfg, state_dir, &ledger, op)
+                .await;
+        }
         let reconciled = svc.exec.reconcile().await;
         // Held requests go on now, to the reconciled release (or get the proxy's 503).
         drop(holds.remove(name));

@@ -72,7 +72,7 @@ slots = { blue = 9001 }
         src,
         &[
             "ripcord.toml:4: service.web.slots: blue and green are both 127.0.0.1:8081: the slots need different ports",
-            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `env_file`, `verify`, `verify_deadline`, `triggers`, `investigate`, `drill_budget`, `drill_max_age`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`, `proxy`, `kubernetes`",
+            "ripcord.toml:5: service.web.bake_sec: unknown key (did you mean `bake`?); expected one of `runtime`, `router`, `listen`, `slots`, `health_path`, `start_timeout`, `bake`, `stop_timeout`, `command`, `env`, `env_file`, `config_files`, `verify`, `verify_deadline`, `triggers`, `investigate`, `drill_budget`, `drill_max_age`, `memory_limit_mb`, `notify`, `integrity`, `prometheus`, `nginx`, `migrations`, `docker`, `database`, `proxy`, `kubernetes`",
             "ripcord.toml:6: service.web.health_path: expected a string, found an integer",
             "ripcord.toml:9: service.api.listen: port 8080 is already used by `service.web.listen`",
             "ripcord.toml:10: service.api.slots: missing slot `green`: blue-green needs both `blue` and `green`",
@@ -862,4 +862,15 @@ statement_timeout = "0"
     for (g, w) in got.iter().zip(want_prefixes) {
         assert!(g.starts_with(w), "{g}\n  does not start with\n{w}");
     }
+}
+
+#[test]
+fn config_files_need_distinct_names_and_runtime_process() {
+    check(
+        "[service.web]\nlisten = \"127.0.0.1:8080\"\nslots = { blue = 8081, green = 8082 }\nconfig_files = [\"a/app.toml\", \"b/app.toml\"]\n\n[service.api]\nruntime = \"docker\"\nrouter = \"none\"\nconfig_files = [\"api.toml\"]\n\n[service.api.docker]\ncontainer_port = 9000\npublish = \"127.0.0.1:9100\"\n",
+        &[
+            "ripcord.toml:4: service.web.config_files: `b/app.toml`: each config file needs a file name of its own (a release's copies sit side by side in one directory)",
+            "ripcord.toml:9: service.api.config_files: `config_files` is for runtime \"process\"; a container's files belong in its image",
+        ],
+    );
 }
