@@ -183,6 +183,12 @@ fn a_cold_rollback_runs_the_release_with_its_own_config_files() {
         "greeting = \"hello from v1\"\n",
         "v1's copy kept"
     );
+    // doctor checks that the rollback target's copies are there.
+    let doctor = stdout(&p.run(&["doctor", "web"]));
+    assert!(
+        doctor.contains("config files") && doctor.contains("app.conf, flags.json"),
+        "{doctor}"
+    );
 
     // v1 goes cold; today's files change again; the rollback starts v1 with its own.
     assert!(p.stop_watcher().success());

@@ -196,6 +196,9 @@ async fn checks(svc: &ServiceConfig, ledger: &Ledger) -> Vec<Check> {
                     )
                 },
             });
+            if let Some(dir) = &prev.spec.config_files {
+                out.push(config_files_check(&prev, dir));
+            }
         }
         Runtime::External => {}
         Runtime::Kubernetes => kube_checks(svc, &prev, &mut out).await,
@@ -495,6 +498,32 @@ fn env_snapshot_check(prev: &Release, path: &Path) -> Check {
             e.to_string(),
             format!(
                 "the snapshot is how {} runs with its own config: restore it from a backup of the state dir",
+                prev.version
+            ),
+        ),
+    }
+}
+
+/// The rollback target's copies of its config files are still there.
+fn config_files_check(prev: &Release, dir: &Path) -> Check {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut names: Vec<String> = entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            pass(
+                "config files",
+                format!("{} holds {}", dir.display(), names.join(", ")),
+            )
+        }
+        Err(e) => fail(
+            "config files",
+            format!("{}: {e}", dir.display()),
+            format!(
+                "the copies are how {} runs with its own config files: restore them from a backup \
+                 of the state dir",
                 prev.version
             ),
         ),
