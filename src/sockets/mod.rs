@@ -116,6 +116,24 @@ impl Listeners {
             tracing::warn!(error = %e, "the socket keeper did not answer the goodbye");
         }
     }
+
+    /// The link closed with no goodbye, as when the watcher is killed: the keeper keeps
+    /// the sockets for its grace.
+    #[cfg(test)]
+    pub(crate) fn vanish(mut self) {
+        self.link.take();
+    }
+}
+
+/// A watcher that gives up with an error (not killed: it returns, its values dropped)
+/// will not come back by itself, so the keeper lets go at once rather than hold clients
+/// for its grace. A panic is left like a kill: a supervisor may restart the watcher.
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.release();
+        }
+    }
 }
 
 /// The listening sockets for `wanted`: from systemd when it passed some, else from a

@@ -67,7 +67,7 @@ fn a_socket_outlives_its_watcher_and_the_next_one_serves_what_waited() {
     assert_eq!(origin, Origin::New);
     // The watcher dies: its socket and its link to the keeper close, no goodbye.
     drop(l);
-    drop(first);
+    first.vanish();
 
     // A client arrives while no watcher runs: it is not refused, it waits.
     let mut client = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
@@ -105,7 +105,7 @@ fn a_keeper_whose_watcher_never_comes_back_lets_go_after_its_grace() {
     let (socket, _) = l.take(addr).unwrap();
     drop(socket);
     let alive_at = Instant::now();
-    drop(l);
+    l.vanish();
     // Within the grace the port still takes connections.
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
     assert_eq!(join_within(k, Duration::from_secs(5)), 0);
@@ -121,19 +121,33 @@ fn a_changed_config_keeps_what_it_still_listens_on_and_hands_over_the_rest() {
     let mut first = obtain(dir.path(), &[a, b], &keep(Duration::from_secs(30))).unwrap();
     drop(first.take(a));
     drop(first.take(b));
-    drop(first);
+    first.vanish();
     // The next watcher listens on a and c: a comes from the keeper, c is new, b is let go.
     let mut second = obtain(dir.path(), &[a, c], &keep(Duration::from_secs(30))).unwrap();
     assert_eq!(second.take(a).unwrap().1, Origin::Keeper);
     assert_eq!(second.take(c).unwrap().1, Origin::New);
     assert!(second.take(b).is_none());
     assert!(TcpStream::connect_timeout(&b, Duration::from_secs(2)).is_err());
-    drop(second);
+    second.vanish();
     // And the keeper now holds exactly a and c.
     let mut third = obtain(dir.path(), &[c], &keep(Duration::from_secs(30))).unwrap();
     assert_eq!(third.take(c).unwrap().1, Origin::Keeper);
     third.release();
     assert_eq!(join_within(k, Duration::from_secs(5)), 0);
+}
+
+#[test]
+fn a_watcher_that_gives_up_with_an_error_lets_the_keeper_go_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A grace far longer than the join below: only a goodbye ends the keeper in time.
+    let k = keeper(dir.path(), Duration::from_secs(60));
+    let addr = free_addr();
+    let l = obtain(dir.path(), &[addr], &keep(Duration::from_secs(60))).unwrap();
+    assert!(l.kept());
+    // `watch` returning an error drops its listeners, taken or not.
+    drop(l);
+    assert_eq!(join_within(k, Duration::from_secs(5)), 0);
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err());
 }
 
 #[test]
