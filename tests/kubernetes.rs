@@ -9,6 +9,7 @@
 
 mod common;
 mod kube_fixture;
+mod pg_fixture;
 
 use std::process::{Child, Command, Output};
 use std::time::Duration;
@@ -143,10 +144,24 @@ impl Drop for KubeProject {
 }
 
 fn ready_project(prefix: &str, history: i32, progress_deadline: i32) -> KubeProject {
+    ready_project_with(prefix, history, progress_deadline, "", |_| {})
+}
+
+/// As `ready_project`, with `extra` inside `[service.web]` (sub-tables allowed: it ends
+/// before `[service.web.kubernetes]`) and `prepare` run on the project's directory
+/// before the watcher starts.
+fn ready_project_with(
+    prefix: &str,
+    history: i32,
+    progress_deadline: i32,
+    extra: &str,
+    prepare: impl FnOnce(&std::path::Path),
+) -> KubeProject {
     let ns = TestNamespace::new(prefix, true);
     user_objects(&ns, "hello from v1's config");
     ns.apply::<Deployment>(deployment(2, history, progress_deadline));
-    let mut p = KubeProject::new(ns, "");
+    let mut p = KubeProject::new(ns, extra);
+    prepare(p.dir.path());
     p.start_watcher();
     p
 }
@@ -606,4 +621,188 @@ fn without_a_router_the_address_itself_is_verified_and_kubeconfig_comes_from_the
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["version"], "v1");
     assert_eq!(v["greeting"], "hello from v1's config");
+}
+
+/// Alembic migrations: 001 and 002 expand (add columns), 003 contracts (drops the
+/// column v1 reads).
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "001_status.py",
+        "revision = \"001\"\ndown_revision = None\nfrom alembic import op\nimport sqlalchemy as sa\n\ndef upgrade():\n    op.add_column('users', sa.Column('status', sa.String(20), nullable=True))\n\ndef downgrade():\n    op.drop_column('users', 'status')\n",
+    ),
+    (
+        "002_nickname.py",
+        "revision = \"002\"\ndown_revision = \"001\"\nfrom alembic import op\nimport sqlalchemy as sa\n\ndef upgrade():\n    op.add_column('users', sa.Column('nickname', sa.String(80), nullable=True))\n\ndef downgrade():\n    op.drop_column('users', 'nickname')\n",
+    ),
+    (
+        "003_drop_email.py",
+        "revision = \"003\"\ndown_revision = \"002\"\nfrom alembic import op\n\ndef upgrade():\n    op.drop_column('users', 'email')\n\ndef downgrade():\n    pass\n",
+    ),
+];
+
+#[test]
+fn the_migration_guard_refuses_a_rollback_across_a_contract_and_allows_an_expand() {
+    let pg = pg_fixture::start();
+    pg.sql("postgres", "CREATE DATABASE app");
+    pg.sql(
+        "app",
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+         CREATE TABLE users (id int PRIMARY KEY, email text);",
+    );
+    let set_head = |head: &str| {
+        pg.sql(
+            "app",
+            &format!("DELETE FROM alembic_version; INSERT INTO alembic_version VALUES ('{head}')"),
+        );
+    };
+    let extra = format!(
+        "[service.web.migrations]\ndir = \"migrations\"\n\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/app\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let p = ready_project_with("migr", 10, 60, &extra, |dir| {
+        let versions = dir.join("migrations/versions");
+        std::fs::create_dir_all(&versions).unwrap();
+        for (name, text) in MIGRATIONS {
+            std::fs::write(versions.join(name), text).unwrap();
+        }
+    });
+    set_head("001");
+    p.must(p.deploy("v1"), "deploy v1");
+    // v2's expand (002) ran: a rollback to v1 leaves a column v1 ignores, so it goes.
+    set_head("002");
+    p.must(p.deploy("v2"), "deploy v2");
+    assert_eq!(p.release("v2")["migration_head"], "002");
+    assert_eq!(p.release("v1")["migration_head"], "001");
+    let out = p.run(&["rollback", "web", "--reason", "expand only"]);
+    p.must(out, "rollback across an expand");
+    assert_eq!(p.answer().0, "v1");
+    assert_eq!(p.release("v1")["status"], "active");
+
+    // v3's contract (003) ran: it dropped `users.email`, which v1 reads. A rollback
+    // to v1 is refused (exit 3) naming the migration, and the Deployment is untouched.
+    set_head("003");
+    p.must(p.deploy("v3"), "deploy v3");
+    assert_eq!(p.release("v3")["migration_head"], "003");
+    let before = p.ns.template("web");
+    let out = p.run(&["rollback", "web", "--to", "v1"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("003_drop_email.py"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(p.ns.template("web"), before, "the Deployment is untouched");
+    assert_eq!(p.answer().0, "v3");
+    assert_eq!(p.release("v3")["status"], "active");
+    // doctor knows it before anyone needs the rollback.
+    let out = p.run(&["doctor", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("✗ schema"), "{}", stdout(&out));
+}
+
+#[test]
+fn runbook_and_status_name_the_deployment_and_each_releases_template() {
+    let p = ready_project("book", 10, 60);
+    p.must(p.deploy("v1"), "deploy v1");
+    let copy1 = env_from(&p.ns.template("web"));
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    p.must(p.deploy("v2"), "deploy v2");
+    let copy2 = env_from(&p.ns.template("web"));
+    assert_ne!(copy1, copy2);
+    let v1_pinned = format!("registry.test/app@{}", fake_digest("registry.test/app:v1"));
+    let v2_pinned = format!("registry.test/app@{}", fake_digest("registry.test/app:v2"));
+
+    let status = p.json(&["status", "web"]);
+    assert_eq!(
+        status["kubernetes"]["namespace"],
+        p.ns.name.as_str(),
+        "{status}"
+    );
+    assert_eq!(status["kubernetes"]["deployment"], "web", "{status}");
+    assert_eq!(status["kubernetes"]["container"], "web", "{status}");
+    assert_eq!(
+        status["kubernetes"]["address"],
+        format!("127.0.0.1:{}", p.ns.address),
+        "{status}"
+    );
+    assert_eq!(status["active"]["version"], "v2", "{status}");
+    assert_eq!(
+        status["active"]["kubernetes"]["image"],
+        v2_pinned.as_str(),
+        "{status}"
+    );
+    assert_eq!(
+        status["active"]["kubernetes"]["reference"], "registry.test/app:v2",
+        "{status}"
+    );
+    assert_eq!(status["previous"]["version"], "v1", "{status}");
+    assert_eq!(
+        status["previous"]["kubernetes"]["image"],
+        v1_pinned.as_str(),
+        "{status}"
+    );
+    let copies = status["previous"]["kubernetes"]["copies"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        copies.len(),
+        3,
+        "a ConfigMap, a Secret and a volume's ConfigMap: {status}"
+    );
+    assert!(
+        copies.iter().any(|c| c["kind"] == "ConfigMap"
+            && c["source"] == "web-config"
+            && c["copy"] == copy1.as_str()),
+        "{status}"
+    );
+    assert!(
+        copies
+            .iter()
+            .any(|c| c["kind"] == "Secret" && c["source"] == "web-secret"),
+        "{status}"
+    );
+    // The text form says the same, and where the Deployment is.
+    let text = stdout(&p.run(&["status", "web"]));
+    assert!(
+        text.contains(&format!("Deployment {}/web (container web)", p.ns.name)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("previous v1: image {v1_pinned}")),
+        "{text}"
+    );
+    assert!(text.contains(&copy1), "{text}");
+    assert!(!text.contains("cold: a rollback starts it first"), "{text}");
+
+    let out = p.run(&["runbook", "web"]);
+    p.must(out.clone(), "runbook");
+    let book = stdout(&out);
+    for part in [
+        format!("Kubernetes Deployment `web` in namespace `{}`", p.ns.name),
+        format!("answering at `127.0.0.1:{}`", p.ns.address),
+        format!("A rollback goes to: **v1** (#1), its recorded pod template: image `{v1_pinned}`"),
+        format!("ConfigMap `web-config` as its copy `{copy1}`"),
+        format!(
+            "replaces the pod template of Deployment `{}/web`",
+            p.ns.name
+        ),
+        "It needs no ReplicaSet history".to_string(),
+        "Do not use `kubectl rollout undo`".to_string(),
+        "refuses to deploy or roll back over it".to_string(),
+        "terminated `OOMKilled`".to_string(),
+        format!("kubectl -n {} rollout status deployment/web", p.ns.name),
+        format!("kubectl -n {} logs deployment/web -c web", p.ns.name),
+    ] {
+        assert!(book.contains(&part), "missing {part:?} in:\n{book}");
+    }
+    // Nothing of the two-slot runtimes, which would send a person the wrong way.
+    for wrong in [
+        "two slots",
+        "stays warm",
+        "VERSION-SLOT.log",
+        "process exits",
+    ] {
+        assert!(!book.contains(wrong), "{wrong:?} in:\n{book}");
+    }
 }
