@@ -806,3 +806,121 @@ fn runbook_and_status_name_the_deployment_and_each_releases_template() {
         assert!(!book.contains(wrong), "{wrong:?} in:\n{book}");
     }
 }
+
+#[test]
+fn a_database_restore_scales_the_deployment_to_zero_and_back() {
+    use futures_util::StreamExt;
+    let pg = pg_fixture::start();
+    pg.create_app("app");
+    let items = || {
+        pg.sql(
+            "app",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
+        )
+    };
+    let extra = format!(
+        "[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/app\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\nchecks = [\"SELECT count(*) = 3 FROM items\"]\n",
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let p = ready_project_with("restore", 10, 60, &extra, |_| {});
+    p.must(p.deploy("v1"), "deploy v1");
+    p.must(p.run(&["db", "backup", "web"]), "db backup");
+    pg.sql(
+        "app",
+        "DELETE FROM items WHERE id = 1; INSERT INTO items VALUES (4, 'four')",
+    );
+    assert_eq!(items(), "2,3,4");
+    let dbs_before = pg.databases();
+    let template_before = p.ns.template("web");
+
+    // Every change of the Deployment while the restore runs, as the API server saw it:
+    // (spec.replicas, the restore's note, status.replicas, controller caught up).
+    type Seen = (Option<i32>, Option<String>, i32, bool);
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>> = Default::default();
+    let from = p.ns.deployment("web").metadata.resource_version.unwrap();
+    let api = p.ns.deployments();
+    let record = seen.clone();
+    let watching = kube_fixture::plane().rt.spawn(async move {
+        let params = kube::api::WatchParams::default().fields("metadata.name=web");
+        let mut stream = api.watch(&params, &from).await.unwrap().boxed();
+        while let Some(event) = stream.next().await {
+            let Ok(kube::api::WatchEvent::Modified(d)) = event else {
+                continue;
+            };
+            let st = d.status.clone().unwrap_or_default();
+            record.lock().unwrap().push((
+                d.spec.as_ref().and_then(|s| s.replicas),
+                d.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("ripcord.dev/restore-replicas").cloned()),
+                st.replicas.unwrap_or(0),
+                st.observed_generation == d.metadata.generation,
+            ));
+        }
+    });
+
+    let out = p.run(&["db", "restore", "web", "--confirm", "app"]);
+    p.must(out, "db restore");
+    // The watch delivers the last changes a moment later.
+    eventually(
+        "the watch sees the replicas given back",
+        Duration::from_secs(10),
+        || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.0 == Some(2) && s.1.is_none() && s.2 == 2)
+        },
+    );
+    watching.abort();
+    let seen = seen.lock().unwrap().clone();
+    let down = seen
+        .iter()
+        .position(|s| s.0 == Some(0) && s.1.as_deref() == Some("2"))
+        .unwrap_or_else(|| panic!("never scaled to 0 with 2 noted: {seen:?}"));
+    let empty = seen
+        .iter()
+        .position(|s| s.0 == Some(0) && s.2 == 0 && s.3)
+        .unwrap_or_else(|| panic!("the controller never reported 0 pods: {seen:?}"));
+    let back = seen
+        .iter()
+        .rposition(|s| s.0 == Some(2) && s.1.is_none())
+        .unwrap();
+    assert!(down <= empty && empty < back, "{seen:?}");
+
+    // The rows are the backup's; the database before is kept, renamed.
+    assert_eq!(items(), "1,2,3");
+    let dbs_after = pg.databases();
+    assert_eq!(dbs_after.len(), dbs_before.len() + 1, "{dbs_after:?}");
+    // The Deployment is as it was: its replicas, its template, no note left.
+    let d = p.ns.deployment("web");
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+    assert!(
+        !d.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("ripcord.dev/restore-replicas")
+    );
+    assert_eq!(d.status.unwrap().available_replicas, Some(2));
+    assert_eq!(p.ns.template("web"), template_before);
+    assert_eq!(
+        p.answer(),
+        ("v1".to_string(), "hello from v1's config".to_string())
+    );
+    let status = p.json(&["status", "web"]);
+    assert!(
+        status["frozen"].is_null(),
+        "the restore's freeze is lifted: {status}"
+    );
+    let events = p.events();
+    assert!(
+        events.contains(&format!(
+            "Deployment {}/web scaled from 2 replica(s) to 0 for the restore",
+            p.ns.name
+        )),
+        "{events}"
+    );
+    assert!(events.contains("restore_finished"), "{events}");
+}
