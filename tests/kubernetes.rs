@@ -8,8 +8,10 @@
 //! control plane's binaries.
 
 mod common;
+mod docker_fixture;
 mod kube_fixture;
 mod pg_fixture;
+mod registry_fixture;
 
 use std::process::{Child, Command, Output};
 use std::time::Duration;
@@ -923,4 +925,99 @@ fn a_database_restore_scales_the_deployment_to_zero_and_back() {
         "{events}"
     );
     assert!(events.contains("restore_finished"), "{events}");
+}
+
+#[test]
+fn a_tag_is_pinned_to_the_digest_its_registry_gives_before_any_pod_runs() {
+    // A real registry on loopback, and a real image pushed to it by the engine.
+    let registry = registry_fixture::Registry::start(None);
+    let rt = docker_fixture::rt();
+    let engine = docker_fixture::engine(&rt);
+    let mut cleanup = docker_fixture::Cleanup::new();
+    let work = tempfile::tempdir().unwrap();
+    let push_config = work.path().join("docker-config");
+    std::fs::create_dir(&push_config).unwrap();
+    // Pods never run here: the image's one file need not be a program.
+    let app = work.path().join("app");
+    std::fs::write(&app, "pods never run under this control plane\n").unwrap();
+    let repo = format!("{}/{}", registry.host(), docker_fixture::unique("kubeapp"));
+    let reference = format!("{repo}:v1");
+    cleanup.images.push(reference.clone());
+    let labels =
+        std::collections::BTreeMap::from([("ripcord.test".to_string(), reference.clone())]);
+    let id = rt
+        .block_on(engine.build_scratch_image_with(&reference, &app, &[], &labels))
+        .unwrap_or_else(|e| panic!("building {reference}: {e}"));
+    cleanup.images.push(id);
+    let docker = |args: &[&str]| {
+        Command::new("docker")
+            .arg("--config")
+            .arg(&push_config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_ok(&docker(&["push", &reference]), "docker push");
+    // The digest the engine's push got from the registry: what the deploy must pin.
+    let out = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        &reference,
+    ]);
+    assert_ok(&out, "docker image inspect");
+    let digests: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let pushed = digests
+        .iter()
+        .find(|d| d.starts_with(&format!("{repo}@sha256:")))
+        .unwrap_or_else(|| panic!("no digest of {repo} after the push: {digests:?}"))
+        .clone();
+
+    let ns = TestNamespace::new("digest", true);
+    user_objects(&ns, "hello from v1's config");
+    ns.apply::<Deployment>(deployment(1, 10, 60));
+    let p = KubeProject::new(ns, "");
+    let path = p.dir.path().join("ripcord.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "image = \"registry.test/app\"\nregistry_digest = false\n",
+        &format!("image = \"{repo}\"\n"),
+    );
+    assert!(
+        text.contains(&repo) && !text.contains("registry_digest"),
+        "{text}"
+    );
+    std::fs::write(&path, text).unwrap();
+    let (_, sha) = pushed.split_once('@').unwrap();
+    p.ns.digests
+        .lock()
+        .unwrap()
+        .insert(sha.to_string(), "v1".to_string());
+    let mut p = p;
+    p.start_watcher();
+    let out = p.deploy("v1");
+    let err = stderr(&out);
+    p.must(out, "deploy v1 by tag");
+    assert!(err.contains("as its registry says"), "{err}");
+    assert_eq!(
+        p.ns.image("web"),
+        pushed,
+        "the template runs the pushed digest"
+    );
+    let spec = &p.release("v1")["spec"]["kubernetes"];
+    assert_eq!(spec["image"], pushed.as_str(), "{spec}");
+    assert_eq!(spec["reference"], reference.as_str(), "{spec}");
+    assert_eq!(p.answer().0, "v1");
+
+    // A tag the registry does not have: refused before anything is changed.
+    let out = p.deploy("v9");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("has no image {repo}:v9")) && err.contains("404"),
+        "{err}"
+    );
+    assert_eq!(p.ns.image("web"), pushed, "the Deployment is untouched");
+    drop(p);
+    drop(registry);
 }

@@ -177,7 +177,8 @@ impl ServiceExec {
             || template::default_image(k.image.as_deref(), &current, version),
             str::to_string,
         );
-        template::set_image(&mut t, &k.container, &reference);
+        let image = self.kube_registry_digest(&k, &reference, progress).await?;
+        template::set_image(&mut t, &k.container, &image);
         let cluster = self.cluster().await?.clone();
         let mut copies = Vec::new();
         let mut names = BTreeMap::new();
@@ -211,11 +212,56 @@ impl ServiceExec {
         }
         template::rename(&mut t, &names);
         Ok(KubeRelease {
-            image: reference.clone(),
+            image,
             reference,
             template: serde_json::to_value(&t).expect("a pod template always serializes"),
             copies,
         })
+    }
+
+    /// The image a new release runs: `repo@sha256:…` when `reference` is a tag and its
+    /// registry gives the digest (`docker/manifest.rs`), so the release is pinned before
+    /// any pod pulls it; refused when the registry says it has no such tag. A registry
+    /// that does not answer (or `registry_digest = false`) leaves the tag, pinned later
+    /// from what the pods report.
+    async fn kube_registry_digest(
+        &self,
+        k: &KubernetesConfig,
+        reference: &str,
+        progress: &Progress,
+    ) -> Result<String, ExecError> {
+        if !k.registry_digest || reference.contains('@') {
+            return Ok(reference.to_string());
+        }
+        use crate::docker::manifest::{self, TagDigest};
+        match manifest::tag_digest(&self.http, reference, Duration::from_secs(10)).await {
+            Ok(TagDigest::Found(digest)) => {
+                let pinned = format!(
+                    "{}@{digest}",
+                    crate::docker::registry::repository_of(reference)
+                );
+                say(
+                    progress,
+                    format!("{reference} is pinned to {pinned}, as its registry says"),
+                );
+                Ok(pinned)
+            }
+            Ok(TagDigest::Unknown) => Err(ExecError::Failed(format!(
+                "registry {} has no image {reference} (it answered 404 for the tag): push it \
+                 first; nothing was changed",
+                crate::docker::registry::registry_of(reference)
+            ))),
+            Err(why) => {
+                say(
+                    progress,
+                    format!(
+                        "no digest from the registry ({why}); {reference} is pinned once its \
+                         pods report one"
+                    ),
+                );
+                Ok(reference.to_string())
+            }
+        }
     }
 
     fn copy_meta(&self, source: &str, copy: &str) -> ObjectMeta {
