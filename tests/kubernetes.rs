@@ -55,7 +55,9 @@ impl KubeProject {
             .current_dir(self.dir.path())
             .env_remove("RIPCORD_CONFIG")
             .env_remove("RIPCORD_STATE_DIR")
-            .env_remove("KUBECONFIG");
+            .env_remove("KUBECONFIG")
+            // A registry login comes from here, never from the real ~/.docker.
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"));
         if let Some(k) = &self.kubeconfig_env {
             c.env("KUBECONFIG", k);
         }
@@ -80,11 +82,16 @@ impl KubeProject {
     }
 
     fn start_watcher(&mut self) {
-        let child = common::start_watch(
-            self.cmd(&["watch"]),
-            &self.dir.path().join("watcher.log"),
-            || self.run(&["--json", "status", "web"]),
-        );
+        self.start_watcher_env(&[]);
+    }
+
+    /// Starts the watcher with more environment (a failpoint).
+    fn start_watcher_env(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = self.cmd(&["watch"]);
+        cmd.envs(env.iter().copied());
+        let child = common::start_watch(cmd, &self.dir.path().join("watcher.log"), || {
+            self.run(&["--json", "status", "web"])
+        });
         self.watcher = Some(child);
     }
 
@@ -1020,4 +1027,88 @@ fn a_tag_is_pinned_to_the_digest_its_registry_gives_before_any_pod_runs() {
     assert_eq!(p.ns.image("web"), pushed, "the Deployment is untouched");
     drop(p);
     drop(registry);
+}
+
+#[test]
+fn a_watcher_killed_mid_restore_leaves_the_deployment_to_the_next_one() {
+    let pg = pg_fixture::start();
+    pg.create_app("app");
+    let items = || {
+        pg.sql(
+            "app",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
+        )
+    };
+    let extra = format!(
+        "[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/app\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let ns = TestNamespace::new("crashrestore", true);
+    user_objects(&ns, "hello from v1's config");
+    ns.apply::<Deployment>(deployment(2, 10, 60));
+    let mut p = KubeProject::new(ns, &extra);
+    // The watcher dies (SIGKILL) once the Deployment is at 0 for the restore.
+    p.start_watcher_env(&[("RIPCORD_FAILPOINT", "restore.kube_scaled_down")]);
+    p.must(p.deploy("v1"), "deploy v1");
+    p.must(p.run(&["db", "backup", "web"]), "db backup");
+    pg.sql(
+        "app",
+        "DELETE FROM items WHERE id = 1; INSERT INTO items VALUES (4, 'four')",
+    );
+    let out = p.run(&["db", "restore", "web", "--confirm", "app"]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut dead = p.watcher.take().unwrap();
+    let status = common::wait_exit(
+        &mut dead,
+        "the watcher at its failpoint",
+        Duration::from_secs(20),
+    );
+    assert!(!status.success(), "killed at the failpoint: {status:?}");
+    assert!(
+        p.watcher_log().contains("restore.kube_scaled_down"),
+        "{}",
+        p.watcher_log()
+    );
+    // What the dead watcher left: the Deployment at 0 with the replicas to give back
+    // noted on it, the database untouched, the service frozen.
+    let d = p.ns.deployment("web");
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(0));
+    assert_eq!(
+        d.metadata.annotations.as_ref().unwrap()["ripcord.dev/restore-replicas"],
+        "2"
+    );
+    assert_eq!(items(), "2,3,4");
+
+    // The next watcher finds the address dead and puts the active release in place
+    // again, which gives the replicas back.
+    p.start_watcher();
+    eventually("v1 serves again", Duration::from_secs(40), || {
+        common::get(&format!("http://127.0.0.1:{}/api/status", p.listen)).0 == 200
+    });
+    let d = p.ns.deployment("web");
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+    assert!(
+        !d.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("ripcord.dev/restore-replicas")
+    );
+    assert_eq!(p.answer().0, "v1");
+    assert_eq!(items(), "2,3,4", "no half restore happened");
+    let status = p.json(&["status", "web"]);
+    assert!(
+        status["frozen"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("database restore")),
+        "the restore's freeze stays for a person to lift: {status}"
+    );
+    // The restore, run again, goes to the end.
+    p.must(
+        p.run(&["db", "restore", "web", "--confirm", "app"]),
+        "db restore again",
+    );
+    assert_eq!(items(), "1,2,3");
+    assert_eq!(p.ns.deployment("web").spec.unwrap().replicas, Some(2));
+    assert_eq!(p.answer().0, "v1");
 }

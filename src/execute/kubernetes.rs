@@ -648,6 +648,9 @@ impl ServiceExec {
                     let observed = st.observed_generation.unwrap_or(0) >= generation;
                     let left = st.replicas.unwrap_or(0);
                     if observed && left == 0 {
+                        // A watcher that dies here leaves the Deployment at 0 with its
+                        // note: the next one's reconcile gives the replicas back.
+                        crate::failpoint::hit("restore.kube_scaled_down");
                         return Ok(replicas);
                     }
                     format!(
