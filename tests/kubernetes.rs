@@ -934,28 +934,21 @@ fn a_database_restore_scales_the_deployment_to_zero_and_back() {
     assert!(events.contains("restore_finished"), "{events}");
 }
 
-#[test]
-fn a_tag_is_pinned_to_the_digest_its_registry_gives_before_any_pod_runs() {
-    // A real registry on loopback, and a real image pushed to it by the engine.
-    let registry = registry_fixture::Registry::start(None);
+/// Images in a real registry: `repo:VERSION` for each version, built FROM scratch by
+/// the engine and pushed by the docker CLI (logged in with `login` when the registry
+/// wants one). Returns the repository and each version's `repo@sha256:…` as the push
+/// got it from the registry. The images go when the returned `Cleanup` is dropped.
+fn pushed_images(
+    registry: &registry_fixture::Registry,
+    login: Option<(&str, &str)>,
+    versions: &[&str],
+) -> (String, Vec<String>, docker_fixture::Cleanup) {
     let rt = docker_fixture::rt();
     let engine = docker_fixture::engine(&rt);
     let mut cleanup = docker_fixture::Cleanup::new();
     let work = tempfile::tempdir().unwrap();
     let push_config = work.path().join("docker-config");
     std::fs::create_dir(&push_config).unwrap();
-    // Pods never run here: the image's one file need not be a program.
-    let app = work.path().join("app");
-    std::fs::write(&app, "pods never run under this control plane\n").unwrap();
-    let repo = format!("{}/{}", registry.host(), docker_fixture::unique("kubeapp"));
-    let reference = format!("{repo}:v1");
-    cleanup.images.push(reference.clone());
-    let labels =
-        std::collections::BTreeMap::from([("ripcord.test".to_string(), reference.clone())]);
-    let id = rt
-        .block_on(engine.build_scratch_image_with(&reference, &app, &[], &labels))
-        .unwrap_or_else(|e| panic!("building {reference}: {e}"));
-    cleanup.images.push(id);
     let docker = |args: &[&str]| {
         Command::new("docker")
             .arg("--config")
@@ -964,24 +957,66 @@ fn a_tag_is_pinned_to_the_digest_its_registry_gives_before_any_pod_runs() {
             .output()
             .unwrap()
     };
-    assert_ok(&docker(&["push", &reference]), "docker push");
-    // The digest the engine's push got from the registry: what the deploy must pin.
-    let out = docker(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{json .RepoDigests}}",
-        &reference,
-    ]);
-    assert_ok(&out, "docker image inspect");
-    let digests: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
-    let pushed = digests
-        .iter()
-        .find(|d| d.starts_with(&format!("{repo}@sha256:")))
-        .unwrap_or_else(|| panic!("no digest of {repo} after the push: {digests:?}"))
-        .clone();
+    if let Some((user, pass)) = login {
+        let mut child = Command::new("docker")
+            .arg("--config")
+            .arg(&push_config)
+            .args(["login", "-u", user, "--password-stdin", &registry.host()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pass.as_bytes())
+            .unwrap();
+        assert_ok(&child.wait_with_output().unwrap(), "docker login");
+    }
+    let repo = format!("{}/{}", registry.host(), docker_fixture::unique("kubeapp"));
+    let mut pushed = Vec::new();
+    for version in versions {
+        // Pods never run here: the image's one file need not be a program; its
+        // content differs per version, so each is its own image.
+        let app = work.path().join("app");
+        std::fs::write(&app, format!("{version}: pods never run here\n")).unwrap();
+        let reference = format!("{repo}:{version}");
+        cleanup.images.push(reference.clone());
+        let labels =
+            std::collections::BTreeMap::from([("ripcord.test".to_string(), reference.clone())]);
+        let id = rt
+            .block_on(engine.build_scratch_image_with(&reference, &app, &[], &labels))
+            .unwrap_or_else(|e| panic!("building {reference}: {e}"));
+        cleanup.images.push(id);
+        assert_ok(&docker(&["push", &reference]), "docker push");
+        // The digest the engine's push got from the registry: what a deploy must pin.
+        let out = docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoDigests}}",
+            &reference,
+        ]);
+        assert_ok(&out, "docker image inspect");
+        let digests: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+        pushed.push(
+            digests
+                .iter()
+                .find(|d| d.starts_with(&format!("{repo}@sha256:")))
+                .unwrap_or_else(|| panic!("no digest of {repo} after the push: {digests:?}"))
+                .clone(),
+        );
+    }
+    (repo, pushed, cleanup)
+}
 
-    let ns = TestNamespace::new("digest", true);
+/// A project whose image is `repo` (a real registry's) instead of `registry.test`, with
+/// the registry lookup on; the stand-in kubelet serves `pushed[i]` as `versions[i]`.
+fn registry_project(prefix: &str, repo: &str, pushed: &[String], versions: &[&str]) -> KubeProject {
+    let ns = TestNamespace::new(prefix, true);
     user_objects(&ns, "hello from v1's config");
     ns.apply::<Deployment>(deployment(1, 10, 60));
     let p = KubeProject::new(ns, "");
@@ -991,16 +1026,28 @@ fn a_tag_is_pinned_to_the_digest_its_registry_gives_before_any_pod_runs() {
         &format!("image = \"{repo}\"\n"),
     );
     assert!(
-        text.contains(&repo) && !text.contains("registry_digest"),
+        text.contains(repo) && !text.contains("registry_digest"),
         "{text}"
     );
     std::fs::write(&path, text).unwrap();
-    let (_, sha) = pushed.split_once('@').unwrap();
-    p.ns.digests
-        .lock()
-        .unwrap()
-        .insert(sha.to_string(), "v1".to_string());
-    let mut p = p;
+    for (digest, version) in pushed.iter().zip(versions) {
+        let (_, sha) = digest.split_once('@').unwrap();
+        p.ns.digests
+            .lock()
+            .unwrap()
+            .insert(sha.to_string(), version.to_string());
+    }
+    p
+}
+
+#[test]
+fn a_tag_is_pinned_to_the_digest_its_registry_gives_before_any_pod_runs() {
+    // A real registry on loopback, and a real image pushed to it by the engine.
+    let registry = registry_fixture::Registry::start(None);
+    let (repo, pushed, _cleanup) = pushed_images(&registry, None, &["v1"]);
+    let pushed = pushed[0].clone();
+    let reference = format!("{repo}:v1");
+    let mut p = registry_project("digest", &repo, std::slice::from_ref(&pushed), &["v1"]);
     p.start_watcher();
     let out = p.deploy("v1");
     let err = stderr(&out);
@@ -1025,6 +1072,41 @@ fn a_tag_is_pinned_to_the_digest_its_registry_gives_before_any_pod_runs() {
         "{err}"
     );
     assert_eq!(p.ns.image("web"), pushed, "the Deployment is untouched");
+    drop(p);
+    drop(registry);
+}
+
+#[test]
+fn a_registry_login_comes_from_the_docker_config_and_without_one_the_tag_stays() {
+    let registry = registry_fixture::Registry::start(Some(("ci", "s3cret-pw")));
+    let (repo, pushed, _cleanup) =
+        pushed_images(&registry, Some(("ci", "s3cret-pw")), &["v1", "v2"]);
+    let mut p = registry_project("login", &repo, &pushed, &["v1", "v2"]);
+    p.start_watcher();
+    // No login for it in the Docker config: the registry refuses to say (401); the
+    // deploy goes on with the tag, and says why.
+    let out = p.deploy("v1");
+    let err = stderr(&out);
+    p.must(out, "deploy v1 without a login");
+    assert!(
+        err.contains("no digest from the registry") && err.contains("login"),
+        "{err}"
+    );
+    assert_eq!(p.ns.image("web"), format!("{repo}:v1"));
+    // `docker login`'s entry in the Docker config the watcher reads: Basic auth.
+    let config = p.dir.path().join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.json"),
+        serde_json::json!({"auths": {registry.host(): {"auth": "Y2k6czNjcmV0LXB3"}}}).to_string(),
+    )
+    .unwrap();
+    let out = p.deploy("v2");
+    let err = stderr(&out);
+    p.must(out, "deploy v2 logged in");
+    assert!(err.contains("as its registry says"), "{err}");
+    assert_eq!(p.ns.image("web"), pushed[1], "pinned to v2's pushed digest");
+    assert_eq!(p.answer().0, "v2");
     drop(p);
     drop(registry);
 }
