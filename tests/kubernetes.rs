@@ -1133,6 +1133,7 @@ fn a_watcher_killed_mid_restore_leaves_the_deployment_to_the_next_one() {
     // The watcher dies (SIGKILL) once the Deployment is at 0 for the restore.
     p.start_watcher_env(&[("RIPCORD_FAILPOINT", "restore.kube_scaled_down")]);
     p.must(p.deploy("v1"), "deploy v1");
+    p.must(p.deploy("v2"), "deploy v2");
     p.must(p.run(&["db", "backup", "web"]), "db backup");
     pg.sql(
         "app",
@@ -1161,11 +1162,19 @@ fn a_watcher_killed_mid_restore_leaves_the_deployment_to_the_next_one() {
         "2"
     );
     assert_eq!(items(), "2,3,4");
+    // doctor (no watcher runs) says so, and what to do.
+    let out = p.run(&["doctor", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("✗ replicas") && stdout(&out).contains("2 to give back"),
+        "{}",
+        stdout(&out)
+    );
 
     // The next watcher finds the address dead and puts the active release in place
     // again, which gives the replicas back.
     p.start_watcher();
-    eventually("v1 serves again", Duration::from_secs(40), || {
+    eventually("v2 serves again", Duration::from_secs(40), || {
         common::get(&format!("http://127.0.0.1:{}/api/status", p.listen)).0 == 200
     });
     let d = p.ns.deployment("web");
@@ -1176,7 +1185,7 @@ fn a_watcher_killed_mid_restore_leaves_the_deployment_to_the_next_one() {
             .unwrap_or_default()
             .contains_key("ripcord.dev/restore-replicas")
     );
-    assert_eq!(p.answer().0, "v1");
+    assert_eq!(p.answer().0, "v2");
     assert_eq!(items(), "2,3,4", "no half restore happened");
     let status = p.json(&["status", "web"]);
     assert!(
@@ -1192,5 +1201,5 @@ fn a_watcher_killed_mid_restore_leaves_the_deployment_to_the_next_one() {
     );
     assert_eq!(items(), "1,2,3");
     assert_eq!(p.ns.deployment("web").spec.unwrap().replicas, Some(2));
-    assert_eq!(p.answer().0, "v1");
+    assert_eq!(p.answer().0, "v2");
 }
