@@ -1203,3 +1203,58 @@ fn a_watcher_killed_mid_restore_leaves_the_deployment_to_the_next_one() {
     assert_eq!(p.ns.deployment("web").spec.unwrap().replicas, Some(2));
     assert_eq!(p.answer().0, "v2");
 }
+
+#[test]
+fn a_restore_that_fails_its_checks_gives_the_replicas_back_and_the_database_is_untouched() {
+    let pg = pg_fixture::start();
+    pg.create_app("crm");
+    let items = || {
+        pg.sql(
+            "crm",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
+        )
+    };
+    // The restored copy must hold more than 100 items: it holds 3, so the check fails
+    // after the Deployment was scaled to 0 and before the swap.
+    let extra = format!(
+        "[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/crm\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\nchecks = [\"SELECT count(*) > 100 FROM items\"]\n",
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let p = ready_project_with("restorefail", 10, 60, &extra, |_| {});
+    p.must(p.deploy("v1"), "deploy v1");
+    p.must(p.run(&["db", "backup", "web"]), "db backup");
+    pg.sql("crm", "INSERT INTO items VALUES (9, 'nine')");
+    let dbs = pg.databases();
+    let out = p.run(&["db", "restore", "web", "--confirm", "crm"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("untouched"), "{}", stderr(&out));
+    assert_eq!(items(), "1,2,3,9", "the original database is as it was");
+    assert_eq!(pg.databases(), dbs, "the half-made copy was dropped");
+    let events = p.events();
+    assert!(
+        events.contains(&format!(
+            "Deployment {}/web scaled from 2 replica(s) to 0",
+            p.ns.name
+        )),
+        "the restore did scale it down: {events}"
+    );
+    let d = p.ns.deployment("web");
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2), "given back");
+    assert!(
+        !d.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("ripcord.dev/restore-replicas")
+    );
+    assert_eq!(d.status.unwrap().available_replicas, Some(2));
+    assert_eq!(
+        p.answer(),
+        ("v1".to_string(), "hello from v1's config".to_string())
+    );
+    let status = p.json(&["status", "web"]);
+    assert!(
+        status["frozen"].is_null(),
+        "the restore's freeze is lifted: {status}"
+    );
+}

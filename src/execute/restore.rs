@@ -380,6 +380,9 @@ impl ServiceExec {
                 // The Deployment kept its template: its replicas come back from it (a
                 // template someone changed meanwhile is not overwritten here).
                 self.kube_scale_back(op, n, progress).await?;
+            } else if self.cfg.runtime == crate::config::Runtime::Kubernetes {
+                // Never scaled down (the restore stopped before): its pods kept running,
+                // and its template is left as it is.
             } else if self.one_address() {
                 self.put_in_place(op, &active, "next", progress).await?;
             } else {
