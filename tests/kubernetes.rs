@@ -783,6 +783,11 @@ fn runbook_and_status_name_the_deployment_and_each_releases_template() {
     );
     assert!(text.contains(&copy1), "{text}");
     assert!(!text.contains("cold: a rollback starts it first"), "{text}");
+    assert!(text.contains("active    v2 (#2) applied since"), "{text}");
+    assert!(
+        !text.contains("slot"),
+        "one Deployment has no slots: {text}"
+    );
 
     let out = p.run(&["runbook", "web"]);
     p.must(out.clone(), "runbook");

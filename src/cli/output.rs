@@ -348,10 +348,14 @@ fn print_status(s: &Value) {
     println!("{name}: {state}");
     match s["active"].as_object() {
         Some(a) => println!(
-            "  active    {} (#{}) in slot {} since {}",
+            "  active    {} (#{}) {} since {}",
             a["version"].as_str().unwrap_or("?"),
             a["release"],
-            a["slot"].as_str().unwrap_or("-"),
+            match s["kubernetes"].is_object() {
+                // One Deployment, no slots.
+                true => "applied".to_string(),
+                false => format!("in slot {}", a["slot"].as_str().unwrap_or("-")),
+            },
             a["since_ms"].as_i64().map(format_utc).unwrap_or_default()
         ),
         None => println!("  active    none"),
