@@ -1098,6 +1098,7 @@ fn a_registry_login_comes_from_the_docker_config_and_without_one_the_tag_stays()
         "{err}"
     );
     assert_eq!(p.ns.image("web"), format!("{repo}:v1"));
+    assert!(p.events().contains("digest_unknown"), "{}", p.events());
     // `docker login`'s entry in the Docker config the watcher reads: Basic auth.
     let config = p.dir.path().join("docker-config");
     std::fs::create_dir_all(&config).unwrap();

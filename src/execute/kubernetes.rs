@@ -252,13 +252,12 @@ impl ServiceExec {
                 crate::docker::registry::registry_of(reference)
             ))),
             Err(why) => {
-                say(
-                    progress,
-                    format!(
-                        "no digest from the registry ({why}); {reference} is pinned once its \
-                         pods report one"
-                    ),
+                let message = format!(
+                    "no digest from the registry ({why}); {reference} is pinned once its pods \
+                     report one"
                 );
+                say(progress, message.clone());
+                self.event(None, None, "digest_unknown", message);
                 Ok(reference.to_string())
             }
         }

@@ -191,17 +191,16 @@ impl ServiceExec {
                 (Some(Scaled::Swarm(n)), _) => {
                     format!("swarm service scaled from {n} task(s) to 0 for the restore")
                 }
-                (Some(Scaled::Kube(n)), _) => {
-                    let k = self.kube_cfg()?;
-                    format!(
-                        "Deployment {}/{} scaled from {n} replica(s) to 0 for the restore, and \
-                         the controller reports no pod left; the {n} to give back are noted on \
-                         it ({})",
-                        k.namespace,
-                        k.deployment,
-                        crate::k8s::ANNOTATION_RESTORE_REPLICAS
-                    )
-                }
+                (Some(Scaled::Kube(n)), _) => format!(
+                    "Deployment {} scaled from {n} replica(s) to 0 for the restore, and the \
+                     controller reports no pod left; the {n} to give back are noted on it ({})",
+                    self.cfg
+                        .kubernetes
+                        .as_ref()
+                        .map(|k| format!("{}/{}", k.namespace, k.deployment))
+                        .unwrap_or_default(),
+                    crate::k8s::ANNOTATION_RESTORE_REPLICAS
+                ),
                 (None, 0) if self.cfg.runtime == crate::config::Runtime::External => {
                     "runtime external: ripcord runs nothing to stop; the swap ends the app's \
                      database sessions"
