@@ -1264,3 +1264,63 @@ fn a_restore_that_fails_its_checks_gives_the_replicas_back_and_the_database_is_u
         "the restore's freeze is lifted: {status}"
     );
 }
+
+#[test]
+fn a_deploy_the_migration_guard_refuses_leaves_no_config_copy_behind() {
+    let pg = pg_fixture::start();
+    pg.sql("postgres", "CREATE DATABASE shop");
+    pg.sql(
+        "shop",
+        "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);
+         CREATE TABLE users (id int PRIMARY KEY, email text);
+         INSERT INTO alembic_version VALUES ('001');",
+    );
+    let extra = format!(
+        "[service.web.migrations]\ndir = \"migrations\"\non_contract = \"refuse\"\n\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/shop\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
+        pg.port,
+        pg.work.path().join("pw").display()
+    );
+    let p = ready_project_with("refused", 10, 60, &extra, |dir| {
+        let versions = dir.join("migrations/versions");
+        std::fs::create_dir_all(&versions).unwrap();
+        for (name, text) in MIGRATIONS {
+            std::fs::write(versions.join(name), text).unwrap();
+        }
+    });
+    p.must(p.deploy("v1"), "deploy v1");
+    let before = copies(&p.ns);
+    let template = p.ns.template("web");
+    // New config, so v2 would get a new copy; but v2 ships 002 (expand) with 003
+    // (contract): refused (exit 3) before any copy is made.
+    p.ns.set_config("web-config", serde_json::json!({"GREETING": "v2's"}));
+    let out = p.deploy("v2");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("003_drop_email.py"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(copies(&p.ns), before, "no copy was made for the refused v2");
+    assert_eq!(
+        p.ns.template("web"),
+        template,
+        "the Deployment is untouched"
+    );
+    let releases = p.json(&["releases", "web"]);
+    assert_eq!(releases.as_array().map(Vec::len), Some(1), "{releases}");
+    // Forced with a reason, it goes, and then v2 has its own copy.
+    p.must(
+        p.run(&[
+            "deploy",
+            "web",
+            "v2",
+            "--force",
+            "--reason",
+            "one-step migration accepted",
+        ]),
+        "forced deploy v2",
+    );
+    let now = copies(&p.ns);
+    assert_eq!(now.len(), before.len() + 1, "{now:?}");
+    assert_eq!(p.answer(), ("v2".to_string(), "v2's".to_string()));
+}

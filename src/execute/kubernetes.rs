@@ -140,8 +140,9 @@ impl ServiceExec {
         )))
     }
 
-    /// Deploy planning: snapshots the Deployment's template for `version` with `image`
-    /// (default `IMAGE:VERSION`), copying each ConfigMap and Secret it reads.
+    /// Deploy planning: the Deployment's template for `version` with `image` (default
+    /// `IMAGE:VERSION`, pinned by the registry's digest when it gives one), reading the
+    /// originals of the ConfigMaps and Secrets; checks that each one it needs exists.
     pub(super) async fn kube_snapshot(
         &self,
         version: &str,
@@ -179,6 +180,38 @@ impl ServiceExec {
         );
         let image = self.kube_registry_digest(&k, &reference, progress).await?;
         template::set_image(&mut t, &k.container, &image);
+        // Only read here: a deploy refused later (the migration guard) leaves no copy
+        // behind. The copies are made by `kube_copy_config` once nothing refuses.
+        let cluster = self.cluster().await?.clone();
+        for (kind, source, optional) in template::references(&t) {
+            let there = match kind {
+                Kind::ConfigMap => cluster.config_map(&source).await.map_err(failed)?.is_some(),
+                Kind::Secret => cluster.secret(&source).await.map_err(failed)?.is_some(),
+            };
+            if !there && !optional {
+                return Err(missing(&k, kind, &source));
+            }
+        }
+        Ok(KubeRelease {
+            image,
+            reference,
+            template: serde_json::to_value(&t).expect("a pod template always serializes"),
+            copies: Vec::new(),
+        })
+    }
+
+    /// Deploy, once nothing refuses it: copies each ConfigMap and Secret the planned
+    /// template reads to its immutable, content-named copy, and points the template at
+    /// the copies.
+    pub(super) async fn kube_copy_config(
+        &self,
+        kr: &mut KubeRelease,
+        progress: &Progress,
+    ) -> Result<(), ExecError> {
+        let k = self.kube_cfg()?.clone();
+        let mut t: PodTemplateSpec = serde_json::from_value(kr.template.clone()).map_err(|e| {
+            ExecError::Failed(format!("the planned pod template is unreadable: {e}"))
+        })?;
         let cluster = self.cluster().await?.clone();
         let mut copies = Vec::new();
         let mut names = BTreeMap::new();
@@ -191,13 +224,7 @@ impl ServiceExec {
                 if optional {
                     continue;
                 }
-                return Err(ExecError::Failed(format!(
-                    "the pod template of Deployment {}/{} reads {} `{source}`, which does not \
-                     exist",
-                    k.namespace,
-                    k.deployment,
-                    kind.as_str()
-                )));
+                return Err(missing(&k, kind, &source));
             };
             say(
                 progress,
@@ -211,12 +238,9 @@ impl ServiceExec {
             });
         }
         template::rename(&mut t, &names);
-        Ok(KubeRelease {
-            image,
-            reference,
-            template: serde_json::to_value(&t).expect("a pod template always serializes"),
-            copies,
-        })
+        kr.template = serde_json::to_value(&t).expect("a pod template always serializes");
+        kr.copies = copies;
+        Ok(())
     }
 
     /// The image a new release runs: `repo@sha256:…` when `reference` is a tag and its
@@ -974,4 +998,14 @@ fn give_back(d: &mut Deployment, replicas: i32) {
     if let Some(a) = d.metadata.annotations.as_mut() {
         a.remove(ANNOTATION_RESTORE_REPLICAS);
     }
+}
+
+/// A ConfigMap or Secret the template needs (not `optional`) does not exist.
+fn missing(k: &KubernetesConfig, kind: Kind, source: &str) -> ExecError {
+    ExecError::Failed(format!(
+        "the pod template of Deployment {}/{} reads {} `{source}`, which does not exist",
+        k.namespace,
+        k.deployment,
+        kind.as_str()
+    ))
 }
