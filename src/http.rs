@@ -47,6 +47,18 @@ pub enum HttpError {
 pub struct HttpResponse {
     pub status: u16,
     pub body: Bytes,
+    /// The response's headers (names lowercase), for the few callers that read one.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (lowercase), if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A reusable client (connection pools included); cheap to clone.
@@ -117,6 +129,26 @@ impl HttpClient {
             .await
     }
 
+    /// A GET (`head`: a HEAD) with request headers, e.g. a registry's `Accept` and
+    /// `Authorization`; redirects are followed as for a GET.
+    pub async fn get_with_headers(
+        &self,
+        url: &str,
+        head: bool,
+        headers: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<HttpResponse, HttpError> {
+        let parsed = parse(url)?;
+        let mut req = match head {
+            true => self.get.head(parsed.clone()),
+            false => self.get.get(parsed.clone()),
+        };
+        for (name, value) in headers {
+            req = req.header(*name, value.as_str());
+        }
+        self.send(req, &parsed, timeout).await
+    }
+
     /// POSTs a JSON document.
     pub async fn post_json(
         &self,
@@ -139,26 +171,33 @@ impl HttpClient {
         url: &reqwest::Url,
         timeout: Duration,
     ) -> Result<HttpResponse, HttpError> {
-        let fut =
-            async {
-                let mut resp = req.send().await.map_err(|e| request_error(url, e))?;
-                let status = resp.status().as_u16();
-                let mut body = BytesMut::new();
-                while let Some(chunk) = resp.chunk().await.map_err(|e| {
-                    HttpError::Request(format!("reading the body: {}", e.without_url()))
-                })? {
-                    if body.len() + chunk.len() > MAX_BODY {
-                        return Err(HttpError::Request(format!(
-                            "reading the body: longer than {MAX_BODY} bytes"
-                        )));
-                    }
-                    body.extend_from_slice(&chunk);
+        let fut = async {
+            let mut resp = req.send().await.map_err(|e| request_error(url, e))?;
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
+                .collect();
+            let mut body = BytesMut::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| HttpError::Request(format!("reading the body: {}", e.without_url())))?
+            {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(HttpError::Request(format!(
+                        "reading the body: longer than {MAX_BODY} bytes"
+                    )));
                 }
-                Ok(HttpResponse {
-                    status,
-                    body: body.freeze(),
-                })
-            };
+                body.extend_from_slice(&chunk);
+            }
+            Ok(HttpResponse {
+                status,
+                body: body.freeze(),
+                headers,
+            })
+        };
         tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| HttpError::Timeout(timeout))?

@@ -11,6 +11,7 @@
 
 mod common;
 mod docker_fixture;
+mod registry_fixture;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,94 +20,10 @@ use std::time::{Duration, Instant};
 
 use common::{BIN, assert_ok, eventually, free_port, get, stderr, stdout};
 use docker_fixture::{Cleanup, Swarm, build_image, containers_of, engine, rt, unique};
-
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+use registry_fixture::Registry;
 
 /// The app's arguments in a container: listen on the container port, all interfaces.
 const LISTEN: &[&str] = &["--listen", "0.0.0.0:8080"];
-
-/// A Distribution server on `127.0.0.1:port`, killed on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// `login`: serve only to this user (htpasswd, bcrypt as Distribution wants).
-    fn start(login: Option<(&str, &str)>) -> Registry {
-        assert!(
-            Path::new(REGISTRY_BIN).exists(),
-            "these tests need a Distribution server at {REGISTRY_BIN}: apt-get install docker-registry \
-             (scripts/test installs it)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let auth = match login {
-            Some((user, pass)) => {
-                let out = Command::new("htpasswd")
-                    .args(["-Bbn", user, pass])
-                    .output()
-                    .unwrap_or_else(|e| {
-                        panic!("these tests need htpasswd: apt-get install apache2-utils ({e})")
-                    });
-                assert_ok(&out, "htpasswd");
-                std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
-                format!(
-                    "auth:\n  htpasswd:\n    realm: ripcord-test\n    path: {}\n",
-                    dir.path().join("htpasswd").display()
-                )
-            }
-            None => String::new(),
-        };
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
-             delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-            dir.path().join("data").display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let mut r = Registry { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (status, _) = get(&format!("http://127.0.0.1:{port}/v2/"));
-            if status == 200 || status == 401 {
-                return r;
-            }
-            if let Ok(Some(s)) = r.child.try_wait() {
-                panic!("the registry exited ({s}): {}", r.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the registry never answered on 127.0.0.1:{port}: {}",
-                r.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs `docker --config DIR ARGS` (never the real ~/.docker).
 fn docker_cli(config_dir: &Path, args: &[&str]) -> Output {

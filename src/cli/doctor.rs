@@ -365,6 +365,31 @@ async fn kube_checks(svc: &ServiceConfig, prev: &Release, out: &mut Vec<Check>) 
             "make the change through ripcord, or roll back with --force --reason TEXT".to_string(),
         ),
     });
+    // A restore whose watcher died left the Deployment at 0 with its note.
+    let note = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::k8s::ANNOTATION_RESTORE_REPLICAS));
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    if let Some(n) = note
+        && replicas == 0
+    {
+        out.push(fail(
+            "replicas",
+            format!(
+                "Deployment {}/{} is at 0 replicas: a database restore scaled it down and did \
+                 not finish ({n} to give back, noted as {})",
+                k.namespace,
+                k.deployment,
+                crate::k8s::ANNOTATION_RESTORE_REPLICAS
+            ),
+            format!(
+                "start the watcher (its reconcile gives the {n} replicas back), then run the \
+                 restore again if it is still needed"
+            ),
+        ));
+    }
     let mut gone = Vec::new();
     for c in &kr.copies {
         let there = match c.kind.as_str() {

@@ -151,6 +151,7 @@ pub(crate) fn outcome(result: &Value) {
 pub(crate) fn service_status(
     ledger: &Ledger,
     service: &str,
+    kube: Option<&crate::config::KubernetesConfig>,
     live: Option<&Value>,
 ) -> Result<Value, CliError> {
     let active = ledger.active_release(service)?;
@@ -196,6 +197,7 @@ pub(crate) fn service_status(
             "version": a.version,
             "slot": active_slot,
             "since_ms": a.activated_at_ms,
+            "kubernetes": a.spec.kubernetes.as_ref().map(kube_release_json),
         })),
         "previous": previous.as_ref().map(|p| {
             let warm = slots.iter().find(|s| s.release_id == Some(p.id) && watcher.is_some());
@@ -205,6 +207,7 @@ pub(crate) fn service_status(
                 "status": p.status,
                 "warm": warm.is_some(),
                 "warm_until_ms": warm.and_then(|w| w.warm_until_ms),
+                "kubernetes": p.spec.kubernetes.as_ref().map(kube_release_json),
             })
         }),
         "operation": operation.as_ref().map(|o| json!({
@@ -219,8 +222,26 @@ pub(crate) fn service_status(
         })),
         "watcher": { "running": watcher.is_some(), "holder": watcher },
         "last_drill": last_drill.as_ref().map(drill_json),
+        "kubernetes": kube.map(|k| json!({
+            "namespace": k.namespace,
+            "deployment": k.deployment,
+            "container": k.container,
+            "address": k.address.to_string(),
+        })),
         "live": live,
     }))
+}
+
+/// A Kubernetes release as `status --json` shows it: the image its template runs (a
+/// digest once pinned), the image as given, and its config copies.
+fn kube_release_json(k: &crate::ledger::KubeRelease) -> Value {
+    json!({
+        "image": k.image,
+        "reference": k.reference,
+        "copies": k.copies.iter().map(|c| json!({
+            "kind": c.kind, "source": c.source, "copy": c.copy,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// A drill as `status --json`, `drill --json` and the dashboard's API show it.
@@ -287,8 +308,14 @@ pub(crate) async fn status_values(
         Some(s) => vec![s.to_string()],
         None => super::service_names(config, &ledger)?,
     };
+    // The config, when it loads, says where a Kubernetes service's Deployment is.
+    let cfg = super::load_config(config).ok();
     let mut out = Vec::new();
     for name in &names {
+        let kube = cfg
+            .as_ref()
+            .and_then(|c| c.service(name))
+            .and_then(|s| s.kubernetes.as_ref());
         let live = match control::call(
             state_dir,
             &Request::Live {
@@ -301,7 +328,7 @@ pub(crate) async fn status_values(
             Ok((0, v, _)) => Some(v),
             _ => None,
         };
-        out.push(service_status(&ledger, name, live.as_ref())?);
+        out.push(service_status(&ledger, name, kube, live.as_ref())?);
     }
     Ok(out)
 }
@@ -321,18 +348,54 @@ fn print_status(s: &Value) {
     println!("{name}: {state}");
     match s["active"].as_object() {
         Some(a) => println!(
-            "  active    {} (#{}) in slot {} since {}",
+            "  active    {} (#{}) {} since {}",
             a["version"].as_str().unwrap_or("?"),
             a["release"],
-            a["slot"].as_str().unwrap_or("-"),
+            match s["kubernetes"].is_object() {
+                // One Deployment, no slots.
+                true => "applied".to_string(),
+                false => format!("in slot {}", a["slot"].as_str().unwrap_or("-")),
+            },
             a["since_ms"].as_i64().map(format_utc).unwrap_or_default()
         ),
         None => println!("  active    none"),
+    }
+    if let Some(k) = s["kubernetes"].as_object() {
+        println!(
+            "  runs as   Deployment {}/{} (container {}), answering at {}",
+            k["namespace"].as_str().unwrap_or("?"),
+            k["deployment"].as_str().unwrap_or("?"),
+            k["container"].as_str().unwrap_or("?"),
+            k["address"].as_str().unwrap_or("?")
+        );
+    }
+    for (which, r) in [("active", &s["active"]), ("previous", &s["previous"])] {
+        if let Some(k) = r["kubernetes"].as_object() {
+            let copies: Vec<&str> = k["copies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["copy"].as_str())
+                .collect();
+            println!(
+                "  template  {which} {}: image {}, config copies: {}",
+                r["version"].as_str().unwrap_or("?"),
+                k["image"].as_str().unwrap_or("?"),
+                if copies.is_empty() {
+                    "none".to_string()
+                } else {
+                    copies.join(", ")
+                }
+            );
+        }
     }
     if let Some(p) = s["previous"].as_object() {
         let warm = match p["warm_until_ms"].as_i64() {
             Some(t) => format!("warm until {}", format_utc(t)),
             None if p["warm"].as_bool() == Some(true) => "warm".to_string(),
+            None if s["kubernetes"].is_object() => {
+                "a rollback applies its pod template again".to_string()
+            }
             None => "cold: a rollback starts it first".to_string(),
         };
         println!(

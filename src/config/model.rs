@@ -122,6 +122,10 @@ pub struct KubernetesConfig {
     /// How many releases keep their ConfigMap and Secret copies (the newest ones, and
     /// always the active release and the previous good one).
     pub keep_releases: usize,
+    /// Ask the image's registry for the digest of a tag at deploy (a manifest HEAD), so
+    /// the release is pinned before it runs; default true. Off, or when the registry
+    /// does not answer, the release is pinned once its pods report a digest.
+    pub registry_digest: bool,
 }
 
 /// `[service.NAME.migrations]`: the migrations directory and how to read today's schema

@@ -245,6 +245,7 @@ pub(super) fn read_kubernetes(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Kuber
             "kubeconfig",
             "context",
             "keep_releases",
+            "registry_digest",
         ],
     );
     let name = |r: &mut Reader<'_>, key: &str, example: &str| {
@@ -294,6 +295,7 @@ pub(super) fn read_kubernetes(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Kuber
     let keep_releases = r
         .integer(t, "keep_releases", 2, 1000)
         .map_or(10, |v| v.value as usize);
+    let registry_digest = r.boolean(t, "registry_digest").unwrap_or(true);
     if r.errors.len() > before {
         return None;
     }
@@ -306,6 +308,7 @@ pub(super) fn read_kubernetes(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Kuber
         kubeconfig,
         context,
         keep_releases,
+        registry_digest,
     })
 }
 

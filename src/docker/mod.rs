@@ -7,6 +7,7 @@
 //! and the client API version is negotiated down to what the engine speaks.
 
 mod build;
+pub mod manifest;
 mod ops;
 pub mod registry;
 pub mod swarm;

@@ -235,6 +235,11 @@ impl ServiceExec {
             &progress,
         )
         .await?;
+        // Nothing refused it: a Kubernetes release's config copies are made now.
+        let mut spec = spec;
+        if let Some(kr) = spec.kubernetes.as_mut() {
+            self.kube_copy_config(kr, &progress).await?;
+        }
         let (release, from, op) = {
             let mut ledger = self.ledger();
             let release = ledger.record_release(self.name(), &req.version, &spec, &snapshot)?;

@@ -29,8 +29,8 @@ use super::{ExecError, Progress, ServiceExec, say};
 use crate::config::{KubernetesConfig, duration};
 use crate::k8s::template::{self, Kind};
 use crate::k8s::{
-    ANNOTATION_RELEASE, ANNOTATION_TEMPLATE, Cluster, KubeError, LABEL_SERVICE, LABEL_SOURCE,
-    MANAGED_BY,
+    ANNOTATION_RELEASE, ANNOTATION_RESTORE_REPLICAS, ANNOTATION_TEMPLATE, Cluster, KubeError,
+    LABEL_SERVICE, LABEL_SOURCE, MANAGED_BY,
 };
 use crate::ledger::{KubeCopy, KubeRelease, Release};
 
@@ -140,8 +140,9 @@ impl ServiceExec {
         )))
     }
 
-    /// Deploy planning: snapshots the Deployment's template for `version` with `image`
-    /// (default `IMAGE:VERSION`), copying each ConfigMap and Secret it reads.
+    /// Deploy planning: the Deployment's template for `version` with `image` (default
+    /// `IMAGE:VERSION`, pinned by the registry's digest when it gives one), reading the
+    /// originals of the ConfigMaps and Secrets; checks that each one it needs exists.
     pub(super) async fn kube_snapshot(
         &self,
         version: &str,
@@ -177,7 +178,40 @@ impl ServiceExec {
             || template::default_image(k.image.as_deref(), &current, version),
             str::to_string,
         );
-        template::set_image(&mut t, &k.container, &reference);
+        let image = self.kube_registry_digest(&k, &reference, progress).await?;
+        template::set_image(&mut t, &k.container, &image);
+        // Only read here: a deploy refused later (the migration guard) leaves no copy
+        // behind. The copies are made by `kube_copy_config` once nothing refuses.
+        let cluster = self.cluster().await?.clone();
+        for (kind, source, optional) in template::references(&t) {
+            let there = match kind {
+                Kind::ConfigMap => cluster.config_map(&source).await.map_err(failed)?.is_some(),
+                Kind::Secret => cluster.secret(&source).await.map_err(failed)?.is_some(),
+            };
+            if !there && !optional {
+                return Err(missing(&k, kind, &source));
+            }
+        }
+        Ok(KubeRelease {
+            image,
+            reference,
+            template: serde_json::to_value(&t).expect("a pod template always serializes"),
+            copies: Vec::new(),
+        })
+    }
+
+    /// Deploy, once nothing refuses it: copies each ConfigMap and Secret the planned
+    /// template reads to its immutable, content-named copy, and points the template at
+    /// the copies.
+    pub(super) async fn kube_copy_config(
+        &self,
+        kr: &mut KubeRelease,
+        progress: &Progress,
+    ) -> Result<(), ExecError> {
+        let k = self.kube_cfg()?.clone();
+        let mut t: PodTemplateSpec = serde_json::from_value(kr.template.clone()).map_err(|e| {
+            ExecError::Failed(format!("the planned pod template is unreadable: {e}"))
+        })?;
         let cluster = self.cluster().await?.clone();
         let mut copies = Vec::new();
         let mut names = BTreeMap::new();
@@ -190,13 +224,7 @@ impl ServiceExec {
                 if optional {
                     continue;
                 }
-                return Err(ExecError::Failed(format!(
-                    "the pod template of Deployment {}/{} reads {} `{source}`, which does not \
-                     exist",
-                    k.namespace,
-                    k.deployment,
-                    kind.as_str()
-                )));
+                return Err(missing(&k, kind, &source));
             };
             say(
                 progress,
@@ -210,12 +238,53 @@ impl ServiceExec {
             });
         }
         template::rename(&mut t, &names);
-        Ok(KubeRelease {
-            image: reference.clone(),
-            reference,
-            template: serde_json::to_value(&t).expect("a pod template always serializes"),
-            copies,
-        })
+        kr.template = serde_json::to_value(&t).expect("a pod template always serializes");
+        kr.copies = copies;
+        Ok(())
+    }
+
+    /// The image a new release runs: `repo@sha256:…` when `reference` is a tag and its
+    /// registry gives the digest (`docker/manifest.rs`), so the release is pinned before
+    /// any pod pulls it; refused when the registry says it has no such tag. A registry
+    /// that does not answer (or `registry_digest = false`) leaves the tag, pinned later
+    /// from what the pods report.
+    async fn kube_registry_digest(
+        &self,
+        k: &KubernetesConfig,
+        reference: &str,
+        progress: &Progress,
+    ) -> Result<String, ExecError> {
+        if !k.registry_digest || reference.contains('@') {
+            return Ok(reference.to_string());
+        }
+        use crate::docker::manifest::{self, TagDigest};
+        match manifest::tag_digest(&self.http, reference, Duration::from_secs(10)).await {
+            Ok(TagDigest::Found(digest)) => {
+                let pinned = format!(
+                    "{}@{digest}",
+                    crate::docker::registry::repository_of(reference)
+                );
+                say(
+                    progress,
+                    format!("{reference} is pinned to {pinned}, as its registry says"),
+                );
+                Ok(pinned)
+            }
+            Ok(TagDigest::Unknown) => Err(ExecError::Failed(format!(
+                "registry {} has no image {reference} (it answered 404 for the tag): push it \
+                 first; nothing was changed",
+                crate::docker::registry::registry_of(reference)
+            ))),
+            Err(why) => {
+                let message = format!(
+                    "no digest from the registry ({why}); {reference} is pinned once its pods \
+                     report one"
+                );
+                say(progress, message.clone());
+                self.event(None, None, "digest_unknown", message);
+                Ok(reference.to_string())
+            }
+        }
     }
 
     fn copy_meta(&self, source: &str, copy: &str) -> ObjectMeta {
@@ -504,6 +573,16 @@ impl ServiceExec {
                 }
                 Some(_) => {}
             }
+            // A restore that scaled the Deployment to 0 and never gave its replicas back
+            // (its watcher crashed): an apply gives them back.
+            if let Some(n) = restore_replicas(&d)
+                && d.spec.as_ref().and_then(|s| s.replicas) == Some(0)
+            {
+                d.spec.get_or_insert_with(Default::default).replicas = Some(n);
+            }
+            if let Some(a) = d.metadata.annotations.as_mut() {
+                a.remove(ANNOTATION_RESTORE_REPLICAS);
+            }
             d.spec.get_or_insert_with(Default::default).template = t.clone();
             let annotations = d.metadata.annotations.get_or_insert_with(Default::default);
             annotations.insert(ANNOTATION_TEMPLATE.to_string(), fingerprint.to_string());
@@ -520,6 +599,167 @@ impl ServiceExec {
             "Deployment {}/{} kept changing: 5 writes in a row met a newer version",
             k.namespace, k.deployment
         )))
+    }
+
+    /// Writes `change` to the Deployment read fresh; a conflict (the controllers update
+    /// its status all the time) is read again and retried, at most 5 times.
+    async fn kube_update(
+        &self,
+        cluster: &Cluster,
+        change: impl Fn(&mut Deployment),
+    ) -> Result<Deployment, ExecError> {
+        let k = self.kube_cfg()?;
+        for _ in 0..5 {
+            let mut d = self.kube_deployment().await?;
+            change(&mut d);
+            match cluster.replace_deployment(&d).await {
+                Ok(applied) => return Ok(applied),
+                Err(e) if e.is_conflict() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Err(ExecError::Failed(format!(
+            "Deployment {}/{} kept changing: 5 writes in a row met a newer version",
+            k.namespace, k.deployment
+        )))
+    }
+
+    /// A database restore stops the app: the Deployment is scaled to 0, with the
+    /// replicas to give back noted on it in the same write (annotation
+    /// `ripcord.dev/restore-replicas`, so a crashed watcher's successor, or the next
+    /// apply, gives them back), then waits (`stop_timeout` + 30 s) until the controller
+    /// has seen the change and reports no pod left. Returns the replicas to give back:
+    /// those a crashed restore noted, if it left the Deployment at 0. The template is
+    /// not touched.
+    pub(super) async fn kube_scale_down(&self, progress: &Progress) -> Result<i32, ExecError> {
+        let k = self.kube_cfg()?.clone();
+        let cluster = self.cluster().await?.clone();
+        let d = self.kube_deployment().await?;
+        let now = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let replicas = match restore_replicas(&d) {
+            Some(n) if now == 0 => n,
+            _ => now,
+        };
+        say(
+            progress,
+            format!(
+                "scaling Deployment {}/{} from {replicas} replica(s) to 0",
+                k.namespace, k.deployment
+            ),
+        );
+        let applied = self
+            .kube_update(&cluster, |d| {
+                d.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(
+                        ANNOTATION_RESTORE_REPLICAS.to_string(),
+                        replicas.to_string(),
+                    );
+                d.spec.get_or_insert_with(Default::default).replicas = Some(0);
+            })
+            .await?;
+        let generation = applied.metadata.generation.unwrap_or(0);
+        let wait = self.cfg.stop_timeout + Duration::from_secs(30);
+        let deadline = Instant::now() + wait;
+        loop {
+            let last = match cluster.deployment(&k.deployment).await {
+                Ok(d) => {
+                    let st = d.status.unwrap_or_default();
+                    let observed = st.observed_generation.unwrap_or(0) >= generation;
+                    let left = st.replicas.unwrap_or(0);
+                    if observed && left == 0 {
+                        // A watcher that dies here leaves the Deployment at 0 with its
+                        // note: the next one's reconcile gives the replicas back.
+                        crate::failpoint::hit("restore.kube_scaled_down");
+                        return Ok(replicas);
+                    }
+                    format!(
+                        "{left} pod(s) left{}",
+                        if observed {
+                            ""
+                        } else {
+                            "; the controller has not seen the change yet"
+                        }
+                    )
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                let back = match self.kube_update(&cluster, |d| give_back(d, replicas)).await {
+                    Ok(_) => format!("its {replicas} replica(s) were given back"),
+                    Err(e) => format!("giving its {replicas} replica(s) back failed too: {e}"),
+                };
+                return Err(ExecError::Failed(format!(
+                    "Deployment {}/{} did not scale to 0 within {}s (last seen: {last}); {back}",
+                    k.namespace,
+                    k.deployment,
+                    duration::secs_text(wait)
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// After a restore: gives the Deployment its `replicas` back (and drops the note),
+    /// then waits for the rollout and the address's health check, as an apply does. The
+    /// template is not touched: the pods come back from the one the Deployment has.
+    pub(super) async fn kube_scale_back(
+        &self,
+        op: i64,
+        replicas: i32,
+        progress: &Progress,
+    ) -> Result<(), ExecError> {
+        let k = self.kube_cfg()?.clone();
+        let cluster = self.cluster().await?.clone();
+        self.ledger().step(
+            op,
+            "kube_scale",
+            format!(
+                "scaling Deployment {}/{} back to {replicas} replica(s) after the restore",
+                k.namespace, k.deployment
+            ),
+        )?;
+        say(
+            progress,
+            format!(
+                "scaling Deployment {}/{} back to {replicas} replica(s)",
+                k.namespace, k.deployment
+            ),
+        );
+        let applied = self
+            .kube_update(&cluster, |d| give_back(d, replicas))
+            .await?;
+        let generation = applied.metadata.generation.unwrap_or(0);
+        let t0 = Instant::now();
+        self.kube_rolled_out(
+            &cluster,
+            &k.deployment,
+            generation,
+            jiff::Timestamp::now(),
+            t0 + self.cfg.start_timeout,
+        )
+        .await
+        .map_err(|why| {
+            ExecError::Failed(format!(
+                "Deployment {}/{} did not come back to {replicas} replica(s) after the \
+                 restore: {why}",
+                k.namespace, k.deployment
+            ))
+        })?;
+        self.event(
+            None,
+            Some(op),
+            "healthy",
+            format!(
+                "Deployment {} is back to {replicas} replica(s) and its address answers after {} ms",
+                k.deployment,
+                t0.elapsed().as_millis()
+            ),
+        );
+        Ok(())
     }
 
     /// Waits until the Deployment's controller has seen `generation` and every replica
@@ -740,4 +980,32 @@ fn selector(d: &Deployment) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The replicas a restore scaled away, as noted on the Deployment.
+fn restore_replicas(d: &Deployment) -> Option<i32> {
+    d.metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_RESTORE_REPLICAS)?
+        .parse()
+        .ok()
+}
+
+/// Sets the Deployment's replicas to `replicas` and drops the restore's note.
+fn give_back(d: &mut Deployment, replicas: i32) {
+    d.spec.get_or_insert_with(Default::default).replicas = Some(replicas);
+    if let Some(a) = d.metadata.annotations.as_mut() {
+        a.remove(ANNOTATION_RESTORE_REPLICAS);
+    }
+}
+
+/// A ConfigMap or Secret the template needs (not `optional`) does not exist.
+fn missing(k: &KubernetesConfig, kind: Kind, source: &str) -> ExecError {
+    ExecError::Failed(format!(
+        "the pod template of Deployment {}/{} reads {} `{source}`, which does not exist",
+        k.namespace,
+        k.deployment,
+        kind.as_str()
+    ))
 }

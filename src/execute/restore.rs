@@ -5,6 +5,11 @@
 //! app restarted; the error says where it stopped. Every step is an event, attached to
 //! the service's open (or frozen) incident when there is one.
 //!
+//! "Stop the app" is per runtime: the watcher's processes and containers are stopped; a
+//! swarm service is scaled to 0 tasks; a Kubernetes Deployment is scaled to 0 replicas
+//! (the number to give back noted on it, so it survives a crash) until the controller
+//! reports no pod left, and scaled back afterwards, its rollout and address checked.
+//!
 //! Consent and the data-loss window are the CLI's job (`cli/db_cmd.rs`): by the time a
 //! request gets here, a person typed the database's name or passed `--confirm`.
 
@@ -33,6 +38,14 @@ pub struct RestoreOutcome {
     pub total_ms: u64,
 }
 
+/// How a restore stopped an app that runs without the watcher's processes: the
+/// replicas to give back.
+#[derive(Debug, Clone, Copy)]
+enum Scaled {
+    Swarm(u64),
+    Kube(i32),
+}
+
 impl ServiceExec {
     /// Restores backup `backup_id` (see the module doc).
     pub async fn restore(
@@ -59,15 +72,6 @@ impl ServiceExec {
         progress: &Progress,
     ) -> Result<RestoreOutcome, ExecError> {
         let start = std::time::Instant::now();
-        if self.cfg.runtime == crate::config::Runtime::Kubernetes {
-            // Stopping the app for the restore would mean scaling the Deployment to 0
-            // and back, which is not built yet.
-            return Err(ExecError::Refused(format!(
-                "a database restore for runtime \"kubernetes\" is not supported yet: scale \
-                 the Deployment to 0 and use `pg_restore` by hand; nothing was changed for {}",
-                self.name()
-            )));
-        }
         let cfg = db_config(&self.cfg, &self.state_dir)?;
         let rec = self.ledger().backup(backup_id)?.ok_or_else(|| {
             ExecError::Usage(format!(
@@ -176,25 +180,42 @@ impl ServiceExec {
                 self.stop_slot(*slot, None).await;
             }
             self.router.clear();
-            let abort = async |replicas: Option<u64>, why: String| {
-                self.abort_restore(op, incident, ours, active_slot, replicas, &why, progress)
+            let abort = async |scaled: Option<Scaled>, why: String| {
+                self.abort_restore(op, incident, ours, active_slot, scaled, &why, progress)
                     .await
             };
-            // A swarm keeps its tasks running without us: scale the service to 0.
-            let swarm_replicas = if self.cfg.runtime == crate::config::Runtime::Swarm {
-                match self.swarm_stop().await {
-                    Ok(r) => r,
-                    Err(e) => return Err(abort(None, e.to_string()).await),
+            // A swarm keeps its tasks running without us: scale the service to 0; a
+            // Deployment likewise.
+            let scaled = match self.cfg.runtime {
+                crate::config::Runtime::Swarm => {
+                    self.swarm_stop().await.map(|r| r.map(Scaled::Swarm))
                 }
-            } else {
-                None
+                crate::config::Runtime::Kubernetes => self
+                    .kube_scale_down(progress)
+                    .await
+                    .map(|n| Some(Scaled::Kube(n))),
+                _ => Ok(None),
+            };
+            let scaled = match scaled {
+                Ok(s) => s,
+                Err(e) => return Err(abort(None, e.to_string()).await),
             };
             step(
                 "app_stopped",
-                match (swarm_replicas, stopped.len()) {
-                    (Some(n), _) => {
+                match (scaled, stopped.len()) {
+                    (Some(Scaled::Swarm(n)), _) => {
                         format!("swarm service scaled from {n} task(s) to 0 for the restore")
                     }
+                    (Some(Scaled::Kube(n)), _) => format!(
+                        "Deployment {} scaled from {n} replica(s) to 0 for the restore, and the \
+                         controller reports no pod left; the {n} to give back are noted on it ({})",
+                        self.cfg
+                            .kubernetes
+                            .as_ref()
+                            .map(|k| format!("{}/{}", k.namespace, k.deployment))
+                            .unwrap_or_default(),
+                        crate::k8s::ANNOTATION_RESTORE_REPLICAS
+                    ),
                     (None, 0) if self.cfg.runtime == crate::config::Runtime::External => {
                         "runtime external: ripcord runs nothing to stop; the swap ends the app's \
                          database sessions"
@@ -212,7 +233,7 @@ impl ServiceExec {
             );
             let new_db = match db::restore_into_new(&cfg, &path, &verified, stamp).await {
                 Ok(n) => n,
-                Err(e) => return Err(abort(swarm_replicas, e.to_string()).await),
+                Err(e) => return Err(abort(scaled, e.to_string()).await),
             };
             step(
                 "restore_checked",
@@ -225,7 +246,7 @@ impl ServiceExec {
             say(progress, format!("swapping {new_db} in as {database}"));
             let kept = match db::swap(&cfg, &new_db, stamp).await {
                 Ok(k) => k,
-                Err(e) => return Err(abort(swarm_replicas, e.to_string()).await),
+                Err(e) => return Err(abort(scaled, e.to_string()).await),
             };
             step(
                 "database_swapped",
@@ -236,7 +257,7 @@ impl ServiceExec {
 
             // The app back, and verified.
             let app = match self
-                .restart_after_restore(op, active_slot, swarm_replicas, progress)
+                .restart_after_restore(op, active_slot, scaled, progress)
                 .await
             {
                 Ok(app) => app,
@@ -286,12 +307,12 @@ impl ServiceExec {
         incident: Option<i64>,
         ours: Option<&str>,
         active_slot: Option<Slot>,
-        swarm_replicas: Option<u64>,
+        scaled: Option<Scaled>,
         why: &str,
         progress: &Progress,
     ) -> ExecError {
         let app = match self
-            .restart_after_restore(op, active_slot, swarm_replicas, progress)
+            .restart_after_restore(op, active_slot, scaled, progress)
             .await
         {
             Ok(Some(v)) => format!("{v} was started again"),
@@ -324,17 +345,27 @@ impl ServiceExec {
         &self,
         op: i64,
         slot: Option<Slot>,
-        swarm_replicas: Option<u64>,
+        scaled: Option<Scaled>,
         progress: &Progress,
     ) -> Result<Option<String>, ExecError> {
-        if let Some(n) = swarm_replicas {
+        if let Some(Scaled::Swarm(n)) = scaled {
             self.swarm_scale_back(n).await?;
         }
         let Some(active) = self.ledger().active_release(self.name())? else {
+            if let Some(Scaled::Kube(n)) = scaled {
+                self.kube_scale_back(op, n, progress).await?;
+            }
             return Ok(None);
         };
         let slot = slot.unwrap_or(Slot::Blue);
-        if self.one_address() {
+        if let Some(Scaled::Kube(n)) = scaled {
+            // The Deployment kept its template: its replicas come back from it (a
+            // template someone changed meanwhile is not overwritten here).
+            self.kube_scale_back(op, n, progress).await?;
+        } else if self.cfg.runtime == crate::config::Runtime::Kubernetes {
+            // Never scaled down (the restore stopped before): its pods kept running, and
+            // its template is left as it is.
+        } else if self.one_address() {
             self.put_in_place(op, &active, "next", progress).await?;
         } else {
             self.start_healthy(op, &active, slot, progress).await?;

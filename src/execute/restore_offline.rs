@@ -40,10 +40,14 @@ pub async fn restore_without_watcher(
 ) -> Result<RestoreOutcome, ExecError> {
     let name = cfg.name.as_str();
     let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
-    if matches!(
-        cfg.runtime,
-        Runtime::Docker | Runtime::Swarm | Runtime::Kubernetes
-    ) {
+    if cfg.runtime == Runtime::Kubernetes {
+        return Err(ExecError::Refused(format!(
+            "no watcher runs, and {name}'s Deployment keeps its pods running without one: start \
+             `ripcord watch` and restore again, so the watcher scales the Deployment to 0 and \
+             back around the restore; nothing was changed"
+        )));
+    }
+    if matches!(cfg.runtime, Runtime::Docker | Runtime::Swarm) {
         return Err(ExecError::Refused(format!(
             "no watcher runs, and {name}'s containers keep running without one: start `ripcord \
              watch` and restore again, so the watcher stops and restarts them around the restore; \

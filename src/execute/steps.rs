@@ -379,6 +379,9 @@ impl ServiceExec {
             process::StopOutcome::AlreadyExited => "had already exited",
             process::StopOutcome::Terminated => "stopped",
             process::StopOutcome::Killed => "killed after the stop timeout",
+            process::StopOutcome::NotOurs if self.cfg.runtime == Runtime::Kubernetes => {
+                "no longer routed to (its Deployment runs it)"
+            }
             process::StopOutcome::NotOurs => "left running (runtime external)",
         };
         self.event(

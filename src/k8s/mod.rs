@@ -26,6 +26,9 @@ pub const LABEL_SOURCE: &str = "ripcord.dev/source";
 pub const ANNOTATION_TEMPLATE: &str = "ripcord.dev/template-sha256";
 /// On the Deployment: the release ripcord last applied (`ID VERSION`).
 pub const ANNOTATION_RELEASE: &str = "ripcord.dev/release";
+/// On the Deployment while a database restore has it scaled to 0: the replicas to give
+/// back. It outlives a crashed watcher; the next restore or apply gives them back.
+pub const ANNOTATION_RESTORE_REPLICAS: &str = "ripcord.dev/restore-replicas";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::config::{CheckKind, ServiceConfig};
+use crate::config::{CheckKind, Runtime, ServiceConfig};
 use crate::ledger::{DrillRecord, Release};
 
 /// What the ledger knows about a service, for its runbook.
@@ -64,24 +64,45 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
     let c = s.cfg;
     let name = &c.name;
     let _ = writeln!(out, "## Service `{name}`\n");
-    let _ = writeln!(
-        out,
-        "- Users reach it through {}; releases run {} in two slots, blue `{}` and green `{}`.",
-        c.entry(),
-        match c.runtime {
-            crate::config::Runtime::Process => "as processes ripcord starts",
-            crate::config::Runtime::External =>
-                "elsewhere (runtime `external`: ripcord starts nothing)",
-            crate::config::Runtime::Docker =>
-                "as Docker containers from images pinned by digest, each with the env file snapshot taken when it was deployed",
-            crate::config::Runtime::Swarm =>
-                "as a Docker Swarm service updated to images pinned by digest, each with its env snapshot",
-            crate::config::Runtime::Kubernetes =>
-                "as a Kubernetes Deployment whose pod template ripcord applies, each release with its own immutable copies of the ConfigMaps and Secrets it reads",
-        },
-        c.slots.blue,
-        c.slots.green
-    );
+    let kube = c
+        .kubernetes
+        .as_ref()
+        .filter(|_| c.runtime == Runtime::Kubernetes);
+    match kube {
+        Some(k) => {
+            let _ = writeln!(
+                out,
+                "- Users reach it through {}; releases run as Kubernetes Deployment `{}` in \
+                 namespace `{}` (container `{}`, answering at `{}`): ripcord applies each \
+                 release's own pod template, which reads the release's immutable copies of \
+                 the ConfigMaps and Secrets it was deployed with.",
+                c.entry(),
+                k.deployment,
+                k.namespace,
+                k.container,
+                k.address
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "- Users reach it through {}; releases run {} in two slots, blue `{}` and green `{}`.",
+                c.entry(),
+                match c.runtime {
+                    Runtime::Process => "as processes ripcord starts",
+                    Runtime::External => "elsewhere (runtime `external`: ripcord starts nothing)",
+                    Runtime::Docker =>
+                        "as Docker containers from images pinned by digest, each with the env file snapshot taken when it was deployed",
+                    Runtime::Swarm =>
+                        "as a Docker Swarm service updated to images pinned by digest, each with its env snapshot",
+                    Runtime::Kubernetes =>
+                        "as a Kubernetes Deployment whose pod template ripcord applies, each release with its own immutable copies of the ConfigMaps and Secrets it reads",
+                },
+                c.slots.blue,
+                c.slots.green
+            );
+        }
+    }
     match s.active {
         Some(a) => {
             let _ = writeln!(out, "- Active release: **{}** (#{}).", a.version, a.id);
@@ -97,13 +118,29 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
                 "- A rollback goes to: **{}** (#{}), {}.",
                 p.version,
                 p.id,
-                match &p.spec.image {
-                    Some(img) => format!(
+                match (&p.spec.image, &p.spec.kubernetes) {
+                    (_, Some(kr)) => format!(
+                        "its recorded pod template: image `{}` and {}",
+                        kr.image,
+                        match kr.copies.len() {
+                            0 => "no ConfigMap or Secret".to_string(),
+                            _ => kr
+                                .copies
+                                .iter()
+                                .map(|c| format!(
+                                    "{} `{}` as its copy `{}`",
+                                    c.kind, c.source, c.copy
+                                ))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        }
+                    ),
+                    (Some(img), None) => format!(
                         "image `{}` ({}) with the env snapshot taken when it was deployed",
                         img.reference,
                         crate::execute::container::short_id(&img.id)
                     ),
-                    None => "started with the argv the ledger recorded for it".to_string(),
+                    (None, None) => "started with the argv the ledger recorded for it".to_string(),
                 }
             );
         }
@@ -115,13 +152,36 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
         }
     }
     let _ = writeln!(out, "- {}", drill_line(s.last_drill, c));
-    let _ = writeln!(
-        out,
-        "- After a deploy the previous release stays warm for {} s: a rollback in that time is a \
-         traffic switch (milliseconds); later it is a cold start (health-gated, up to {} s).\n",
-        crate::config::duration::secs_text(c.bake),
-        crate::config::duration::secs_text(c.start_timeout)
-    );
+    match kube {
+        Some(k) => {
+            let _ = writeln!(
+                out,
+                "- A rollback replaces the pod template of Deployment `{ns}/{d}` with the \
+                 target release's recorded one and waits for the rollout (the controller saw \
+                 it, every replica updated and available, `{health}` answers; up to {t} s, \
+                 sooner if `progressDeadlineSeconds` passes). It needs no ReplicaSet history. \
+                 Do not use `kubectl rollout undo`: it brings back an old template without \
+                 that release's config copies, and ripcord then sees drift.\n\
+                 - Drift: if someone changed the template since ripcord applied it (`kubectl \
+                 set image`, `kubectl edit`), ripcord refuses to deploy or roll back over it \
+                 (exit 3, event `drift`) until `--force --reason TEXT`; `ripcord doctor {name}` \
+                 shows it.\n",
+                ns = k.namespace,
+                d = k.deployment,
+                health = c.health_path,
+                t = crate::config::duration::secs_text(c.start_timeout)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "- After a deploy the previous release stays warm for {} s: a rollback in that time is a \
+                 traffic switch (milliseconds); later it is a cold start (health-gated, up to {} s).\n",
+                crate::config::duration::secs_text(c.bake),
+                crate::config::duration::secs_text(c.start_timeout)
+            );
+        }
+    }
 
     let _ = writeln!(out, "### When ripcord rolls back on its own\n");
     let _ = writeln!(out, "| Trigger | Fires when | Then |\n| --- | --- | --- |");
@@ -145,13 +205,24 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
             pct(r.above * crate::guard::detector::HEALTHY_SHARE_OF_THRESHOLD)
         );
     }
-    if t.crash {
+    if t.crash && kube.is_some() {
+        let _ = writeln!(
+            out,
+            "| crash | a container `{}` of the active release's pods terminates (the pods' status, read from the API every second) | rollback |",
+            kube.map_or("", |k| k.container.as_str())
+        );
+    } else if t.crash {
         let _ = writeln!(
             out,
             "| crash | the release's process exits on its own | rollback |"
         );
     }
-    if t.oom_kills {
+    if t.oom_kills && kube.is_some() {
+        let _ = writeln!(
+            out,
+            "| oom_kills | a container of the active release's pods is terminated `OOMKilled` (its memory limit is the pod template's) | rollback |"
+        );
+    } else if t.oom_kills {
         let limit = c
             .memory_limit_mb
             .map_or("the kernel's".to_string(), |m| format!("{m} MiB"));
@@ -234,6 +305,17 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
         "ripcord freeze {name} --reason TEXT     # data corruption: stop every change"
     );
     let _ = writeln!(out, "ripcord unfreeze {name} --reason TEXT");
+    if let Some(k) = kube {
+        let _ = writeln!(
+            out,
+            "ripcord doctor {name}                  # API rights, drift, the previous release's copies"
+        );
+        let _ = writeln!(
+            out,
+            "kubectl -n {} rollout status deployment/{}   # read-only: the rollout as the API sees it",
+            k.namespace, k.deployment
+        );
+    }
     let _ = writeln!(
         out,
         "ripcord incident list                 # then `incident report ID`"
@@ -285,11 +367,17 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "### When everything else fails\n");
+    let logs = match kube {
+        Some(k) => format!(
+            "the pods' logs (`kubectl -n {} logs deployment/{} -c {}`)",
+            k.namespace, k.deployment, k.container
+        ),
+        None => format!("the release logs under the state dir (`logs/{name}/VERSION-SLOT.log`)"),
+    };
     let _ = writeln!(
         out,
         "1. `ripcord freeze {name} --reason TEXT` so nothing changes under you.\n\
-         2. Read `ripcord events {name}` and the release logs under the state dir \
-         (`logs/{name}/VERSION-SLOT.log`).\n\
+         2. Read `ripcord events {name}` and {logs}.\n\
          3. Roll forward with a fixed release, or roll back by hand with `--to`.\n\
          4. `ripcord unfreeze {name} --reason TEXT`, then write the incident's root cause and \
          prevention within 24 h.\n"

@@ -152,6 +152,9 @@ pub struct TestNamespace {
     /// Images whose pods the stand-in kubelet never marks ready.
     pub stuck: Arc<Mutex<Vec<String>>>,
     pub serving: Arc<Mutex<Serving>>,
+    /// The version each digest stands for, for images pinned by a real registry's
+    /// digest (the stand-in kubelet knows only the digests it made up itself).
+    pub digests: Arc<Mutex<BTreeMap<String, String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -193,12 +196,14 @@ impl TestNamespace {
         });
         let stuck = Arc::new(Mutex::new(Vec::new()));
         let serving = Arc::new(Mutex::new(Serving::default()));
+        let digests = Arc::new(Mutex::new(BTreeMap::new()));
         let address = free_port();
         let kubelet = p.rt.spawn(stand_in_kubelet(
             c.clone(),
             name.clone(),
             stuck.clone(),
             serving.clone(),
+            digests.clone(),
         ));
         let listener =
             p.rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", address)))
@@ -209,6 +214,7 @@ impl TestNamespace {
             address,
             stuck,
             serving,
+            digests,
             tasks: vec![kubelet, server],
         }
     }
@@ -329,6 +335,7 @@ async fn stand_in_kubelet(
     ns: String,
     stuck: Arc<Mutex<Vec<String>>>,
     serving: Arc<Mutex<Serving>>,
+    digests: Arc<Mutex<BTreeMap<String, String>>>,
 ) {
     let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(c, &ns);
@@ -404,7 +411,10 @@ async fn stand_in_kubelet(
                     let c0 = &p.spec.as_ref().unwrap().containers[0];
                     let image = c0.image.clone().unwrap_or_default();
                     let version = match image.split_once('@') {
-                        Some((_, digest)) => tags.get(digest).cloned(),
+                        Some((_, digest)) => tags
+                            .get(digest)
+                            .cloned()
+                            .or_else(|| digests.lock().unwrap().get(digest).cloned()),
                         None => image.rsplit(':').next().map(str::to_string),
                     };
                     let mut greeting = None;
@@ -469,7 +479,9 @@ async fn stand_in_address(listener: tokio::net::TcpListener, serving: Arc<Mutex<
 }
 
 /// A config for service `web` with runtime kubernetes behind the built-in proxy, run
-/// as user `ripcord`; `extra` goes inside `[service.web]`.
+/// as user `ripcord`; `extra` goes inside `[service.web]`. `registry.test` is no
+/// registry: its digests are not asked for (no lookup leaves loopback); the stand-in
+/// kubelet reports made-up ones.
 pub fn config(ns: &TestNamespace, listen: u16, extra: &str) -> String {
     format!(
         r#"[service.web]
@@ -485,6 +497,7 @@ namespace = "{ns}"
 deployment = "web"
 container = "web"
 image = "registry.test/app"
+registry_digest = false
 address = "127.0.0.1:{address}"
 kubeconfig = {kubeconfig:?}
 

@@ -142,6 +142,7 @@ kubeconfig = "kube/config"
         ("shop", "web", "app")
     );
     assert_eq!(k.keep_releases, 10);
+    assert!(k.registry_digest, "a tag's digest is asked for by default");
     assert_eq!(
         k.kubeconfig.as_deref(),
         Some(Path::new("/etc/ripcord/kube/config"))
@@ -167,7 +168,7 @@ replicas = 3
             "ripcord.toml:7: service.web.kubernetes.namespace: \"Shop_1\" is not a Kubernetes name: lowercase letters, digits and `-`, starting and ending with a letter or digit, at most 63 characters",
             "ripcord.toml:9: service.web.kubernetes.address: \"somewhere\" is not an address: expected \"host:port\" with an IP address, e.g. \"127.0.0.1:8080\"",
             "ripcord.toml:10: service.web.kubernetes.keep_releases: 1 is out of range: expected 2 to 1000",
-            "ripcord.toml:11: service.web.kubernetes.replicas: unknown key; expected one of `namespace`, `deployment`, `container`, `image`, `address`, `kubeconfig`, `context`, `keep_releases`",
+            "ripcord.toml:11: service.web.kubernetes.replicas: unknown key; expected one of `namespace`, `deployment`, `container`, `image`, `address`, `kubeconfig`, `context`, `keep_releases`, `registry_digest`",
         ],
     );
     check(
