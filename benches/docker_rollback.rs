@@ -230,6 +230,8 @@ fn static_demo_app() -> PathBuf {
             "build",
             "--profile",
             "static-app",
+            "--package",
+            "ripcord-demo-app",
             "--bin",
             "ripcord-demo-app",
             "--target",

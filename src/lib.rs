@@ -9,7 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod decide;
-pub mod demo_app;
+pub use ripcord_demo_app as demo_app;
 pub mod docker;
 pub mod execute;
 pub mod failpoint;

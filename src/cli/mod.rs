@@ -221,7 +221,7 @@ pub enum Command {
     Man,
     /// Run the demo application (used by `ripcord demo`, tests and benchmarks)
     #[command(hide = true)]
-    DemoApp(crate::demo_app::DemoAppArgs),
+    DemoApp(ripcord_demo_app::DemoAppArgs),
     /// Hold the proxies' listening sockets across watcher restarts (started by `watch`)
     #[command(hide = true)]
     KeepSockets {
@@ -417,7 +417,7 @@ pub fn main() -> i32 {
     };
     let json = cli.json;
     match cli.command {
-        Command::DemoApp(args) => return crate::demo_app::run(args),
+        Command::DemoApp(args) => return ripcord_demo_app::run(args),
         Command::KeepSockets { grace } => {
             return crate::sockets::keeper::serve(&cli.state_dir, grace);
         }

@@ -26,6 +26,8 @@ pub fn static_demo_app() -> PathBuf {
                 "build",
                 "--profile",
                 "static-app",
+                "--package",
+                "ripcord-demo-app",
                 "--bin",
                 "ripcord-demo-app",
                 "--target",

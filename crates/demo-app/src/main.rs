@@ -4,7 +4,5 @@
 use clap::Parser;
 
 fn main() {
-    std::process::exit(ripcord::demo_app::run(
-        ripcord::demo_app::DemoAppArgs::parse(),
-    ));
+    std::process::exit(ripcord_demo_app::run(ripcord_demo_app::DemoAppArgs::parse()));
 }

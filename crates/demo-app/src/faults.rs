@@ -34,7 +34,10 @@ pub(super) fn fresh_seed() -> u64 {
     let hashed = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    let mut seed = mix64(crate::clock::now_ms() as u64);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut seed = mix64(now_ms);
     seed = mix64(seed ^ u64::from(std::process::id()));
     seed = mix64(seed ^ calls);
     seed ^ hashed
@@ -166,7 +169,7 @@ impl Faults {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo_app::APP_NAME;
+    use crate::APP_NAME;
     use clap::Parser;
 
     #[test]

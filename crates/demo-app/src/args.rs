@@ -211,7 +211,7 @@ fn ratio_in_range(ratio: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo_app::run;
+    use crate::run;
     use clap::Parser;
 
     #[test]
