@@ -335,6 +335,64 @@ fn blue_green_rollback_runs_the_old_image_with_its_own_env_snapshot() {
     assert_eq!(containers_of(&p.svc), before, "adopted, not restarted");
 }
 
+/// Two projects (two state dirs) with a service of one name on one engine: a watcher
+/// killed and started again in one (its reconcile removes the service's containers no
+/// slot records) adopts its own container and leaves the other project's alone.
+#[test]
+fn two_projects_with_a_service_of_one_name_never_take_each_others_containers() {
+    let repo = unique("ripcord-test-two");
+    let mut a = DockerProject::new("proxy", &repo, "bake_secs = 300", "");
+    images(&mut a, &repo, &[]);
+    let other_name = unique("other");
+    let mut b = DockerProject::new(
+        "proxy",
+        &repo,
+        "bake_secs = 300",
+        &format!("name = \"{other_name}\""),
+    );
+    // b's service takes a's name; its containers keep a name of their own.
+    let config = b.dir.path().join("ripcord.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&b.svc, &a.svc)).unwrap();
+    b.svc = a.svc.clone();
+    a.env_file("DEMO_VERSION=v1\n");
+    b.env_file("DEMO_VERSION=v1\n");
+    a.start_watcher();
+    b.start_watcher();
+    assert_ok(&a.run(&["deploy", &a.svc, "v1"]), "deploy v1 in a");
+    assert_ok(&b.run(&["deploy", &b.svc, "v1"]), "deploy v1 in b");
+    let container = |p: &DockerProject| {
+        let s = p.json(&["status", &p.svc]);
+        s["live"]["slots"][0]["container"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no container in {s}"))
+            .to_string()
+    };
+    let (a_id, b_id) = (container(&a), container(&b));
+    assert_ne!(a_id, b_id);
+    assert_eq!(
+        inspect(&b_id)["Config"]["Labels"]["ripcord.state_dir"],
+        b.state_dir().canonicalize().unwrap().display().to_string()
+    );
+
+    // a's watcher is killed and started again: it adopts its container and sweeps.
+    let mut w = a.watcher.take().unwrap();
+    w.kill().unwrap();
+    w.wait().unwrap();
+    a.start_watcher();
+    assert_eq!(a.serving(), "v1");
+    assert_eq!(container(&a), a_id, "a's container was adopted");
+    assert_eq!(
+        inspect(&b_id)["State"]["Running"],
+        true,
+        "b's container was taken: {}",
+        a.watcher_log()
+    );
+    assert_eq!(b.serving(), "v1");
+    a.stop_watcher();
+    b.stop_watcher();
+}
+
 #[test]
 fn image_replace_keeps_the_running_container_when_the_new_one_fails() {
     let repo = unique("ripcord-test-ir");

@@ -34,6 +34,9 @@ pub use swarm::{PublishMode, SwarmServiceSpec, TaskInfo};
 pub const LABEL_SERVICE: &str = "ripcord.service";
 /// Label that names the release a container runs.
 pub const LABEL_RELEASE: &str = "ripcord.release";
+/// Label that names the state dir of the ripcord that made a container: two projects
+/// with a service of the same name on one engine never take each other's containers.
+pub const LABEL_STATE_DIR: &str = "ripcord.state_dir";
 
 /// Where bollard connects when `DOCKER_HOST` is unset.
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -235,6 +238,9 @@ pub struct OwnedContainer {
     pub id: String,
     pub name: String,
     pub release: Option<String>,
+    /// The state dir of the ripcord that made it (`ripcord.state_dir`); none on a
+    /// container made before that label existed.
+    pub state_dir: Option<String>,
     pub running: bool,
 }
 
@@ -602,6 +608,7 @@ impl Engine {
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_default(),
                     release: labels.get(LABEL_RELEASE).cloned(),
+                    state_dir: labels.get(LABEL_STATE_DIR).cloned(),
                     running: matches!(
                         c.state,
                         Some(ContainerSummaryStateEnum::RUNNING)

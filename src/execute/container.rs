@@ -24,6 +24,7 @@ pub const LABEL_SERVICE: &str = "ripcord.service";
 pub const LABEL_RELEASE: &str = "ripcord.release";
 pub const LABEL_VERSION: &str = "ripcord.version";
 pub const LABEL_SLOT: &str = "ripcord.slot";
+pub use crate::docker::LABEL_STATE_DIR;
 
 /// A container ripcord runs for one slot.
 pub struct ContainerHandle {
@@ -337,7 +338,25 @@ impl ServiceExec {
         labels.insert(LABEL_SERVICE.to_string(), self.name().to_string());
         labels.insert(LABEL_RELEASE.to_string(), release.id.to_string());
         labels.insert(LABEL_VERSION.to_string(), release.version.clone());
+        labels.insert(LABEL_STATE_DIR.to_string(), self.state_dir_label());
         labels
+    }
+
+    /// This ripcord's state dir as its containers are labelled with it.
+    pub(super) fn state_dir_label(&self) -> String {
+        std::fs::canonicalize(&self.state_dir)
+            .unwrap_or_else(|_| self.state_dir.clone())
+            .display()
+            .to_string()
+    }
+
+    /// Whether a container's labels say it is this service's, made by this ripcord (or
+    /// by one from before the state-dir label, which could only be this one's).
+    pub(super) fn owns(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.get(LABEL_SERVICE).map(String::as_str) == Some(self.name())
+            && labels
+                .get(LABEL_STATE_DIR)
+                .is_none_or(|d| *d == self.state_dir_label())
     }
 
     /// Removes a container of this service that is in the way of `name` (left by a crash
@@ -351,11 +370,11 @@ impl ServiceExec {
         let Some(state) = state else {
             return Ok(());
         };
-        if state.labels.get(LABEL_SERVICE).map(String::as_str) != Some(self.name()) {
+        if !self.owns(&state.labels) {
             return Err(ExecError::Failed(format!(
-                "a container named `{name}` exists and is not {}'s (no `{LABEL_SERVICE}={}` label): \
-                 ripcord never touches containers it does not own; rename or remove it, or set \
-                 `name` in [service.{}.docker]",
+                "a container named `{name}` exists and is not {}'s (no `{LABEL_SERVICE}={}` label, \
+                 or another state dir's `{LABEL_STATE_DIR}`): ripcord never touches containers it \
+                 does not own; rename or remove it, or set `name` in [service.{}.docker]",
                 self.name(),
                 self.name(),
                 self.name()
@@ -516,7 +535,7 @@ impl ServiceExec {
             let state = engine.state(id).await.map_err(failed)?;
             let ours = state.as_ref().is_some_and(|s| {
                 s.running
-                    && s.labels.get(LABEL_SERVICE).map(String::as_str) == Some(self.name())
+                    && self.owns(&s.labels)
                     && s.labels.get(LABEL_RELEASE) == Some(&rid.to_string())
             });
             if !ours {
@@ -557,8 +576,10 @@ impl ServiceExec {
             }
             kept.push(id.clone());
         }
+        let mine = self.state_dir_label();
         for c in engine.owned(self.name()).await.map_err(failed)? {
-            if kept.contains(&c.id) {
+            // Another project's service of the same name is not ours to remove.
+            if kept.contains(&c.id) || c.state_dir.as_ref().is_some_and(|d| *d != mine) {
                 continue;
             }
             engine

@@ -57,12 +57,7 @@ impl ServiceExec {
                 .state(&name)
                 .await
                 .map_err(failed)?
-                .filter(|s| {
-                    s.labels
-                        .get(super::container::LABEL_SERVICE)
-                        .map(String::as_str)
-                        == Some(self.name())
-                })
+                .filter(|s| self.owns(&s.labels))
                 .map(|_| name.clone()),
         };
         // A replace whose final rename failed left the serving container under its
