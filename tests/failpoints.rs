@@ -20,6 +20,7 @@
 //! outcomes is `docs/failpoints.md`.
 
 mod common;
+mod docker_fixture;
 mod nginx_fixture;
 mod pg_fixture;
 
@@ -47,6 +48,8 @@ enum Op {
 }
 
 const SCENARIO: [Op; 4] = [Op::Deploy("v1"), Op::Deploy("v2"), Op::Drill, Op::Rollback];
+/// Runtime `docker`: containers, each release's image `REPO:VERSION`.
+const CONTAINERS: [Op; 3] = [Op::Deploy("v1"), Op::Deploy("v2"), Op::Rollback];
 const RESTORE: [Op; 3] = [Op::Deploy("v1"), Op::Backup, Op::Restore];
 /// v2 ships 002 (an expand, already applied), so the guard lets the rollback cross it.
 const MIGRATIONS: [Op; 3] = [
@@ -65,6 +68,15 @@ enum Front {
     Database,
     /// Behind the proxy, with a database and migrations: a guarded rollback.
     Migrations,
+    /// Runtime `docker` behind the proxy: blue-green containers.
+    Docker,
+}
+
+/// What the worlds of one test share: its PostgreSQL, its images' repository.
+#[derive(Clone, Copy, Default)]
+struct Ctx<'a> {
+    pg: Option<&'a Postgres>,
+    repo: Option<&'a str>,
 }
 
 impl Front {
@@ -73,6 +85,7 @@ impl Front {
             Front::Proxy | Front::Nginx => &SCENARIO,
             Front::Database => &RESTORE,
             Front::Migrations => &MIGRATIONS,
+            Front::Docker => &CONTAINERS,
         }
     }
 }
@@ -80,6 +93,8 @@ impl Front {
 /// A project, and the nginx in front of it (router `nginx`), or its database.
 struct World<'a> {
     p: Project,
+    /// Runtime docker: removes the containers this world's ripcord made, on drop.
+    _containers: Option<Containers>,
     /// Set on the CLI where it does the work itself (`db backup`).
     cli_env: Vec<(&'static str, String)>,
     nginx: Option<(nginx_fixture::Nginx, std::path::PathBuf)>,
@@ -118,16 +133,98 @@ def downgrade():
     op.drop_column('items', 'status')
 "#;
 
-fn world(front: Front, pg: Option<&Postgres>) -> World<'_> {
-    if front == Front::Proxy {
+/// Removes, on drop, every container labelled with a state dir.
+struct Containers(std::path::PathBuf);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let ids = containers_of(&self.0, false);
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+/// Containers (all, or the running ones) made by the ripcord of `state_dir`.
+fn containers_of(state_dir: &Path, running_only: bool) -> Vec<String> {
+    let dir = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf());
+    let mut args = vec!["ps", "-q", "--no-trunc"];
+    if !running_only {
+        args.push("-a");
+    }
+    let filter = format!("label=ripcord.state_dir={}", dir.display());
+    args.extend(["--filter", &filter]);
+    let out = std::process::Command::new("docker")
+        .args(&args)
+        .output()
+        .unwrap();
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn world(front: Front, ctx: Ctx<'_>) -> World<'_> {
+    if front == Front::Docker {
+        let repo = ctx.repo.expect("the images' repository");
+        let dir = tempfile::tempdir().unwrap();
+        let (listen, blue, green) = (free_port(), free_port(), free_port());
+        // The service is `web` in every world: each ripcord's containers are its own by
+        // their state-dir label; their names differ.
+        let name = docker_fixture::unique("fp");
+        let config = format!(
+            r#"[service.web]
+runtime = "docker"
+listen = "127.0.0.1:{listen}"
+slots = {{ blue = {blue}, green = {green} }}
+start_timeout = "20s"
+stop_timeout = "5s"
+bake = "300s"
+
+[service.web.docker]
+image = "{repo}"
+container_port = 8080
+name = "{name}"
+
+[[service.web.verify]]
+http = "http://127.0.0.1:{listen}/api/verify"
+json_field = "version"
+json_equals = "{{version}}"
+"#
+        );
+        std::fs::write(dir.path().join("ripcord.toml"), config).unwrap();
+        let state = dir.path().join("state");
         return World {
-            p: Project::new("bake = \"300s\"", ""),
+            p: Project {
+                dir,
+                listen,
+                blue,
+                green,
+                watcher: None,
+            },
+            _containers: Some(Containers(state)),
             cli_env: Vec::new(),
             nginx: None,
             db: None,
         };
     }
-    if let Some(pg) = pg {
+    if front == Front::Proxy {
+        return World {
+            p: Project::new("bake = \"300s\"", ""),
+            _containers: None,
+            cli_env: Vec::new(),
+            nginx: None,
+            db: None,
+        };
+    }
+    if let Some(pg) = ctx.pg {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("app{}", N.fetch_add(1, Ordering::Relaxed));
         pg.create_app(&name);
@@ -155,6 +252,7 @@ fn world(front: Front, pg: Option<&Postgres>) -> World<'_> {
         }
         return World {
             p,
+            _containers: None,
             cli_env: Vec::new(),
             nginx: None,
             db: Some(Db {
@@ -213,6 +311,7 @@ json_equals = "{{version}}"
             green,
             watcher: None,
         },
+        _containers: None,
         cli_env: Vec::new(),
         nginx: Some((nginx, site)),
         db: None,
@@ -301,8 +400,8 @@ fn run_op(w: &mut World, op: Op) -> std::process::Output {
 
 /// Every failpoint the scenario reaches, in order, as `NAME@N`, and the index of the
 /// scenario step it belongs to.
-fn points(front: Front, pg: Option<&Postgres>) -> Vec<(String, usize)> {
-    let mut w = world(front, pg);
+fn points(front: Front, ctx: Ctx<'_>) -> Vec<(String, usize)> {
+    let mut w = world(front, ctx);
     let log = w.p.dir.path().join("failpoints.log");
     // A backup is taken by the CLI itself, which logs (and counts) its own points.
     let cli_log = w.p.dir.path().join("cli-failpoints.log");
@@ -375,8 +474,8 @@ fn half_written(dir: &Path) -> Vec<String> {
 }
 
 /// Kills the watcher at `point` during the scenario, restarts it, checks the world.
-fn crash_at(front: Front, pg: Option<&Postgres>, point: &str, step: usize) -> String {
-    let mut w = world(front, pg);
+fn crash_at(front: Front, ctx: Ctx<'_>, point: &str, step: usize) -> String {
+    let mut w = world(front, ctx);
     // The process that dies: the CLI where it does the work itself, else the watcher.
     let cli = by_cli(front.scenario()[step]);
     let armed = vec![("RIPCORD_FAILPOINT", point.to_string())];
@@ -469,6 +568,24 @@ fn crash_at(front: Front, pg: Option<&Postgres>, point: &str, step: usize) -> St
         "{point}: {releases:#}"
     );
 
+    let mut adopted = 0;
+    if front == Front::Docker {
+        // No orphan container: the running containers this ripcord made are exactly the
+        // ones its slots record.
+        let mut recorded: Vec<String> = status["live"]["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["container"]["id"].as_str().map(str::to_string))
+            .collect();
+        recorded.sort();
+        assert_eq!(
+            containers_of(&p.state_dir(), true),
+            recorded,
+            "{point}: an orphaned container runs"
+        );
+        adopted = recorded.len();
+    }
     let mut known: Vec<i64> = status["live"]["slots"]
         .as_array()
         .unwrap()
@@ -529,7 +646,7 @@ fn crash_at(front: Front, pg: Option<&Postgres>, point: &str, step: usize) -> St
     format!(
         "{} active, {} slot(s) adopted{database}",
         active.as_deref().unwrap_or("none"),
-        known.len()
+        known.len() + adopted
     )
 }
 
@@ -626,9 +743,29 @@ fn wait_gone(child: &mut std::process::Child, max: Duration) -> bool {
 /// Crashes at every point of scenario step `step`; prints its rows of the table.
 fn every_point_of(front: Front, step: usize) {
     let pg = matches!(front, Front::Database | Front::Migrations).then(pg_fixture::start);
-    let pg = pg.as_ref();
+    // Runtime docker: images v1 to v3 of the static demo app, removed at the end.
+    let mut images = docker_fixture::Cleanup::new();
+    let repo = (front == Front::Docker).then(|| {
+        let repo = docker_fixture::unique("ripcord-test-fp");
+        let rt = docker_fixture::rt();
+        let engine = docker_fixture::engine(&rt);
+        for v in ["v1", "v2", "v3"] {
+            docker_fixture::build_image(
+                &rt,
+                &engine,
+                &mut images,
+                &format!("{repo}:{v}"),
+                &["--listen", "0.0.0.0:8080", "--version", v],
+            );
+        }
+        repo
+    });
+    let ctx = Ctx {
+        pg: pg.as_ref(),
+        repo: repo.as_deref(),
+    };
     let scenario = front.scenario();
-    let all = points(front, pg);
+    let all = points(front, ctx);
     assert!(all.len() >= 10, "too few failpoints reached: {all:?}");
     let mine: Vec<&String> = all
         .iter()
@@ -659,7 +796,7 @@ fn every_point_of(front: Front, step: usize) {
         let outcomes: Vec<String> = std::thread::scope(|s| {
             let runs: Vec<_> = chunk
                 .iter()
-                .map(|point| s.spawn(move || crash_at(front, pg, point, step)))
+                .map(|point| s.spawn(move || crash_at(front, ctx, point, step)))
                 .collect();
             runs.into_iter()
                 .map(|r| r.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
@@ -728,4 +865,19 @@ fn killed_anywhere_in_a_restore() {
 #[test]
 fn killed_anywhere_in_a_guarded_rollback() {
     every_point_of(Front::Migrations, 2);
+}
+
+#[test]
+fn containers_killed_anywhere_in_the_first_deploy() {
+    every_point_of(Front::Docker, 0);
+}
+
+#[test]
+fn containers_killed_anywhere_in_a_deploy_over_a_running_release() {
+    every_point_of(Front::Docker, 1);
+}
+
+#[test]
+fn containers_killed_anywhere_in_a_rollback() {
+    every_point_of(Front::Docker, 2);
 }

@@ -452,6 +452,9 @@ impl ServiceExec {
             .run(&spec)
             .await
             .map_err(|e| ExecError::Failed(format!("cannot start container {name}: {e}")))?;
+        // Running, not yet recorded in a slot: the next watcher removes it as a
+        // container of this service and state dir that no slot records.
+        crate::failpoint::hit("container.started");
         let handle = Arc::new(ContainerHandle::new(id, name.clone()));
         self.set_slot(
             slot,
