@@ -14,25 +14,8 @@ use pg_fixture::{Postgres, broken_pg_dump_dir, start};
 /// A project whose service `web` has database `db` on `pg`; `extra` goes into the
 /// `[service.web.database]` table.
 fn project(pg: &Postgres, db: &str, extra: &str) -> Project {
-    let tail = format!(
-        r#"
-[service.web.database]
-url = "postgresql://postgres@127.0.0.1:{}/{db}"
-password_file = "{}"
-backup_dir = "backups"
-{extra}
-"#,
-        pg.port,
-        pg.work.path().join("pw").display()
-    );
+    let tail = pg.service_table(db, extra);
     Project::new("", &tail)
-}
-
-fn items(pg: &Postgres, db: &str) -> String {
-    pg.sql(
-        db,
-        "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
-    )
 }
 
 fn kinds(p: &Project) -> Vec<String> {
@@ -100,7 +83,7 @@ fn backup_then_restore_brings_the_rows_back_and_keeps_the_old_database() {
     assert!(stderr(&out).contains("--confirm app"), "{}", stderr(&out));
     let out = p.run(&["db", "restore", "web", "--confirm", "ap"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert_eq!(items(&pg, "app"), "2,3,4");
+    assert_eq!(pg.items("app"), "2,3,4");
     assert_eq!(pg.databases(), dbs_before);
     assert_eq!(app_pid(&p), pid_before, "the app was not touched");
     // Both refusals are in the ledger, with the reason and the backup.
@@ -118,14 +101,14 @@ fn backup_then_restore_brings_the_rows_back_and_keeps_the_old_database() {
     // Consent given: the backup's rows are back, the old database is kept.
     let out = p.run(&["db", "restore", "web", "--confirm", "app"]);
     assert_ok(&out, "db restore");
-    assert_eq!(items(&pg, "app"), "1,2,3");
+    assert_eq!(pg.items("app"), "1,2,3");
     let kept: Vec<String> = pg
         .databases()
         .into_iter()
         .filter(|d| d.starts_with("app_before_restore_"))
         .collect();
     assert_eq!(kept.len(), 1, "{:?}", pg.databases());
-    assert_eq!(items(&pg, &kept[0]), "2,3,4");
+    assert_eq!(pg.items(&kept[0]), "2,3,4");
     assert_eq!(serving(&p), "v1", "the app is back");
     assert_ne!(app_pid(&p), pid_before, "it was stopped and started");
     let k = kinds(&p);
@@ -170,7 +153,7 @@ fn a_damaged_backup_is_refused_before_the_app_is_stopped() {
     assert_eq!(app_pid(&p), pid, "the app was never stopped");
     assert!(!kinds(&p).contains(&"app_stopped".to_string()));
     assert_eq!(p.json(&["db", "backups", "web"])[0]["verified_ok"], false);
-    assert_eq!(items(&pg, "shop"), "1,2,3");
+    assert_eq!(pg.items("shop"), "1,2,3");
 }
 
 #[test]
@@ -197,7 +180,7 @@ fn a_tampered_backup_of_the_same_size_is_refused_before_the_app_is_stopped() {
     assert_eq!(app_pid(&p), pid, "the app was never stopped");
     assert!(!kinds(&p).contains(&"app_stopped".to_string()));
     assert_eq!(p.json(&["db", "backups", "web"])[0]["verified_ok"], false);
-    assert_eq!(items(&pg, "till"), "1,2,3");
+    assert_eq!(pg.items("till"), "1,2,3");
     let refused = refusals(&p);
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0]["data"]["reason"], "integrity_check_failed");
@@ -308,7 +291,7 @@ fn a_restore_that_fails_midway_leaves_the_original_database_serving() {
     );
     assert!(stderr(&out).contains("untouched"), "{}", stderr(&out));
     assert_eq!(
-        items(&pg, "crm"),
+        pg.items("crm"),
         "1,2,3,9",
         "the original database is as it was"
     );
@@ -429,7 +412,7 @@ fn an_interactive_restore_needs_the_database_name_typed() {
     let shown = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(3), "{shown}");
     assert!(shown.contains("type the database's name (desk)"), "{shown}");
-    assert_eq!(items(&pg, "desk"), "");
+    assert_eq!(pg.items("desk"), "");
     let refused = refusals(&p);
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(refused[0]["data"]["reason"], "wrong_confirm");
@@ -444,7 +427,7 @@ fn an_interactive_restore_needs_the_database_name_typed() {
     let shown = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(0), "{shown}");
     assert!(shown.contains("WILL BE LOST"), "{shown}");
-    assert_eq!(items(&pg, "desk"), "1,2,3");
+    assert_eq!(pg.items("desk"), "1,2,3");
 }
 
 #[test]
@@ -470,6 +453,6 @@ fn the_watcher_restores_only_into_the_database_the_person_confirmed() {
         stderr(&out)
     );
     assert_eq!(pg.databases(), dbs, "nothing renamed");
-    assert_eq!(items(&pg, "beta"), "1,2");
-    assert_eq!(items(&pg, "alpha"), "1,2,3");
+    assert_eq!(pg.items("beta"), "1,2");
+    assert_eq!(pg.items("alpha"), "1,2,3");
 }

@@ -13,24 +13,8 @@ use common::*;
 use pg_fixture::{Postgres, start};
 
 fn project(pg: &Postgres, db: &str, extra: &str) -> Project {
-    let tail = format!(
-        r#"
-[service.web.database]
-url = "postgresql://postgres@127.0.0.1:{}/{db}"
-password_file = "{}"
-backup_dir = "backups"
-"#,
-        pg.port,
-        pg.work.path().join("pw").display()
-    );
+    let tail = pg.service_table(db, "");
     Project::new(extra, &tail)
-}
-
-fn items(pg: &Postgres, db: &str) -> String {
-    pg.sql(
-        db,
-        "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
-    )
 }
 
 fn events(p: &Project) -> Vec<serde_json::Value> {
@@ -84,7 +68,7 @@ fn a_restore_after_the_watcher_was_killed_takes_the_locks_and_stops_its_orphan()
             "{}",
             stderr(&out)
         );
-        assert_eq!(items(&pg, "app"), "2,3,4");
+        assert_eq!(pg.items("app"), "2,3,4");
         assert!(pid_alive(v1_pid), "nothing was stopped");
         ledger.release_lease(&lease).unwrap();
     }
@@ -96,14 +80,14 @@ fn a_restore_after_the_watcher_was_killed_takes_the_locks_and_stops_its_orphan()
         "{}",
         stdout(&out)
     );
-    assert_eq!(items(&pg, "app"), "1,2,3");
+    assert_eq!(pg.items("app"), "1,2,3");
     let kept: Vec<String> = pg
         .databases()
         .into_iter()
         .filter(|d| d.starts_with("app_before_restore_"))
         .collect();
     assert_eq!(kept.len(), 1, "{:?}", pg.databases());
-    assert_eq!(items(&pg, &kept[0]), "2,3,4");
+    assert_eq!(pg.items(&kept[0]), "2,3,4");
     // The crashed watcher's v1 (its pid and start time as the ledger has them) was
     // stopped before the swap.
     assert!(!pid_alive(v1_pid), "the orphaned v1 still runs");
@@ -169,7 +153,7 @@ fn a_restore_while_the_watcher_rolls_back_is_refused_naming_the_rollback() {
         "the refusal names the holder: {}",
         stderr(&out)
     );
-    assert_eq!(items(&pg, "app"), "1,2,3,4", "nothing was restored");
+    assert_eq!(pg.items("app"), "1,2,3,4", "nothing was restored");
     assert_eq!(pg.databases(), dbs);
     let status = wait_exit(&mut rollback, "the rollback", Duration::from_secs(30));
     assert!(status.success());

@@ -228,12 +228,7 @@ json_equals = "{{version}}"
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!("app{}", N.fetch_add(1, Ordering::Relaxed));
         pg.create_app(&name);
-        let tail = format!(
-            "\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/{name}\"\n\
-             password_file = \"{}\"\nbackup_dir = \"backups\"\n",
-            pg.port,
-            pg.work.path().join("pw").display()
-        );
+        let tail = pg.service_table(&name, "");
         let extra = if front == Front::Migrations {
             pg.sql(
                 &name,
@@ -629,14 +624,7 @@ fn crash_at(front: Front, ctx: Ctx<'_>, point: &str, step: usize) -> String {
         // And the next restore: from the newest backup, whose data is rows 1 to 3.
         let out = w.p.run(&["db", "restore", "web", "--confirm", &db.name]);
         assert_ok(&out, &format!("{point}: the next restore"));
-        assert_eq!(
-            db.pg.sql(
-                &db.name,
-                "SELECT string_agg(id::text, ',' ORDER BY id) FROM items"
-            ),
-            "1,2,3",
-            "{point}"
-        );
+        assert_eq!(db.pg.items(&db.name), "1,2,3", "{point}");
         assert_eq!(serving(&w.p), "v3", "{point}");
     }
     let p = &mut w.p;
@@ -660,7 +648,7 @@ fn check_database(w: &World, point: &str) -> String {
         return String::new();
     };
     let (pg, name) = (db.pg, db.name.as_str());
-    let items = |d: &str| pg.sql(d, "SELECT string_agg(id::text, ',' ORDER BY id) FROM items");
+    let items = |d: &str| pg.items(d);
     let allows = pg.sql(
         "postgres",
         &format!("SELECT datallowconn FROM pg_database WHERE datname = '{name}'"),

@@ -665,9 +665,8 @@ fn the_migration_guard_refuses_a_rollback_across_a_contract_and_allows_an_expand
         );
     };
     let extra = format!(
-        "[service.web.migrations]\ndir = \"migrations\"\n\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/app\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
-        pg.port,
-        pg.work.path().join("pw").display()
+        "[service.web.migrations]\ndir = \"migrations\"\n{}",
+        pg.service_table("app", "")
     );
     let p = ready_project_with("migr", 10, 60, &extra, |dir| {
         let versions = dir.join("migrations/versions");
@@ -826,17 +825,8 @@ fn a_database_restore_scales_the_deployment_to_zero_and_back() {
     use futures_util::StreamExt;
     let pg = pg_fixture::start();
     pg.create_app("app");
-    let items = || {
-        pg.sql(
-            "app",
-            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
-        )
-    };
-    let extra = format!(
-        "[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/app\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\nchecks = [\"SELECT count(*) = 3 FROM items\"]\n",
-        pg.port,
-        pg.work.path().join("pw").display()
-    );
+    let items = || pg.items("app");
+    let extra = pg.service_table("app", "checks = [\"SELECT count(*) = 3 FROM items\"]\n");
     let p = ready_project_with("restore", 10, 60, &extra, |_| {});
     p.must(p.deploy("v1"), "deploy v1");
     p.must(p.run(&["db", "backup", "web"]), "db backup");
@@ -1121,17 +1111,8 @@ fn a_registry_login_comes_from_the_docker_config_and_without_one_the_tag_stays()
 fn a_watcher_killed_mid_restore_leaves_the_deployment_to_the_next_one() {
     let pg = pg_fixture::start();
     pg.create_app("app");
-    let items = || {
-        pg.sql(
-            "app",
-            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
-        )
-    };
-    let extra = format!(
-        "[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/app\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
-        pg.port,
-        pg.work.path().join("pw").display()
-    );
+    let items = || pg.items("app");
+    let extra = pg.service_table("app", "");
     let ns = TestNamespace::new("crashrestore", true);
     user_objects(&ns, "hello from v1's config");
     ns.apply::<Deployment>(deployment(2, 10, 60));
@@ -1217,19 +1198,10 @@ fn a_watcher_killed_mid_restore_leaves_the_deployment_to_the_next_one() {
 fn a_restore_that_fails_its_checks_gives_the_replicas_back_and_the_database_is_untouched() {
     let pg = pg_fixture::start();
     pg.create_app("crm");
-    let items = || {
-        pg.sql(
-            "crm",
-            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
-        )
-    };
+    let items = || pg.items("crm");
     // The restored copy must hold more than 100 items: it holds 3, so the check fails
     // after the Deployment was scaled to 0 and before the swap.
-    let extra = format!(
-        "[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/crm\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\nchecks = [\"SELECT count(*) > 100 FROM items\"]\n",
-        pg.port,
-        pg.work.path().join("pw").display()
-    );
+    let extra = pg.service_table("crm", "checks = [\"SELECT count(*) > 100 FROM items\"]\n");
     let p = ready_project_with("restorefail", 10, 60, &extra, |_| {});
     p.must(p.deploy("v1"), "deploy v1");
     p.must(p.run(&["db", "backup", "web"]), "db backup");
@@ -1279,9 +1251,8 @@ fn a_deploy_the_migration_guard_refuses_leaves_no_config_copy_behind() {
          INSERT INTO alembic_version VALUES ('001');",
     );
     let extra = format!(
-        "[service.web.migrations]\ndir = \"migrations\"\non_contract = \"refuse\"\n\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/shop\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
-        pg.port,
-        pg.work.path().join("pw").display()
+        "[service.web.migrations]\ndir = \"migrations\"\non_contract = \"refuse\"\n{}",
+        pg.service_table("shop", "")
     );
     let p = ready_project_with("refused", 10, 60, &extra, |dir| {
         let versions = dir.join("migrations/versions");

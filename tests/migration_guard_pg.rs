@@ -48,17 +48,7 @@ def downgrade():
 
 fn project(pg: &Postgres, db: &str, migrations_extra: &str, db_extra: &str) -> Project {
     let extra = format!("[service.web.migrations]\ndir = \"migrations\"\n{migrations_extra}");
-    let tail = format!(
-        r#"
-[service.web.database]
-url = "postgresql://postgres@127.0.0.1:{}/{db}"
-password_file = "{}"
-backup_dir = "backups"
-{db_extra}
-"#,
-        pg.port,
-        pg.work.path().join("pw").display()
-    );
+    let tail = pg.service_table(db, db_extra);
     let p = Project::new(&extra, &tail);
     let versions = p.dir.path().join("migrations/versions");
     std::fs::create_dir_all(&versions).unwrap();
@@ -301,11 +291,7 @@ fn a_django_head_comes_from_django_migrations_and_guards_the_rollback() {
     );
     let extra = "[service.web.migrations]\ndir = \"shop\"\nhead_table = \"django_migrations\"\n"
         .to_string();
-    let tail = format!(
-        "\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/dj\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
-        pg.port,
-        pg.work.path().join("pw").display()
-    );
+    let tail = pg.service_table("dj", "");
     let mut p = Project::new(&extra, &tail);
     let dir = p.dir.path().join("shop/accounts/migrations");
     std::fs::create_dir_all(&dir).unwrap();
@@ -354,11 +340,7 @@ fn a_rails_head_comes_from_schema_migrations_and_guards_the_rollback() {
     let extra =
         "[service.web.migrations]\ndir = \"db/migrate\"\nhead_table = \"schema_migrations\"\n"
             .to_string();
-    let tail = format!(
-        "\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/rb\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n",
-        pg.port,
-        pg.work.path().join("pw").display()
-    );
+    let tail = pg.service_table("rb", "");
     let mut p = Project::new(&extra, &tail);
     let dir = p.dir.path().join("db/migrate");
     std::fs::create_dir_all(&dir).unwrap();

@@ -412,7 +412,7 @@ async fn an_interrupted_restore_is_put_right_on_either_side_of_the_swap() {
             &format!("SELECT datallowconn FROM pg_database WHERE datname = '{d}'"),
         )
     };
-    let items = |d: &str| pg.sql(d, "SELECT string_agg(id::text, ',' ORDER BY id) FROM items");
+    let items = |d: &str| pg.items(d);
 
     // Before the swap: the copy is being restored, and new sessions are refused.
     let stamp = now_ms();

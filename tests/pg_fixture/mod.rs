@@ -185,6 +185,24 @@ impl Postgres {
         }
     }
 
+    /// The `[service.web.database]` table for database `db` on this server (over TCP, the
+    /// password from its file, backups under the project's `backups`); `extra` adds lines.
+    pub fn service_table(&self, db: &str, extra: &str) -> String {
+        format!(
+            "\n[service.web.database]\nurl = \"postgresql://postgres@127.0.0.1:{}/{db}\"\npassword_file = \"{}\"\nbackup_dir = \"backups\"\n{extra}",
+            self.port,
+            self.work.path().join("pw").display()
+        )
+    }
+
+    /// The ids in `db`'s `items` (made by [`Postgres::create_app`]), in order: `1,2,3`.
+    pub fn items(&self, db: &str) -> String {
+        self.sql(
+            db,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items",
+        )
+    }
+
     pub fn create_app(&self, db: &str) {
         self.sql("postgres", &format!("CREATE DATABASE {db}"));
         self.sql(
