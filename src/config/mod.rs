@@ -37,7 +37,7 @@ use serde::Serialize;
 pub use model::{
     Check, CheckKind, DatabaseConfig, DockerConfig, IntegrityCheck, KubernetesConfig, MetricRule,
     MigrationsConfig, NginxConfig, OnContract, PrometheusConfig, ProxyLimits, Router, Runtime,
-    ServiceConfig, Slot, Slots,
+    ServiceConfig, Slot, Slots, UpstreamProtocol,
 };
 pub(crate) use raw::{RawConfig, RawService};
 use reader::{Reader, Table};

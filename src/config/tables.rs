@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::duration::{DAY, HOUR, MIN_PROBE, SECOND};
 use super::model::{
     DatabaseConfig, DockerConfig, KubernetesConfig, MigrationsConfig, NginxConfig, OnContract,
-    ProxyLimits,
+    ProxyLimits, UpstreamProtocol,
 };
 use super::reader::{self, Reader, Table, parse_addr};
 use super::triggers::{CpuRule, ErrorRateRule, HealthRule, LatencyRule, Triggers};
@@ -80,9 +80,25 @@ pub(super) fn read_proxy(r: &mut Reader<'_>, t: &Table<'_>) -> ProxyLimits {
             "response_timeout",
             "max_header_bytes",
             "max_uri_bytes",
+            "websocket_drain",
+            "upstream_protocol",
         ],
     );
     let d = ProxyLimits::default();
+    let upstream_protocol = r.string(t, "upstream_protocol").and_then(|s| {
+        match s.value.as_str() {
+            "http1" => Some(UpstreamProtocol::Http1),
+            "h2c" => Some(UpstreamProtocol::H2c),
+            other => {
+                r.error(
+                    s.span,
+                    &reader::join(&t.path, "upstream_protocol"),
+                    format!("`{other}` is not a protocol ripcord speaks to releases: expected \"http1\" or \"h2c\""),
+                );
+                None
+            }
+        }
+    });
     let size = |r: &mut Reader<'_>, key: &str, min: i64, default: usize| {
         r.integer(t, key, min, 1 << 30)
             .map_or(default, |v| v.value as usize)
@@ -97,6 +113,10 @@ pub(super) fn read_proxy(r: &mut Reader<'_>, t: &Table<'_>) -> ProxyLimits {
         response_timeout: r
             .duration(t, "response_timeout", SECOND, DAY)
             .unwrap_or(d.response_timeout),
+        websocket_drain: r
+            .duration(t, "websocket_drain", Duration::ZERO, DAY)
+            .unwrap_or(d.websocket_drain),
+        upstream_protocol: upstream_protocol.unwrap_or(d.upstream_protocol),
     }
 }
 

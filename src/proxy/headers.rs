@@ -37,6 +37,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol a request asks to switch to (`Upgrade: websocket` with `Connection:
+/// upgrade`), if it does.
+pub(crate) fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let protocol = headers.get(header::UPGRADE)?;
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| protocol.clone())
+}
+
+/// Puts back the two headers of an upgrade that stripping hop-by-hop headers removed.
+pub(crate) fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
 /// Makes an incoming request's headers fit to send upstream.
 pub(crate) fn prepare_request(headers: &mut HeaderMap, peer: SocketAddr) {
     strip_hop_by_hop(headers);
@@ -100,6 +119,19 @@ mod tests {
         let mut h = HeaderMap::new();
         prepare_request(&mut h, peer);
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+    }
+
+    #[test]
+    fn an_upgrade_is_asked_only_with_connection_upgrade() {
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_of(&h).unwrap(), "websocket");
+        let h = map(&[("upgrade", "websocket")]);
+        assert!(upgrade_of(&h).is_none());
+        let h = map(&[("connection", "upgrade")]);
+        assert!(upgrade_of(&h).is_none());
     }
 
     #[test]

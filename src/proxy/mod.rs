@@ -68,6 +68,8 @@ pub struct ProxyCounters {
     pub upstream_errors: AtomicU64,
     /// Records dropped because the guard's channel was full.
     pub records_dropped: AtomicU64,
+    /// Upgraded connections (WebSockets) open now, spliced between a client and a release.
+    pub upgraded: AtomicU64,
 }
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -83,6 +85,9 @@ struct Shared {
     /// requests wait (at most [`MAX_HOLD`]) instead of meeting a closed port.
     held: AtomicBool,
     released: Notify,
+    /// Told of every switch: an upgraded connection on a release switched away from is
+    /// closed `websocket_drain` later.
+    switches: watch::Sender<()>,
 }
 
 /// The longest a request waits while the proxy holds new requests; then it goes on to
@@ -180,6 +185,7 @@ impl Proxy {
             limits,
             held: AtomicBool::new(held),
             released: Notify::new(),
+            switches: watch::Sender::new(()),
         });
         let (shutdown, rx) = watch::channel(false);
         let hold = held.then(|| HoldGuard {
@@ -204,7 +210,10 @@ impl Proxy {
     /// Sends new requests to `target` from now on and returns the old target. Requests
     /// already in flight finish where they started.
     pub fn switch(&self, target: Option<Target>) -> Option<Arc<Target>> {
-        self.shared.target.swap(target.map(Arc::new))
+        let old = self.shared.target.swap(target.map(Arc::new));
+        // Upgraded connections on the old release start their drain.
+        self.shared.switches.send_replace(());
+        old
     }
 
     pub fn target(&self) -> Option<Arc<Target>> {
@@ -271,12 +280,15 @@ impl hyper::body::Body for ClientBody {
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let limits = shared.limits;
     // A connection holds a permit for its life: at the cap, new ones wait in the backlog.
-    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
+    // Shutdown waits for all of them to come back (the drain).
+    let cap = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let open = Arc::new(Semaphore::new(cap));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .keep_alive(true)
         // A client that sends its request and closes its writing half still gets the
         // answer (curl -T, some load balancers' health checks).
@@ -284,6 +296,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_header_size(limits.max_header_bytes);
+    let builders = Arc::new(Builders { http1 });
     loop {
         let permit = tokio::select! {
             p = open.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -301,26 +314,67 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let svc = service_fn(move |req| handle(shared.clone(), req, peer));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    drop(permit);
-                });
+                let conn = Conn { peer };
+                tokio::spawn(serve_connection(
+                    shared.clone(),
+                    builders.clone(),
+                    stream,
+                    conn,
+                    stop.clone(),
+                    permit,
+                ));
             }
             _ = stop.changed() => break,
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, open.acquire_many(cap as u32)).await;
+}
+
+/// The connection builders, made once per proxy.
+struct Builders {
+    http1: hyper::server::conn::http1::Builder,
+}
+
+/// What a request's handler knows of its connection.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    peer: SocketAddr,
+}
+
+/// Serves one client connection until it closes, or until shutdown lets its requests in
+/// flight finish.
+async fn serve_connection<I>(
+    shared: Arc<Shared>,
+    builders: Arc<Builders>,
+    io: I,
+    conn: Conn,
+    mut stop: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| handle(shared.clone(), req, conn));
+    let served = builders
+        .http1
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(served);
+    let stopping = tokio::select! {
+        _ = served.as_mut() => false,
+        _ = stop.wait_for(|stopped| *stopped) => true,
+    };
+    if stopping {
+        served.as_mut().graceful_shutdown();
+        let _ = served.await;
+    }
+    drop(permit);
 }
 
 async fn handle(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    conn: Conn,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut start = Instant::now();
     let counters = &shared.counters;
@@ -351,13 +405,19 @@ async fn handle(
         ));
     }
     counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    // An upgrade (WebSocket): the client's side of the connection, once it is switched.
+    let upgrade =
+        headers::upgrade_of(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let client_failed = Arc::new(AtomicBool::new(false));
     let body = ClientBody {
         inner: body,
         failed: client_failed.clone(),
     };
-    headers::prepare_request(&mut parts.headers, peer);
+    headers::prepare_request(&mut parts.headers, conn.peer);
+    if let Some((protocol, _)) = &upgrade {
+        headers::set_upgrade(&mut parts.headers, protocol.clone());
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -410,10 +470,24 @@ async fn handle(
             )
         }
         Ok(result) => match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                let switched = match upgrade {
+                    Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let release = hyper::upgrade::on(&mut resp);
+                        Some((client, release))
+                    }
+                    _ => None,
+                };
                 let (mut parts, body) = resp.into_parts();
+                let protocol = parts.headers.get(hyper::header::UPGRADE).cloned();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 record(&shared, &target, parts.status.as_u16(), start, false);
+                if let Some((client, release)) = switched {
+                    if let Some(protocol) = protocol {
+                        headers::set_upgrade(&mut parts.headers, protocol);
+                    }
+                    tokio::spawn(splice(shared.clone(), target.clone(), client, release));
+                }
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
@@ -434,6 +508,68 @@ async fn handle(
         },
     };
     Ok(response)
+}
+
+/// Splices an upgraded client connection to the release's until either side closes, or
+/// until `websocket_drain` after a switch away from that release.
+async fn splice(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    client: hyper::upgrade::OnUpgrade,
+    release: hyper::upgrade::OnUpgrade,
+) {
+    // Subscribed before the first look at the target: a switch in between is seen.
+    let mut switches = shared.switches.subscribe();
+    switches.mark_changed();
+    let (client, release) = match tokio::join!(client, release) {
+        (Ok(c), Ok(r)) => (c, r),
+        (c, r) => {
+            let error = c.err().or(r.err()).map(|e| error_chain(&e));
+            tracing::debug!(service = %shared.service, error = ?error, "an upgrade did not complete");
+            return;
+        }
+    };
+    let counters = &shared.counters;
+    counters.upgraded.fetch_add(1, Ordering::Relaxed);
+    let (mut client, mut release) = (TokioIo::new(client), TokioIo::new(release));
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut release);
+    tokio::pin!(copy);
+    let drain = shared.limits.websocket_drain;
+    // Set while this connection's release is not the active one.
+    let mut closes_at: Option<tokio::time::Instant> = None;
+    loop {
+        let deadline = async {
+            match closes_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = copy.as_mut() => break,
+            changed = switches.changed() => {
+                if changed.is_err() {
+                    // The proxy is gone; the connection goes on until either side closes.
+                    let _ = copy.as_mut().await;
+                    break;
+                }
+                let active = shared.target.load().as_deref() == Some(&*target);
+                closes_at = match (active, closes_at) {
+                    (true, _) => None,
+                    (false, Some(at)) => Some(at),
+                    (false, None) => Some(tokio::time::Instant::now() + drain),
+                };
+            }
+            _ = deadline => {
+                tracing::debug!(
+                    service = %shared.service,
+                    release = %target.version,
+                    "an upgraded connection outlived its drain after a switch: closed"
+                );
+                break;
+            }
+        }
+    }
+    counters.upgraded.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Waits until the proxy stops holding new requests, at most [`MAX_HOLD`].

@@ -341,6 +341,7 @@ fn tight() -> ProxyLimits {
         response_timeout: Duration::from_millis(500),
         max_header_bytes: 4096,
         max_uri_bytes: 512,
+        ..ProxyLimits::default()
     }
 }
 
@@ -498,4 +499,134 @@ async fn a_request_body_is_streamed_to_the_release_not_buffered() {
     let got = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&got[..], b"first;");
     drop(tx);
+}
+
+// WebSockets: a real client (tokio-tungstenite) through the proxy to real WebSocket
+// servers, one per release, that answer each text message with their name.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket server that answers `text` with `name: text`.
+async fn ws_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(t) = msg {
+                        let answer = Message::text(format!("{name}: {t}"));
+                        if ws.send(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Bounds a step of a WebSocket test, so a proxy that stalls fails it instead of hanging.
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took over 10 s"))
+}
+
+async fn ws_connect(p: &Proxy) -> WebSocket {
+    let url = format!("ws://{}/socket", p.local_addr());
+    let (ws, resp) = bounded("the handshake", tokio_tungstenite::connect_async(url))
+        .await
+        .expect("the WebSocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn ws_round_trip(ws: &mut WebSocket, text: &str) -> String {
+    bounded("a round trip", async {
+        ws.send(Message::text(text)).await.unwrap();
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            other => panic!("no text answer to {text:?}: {other:?}"),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn websockets_pass_and_open_ones_stay_on_their_release_after_a_switch() {
+    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut old = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut old, "hi").await, "blue: hi");
+    p.switch(Some(target(Slot::Green, green, 2)));
+    // Within the drain (30 s by default) the open socket goes on with its release...
+    assert_eq!(ws_round_trip(&mut old, "still").await, "blue: still");
+    // ...and a new one lands on the new release.
+    let mut new = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut new, "hello").await, "green: hello");
+    assert_eq!(ws_round_trip(&mut old, "again").await, "blue: again");
+    assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 2);
+    // Each upgrade is recorded for the guard as its 101, on its release.
+    let first = rx.recv().await.unwrap();
+    let second = rx.recv().await.unwrap();
+    assert_eq!((first.status, first.release_id), (101, 1));
+    assert_eq!((second.status, second.release_id), (101, 2));
+    // A client that closes ends its splice.
+    bounded("closing", old.close(None)).await.unwrap();
+    drop(old);
+    bounded("the splice's end", async {
+        while p.counters().upgraded.load(Ordering::Relaxed) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn open_websockets_on_the_old_release_are_closed_after_the_drain() {
+    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
+    let limits = ProxyLimits {
+        websocket_drain: Duration::from_millis(200),
+        ..ProxyLimits::default()
+    };
+    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut old = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut old, "hi").await, "blue: hi");
+    p.switch(Some(target(Slot::Green, green, 2)));
+    let mut new = ws_connect(&p).await;
+    // The old socket ends (its connection closed under it) once the drain is over.
+    let end = bounded("the old socket's end", async {
+        loop {
+            match old.next().await {
+                Some(Ok(Message::Text(t))) => panic!("an unasked answer: {t}"),
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(end, None | Some(Err(_))),
+        "the old socket was not closed: {end:?}"
+    );
+    // The socket on the active release is not touched.
+    assert_eq!(ws_round_trip(&mut new, "hello").await, "green: hello");
+    assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 1);
 }

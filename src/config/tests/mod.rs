@@ -443,7 +443,7 @@ fn proxy_limits_default_to_nginx_like_values_and_can_be_set() {
         ProxyLimits::default()
     );
     let src = format!(
-        "{GOOD}[service.web.proxy]\nmax_connections = 500\nheader_timeout = \"10s\"\nresponse_timeout = \"2m\"\nmax_header_bytes = 16384\nmax_uri_bytes = 2048\n"
+        "{GOOD}[service.web.proxy]\nmax_connections = 500\nheader_timeout = \"10s\"\nresponse_timeout = \"2m\"\nmax_header_bytes = 16384\nmax_uri_bytes = 2048\nwebsocket_drain = \"5m\"\nupstream_protocol = \"h2c\"\n"
     );
     let l = Config::parse(&src, Path::new("x.toml"))
         .unwrap()
@@ -458,6 +458,8 @@ fn proxy_limits_default_to_nginx_like_values_and_can_be_set() {
             response_timeout: Duration::from_secs(120),
             max_header_bytes: 16384,
             max_uri_bytes: 2048,
+            websocket_drain: Duration::from_secs(300),
+            upstream_protocol: crate::config::UpstreamProtocol::H2c,
         }
     );
     // What is not given keeps its default.
@@ -488,6 +490,22 @@ fn proxy_limits_default_to_nginx_like_values_and_can_be_set() {
         problems
             .iter()
             .any(|p| p.contains("service.web.proxy.max_uri")),
+        "{problems:?}"
+    );
+    let problems = errors(&format!(
+        "{GOOD}[service.web.proxy]\nwebsocket_drain = \"later\"\nupstream_protocol = \"h3\"\n"
+    ));
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("ripcord.toml:6: service.web.proxy.websocket_drain")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p
+            .starts_with("ripcord.toml:7: service.web.proxy.upstream_protocol")
+            && p.contains("`h3`")),
         "{problems:?}"
     );
 }
