@@ -85,6 +85,7 @@ struct Shared {
     /// requests wait (at most [`MAX_HOLD`]) instead of meeting a closed port.
     held: AtomicBool,
     released: Notify,
+    request_ids: headers::RequestIds,
     /// Told of every switch: an upgraded connection on a release switched away from is
     /// closed `websocket_drain` later.
     switches: watch::Sender<()>,
@@ -185,6 +186,7 @@ impl Proxy {
             limits,
             held: AtomicBool::new(held),
             released: Notify::new(),
+            request_ids: headers::RequestIds::new(),
             switches: watch::Sender::new(()),
         });
         let (shutdown, rx) = watch::channel(false);
@@ -314,7 +316,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = Conn { peer };
+                let conn = headers::Client { peer, https: false };
                 tokio::spawn(serve_connection(
                     shared.clone(),
                     builders.clone(),
@@ -336,19 +338,13 @@ struct Builders {
     http1: hyper::server::conn::http1::Builder,
 }
 
-/// What a request's handler knows of its connection.
-#[derive(Debug, Clone, Copy)]
-struct Conn {
-    peer: SocketAddr,
-}
-
 /// Serves one client connection until it closes, or until shutdown lets its requests in
 /// flight finish.
 async fn serve_connection<I>(
     shared: Arc<Shared>,
     builders: Arc<Builders>,
     io: I,
-    conn: Conn,
+    conn: headers::Client,
     mut stop: watch::Receiver<bool>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
@@ -374,7 +370,7 @@ async fn serve_connection<I>(
 async fn handle(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
-    conn: Conn,
+    conn: headers::Client,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut start = Instant::now();
     let counters = &shared.counters;
@@ -414,7 +410,8 @@ async fn handle(
         inner: body,
         failed: client_failed.clone(),
     };
-    headers::prepare_request(&mut parts.headers, conn.peer);
+    let request_id =
+        headers::prepare_request(&mut parts.headers, &parts.uri, conn, &shared.request_ids);
     if let Some((protocol, _)) = &upgrade {
         headers::set_upgrade(&mut parts.headers, protocol.clone());
     }
@@ -432,10 +429,11 @@ async fn handle(
         Ok(uri) => uri,
         Err(e) => {
             counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return Ok(plain(
+            let resp = plain(
                 StatusCode::BAD_REQUEST,
                 format!("ripcord: bad request target: {e}\n"),
-            ));
+            );
+            return Ok(with_id(resp, request_id));
         }
     };
     let result = tokio::time::timeout(
@@ -448,10 +446,11 @@ async fn handle(
     // release's, so the guard does not count it (nginx logs these as 499).
     if client_failed.load(Ordering::Relaxed) && !matches!(result, Ok(Ok(_))) {
         record(&shared, &target, CLIENT_CLOSED, start, false);
-        return Ok(plain(
+        let resp = plain(
             StatusCode::BAD_REQUEST,
             "ripcord: the request body ended before its length\n".to_string(),
-        ));
+        );
+        return Ok(with_id(resp, request_id));
     }
     let response = match result {
         Err(_) => {
@@ -507,7 +506,15 @@ async fn handle(
             }
         },
     };
-    Ok(response)
+    Ok(with_id(response, request_id))
+}
+
+/// The request's id on its response, unless the release gave one of its own.
+fn with_id(mut resp: Response<ProxyBody>, id: HeaderValue) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .entry(headers::X_REQUEST_ID)
+        .or_insert(id);
+    resp
 }
 
 /// Splices an upgraded client connection to the release's until either side closes, or

@@ -52,6 +52,14 @@ async fn serve_text(listener: TcpListener, name: &'static str) {
                             .unwrap_or_default();
                         Response::new(Full::new(first).map_err(|n| match n {}).boxed())
                     }
+                    "/headers" => {
+                        // Each header as the release received it, one per line.
+                        let mut lines = String::new();
+                        for (k, v) in req.headers() {
+                            lines.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                        }
+                        text(&lines)
+                    }
                     "/echo" => {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         Response::new(Full::new(body).map_err(|n| match n {}).boxed())
@@ -629,4 +637,85 @@ async fn open_websockets_on_the_old_release_are_closed_after_the_drain() {
     // The socket on the active release is not touched.
     assert_eq!(ws_round_trip(&mut new, "hello").await, "green: hello");
     assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 1);
+}
+
+/// The value of header `name` in an upstream's `/headers` answer.
+fn seen<'a>(lines: &'a str, name: &str) -> Vec<&'a str> {
+    lines
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .collect()
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_request_ids_reach_the_release_and_the_id_comes_back() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let c = client();
+    let url = format!("http://{}/headers", p.local_addr());
+    let req = Request::get(&url)
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("forwarded", "for=10.1.2.3;proto=https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let lines = String::from_utf8_lossy(&body);
+    assert_eq!(
+        seen(&lines, "x-forwarded-for"),
+        ["10.1.2.3, 127.0.0.1"],
+        "{lines}"
+    );
+    assert_eq!(seen(&lines, "x-forwarded-proto"), ["http"], "{lines}");
+    assert_eq!(
+        seen(&lines, "x-forwarded-host"),
+        ["shop.example"],
+        "{lines}"
+    );
+    assert_eq!(
+        seen(&lines, "forwarded"),
+        ["for=10.1.2.3;proto=https, for=127.0.0.1;host=shop.example;proto=http"],
+        "{lines}"
+    );
+    // The id the release saw is the one the client got back.
+    assert_eq!(seen(&lines, "x-request-id"), [id.as_str()], "{lines}");
+    // Another request gets another id.
+    let (_, headers, lines) = get(&c, url.clone()).await;
+    let other = headers["x-request-id"].to_str().unwrap();
+    assert_ne!(other, id);
+    assert_eq!(seen(&lines, "x-request-id"), [other], "{lines}");
+    // A client's own id is passed through and returned.
+    let req = Request::get(&url)
+        .header("x-request-id", "trace-42")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-42");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        seen(&String::from_utf8_lossy(&body), "x-request-id"),
+        ["trace-42"]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_request_still_answers_with_its_request_id() {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Green, dead, 7)));
+    let c = client();
+    let req = Request::get(format!("http://{}/", p.local_addr()))
+        .header("x-request-id", "trace-502")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-request-id"], "trace-502");
 }
