@@ -255,6 +255,9 @@ pub struct ServiceConfig {
     /// The built-in proxy's limits per client (router `proxy`).
     #[serde(skip)]
     pub proxy_limits: ProxyLimits,
+    /// The built-in proxy's certificate, when it serves HTTPS (router `proxy`).
+    #[serde(skip)]
+    pub proxy_tls: Option<ProxyTls>,
     /// The Deployment (runtime `kubernetes` only).
     pub kubernetes: Option<KubernetesConfig>,
     /// The service's PostgreSQL database (backups and restore).
@@ -444,6 +447,16 @@ pub struct ProxyLimits {
     /// How the proxy speaks to the releases: HTTP/1.1, or HTTP/2 without TLS (`h2c`, for
     /// gRPC backends).
     pub upstream_protocol: UpstreamProtocol,
+}
+
+/// `[service.NAME.proxy] tls_cert` and `tls_key`: the proxy serves HTTPS with this
+/// certificate, offering HTTP/2 and HTTP/1.1 by ALPN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyTls {
+    /// PEM: the certificate, then its chain.
+    pub cert: PathBuf,
+    /// PEM: the certificate's private key.
+    pub key: PathBuf,
 }
 
 /// `[service.NAME.proxy] upstream_protocol`.

@@ -8,6 +8,7 @@
 //! channel is full the record is dropped and counted, never the request.
 
 mod headers;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{ProxyLimits, Slot};
+use crate::config::{ProxyLimits, ProxyTls, Slot, UpstreamProtocol};
 use crate::http::error_chain;
 
 pub use headers::strip_hop_by_hop;
@@ -86,6 +87,7 @@ struct Shared {
     held: AtomicBool,
     released: Notify,
     request_ids: headers::RequestIds,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Told of every switch: an upgraded connection on a release switched away from is
     /// closed `websocket_drain` later.
     switches: watch::Sender<()>,
@@ -135,18 +137,32 @@ impl Proxy {
     ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
-        Proxy::serve(service, listener, records, limits)
+        Proxy::serve(service, listener, records, limits, None)
+    }
+
+    /// [`Proxy::bind_with`], serving HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with `tls`.
+    pub async fn bind_tls(
+        service: &str,
+        listen: SocketAddr,
+        records: Option<mpsc::Sender<RequestRecord>>,
+        limits: ProxyLimits,
+        tls: &ProxyTls,
+    ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        Proxy::serve(service, listener, records, limits, Some(tls))
     }
 
     /// Serves on a listening socket bound elsewhere (one kept across a watcher restart,
-    /// or handed over by systemd); it must be non-blocking.
+    /// or handed over by systemd); it must be non-blocking. With `tls`, it serves HTTPS.
     pub fn serve(
         service: &str,
         listener: std::net::TcpListener,
         records: Option<mpsc::Sender<RequestRecord>>,
         limits: ProxyLimits,
+        tls: Option<&ProxyTls>,
     ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
-        Proxy::start(service, listener, records, false, limits).map(|(p, t, _)| (p, t))
+        Proxy::start(service, listener, records, false, limits, tls).map(|(p, t, _)| (p, t))
     }
 
     /// [`Proxy::serve`], held from its first request until the guard is dropped: for a
@@ -157,8 +173,9 @@ impl Proxy {
         listener: std::net::TcpListener,
         records: Option<mpsc::Sender<RequestRecord>>,
         limits: ProxyLimits,
+        tls: Option<&ProxyTls>,
     ) -> std::io::Result<(Proxy, JoinHandle<()>, HoldGuard)> {
-        let (p, t, hold) = Proxy::start(service, listener, records, true, limits)?;
+        let (p, t, hold) = Proxy::start(service, listener, records, true, limits, tls)?;
         Ok((p, t, hold.expect("started held")))
     }
 
@@ -168,7 +185,12 @@ impl Proxy {
         records: Option<mpsc::Sender<RequestRecord>>,
         held: bool,
         limits: ProxyLimits,
+        tls: Option<&ProxyTls>,
     ) -> std::io::Result<(Proxy, JoinHandle<()>, Option<HoldGuard>)> {
+        let tls = match tls {
+            Some(tls) => Some(tls::acceptor(tls).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let listener = TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
         let mut connector = HttpConnector::new();
@@ -176,6 +198,7 @@ impl Proxy {
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .http2_only(limits.upstream_protocol == UpstreamProtocol::H2c)
             .build(connector);
         let shared = Arc::new(Shared {
             service: Arc::from(service),
@@ -187,6 +210,7 @@ impl Proxy {
             held: AtomicBool::new(held),
             released: Notify::new(),
             request_ids: headers::RequestIds::new(),
+            tls,
             switches: watch::Sender::new(()),
         });
         let (shutdown, rx) = watch::channel(false);
@@ -298,7 +322,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_header_size(limits.max_header_bytes);
-    let builders = Arc::new(Builders { http1 });
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builders = Arc::new(Builders {
+        http1,
+        http2,
+        tls: shared.tls.clone(),
+    });
     loop {
         let permit = tokio::select! {
             p = open.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -316,12 +348,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = headers::Client { peer, https: false };
-                tokio::spawn(serve_connection(
+                tokio::spawn(connection(
                     shared.clone(),
                     builders.clone(),
                     stream,
-                    conn,
+                    peer,
                     stop.clone(),
                     permit,
                 ));
@@ -336,6 +367,85 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 /// The connection builders, made once per proxy.
 struct Builders {
     http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4): a client that speaks HTTP/2
+/// without TLS (h2c) with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a client starts with the HTTP/2 preface, from its first bytes, left unread.
+/// An HTTP/1 request differs at its first byte, so it is told at the first look. A
+/// preface cut short that makes no progress for [`PREFACE_PATIENCE`] is left to HTTP/1,
+/// which answers what it is (a peek cannot see the client's end of the stream).
+async fn sends_h2_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut seen = 0;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        if n != seen {
+            (seen, since) = (n, tokio::time::Instant::now());
+        } else if since.elapsed() >= PREFACE_PATIENCE {
+            return Ok(false);
+        }
+        // A preface in pieces: look again once more may have come.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// How long a preface cut short may wait for its next byte.
+const PREFACE_PATIENCE: Duration = Duration::from_millis(200);
+
+/// One accepted client connection: TLS when configured (ALPN picks HTTP/2 or HTTP/1.1),
+/// else HTTP/1 or h2c by the client's first bytes. A client that has not said which
+/// within `header_timeout` loses its connection, as with a slow request head.
+async fn connection(
+    shared: Arc<Shared>,
+    builders: Arc<Builders>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let wait = shared.limits.header_timeout;
+    if let Some(acceptor) = builders.tls.clone() {
+        let Ok(Ok(tls)) = tokio::time::timeout(wait, acceptor.accept(stream)).await else {
+            return;
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let client = headers::Client { peer, https: true };
+        serve_connection(shared, builders, tls, client, h2, stop, permit).await;
+    } else {
+        let Ok(Ok(h2)) = tokio::time::timeout(wait, sends_h2_preface(&stream)).await else {
+            return;
+        };
+        let client = headers::Client { peer, https: false };
+        serve_connection(shared, builders, stream, client, h2, stop, permit).await;
+    }
+}
+
+/// Drives a connection until it ends, or until shutdown: then it stops taking requests
+/// and lets those in flight finish.
+macro_rules! until_stopped {
+    ($served:ident, $stop:ident) => {{
+        tokio::pin!($served);
+        let stopping = tokio::select! {
+            _ = $served.as_mut() => false,
+            _ = $stop.wait_for(|stopped| *stopped) => true,
+        };
+        if stopping {
+            $served.as_mut().graceful_shutdown();
+            let _ = $served.await;
+        }
+    }};
 }
 
 /// Serves one client connection until it closes, or until shutdown lets its requests in
@@ -344,25 +454,21 @@ async fn serve_connection<I>(
     shared: Arc<Shared>,
     builders: Arc<Builders>,
     io: I,
-    conn: headers::Client,
+    client: headers::Client,
+    h2: bool,
     mut stop: watch::Receiver<bool>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(shared.clone(), req, conn));
-    let served = builders
-        .http1
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    tokio::pin!(served);
-    let stopping = tokio::select! {
-        _ = served.as_mut() => false,
-        _ = stop.wait_for(|stopped| *stopped) => true,
-    };
-    if stopping {
-        served.as_mut().graceful_shutdown();
-        let _ = served.await;
+    let svc = service_fn(move |req| handle(shared.clone(), req, client));
+    let io = TokioIo::new(io);
+    if h2 {
+        let served = builders.http2.serve_connection(io, svc);
+        until_stopped!(served, stop);
+    } else {
+        let served = builders.http1.serve_connection(io, svc).with_upgrades();
+        until_stopped!(served, stop);
     }
     drop(permit);
 }
@@ -405,6 +511,12 @@ async fn handle(
     let upgrade =
         headers::upgrade_of(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
+    let version = parts.version;
+    parts.version = match shared.limits.upstream_protocol {
+        UpstreamProtocol::H2c => Version::HTTP_2,
+        UpstreamProtocol::Http1 if version == Version::HTTP_2 => Version::HTTP_11,
+        UpstreamProtocol::Http1 => version,
+    };
     let client_failed = Arc::new(AtomicBool::new(false));
     let body = ClientBody {
         inner: body,
@@ -478,6 +590,8 @@ async fn handle(
                     _ => None,
                 };
                 let (mut parts, body) = resp.into_parts();
+                // The client's protocol, whatever the release's.
+                parts.version = version;
                 let protocol = parts.headers.get(hyper::header::UPGRADE).cloned();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 record(&shared, &target, parts.status.as_u16(), start, false);

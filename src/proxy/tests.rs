@@ -2,6 +2,7 @@
 //! for the two slots.
 
 use super::*;
+use crate::config::{ProxyTls, UpstreamProtocol};
 use http_body_util::channel::Channel;
 
 /// An upstream that answers `name` plus what it saw, with a few behaviours by path.
@@ -63,6 +64,10 @@ async fn serve_text(listener: TcpListener, name: &'static str) {
                     "/echo" => {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         Response::new(Full::new(body).map_err(|n| match n {}).boxed())
+                    }
+                    "/echo-name" => {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        text(&format!("{name}:{}", String::from_utf8_lossy(&body)))
                     }
                     _ => {
                         let mut r = text(&format!("{name} saw {}", seen.join(",")));
@@ -718,4 +723,291 @@ async fn a_failed_request_still_answers_with_its_request_id() {
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-request-id"], "trace-502");
+}
+
+// HTTP/2: h2c with prior knowledge and HTTPS with ALPN from clients, h2c to releases.
+
+fn h2c_client<B>() -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served_many_streams_on_one_connection() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let c = h2c_client::<Full<Bytes>>();
+    let url = format!("http://{}/headers", p.local_addr());
+    let answers = futures_util::future::join_all((0..20).map(|_| {
+        let c = c.clone();
+        let url = url.clone();
+        async move {
+            let resp = bounded("an h2c request", c.get(url.parse().unwrap()))
+                .await
+                .unwrap();
+            let version = resp.version();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (version, status, String::from_utf8_lossy(&body).into_owned())
+        }
+    }))
+    .await;
+    let authority = p.local_addr().to_string();
+    for (version, status, lines) in answers {
+        assert_eq!(
+            (version, status),
+            (Version::HTTP_2, StatusCode::OK),
+            "{lines}"
+        );
+        // The HTTP/1 release gets the client's authority as its Host.
+        assert_eq!(seen(&lines, "host"), [authority.as_str()], "{lines}");
+        assert_eq!(seen(&lines, "x-forwarded-proto"), ["http"], "{lines}");
+    }
+    // HTTP/1 clients share the port.
+    assert_eq!(get(&client(), url).await.0, 200);
+}
+
+/// A self-signed certificate for `localhost` in PEM files, and the certificate to trust.
+fn localhost_cert(dir: &std::path::Path) -> (ProxyTls, rustls::pki_types::CertificateDer<'static>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let tls = ProxyTls {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&tls.cert, cert.pem()).unwrap();
+    std::fs::write(&tls.key, signing_key.serialize_pem()).unwrap();
+    (tls, cert.der().clone())
+}
+
+/// A TLS connection to the proxy offering only `alpn`, and what was agreed.
+async fn tls_connect(
+    p: &Proxy,
+    trust: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.clone()).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(crate::http::ring_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = bounded("the TLS handshake", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+async fn lines_of(resp: Response<Incoming>) -> String {
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test]
+async fn https_serves_http2_and_http1_by_alpn() {
+    let blue = upstream("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, trust) = localhost_cert(dir.path());
+    let (p, _) = Proxy::bind_tls(
+        "web",
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        ProxyLimits::default(),
+        &tls,
+    )
+    .await
+    .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    // HTTP/2 over TLS.
+    let io = TokioIo::new(tls_connect(&p, &trust, b"h2").await);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://localhost/headers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = bounded("an h2 request", send.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.version(), resp.status()),
+        (Version::HTTP_2, StatusCode::OK)
+    );
+    let lines = lines_of(resp).await;
+    assert_eq!(seen(&lines, "x-forwarded-proto"), ["https"], "{lines}");
+    assert_eq!(
+        seen(&lines, "forwarded"),
+        ["for=127.0.0.1;host=localhost;proto=https"],
+        "{lines}"
+    );
+    // HTTP/1.1 over TLS.
+    let io = TokioIo::new(tls_connect(&p, &trust, b"http/1.1").await);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/headers")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = bounded("an HTTP/1.1 request", send.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.version(), resp.status()),
+        (Version::HTTP_11, StatusCode::OK)
+    );
+    let lines = lines_of(resp).await;
+    assert_eq!(seen(&lines, "x-forwarded-proto"), ["https"], "{lines}");
+    // Plain HTTP is not served on the TLS port.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(10),
+        client().get(format!("http://{}/", p.local_addr()).parse().unwrap()),
+    )
+    .await
+    .expect("a plain request to the TLS port ends");
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+}
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_refused_naming_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, _) = localhost_cert(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (other, _) = localhost_cert(other.path());
+    let mixed = ProxyTls {
+        cert: tls.cert.clone(),
+        key: other.key,
+    };
+    let err = tls::acceptor(&mixed)
+        .err()
+        .expect("a key of another certificate");
+    assert!(err.contains(&mixed.key.display().to_string()), "{err}");
+    assert!(err.contains(&mixed.cert.display().to_string()), "{err}");
+    assert!(tls::acceptor(&tls).is_ok());
+}
+
+/// A release that speaks only HTTP/2 without TLS (as a gRPC server does). `/stream`
+/// answers each request body frame as it comes, as `name:frame`, then trailers: a
+/// `grpc-status` of 0 and the `te` the request came with.
+async fn h2_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = service_fn(move |req: Request<Incoming>| async move {
+                let te = req.headers().get("te").cloned();
+                let resp: Response<ProxyBody> = if req.uri().path() == "/stream" {
+                    let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(4);
+                    tokio::spawn(async move {
+                        let mut incoming = req.into_body();
+                        while let Some(Ok(frame)) = incoming.frame().await {
+                            if let Ok(data) = frame.into_data() {
+                                let out = format!("{name}:{};", String::from_utf8_lossy(&data));
+                                if tx.send_data(Bytes::from(out)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        if let Some(te) = te {
+                            trailers.insert("x-te", te);
+                        }
+                        let _ = tx.send_trailers(trailers).await;
+                    });
+                    let mut r = Response::new(body.boxed());
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                    r
+                } else {
+                    text(&format!("{name} over {:?}", req.version()))
+                };
+                Ok::<_, Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+async fn h2c_proxy(records: Option<mpsc::Sender<RequestRecord>>) -> Proxy {
+    let limits = ProxyLimits {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyLimits::default()
+    };
+    Proxy::bind_with("grpc", "127.0.0.1:0".parse().unwrap(), records, limits)
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn an_h2c_release_gets_a_streaming_call_and_its_trailers_come_back() {
+    let blue = h2_upstream("blue").await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = h2c_proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    // A streaming call, as gRPC makes: each message answered as it is sent.
+    let (mut body_tx, body) = Channel::<Bytes, hyper::Error>::new(1);
+    let req = Request::post(format!("http://{}/stream", p.local_addr()))
+        .header("te", "trailers")
+        .header(CONTENT_TYPE, "application/grpc")
+        .body(body)
+        .unwrap();
+    let c = h2c_client::<Channel<Bytes, hyper::Error>>();
+    body_tx.send_data(Bytes::from_static(b"m0")).await.unwrap();
+    let resp = bounded("the call's response head", c.request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[CONTENT_TYPE], "application/grpc");
+    let mut body = resp.into_body();
+    let mut next_data = async || loop {
+        let frame = bounded("a message", body.frame()).await.unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            return data;
+        }
+    };
+    // The answer to the first message arrives while the call is still open.
+    assert_eq!(&next_data().await[..], b"blue:m0;");
+    body_tx.send_data(Bytes::from_static(b"m1")).await.unwrap();
+    assert_eq!(&next_data().await[..], b"blue:m1;");
+    drop(body_tx);
+    let trailers = loop {
+        let frame = bounded("the trailers", body.frame())
+            .await
+            .expect("trailers after the data")
+            .unwrap();
+        if let Ok(t) = frame.into_trailers() {
+            break t;
+        }
+    };
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-te"], "trailers");
+    assert_eq!(rx.recv().await.unwrap().status, 200);
+    // An HTTP/1 client reaches the HTTP/2-only release too.
+    let (status, _, body) = get(&client(), format!("http://{}/", p.local_addr())).await;
+    assert_eq!((status, body.as_str()), (200, "blue over HTTP/2.0"));
 }

@@ -511,6 +511,70 @@ fn proxy_limits_default_to_nginx_like_values_and_can_be_set() {
 }
 
 #[test]
+fn proxy_tls_takes_a_certificate_and_key_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), signing_key.serialize_pem()).unwrap();
+    let file = dir.path().join("ripcord.toml");
+    let src =
+        format!("{GOOD}[service.web.proxy]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n");
+    let cfg = Config::parse(&src, &file).unwrap();
+    assert_eq!(
+        cfg.service("web").unwrap().proxy_tls,
+        Some(crate::config::ProxyTls {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        })
+    );
+    assert_eq!(
+        Config::parse(GOOD, &file)
+            .unwrap()
+            .service("web")
+            .unwrap()
+            .proxy_tls,
+        None
+    );
+    // One without the other.
+    let problems = errors(&format!(
+        "{GOOD}[service.web.proxy]\ntls_cert = \"cert.pem\"\n"
+    ));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("ripcord.toml:6: service.web.proxy.tls_cert")
+            && problems[0].contains("tls_key"),
+        "{problems:?}"
+    );
+    // Files that are not there, or hold no PEM certificate.
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let src =
+        format!("{GOOD}[service.web.proxy]\ntls_cert = \"empty.pem\"\ntls_key = \"key.pem\"\n");
+    let Err(LoadError::Invalid { errors, .. }) = Config::parse(&src, &file) else {
+        panic!("an empty certificate file was taken");
+    };
+    let problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        problems.len() == 1
+            && problems[0].contains(":6: service.web.proxy.tls_cert")
+            && problems[0].contains("empty.pem holds no PEM certificate"),
+        "{problems:?}"
+    );
+    let src =
+        format!("{GOOD}[service.web.proxy]\ntls_cert = \"cert.pem\"\ntls_key = \"gone.pem\"\n");
+    let Err(LoadError::Invalid { errors, .. }) = Config::parse(&src, &file) else {
+        panic!("a missing key file was taken");
+    };
+    let problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        problems.len() == 1
+            && problems[0].contains(":7: service.web.proxy.tls_key")
+            && problems[0].contains("gone.pem"),
+        "{problems:?}"
+    );
+}
+
+#[test]
 fn socket_grace_is_a_duration_or_off_with_a_default() {
     let cfg = Config::parse(GOOD, Path::new("x.toml")).unwrap();
     assert_eq!(cfg.socket_grace, Some(DEFAULT_SOCKET_GRACE));
