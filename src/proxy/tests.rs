@@ -1011,3 +1011,103 @@ async fn an_h2c_release_gets_a_streaming_call_and_its_trailers_come_back() {
     let (status, _, body) = get(&client(), format!("http://{}/", p.local_addr())).await;
     assert_eq!((status, body.as_str()), (200, "blue over HTTP/2.0"));
 }
+
+/// Issue 18: zero lost requests in a switch stays true with long-lived connections. Ten
+/// switches happen while 20 HTTP/2 streams are in flight on one connection each time, a
+/// streaming HTTP/2 upload spans all of them, and an HTTP/1 keep-alive connection asks
+/// between them: every request is answered 200 by a release, with its own body, and the
+/// guard sees nothing but 200s.
+#[tokio::test]
+async fn no_request_is_lost_across_switches_with_h2_streams_and_a_streaming_upload() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let p = proxy(Some(tx)).await;
+    let slots = [target(Slot::Blue, blue, 1), target(Slot::Green, green, 2)];
+    let names = ["blue", "green"];
+    p.switch(Some(slots[0].clone()));
+    let url = format!("http://{}/echo-name", p.local_addr());
+    // The upload: started on blue, one part after each switch.
+    let (mut upload_tx, upload_body) = Channel::<Bytes, hyper::Error>::new(1);
+    let uploader = h2c_client::<Channel<Bytes, hyper::Error>>();
+    let req = Request::post(&url).body(upload_body).unwrap();
+    let upload = tokio::spawn(async move { uploader.request(req).await });
+    let mut expected_upload = String::from("part0;");
+    bounded(
+        "the upload's first part",
+        upload_tx.send_data(Bytes::from("part0;")),
+    )
+    .await
+    .unwrap();
+    // The upload has met the proxy (and read its target) before the first switch.
+    bounded("the upload's arrival", async {
+        while p.counters().in_flight.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let streams = h2c_client::<Full<Bytes>>();
+    let keep_alive = client();
+    let mut answers = Vec::new();
+    for round in 0..10usize {
+        let batch: Vec<_> = (0..20)
+            .map(|i| {
+                let (c, url) = (streams.clone(), url.clone());
+                tokio::spawn(async move {
+                    let payload = format!("r{round}-s{i}");
+                    let req = Request::post(url)
+                        .body(Full::new(Bytes::from(payload.clone())))
+                        .unwrap();
+                    let resp = c.request(req).await.expect("an h2 stream failed");
+                    let status = resp.status();
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    (status, String::from_utf8_lossy(&body).into_owned(), payload)
+                })
+            })
+            .collect();
+        let active = (round + 1) % 2;
+        p.switch(Some(slots[active].clone()));
+        let part = format!("part{};", round + 1);
+        expected_upload.push_str(&part);
+        bounded("an upload part", upload_tx.send_data(Bytes::from(part)))
+            .await
+            .unwrap();
+        // The keep-alive connection's next request meets the new release.
+        let (status, _, body) = bounded(
+            "a keep-alive request",
+            get(&keep_alive, format!("http://{}/", p.local_addr())),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with(names[active]), "round {round}: {body}");
+        for b in batch {
+            answers.push(bounded("a batch", b).await.unwrap());
+        }
+    }
+    drop(upload_tx);
+    let upload = bounded("the upload's answer", upload)
+        .await
+        .unwrap()
+        .expect("the upload failed");
+    assert_eq!(upload.status(), 200);
+    let body = upload.into_body().collect().await.unwrap().to_bytes();
+    // It stayed on the release it started on, and lost no part.
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("blue:{expected_upload}")
+    );
+    assert_eq!(answers.len(), 200);
+    for (status, body, payload) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert!(
+            *body == format!("blue:{payload}") || *body == format!("green:{payload}"),
+            "{payload} was answered {body:?}"
+        );
+    }
+    assert_eq!(p.counters().upstream_errors.load(Ordering::Relaxed), 0);
+    let mut statuses = Vec::new();
+    while let Ok(rec) = rx.try_recv() {
+        statuses.push(rec.status);
+    }
+    assert_eq!(statuses.len(), 200 + 10 + 1);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
