@@ -725,6 +725,28 @@ async fn a_failed_request_still_answers_with_its_request_id() {
     assert_eq!(resp.headers()["x-request-id"], "trace-502");
 }
 
+#[tokio::test]
+async fn a_switch_back_within_the_drain_keeps_open_websockets() {
+    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
+    let limits = ProxyLimits {
+        websocket_drain: Duration::from_millis(200),
+        ..ProxyLimits::default()
+    };
+    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut ws = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut ws, "hi").await, "blue: hi");
+    // A deploy and its rollback: blue is active again before the drain is over.
+    p.switch(Some(target(Slot::Green, green, 2)));
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    // Well past the drain, the socket still works.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ws_round_trip(&mut ws, "later").await, "blue: later");
+    assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 1);
+}
+
 // HTTP/2: h2c with prior knowledge and HTTPS with ALPN from clients, h2c to releases.
 
 fn h2c_client<B>() -> Client<HttpConnector, B>
