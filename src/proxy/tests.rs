@@ -1133,3 +1133,150 @@ async fn no_request_is_lost_across_switches_with_h2_streams_and_a_streaming_uplo
     assert_eq!(statuses.len(), 200 + 10 + 1);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
+
+// gRPC: a tonic client through the proxy (h2c both ways) to tonic's server-side gRPC,
+// hosted on hyper's HTTP/2 server as tonic's own `Server` does. Messages are raw bytes (a
+// codec of our own) so no protobuf code generation is needed.
+
+/// Messages as they are: the gRPC framing around them is tonic's.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Copy)]
+struct Raw;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// `/test.Echo/Say`: answers `name: message`; any other method is NOT_FOUND.
+#[derive(Debug, Clone, Copy)]
+struct Say(&'static str);
+
+impl tonic::server::UnaryService<Vec<u8>> for Say {
+    type Response = Vec<u8>;
+    type Future = std::future::Ready<Result<tonic::Response<Vec<u8>>, tonic::Status>>;
+    fn call(&mut self, req: tonic::Request<Vec<u8>>) -> Self::Future {
+        let mut out = format!("{}: ", self.0).into_bytes();
+        out.extend(req.into_inner());
+        std::future::ready(Ok(tonic::Response::new(out)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NotFound;
+
+impl tonic::server::UnaryService<Vec<u8>> for NotFound {
+    type Response = Vec<u8>;
+    type Future = std::future::Ready<Result<tonic::Response<Vec<u8>>, tonic::Status>>;
+    fn call(&mut self, _: tonic::Request<Vec<u8>>) -> Self::Future {
+        std::future::ready(Err(tonic::Status::not_found("no such method here")))
+    }
+}
+
+async fn grpc_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = service_fn(move |req: Request<Incoming>| async move {
+                let mut grpc = tonic::server::Grpc::new(RawCodec);
+                let resp = match req.uri().path() {
+                    "/test.Echo/Say" => grpc.unary(Say(name), req).await,
+                    _ => grpc.unary(NotFound, req).await,
+                };
+                Ok::<_, Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+async fn grpc_call(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    method: &'static str,
+    message: &[u8],
+) -> Result<tonic::Response<Vec<u8>>, tonic::Status> {
+    bounded("a gRPC call", async {
+        grpc.ready().await.unwrap();
+        let path = hyper::http::uri::PathAndQuery::from_static(method);
+        grpc.unary(tonic::Request::new(message.to_vec()), path, RawCodec)
+            .await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn grpc_calls_pass_through_to_an_h2c_release_and_follow_a_switch() {
+    let (blue, green) = (grpc_upstream("blue").await, grpc_upstream("green").await);
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = h2c_proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", p.local_addr())).unwrap();
+    let channel = bounded("connecting", endpoint.connect()).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let resp = grpc_call(&mut grpc, "/test.Echo/Say", b"hi").await.unwrap();
+    assert!(resp.metadata().get("x-request-id").is_some());
+    assert_eq!(resp.into_inner(), b"blue: hi");
+    // A gRPC error status comes through with its message.
+    let err = grpc_call(&mut grpc, "/test.Echo/Nope", b"?")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::NotFound, "no such method here")
+    );
+    // The same client connection reaches the new release after a switch.
+    p.switch(Some(target(Slot::Green, green, 2)));
+    let resp = grpc_call(&mut grpc, "/test.Echo/Say", b"again")
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner(), b"green: again");
+    // The guard sees HTTP statuses: gRPC answers 200 whatever its own status.
+    for release in [1, 1, 2] {
+        let rec = rx.recv().await.unwrap();
+        assert_eq!((rec.status, rec.release_id), (200, release));
+    }
+}
