@@ -88,6 +88,8 @@ struct Shared {
     released: Notify,
     request_ids: headers::RequestIds,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Whether shutdown was asked for ([`Proxy::shutdown`]).
+    stop: watch::Receiver<bool>,
     /// Told of every switch: an upgraded connection on a release switched away from is
     /// closed `websocket_drain` later.
     switches: watch::Sender<()>,
@@ -200,6 +202,7 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .http2_only(limits.upstream_protocol == UpstreamProtocol::H2c)
             .build(connector);
+        let (shutdown, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             service: Arc::from(service),
             target: ArcSwapOption::empty(),
@@ -211,9 +214,9 @@ impl Proxy {
             released: Notify::new(),
             request_ids: headers::RequestIds::new(),
             tls,
+            stop: rx.clone(),
             switches: watch::Sender::new(()),
         });
-        let (shutdown, rx) = watch::channel(false);
         let hold = held.then(|| HoldGuard {
             shared: shared.clone(),
         });
@@ -325,7 +328,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // An HTTP/2 client that stops answering pings loses its connection (and its
+        // place under max_connections), as an HTTP/1 one idle past header_timeout does.
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout);
     let builders = Arc::new(Builders {
         http1,
         http2,
@@ -461,7 +468,12 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(shared.clone(), req, client));
+    let ctx = Arc::new(Connection {
+        shared,
+        client,
+        permit: std::sync::Mutex::new(Some(permit)),
+    });
+    let svc = service_fn(move |req| handle(ctx.clone(), req));
     let io = TokioIo::new(io);
     if h2 {
         let served = builders.http2.serve_connection(io, svc);
@@ -470,19 +482,28 @@ async fn serve_connection<I>(
         let served = builders.http1.serve_connection(io, svc).with_upgrades();
         until_stopped!(served, stop);
     }
-    drop(permit);
+    // The permit goes back with the connection's state, unless an upgrade took it.
+}
+
+/// One client connection, as its requests see it.
+struct Connection {
+    shared: Arc<Shared>,
+    client: headers::Client,
+    /// The connection's place under `max_connections`: an upgraded connection takes it
+    /// along, so WebSockets count against the cap too.
+    permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 async fn handle(
-    shared: Arc<Shared>,
+    ctx: Arc<Connection>,
     mut req: Request<Incoming>,
-    conn: headers::Client,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let shared = &ctx.shared;
     let mut start = Instant::now();
     let counters = &shared.counters;
     counters.requests.fetch_add(1, Ordering::Relaxed);
     if shared.held.load(Ordering::Acquire) {
-        wait_for_release(&shared).await;
+        wait_for_release(shared).await;
         // The release's latency is its own, not the time the request was held.
         start = Instant::now();
     }
@@ -522,8 +543,12 @@ async fn handle(
         inner: body,
         failed: client_failed.clone(),
     };
-    let request_id =
-        headers::prepare_request(&mut parts.headers, &parts.uri, conn, &shared.request_ids);
+    let request_id = headers::prepare_request(
+        &mut parts.headers,
+        &parts.uri,
+        ctx.client,
+        &shared.request_ids,
+    );
     if let Some((protocol, _)) = &upgrade {
         headers::set_upgrade(&mut parts.headers, protocol.clone());
     }
@@ -557,7 +582,7 @@ async fn handle(
     // The client's body broke off (it went away mid-upload): its failure, not the
     // release's, so the guard does not count it (nginx logs these as 499).
     if client_failed.load(Ordering::Relaxed) && !matches!(result, Ok(Ok(_))) {
-        record(&shared, &target, CLIENT_CLOSED, start, false);
+        record(shared, &target, CLIENT_CLOSED, start, false);
         let resp = plain(
             StatusCode::BAD_REQUEST,
             "ripcord: the request body ended before its length\n".to_string(),
@@ -567,7 +592,7 @@ async fn handle(
     let response = match result {
         Err(_) => {
             counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-            record(&shared, &target, 504, start, true);
+            record(shared, &target, 504, start, true);
             plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
@@ -594,18 +619,25 @@ async fn handle(
                 parts.version = version;
                 let protocol = parts.headers.get(hyper::header::UPGRADE).cloned();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                record(&shared, &target, parts.status.as_u16(), start, false);
+                record(shared, &target, parts.status.as_u16(), start, false);
                 if let Some((client, release)) = switched {
                     if let Some(protocol) = protocol {
                         headers::set_upgrade(&mut parts.headers, protocol);
                     }
-                    tokio::spawn(splice(shared.clone(), target.clone(), client, release));
+                    let permit = ctx.permit.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    tokio::spawn(splice(
+                        shared.clone(),
+                        target.clone(),
+                        client,
+                        release,
+                        permit,
+                    ));
                 }
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
                 counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                record(&shared, &target, 502, start, true);
+                record(shared, &target, 502, start, true);
                 plain(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -638,7 +670,10 @@ async fn splice(
     target: Arc<Target>,
     client: hyper::upgrade::OnUpgrade,
     release: hyper::upgrade::OnUpgrade,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
+    let _permit = permit;
+    let mut stop = shared.stop.clone();
     // Subscribed before the first look at the target: a switch in between is seen.
     let mut switches = shared.switches.subscribe();
     switches.mark_changed();
@@ -658,6 +693,7 @@ async fn splice(
     let drain = shared.limits.websocket_drain;
     // Set while this connection's release is not the active one.
     let mut closes_at: Option<tokio::time::Instant> = None;
+    let mut stopping = false;
     loop {
         let deadline = async {
             match closes_at {
@@ -675,10 +711,17 @@ async fn splice(
                 }
                 let active = shared.target.load().as_deref() == Some(&*target);
                 closes_at = match (active, closes_at) {
+                    (true, _) if stopping => closes_at,
                     (true, _) => None,
                     (false, Some(at)) => Some(at),
                     (false, None) => Some(tokio::time::Instant::now() + drain),
                 };
+            }
+            _ = async { stop.wait_for(|stopped| *stopped).await.is_ok() }, if !stopping => {
+                // Shutdown: as a switch away, with the drain bounded by DRAIN_TIMEOUT.
+                stopping = true;
+                let at = tokio::time::Instant::now() + drain.min(DRAIN_TIMEOUT);
+                closes_at = Some(closes_at.map_or(at, |c| c.min(at)));
             }
             _ = deadline => {
                 tracing::debug!(

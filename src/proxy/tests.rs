@@ -450,6 +450,24 @@ async fn at_the_connection_cap_a_new_client_waits_for_a_free_connection() {
 }
 
 #[tokio::test]
+async fn an_http2_client_that_stops_answering_pings_loses_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let p = limited(None).await;
+    // The preface and an empty SETTINGS frame, then silence: pings go unanswered.
+    let mut c = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut c, Duration::from_secs(5)).await,
+        "a silent HTTP/2 client still has its connection"
+    );
+    assert_eq!(served(&p).await, 200);
+}
+
+#[tokio::test]
 async fn oversized_heads_and_targets_are_refused_and_the_proxy_goes_on() {
     let p = limited(None).await;
     let c = client();
@@ -745,6 +763,65 @@ async fn a_switch_back_within_the_drain_keeps_open_websockets() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(ws_round_trip(&mut ws, "later").await, "blue: later");
     assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn an_open_websocket_counts_against_max_connections() {
+    let blue = ws_upstream("blue").await;
+    let limits = ProxyLimits {
+        max_connections: 1,
+        ..ProxyLimits::default()
+    };
+    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut ws = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut ws, "hi").await, "blue: hi");
+    // The socket holds the one connection: another client waits for it.
+    let url = format!("ws://{}/socket", p.local_addr());
+    let waiting = tokio::spawn(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws_round_trip(&mut ws, "second").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second client was served while the WebSocket held the only connection"
+    );
+    drop(ws);
+    let answer = bounded("the waiting client", waiting).await.unwrap();
+    assert_eq!(answer, "blue: second");
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_websockets_after_the_drain() {
+    let blue = ws_upstream("blue").await;
+    let limits = ProxyLimits {
+        websocket_drain: Duration::from_millis(200),
+        ..ProxyLimits::default()
+    };
+    let (p, task) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut ws = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut ws, "hi").await, "blue: hi");
+    p.shutdown();
+    let end = bounded("the socket's end", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => panic!("an unasked answer: {t}"),
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(matches!(end, None | Some(Err(_))), "{end:?}");
+    // The proxy's drain waited for it, and is over.
+    bounded("the proxy's end", task).await.unwrap();
+    assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 0);
 }
 
 // HTTP/2: h2c with prior knowledge and HTTPS with ALPN from clients, h2c to releases.
