@@ -527,10 +527,21 @@ async fn handle(
             ),
         ));
     }
+    let upgrade = headers::upgrade_of(req.headers());
+    if upgrade.is_some() && shared.limits.upstream_protocol == UpstreamProtocol::H2c {
+        // Not the release's failure, so not recorded: the proxy's configuration.
+        return Ok(plain(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "ripcord: service `{}` speaks HTTP/2 to its releases (upstream_protocol = \"h2c\"), \
+                 which has no upgrades: WebSockets need upstream_protocol = \"http1\"\n",
+                shared.service
+            ),
+        ));
+    }
     counters.in_flight.fetch_add(1, Ordering::Relaxed);
     // An upgrade (WebSocket): the client's side of the connection, once it is switched.
-    let upgrade =
-        headers::upgrade_of(req.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+    let upgrade = upgrade.map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let version = parts.version;
     parts.version = match shared.limits.upstream_protocol {

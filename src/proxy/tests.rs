@@ -1357,3 +1357,23 @@ async fn grpc_calls_pass_through_to_an_h2c_release_and_follow_a_switch() {
         assert_eq!((rec.status, rec.release_id), (200, release));
     }
 }
+
+#[tokio::test]
+async fn a_websocket_to_an_h2c_release_is_refused_saying_why() {
+    let blue = h2_upstream("blue").await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = h2c_proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let url = format!("ws://{}/socket", p.local_addr());
+    let err = bounded("the handshake", tokio_tungstenite::connect_async(url))
+        .await
+        .expect_err("a WebSocket through an h2c upstream");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+        panic!("not an HTTP answer: {err:?}");
+    };
+    assert_eq!(resp.status(), 501);
+    let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(body.contains("upstream_protocol = \"http1\""), "{body}");
+    // Not counted against the release.
+    assert!(rx.try_recv().is_err());
+}
