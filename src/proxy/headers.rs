@@ -137,10 +137,7 @@ pub(crate) fn prepare_request(
     // X-Forwarded-For: the client's address after those of the proxies before us
     // (nginx's `$proxy_add_x_forwarded_for`).
     let mut line = String::with_capacity(64);
-    if let Some(prior) = headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        line.push_str(prior);
-        line.push_str(", ");
-    }
+    push_prior(&mut line, headers, &X_FORWARDED_FOR);
     let _ = write!(line, "{ip}");
     if let Ok(v) = HeaderValue::from_str(&line) {
         headers.insert(X_FORWARDED_FOR, v);
@@ -152,10 +149,7 @@ pub(crate) fn prepare_request(
     }
     // Forwarded (RFC 7239): this hop's element after any before it.
     line.clear();
-    if let Some(prior) = headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        line.push_str(prior);
-        line.push_str(", ");
-    }
+    push_prior(&mut line, headers, &header::FORWARDED);
     match ip {
         IpAddr::V4(ip) => {
             let _ = write!(line, "for={ip}");
@@ -180,6 +174,15 @@ pub(crate) fn prepare_request(
             headers.insert(X_REQUEST_ID, id.clone());
             id
         }
+    }
+}
+
+/// The values a list header came with (every line of it, as one list), then `, `, for
+/// this hop's entry to follow.
+fn push_prior(line: &mut String, headers: &HeaderMap, name: &HeaderName) {
+    for prior in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        line.push_str(prior);
+        line.push_str(", ");
     }
 }
 
@@ -261,6 +264,23 @@ mod tests {
         let mut h = HeaderMap::new();
         prepare(&mut h, peer);
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        // A list sent as several lines is one list, and becomes one line.
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1, 10.0.0.2"),
+            ("x-forwarded-for", "10.0.0.3"),
+            ("forwarded", "for=10.0.0.1"),
+            ("forwarded", "for=10.0.0.3"),
+        ]);
+        prepare(&mut h, peer);
+        let lines = |name: &str| h.get_all(name).iter().collect::<Vec<_>>();
+        assert_eq!(
+            lines("x-forwarded-for"),
+            ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.9"]
+        );
+        assert_eq!(
+            lines("forwarded"),
+            ["for=10.0.0.1, for=10.0.0.3, for=127.0.0.9;proto=http"]
+        );
     }
 
     #[test]
