@@ -563,6 +563,12 @@ async fn handle(
     if let Some((protocol, _)) = &upgrade {
         headers::set_upgrade(&mut parts.headers, protocol.clone());
     }
+    if shared.limits.upstream_protocol == UpstreamProtocol::H2c {
+        // HTTP/2 names the host in `:authority` (the release's address, which the
+        // connection pool goes by); a `Host` that differs makes the request malformed
+        // (RFC 9113 §8.3.1). The client's host is in X-Forwarded-Host and Forwarded.
+        parts.headers.remove(hyper::header::HOST);
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -714,12 +720,8 @@ async fn splice(
         };
         tokio::select! {
             _ = copy.as_mut() => break,
-            changed = switches.changed() => {
-                if changed.is_err() {
-                    // The proxy is gone; the connection goes on until either side closes.
-                    let _ = copy.as_mut().await;
-                    break;
-                }
+            // Never an error: the sender lives in `shared`, which this task holds.
+            _ = switches.changed() => {
                 let active = shared.target.load().as_deref() == Some(&*target);
                 closes_at = match (active, closes_at) {
                     (true, _) if stopping => closes_at,

@@ -1038,7 +1038,11 @@ async fn h2_upstream(name: &'static str) -> SocketAddr {
                         .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
                     r
                 } else {
-                    text(&format!("{name} over {:?}", req.version()))
+                    let host = match req.headers().get("host") {
+                        Some(h) => format!(" with host {h:?}"),
+                        None => String::new(),
+                    };
+                    text(&format!("{name} over {:?}{host}", req.version()))
                 };
                 Ok::<_, Infallible>(resp)
             });
@@ -1106,7 +1110,8 @@ async fn an_h2c_release_gets_a_streaming_call_and_its_trailers_come_back() {
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["x-te"], "trailers");
     assert_eq!(rx.recv().await.unwrap().status, 200);
-    // An HTTP/1 client reaches the HTTP/2-only release too.
+    // An HTTP/1 client reaches the HTTP/2-only release too; its Host is not sent on as a
+    // header beside `:authority`.
     let (status, _, body) = get(&client(), format!("http://{}/", p.local_addr())).await;
     assert_eq!((status, body.as_str()), (200, "blue over HTTP/2.0"));
 }
