@@ -1216,9 +1216,8 @@ async fn no_request_is_lost_across_switches_with_h2_streams_and_a_streaming_uplo
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
-// gRPC: a tonic client through the proxy (h2c both ways) to tonic's server-side gRPC,
-// hosted on hyper's HTTP/2 server as tonic's own `Server` does. Messages are raw bytes (a
-// codec of our own) so no protobuf code generation is needed.
+// gRPC: a tonic client through the proxy (h2c both ways) to a tonic server. Messages are
+// raw bytes (a codec of our own), so no protobuf code generation is needed.
 
 /// Messages as they are: the gRPC framing around them is tonic's.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1290,28 +1289,48 @@ impl tonic::server::UnaryService<Vec<u8>> for NotFound {
     }
 }
 
+/// The service of a small tonic server: `test.Echo`, answering with tonic's server-side
+/// gRPC.
+#[derive(Debug, Clone, Copy)]
+struct EchoService(&'static str);
+
+impl tonic::codegen::Service<Request<tonic::body::Body>> for EchoService {
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let name = self.0;
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawCodec);
+            Ok(match req.uri().path() {
+                "/test.Echo/Say" => grpc.unary(Say(name), req).await,
+                _ => grpc.unary(NotFound, req).await,
+            })
+        })
+    }
+}
+
+/// A tonic server (`tonic::transport::Server`, HTTP/2 without TLS) on a loopback port.
 async fn grpc_upstream(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let svc = service_fn(move |req: Request<Incoming>| async move {
-                let mut grpc = tonic::server::Grpc::new(RawCodec);
-                let resp = match req.uri().path() {
-                    "/test.Echo/Say" => grpc.unary(Say(name), req).await,
-                    _ => grpc.unary(NotFound, req).await,
-                };
-                Ok::<_, Infallible>(resp)
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc),
-            );
-        }
-    });
+    let incoming = Box::pin(futures_util::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(stream, _)| stream);
+        Some((next, l))
+    }));
+    tokio::spawn(
+        tonic::transport::Server::builder().serve_with_incoming(EchoService(name), incoming),
+    );
     addr
 }
 
