@@ -85,10 +85,11 @@ impl RequestIds {
         }
     }
 
-    /// The next id: 16 hex digits of the prefix, a dash, the counter in hex.
+    /// The next id: 16 hex digits of the prefix, a dash, the counter in hex. One
+    /// allocation, which the copies on the request and the response share.
     pub(crate) fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 33];
+        let mut buf = [0u8; ID_MAX];
         let digits = b"0123456789abcdef";
         for (i, b) in buf[..16].iter_mut().enumerate() {
             *b = digits[(self.prefix >> (60 - 4 * i) & 0xf) as usize];
@@ -98,7 +99,27 @@ impl RequestIds {
         for i in 0..width {
             buf[17 + i] = digits[(n >> (4 * (width - 1 - i)) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&buf[..17 + width]).expect("hex digits are a header value")
+        let id = Id {
+            buf,
+            len: 17 + width,
+        };
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+            .expect("hex digits are a header value")
+    }
+}
+
+/// The longest request id made here: 16 hex digits, a dash, 16 more.
+const ID_MAX: usize = 33;
+
+/// A request id's bytes, owned by the `Bytes` that every copy of its header shares.
+struct Id {
+    buf: [u8; ID_MAX],
+    len: usize,
+}
+
+impl AsRef<[u8]> for Id {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
