@@ -75,6 +75,7 @@ pub(crate) const KEYS: &[Key] = &[
     key("socket_grace", "", Whole::Seconds),
     key("header_timeout", "", Whole::Seconds),
     key("response_timeout", "", Whole::Seconds),
+    key("websocket_drain", "", Whole::Seconds),
 ];
 
 /// Bounds the config's durations are checked against.

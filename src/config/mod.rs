@@ -36,8 +36,8 @@ use serde::Serialize;
 
 pub use model::{
     Check, CheckKind, DatabaseConfig, DockerConfig, IntegrityCheck, KubernetesConfig, MetricRule,
-    MigrationsConfig, NginxConfig, OnContract, PrometheusConfig, ProxyLimits, Router, Runtime,
-    ServiceConfig, Slot, Slots,
+    MigrationsConfig, NginxConfig, OnContract, PrometheusConfig, ProxyLimits, ProxyTls, Router,
+    Runtime, ServiceConfig, Slot, Slots, UpstreamProtocol,
 };
 pub(crate) use raw::{RawConfig, RawService};
 use reader::{Reader, Table};

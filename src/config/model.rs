@@ -259,6 +259,9 @@ pub struct ServiceConfig {
     /// The built-in proxy's limits per client (router `proxy`).
     #[serde(skip)]
     pub proxy_limits: ProxyLimits,
+    /// The built-in proxy's certificate, when it serves HTTPS (router `proxy`).
+    #[serde(skip)]
+    pub proxy_tls: Option<ProxyTls>,
     /// The Deployment (runtime `kubernetes` only).
     pub kubernetes: Option<KubernetesConfig>,
     /// The service's PostgreSQL database (backups and restore).
@@ -445,6 +448,31 @@ pub struct ProxyLimits {
     pub max_header_bytes: usize,
     /// The request target, in bytes: longer is a 414 (nginx: a buffer of 8k).
     pub max_uri_bytes: usize,
+    /// After a switch, how long WebSockets (and other upgraded connections) opened on the
+    /// release switched away from may go on there; then they are closed. New ones go to
+    /// the new release at once.
+    pub websocket_drain: Duration,
+    /// How the proxy speaks to the releases: HTTP/1.1, or HTTP/2 without TLS (`h2c`, for
+    /// gRPC backends).
+    pub upstream_protocol: UpstreamProtocol,
+}
+
+/// `[service.NAME.proxy] tls_cert` and `tls_key`: the proxy serves HTTPS with this
+/// certificate, offering HTTP/2 and HTTP/1.1 by ALPN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyTls {
+    /// PEM: the certificate, then its chain.
+    pub cert: PathBuf,
+    /// PEM: the certificate's private key.
+    pub key: PathBuf,
+}
+
+/// `[service.NAME.proxy] upstream_protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2c,
 }
 
 impl Default for ProxyLimits {
@@ -455,6 +483,8 @@ impl Default for ProxyLimits {
             response_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
             max_uri_bytes: 8 * 1024,
+            websocket_drain: Duration::from_secs(30),
+            upstream_protocol: UpstreamProtocol::Http1,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::model::{
     Check, DatabaseConfig, DockerConfig, IntegrityCheck, KubernetesConfig, MigrationsConfig,
-    NginxConfig, PrometheusConfig, ProxyLimits, Router, Runtime, ServiceConfig, Slots,
+    NginxConfig, PrometheusConfig, ProxyLimits, ProxyTls, Router, Runtime, ServiceConfig, Slots,
 };
 use super::reader::Spanned;
 use super::triggers::Triggers;
@@ -36,6 +36,7 @@ pub(crate) struct RawService {
     pub(crate) nginx: Option<NginxConfig>,
     pub(crate) docker: Option<DockerConfig>,
     pub(crate) proxy_limits: Option<ProxyLimits>,
+    pub(crate) proxy_tls: Option<ProxyTls>,
     pub(crate) kubernetes: Option<KubernetesConfig>,
     pub(crate) database: Option<DatabaseConfig>,
     pub(crate) migrations: Option<MigrationsConfig>,
@@ -86,6 +87,7 @@ impl RawService {
             nginx: self.nginx,
             docker: self.docker,
             proxy_limits: self.proxy_limits.unwrap_or_default(),
+            proxy_tls: self.proxy_tls,
             kubernetes: self.kubernetes,
             database: self.database,
             migrations: self.migrations,

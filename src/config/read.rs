@@ -223,7 +223,10 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
     let slots = read_slots(r, t);
     let nginx = r.table(t, "nginx").and_then(|n| read_nginx(r, &n));
     let docker = r.table(t, "docker").and_then(|d| read_docker(r, &d, name));
-    let proxy_limits = r.table(t, "proxy").map(|p| read_proxy(r, &p));
+    let (proxy_limits, proxy_tls) = match r.table(t, "proxy").map(|p| read_proxy(r, &p)) {
+        Some((limits, tls)) => (Some(limits), tls),
+        None => (None, None),
+    };
     let database = r.table(t, "database").and_then(|d| read_database(r, &d));
     let kubernetes = r
         .table(t, "kubernetes")
@@ -426,6 +429,7 @@ fn read_service(r: &mut Reader<'_>, name: &str, t: &Table<'_>) -> RawService {
         nginx,
         docker,
         proxy_limits,
+        proxy_tls,
         kubernetes,
         database,
         migrations,

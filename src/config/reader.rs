@@ -117,6 +117,16 @@ impl<'a> Reader<'a> {
         Some(path)
     }
 
+    /// A path as given in the config: relative ones are from the config's directory.
+    pub(crate) fn beside_config(&self, path: &str) -> PathBuf {
+        let path = PathBuf::from(path);
+        if path.is_relative() {
+            self.file.parent().unwrap_or(Path::new("")).join(path)
+        } else {
+            path
+        }
+    }
+
     pub(crate) fn integer(
         &mut self,
         table: &Table<'_>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::duration::{DAY, HOUR, MIN_PROBE, SECOND};
 use super::model::{
     DatabaseConfig, DockerConfig, KubernetesConfig, MigrationsConfig, NginxConfig, OnContract,
-    ProxyLimits,
+    ProxyLimits, ProxyTls, UpstreamProtocol,
 };
 use super::reader::{self, Reader, Table, parse_addr};
 use super::triggers::{CpuRule, ErrorRateRule, HealthRule, LatencyRule, Triggers};
@@ -69,9 +69,9 @@ pub(super) fn read_database(r: &mut Reader<'_>, t: &Table<'_>) -> Option<Databas
 }
 
 /// `[service.NAME.docker]`: how a release's container runs.
-/// `[service.NAME.proxy]`: the built-in proxy's limits per client; what is not given
-/// keeps its default.
-pub(super) fn read_proxy(r: &mut Reader<'_>, t: &Table<'_>) -> ProxyLimits {
+/// `[service.NAME.proxy]`: the built-in proxy's limits per client (what is not given
+/// keeps its default) and its certificate, if it serves HTTPS.
+pub(super) fn read_proxy(r: &mut Reader<'_>, t: &Table<'_>) -> (ProxyLimits, Option<ProxyTls>) {
     r.deny_unknown(
         t,
         &[
@@ -80,14 +80,33 @@ pub(super) fn read_proxy(r: &mut Reader<'_>, t: &Table<'_>) -> ProxyLimits {
             "response_timeout",
             "max_header_bytes",
             "max_uri_bytes",
+            "websocket_drain",
+            "upstream_protocol",
+            "tls_cert",
+            "tls_key",
         ],
     );
+    let tls = read_proxy_tls(r, t);
     let d = ProxyLimits::default();
+    let upstream_protocol = r.string(t, "upstream_protocol").and_then(|s| {
+        match s.value.as_str() {
+            "http1" => Some(UpstreamProtocol::Http1),
+            "h2c" => Some(UpstreamProtocol::H2c),
+            other => {
+                r.error(
+                    s.span,
+                    &reader::join(&t.path, "upstream_protocol"),
+                    format!("`{other}` is not a protocol ripcord speaks to releases: expected \"http1\" or \"h2c\""),
+                );
+                None
+            }
+        }
+    });
     let size = |r: &mut Reader<'_>, key: &str, min: i64, default: usize| {
         r.integer(t, key, min, 1 << 30)
             .map_or(default, |v| v.value as usize)
     };
-    ProxyLimits {
+    let limits = ProxyLimits {
         max_connections: size(r, "max_connections", 1, d.max_connections),
         max_header_bytes: size(r, "max_header_bytes", 1024, d.max_header_bytes),
         max_uri_bytes: size(r, "max_uri_bytes", 256, d.max_uri_bytes),
@@ -97,7 +116,63 @@ pub(super) fn read_proxy(r: &mut Reader<'_>, t: &Table<'_>) -> ProxyLimits {
         response_timeout: r
             .duration(t, "response_timeout", SECOND, DAY)
             .unwrap_or(d.response_timeout),
+        websocket_drain: r
+            .duration(t, "websocket_drain", Duration::ZERO, DAY)
+            .unwrap_or(d.websocket_drain),
+        upstream_protocol: upstream_protocol.unwrap_or(d.upstream_protocol),
+    };
+    (limits, tls)
+}
+
+/// `tls_cert` and `tls_key`, both or neither; each file is read now, so a missing or
+/// empty one is an error at its key rather than at the proxy's start.
+fn read_proxy_tls(r: &mut Reader<'_>, t: &Table<'_>) -> Option<ProxyTls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = r.string(t, "tls_cert");
+    let key = r.string(t, "tls_key");
+    let (cert, key) = match (cert, key) {
+        (None, None) => return None,
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(one), None) | (None, Some(one)) => {
+            let (given, missing) = if t.inner.contains_key("tls_cert") {
+                ("tls_cert", "tls_key")
+            } else {
+                ("tls_key", "tls_cert")
+            };
+            r.error(
+                one.span,
+                &reader::join(&t.path, given),
+                format!("`{given}` goes with `{missing}`: give both (a PEM certificate and its private key)"),
+            );
+            return None;
+        }
+    };
+    let tls = ProxyTls {
+        cert: r.beside_config(&cert.value),
+        key: r.beside_config(&key.value),
+    };
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string()));
+    let cert_problem = match certs {
+        Ok(c) if c.is_empty() => Some(format!("{} holds no PEM certificate", tls.cert.display())),
+        Ok(_) => None,
+        Err(e) => Some(format!("reading {}: {e}", tls.cert.display())),
+    };
+    if let Some(problem) = cert_problem {
+        r.error(cert.span, &reader::join(&t.path, "tls_cert"), problem);
+        return None;
     }
+    if let Err(e) = PrivateKeyDer::from_pem_file(&tls.key) {
+        r.error(
+            key.span,
+            &reader::join(&t.path, "tls_key"),
+            format!("reading a PEM private key from {}: {e}", tls.key.display()),
+        );
+        return None;
+    }
+    Some(tls)
 }
 
 pub(super) fn read_docker(

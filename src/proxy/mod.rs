@@ -8,6 +8,7 @@
 //! channel is full the record is dropped and counted, never the request.
 
 mod headers;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -29,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{ProxyLimits, Slot};
+use crate::config::{ProxyLimits, ProxyTls, Slot, UpstreamProtocol};
 use crate::http::error_chain;
 
 pub use headers::strip_hop_by_hop;
@@ -68,6 +69,8 @@ pub struct ProxyCounters {
     pub upstream_errors: AtomicU64,
     /// Records dropped because the guard's channel was full.
     pub records_dropped: AtomicU64,
+    /// Upgraded connections (WebSockets) open now, spliced between a client and a release.
+    pub upgraded: AtomicU64,
 }
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -83,6 +86,13 @@ struct Shared {
     /// requests wait (at most [`MAX_HOLD`]) instead of meeting a closed port.
     held: AtomicBool,
     released: Notify,
+    request_ids: headers::RequestIds,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Whether shutdown was asked for ([`Proxy::shutdown`]).
+    stop: watch::Receiver<bool>,
+    /// Told of every switch: an upgraded connection on a release switched away from is
+    /// closed `websocket_drain` later.
+    switches: watch::Sender<()>,
 }
 
 /// The longest a request waits while the proxy holds new requests; then it goes on to
@@ -129,18 +139,32 @@ impl Proxy {
     ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
-        Proxy::serve(service, listener, records, limits)
+        Proxy::serve(service, listener, records, limits, None)
+    }
+
+    /// [`Proxy::bind_with`], serving HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with `tls`.
+    pub async fn bind_tls(
+        service: &str,
+        listen: SocketAddr,
+        records: Option<mpsc::Sender<RequestRecord>>,
+        limits: ProxyLimits,
+        tls: &ProxyTls,
+    ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        Proxy::serve(service, listener, records, limits, Some(tls))
     }
 
     /// Serves on a listening socket bound elsewhere (one kept across a watcher restart,
-    /// or handed over by systemd); it must be non-blocking.
+    /// or handed over by systemd); it must be non-blocking. With `tls`, it serves HTTPS.
     pub fn serve(
         service: &str,
         listener: std::net::TcpListener,
         records: Option<mpsc::Sender<RequestRecord>>,
         limits: ProxyLimits,
+        tls: Option<&ProxyTls>,
     ) -> std::io::Result<(Proxy, JoinHandle<()>)> {
-        Proxy::start(service, listener, records, false, limits).map(|(p, t, _)| (p, t))
+        Proxy::start(service, listener, records, false, limits, tls).map(|(p, t, _)| (p, t))
     }
 
     /// [`Proxy::serve`], held from its first request until the guard is dropped: for a
@@ -151,8 +175,9 @@ impl Proxy {
         listener: std::net::TcpListener,
         records: Option<mpsc::Sender<RequestRecord>>,
         limits: ProxyLimits,
+        tls: Option<&ProxyTls>,
     ) -> std::io::Result<(Proxy, JoinHandle<()>, HoldGuard)> {
-        let (p, t, hold) = Proxy::start(service, listener, records, true, limits)?;
+        let (p, t, hold) = Proxy::start(service, listener, records, true, limits, tls)?;
         Ok((p, t, hold.expect("started held")))
     }
 
@@ -162,7 +187,12 @@ impl Proxy {
         records: Option<mpsc::Sender<RequestRecord>>,
         held: bool,
         limits: ProxyLimits,
+        tls: Option<&ProxyTls>,
     ) -> std::io::Result<(Proxy, JoinHandle<()>, Option<HoldGuard>)> {
+        let tls = match tls {
+            Some(tls) => Some(tls::acceptor(tls).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let listener = TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
         let mut connector = HttpConnector::new();
@@ -170,7 +200,9 @@ impl Proxy {
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .http2_only(limits.upstream_protocol == UpstreamProtocol::H2c)
             .build(connector);
+        let (shutdown, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             service: Arc::from(service),
             target: ArcSwapOption::empty(),
@@ -180,8 +212,11 @@ impl Proxy {
             limits,
             held: AtomicBool::new(held),
             released: Notify::new(),
+            request_ids: headers::RequestIds::new(),
+            tls,
+            stop: rx.clone(),
+            switches: watch::Sender::new(()),
         });
-        let (shutdown, rx) = watch::channel(false);
         let hold = held.then(|| HoldGuard {
             shared: shared.clone(),
         });
@@ -204,7 +239,10 @@ impl Proxy {
     /// Sends new requests to `target` from now on and returns the old target. Requests
     /// already in flight finish where they started.
     pub fn switch(&self, target: Option<Target>) -> Option<Arc<Target>> {
-        self.shared.target.swap(target.map(Arc::new))
+        let old = self.shared.target.swap(target.map(Arc::new));
+        // Upgraded connections on the old release start their drain.
+        self.shared.switches.send_replace(());
+        old
     }
 
     pub fn target(&self) -> Option<Arc<Target>> {
@@ -271,12 +309,15 @@ impl hyper::body::Body for ClientBody {
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let limits = shared.limits;
     // A connection holds a permit for its life: at the cap, new ones wait in the backlog.
-    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
+    // Shutdown waits for all of them to come back (the drain).
+    let cap = limits
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let open = Arc::new(Semaphore::new(cap));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .keep_alive(true)
         // A client that sends its request and closes its writing half still gets the
         // answer (curl -T, some load balancers' health checks).
@@ -284,6 +325,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_header_size(limits.max_header_bytes);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // An HTTP/2 client that stops answering pings loses its connection (and its
+        // place under max_connections), as an HTTP/1 one idle past header_timeout does.
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout);
+    let builders = Arc::new(Builders {
+        http1,
+        http2,
+        tls: shared.tls.clone(),
+    });
     loop {
         let permit = tokio::select! {
             p = open.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -301,32 +355,155 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let svc = service_fn(move |req| handle(shared.clone(), req, peer));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                    drop(permit);
-                });
+                tokio::spawn(connection(
+                    shared.clone(),
+                    builders.clone(),
+                    stream,
+                    peer,
+                    stop.clone(),
+                    permit,
+                ));
             }
             _ = stop.changed() => break,
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, open.acquire_many(cap as u32)).await;
+}
+
+/// The connection builders, made once per proxy.
+struct Builders {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4): a client that speaks HTTP/2
+/// without TLS (h2c) with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a client starts with the HTTP/2 preface, from its first bytes, left unread.
+/// An HTTP/1 request differs at its first byte, so it is told at the first look. A
+/// preface cut short that makes no progress for [`PREFACE_PATIENCE`] is left to HTTP/1,
+/// which answers what it is (a peek cannot see the client's end of the stream).
+async fn sends_h2_preface(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut seen = 0;
+    let mut since = tokio::time::Instant::now();
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        if n != seen {
+            (seen, since) = (n, tokio::time::Instant::now());
+        } else if since.elapsed() >= PREFACE_PATIENCE {
+            return Ok(false);
+        }
+        // A preface in pieces: look again once more may have come.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// How long a preface cut short may wait for its next byte.
+const PREFACE_PATIENCE: Duration = Duration::from_millis(200);
+
+/// One accepted client connection: TLS when configured (ALPN picks HTTP/2 or HTTP/1.1),
+/// else HTTP/1 or h2c by the client's first bytes. A client that has not said which
+/// within `header_timeout` loses its connection, as with a slow request head.
+async fn connection(
+    shared: Arc<Shared>,
+    builders: Arc<Builders>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let wait = shared.limits.header_timeout;
+    if let Some(acceptor) = builders.tls.clone() {
+        let Ok(Ok(tls)) = tokio::time::timeout(wait, acceptor.accept(stream)).await else {
+            return;
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let client = headers::Client { peer, https: true };
+        serve_connection(shared, builders, tls, client, h2, stop, permit).await;
+    } else {
+        let Ok(Ok(h2)) = tokio::time::timeout(wait, sends_h2_preface(&stream)).await else {
+            return;
+        };
+        let client = headers::Client { peer, https: false };
+        serve_connection(shared, builders, stream, client, h2, stop, permit).await;
+    }
+}
+
+/// Drives a connection until it ends, or until shutdown: then it stops taking requests
+/// and lets those in flight finish.
+macro_rules! until_stopped {
+    ($served:ident, $stop:ident) => {{
+        tokio::pin!($served);
+        let stopping = tokio::select! {
+            _ = $served.as_mut() => false,
+            _ = $stop.wait_for(|stopped| *stopped) => true,
+        };
+        if stopping {
+            $served.as_mut().graceful_shutdown();
+            let _ = $served.await;
+        }
+    }};
+}
+
+/// Serves one client connection until it closes, or until shutdown lets its requests in
+/// flight finish.
+async fn serve_connection<I>(
+    shared: Arc<Shared>,
+    builders: Arc<Builders>,
+    io: I,
+    client: headers::Client,
+    h2: bool,
+    mut stop: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(Connection {
+        shared,
+        client,
+        permit: std::sync::Mutex::new(Some(permit)),
+    });
+    let svc = service_fn(move |req| handle(ctx.clone(), req));
+    let io = TokioIo::new(io);
+    if h2 {
+        let served = builders.http2.serve_connection(io, svc);
+        until_stopped!(served, stop);
+    } else {
+        let served = builders.http1.serve_connection(io, svc).with_upgrades();
+        until_stopped!(served, stop);
+    }
+    // The permit goes back with the connection's state, unless an upgrade took it.
+}
+
+/// One client connection, as its requests see it.
+struct Connection {
+    shared: Arc<Shared>,
+    client: headers::Client,
+    /// The connection's place under `max_connections`: an upgraded connection takes it
+    /// along, so WebSockets count against the cap too.
+    permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
+    ctx: Arc<Connection>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let shared = &ctx.shared;
     let mut start = Instant::now();
     let counters = &shared.counters;
     counters.requests.fetch_add(1, Ordering::Relaxed);
     if shared.held.load(Ordering::Acquire) {
-        wait_for_release(&shared).await;
+        wait_for_release(shared).await;
         // The release's latency is its own, not the time the request was held.
         start = Instant::now();
     }
@@ -350,14 +527,48 @@ async fn handle(
             ),
         ));
     }
+    let upgrade = headers::upgrade_of(req.headers());
+    if upgrade.is_some() && shared.limits.upstream_protocol == UpstreamProtocol::H2c {
+        // Not the release's failure, so not recorded: the proxy's configuration.
+        return Ok(plain(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "ripcord: service `{}` speaks HTTP/2 to its releases (upstream_protocol = \"h2c\"), \
+                 which has no upgrades: WebSockets need upstream_protocol = \"http1\"\n",
+                shared.service
+            ),
+        ));
+    }
     counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    // An upgrade (WebSocket): the client's side of the connection, once it is switched.
+    let upgrade = upgrade.map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
+    let version = parts.version;
+    parts.version = match shared.limits.upstream_protocol {
+        UpstreamProtocol::H2c => Version::HTTP_2,
+        UpstreamProtocol::Http1 if version == Version::HTTP_2 => Version::HTTP_11,
+        UpstreamProtocol::Http1 => version,
+    };
     let client_failed = Arc::new(AtomicBool::new(false));
     let body = ClientBody {
         inner: body,
         failed: client_failed.clone(),
     };
-    headers::prepare_request(&mut parts.headers, peer);
+    let request_id = headers::prepare_request(
+        &mut parts.headers,
+        &parts.uri,
+        ctx.client,
+        &shared.request_ids,
+    );
+    if let Some((protocol, _)) = &upgrade {
+        headers::set_upgrade(&mut parts.headers, protocol.clone());
+    }
+    if shared.limits.upstream_protocol == UpstreamProtocol::H2c {
+        // HTTP/2 names the host in `:authority` (the release's address, which the
+        // connection pool goes by); a `Host` that differs makes the request malformed
+        // (RFC 9113 §8.3.1). The client's host is in X-Forwarded-Host and Forwarded.
+        parts.headers.remove(hyper::header::HOST);
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -372,10 +583,11 @@ async fn handle(
         Ok(uri) => uri,
         Err(e) => {
             counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return Ok(plain(
+            let resp = plain(
                 StatusCode::BAD_REQUEST,
                 format!("ripcord: bad request target: {e}\n"),
-            ));
+            );
+            return Ok(with_id(resp, request_id));
         }
     };
     let result = tokio::time::timeout(
@@ -387,16 +599,17 @@ async fn handle(
     // The client's body broke off (it went away mid-upload): its failure, not the
     // release's, so the guard does not count it (nginx logs these as 499).
     if client_failed.load(Ordering::Relaxed) && !matches!(result, Ok(Ok(_))) {
-        record(&shared, &target, CLIENT_CLOSED, start, false);
-        return Ok(plain(
+        record(shared, &target, CLIENT_CLOSED, start, false);
+        let resp = plain(
             StatusCode::BAD_REQUEST,
             "ripcord: the request body ended before its length\n".to_string(),
-        ));
+        );
+        return Ok(with_id(resp, request_id));
     }
     let response = match result {
         Err(_) => {
             counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-            record(&shared, &target, 504, start, true);
+            record(shared, &target, 504, start, true);
             plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
@@ -410,15 +623,38 @@ async fn handle(
             )
         }
         Ok(result) => match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                let switched = match upgrade {
+                    Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let release = hyper::upgrade::on(&mut resp);
+                        Some((client, release))
+                    }
+                    _ => None,
+                };
                 let (mut parts, body) = resp.into_parts();
+                // The client's protocol, whatever the release's.
+                parts.version = version;
+                let protocol = parts.headers.get(hyper::header::UPGRADE).cloned();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                record(&shared, &target, parts.status.as_u16(), start, false);
+                record(shared, &target, parts.status.as_u16(), start, false);
+                if let Some((client, release)) = switched {
+                    if let Some(protocol) = protocol {
+                        headers::set_upgrade(&mut parts.headers, protocol);
+                    }
+                    let permit = ctx.permit.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    tokio::spawn(splice(
+                        shared.clone(),
+                        target.clone(),
+                        client,
+                        release,
+                        permit,
+                    ));
+                }
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
                 counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                record(&shared, &target, 502, start, true);
+                record(shared, &target, 502, start, true);
                 plain(
                     StatusCode::BAD_GATEWAY,
                     format!(
@@ -433,7 +669,84 @@ async fn handle(
             }
         },
     };
-    Ok(response)
+    Ok(with_id(response, request_id))
+}
+
+/// The request's id on its response, unless the release gave one of its own.
+fn with_id(mut resp: Response<ProxyBody>, id: HeaderValue) -> Response<ProxyBody> {
+    resp.headers_mut()
+        .entry(headers::X_REQUEST_ID)
+        .or_insert(id);
+    resp
+}
+
+/// Splices an upgraded client connection to the release's until either side closes, or
+/// until `websocket_drain` after a switch away from that release.
+async fn splice(
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    client: hyper::upgrade::OnUpgrade,
+    release: hyper::upgrade::OnUpgrade,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let _permit = permit;
+    let mut stop = shared.stop.clone();
+    // Subscribed before the first look at the target: a switch in between is seen.
+    let mut switches = shared.switches.subscribe();
+    switches.mark_changed();
+    let (client, release) = match tokio::join!(client, release) {
+        (Ok(c), Ok(r)) => (c, r),
+        (c, r) => {
+            let error = c.err().or(r.err()).map(|e| error_chain(&e));
+            tracing::debug!(service = %shared.service, error = ?error, "an upgrade did not complete");
+            return;
+        }
+    };
+    let counters = &shared.counters;
+    counters.upgraded.fetch_add(1, Ordering::Relaxed);
+    let (mut client, mut release) = (TokioIo::new(client), TokioIo::new(release));
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut release);
+    tokio::pin!(copy);
+    let drain = shared.limits.websocket_drain;
+    // Set while this connection's release is not the active one.
+    let mut closes_at: Option<tokio::time::Instant> = None;
+    let mut stopping = false;
+    loop {
+        let deadline = async {
+            match closes_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = copy.as_mut() => break,
+            // Never an error: the sender lives in `shared`, which this task holds.
+            _ = switches.changed() => {
+                let active = shared.target.load().as_deref() == Some(&*target);
+                closes_at = match (active, closes_at) {
+                    (true, _) if stopping => closes_at,
+                    (true, _) => None,
+                    (false, Some(at)) => Some(at),
+                    (false, None) => Some(tokio::time::Instant::now() + drain),
+                };
+            }
+            _ = async { stop.wait_for(|stopped| *stopped).await.is_ok() }, if !stopping => {
+                // Shutdown: as a switch away, with the drain bounded by DRAIN_TIMEOUT.
+                stopping = true;
+                let at = tokio::time::Instant::now() + drain.min(DRAIN_TIMEOUT);
+                closes_at = Some(closes_at.map_or(at, |c| c.min(at)));
+            }
+            _ = deadline => {
+                tracing::debug!(
+                    service = %shared.service,
+                    release = %target.version,
+                    "an upgraded connection outlived its drain after a switch: closed"
+                );
+                break;
+            }
+        }
+    }
+    counters.upgraded.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Waits until the proxy stops holding new requests, at most [`MAX_HOLD`].

@@ -2,6 +2,7 @@
 //! for the two slots.
 
 use super::*;
+use crate::config::{ProxyTls, UpstreamProtocol};
 use http_body_util::channel::Channel;
 
 /// An upstream that answers `name` plus what it saw, with a few behaviours by path.
@@ -52,9 +53,21 @@ async fn serve_text(listener: TcpListener, name: &'static str) {
                             .unwrap_or_default();
                         Response::new(Full::new(first).map_err(|n| match n {}).boxed())
                     }
+                    "/headers" => {
+                        // Each header as the release received it, one per line.
+                        let mut lines = String::new();
+                        for (k, v) in req.headers() {
+                            lines.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                        }
+                        text(&lines)
+                    }
                     "/echo" => {
                         let body = req.into_body().collect().await.unwrap().to_bytes();
                         Response::new(Full::new(body).map_err(|n| match n {}).boxed())
+                    }
+                    "/echo-name" => {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        text(&format!("{name}:{}", String::from_utf8_lossy(&body)))
                     }
                     _ => {
                         let mut r = text(&format!("{name} saw {}", seen.join(",")));
@@ -341,6 +354,7 @@ fn tight() -> ProxyLimits {
         response_timeout: Duration::from_millis(500),
         max_header_bytes: 4096,
         max_uri_bytes: 512,
+        ..ProxyLimits::default()
     }
 }
 
@@ -436,6 +450,24 @@ async fn at_the_connection_cap_a_new_client_waits_for_a_free_connection() {
 }
 
 #[tokio::test]
+async fn an_http2_client_that_stops_answering_pings_loses_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let p = limited(None).await;
+    // The preface and an empty SETTINGS frame, then silence: pings go unanswered.
+    let mut c = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut c, Duration::from_secs(5)).await,
+        "a silent HTTP/2 client still has its connection"
+    );
+    assert_eq!(served(&p).await, 200);
+}
+
+#[tokio::test]
 async fn oversized_heads_and_targets_are_refused_and_the_proxy_goes_on() {
     let p = limited(None).await;
     let c = client();
@@ -498,4 +530,874 @@ async fn a_request_body_is_streamed_to_the_release_not_buffered() {
     let got = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&got[..], b"first;");
     drop(tx);
+}
+
+// WebSockets: a real client (tokio-tungstenite) through the proxy to real WebSocket
+// servers, one per release, that answer each text message with their name.
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket server that answers `text` with `name: text`.
+async fn ws_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(t) = msg {
+                        let answer = Message::text(format!("{name}: {t}"));
+                        if ws.send(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Bounds a step of a WebSocket test, so a proxy that stalls fails it instead of hanging.
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took over 10 s"))
+}
+
+async fn ws_connect(p: &Proxy) -> WebSocket {
+    let url = format!("ws://{}/socket", p.local_addr());
+    let (ws, resp) = bounded("the handshake", tokio_tungstenite::connect_async(url))
+        .await
+        .expect("the WebSocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn ws_round_trip(ws: &mut WebSocket, text: &str) -> String {
+    bounded("a round trip", async {
+        ws.send(Message::text(text)).await.unwrap();
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            other => panic!("no text answer to {text:?}: {other:?}"),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn websockets_pass_and_open_ones_stay_on_their_release_after_a_switch() {
+    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut old = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut old, "hi").await, "blue: hi");
+    p.switch(Some(target(Slot::Green, green, 2)));
+    // Within the drain (30 s by default) the open socket goes on with its release...
+    assert_eq!(ws_round_trip(&mut old, "still").await, "blue: still");
+    // ...and a new one lands on the new release.
+    let mut new = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut new, "hello").await, "green: hello");
+    assert_eq!(ws_round_trip(&mut old, "again").await, "blue: again");
+    assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 2);
+    // Each upgrade is recorded for the guard as its 101, on its release.
+    let first = rx.recv().await.unwrap();
+    let second = rx.recv().await.unwrap();
+    assert_eq!((first.status, first.release_id), (101, 1));
+    assert_eq!((second.status, second.release_id), (101, 2));
+    // A client that closes ends its splice.
+    bounded("closing", old.close(None)).await.unwrap();
+    drop(old);
+    bounded("the splice's end", async {
+        while p.counters().upgraded.load(Ordering::Relaxed) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn open_websockets_on_the_old_release_are_closed_after_the_drain() {
+    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
+    let limits = ProxyLimits {
+        websocket_drain: Duration::from_millis(200),
+        ..ProxyLimits::default()
+    };
+    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut old = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut old, "hi").await, "blue: hi");
+    p.switch(Some(target(Slot::Green, green, 2)));
+    let mut new = ws_connect(&p).await;
+    // The old socket ends (its connection closed under it) once the drain is over.
+    let end = bounded("the old socket's end", async {
+        loop {
+            match old.next().await {
+                Some(Ok(Message::Text(t))) => panic!("an unasked answer: {t}"),
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(end, None | Some(Err(_))),
+        "the old socket was not closed: {end:?}"
+    );
+    // The socket on the active release is not touched.
+    assert_eq!(ws_round_trip(&mut new, "hello").await, "green: hello");
+    assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 1);
+}
+
+/// The value of header `name` in an upstream's `/headers` answer.
+fn seen<'a>(lines: &'a str, name: &str) -> Vec<&'a str> {
+    lines
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .collect()
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_request_ids_reach_the_release_and_the_id_comes_back() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let c = client();
+    let url = format!("http://{}/headers", p.local_addr());
+    let req = Request::get(&url)
+        .header("host", "shop.example")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("forwarded", "for=10.1.2.3;proto=https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let lines = String::from_utf8_lossy(&body);
+    assert_eq!(
+        seen(&lines, "x-forwarded-for"),
+        ["10.1.2.3, 127.0.0.1"],
+        "{lines}"
+    );
+    assert_eq!(seen(&lines, "x-forwarded-proto"), ["http"], "{lines}");
+    assert_eq!(
+        seen(&lines, "x-forwarded-host"),
+        ["shop.example"],
+        "{lines}"
+    );
+    assert_eq!(
+        seen(&lines, "forwarded"),
+        ["for=10.1.2.3;proto=https, for=127.0.0.1;host=shop.example;proto=http"],
+        "{lines}"
+    );
+    // The id the release saw is the one the client got back.
+    assert_eq!(seen(&lines, "x-request-id"), [id.as_str()], "{lines}");
+    // Another request gets another id.
+    let (_, headers, lines) = get(&c, url.clone()).await;
+    let other = headers["x-request-id"].to_str().unwrap();
+    assert_ne!(other, id);
+    assert_eq!(seen(&lines, "x-request-id"), [other], "{lines}");
+    // A client's own id is passed through and returned.
+    let req = Request::get(&url)
+        .header("x-request-id", "trace-42")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-42");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        seen(&String::from_utf8_lossy(&body), "x-request-id"),
+        ["trace-42"]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_request_still_answers_with_its_request_id() {
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Green, dead, 7)));
+    let c = client();
+    let req = Request::get(format!("http://{}/", p.local_addr()))
+        .header("x-request-id", "trace-502")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-request-id"], "trace-502");
+}
+
+#[tokio::test]
+async fn a_switch_back_within_the_drain_keeps_open_websockets() {
+    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
+    let limits = ProxyLimits {
+        websocket_drain: Duration::from_millis(200),
+        ..ProxyLimits::default()
+    };
+    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut ws = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut ws, "hi").await, "blue: hi");
+    // A deploy and its rollback: blue is active again before the drain is over.
+    p.switch(Some(target(Slot::Green, green, 2)));
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    // Well past the drain, the socket still works.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(ws_round_trip(&mut ws, "later").await, "blue: later");
+    assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn an_open_websocket_counts_against_max_connections() {
+    let blue = ws_upstream("blue").await;
+    let limits = ProxyLimits {
+        max_connections: 1,
+        ..ProxyLimits::default()
+    };
+    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut ws = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut ws, "hi").await, "blue: hi");
+    // The socket holds the one connection: another client waits for it.
+    let url = format!("ws://{}/socket", p.local_addr());
+    let waiting = tokio::spawn(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws_round_trip(&mut ws, "second").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second client was served while the WebSocket held the only connection"
+    );
+    drop(ws);
+    let answer = bounded("the waiting client", waiting).await.unwrap();
+    assert_eq!(answer, "blue: second");
+}
+
+#[tokio::test]
+async fn shutdown_closes_open_websockets_after_the_drain() {
+    let blue = ws_upstream("blue").await;
+    let limits = ProxyLimits {
+        websocket_drain: Duration::from_millis(200),
+        ..ProxyLimits::default()
+    };
+    let (p, task) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut ws = ws_connect(&p).await;
+    assert_eq!(ws_round_trip(&mut ws, "hi").await, "blue: hi");
+    p.shutdown();
+    let end = bounded("the socket's end", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => panic!("an unasked answer: {t}"),
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(matches!(end, None | Some(Err(_))), "{end:?}");
+    // The proxy's drain waited for it, and is over.
+    bounded("the proxy's end", task).await.unwrap();
+    assert_eq!(p.counters().upgraded.load(Ordering::Relaxed), 0);
+}
+
+// HTTP/2: h2c with prior knowledge and HTTPS with ALPN from clients, h2c to releases.
+
+fn h2c_client<B>() -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served_many_streams_on_one_connection() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let c = h2c_client::<Full<Bytes>>();
+    let url = format!("http://{}/headers", p.local_addr());
+    let answers = futures_util::future::join_all((0..20).map(|_| {
+        let c = c.clone();
+        let url = url.clone();
+        async move {
+            let resp = bounded("an h2c request", c.get(url.parse().unwrap()))
+                .await
+                .unwrap();
+            let version = resp.version();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (version, status, String::from_utf8_lossy(&body).into_owned())
+        }
+    }))
+    .await;
+    let authority = p.local_addr().to_string();
+    for (version, status, lines) in answers {
+        assert_eq!(
+            (version, status),
+            (Version::HTTP_2, StatusCode::OK),
+            "{lines}"
+        );
+        // The HTTP/1 release gets the client's authority as its Host.
+        assert_eq!(seen(&lines, "host"), [authority.as_str()], "{lines}");
+        assert_eq!(seen(&lines, "x-forwarded-proto"), ["http"], "{lines}");
+    }
+    // HTTP/1 clients share the port.
+    assert_eq!(get(&client(), url).await.0, 200);
+}
+
+/// A self-signed certificate for `localhost` in PEM files, and the certificate to trust.
+fn localhost_cert(dir: &std::path::Path) -> (ProxyTls, rustls::pki_types::CertificateDer<'static>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let tls = ProxyTls {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&tls.cert, cert.pem()).unwrap();
+    std::fs::write(&tls.key, signing_key.serialize_pem()).unwrap();
+    (tls, cert.der().clone())
+}
+
+/// A TLS connection to the proxy offering only `alpn`, and what was agreed.
+async fn tls_connect(
+    p: &Proxy,
+    trust: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.clone()).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(crate::http::ring_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = bounded("the TLS handshake", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+async fn lines_of(resp: Response<Incoming>) -> String {
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test]
+async fn https_serves_http2_and_http1_by_alpn() {
+    let blue = upstream("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, trust) = localhost_cert(dir.path());
+    let (p, _) = Proxy::bind_tls(
+        "web",
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        ProxyLimits::default(),
+        &tls,
+    )
+    .await
+    .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    // HTTP/2 over TLS.
+    let io = TokioIo::new(tls_connect(&p, &trust, b"h2").await);
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://localhost/headers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = bounded("an h2 request", send.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.version(), resp.status()),
+        (Version::HTTP_2, StatusCode::OK)
+    );
+    let lines = lines_of(resp).await;
+    assert_eq!(seen(&lines, "x-forwarded-proto"), ["https"], "{lines}");
+    assert_eq!(
+        seen(&lines, "forwarded"),
+        ["for=127.0.0.1;host=localhost;proto=https"],
+        "{lines}"
+    );
+    // HTTP/1.1 over TLS.
+    let io = TokioIo::new(tls_connect(&p, &trust, b"http/1.1").await);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/headers")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = bounded("an HTTP/1.1 request", send.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(
+        (resp.version(), resp.status()),
+        (Version::HTTP_11, StatusCode::OK)
+    );
+    let lines = lines_of(resp).await;
+    assert_eq!(seen(&lines, "x-forwarded-proto"), ["https"], "{lines}");
+    // Plain HTTP is not served on the TLS port.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(10),
+        client().get(format!("http://{}/", p.local_addr()).parse().unwrap()),
+    )
+    .await
+    .expect("a plain request to the TLS port ends");
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+}
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_refused_naming_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, _) = localhost_cert(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (other, _) = localhost_cert(other.path());
+    let mixed = ProxyTls {
+        cert: tls.cert.clone(),
+        key: other.key,
+    };
+    let err = tls::acceptor(&mixed)
+        .err()
+        .expect("a key of another certificate");
+    assert!(err.contains(&mixed.key.display().to_string()), "{err}");
+    assert!(err.contains(&mixed.cert.display().to_string()), "{err}");
+    assert!(tls::acceptor(&tls).is_ok());
+}
+
+/// A release that speaks only HTTP/2 without TLS (as a gRPC server does). `/stream`
+/// answers each request body frame as it comes, as `name:frame`, then trailers: a
+/// `grpc-status` of 0 and the `te` the request came with.
+async fn h2_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let svc = service_fn(move |req: Request<Incoming>| async move {
+                let te = req.headers().get("te").cloned();
+                let resp: Response<ProxyBody> = if req.uri().path() == "/stream" {
+                    let (mut tx, body) = Channel::<Bytes, hyper::Error>::new(4);
+                    tokio::spawn(async move {
+                        let mut incoming = req.into_body();
+                        while let Some(Ok(frame)) = incoming.frame().await {
+                            if let Ok(data) = frame.into_data() {
+                                let out = format!("{name}:{};", String::from_utf8_lossy(&data));
+                                if tx.send_data(Bytes::from(out)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        if let Some(te) = te {
+                            trailers.insert("x-te", te);
+                        }
+                        let _ = tx.send_trailers(trailers).await;
+                    });
+                    let mut r = Response::new(body.boxed());
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                    r
+                } else {
+                    let host = match req.headers().get("host") {
+                        Some(h) => format!(" with host {h:?}"),
+                        None => String::new(),
+                    };
+                    text(&format!("{name} over {:?}{host}", req.version()))
+                };
+                Ok::<_, Infallible>(resp)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    addr
+}
+
+async fn h2c_proxy(records: Option<mpsc::Sender<RequestRecord>>) -> Proxy {
+    let limits = ProxyLimits {
+        upstream_protocol: UpstreamProtocol::H2c,
+        ..ProxyLimits::default()
+    };
+    Proxy::bind_with("grpc", "127.0.0.1:0".parse().unwrap(), records, limits)
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn an_h2c_release_gets_a_streaming_call_and_its_trailers_come_back() {
+    let blue = h2_upstream("blue").await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = h2c_proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    // A streaming call, as gRPC makes: each message answered as it is sent.
+    let (mut body_tx, body) = Channel::<Bytes, hyper::Error>::new(1);
+    let req = Request::post(format!("http://{}/stream", p.local_addr()))
+        .header("te", "trailers")
+        .header(CONTENT_TYPE, "application/grpc")
+        .body(body)
+        .unwrap();
+    let c = h2c_client::<Channel<Bytes, hyper::Error>>();
+    body_tx.send_data(Bytes::from_static(b"m0")).await.unwrap();
+    let resp = bounded("the call's response head", c.request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()[CONTENT_TYPE], "application/grpc");
+    let mut body = resp.into_body();
+    let mut next_data = async || loop {
+        let frame = bounded("a message", body.frame()).await.unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            return data;
+        }
+    };
+    // The answer to the first message arrives while the call is still open.
+    assert_eq!(&next_data().await[..], b"blue:m0;");
+    body_tx.send_data(Bytes::from_static(b"m1")).await.unwrap();
+    assert_eq!(&next_data().await[..], b"blue:m1;");
+    drop(body_tx);
+    let trailers = loop {
+        let frame = bounded("the trailers", body.frame())
+            .await
+            .expect("trailers after the data")
+            .unwrap();
+        if let Ok(t) = frame.into_trailers() {
+            break t;
+        }
+    };
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-te"], "trailers");
+    assert_eq!(rx.recv().await.unwrap().status, 200);
+    // An HTTP/1 client reaches the HTTP/2-only release too; its Host is not sent on as a
+    // header beside `:authority`.
+    let (status, _, body) = get(&client(), format!("http://{}/", p.local_addr())).await;
+    assert_eq!((status, body.as_str()), (200, "blue over HTTP/2.0"));
+}
+
+/// Issue 18: zero lost requests in a switch stays true with long-lived connections. Ten
+/// switches happen while 20 HTTP/2 streams are in flight on one connection each time, a
+/// streaming HTTP/2 upload spans all of them, and an HTTP/1 keep-alive connection asks
+/// between them: every request is answered 200 by a release, with its own body, and the
+/// guard sees nothing but 200s.
+#[tokio::test]
+async fn no_request_is_lost_across_switches_with_h2_streams_and_a_streaming_upload() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let p = proxy(Some(tx)).await;
+    let slots = [target(Slot::Blue, blue, 1), target(Slot::Green, green, 2)];
+    let names = ["blue", "green"];
+    p.switch(Some(slots[0].clone()));
+    let url = format!("http://{}/echo-name", p.local_addr());
+    // The upload: started on blue, one part after each switch.
+    let (mut upload_tx, upload_body) = Channel::<Bytes, hyper::Error>::new(1);
+    let uploader = h2c_client::<Channel<Bytes, hyper::Error>>();
+    let req = Request::post(&url).body(upload_body).unwrap();
+    let upload = tokio::spawn(async move { uploader.request(req).await });
+    let mut expected_upload = String::from("part0;");
+    bounded(
+        "the upload's first part",
+        upload_tx.send_data(Bytes::from("part0;")),
+    )
+    .await
+    .unwrap();
+    // The upload has met the proxy (and read its target) before the first switch.
+    bounded("the upload's arrival", async {
+        while p.counters().in_flight.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let streams = h2c_client::<Full<Bytes>>();
+    let keep_alive = client();
+    let mut answers = Vec::new();
+    for round in 0..10usize {
+        let batch: Vec<_> = (0..20)
+            .map(|i| {
+                let (c, url) = (streams.clone(), url.clone());
+                tokio::spawn(async move {
+                    let payload = format!("r{round}-s{i}");
+                    let req = Request::post(url)
+                        .body(Full::new(Bytes::from(payload.clone())))
+                        .unwrap();
+                    let resp = c.request(req).await.expect("an h2 stream failed");
+                    let status = resp.status();
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    (status, String::from_utf8_lossy(&body).into_owned(), payload)
+                })
+            })
+            .collect();
+        let active = (round + 1) % 2;
+        p.switch(Some(slots[active].clone()));
+        let part = format!("part{};", round + 1);
+        expected_upload.push_str(&part);
+        bounded("an upload part", upload_tx.send_data(Bytes::from(part)))
+            .await
+            .unwrap();
+        // The keep-alive connection's next request meets the new release.
+        let (status, _, body) = bounded(
+            "a keep-alive request",
+            get(&keep_alive, format!("http://{}/", p.local_addr())),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with(names[active]), "round {round}: {body}");
+        for b in batch {
+            answers.push(bounded("a batch", b).await.unwrap());
+        }
+    }
+    drop(upload_tx);
+    let upload = bounded("the upload's answer", upload)
+        .await
+        .unwrap()
+        .expect("the upload failed");
+    assert_eq!(upload.status(), 200);
+    let body = upload.into_body().collect().await.unwrap().to_bytes();
+    // It stayed on the release it started on, and lost no part.
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("blue:{expected_upload}")
+    );
+    assert_eq!(answers.len(), 200);
+    for (status, body, payload) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert!(
+            *body == format!("blue:{payload}") || *body == format!("green:{payload}"),
+            "{payload} was answered {body:?}"
+        );
+    }
+    assert_eq!(p.counters().upstream_errors.load(Ordering::Relaxed), 0);
+    let mut statuses = Vec::new();
+    while let Ok(rec) = rx.try_recv() {
+        statuses.push(rec.status);
+    }
+    assert_eq!(statuses.len(), 200 + 10 + 1);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+// gRPC: a tonic client through the proxy (h2c both ways) to a tonic server. Messages are
+// raw bytes (a codec of our own), so no protobuf code generation is needed.
+
+/// Messages as they are: the gRPC framing around them is tonic's.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Copy)]
+struct Raw;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// `/test.Echo/Say`: answers `name: message`; any other method is NOT_FOUND.
+#[derive(Debug, Clone, Copy)]
+struct Say(&'static str);
+
+impl tonic::server::UnaryService<Vec<u8>> for Say {
+    type Response = Vec<u8>;
+    type Future = std::future::Ready<Result<tonic::Response<Vec<u8>>, tonic::Status>>;
+    fn call(&mut self, req: tonic::Request<Vec<u8>>) -> Self::Future {
+        let mut out = format!("{}: ", self.0).into_bytes();
+        out.extend(req.into_inner());
+        std::future::ready(Ok(tonic::Response::new(out)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NotFound;
+
+impl tonic::server::UnaryService<Vec<u8>> for NotFound {
+    type Response = Vec<u8>;
+    type Future = std::future::Ready<Result<tonic::Response<Vec<u8>>, tonic::Status>>;
+    fn call(&mut self, _: tonic::Request<Vec<u8>>) -> Self::Future {
+        std::future::ready(Err(tonic::Status::not_found("no such method here")))
+    }
+}
+
+/// The service of a small tonic server: `test.Echo`, answering with tonic's server-side
+/// gRPC.
+#[derive(Debug, Clone, Copy)]
+struct EchoService(&'static str);
+
+impl tonic::codegen::Service<Request<tonic::body::Body>> for EchoService {
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Response<tonic::body::Body>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let name = self.0;
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawCodec);
+            Ok(match req.uri().path() {
+                "/test.Echo/Say" => grpc.unary(Say(name), req).await,
+                _ => grpc.unary(NotFound, req).await,
+            })
+        })
+    }
+}
+
+/// A tonic server (`tonic::transport::Server`, HTTP/2 without TLS) on a loopback port.
+async fn grpc_upstream(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = Box::pin(futures_util::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(stream, _)| stream);
+        Some((next, l))
+    }));
+    tokio::spawn(
+        tonic::transport::Server::builder().serve_with_incoming(EchoService(name), incoming),
+    );
+    addr
+}
+
+async fn grpc_call(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    method: &'static str,
+    message: &[u8],
+) -> Result<tonic::Response<Vec<u8>>, tonic::Status> {
+    bounded("a gRPC call", async {
+        grpc.ready().await.unwrap();
+        let path = hyper::http::uri::PathAndQuery::from_static(method);
+        grpc.unary(tonic::Request::new(message.to_vec()), path, RawCodec)
+            .await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn grpc_calls_pass_through_to_an_h2c_release_and_follow_a_switch() {
+    let (blue, green) = (grpc_upstream("blue").await, grpc_upstream("green").await);
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = h2c_proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", p.local_addr())).unwrap();
+    let channel = bounded("connecting", endpoint.connect()).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let resp = grpc_call(&mut grpc, "/test.Echo/Say", b"hi").await.unwrap();
+    assert!(resp.metadata().get("x-request-id").is_some());
+    assert_eq!(resp.into_inner(), b"blue: hi");
+    // A gRPC error status comes through with its message.
+    let err = grpc_call(&mut grpc, "/test.Echo/Nope", b"?")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (tonic::Code::NotFound, "no such method here")
+    );
+    // The same client connection reaches the new release after a switch.
+    p.switch(Some(target(Slot::Green, green, 2)));
+    let resp = grpc_call(&mut grpc, "/test.Echo/Say", b"again")
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner(), b"green: again");
+    // The guard sees HTTP statuses: gRPC answers 200 whatever its own status.
+    for release in [1, 1, 2] {
+        let rec = rx.recv().await.unwrap();
+        assert_eq!((rec.status, rec.release_id), (200, release));
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_to_an_h2c_release_is_refused_saying_why() {
+    let blue = h2_upstream("blue").await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let p = h2c_proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let url = format!("ws://{}/socket", p.local_addr());
+    let err = bounded("the handshake", tokio_tungstenite::connect_async(url))
+        .await
+        .expect_err("a WebSocket through an h2c upstream");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+        panic!("not an HTTP answer: {err:?}");
+    };
+    assert_eq!(resp.status(), 501);
+    let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(body.contains("upstream_protocol = \"http1\""), "{body}");
+    // Not counted against the release.
+    assert!(rx.try_recv().is_err());
 }

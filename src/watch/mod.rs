@@ -253,11 +253,13 @@ pub async fn run(
                 let limits = cfg.proxy_limits;
                 let (proxy, task) = if active.is_some() {
                     let (proxy, task, hold) =
-                        Proxy::serve_held(name, listener, Some(tx), limits).map_err(bind_error)?;
+                        Proxy::serve_held(name, listener, Some(tx), limits, cfg.proxy_tls.as_ref())
+                            .map_err(bind_error)?;
                     holds.insert(name.clone(), hold);
                     (proxy, task)
                 } else {
-                    Proxy::serve(name, listener, Some(tx), limits).map_err(bind_error)?
+                    Proxy::serve(name, listener, Some(tx), limits, cfg.proxy_tls.as_ref())
+                        .map_err(bind_error)?
                 };
                 origins.insert(name.clone(), origin);
                 (Router::Proxy(proxy), Some(task), None)

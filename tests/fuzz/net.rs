@@ -98,7 +98,13 @@ const HTTP_WORDS: &[&str] = &[
     "GET http://other.example/x HTTP/1.1\r\n",
     "GET //x HTTP/1.1\r\n",
     "/%00/../%ff?#",
+    "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "\x00\x00\x00\x04\x00\x00\x00\x00\x00",
 ];
+
+/// What an HTTP/2 client (h2c, prior knowledge) sends first; the proxy answers such a
+/// connection in HTTP/2 frames.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 fn http_seeds() -> Vec<Vec<u8>> {
     [
@@ -112,6 +118,8 @@ fn http_seeds() -> Vec<Vec<u8>> {
         "GET http://a/abs?q HTTP/1.1\r\nHost: a\r\n\r\n",
         "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
         "GET / HTTP/1.0\r\n\r\n",
+        // h2c: the preface and an empty SETTINGS frame.
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -215,7 +223,8 @@ fn proxy_http_requests() {
                 .map_err(|e| format!("connecting beside it: {e}"))?;
             answered(&after)?;
             // A request cut short is waited for by any HTTP server; once the client
-            // closes its half, the proxy closes too, and what came back is HTTP.
+            // closes its half, the proxy closes too, and what came back is HTTP (HTTP/2
+            // frames after an HTTP/2 preface).
             let _ = garbage.shutdown().await;
             let mut resp = Vec::new();
             let read = tokio::time::timeout(deadline(), garbage.read_to_end(&mut resp)).await;
@@ -225,7 +234,7 @@ fn proxy_http_requests() {
                     deadline()
                 ));
             }
-            if !resp.is_empty() && !resp.starts_with(b"HTTP/1.") {
+            if !resp.is_empty() && !resp.starts_with(b"HTTP/1.") && !input.starts_with(H2_PREFACE) {
                 return Err(format!(
                     "an answer that is not HTTP: {:?}",
                     String::from_utf8_lossy(&resp[..resp.len().min(200)])

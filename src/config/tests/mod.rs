@@ -444,7 +444,7 @@ fn proxy_limits_default_to_nginx_like_values_and_can_be_set() {
         ProxyLimits::default()
     );
     let src = format!(
-        "{GOOD}[service.web.proxy]\nmax_connections = 500\nheader_timeout = \"10s\"\nresponse_timeout = \"2m\"\nmax_header_bytes = 16384\nmax_uri_bytes = 2048\n"
+        "{GOOD}[service.web.proxy]\nmax_connections = 500\nheader_timeout = \"10s\"\nresponse_timeout = \"2m\"\nmax_header_bytes = 16384\nmax_uri_bytes = 2048\nwebsocket_drain = \"5m\"\nupstream_protocol = \"h2c\"\n"
     );
     let l = Config::parse(&src, Path::new("x.toml"))
         .unwrap()
@@ -459,6 +459,8 @@ fn proxy_limits_default_to_nginx_like_values_and_can_be_set() {
             response_timeout: Duration::from_secs(120),
             max_header_bytes: 16384,
             max_uri_bytes: 2048,
+            websocket_drain: Duration::from_secs(300),
+            upstream_protocol: crate::config::UpstreamProtocol::H2c,
         }
     );
     // What is not given keeps its default.
@@ -489,6 +491,86 @@ fn proxy_limits_default_to_nginx_like_values_and_can_be_set() {
         problems
             .iter()
             .any(|p| p.contains("service.web.proxy.max_uri")),
+        "{problems:?}"
+    );
+    let problems = errors(&format!(
+        "{GOOD}[service.web.proxy]\nwebsocket_drain = \"later\"\nupstream_protocol = \"h3\"\n"
+    ));
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("ripcord.toml:6: service.web.proxy.websocket_drain")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p
+            .starts_with("ripcord.toml:7: service.web.proxy.upstream_protocol")
+            && p.contains("`h3`")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn proxy_tls_takes_a_certificate_and_key_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), signing_key.serialize_pem()).unwrap();
+    let file = dir.path().join("ripcord.toml");
+    let src =
+        format!("{GOOD}[service.web.proxy]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n");
+    let cfg = Config::parse(&src, &file).unwrap();
+    assert_eq!(
+        cfg.service("web").unwrap().proxy_tls,
+        Some(crate::config::ProxyTls {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        })
+    );
+    assert_eq!(
+        Config::parse(GOOD, &file)
+            .unwrap()
+            .service("web")
+            .unwrap()
+            .proxy_tls,
+        None
+    );
+    // One without the other.
+    let problems = errors(&format!(
+        "{GOOD}[service.web.proxy]\ntls_cert = \"cert.pem\"\n"
+    ));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("ripcord.toml:6: service.web.proxy.tls_cert")
+            && problems[0].contains("tls_key"),
+        "{problems:?}"
+    );
+    // Files that are not there, or hold no PEM certificate.
+    std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+    let src =
+        format!("{GOOD}[service.web.proxy]\ntls_cert = \"empty.pem\"\ntls_key = \"key.pem\"\n");
+    let Err(LoadError::Invalid { errors, .. }) = Config::parse(&src, &file) else {
+        panic!("an empty certificate file was taken");
+    };
+    let problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        problems.len() == 1
+            && problems[0].contains(":6: service.web.proxy.tls_cert")
+            && problems[0].contains("empty.pem holds no PEM certificate"),
+        "{problems:?}"
+    );
+    let src =
+        format!("{GOOD}[service.web.proxy]\ntls_cert = \"cert.pem\"\ntls_key = \"gone.pem\"\n");
+    let Err(LoadError::Invalid { errors, .. }) = Config::parse(&src, &file) else {
+        panic!("a missing key file was taken");
+    };
+    let problems: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        problems.len() == 1
+            && problems[0].contains(":7: service.web.proxy.tls_key")
+            && problems[0].contains("gone.pem"),
         "{problems:?}"
     );
 }

@@ -1,0 +1,100 @@
+//! The watcher's proxy serving HTTPS from `[service.NAME.proxy] tls_cert` and `tls_key`:
+//! a deploy verified over HTTPS through it (with the certificate's CA as `ca_file`), and a
+//! client that speaks HTTP/2 by ALPN reaching the release with `X-Forwarded-Proto: https`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// A CA and a certificate it signed for 127.0.0.1, as PEM files in `dir`; the CA's
+/// certificate to trust.
+fn pki(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "ripcord test CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf_cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    ca_cert.der().clone()
+}
+
+#[test]
+fn the_watchers_proxy_serves_https_with_http2_by_alpn() {
+    let mut p = Project::new("", "");
+    let ca = pki(p.dir.path());
+    // The project's config, with its checks over HTTPS and the proxy's certificate.
+    let config = std::fs::read_to_string(p.config()).unwrap();
+    let config = config.replace(
+        &format!("http = \"http://127.0.0.1:{}/", p.listen),
+        &format!(
+            "ca_file = \"ca.pem\"\nhttp = \"https://127.0.0.1:{}/",
+            p.listen
+        ),
+    );
+    let config =
+        format!("{config}\n[service.web.proxy]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n");
+    std::fs::write(p.config(), config).unwrap();
+    p.start_watcher();
+    assert_ok(&p.deploy("v1", &[]), "deploy v1 (verified over HTTPS)");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (version, status, body) = rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        #[allow(deprecated)] // ring's provider, as src/http.rs `ring_provider` says.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", p.listen))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let stream = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+            .await
+            .expect("the TLS handshake within 10 s")
+            .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("https://127.0.0.1:{}/health", p.listen))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        let (version, status) = (resp.version(), resp.status());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (version, status, String::from_utf8_lossy(&body).into_owned())
+    });
+    assert_eq!(version, hyper::Version::HTTP_2);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["version"], "v1", "{body}");
+}
