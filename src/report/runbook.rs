@@ -84,9 +84,20 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
             );
         }
         None => {
+            let place = if c.one_address() {
+                "at that one address, each new release taking the place of the last (no second \
+                 slot, so no warm previous release: a rollback puts the previous one in place \
+                 again)"
+                    .to_string()
+            } else {
+                format!(
+                    "in two slots, blue `{}` and green `{}`",
+                    c.slots.blue, c.slots.green
+                )
+            };
             let _ = writeln!(
                 out,
-                "- Users reach it through {}; releases run {} in two slots, blue `{}` and green `{}`.",
+                "- Users reach it through {}; releases run {} {place}.",
                 c.entry(),
                 match c.runtime {
                     Runtime::Process => "as processes ripcord starts",
@@ -98,8 +109,6 @@ fn service(out: &mut String, s: &ServiceFacts<'_>) {
                     Runtime::Kubernetes =>
                         "as a Kubernetes Deployment whose pod template ripcord applies, each release with its own immutable copies of the ConfigMaps and Secrets it reads",
                 },
-                c.slots.blue,
-                c.slots.green
             );
         }
     }
@@ -423,8 +432,37 @@ http = "http://127.0.0.1:8080/health"
             "- Last drill: never. Rehearse the rollback with `ripcord drill web` (budget 1m).",
             "GET `http://127.0.0.1:8080/health` answers 2xx",
             "**freeze everything**",
+            "releases run as processes ripcord starts in two slots, blue `127.0.0.1:8081` and green `127.0.0.1:8082`.",
         ] {
             assert!(md.contains(part), "missing {part:?} in:\n{md}");
         }
+    }
+
+    #[test]
+    fn a_one_address_service_has_no_second_slot_in_its_runbook() {
+        let src = r#"
+[service.api]
+runtime = "docker"
+router = "none"
+[service.api.docker]
+image = "registry.local/api"
+container_port = 9000
+publish = "127.0.0.1:9100"
+"#;
+        let cfg = Config::parse(src, Path::new("ripcord.toml")).unwrap();
+        let md = markdown(
+            &[ServiceFacts {
+                cfg: cfg.service("api").unwrap(),
+                active: None,
+                previous: None,
+                last_drill: None,
+            }],
+            "ripcord.toml",
+        );
+        assert!(
+            md.contains("at that one address, each new release taking the place of the last"),
+            "{md}"
+        );
+        assert!(!md.contains("two slots"), "{md}");
     }
 }
