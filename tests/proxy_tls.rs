@@ -98,3 +98,34 @@ fn the_watchers_proxy_serves_https_with_http2_by_alpn() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["version"], "v1", "{body}");
 }
+
+/// A key that does not go with its certificate stops the watcher with an error naming
+/// both files, not a hint that another program holds the port.
+#[test]
+fn a_key_that_does_not_go_with_its_certificate_stops_the_watcher_naming_both() {
+    let p = Project::new("", "");
+    pki(p.dir.path());
+    // Another key, valid PEM, that did not sign cert.pem.
+    std::fs::write(
+        p.dir.path().join("other.pem"),
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(p.config()).unwrap();
+    std::fs::write(
+        p.config(),
+        format!(
+            "{config}\n[service.web.proxy]\ntls_cert = \"cert.pem\"\ntls_key = \"other.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let mut watch = p.cmd(&["watch"]);
+    let out = watch.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("other.pem") && err.contains("cert.pem") && err.contains("does not go with"),
+        "{err}"
+    );
+    assert!(!err.contains("another program"), "{err}");
+}

@@ -35,6 +35,12 @@ use crate::http::error_chain;
 
 pub use headers::strip_hop_by_hop;
 
+/// Whether the proxy can serve HTTPS with `tls` (the certificate and key read, and one
+/// going with the other); why not, naming the file at fault.
+pub fn check_tls(tls: &crate::config::ProxyTls) -> Result<(), String> {
+    tls::acceptor(tls).map(|_| ())
+}
+
 /// Where traffic goes: one slot and the release running in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -74,6 +74,10 @@ pub enum WatchError {
     #[error(transparent)]
     DashboardToken(#[from] dashboard::token::TokenError),
     #[error(
+        "service `{service}`: the proxy cannot serve HTTPS ([service.{service}.proxy]): {reason}"
+    )]
+    ProxyTls { service: String, reason: String },
+    #[error(
         "service `{service}`: the proxy cannot listen on {addr}: {source}; is another program using it?"
     )]
     ProxyBind {
@@ -246,6 +250,13 @@ pub async fn run(
                     addr: listen,
                     source,
                 };
+                // A certificate that cannot be used is the config's fault, not the port's.
+                if let Some(tls) = &cfg.proxy_tls {
+                    crate::proxy::check_tls(tls).map_err(|reason| WatchError::ProxyTls {
+                        service: name.clone(),
+                        reason,
+                    })?;
+                }
                 let active = ledger
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
