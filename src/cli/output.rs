@@ -172,6 +172,8 @@ pub(crate) fn service_status(
     let last_drill = ledger.last_drill(service)?;
     let investigating = guard.investigating_release.is_some() && guard.acked_at_ms.is_none();
     let state = match (&operation, warm) {
+        // A restore freezes the service while it runs: it says what is going on.
+        (Some(op), _) if op.kind == "restore" => "restoring",
         _ if guard.frozen_reason.is_some() => "frozen",
         (Some(op), _) if op.kind == "rollback" => "rolling_back",
         (Some(op), _) if op.kind == "drill" => "drilling",
@@ -524,6 +526,31 @@ fn access_log_line(a: &serde_json::Map<String, Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A running restore says so, though it froze the service; once it is over the
+    /// freeze it left (if any) shows.
+    #[test]
+    fn a_running_restore_is_restoring_not_just_frozen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path()).unwrap();
+        let op = l
+            .begin_operation(
+                "web",
+                crate::ledger::OperationKind::Restore,
+                None,
+                None,
+                Some("database restore from backup #1"),
+            )
+            .unwrap();
+        l.freeze("web", "database restore from backup #1 in progress", None)
+            .unwrap();
+        let s = service_status(&l, "web", None, None).unwrap();
+        assert_eq!(s["state"], "restoring", "{s}");
+        l.finish_operation(op, "interrupted", Some("killed"))
+            .unwrap();
+        let s = service_status(&l, "web", None, None).unwrap();
+        assert_eq!(s["state"], "frozen", "{s}");
+    }
 
     #[test]
     fn the_access_log_line_counts_what_was_not_used() {

@@ -179,7 +179,10 @@ fn summary(d: &Dashboard, name: &str, svc: &Service) -> Result<Value, LedgerErro
             })
         })
         .collect();
-    let (status, why) = if let Some(r) = &state.frozen_reason {
+    // A restore freezes the service while it runs: it says what is going on.
+    let (status, why) = if let Some(op) = running.as_ref().filter(|o| o.kind == "restore") {
+        ("restoring", format!("operation #{}: {}", op.id, op.step))
+    } else if let Some(r) = &state.frozen_reason {
         ("frozen", r.clone())
     } else if let Some(rel) = state.investigating_release {
         (
