@@ -310,12 +310,17 @@ fn cpu_is_investigated_then_rolled_back_without_an_ack() {
     let (v, report) = demo("cpu");
     assert_rolled_back(&v, "cpu");
     // The incident counts from the first CPU sample over the limit and the trigger when
-    // the investigation opened, not from the deadline that ended it.
+    // the investigation opened, not from the deadline that ended it (then the switch
+    // would come right after both).
     let to_trigger = v["first_bad_to_trigger_ms"].as_i64().unwrap();
     let to_switch = v["first_bad_to_switch_ms"].as_i64().unwrap();
+    // A first bad observation is never after its trigger. How long before depends on
+    // the host: with the CPU to itself the burn is over the limit from its first sample
+    // (about 3 s before the 3 s average fires); on a loaded host its samples hover near
+    // the 60% limit and the first one over it can be the one that tips the average.
     assert!(
-        to_trigger >= 500,
-        "the CPU was over its limit for a while before the trigger: {v:#}"
+        to_trigger >= 0,
+        "the incident dates from after its trigger: {v:#}"
     );
     assert!(
         to_switch > to_trigger + 1_000,

@@ -1183,6 +1183,17 @@ async fn finish_rollback(
     let WatchStats {
         first_bad_ms: first_bad,
     } = stats.unwrap_or_default();
+    // The incident was opened with its first bad observation when the trigger fired. An
+    // episode re-dated since (the CPU dipping under its limit while an investigation
+    // waited) must not move it: a first bad observation is never after its trigger.
+    let opened_with = incident
+        .and_then(|id| lock().incident(id).ok().flatten())
+        .and_then(|i| i.first_bad_at_ms);
+    let first_bad = [first_bad, opened_with]
+        .into_iter()
+        .flatten()
+        .filter(|f| *f <= detected_ms)
+        .min();
     match result {
         Ok(outcome) => {
             let first = first_bad.unwrap_or(detected_ms);
