@@ -29,9 +29,9 @@
 //! connection error or a timeout), latency and the version that answered
 //! (`x-demo-version`).
 //!
-//! Per run: from the first bad request (a 5xx or a failed connection; for `slow80`, also
-//! an answer slower than 80 ms; for `health`, where users may see nothing bad, from the
-//! moment v2 turned bad) to the old release serving again (the first request of the final
+//! Per run: from the first bad request once v2 has turned bad (a 5xx or a failed
+//! connection; for `slow80`, also an answer slower than 80 ms; for `health`, where users
+//! may see nothing bad, from the moment v2 turned bad) to the old release serving again (the first request of the final
 //! stretch answered 200 by v1 and nothing else), the failed requests, and whether it
 //! recovered within `RECOVERY_WAIT` at all.
 //!
@@ -73,6 +73,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const WARMUP: Duration = Duration::from_secs(5);
 /// v2 turns bad this many seconds after it starts.
 const AFTER_SECS: u64 = 5;
+/// How far before v2's computed bad moment (its start, from the engine or /proc, + AFTER_SECS)
+/// a request may be sent and still count as its first bad one: the two clocks' resolution.
+const CLOCK_SLACK_MS: f64 = 50.0;
 /// A system that has not recovered this long after the first bad request did not.
 const RECOVERY_WAIT: Duration = Duration::from_secs(60);
 /// v1 must serve alone this long for the recovery to count (and the run to end early).
@@ -400,7 +403,12 @@ fn analyze(scenario: Scenario, recs: &[Rec], deploy_ms: f64, v2_bad_ms: f64) -> 
     let first_bad = if scenario == Scenario::Health {
         None
     } else {
-        after.iter().find(|r| scenario.is_bad(r)).map(|r| r.sent_ms)
+        // Requests that failed during the deploy itself (before v2 turned bad) are not
+        // v2's fault: they count in `failed_at_deploy`, not here.
+        after
+            .iter()
+            .find(|r| r.sent_ms >= v2_bad_ms - CLOCK_SLACK_MS && scenario.is_bad(r))
+            .map(|r| r.sent_ms)
     };
     let from_request = first_bad.is_some();
     let first_bad_ms = first_bad.unwrap_or(v2_bad_ms);
@@ -892,7 +900,7 @@ fn plot(
         y1 = y1.max(buckets.iter().copied().fold(0.0, f64::max) * 1.15);
         let label = match o.recovered_ms {
             Some(_) => format!(
-                "{}: v1 serving {:.1} s after the first bad {}; {} failed",
+                "{}: v1 serving {:.2} s after the first bad {}; {} failed",
                 system.short(),
                 o.recovery_s(),
                 if o.from_request { "request" } else { "moment" },
@@ -937,6 +945,8 @@ fn plot(
                 "seconds since v2 turned bad (load: {RATE} req/s; median run of each)"
             ))
             .y_desc(y_desc)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()?;
         chart.draw_series(DashedLineSeries::new(
             [(0.0, 0.0), (0.0, y1)],
@@ -1259,12 +1269,14 @@ itself (`HEALTHCHECK --interval={hi}s --timeout={ht}s --retries={HEALTH_RETRIES}
 
 Median of the runs per cell, (min–max) when there is more than one.
 
-- **first bad → v1 serving**: from the first bad request's send time to the answer that
+- **first bad → v1 serving**: from the send time of the first bad request sent once v2
+  had turned bad (failures during the deploy itself are counted apart) to the answer that
   began the final stretch of requests answered 200 by v1 (nothing else after it, for at
   least {settle} s). For the failing health check users may see nothing bad, so it is
   measured from the moment v2 turned bad (its start, from the engine or `/proc`, + {AFTER_SECS} s).
   For the others "bad" is a 5xx or a failed connection, and for +80 ms also an answer
-  taking ≥ {SLOW_MS} ms.
+  taking ≥ {SLOW_MS} ms; when no request at all was bad, it is measured from the moment
+  v2 turned bad as well (the run's log line says "moment" instead of "request").
 - **recovered**: whether v1 served again within {wait} s of the first bad request. A
   Swarm update whose tasks keep running passes its monitor window, and Swarm never looks
   at responses or latency: "no" there is a finding, not a failed run.
