@@ -26,17 +26,18 @@
 //! Run: `cargo bench --bench docker_rollback` (RIPCORD_BENCH_RUNS changes the number of
 //! runs per case, default 3). Needs a Docker engine.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{InspectContainerOptions, InspectServiceOptions, ListTasksOptions};
 use ripcord::docker::Engine;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ripcord");
+use support::{
+    Cleanup, Project, docker, docker_ok, env_or, free_port, get, health_version, now_ms,
+    remove_swarm_service, rfc3339_ms, static_demo_app, stats, wait_for, words,
+};
 
 /// Seconds after start at which v2 exits with code 70.
 const CRASH_AFTER_SECS: &str = "3";
@@ -46,241 +47,28 @@ const GUARD_WAIT: Duration = Duration::from_secs(20);
 /// Swarm's update monitor period (`--update-monitor`).
 const SWARM_MONITOR: &str = "5s";
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a loopback port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
-/// `docker ARGS` (an argv, never a shell line).
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI runs")
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn words(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-}
-
-/// Milliseconds since the epoch for an RFC 3339 UTC time as the engine writes it
-/// (`2024-01-02T03:04:05.123456789Z`).
-fn rfc3339_ms(s: &str) -> Option<i64> {
-    let ms = s.parse::<jiff::Timestamp>().ok()?.as_millisecond();
-    // The engine writes 0001-01-01T00:00:00Z for "never".
-    (ms > 0).then_some(ms)
-}
-
-/// `GET path` on 127.0.0.1:port with a short timeout: the status and the body.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let timeout = Duration::from_millis(500);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.set_write_timeout(Some(timeout)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_string()))
-}
-
-/// The version a demo app on `port` reports on /health, when it answers 200.
-fn health_version(port: u16) -> Option<String> {
-    let (status, body) = get(port, "/health")?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v["version"].as_str().map(str::to_string)
-}
-
-/// Polls `f` every `every` until it gives a value or `limit` passes.
-fn wait_for<T>(limit: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
-
-/// Removes, on drop (also on a panic), everything this benchmark made: ripcord's
-/// containers (by service label), Swarm services and their containers, the images, and
-/// the swarm itself and its `docker_gwbridge` network when this benchmark created them.
-#[derive(Default)]
-struct Cleanup {
-    /// ripcord service names (containers labelled `ripcord.service=NAME`).
-    services: Vec<String>,
-    /// Swarm service names.
-    swarm_services: Vec<String>,
-    images: Vec<String>,
-    swarm_created: bool,
-    /// Whether `docker_gwbridge` existed before this benchmark touched the swarm.
-    gwbridge_existed: bool,
-}
-
-fn remove_containers(label: &str) {
-    let ids = words(&docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label={label}"),
-    ]));
-    if !ids.is_empty() {
-        let mut args = vec!["rm", "-f"];
-        args.extend(ids.iter().map(String::as_str));
-        let _ = docker(&args);
-    }
-}
-
-fn remove_swarm_service(name: &str) {
-    let _ = docker(&["service", "rm", name]);
-    // The engine removes the task containers asynchronously: wait, then make sure.
-    let label = format!("com.docker.swarm.service.name={name}");
-    wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
-        let ids = words(&docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={label}"),
-        ]));
-        ids.is_empty().then_some(())
-    });
-    remove_containers(&label);
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.swarm_services {
-            remove_swarm_service(name);
-        }
-        for svc in &self.services {
-            remove_containers(&format!("ripcord.service={svc}"));
-        }
-        if !self.images.is_empty() {
-            let mut args = vec!["rmi", "-f"];
-            args.extend(self.images.iter().map(String::as_str));
-            let _ = docker(&args);
-        }
-        if self.swarm_created {
-            let _ = docker(&["swarm", "leave", "--force"]);
-            if !self.gwbridge_existed {
-                let _ = docker(&["network", "rm", "docker_gwbridge"]);
-            }
-        }
-    }
-}
-
-/// The static demo app for `FROM scratch` images, built as tests/docker_fixture does
-/// when it is missing.
-fn static_demo_app() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target_dir = root.join("target").join("static");
-    let bin = target_dir
-        .join("x86_64-unknown-linux-gnu")
-        .join("static-app")
-        .join("ripcord-demo-app");
-    if bin.exists() {
-        return bin;
-    }
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .current_dir(&root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "--profile",
-            "static-app",
-            "--package",
-            "ripcord-demo-app",
-            "--bin",
-            "ripcord-demo-app",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "building the static demo app failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(bin.exists(), "no static demo app at {}", bin.display());
-    bin
-}
-
-/// One ripcord project: a config, a state dir and a watcher, for one run.
-struct Project {
-    dir: tempfile::TempDir,
-    svc: String,
-    entry: u16,
-    watcher: Option<Child>,
-}
-
-impl Project {
-    /// `router` is "proxy" (blue-green) or "none" (image replace).
-    fn new(router: &str, svc: &str, repo: &str) -> Project {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let entry = free_port();
-        let (routing, publish, extra) = if router == "proxy" {
-            let (blue, green) = (free_port(), free_port());
-            (
-                format!(
-                    "router = \"proxy\"\nlisten = \"127.0.0.1:{entry}\"\nslots = {{ blue = {blue}, green = {green} }}"
-                ),
-                String::new(),
-                "bake = \"5m\"",
-            )
-        } else {
-            (
-                "router = \"none\"".to_string(),
-                format!("publish = \"127.0.0.1:{entry}\""),
-                "",
-            )
-        };
-        let config = format!(
-            r#"[service.{svc}]
+/// A ripcord project for one run: `router` is "proxy" (blue-green) or "none" (image
+/// replace).
+fn project(router: &str, svc: &str, repo: &str) -> Project {
+    let entry = free_port();
+    let (routing, publish, extra) = if router == "proxy" {
+        let (blue, green) = (free_port(), free_port());
+        (
+            format!(
+                "router = \"proxy\"\nlisten = \"127.0.0.1:{entry}\"\nslots = {{ blue = {blue}, green = {green} }}"
+            ),
+            String::new(),
+            "bake = \"5m\"",
+        )
+    } else {
+        (
+            "router = \"none\"".to_string(),
+            format!("publish = \"127.0.0.1:{entry}\""),
+            "",
+        )
+    };
+    let config = format!(
+        r#"[service.{svc}]
 runtime = "docker"
 {routing}
 start_timeout = "20s"
@@ -304,105 +92,13 @@ http = "http://127.0.0.1:{entry}/api/status"
 json_field = "version"
 json_equals = "{{version}}"
 "#
-        );
-        std::fs::write(dir.path().join("ripcord.toml"), config).expect("write the config");
-        std::fs::write(dir.path().join("app.env"), "DEMO_LISTEN=0.0.0.0:8080\n")
-            .expect("write the env file");
-        Project {
-            dir,
-            svc: svc.to_string(),
-            entry,
-            watcher: None,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--config")
-            .arg(self.dir.path().join("ripcord.toml"))
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("RIPCORD_CONFIG")
-            .env_remove("RIPCORD_STATE_DIR");
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run ripcord")
-    }
-
-    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.run(&all);
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("watcher.log")).unwrap_or_default()
-    }
-
-    fn start_watcher(&mut self) -> Result<(), String> {
-        let log = std::fs::File::create(self.dir.path().join("watcher.log"))
-            .map_err(|e| e.to_string())?;
-        let child = self
-            .cmd(&["watch"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        self.watcher = Some(child);
-        wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
-            self.json(&["status", &self.svc])
-                .filter(|v| !v["live"].is_null())
-        })
-        .map(|_| ())
-        .ok_or_else(|| format!("the watcher never became ready:\n{}", self.log()))
-    }
-
-    fn deploy(&self, version: &str) -> Result<(), String> {
-        let out = self.run(&["deploy", &self.svc, version]);
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "deploy {version} failed: {}\nwatcher log:\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                self.log()
-            ))
-        }
-    }
-
-    /// Stops the watcher (SIGTERM, then SIGKILL after 30 s) and waits for it.
-    fn stop_watcher(&mut self) {
-        if let Some(mut child) = self.watcher.take() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while matches!(child.try_wait(), Ok(None)) {
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        self.stop_watcher();
-        // Containers outlive the watcher: this run's go now, not at the very end.
-        remove_containers(&format!("ripcord.service={}", self.svc));
-    }
+    );
+    Project::with_config(
+        svc,
+        entry,
+        &config,
+        &[("app.env", "DEMO_LISTEN=0.0.0.0:8080\n")],
+    )
 }
 
 /// One ripcord run's figures (ms).
@@ -427,7 +123,7 @@ struct RipcordRun {
 /// Deploys v1 and v2 and waits for the guard's rollback; reads the incident. When the
 /// guard does nothing within GUARD_WAIT, runs `ripcord rollback` and reads its outcome.
 fn ripcord_run(router: &str, svc: &str, repo: &str) -> Result<RipcordRun, String> {
-    let mut p = Project::new(router, svc, repo);
+    let mut p = project(router, svc, repo);
     p.start_watcher()?;
     p.deploy("v1")?;
     p.deploy("v2")?;
@@ -752,22 +448,6 @@ fn swarm_measure(
         exit_to_v1_health: (health - exit) as f64,
         completed_before_health: completed < health,
     })
-}
-
-/// Median, min and max of the values that are numbers.
-fn stats(values: &[f64]) -> Option<(f64, f64, f64)> {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Some((median, v[0], v[n - 1]))
 }
 
 fn fmt_ms(x: f64) -> String {

@@ -11,13 +11,38 @@ use super::{DockerError, Engine};
 
 const DOCKERFILE: &str = "FROM scratch\nCOPY app /app\nENTRYPOINT [\"/app\"]\n";
 
-/// The Dockerfile with a default `CMD` (arguments to `/app`) and labels: two builds
-/// of one binary with different ones are different images (different ids).
-fn dockerfile(cmd: &[String], labels: &std::collections::BTreeMap<String, String>) -> String {
+/// An image's `HEALTHCHECK`, in exec form (a `FROM scratch` image has no shell): the
+/// whole command, not run through the `ENTRYPOINT` (so `["/app", "--probe", "/health"]`
+/// for the demo app), and its timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub command: Vec<String>,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub retries: u32,
+}
+
+/// The Dockerfile with a default `CMD` (arguments to `/app`), labels and an optional
+/// health check: two builds of one binary with different ones are different images
+/// (different ids).
+fn dockerfile(
+    cmd: &[String],
+    labels: &std::collections::BTreeMap<String, String>,
+    health: Option<&Healthcheck>,
+) -> String {
     let mut d = DOCKERFILE.to_string();
     if !cmd.is_empty() {
         let json = serde_json::to_string(cmd).unwrap_or_else(|_| "[]".to_string());
         d.push_str(&format!("CMD {json}\n"));
+    }
+    if let Some(h) = health {
+        let json = serde_json::to_string(&h.command).unwrap_or_else(|_| "[]".to_string());
+        d.push_str(&format!(
+            "HEALTHCHECK --interval={}ms --timeout={}ms --retries={} CMD {json}\n",
+            h.interval.as_millis(),
+            h.timeout.as_millis(),
+            h.retries
+        ));
     }
     for (k, v) in labels {
         let k = serde_json::to_string(k).unwrap_or_default();
@@ -32,7 +57,7 @@ pub(super) async fn build_scratch_image(
     tag: &str,
     binary: &Path,
 ) -> Result<String, DockerError> {
-    build_scratch_image_with(engine, tag, binary, &[], &Default::default()).await
+    build_scratch_image_with(engine, tag, binary, &[], &Default::default(), None).await
 }
 
 pub(super) async fn build_scratch_image_with(
@@ -41,6 +66,7 @@ pub(super) async fn build_scratch_image_with(
     binary: &Path,
     cmd: &[String],
     labels: &std::collections::BTreeMap<String, String>,
+    health: Option<&Healthcheck>,
 ) -> Result<String, DockerError> {
     let app = tokio::fs::read(binary)
         .await
@@ -49,7 +75,11 @@ pub(super) async fn build_scratch_image_with(
             source,
         })?;
     let mut tar = TarWriter::default();
-    tar.file("Dockerfile", dockerfile(cmd, labels).as_bytes(), 0o644)?;
+    tar.file(
+        "Dockerfile",
+        dockerfile(cmd, labels, health).as_bytes(),
+        0o644,
+    )?;
     tar.file("app", &app, 0o755)?;
     let context = Bytes::from(tar.finish());
 
@@ -144,6 +174,28 @@ fn octal(field: &mut [u8], value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn healthcheck_is_exec_form() {
+        let h = Healthcheck {
+            command: vec!["/app".into(), "--probe".into(), "/health".into()],
+            interval: std::time::Duration::from_secs(1),
+            timeout: std::time::Duration::from_millis(800),
+            retries: 3,
+        };
+        let d = dockerfile(
+            &["--version".into(), "v1".into()],
+            &Default::default(),
+            Some(&h),
+        );
+        assert!(
+            d.ends_with(
+                "CMD [\"--version\",\"v1\"]\nHEALTHCHECK --interval=1000ms --timeout=800ms --retries=3 CMD [\"/app\",\"--probe\",\"/health\"]\n"
+            ),
+            "{d}"
+        );
+        assert!(!dockerfile(&[], &Default::default(), None).contains("HEALTHCHECK"));
+    }
 
     #[test]
     fn tar_layout() {

@@ -28,6 +28,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
+pub use build::Healthcheck;
 pub use swarm::{PublishMode, SwarmServiceSpec, TaskInfo};
 
 /// Label that ties a container to a ripcord service.
@@ -730,7 +731,19 @@ impl Engine {
         cmd: &[String],
         labels: &BTreeMap<String, String>,
     ) -> Result<String, DockerError> {
-        build::build_scratch_image_with(self, tag, binary, cmd, labels).await
+        build::build_scratch_image_with(self, tag, binary, cmd, labels, None).await
+    }
+
+    /// Like [`Engine::build_scratch_image_with`], with an exec-form `HEALTHCHECK`.
+    pub async fn build_scratch_image_healthcheck(
+        &self,
+        tag: &str,
+        binary: &std::path::Path,
+        cmd: &[String],
+        labels: &BTreeMap<String, String>,
+        health: &Healthcheck,
+    ) -> Result<String, DockerError> {
+        build::build_scratch_image_with(self, tag, binary, cmd, labels, Some(health)).await
     }
 
     /// Removes an image by reference or id (not forced: fails with Conflict while

@@ -115,6 +115,12 @@ pub struct DemoAppArgs {
     /// misbehaviours begin (0 means from the start)
     #[arg(long, value_name = "N", default_value_t = 0, env = "DEMO_AFTER_SECS")]
     pub after_secs: u64,
+
+    /// Probe mode, for a container health check in an image without a shell: GET TARGET
+    /// (`http://HOST:PORT/PATH`, or `/PATH` on this app's own --listen/--port address),
+    /// exit 0 on a 200 and 1 otherwise; serves nothing
+    #[arg(long, value_name = "TARGET")]
+    pub probe: Option<String>,
 }
 
 /// How the demo app chooses the requests that get a fault.
@@ -154,6 +160,7 @@ impl Default for DemoAppArgs {
             exit_at_start: None,
             start_delay_ms: 0,
             after_secs: 0,
+            probe: None,
         }
     }
 }

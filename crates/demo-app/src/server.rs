@@ -3,7 +3,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ pub fn run(args: DemoAppArgs) -> i32 {
         eprintln!("{APP_NAME}: {message}");
         return 2;
     }
+    if let Some(target) = &args.probe {
+        return probe(target, args.bind_addr());
+    }
     if let Some(code) = args.exit_at_start {
         eprintln!("{APP_NAME}: exiting at start with code {code} as asked by --exit-at-start");
         return code;
@@ -49,6 +53,80 @@ pub fn run(args: DemoAppArgs) -> i32 {
     // because the grace period is the whole point of having one.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// How long `--probe` waits to connect, and then for the whole answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `--probe TARGET`: one `GET`, exit code 0 when it is answered 200 and 1 otherwise
+/// (a container health check in an image that has no shell and no curl). TARGET is
+/// `http://HOST:PORT/PATH`, or `/PATH` on `own` (an unspecified address means loopback).
+pub(super) fn probe(target: &str, own: SocketAddr) -> i32 {
+    match probe_status(target, own) {
+        Ok(200) => 0,
+        Ok(status) => {
+            eprintln!("{APP_NAME}: probe {target}: status {status}");
+            1
+        }
+        Err(err) => {
+            eprintln!("{APP_NAME}: probe {target}: {err}");
+            1
+        }
+    }
+}
+
+fn probe_status(target: &str, own: SocketAddr) -> Result<u16, String> {
+    let (addr, path) = if target.starts_with('/') {
+        let mut addr = own;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                Ipv4Addr::LOCALHOST.into()
+            } else {
+                Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        (addr, target)
+    } else {
+        let rest = target
+            .strip_prefix("http://")
+            .ok_or("not an http:// URL or a /path")?;
+        let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+        let addr = authority
+            .to_socket_addrs()
+            .map_err(|e| format!("address {authority:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("address {authority:?} resolves to nothing"))?;
+        (addr, path)
+    };
+    let mut stream =
+        TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(PROBE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(PROBE_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    // The status line is all a probe needs; it fits in the first read.
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < head.len() {
+        match stream.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if head[..len].contains(&b'\n') {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..len]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP status line in {line:?}"))
 }
 
 /// The async part of [`run`]: slow start, bind, then serve until a signal arrives.

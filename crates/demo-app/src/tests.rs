@@ -360,3 +360,38 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         "the listener should be closed after shutdown"
     );
 }
+
+/// `--probe TARGET` run as a health check would run it: the process's exit code.
+async fn probe(target: String, listen: Option<SocketAddr>) -> i32 {
+    let mut flags = vec![APP_NAME.to_string(), "--probe".to_string(), target];
+    if let Some(listen) = listen {
+        flags.extend(["--listen".to_string(), listen.to_string()]);
+    }
+    let args = DemoAppArgs::try_parse_from(flags).expect("probe flags parse");
+    tokio::task::spawn_blocking(move || run(args))
+        .await
+        .expect("the probe returns")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exits_0_on_200_and_1_otherwise() {
+    let good = TestServer::start(&["--version", "v1"]).await;
+    let failing = TestServer::start(&["--version", "v2", "--fail-health"]).await;
+    assert_eq!(probe(format!("http://{}/health", good.addr), None).await, 0);
+    // A path is asked of the app's own --listen address.
+    assert_eq!(probe("/health".to_string(), Some(good.addr)).await, 0);
+    let unspecified: SocketAddr = format!("0.0.0.0:{}", good.addr.port()).parse().unwrap();
+    assert_eq!(probe("/health".to_string(), Some(unspecified)).await, 0);
+    assert_eq!(probe(format!("http://{}/nope", good.addr), None).await, 1);
+    assert_eq!(
+        probe(format!("http://{}/health", failing.addr), None).await,
+        1
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_addr = closed.local_addr().expect("addr");
+    drop(closed);
+    assert_eq!(probe(format!("http://{closed_addr}/health"), None).await, 1);
+    assert_eq!(probe("ftp://example/".to_string(), None).await, 1);
+    good.shutdown().await;
+    failing.shutdown().await;
+}
