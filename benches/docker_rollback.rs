@@ -36,7 +36,7 @@ use bollard::query_parameters::{InspectContainerOptions, InspectServiceOptions, 
 use ripcord::docker::Engine;
 use support::{
     Cleanup, Project, docker, docker_ok, env_or, free_port, get, health_version, now_ms,
-    remove_swarm_service, rfc3339_ms, static_demo_app, stats, wait_for, words,
+    remove_swarm_service, rfc3339_ms, static_demo_app, stats, swarm_create_args, wait_for, words,
 };
 
 /// Seconds after start at which v2 exits with code 70.
@@ -278,41 +278,8 @@ fn swarm_run(
     let v1 = format!("{repo}:v1");
     let v2 = format!("{repo}:v2");
     cleanup.swarm_services.push(name.to_string());
-    let listen = format!("DEMO_LISTEN=127.0.0.1:{port}");
-    let label = format!("ripcord.bench={}", std::process::id());
-    docker_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--quiet",
-        "--name",
-        name,
-        "--network",
-        "host",
-        "--no-resolve-image",
-        "--replicas",
-        "1",
-        "--restart-condition",
-        "none",
-        "--update-failure-action",
-        "rollback",
-        "--update-monitor",
-        SWARM_MONITOR,
-        "--update-parallelism",
-        "1",
-        "--update-order",
-        "stop-first",
-        "--stop-grace-period",
-        "5s",
-        "--init",
-        "--env",
-        &listen,
-        "--label",
-        &label,
-        "--container-label",
-        &label,
-        &v1,
-    ]);
+    let args = swarm_create_args(name, port, SWARM_MONITOR, &[], &v1);
+    docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let result = swarm_measure(rt, engine, name, port, &v2);
     remove_swarm_service(name);
     cleanup.swarm_services.retain(|n| n != name);

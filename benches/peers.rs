@@ -60,7 +60,7 @@ use plotters::prelude::*;
 use ripcord::docker::{Engine, Healthcheck};
 use support::{
     BIN, Cleanup, Project, docker, env_or, free_port, health_version, remove_swarm_service,
-    rfc3339_ms, static_demo_app, stats, wait_for, words,
+    rfc3339_ms, static_demo_app, stats, swarm_create_args, wait_for, words,
 };
 
 /// Requests a second, for every system.
@@ -732,46 +732,11 @@ fn swarm_measure(
     port: u16,
     images: &Images,
 ) -> Result<Outcome, String> {
-    let listen = format!("DEMO_LISTEN=127.0.0.1:{port}");
-    let label = format!("ripcord.bench={}", std::process::id());
     let memory = format!("{MEMORY_LIMIT_MB}M");
     let v1 = images.v1();
     let v2 = images.v2(scenario);
-    let out = docker(&[
-        "service",
-        "create",
-        "--detach",
-        "--quiet",
-        "--name",
-        name,
-        "--network",
-        "host",
-        "--no-resolve-image",
-        "--replicas",
-        "1",
-        "--restart-condition",
-        "none",
-        "--update-failure-action",
-        "rollback",
-        "--update-monitor",
-        SWARM_MONITOR,
-        "--update-parallelism",
-        "1",
-        "--update-order",
-        "stop-first",
-        "--stop-grace-period",
-        "5s",
-        "--limit-memory",
-        &memory,
-        "--init",
-        "--env",
-        &listen,
-        "--label",
-        &label,
-        "--container-label",
-        &label,
-        &v1,
-    ]);
+    let args = swarm_create_args(name, port, SWARM_MONITOR, &["--limit-memory", &memory], &v1);
+    let out = docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
     if !out.status.success() {
         return Err(format!(
             "docker service create: {}",

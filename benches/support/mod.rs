@@ -8,7 +8,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -161,6 +160,60 @@ pub fn remove_containers(label: &str) {
     }
 }
 
+/// The argv of `docker service create` for the benches' single-task Swarm service
+/// `name`: the demo app listening on 127.0.0.1:`port` on the host network (so nothing
+/// leaves loopback), Swarm's automatic rollback on (`--update-failure-action rollback`,
+/// monitor `monitor`), stop-first (two tasks cannot bind one port), labelled with this
+/// run, `extra` before the image.
+pub fn swarm_create_args(
+    name: &str,
+    port: u16,
+    monitor: &str,
+    extra: &[&str],
+    image: &str,
+) -> Vec<String> {
+    let label = format!("ripcord.bench={}", std::process::id());
+    let mut args: Vec<String> = [
+        "service",
+        "create",
+        "--detach",
+        "--quiet",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--no-resolve-image",
+        "--replicas",
+        "1",
+        "--restart-condition",
+        "none",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        monitor,
+        "--update-parallelism",
+        "1",
+        "--update-order",
+        "stop-first",
+        "--stop-grace-period",
+        "5s",
+        "--init",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args.extend([
+        "--env".to_string(),
+        format!("DEMO_LISTEN=127.0.0.1:{port}"),
+        "--label".to_string(),
+        label.clone(),
+        "--container-label".to_string(),
+        label,
+        image.to_string(),
+    ]);
+    args
+}
+
 pub fn remove_swarm_service(name: &str) {
     let _ = docker(&["service", "rm", name]);
     // The engine removes the task containers asynchronously: wait, then make sure.
@@ -199,41 +252,11 @@ impl Drop for Cleanup {
     }
 }
 
-/// The static demo app for `FROM scratch` images, built (or brought up to date) as
-/// tests/docker_fixture does.
-pub fn static_demo_app() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target_dir = root.join("target").join("static");
-    let bin = target_dir
-        .join("x86_64-unknown-linux-gnu")
-        .join("static-app")
-        .join("ripcord-demo-app");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
-        .current_dir(&root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "--profile",
-            "static-app",
-            "--package",
-            "ripcord-demo-app",
-            "--bin",
-            "ripcord-demo-app",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "building the static demo app failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(bin.exists(), "no static demo app at {}", bin.display());
-    bin
-}
+// The static demo app for `FROM scratch` images: built (or brought up to date) by the
+// Docker tests' own fixture, one copy of that build for tests and benches.
+#[path = "../../tests/docker_fixture/mod.rs"]
+mod docker_fixture;
+pub use docker_fixture::static_demo_app;
 
 /// One ripcord project: a config, a state dir and a watcher, for one run. Dropping it
 /// stops the watcher and removes the containers of its service.
