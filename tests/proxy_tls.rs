@@ -3,6 +3,8 @@
 //! client that speaks HTTP/2 by ALPN reaching the release with `X-Forwarded-Proto: https`.
 
 mod common;
+#[path = "../src/http/test_server.rs"]
+mod test_server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,25 +17,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// A CA and a certificate it signed for 127.0.0.1, as PEM files in `dir`; the CA's
 /// certificate to trust.
 fn pki(dir: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "ripcord test CA");
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), leaf_cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
-    ca_cert.der().clone()
+    let pki = test_server::Pki::new(&["127.0.0.1"]);
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.join("cert.pem"), &pki.leaf_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &pki.leaf_key_pem).unwrap();
+    pki.ca
 }
 
 #[test]

@@ -19,8 +19,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A CA, and a leaf it signed for `names` (DNS names or IP addresses).
 pub struct Pki {
     pub ca_pem: String,
+    pub ca: CertificateDer<'static>,
     pub leaf: CertificateDer<'static>,
     pub leaf_key: Vec<u8>,
+    /// The leaf and its key as PEM, for a server that reads files.
+    pub leaf_pem: String,
+    pub leaf_key_pem: String,
 }
 
 impl Pki {
@@ -45,8 +49,11 @@ impl Pki {
         let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
         Pki {
             ca_pem: ca_cert.pem(),
+            ca: ca_cert.der().clone(),
             leaf: leaf_cert.der().clone(),
             leaf_key: leaf_key.serialize_der(),
+            leaf_pem: leaf_cert.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
         }
     }
 }
