@@ -542,6 +542,21 @@ type WebSocket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket server that answers `text` with `name: text`.
+/// WebSocket echo releases blue and green behind a proxy whose open WebSockets drain
+/// for `drain` after a switch; blue is active.
+async fn websocket_proxy(drain: Duration) -> (Proxy, SocketAddr, SocketAddr) {
+    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
+    let limits = ProxyLimits {
+        websocket_drain: drain,
+        ..ProxyLimits::default()
+    };
+    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
+        .await
+        .unwrap();
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    (p, blue, green)
+}
+
 async fn ws_upstream(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -629,15 +644,7 @@ async fn websockets_pass_and_open_ones_stay_on_their_release_after_a_switch() {
 
 #[tokio::test]
 async fn open_websockets_on_the_old_release_are_closed_after_the_drain() {
-    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
-    let limits = ProxyLimits {
-        websocket_drain: Duration::from_millis(200),
-        ..ProxyLimits::default()
-    };
-    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
-        .await
-        .unwrap();
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let (p, _, green) = websocket_proxy(Duration::from_millis(200)).await;
     let mut old = ws_connect(&p).await;
     assert_eq!(ws_round_trip(&mut old, "hi").await, "blue: hi");
     p.switch(Some(target(Slot::Green, green, 2)));
@@ -745,15 +752,7 @@ async fn a_failed_request_still_answers_with_its_request_id() {
 
 #[tokio::test]
 async fn a_switch_back_within_the_drain_keeps_open_websockets() {
-    let (blue, green) = (ws_upstream("blue").await, ws_upstream("green").await);
-    let limits = ProxyLimits {
-        websocket_drain: Duration::from_millis(200),
-        ..ProxyLimits::default()
-    };
-    let (p, _) = Proxy::bind_with("web", "127.0.0.1:0".parse().unwrap(), None, limits)
-        .await
-        .unwrap();
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let (p, blue, green) = websocket_proxy(Duration::from_millis(200)).await;
     let mut ws = ws_connect(&p).await;
     assert_eq!(ws_round_trip(&mut ws, "hi").await, "blue: hi");
     // A deploy and its rollback: blue is active again before the drain is over.
