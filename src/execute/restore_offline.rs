@@ -97,12 +97,13 @@ async fn restore_leased(
     let start = std::time::Instant::now();
     let name = cfg.name.as_str();
     let lock = || ledger.lock().unwrap_or_else(|p| p.into_inner());
-    // Holding the watcher lease, any operation still open is a dead process's; a restore
-    // among them is put right first, as a starting watcher would.
-    let interrupted = lock().interrupt_unfinished()?;
+    // Holding the watcher lease, any operation of this service still open is a dead
+    // process's; a restore among them is put right first, as a starting watcher would.
+    // Other services' are left open, for the next watcher to find and put right.
+    let interrupted = lock().interrupt_unfinished_of(name)?;
     for op in interrupted
         .iter()
-        .filter(|op| op.service == name && op.kind == OperationKind::Restore.as_str())
+        .filter(|op| op.kind == OperationKind::Restore.as_str())
     {
         recover_interrupted_restore(cfg, state_dir, ledger, op).await;
     }

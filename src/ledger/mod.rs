@@ -785,6 +785,20 @@ impl Ledger {
     /// Marks every operation still running (a crashed process's) as interrupted.
     pub fn interrupt_unfinished(&mut self) -> Result<Vec<Operation>, LedgerError> {
         let open = self.operations_where("outcome IS NULL", [])?;
+        self.interrupt(open)
+    }
+
+    /// [`Ledger::interrupt_unfinished`] for one service's operations only: the others'
+    /// are left for whoever puts their service right (the next watcher).
+    pub fn interrupt_unfinished_of(
+        &mut self,
+        service: &str,
+    ) -> Result<Vec<Operation>, LedgerError> {
+        let open = self.operations_where("outcome IS NULL AND service = ?1", [service])?;
+        self.interrupt(open)
+    }
+
+    fn interrupt(&mut self, open: Vec<Operation>) -> Result<Vec<Operation>, LedgerError> {
         for op in &open {
             self.finish_operation(
                 op.id,

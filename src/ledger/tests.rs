@@ -126,6 +126,24 @@ fn unfinished_operations_are_interrupted() {
 }
 
 #[test]
+fn one_services_unfinished_operations_are_interrupted_and_the_others_left_open() {
+    let (_dir, mut l) = open();
+    let web = l
+        .begin_operation("web", OperationKind::Restore, None, None, None)
+        .unwrap();
+    let api = l
+        .begin_operation("api", OperationKind::Restore, None, None, None)
+        .unwrap();
+    let done = l.interrupt_unfinished_of("web").unwrap();
+    assert_eq!(done.iter().map(|o| o.id).collect::<Vec<_>>(), [web]);
+    assert_eq!(
+        l.operation(web).unwrap().unwrap().outcome.as_deref(),
+        Some("interrupted")
+    );
+    assert_eq!(l.operation(api).unwrap().unwrap().outcome, None);
+}
+
+#[test]
 fn a_lease_is_exclusive_across_connections() {
     let (dir, mut a) = open();
     let mut b = Ledger::open(dir.path()).unwrap();
