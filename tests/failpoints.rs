@@ -153,22 +153,10 @@ fn containers_of(state_dir: &Path, running_only: bool) -> Vec<String> {
     let dir = state_dir
         .canonicalize()
         .unwrap_or_else(|_| state_dir.to_path_buf());
-    let mut args = vec!["ps", "-q", "--no-trunc"];
-    if !running_only {
-        args.push("-a");
-    }
-    let filter = format!("label=ripcord.state_dir={}", dir.display());
-    args.extend(["--filter", &filter]);
-    let out = std::process::Command::new("docker")
-        .args(&args)
-        .output()
-        .unwrap();
-    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    ids.sort();
-    ids
+    docker_fixture::containers_labelled(
+        &format!("ripcord.state_dir={}", dir.display()),
+        running_only,
+    )
 }
 
 fn world(front: Front, ctx: Ctx<'_>) -> World<'_> {

@@ -164,20 +164,24 @@ pub fn build_image(
 
 /// Container ids labelled with `service`, running or not.
 pub fn containers_of(service: &str) -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &format!("label=ripcord.service={service}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    containers_labelled(&format!("ripcord.service={service}"), false)
+}
+
+/// Ids of the containers with `label` (`KEY=VALUE`), all or only the running ones,
+/// sorted.
+pub fn containers_labelled(label: &str, running_only: bool) -> Vec<String> {
+    let filter = format!("label={label}");
+    let mut args = vec!["ps", "-q", "--no-trunc", "--filter", &filter];
+    if !running_only {
+        args.push("-a");
+    }
+    let out = Command::new("docker").args(&args).output().unwrap();
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .map(str::to_string)
-        .collect()
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// A single-node swarm for the tests of this process: created (advertising 127.0.0.1)
