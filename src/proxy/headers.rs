@@ -16,20 +16,24 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that are always hop-by-hop.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, and those the `Connection` header lists.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses have none: one look at each name, no lookups.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -40,8 +44,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -123,11 +127,32 @@ impl AsRef<[u8]> for Id {
     }
 }
 
-/// What the proxy knows of the client a request came from.
-#[derive(Debug, Clone, Copy)]
+/// What the proxy knows of the client a request came from, with the header values
+/// made from it once per connection.
+#[derive(Debug, Clone)]
 pub(crate) struct Client {
     pub(crate) peer: SocketAddr,
     pub(crate) https: bool,
+    /// The client's address, as `X-Forwarded-For` has it when no proxy came before.
+    ip: HeaderValue,
+    /// This hop's `Forwarded` element up to its host: `for=ADDR`.
+    forwarded_for: String,
+}
+
+impl Client {
+    pub(crate) fn new(peer: SocketAddr, https: bool) -> Client {
+        let ip = peer.ip();
+        let forwarded_for = match ip {
+            IpAddr::V4(ip) => format!("for={ip}"),
+            IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+        };
+        Client {
+            peer,
+            https,
+            ip: HeaderValue::from_str(&ip.to_string()).expect("an address is a header value"),
+            forwarded_for,
+        }
+    }
 }
 
 /// Makes an incoming request's headers fit to send upstream, and returns its request id
@@ -135,7 +160,7 @@ pub(crate) struct Client {
 pub(crate) fn prepare_request(
     headers: &mut HeaderMap,
     uri: &Uri,
-    client: Client,
+    client: &Client,
     ids: &RequestIds,
 ) -> HeaderValue {
     // `TE: trailers` is end-to-end in effect: gRPC needs it, HTTP/2 allows it.
@@ -153,15 +178,18 @@ pub(crate) fn prepare_request(
     {
         headers.insert(header::HOST, v);
     }
-    let ip = client.peer.ip();
     let proto = if client.https { "https" } else { "http" };
     // X-Forwarded-For: the client's address after those of the proxies before us
     // (nginx's `$proxy_add_x_forwarded_for`).
-    let mut line = String::with_capacity(64);
-    push_prior(&mut line, headers, &X_FORWARDED_FOR);
-    let _ = write!(line, "{ip}");
-    if let Ok(v) = HeaderValue::from_str(&line) {
-        headers.insert(X_FORWARDED_FOR, v);
+    let mut line = String::new();
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        push_prior(&mut line, headers, &X_FORWARDED_FOR);
+        let _ = write!(line, "{}", client.peer.ip());
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR, client.ip.clone());
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let host = headers.get(header::HOST).cloned();
@@ -169,23 +197,16 @@ pub(crate) fn prepare_request(
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
     // Forwarded (RFC 7239): this hop's element after any before it.
-    line.clear();
+    let mut line = String::with_capacity(64);
     push_prior(&mut line, headers, &header::FORWARDED);
-    match ip {
-        IpAddr::V4(ip) => {
-            let _ = write!(line, "for={ip}");
-        }
-        IpAddr::V6(ip) => {
-            let _ = write!(line, "for=\"[{ip}]\"");
-        }
-    }
+    line.push_str(&client.forwarded_for);
     if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
         line.push_str(";host=");
         push_token_or_quoted(&mut line, host);
     }
     line.push_str(";proto=");
     line.push_str(proto);
-    if let Ok(v) = HeaderValue::from_str(&line) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
         headers.insert(header::FORWARDED, v);
     }
     match headers.get(X_REQUEST_ID) {
@@ -266,13 +287,10 @@ mod tests {
     }
 
     fn client(peer: &str, https: bool) -> Client {
-        Client {
-            peer: peer.parse().unwrap(),
-            https,
-        }
+        Client::new(peer.parse().unwrap(), https)
     }
 
-    fn prepare(h: &mut HeaderMap, c: Client) -> HeaderValue {
+    fn prepare(h: &mut HeaderMap, c: &Client) -> HeaderValue {
         prepare_request(h, &Uri::from_static("/"), c, &RequestIds::new())
     }
 
@@ -280,10 +298,10 @@ mod tests {
     fn appends_forwarded_for() {
         let peer = client("127.0.0.9:5555", false);
         let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        prepare(&mut h, peer);
+        prepare(&mut h, &peer);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         let mut h = HeaderMap::new();
-        prepare(&mut h, peer);
+        prepare(&mut h, &peer);
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
         // A list sent as several lines is one list, and becomes one line.
         let mut h = map(&[
@@ -292,7 +310,7 @@ mod tests {
             ("forwarded", "for=10.0.0.1"),
             ("forwarded", "for=10.0.0.3"),
         ]);
-        prepare(&mut h, peer);
+        prepare(&mut h, &peer);
         let lines = |name: &str| h.get_all(name).iter().collect::<Vec<_>>();
         assert_eq!(
             lines("x-forwarded-for"),
@@ -311,7 +329,7 @@ mod tests {
             ("forwarded", "for=10.0.0.1;proto=https"),
             ("x-forwarded-proto", "gopher"),
         ]);
-        prepare(&mut h, client("[2001:db8::7]:40000", true));
+        prepare(&mut h, &client("[2001:db8::7]:40000", true));
         assert_eq!(h["x-forwarded-for"], "2001:db8::7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "shop.example:8443");
@@ -320,7 +338,7 @@ mod tests {
             "for=10.0.0.1;proto=https, for=\"[2001:db8::7]\";host=\"shop.example:8443\";proto=https"
         );
         let mut h = map(&[("host", "shop.example")]);
-        prepare(&mut h, client("127.0.0.1:1", false));
+        prepare(&mut h, &client("127.0.0.1:1", false));
         assert_eq!(h["forwarded"], "for=127.0.0.1;host=shop.example;proto=http");
         assert_eq!(h["x-forwarded-proto"], "http");
     }
@@ -332,7 +350,7 @@ mod tests {
         prepare_request(
             &mut h,
             &uri,
-            client("127.0.0.1:1", true),
+            &client("127.0.0.1:1", true),
             &RequestIds::new(),
         );
         assert_eq!(h["host"], "api.example");
@@ -342,10 +360,10 @@ mod tests {
     #[test]
     fn te_trailers_is_kept_and_other_te_values_are_not() {
         let mut h = map(&[("te", "trailers")]);
-        prepare(&mut h, client("127.0.0.1:1", false));
+        prepare(&mut h, &client("127.0.0.1:1", false));
         assert_eq!(h["te"], "trailers");
         let mut h = map(&[("te", "gzip")]);
-        prepare(&mut h, client("127.0.0.1:1", false));
+        prepare(&mut h, &client("127.0.0.1:1", false));
         assert!(h.get("te").is_none());
     }
 
@@ -356,7 +374,7 @@ mod tests {
         let id = prepare_request(
             &mut h,
             &Uri::from_static("/"),
-            client("127.0.0.1:1", false),
+            &client("127.0.0.1:1", false),
             &ids,
         );
         assert_eq!(id, "abc-123");
@@ -367,7 +385,7 @@ mod tests {
             let id = prepare_request(
                 &mut h,
                 &Uri::from_static("/"),
-                client("127.0.0.1:1", false),
+                &client("127.0.0.1:1", false),
                 &ids,
             );
             assert_eq!(h["x-request-id"], id);

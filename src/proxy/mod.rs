@@ -7,13 +7,15 @@
 //! path never waits on the ledger, on a lock held across IO, or on the guard. When the
 //! channel is full the record is dropped and counted, never the request.
 
+mod deadline;
 mod headers;
 mod tls;
+mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -21,6 +23,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::http::uri::{Authority, Scheme};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
@@ -34,6 +37,7 @@ use crate::config::{ProxyLimits, ProxyTls, Slot, UpstreamProtocol};
 use crate::http::error_chain;
 
 pub use headers::strip_hop_by_hop;
+pub use workers::{MAX_WORKERS, WORKERS_ENV};
 
 /// Whether the proxy can serve HTTPS with `tls` (the certificate and key read, and one
 /// going with the other); why not, naming the file at fault.
@@ -81,10 +85,27 @@ pub struct ProxyCounters {
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// The active target, with its address as an upstream URI's authority, made once at the
+/// switch rather than at every request.
+struct Route {
+    target: Arc<Target>,
+    authority: Authority,
+}
+
+impl Route {
+    fn new(target: Target) -> Route {
+        let authority =
+            Authority::try_from(target.addr.to_string()).expect("a socket address is an authority");
+        Route {
+            target: Arc::new(target),
+            authority,
+        }
+    }
+}
+
 struct Shared {
     service: Arc<str>,
-    target: ArcSwapOption<Target>,
-    client: Client<HttpConnector, ClientBody>,
+    route: ArcSwapOption<Route>,
     records: Option<mpsc::Sender<RequestRecord>>,
     counters: ProxyCounters,
     limits: ProxyLimits,
@@ -92,6 +113,8 @@ struct Shared {
     /// requests wait (at most [`MAX_HOLD`]) instead of meeting a closed port.
     held: AtomicBool,
     released: Notify,
+    /// Release connections held by client connections now ([`OWN_MAX`]).
+    own_count: AtomicUsize,
     request_ids: headers::RequestIds,
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Whether shutdown was asked for ([`Proxy::shutdown`]).
@@ -199,25 +222,25 @@ impl Proxy {
             Some(tls) => Some(tls::acceptor(tls).map_err(std::io::Error::other)?),
             None => None,
         };
-        let listener = TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .http2_only(limits.upstream_protocol == UpstreamProtocol::H2c)
-            .build(connector);
+        // One accepting copy of the socket per worker, each taken into its worker's
+        // runtime there; whichever worker is free first takes a new connection.
+        let workers = workers::handles();
+        let mut listeners = Vec::with_capacity(workers.len());
+        for _ in workers {
+            listeners.push(listener.try_clone()?);
+        }
+        drop(listener);
         let (shutdown, rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             service: Arc::from(service),
-            target: ArcSwapOption::empty(),
-            client,
+            route: ArcSwapOption::empty(),
             records,
             counters: ProxyCounters::default(),
             limits,
             held: AtomicBool::new(held),
             released: Notify::new(),
+            own_count: AtomicUsize::new(0),
             request_ids: headers::RequestIds::new(),
             tls,
             stop: rx.clone(),
@@ -226,7 +249,40 @@ impl Proxy {
         let hold = held.then(|| HoldGuard {
             shared: shared.clone(),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), rx));
+        // A connection holds a permit for its life: at the cap, new ones wait in the
+        // backlog. Shutdown waits for all of them to come back (the drain).
+        let cap = limits
+            .max_connections
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let open = Arc::new(Semaphore::new(cap));
+        let workers: Arc<[Worker]> = workers
+            .iter()
+            .map(|runtime| Worker::new(runtime.clone(), &shared))
+            .collect();
+        let loops: Vec<JoinHandle<()>> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(me, listener)| {
+                workers[me].runtime.spawn(accept_loop(
+                    listener,
+                    shared.clone(),
+                    workers.clone(),
+                    me,
+                    open.clone(),
+                    rx.clone(),
+                ))
+            })
+            .collect();
+        let stop_on_drop = StopOnDrop(shutdown.clone());
+        let task = tokio::spawn(async move {
+            // Dropped with the runtime that started the proxy: the workers stop taking
+            // connections then, as the proxy's own tasks used to stop with it.
+            let _stop_on_drop = stop_on_drop;
+            for accepting in loops {
+                let _ = accepting.await;
+            }
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, open.acquire_many(cap as u32)).await;
+        });
         Ok((
             Proxy {
                 shared,
@@ -245,14 +301,17 @@ impl Proxy {
     /// Sends new requests to `target` from now on and returns the old target. Requests
     /// already in flight finish where they started.
     pub fn switch(&self, target: Option<Target>) -> Option<Arc<Target>> {
-        let old = self.shared.target.swap(target.map(Arc::new));
+        let old = self
+            .shared
+            .route
+            .swap(target.map(|t| Arc::new(Route::new(t))));
         // Upgraded connections on the old release start their drain.
         self.shared.switches.send_replace(());
-        old
+        old.map(|route| route.target.clone())
     }
 
     pub fn target(&self) -> Option<Arc<Target>> {
-        self.shared.target.load_full()
+        self.shared.route.load().as_ref().map(|r| r.target.clone())
     }
 
     pub fn counters(&self) -> &ProxyCounters {
@@ -277,6 +336,15 @@ impl Proxy {
     }
 }
 
+/// Tells a proxy's workers to stop when dropped.
+struct StopOnDrop(watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
 /// The status recorded for a request whose client went away before its body was sent
 /// (nginx's 499): not a 5xx, so no rule counts it against the release.
 pub const CLIENT_CLOSED: u16 = 499;
@@ -284,7 +352,8 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// A client's request body on its way to the release, noting when it breaks off.
 struct ClientBody {
     inner: Incoming,
-    failed: Arc<AtomicBool>,
+    /// None for a request with no body, which cannot break off.
+    failed: Option<Arc<AtomicBool>>,
 }
 
 impl hyper::body::Body for ClientBody {
@@ -296,8 +365,10 @@ impl hyper::body::Body for ClientBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, Ordering::Relaxed);
+        if let std::task::Poll::Ready(Some(Err(_))) = &polled
+            && let Some(failed) = &self.failed
+        {
+            failed.store(true, Ordering::Relaxed);
         }
         polled
     }
@@ -314,36 +385,101 @@ impl hyper::body::Body for ClientBody {
 /// How long open connections get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let limits = shared.limits;
-    // A connection holds a permit for its life: at the cap, new ones wait in the backlog.
-    // Shutdown waits for all of them to come back (the drain).
-    let cap = limits
-        .max_connections
-        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let open = Arc::new(Semaphore::new(cap));
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
-        .keep_alive(true)
-        // A client that sends its request and closes its writing half still gets the
-        // answer (curl -T, some load balancers' health checks).
-        .half_close(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_header_size(limits.max_header_bytes);
-    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        // An HTTP/2 client that stops answering pings loses its connection (and its
-        // place under max_connections), as an HTTP/1 one idle past header_timeout does.
-        .keep_alive_interval(limits.header_timeout)
-        .keep_alive_timeout(limits.header_timeout);
-    let builders = Arc::new(Builders {
-        http1,
-        http2,
-        tls: shared.tls.clone(),
-    });
+/// One worker's share of a proxy: its runtime, its connection builders, its pool of
+/// connections to the releases, and how many client connections it serves now.
+struct Worker {
+    runtime: tokio::runtime::Handle,
+    builders: Arc<Builders>,
+    open: AtomicUsize,
+}
+
+impl Worker {
+    fn new(runtime: tokio::runtime::Handle, shared: &Shared) -> Worker {
+        let limits = shared.limits;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .http2_only(limits.upstream_protocol == UpstreamProtocol::H2c)
+            .build(connector);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .keep_alive(true)
+            // A client that sends its request and closes its writing half still gets the
+            // answer (curl -T, some load balancers' health checks).
+            .half_close(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_header_size(limits.max_header_bytes);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            // An HTTP/2 client that stops answering pings loses its connection (and its
+            // place under max_connections), as an HTTP/1 one idle past header_timeout does.
+            .keep_alive_interval(limits.header_timeout)
+            .keep_alive_timeout(limits.header_timeout);
+        Worker {
+            runtime,
+            builders: Arc::new(Builders {
+                http1,
+                http2,
+                tls: shared.tls.clone(),
+                client,
+            }),
+            open: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The worker a connection accepted by worker `me` goes to: `me`, unless another serves
+/// at least two connections fewer (a burst of connections woke one worker first).
+fn pick_worker(open: &[usize], me: usize) -> usize {
+    let (least, fewest) = open
+        .iter()
+        .copied()
+        .enumerate()
+        .min_by_key(|&(_, n)| n)
+        .unwrap_or((me, 0));
+    if open.get(me).is_some_and(|&mine| mine <= fewest + 1) {
+        me
+    } else {
+        least
+    }
+}
+
+/// A worker's count of the connections it serves, given back when the connection ends.
+struct Serving {
+    workers: Arc<[Worker]>,
+    index: usize,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.workers[self.index]
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One worker's accepting, on that worker's runtime. A connection is served by the
+/// worker that accepted it, or handed to the least busy one.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    workers: Arc<[Worker]>,
+    me: usize,
+    open: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(service = %shared.service, error = %e, "a proxy worker cannot take its listening socket");
+            return;
+        }
+    };
     loop {
         let permit = tokio::select! {
             p = open.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -361,27 +497,39 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(
-                    shared.clone(),
-                    builders.clone(),
-                    stream,
-                    peer,
-                    stop.clone(),
-                    permit,
-                ));
+                let counts: Vec<usize> = workers.iter().map(|w| w.open.load(Ordering::Relaxed)).collect();
+                let to = pick_worker(&counts, me);
+                workers[to].open.fetch_add(1, Ordering::Relaxed);
+                let serving = Serving { workers: workers.clone(), index: to };
+                let (shared, stop) = (shared.clone(), stop.clone());
+                let builders = workers[to].builders.clone();
+                if to == me {
+                    tokio::spawn(async move {
+                        let _serving = serving;
+                        connection(shared, builders, stream, peer, stop, permit).await;
+                    });
+                } else {
+                    // Into the other worker's reactor: out of this one, into that one there.
+                    let Ok(stream) = stream.into_std() else { continue };
+                    workers[to].runtime.spawn(async move {
+                        let _serving = serving;
+                        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else { return };
+                        connection(shared, builders, stream, peer, stop, permit).await;
+                    });
+                }
             }
             _ = stop.changed() => break,
         }
     }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, open.acquire_many(cap as u32)).await;
 }
 
-/// The connection builders, made once per proxy.
+/// The connection builders and the pool of connections to the releases, one per proxy
+/// and worker.
 struct Builders {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    client: Client<HttpConnector, ClientBody>,
 }
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4): a client that speaks HTTP/2
@@ -434,13 +582,13 @@ async fn connection(
             return;
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let client = headers::Client { peer, https: true };
+        let client = headers::Client::new(peer, true);
         serve_connection(shared, builders, tls, client, h2, stop, permit).await;
     } else {
         let Ok(Ok(h2)) = tokio::time::timeout(wait, sends_h2_preface(&stream)).await else {
             return;
         };
-        let client = headers::Client { peer, https: false };
+        let client = headers::Client::new(peer, false);
         serve_connection(shared, builders, stream, client, h2, stop, permit).await;
     }
 }
@@ -477,6 +625,8 @@ async fn serve_connection<I>(
     let ctx = Arc::new(Connection {
         shared,
         client,
+        upstream: builders.client.clone(),
+        own: std::sync::Mutex::new(None),
         permit: std::sync::Mutex::new(Some(permit)),
     });
     let svc = service_fn(move |req| handle(ctx.clone(), req));
@@ -495,6 +645,12 @@ async fn serve_connection<I>(
 struct Connection {
     shared: Arc<Shared>,
     client: headers::Client,
+    /// The worker's pool of connections to the releases.
+    upstream: Client<HttpConnector, ClientBody>,
+    /// The connection to the release this client connection holds, request after request
+    /// (HTTP/1 releases): its requests skip the pool, and its release connection is
+    /// driven on the same worker. Taken while a request is on it.
+    own: std::sync::Mutex<Option<Own>>,
     /// The connection's place under `max_connections`: an upgraded connection takes it
     /// along, so WebSockets count against the cap too.
     permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
@@ -514,7 +670,7 @@ async fn handle(
         start = Instant::now();
     }
     // Read the target exactly once: this request stays on this slot whatever happens.
-    let Some(target) = shared.target.load_full() else {
+    let Some(route) = shared.route.load_full() else {
         return Ok(plain(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -555,7 +711,9 @@ async fn handle(
         UpstreamProtocol::Http1 if version == Version::HTTP_2 => Version::HTTP_11,
         UpstreamProtocol::Http1 => version,
     };
-    let client_failed = Arc::new(AtomicBool::new(false));
+    let target = &route.target;
+    let client_failed =
+        (!hyper::body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
     let body = ClientBody {
         inner: body,
         failed: client_failed.clone(),
@@ -563,7 +721,7 @@ async fn handle(
     let request_id = headers::prepare_request(
         &mut parts.headers,
         &parts.uri,
-        ctx.client,
+        &ctx.client,
         &shared.request_ids,
     );
     if let Some((protocol, _)) = &upgrade {
@@ -575,37 +733,17 @@ async fn handle(
         // (RFC 9113 §8.3.1). The client's host is in X-Forwarded-Host and Forwarded.
         parts.headers.remove(hyper::header::HOST);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(target.addr.to_string())
-        .path_and_query(path)
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(e) => {
-            counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-            let resp = plain(
-                StatusCode::BAD_REQUEST,
-                format!("ripcord: bad request target: {e}\n"),
-            );
-            return Ok(with_id(resp, request_id));
-        }
+    let deadline = deadline::Deadline::new(start, shared.limits.response_timeout);
+    let result = tokio::select! {
+        biased;
+        sent = send(&ctx, &route, Request::from_parts(parts, body), upgrade.is_some()) => Ok(sent),
+        () = deadline => Err(()),
     };
-    let result = tokio::time::timeout(
-        shared.limits.response_timeout,
-        shared.client.request(Request::from_parts(parts, body)),
-    )
-    .await;
     counters.in_flight.fetch_sub(1, Ordering::Relaxed);
     // The client's body broke off (it went away mid-upload): its failure, not the
     // release's, so the guard does not count it (nginx logs these as 499).
-    if client_failed.load(Ordering::Relaxed) && !matches!(result, Ok(Ok(_))) {
-        record(shared, &target, CLIENT_CLOSED, start, false);
+    if client_failed.is_some_and(|f| f.load(Ordering::Relaxed)) && !matches!(result, Ok(Ok(_))) {
+        record(shared, target, CLIENT_CLOSED, start, false);
         let resp = plain(
             StatusCode::BAD_REQUEST,
             "ripcord: the request body ended before its length\n".to_string(),
@@ -615,7 +753,7 @@ async fn handle(
     let response = match result {
         Err(_) => {
             counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-            record(shared, &target, 504, start, true);
+            record(shared, target, 504, start, true);
             plain(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
@@ -629,6 +767,13 @@ async fn handle(
             )
         }
         Ok(result) => match result {
+            Err(Failed::Target(e)) => {
+                let resp = plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("ripcord: bad request target: {e}\n"),
+                );
+                return Ok(with_id(resp, request_id));
+            }
             Ok(mut resp) => {
                 let switched = match upgrade {
                     Some((_, client)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -642,7 +787,7 @@ async fn handle(
                 parts.version = version;
                 let protocol = parts.headers.get(hyper::header::UPGRADE).cloned();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                record(shared, &target, parts.status.as_u16(), start, false);
+                record(shared, target, parts.status.as_u16(), start, false);
                 if let Some((client, release)) = switched {
                     if let Some(protocol) = protocol {
                         headers::set_upgrade(&mut parts.headers, protocol);
@@ -658,18 +803,14 @@ async fn handle(
                 }
                 Response::from_parts(parts, body.boxed())
             }
-            Err(e) => {
+            Err(Failed::Upstream(e)) => {
                 counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                record(shared, &target, 502, start, true);
+                record(shared, target, 502, start, true);
                 plain(
                     StatusCode::BAD_GATEWAY,
                     format!(
                         "ripcord: service `{}`: release {} in slot {} ({}) did not answer: {}\n",
-                        shared.service,
-                        target.version,
-                        target.slot,
-                        target.addr,
-                        error_chain(&e)
+                        shared.service, target.version, target.slot, target.addr, e
                     ),
                 )
             }
@@ -677,6 +818,156 @@ async fn handle(
     };
     Ok(with_id(response, request_id))
 }
+
+/// The most release connections a proxy's client connections hold at once; past it,
+/// their requests go through the workers' pools (nginx's `keepalive` is per worker, 64
+/// in the configuration people copy).
+const OWN_MAX: usize = 256;
+
+/// The release connection a client connection holds ([`Connection::own`]), driven by a
+/// task of its own on the same worker.
+///
+/// Driving it from the request's own task instead (polled with the request, then with
+/// the response body) was measured and was no faster: every step of the connection then
+/// polls the whole client connection again.
+struct Own {
+    route: Arc<Route>,
+    sender: hyper::client::conn::http1::SendRequest<ClientBody>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        self.shared.own_count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Puts a free release connection back in its client connection's hold.
+fn give_back(ctx: &Connection, own: Own) {
+    let mut slot = ctx.own.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        *slot = Some(own);
+    }
+}
+
+/// Why a request got no response from its release.
+enum Failed {
+    /// Its target made no URI with the release's address (not the release's fault).
+    Target(String),
+    /// The release could not be reached or broke off; why, in words.
+    Upstream(String),
+}
+
+/// Sends a request (in origin form) to the route's release: on the release connection
+/// the client connection holds when it is free, else through the worker's pool. A
+/// request the held connection could not take (it had closed) goes through the pool.
+async fn send(
+    ctx: &Connection,
+    route: &Arc<Route>,
+    mut req: Request<ClientBody>,
+    upgrade: bool,
+) -> Result<Response<Incoming>, Failed> {
+    if !upgrade
+        && ctx.shared.limits.upstream_protocol == UpstreamProtocol::Http1
+        && let Some(mut own) = take_own(ctx, route).await
+    {
+        // Origin form (an HTTP/2 client's request has its scheme and authority in it).
+        if req.uri().authority().is_some() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+        }
+        if !req.headers().contains_key(hyper::header::HOST)
+            && let Ok(host) = HeaderValue::from_str(route.authority.as_str())
+        {
+            req.headers_mut().insert(hyper::header::HOST, host);
+        }
+        match own.sender.try_send_request(req).await {
+            Ok(resp) => {
+                // Free again once this response's body has been read: the client
+                // connection's next request comes after that.
+                give_back(ctx, own);
+                return Ok(resp);
+            }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(Failed::Upstream(error_chain(e.error()))),
+            },
+        }
+    }
+    let mut uri = std::mem::take(req.uri_mut()).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(route.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(hyper::http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(uri).map_err(|e| Failed::Target(e.to_string()))?;
+    ctx.upstream
+        .request(req)
+        .await
+        .map_err(|e| Failed::Upstream(error_chain(&e)))
+}
+
+/// The client connection's release connection to `route`, free for a request: the one
+/// it holds, or a new one. None when it holds one that is busy (another stream of an
+/// HTTP/2 client), when the proxy holds [`OWN_MAX`] already, or when the release cannot
+/// be reached (the pool then tries, and says why it failed).
+async fn take_own(ctx: &Connection, route: &Arc<Route>) -> Option<Own> {
+    let held = ctx.own.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(own) = held {
+        if Arc::ptr_eq(&own.route, route) && own.sender.is_ready() {
+            return Some(own);
+        }
+        if Arc::ptr_eq(&own.route, route) && !own.sender.is_closed() {
+            // Busy with another stream: kept for the next request.
+            give_back(ctx, own);
+            return None;
+        }
+        // Closed, or to a release switched away from: let go.
+    }
+    let shared = &ctx.shared;
+    if shared.own_count.fetch_add(1, Ordering::Relaxed) >= OWN_MAX {
+        shared.own_count.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    let counted = OwnCount(shared);
+    let stream = tokio::time::timeout(
+        UPSTREAM_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(route.target.addr),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    // Ends when the release closes it, or when the client connection lets go of it.
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    std::mem::forget(counted);
+    Some(Own {
+        route: route.clone(),
+        sender,
+        shared: shared.clone(),
+    })
+}
+
+/// Gives back a count of [`OWN_MAX`] when the connection it was taken for is not made.
+struct OwnCount<'a>(&'a Shared);
+
+impl Drop for OwnCount<'_> {
+    fn drop(&mut self) {
+        self.0.own_count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long connecting to a release may take.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The request's id on its response, unless the release gave one of its own.
 fn with_id(mut resp: Response<ProxyBody>, id: HeaderValue) -> Response<ProxyBody> {
@@ -728,7 +1019,11 @@ async fn splice(
             _ = copy.as_mut() => break,
             // Never an error: the sender lives in `shared`, which this task holds.
             _ = switches.changed() => {
-                let active = shared.target.load().as_deref() == Some(&*target);
+                let active = shared
+                    .route
+                    .load()
+                    .as_ref()
+                    .is_some_and(|route| *route.target == *target);
                 closes_at = match (active, closes_at) {
                     (true, _) if stopping => closes_at,
                     (true, _) => None,

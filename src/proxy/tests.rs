@@ -1400,3 +1400,131 @@ async fn a_websocket_to_an_h2c_release_is_refused_saying_why() {
     // Not counted against the release.
     assert!(rx.try_recv().is_err());
 }
+
+/// A release speaking raw HTTP/1.1 that answers `name` to every request and counts the
+/// connections it accepts; it closes a connection idle for `idle_close` without a word,
+/// as app servers with a short keep-alive timeout do (gunicorn 2 s, node 5 s).
+async fn counting_upstream(
+    name: &'static str,
+    idle_close: Duration,
+) -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match tokio::time::timeout(idle_close, s.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => return, // idle too long, or closed: close
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                            name.len()
+                        );
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Sends `GET /` on a raw keep-alive connection and returns the response's body.
+async fn raw_get(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("no answer within 10 s")
+            .unwrap();
+        assert!(n > 0, "the proxy closed the client's connection");
+        got.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("a content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            if text.len() >= end + 4 + len {
+                return text[end + 4..end + 4 + len].to_string();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_connection_keeps_one_release_connection_and_follows_a_switch() {
+    let (blue, blue_conns) = counting_upstream("blue", Duration::from_secs(60)).await;
+    let (green, green_conns) = counting_upstream("green", Duration::from_secs(60)).await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        assert_eq!(raw_get(&mut s).await, "blue");
+    }
+    // Twenty requests, one connection to the release: none went through a pool that
+    // opened or picked others.
+    assert_eq!(blue_conns.load(Ordering::SeqCst), 1);
+    // After a switch the same client connection's next request is the new release's.
+    p.switch(Some(target(Slot::Green, green, 2)));
+    assert_eq!(raw_get(&mut s).await, "green");
+    assert_eq!(raw_get(&mut s).await, "green");
+    assert_eq!(green_conns.load(Ordering::SeqCst), 1);
+    // And back: the connection to blue was let go at the switch, so a new one is made.
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    assert_eq!(raw_get(&mut s).await, "blue");
+    assert_eq!(blue_conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_release_closing_idle_connections_costs_no_request() {
+    // The release closes a connection idle for 50 ms; the client waits 150 ms between
+    // requests, so every request after the first finds its held connection closed.
+    let (blue, blue_conns) = counting_upstream("blue", Duration::from_millis(50)).await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        assert_eq!(raw_get(&mut s).await, "blue");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(blue_conns.load(Ordering::SeqCst), 6);
+    assert_eq!(p.counters().upstream_errors.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_new_connection_stays_on_its_worker_unless_another_has_two_fewer() {
+    assert_eq!(pick_worker(&[0, 0], 1), 1);
+    assert_eq!(pick_worker(&[3, 4], 1), 1);
+    assert_eq!(pick_worker(&[3, 5], 1), 0);
+    assert_eq!(pick_worker(&[9, 2, 5], 0), 1);
+    assert_eq!(pick_worker(&[1], 0), 0);
+}
