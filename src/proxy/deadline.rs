@@ -40,7 +40,14 @@ thread_local! {
 /// worker's tasks never leave it).
 pub(crate) struct Deadline {
     key: usize,
-    thread: std::thread::ThreadId,
+    /// The address of the table it is in: the thread's own, checked on every use (a
+    /// thread id costs more to get).
+    table: usize,
+}
+
+/// This thread's table's address.
+fn table_of(t: &RefCell<Table>) -> usize {
+    std::ptr::from_ref(t) as usize
 }
 
 impl Deadline {
@@ -49,8 +56,8 @@ impl Deadline {
         let at = start
             .checked_add(after)
             .unwrap_or(start + Duration::from_secs(86_400));
-        let (key, start_sweeper) = TABLE.with(|t| {
-            let mut t = t.borrow_mut();
+        let (key, table, start_sweeper) = TABLE.with(|cell| {
+            let mut t = cell.borrow_mut();
             let entry = Some(Entry {
                 at,
                 waker: None,
@@ -69,15 +76,12 @@ impl Deadline {
             t.live += 1;
             let start_sweeper = !t.sweeping;
             t.sweeping = true;
-            (key, start_sweeper)
+            (key, table_of(cell), start_sweeper)
         });
         if start_sweeper {
             tokio::spawn(sweep());
         }
-        Deadline {
-            key,
-            thread: std::thread::current().id(),
-        }
+        Deadline { key, table }
     }
 }
 
@@ -85,9 +89,13 @@ impl Future for Deadline {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        debug_assert_eq!(self.thread, std::thread::current().id());
-        TABLE.with(|t| {
-            let mut t = t.borrow_mut();
+        TABLE.with(|cell| {
+            assert_eq!(
+                table_of(cell),
+                self.table,
+                "a deadline left its worker thread"
+            );
+            let mut t = cell.borrow_mut();
             let Some(Some(entry)) = t.entries.get_mut(self.key) else {
                 return Poll::Ready(());
             };
@@ -105,12 +113,12 @@ impl Future for Deadline {
 
 impl Drop for Deadline {
     fn drop(&mut self) {
-        if self.thread != std::thread::current().id() {
-            // Never so for the proxy; a slot left behind is only memory.
-            return;
-        }
-        let _ = TABLE.try_with(|t| {
-            let mut t = t.borrow_mut();
+        let _ = TABLE.try_with(|cell| {
+            if table_of(cell) != self.table {
+                // Never so for the proxy; a slot left behind is only memory.
+                return;
+            }
+            let mut t = cell.borrow_mut();
             if let Some(slot) = t.entries.get_mut(self.key)
                 && slot.take().is_some()
             {

@@ -1528,3 +1528,29 @@ fn a_new_connection_stays_on_its_worker_unless_another_has_two_fewer() {
     assert_eq!(pick_worker(&[9, 2, 5], 0), 1);
     assert_eq!(pick_worker(&[1], 0), 0);
 }
+
+#[test]
+fn a_proxy_stops_accepting_when_the_runtime_that_started_it_ends() {
+    // The proxy's connections run on the shared worker threads, which outlive any one
+    // runtime; the runtime that started it still owns it, as when its tasks ran there.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = rt.block_on(async {
+        let blue = upstream("blue").await;
+        let p = proxy(None).await;
+        p.switch(Some(target(Slot::Blue, blue, 1)));
+        p.local_addr()
+    });
+    assert!(std::net::TcpStream::connect(addr).is_ok(), "not serving");
+    drop(rt);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting 5 s after its runtime ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
