@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nginx_fixture::{free_port, http_get, nginx_bin};
+use nginx_fixture::{children_of, free_port, http_get, nginx_bin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ripcord");
 /// Rounds by default; `RIPCORD_BENCH_RUNS` overrides, never below `MIN_ROUNDS`.
@@ -107,21 +107,6 @@ impl NginxProc {
 /// index 0 is field 3 (`state`).
 fn stat_fields(stat: &str) -> Option<Vec<&str>> {
     Some(stat.rsplit_once(')')?.1.split_whitespace().collect())
-}
-
-/// Pids whose parent is `pid`, from /proc.
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let child: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        let ppid: u32 = stat_fields(&stat)?.get(1)?.parse().ok()?;
-        (ppid == pid).then_some(child)
-    })
-    .collect()
 }
 
 /// utime + stime (clock ticks) summed over the threads of `pid` (/proc/PID/task/*/stat).

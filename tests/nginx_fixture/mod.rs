@@ -302,7 +302,7 @@ impl Nginx {
 }
 
 /// Pids whose parent is `pid`, from /proc.
-fn children_of(pid: u32) -> Vec<u32> {
+pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
