@@ -833,12 +833,26 @@ const OWN_MAX: usize = 256;
 struct Own {
     route: Arc<Route>,
     sender: hyper::client::conn::http1::SendRequest<ClientBody>,
-    shared: Arc<Shared>,
+    _place: OwnPlace,
 }
 
-impl Drop for Own {
+/// One of a proxy's [`OWN_MAX`] places for held release connections, given back when
+/// dropped (with its connection, or when the connection could not be made).
+struct OwnPlace(Arc<Shared>);
+
+impl OwnPlace {
+    fn take(shared: &Arc<Shared>) -> Option<OwnPlace> {
+        if shared.own_count.fetch_add(1, Ordering::Relaxed) >= OWN_MAX {
+            shared.own_count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(OwnPlace(shared.clone()))
+    }
+}
+
+impl Drop for OwnPlace {
     fn drop(&mut self) {
-        self.shared.own_count.fetch_sub(1, Ordering::Relaxed);
+        self.0.own_count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -928,12 +942,7 @@ async fn take_own(ctx: &Connection, route: &Arc<Route>) -> Option<Own> {
         }
         // Closed, or to a release switched away from: let go.
     }
-    let shared = &ctx.shared;
-    if shared.own_count.fetch_add(1, Ordering::Relaxed) >= OWN_MAX {
-        shared.own_count.fetch_sub(1, Ordering::Relaxed);
-        return None;
-    }
-    let counted = OwnCount(shared);
+    let place = OwnPlace::take(&ctx.shared)?;
     let stream = tokio::time::timeout(
         UPSTREAM_CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect(route.target.addr),
@@ -949,21 +958,11 @@ async fn take_own(ctx: &Connection, route: &Arc<Route>) -> Option<Own> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    std::mem::forget(counted);
     Some(Own {
         route: route.clone(),
         sender,
-        shared: shared.clone(),
+        _place: place,
     })
-}
-
-/// Gives back a count of [`OWN_MAX`] when the connection it was taken for is not made.
-struct OwnCount<'a>(&'a Shared);
-
-impl Drop for OwnCount<'_> {
-    fn drop(&mut self) {
-        self.0.own_count.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// How long connecting to a release may take.
