@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nginx_fixture::{children_of, free_port, http_get, nginx_bin};
+use nginx_fixture::{Nginx, free_port, http_get, nginx_bin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ripcord");
 /// Rounds by default; `RIPCORD_BENCH_RUNS` overrides, never below `MIN_ROUNDS`.
@@ -59,47 +59,6 @@ impl Drop for Kill {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// nginx's master, foreground; on drop SIGTERM (fast shutdown), and if it has not exited
-/// within 5 s its workers and then itself get SIGKILL, so no worker is left on our port.
-struct NginxProc {
-    child: Child,
-    prefix: PathBuf,
-}
-impl Drop for NginxProc {
-    fn drop(&mut self) {
-        let pid = self.child.id();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for worker in children_of(pid) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &worker.to_string()])
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl NginxProc {
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.prefix.join("error.log")).unwrap_or_default()
-    }
-    /// The master and its workers.
-    fn pids(&self) -> Vec<u32> {
-        let mut pids = vec![self.child.id()];
-        pids.extend(children_of(self.child.id()));
-        pids
     }
 }
 
@@ -168,54 +127,23 @@ fn demo_app(port: u16) -> Setup<Kill> {
 }
 
 /// nginx as people run it in front of an app: 2 workers, keep-alive to the upstream, an
-/// access log written through a 64 kB buffer.
-fn nginx(prefix: &Path, port: u16, app_port: u16) -> Setup<NginxProc> {
-    let bin = nginx_bin();
-    let p = prefix.display();
-    std::fs::create_dir_all(prefix.join("tmp")).map_err(|e| format!("nginx prefix: {e}"))?;
-    let conf = prefix.join("nginx.conf");
+/// access log written through a 64 kB buffer. Started by the tests' fixture, which stops
+/// it (workers included) when dropped.
+fn nginx(prefix: &Path, port: u16, app_port: u16) -> Setup<Nginx> {
+    std::fs::create_dir_all(prefix).map_err(|e| format!("nginx prefix: {e}"))?;
+    let site = prefix.join("site.conf");
     let text = format!(
-        "daemon off;\nmaster_process on;\nworker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/error.log notice;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n    access_log {p}/access.log combined buffer=64k flush=1s;\n    \
-         client_body_temp_path {p}/tmp/client_body;\n    proxy_temp_path {p}/tmp/proxy;\n    \
-         fastcgi_temp_path {p}/tmp/fastcgi;\n    uwsgi_temp_path {p}/tmp/uwsgi;\n    scgi_temp_path {p}/tmp/scgi;\n    \
-         upstream app {{\n        server 127.0.0.1:{app_port};\n        keepalive 64;\n    }}\n    \
-         server {{\n        listen 127.0.0.1:{port};\n        location / {{\n            proxy_pass http://app;\n            \
-         proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n"
+        "upstream app {{\n    server 127.0.0.1:{app_port};\n    keepalive 64;\n}}\n\
+         server {{\n    listen 127.0.0.1:{port};\n    location / {{\n        proxy_pass http://app;\n        \
+         proxy_http_version 1.1;\n        proxy_set_header Connection \"\";\n    }}\n}}\n"
     );
-    std::fs::write(&conf, text).map_err(|e| format!("write nginx.conf: {e}"))?;
-    let child = spawn(
-        Command::new(&bin)
-            .arg("-p")
-            .arg(prefix)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(prefix.join("error.log")),
-        "nginx",
-    )?;
-    let mut nginx = NginxProc {
-        child,
-        prefix: prefix.to_path_buf(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = nginx.child.try_wait() {
-            return Err(format!(
-                "nginx exited at startup ({status}): {}",
-                nginx.error_log()
-            ));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "nginx did not listen on {port} within 10 s: {}",
-                nginx.error_log()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(nginx)
+    std::fs::write(&site, text).map_err(|e| format!("write {}: {e}", site.display()))?;
+    let site = site.display().to_string();
+    // The fixture panics with nginx's error log when nginx does not come up.
+    std::panic::catch_unwind(|| {
+        Nginx::start_with(prefix, &site, port, 2, "combined buffer=64k flush=1s")
+    })
+    .map_err(|_| "nginx did not start (its error log is printed above)".to_string())
 }
 
 fn ripcord_cmd(dir: &Path) -> Command {

@@ -175,14 +175,26 @@ impl Nginx {
     /// Writes `PREFIX/nginx.conf` including `include` (a file or a glob) and starts nginx
     /// with it; returns once `port` accepts connections (at most 10 s).
     pub fn start(prefix: &Path, include: &str, port: u16) -> Nginx {
+        Nginx::start_with(prefix, include, port, 1, "")
+    }
+
+    /// [`Nginx::start`] with `workers` worker processes and `log_params` after the
+    /// access log's path (e.g. `combined buffer=64k flush=1s`).
+    pub fn start_with(
+        prefix: &Path,
+        include: &str,
+        port: u16,
+        workers: usize,
+        log_params: &str,
+    ) -> Nginx {
         let bin = nginx_bin();
         let p = prefix.display();
         std::fs::create_dir_all(prefix.join("tmp")).expect("create tmp dir");
         let conf = prefix.join("nginx.conf");
         let text = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log notice;\n\
+            "daemon off;\nmaster_process on;\nworker_processes {workers};\npid {p}/nginx.pid;\nerror_log {p}/error.log notice;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n    access_log {p}/access.log;\n    client_body_temp_path {p}/tmp/client_body;\n    proxy_temp_path {p}/tmp/proxy;\n    \
+             http {{\n    access_log {p}/access.log {log_params};\n    client_body_temp_path {p}/tmp/client_body;\n    proxy_temp_path {p}/tmp/proxy;\n    \
              fastcgi_temp_path {p}/tmp/fastcgi;\n    uwsgi_temp_path {p}/tmp/uwsgi;\n    scgi_temp_path {p}/tmp/scgi;\n    include {include};\n}}\n"
         );
         std::fs::write(&conf, text).expect("write nginx.conf");
@@ -236,6 +248,16 @@ impl Nginx {
             "-e".into(),
             p(&self.prefix.join("error.log")),
         ]
+    }
+
+    /// The master's pid and its workers'.
+    pub fn pids(&self) -> Vec<u32> {
+        let Some(master) = self.child.as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        let mut pids = vec![master];
+        pids.extend(children_of(master));
+        pids
     }
 
     pub fn test_command(&self) -> Vec<String> {
