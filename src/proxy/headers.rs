@@ -92,6 +92,17 @@ impl RequestIds {
     /// The next id: 16 hex digits of the prefix, a dash, the counter in hex. One
     /// allocation, which the copies on the request and the response share.
     pub(crate) fn next(&self) -> HeaderValue {
+        let id = self.next_id();
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+            .expect("hex digits are a header value")
+    }
+
+    /// The next id, written at the end of `out`.
+    pub(crate) fn write_next(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.next_id().as_ref());
+    }
+
+    fn next_id(&self) -> Id {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; ID_MAX];
         let digits = b"0123456789abcdef";
@@ -103,12 +114,10 @@ impl RequestIds {
         for i in 0..width {
             buf[17 + i] = digits[(n >> (4 * (width - 1 - i)) & 0xf) as usize];
         }
-        let id = Id {
+        Id {
             buf,
             len: 17 + width,
-        };
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
-            .expect("hex digits are a header value")
+        }
     }
 }
 
@@ -155,6 +164,18 @@ impl Client {
     }
 }
 
+impl Client {
+    /// The scheme the client used: `http` or `https`.
+    pub(crate) fn proto(&self) -> &'static str {
+        if self.https { "https" } else { "http" }
+    }
+
+    /// The client's address as `X-Forwarded-For` has it.
+    pub(crate) fn ip(&self) -> &[u8] {
+        self.ip.as_bytes()
+    }
+}
+
 /// Makes an incoming request's headers fit to send upstream, and returns its request id
 /// (the client's `X-Request-Id`, or a new one).
 pub(crate) fn prepare_request(
@@ -178,7 +199,7 @@ pub(crate) fn prepare_request(
     {
         headers.insert(header::HOST, v);
     }
-    let proto = if client.https { "https" } else { "http" };
+    let proto = client.proto();
     // X-Forwarded-For: the client's address after those of the proxies before us
     // (nginx's `$proxy_add_x_forwarded_for`).
     let mut line = String::new();
@@ -199,13 +220,11 @@ pub(crate) fn prepare_request(
     // Forwarded (RFC 7239): this hop's element after any before it.
     let mut line = String::with_capacity(64);
     push_prior(&mut line, headers, &header::FORWARDED);
-    line.push_str(&client.forwarded_for);
-    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        line.push_str(";host=");
-        push_token_or_quoted(&mut line, host);
-    }
-    line.push_str(";proto=");
-    line.push_str(proto);
+    push_forwarded_hop(
+        &mut line,
+        client,
+        host.as_ref().and_then(|h| h.to_str().ok()),
+    );
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
         headers.insert(header::FORWARDED, v);
     }
@@ -217,6 +236,18 @@ pub(crate) fn prepare_request(
             id
         }
     }
+}
+
+/// This hop's `Forwarded` element (RFC 7239): `for=ADDR`, `;host=HOST` when the request
+/// named one, `;proto=http` or `https`.
+pub(crate) fn push_forwarded_hop(line: &mut String, client: &Client, host: Option<&str>) {
+    line.push_str(&client.forwarded_for);
+    if let Some(host) = host {
+        line.push_str(";host=");
+        push_token_or_quoted(line, host);
+    }
+    line.push_str(";proto=");
+    line.push_str(client.proto());
 }
 
 /// The values a list header came with (every line of it, as one list), then `, `, for

@@ -8,6 +8,7 @@
 //! channel is full the record is dropped and counted, never the request.
 
 mod deadline;
+mod h1;
 mod headers;
 mod tls;
 mod workers;
@@ -583,14 +584,58 @@ async fn connection(
         };
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let client = headers::Client::new(peer, true);
-        serve_connection(shared, builders, tls, client, h2, stop, permit).await;
+        serve(shared, builders, tls, client, h2, stop, permit).await;
     } else {
         let Ok(Ok(h2)) = tokio::time::timeout(wait, sends_h2_preface(&stream)).await else {
             return;
         };
         let client = headers::Client::new(peer, false);
-        serve_connection(shared, builders, stream, client, h2, stop, permit).await;
+        serve(shared, builders, stream, client, h2, stop, permit).await;
     }
+}
+
+/// Serves an HTTP/1 client connection on the fast path ([`h1`]) for as long as its
+/// requests are for it, then with hyper's server; an HTTP/2 one with hyper's.
+async fn serve<I>(
+    shared: Arc<Shared>,
+    builders: Arc<Builders>,
+    mut io: I,
+    client: headers::Client,
+    h2: bool,
+    mut stop: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let first = if h2 || shared.limits.upstream_protocol != UpstreamProtocol::Http1 {
+        Vec::new()
+    } else {
+        let stopping = h1::Stopping::default();
+        let served = h1::serve(&shared, &client, &mut io, &stopping);
+        tokio::pin!(served);
+        let ended = tokio::select! {
+            rest = served.as_mut() => Some(rest),
+            _ = stop.wait_for(|stopped| *stopped) => None,
+        };
+        let rest = match ended {
+            Some(rest) => rest,
+            // Shutdown between requests: closed now; else after the response in progress.
+            None => {
+                stopping.asked.store(true, Ordering::Relaxed);
+                if stopping.idle.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    served.await
+                }
+            }
+        };
+        match rest {
+            Some(rest) => rest,
+            None => return,
+        }
+    };
+    let io = h1::Rewind::new(first, io);
+    serve_connection(shared, builders, io, client, h2, stop, permit).await;
 }
 
 /// Drives a connection until it ends, or until shutdown: then it stops taking requests
@@ -754,17 +799,7 @@ async fn handle(
         Err(_) => {
             counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
             record(shared, target, 504, start, true);
-            plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "ripcord: service `{}`: release {} in slot {} ({}) sent no response within {}\n",
-                    shared.service,
-                    target.version,
-                    target.slot,
-                    target.addr,
-                    crate::config::duration::unit_text(shared.limits.response_timeout)
-                ),
-            )
+            plain(StatusCode::GATEWAY_TIMEOUT, too_slow(shared, target))
         }
         Ok(result) => match result {
             Err(Failed::Target(e)) => {
@@ -806,17 +841,32 @@ async fn handle(
             Err(Failed::Upstream(e)) => {
                 counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
                 record(shared, target, 502, start, true);
-                plain(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "ripcord: service `{}`: release {} in slot {} ({}) did not answer: {}\n",
-                        shared.service, target.version, target.slot, target.addr, e
-                    ),
-                )
+                plain(StatusCode::BAD_GATEWAY, no_answer(shared, target, &e))
             }
         },
     };
     Ok(with_id(response, request_id))
+}
+
+/// The body of the 504 for a request the release did not answer in time.
+fn too_slow(shared: &Shared, target: &Target) -> String {
+    format!(
+        "ripcord: service `{}`: release {} in slot {} ({}) sent no response within {}\n",
+        shared.service,
+        target.version,
+        target.slot,
+        target.addr,
+        crate::config::duration::unit_text(shared.limits.response_timeout)
+    )
+}
+
+/// The body of the 502 for a request the release could not be reached for, or broke
+/// off: `why`, in words.
+fn no_answer(shared: &Shared, target: &Target, why: &str) -> String {
+    format!(
+        "ripcord: service `{}`: release {} in slot {} ({}) did not answer: {}\n",
+        shared.service, target.version, target.slot, target.addr, why
+    )
 }
 
 /// The most release connections a proxy's client connections hold at once; past it,
@@ -841,6 +891,11 @@ struct Own {
 struct OwnPlace(Arc<Shared>);
 
 impl OwnPlace {
+    /// Whether a place is free now.
+    fn free(shared: &Shared) -> bool {
+        shared.own_count.load(Ordering::Relaxed) < OWN_MAX
+    }
+
     fn take(shared: &Arc<Shared>) -> Option<OwnPlace> {
         if shared.own_count.fetch_add(1, Ordering::Relaxed) >= OWN_MAX {
             shared.own_count.fetch_sub(1, Ordering::Relaxed);

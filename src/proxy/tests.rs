@@ -1554,3 +1554,332 @@ fn a_proxy_stops_accepting_when_the_runtime_that_started_it_ends() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A release speaking raw bytes: every request head it reads is answered with `answer`
+/// as it is, and the connection closed after it when `close` is set. Counts the
+/// connections it accepts.
+async fn scripted_upstream(answer: &'static [u8], close: bool) -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => n,
+                        _ => return,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(answer).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Writes `request` on a raw client connection and reads one response: its head (lower
+/// case) and body, by its Content-Length, its chunks (the body as sent, chunked) or the
+/// end of the connection; and whether the proxy closed the connection after it.
+async fn exchange_raw(s: &mut tokio::net::TcpStream, request: &[u8]) -> (String, String) {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(request).await.unwrap();
+    read_response(s, false).await
+}
+
+/// Reads one response from a raw client connection ([`exchange_raw`]); `head_request`
+/// when it answers a HEAD (no body, whatever its length says).
+async fn read_response(s: &mut tokio::net::TcpStream, head_request: bool) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut closed = false;
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let body = &got[end + 4..];
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse::<usize>().unwrap());
+            let done = if head_request {
+                Some(0)
+            } else if head.contains("transfer-encoding: chunked") {
+                // The last chunk, then the trailers' end (test bodies hold no "\r\n0\r\n").
+                let last = if body.starts_with(b"0\r\n") {
+                    Some(0)
+                } else {
+                    body.windows(5)
+                        .position(|w| w == b"\r\n0\r\n")
+                        .map(|at| at + 2)
+                };
+                last.and_then(|at| {
+                    body[at..]
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map(|end| at + end + 4)
+                })
+            } else if let Some(length) = length {
+                (body.len() >= length).then_some(length)
+            } else {
+                closed.then_some(body.len())
+            };
+            if let Some(done) = done {
+                let body = String::from_utf8_lossy(&body[..done]).into_owned();
+                // What follows belongs to the next response: none is asked for here.
+                assert_eq!(got.len(), end + 4 + done, "bytes past the response: {head}");
+                return (head, body);
+            }
+        }
+        assert!(
+            !closed,
+            "the connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("no answer within 10 s")
+            .unwrap();
+        closed = n == 0;
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Whether the proxy closes the client's connection within a second (it reads the end).
+async fn proxy_closed(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+async fn raw_connection(p: &Proxy) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(p.local_addr())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_fast_path_leaves_hop_by_hop_headers_out_both_ways_and_adds_the_forwarding_ones() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    // The release's response names x-up-hop in its Connection header and sends
+    // Keep-Alive: neither reaches the client; an id does.
+    let (head, body) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        !head.contains("x-up-hop") && !head.contains("keep-alive"),
+        "{head}"
+    );
+    assert!(head.contains("\r\nx-request-id: "), "{head}");
+    assert!(body.starts_with("blue saw "), "{body}");
+    // What the release sees.
+    let request = b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nKeep-Alive: 5\r\n\
+        Proxy-Connection: keep-alive\r\nConnection: keep-alive\r\nTE: trailers\r\n\
+        X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: gopher\r\nForwarded: for=10.0.0.1\r\n\
+        X-Request-Id: req-7\r\nX-End-To-End: kept\r\n\r\n";
+    let (head, body) = exchange_raw(&mut s, request).await;
+    assert!(head.contains("\r\nx-request-id: req-7"), "{head}");
+    for line in [
+        "host: shop.example",
+        "te: trailers",
+        "x-forwarded-for: 10.0.0.1, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: shop.example",
+        "forwarded: for=10.0.0.1, for=127.0.0.1;host=shop.example;proto=http",
+        "x-request-id: req-7",
+        "x-end-to-end: kept",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line:?} not in\n{body}");
+    }
+    for gone in ["keep-alive", "proxy-connection", "connection", "gopher"] {
+        assert!(
+            !body.contains(gone),
+            "{gone:?} reached the release:\n{body}"
+        );
+    }
+    // The same connection goes on with the next request.
+    let (head, _) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn pipelined_and_head_requests_each_get_their_own_response() {
+    use tokio::io::AsyncWriteExt;
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    s.write_all(b"HEAD /headers HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /headers HTTP/1.1\r\nHost: y\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut s, true).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: "), "{head}");
+    assert_eq!(body, "");
+    assert_eq!(read_response(&mut s, false).await.1, "blue");
+    let (_, body) = read_response(&mut s, false).await;
+    assert!(body.contains("host: y"), "{body}");
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_after_fast_ones_is_served_on_the_same_connection() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    let (_, body) = exchange_raw(&mut s, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(body, "blue");
+    // A body: hyper's server takes the connection from here, with the bytes read.
+    let (head, body) = exchange_raw(
+        &mut s,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello there",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "hello there");
+    let (_, body) = exchange_raw(&mut s, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(body, "blue");
+    assert_eq!(p.counters().requests.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn informational_responses_are_skipped_and_a_body_to_the_end_closes_the_connection() {
+    let (blue, _) = scripted_upstream(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nx-a: 1\r\n\r\nto the end",
+        true,
+    )
+    .await;
+    let (tx, mut rx) = mpsc::channel(4);
+    let p = proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    let (head, body) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200 ok"), "{head}");
+    assert!(
+        head.contains("x-a: 1") && head.contains("connection: close"),
+        "{head}"
+    );
+    assert!(!head.contains("link:"), "{head}");
+    assert_eq!(body, "to the end");
+    assert!(proxy_closed(&mut s).await);
+    assert_eq!(rx.recv().await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn chunked_bodies_with_trailers_and_a_release_closing_each_connection_cost_nothing() {
+    let chunked: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-sum: 1\r\n\r\n";
+    let (blue, accepted) = scripted_upstream(chunked, true).await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    for _ in 0..3 {
+        let (head, body) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        // The release's Connection: close is its own; the client's connection goes on.
+        assert!(!head.contains("connection"), "{head}");
+        assert_eq!(
+            body,
+            "5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-sum: 1\r\n\r\n"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    assert_eq!(p.counters().upstream_errors.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_client_asking_to_close_gets_its_answer_and_the_close() {
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    let (head, body) = exchange_raw(
+        &mut s,
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, "blue");
+    assert!(proxy_closed(&mut s).await);
+}
+
+#[tokio::test]
+async fn a_release_breaking_off_mid_body_ends_that_client_connection_only() {
+    let (blue, _) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true).await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the client connection was left open");
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("\r\n\r\nabc"),
+        "{got}"
+    );
+    // The proxy goes on for the next client.
+    let (ok, _) = scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+    p.switch(Some(target(Slot::Green, ok, 2)));
+    let mut s = raw_connection(&p).await;
+    assert_eq!(
+        exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .1,
+        "ok"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_request_in_flight_finish_and_closes_idle_connections() {
+    use tokio::io::AsyncWriteExt;
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut idle = raw_connection(&p).await;
+    assert_eq!(
+        exchange_raw(&mut idle, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .1,
+        "blue"
+    );
+    let mut busy = raw_connection(&p).await;
+    busy.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.shutdown();
+    // The idle one is closed at once; the busy one gets its answer (the release takes
+    // 400 ms), then is closed.
+    assert!(
+        proxy_closed(&mut idle).await,
+        "an idle connection stayed open after shutdown"
+    );
+    let (head, body) = read_response(&mut busy, false).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, "blue");
+    assert!(
+        proxy_closed(&mut busy).await,
+        "a connection stayed open after its last answer"
+    );
+}

@@ -1,8 +1,8 @@
 //! The two targets that read from sockets: the built-in proxy (raw bytes over TCP to a
 //! real `Proxy` on loopback, in front of a real upstream) and the watcher's control socket
 //! (lines over its unix socket to a real `watch::run`). A panic in any of their tasks is
-//! caught by a panic hook that counts the panics of this file's runtime threads: tokio
-//! would otherwise swallow it with the task.
+//! caught by a panic hook that counts the panics of this file's runtime threads and of
+//! the proxy's worker threads: tokio would otherwise swallow it with the task.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -31,7 +31,12 @@ fn count_panics() {
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if std::thread::current().name() == Some(THREAD_NAME) {
+            let name = std::thread::current().name().map(str::to_owned);
+            // The proxy's connections are served on its worker threads (`ripcord-proxy-N`).
+            if name
+                .as_deref()
+                .is_some_and(|n| n == THREAD_NAME || n.starts_with("ripcord-proxy"))
+            {
                 PANICS.fetch_add(1, Ordering::SeqCst);
                 *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = info.to_string();
             }
@@ -249,6 +254,156 @@ fn proxy_http_requests() {
         .block_on(exchange(addr, WELL_FORMED, deadline()))
         .unwrap();
     assert!(resp.starts_with(b"HTTP/1.1 503 "), "{resp:?}");
+    proxy.shutdown();
+    rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// Words a release's response is made of, for the proxy's HTTP/1 fast path, which reads
+/// response heads and finds the end of their bodies itself.
+const RESPONSE_WORDS: &[&str] = &[
+    "HTTP/1.1 200 OK\r\n",
+    "HTTP/1.1 204 No Content\r\n",
+    "HTTP/1.1 304 Not Modified\r\n",
+    "HTTP/1.1 101 Switching Protocols\r\n",
+    "HTTP/1.1 100 Continue\r\n\r\n",
+    "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+    "HTTP/1.0 200 OK\r\n",
+    "HTTP/1.1 999 \r\n",
+    "Content-Length: ",
+    "Content-Length: 3\r\n",
+    "Content-Length: 3\r\nContent-Length: 4\r\n",
+    "Content-Length: 18446744073709551616\r\n",
+    "Content-Length: -1\r\n",
+    "Transfer-Encoding: chunked\r\n",
+    "Transfer-Encoding: gzip\r\n",
+    "Transfer-Encoding: chunked, gzip\r\n",
+    "Connection: close\r\n",
+    "Connection: keep-alive, x-hop\r\n",
+    "X-Hop: 1\r\n",
+    "Keep-Alive: timeout=5\r\n",
+    "X-Request-Id: r1\r\n",
+    "Trailer: x-sum\r\n",
+    "ffffffffffffffff\r\n",
+    "fffffffffffffffff\r\n",
+    "5;ext=\"a\"\r\nhello\r\n",
+    "0\r\n\r\n",
+    "0\r\nx-sum: 1\r\n\r\n",
+    "\r\n",
+    "\n",
+    "\r\n\r\n",
+    " folded\r\n",
+];
+
+fn response_seeds() -> Vec<Vec<u8>> {
+    [
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n",
+        "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+        "HTTP/1.1 200 OK\r\n\r\nto the end of the connection",
+        "HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
+
+/// A release that answers `/fuzz` with the bytes in `answer` as they are and then closes,
+/// and anything else with 200 `ok`.
+async fn scripted_upstream(answer: Arc<Mutex<Vec<u8>>>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let fuzzed = buf.starts_with(b"GET /fuzz ");
+                    buf.drain(..end + 4);
+                    if fuzzed {
+                        let bytes = answer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let _ = s.write_all(&bytes).await;
+                        return;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn proxy_release_responses() {
+    use ripcord::config::Slot;
+    use ripcord::proxy::{Proxy, Target};
+    count_panics();
+    let rt = runtime();
+    let answer = Arc::new(Mutex::new(Vec::new()));
+    let (proxy, target) = rt.block_on(async {
+        let target = scripted_upstream(answer.clone()).await;
+        let (proxy, _task) = Proxy::bind("fuzz", "127.0.0.1:0".parse().unwrap(), None)
+            .await
+            .unwrap();
+        (proxy, target)
+    });
+    let addr = proxy.local_addr();
+    proxy.switch(Some(Target {
+        slot: Slot::Blue,
+        addr: target,
+        release_id: 1,
+        version: "v1".into(),
+    }));
+    let before = PANICS.load(Ordering::SeqCst);
+    let strategy = inputs::bytes(response_seeds(), RESPONSE_WORDS);
+    let handle = rt.handle().clone();
+    run_n(
+        "proxy_release_responses",
+        net_cases(),
+        strategy,
+        move |input| {
+            *answer.lock().unwrap_or_else(|p| p.into_inner()) = input;
+            handle.block_on(async {
+                // Whatever the release sends, the client gets an HTTP/1.1 answer (the
+                // release's, or a 502), and the connection ends: the client asked for that,
+                // and the release closes its own.
+                let ask = b"GET /fuzz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+                let resp = exchange(addr, ask, deadline())
+                    .await
+                    .map_err(|e| format!("connecting: {e}"))?;
+                if !resp.starts_with(b"HTTP/1.1 ") {
+                    return Err(format!(
+                        "an answer that is not HTTP/1.1: {:?}",
+                        String::from_utf8_lossy(&resp[..resp.len().min(200)])
+                    ));
+                }
+                let after = exchange(addr, WELL_FORMED, deadline())
+                    .await
+                    .map_err(|e| format!("connecting after it: {e}"))?;
+                if !(after.starts_with(b"HTTP/1.1 200 ") && after.ends_with(b"\r\n\r\nok")) {
+                    return Err(format!(
+                        "a well-formed request after it got {:?}",
+                        String::from_utf8_lossy(&after)
+                    ));
+                }
+                panics_since(before)
+            })
+        },
+    );
     proxy.shutdown();
     rt.shutdown_timeout(Duration::from_secs(2));
 }
