@@ -666,6 +666,9 @@ where
     io.write_all(out).await.map_err(|_| ())?;
     up.buf.consume(take);
     while !done {
+        // What was written reaches the client before the wait for more (a TLS stream
+        // may hold it; a TCP stream sends it as written).
+        io.flush().await.map_err(|_| ())?;
         match up.buf.fill(&mut up.stream).await {
             Ok(0) if matches!(framing, Framing::Eof) => return Ok(false),
             Ok(0) | Err(_) => return Err(()),

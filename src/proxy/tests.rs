@@ -972,6 +972,29 @@ async fn https_serves_http2_and_http1_by_alpn() {
     );
     let lines = lines_of(resp).await;
     assert_eq!(seen(&lines, "x-forwarded-proto"), ["https"], "{lines}");
+    // A streamed body reaches an HTTP/1.1 client over TLS as it comes, not when it ends.
+    let start = Instant::now();
+    let req = Request::get("/stream")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut body = bounded("a streamed response", send.send_request(req))
+        .await
+        .unwrap()
+        .into_body();
+    let first = bounded("its first part", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    let first_at = start.elapsed();
+    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"part0;"));
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"part1;part2;");
+    assert!(
+        first_at < Duration::from_millis(250) && start.elapsed() >= Duration::from_millis(300),
+        "first part at {first_at:?}, all at {:?}",
+        start.elapsed()
+    );
     // Plain HTTP is not served on the TLS port.
     let plain = tokio::time::timeout(
         Duration::from_secs(10),
