@@ -1906,3 +1906,29 @@ async fn shutdown_lets_a_request_in_flight_finish_and_closes_idle_connections() 
         "a connection stayed open after its last answer"
     );
 }
+
+#[tokio::test]
+async fn past_own_max_held_release_connections_clients_are_served_through_the_pool() {
+    let (blue, accepted) = counting_upstream("blue", Duration::from_secs(60)).await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut clients = Vec::new();
+    for _ in 0..OWN_MAX + 20 {
+        let mut s = raw_connection(&p).await;
+        assert_eq!(raw_get(&mut s).await, "blue");
+        clients.push(s);
+    }
+    // The first OWN_MAX hold a release connection each; the rest went to the pool.
+    assert_eq!(p.shared.own_count.load(Ordering::Relaxed), OWN_MAX);
+    assert!(accepted.load(Ordering::SeqCst) > OWN_MAX as u64);
+    for s in clients.iter_mut().rev().take(25) {
+        assert_eq!(raw_get(s).await, "blue");
+    }
+    // Closed clients give their places back.
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.shared.own_count.load(Ordering::Relaxed) > 0 {
+        assert!(Instant::now() < deadline, "held places never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
