@@ -74,6 +74,9 @@ where
                     Plan::Partial if conn.inb.len() <= shared.limits.max_header_bytes => {}
                     // Too large, or not one for this path: hyper answers it.
                     Plan::Partial | Plan::Hyper => return Some(conn.inb.into_rest()),
+                    Plan::Forward(forward) if forward.len > shared.limits.max_header_bytes => {
+                        return Some(conn.inb.into_rest());
+                    }
                     Plan::Forward(forward) => break forward,
                 }
             }
@@ -104,15 +107,25 @@ where
         if conn
             .up
             .as_ref()
-            .is_some_and(|up| !Arc::ptr_eq(&up.route, &route))
+            .is_some_and(|up| !Arc::ptr_eq(&up.route, &route) || !up.idle())
         {
-            // The release switched away from: its connection is let go.
+            // The release switched away from, or the connection closed or sent what
+            // nobody asked for while idle: let go.
             conn.up = None;
         }
-        if conn.up.is_none() && !OwnPlace::free(shared) {
-            return Some(conn.inb.into_rest());
-        }
-        match exchange(&mut conn, shared, &route, &plan, io).await {
+        // A new release connection takes its place under OWN_MAX first; past it, hyper's
+        // server and the worker's pool take the connection.
+        let place = match conn.up {
+            Some(_) => None,
+            None => match OwnPlace::take(shared) {
+                Some(place) => Some(place),
+                None => return Some(conn.inb.into_rest()),
+            },
+        };
+        let mut plan = plan;
+        // Shutdown asked: this is the connection's last response, and says so.
+        plan.close |= stopping.asked.load(Ordering::Relaxed);
+        match exchange(&mut conn, shared, &route, &plan, place, io).await {
             Ok(Next::Serve) => conn.inb.consume(plan.len),
             Ok(Next::Close) => {
                 let _ = io.shutdown().await;
@@ -155,7 +168,29 @@ struct Upstream {
     stream: TcpStream,
     /// Bytes from the release not yet sent on.
     buf: Buf,
-    _place: OwnPlace,
+    /// Its place under [`super::OWN_MAX`].
+    place: OwnPlace,
+}
+
+impl Upstream {
+    /// Whether the connection is still open with nothing unread: the release may have
+    /// closed it while idle, or sent bytes nobody asked for (a 408 before closing, a
+    /// body longer than its length), which must not be taken for the next response. No
+    /// system call unless the worker has seen it readable.
+    fn idle(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
 }
 
 /// A request this path forwards.
@@ -201,7 +236,10 @@ fn plan(conn: &mut Conn, shared: &Shared, client: &headers::Client) -> Plan {
         "HEAD" => true,
         _ => return Plan::Hyper,
     };
-    if !path.starts_with('/') || path.len() > shared.limits.max_uri_bytes {
+    if !path.starts_with('/')
+        || path.len() > shared.limits.max_uri_bytes
+        || !path.bytes().all(plain_target_byte)
+    {
         return Plan::Hyper;
     }
     let out = &mut conn.request;
@@ -327,6 +365,7 @@ async fn exchange<I>(
     shared: &Arc<Shared>,
     route: &Arc<Route>,
     req: &Forward,
+    mut place: Option<OwnPlace>,
     io: &mut I,
 ) -> Result<Next, ()>
 where
@@ -342,7 +381,8 @@ where
         let reused = conn.up.is_some();
         let up = match conn.up.as_mut() {
             Some(up) => up,
-            None => match connect(shared, route).await {
+            None => match connect(route, place.take().expect("a place for a new connection")).await
+            {
                 Ok(up) => conn.up.insert(up),
                 Err(e) => break Err(no_answer(shared, target, &e.to_string())),
             },
@@ -361,7 +401,11 @@ where
         };
         match sent {
             Ok(head) => break Ok(head),
-            Err(Failure { retry: true, .. }) if reused => conn.up = None,
+            // Sent again on a new connection, in the old one's place (a GET or HEAD, as
+            // nginx's `proxy_next_upstream error` does).
+            Err(Failure { retry: true, .. }) if reused => {
+                place = conn.up.take().map(|up| up.place);
+            }
             Err(failure) => {
                 conn.up = None;
                 break Err(no_answer(shared, target, &failure.why));
@@ -403,8 +447,7 @@ where
 }
 
 /// Makes a release connection for a client connection to hold.
-async fn connect(shared: &Arc<Shared>, route: &Arc<Route>) -> io::Result<Upstream> {
-    let place = OwnPlace::take(shared).ok_or_else(|| io::Error::other("no place"))?;
+async fn connect(route: &Arc<Route>, place: OwnPlace) -> io::Result<Upstream> {
     let stream = tokio::time::timeout(
         UPSTREAM_CONNECT_TIMEOUT,
         TcpStream::connect(route.target.addr),
@@ -424,7 +467,7 @@ async fn connect(shared: &Arc<Shared>, route: &Arc<Route>) -> io::Result<Upstrea
         route: route.clone(),
         stream,
         buf: Buf::with_capacity(2 * MIN_READ),
-        _place: place,
+        place,
     })
 }
 
@@ -538,6 +581,9 @@ fn rewrite(
     if status == 101 {
         return Err("switched protocols, which nobody asked for".to_string());
     }
+    if !(100..=999).contains(&status) {
+        return Err(format!("an invalid status {status:03}"));
+    }
     // First look: how the body ends, whether the release keeps the connection, and which
     // headers its Connection header names.
     let mut chunked: Option<bool> = None;
@@ -551,10 +597,7 @@ fn rewrite(
                 chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
             Name::ContentLength => {
-                let n = std::str::from_utf8(h.value.trim_ascii())
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or("an invalid Content-Length")?;
+                let n = content_length(h.value).ok_or("an invalid Content-Length")?;
                 if length.is_some_and(|l| l != n) {
                     return Err("two different Content-Lengths".to_string());
                 }
@@ -592,12 +635,24 @@ fn rewrite(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_id = false;
+    let mut length_sent = false;
     for h in resp.headers.iter() {
         match Name::of(h.name) {
             Name::Connection | Name::HopByHop | Name::Te | Name::Upgrade => continue,
-            Name::ContentLength if chunked.is_some() => continue,
-            Name::XRequestId => has_id = true,
+            // The framing the body is passed on with, whatever the Connection header
+            // names: the length once, as digits.
+            Name::ContentLength => {
+                if let (None, Some(n), false) = (chunked, length, length_sent) {
+                    out.extend_from_slice(b"content-length: ");
+                    push_decimal(out, n);
+                    out.extend_from_slice(b"\r\n");
+                    length_sent = true;
+                }
+                continue;
+            }
+            Name::TransferEncoding => {}
             _ if listed && named_by_connection(resp.headers, h.name) => continue,
+            Name::XRequestId => has_id = true,
             _ => {}
         }
         push_header(out, h.name.as_bytes(), h.value);
@@ -615,6 +670,22 @@ fn rewrite(
         keep,
         close_client,
     })
+}
+
+/// Writes `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Whether the response's `Connection` header lists `name`.
@@ -718,6 +789,34 @@ where
     Ok(if req.close { Next::Close } else { Next::Serve })
 }
 
+/// A byte of a request target this path forwards as it is: letters, digits and the
+/// characters RFC 3986 allows in a path and query. Anything else (`#`, `<`, `"`, a
+/// space, a byte past ASCII) goes to hyper, which refuses or forwards it as it always
+/// has.
+fn plain_target_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
+/// A `Content-Length` value: digits, or a list of the same digits (`5, 5`, which hyper
+/// takes too); a sign, a space inside or an overflow is none.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = digits.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
+}
+
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -782,12 +881,12 @@ impl Name {
 /// end.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Chunks {
-    /// In a chunk's size line: the size so far and how many digits.
+    /// At a chunk's size line, before its first digit.
     #[default]
     Size0,
+    /// In a chunk's size: the size so far.
     Size {
         size: u64,
-        digits: u8,
     },
     /// In a chunk extension (or whitespace after the size), up to the line's end.
     Ext {
@@ -835,17 +934,14 @@ impl Chunks {
             at += 1;
             *self = match (*self, b) {
                 (Chunks::Size0, b) => match hex(b) {
-                    Some(d) => Chunks::Size {
-                        size: u64::from(d),
-                        digits: 1,
-                    },
+                    Some(d) => Chunks::Size { size: u64::from(d) },
                     None => return Err(()),
                 },
-                (Chunks::Size { size, digits }, b) => match hex(b) {
-                    Some(_) if digits >= 15 => return Err(()),
+                (Chunks::Size { size }, b) => match hex(b) {
+                    // Leading zeros are fine; a size past 60 bits is not.
+                    Some(_) if size >> 60 != 0 => return Err(()),
                     Some(d) => Chunks::Size {
                         size: size * 16 + u64::from(d),
-                        digits: digits + 1,
                     },
                     None => match b {
                         b';' | b' ' | b'\t' => Chunks::Ext { size },
@@ -1053,6 +1149,48 @@ mod tests {
             "a size past 60 bits"
         );
         assert!(chunked(b"\r\n", 1).is_err(), "a size line without a size");
+        // Leading zeros do not count against the size's width.
+        assert_eq!(
+            chunked(b"000000000000000000003\r\nabc\r\n0\r\n\r\n", 5),
+            Ok((33, true))
+        );
+    }
+
+    #[test]
+    fn a_content_length_is_digits_or_a_list_of_the_same_digits() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b" 42 "), Some(42));
+        assert_eq!(content_length(b"7, 7,7"), Some(7));
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b"+5"[..],
+            b"-1",
+            b"5 5",
+            b"",
+            b"5,",
+            b"5, 6",
+            b"0x10",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn request_targets_with_unusual_bytes_are_left_to_hyper() {
+        assert!(
+            b"/api/items?id=3&x=%20;a=b:c@d"
+                .iter()
+                .all(|&b| plain_target_byte(b))
+        );
+        for bad in [b'#', b'<', b'"', b' ', b'`', 0x80, b'{', b'\\'] {
+            assert!(!plain_target_byte(bad), "{bad:#x}");
+        }
     }
 
     #[test]

@@ -891,11 +891,6 @@ struct Own {
 struct OwnPlace(Arc<Shared>);
 
 impl OwnPlace {
-    /// Whether a place is free now.
-    fn free(shared: &Shared) -> bool {
-        shared.own_count.load(Ordering::Relaxed) < OWN_MAX
-    }
-
     fn take(shared: &Arc<Shared>) -> Option<OwnPlace> {
         if shared.own_count.fetch_add(1, Ordering::Relaxed) >= OWN_MAX {
             shared.own_count.fetch_sub(1, Ordering::Relaxed);

@@ -490,6 +490,20 @@ async fn oversized_heads_and_targets_are_refused_and_the_proxy_goes_on() {
     let (status, _, _) = get(&c, format!("http://{}/{}", p.local_addr(), "a".repeat(500))).await;
     assert_eq!(status, 200);
     assert_eq!(served(&p).await, 200);
+    // A whole head in one piece, just under and just over max_header_bytes (4096).
+    for (value, status) in [(4000, "200"), (4200, "431")] {
+        let mut s = raw_connection(&p).await;
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+            "v".repeat(value)
+        );
+        let (got, _) = exchange_raw(&mut s, head.as_bytes()).await;
+        assert!(
+            got.starts_with(&format!("http/1.1 {status}")),
+            "{} bytes: {got}",
+            head.len()
+        );
+    }
 }
 
 #[tokio::test]
@@ -1931,4 +1945,120 @@ async fn past_own_max_held_release_connections_clients_are_served_through_the_po
         assert!(Instant::now() < deadline, "held places never given back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A release that answers each request with `answer` and, 100 ms later, sends `then`
+/// unasked on the same connection (a 408 before closing, a body longer than its length).
+async fn chatty_upstream(
+    answer: &'static [u8],
+    then: &'static [u8],
+) -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match s.read(&mut chunk).await {
+                        Ok(n) if n > 0 => n,
+                        _ => return,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if s.write_all(then).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn bytes_a_release_sends_unasked_are_never_taken_for_the_next_response() {
+    let (blue, accepted) = chatty_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst",
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 5\r\n\r\nstale",
+    )
+    .await;
+    let (tx, mut rx) = mpsc::channel(8);
+    let p = proxy(Some(tx)).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    for _ in 0..3 {
+        let (head, body) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, "first");
+        assert_eq!(rx.recv().await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Each request after the first found its held connection spoilt and took a new one.
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_length_is_passed_on_as_digits_and_never_dropped_for_the_connection_header() {
+    // The release's Connection header names Content-Length: the length still frames the
+    // body for the client, who asks twice on one connection.
+    let (blue, _) = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nconnection: content-length, x-hop\r\nx-hop: 1\r\ncontent-length: 2, 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    for _ in 0..2 {
+        let (head, body) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(
+            head.contains("\r\ncontent-length: 2\r\n") || head.ends_with("\r\ncontent-length: 2"),
+            "{head}"
+        );
+        assert!(!head.contains("x-hop"), "{head}");
+        assert_eq!(body, "ok");
+    }
+    // A signed length is no length: a 502, as hyper's client says.
+    let (signed, _) =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok", false).await;
+    p.switch(Some(target(Slot::Green, signed, 2)));
+    let (head, body) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(body.contains("invalid Content-Length"), "{body}");
+}
+
+#[tokio::test]
+async fn shutdown_marks_the_last_response_of_a_connection() {
+    use tokio::io::AsyncWriteExt;
+    let blue = upstream("blue").await;
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let mut s = raw_connection(&p).await;
+    // Two pipelined requests; shutdown comes while the first is at the release.
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.shutdown();
+    let (head, body) = read_response(&mut s, false).await;
+    assert_eq!(body, "blue");
+    assert!(!head.contains("connection: close"), "{head}");
+    // The second began after shutdown: it is answered, says it is the last, and the
+    // connection ends.
+    let (head, body) = read_response(&mut s, false).await;
+    assert_eq!(body, "blue");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(proxy_closed(&mut s).await);
 }
