@@ -1438,13 +1438,21 @@ async fn a_websocket_to_an_h2c_release_is_refused_saying_why() {
     assert!(rx.try_recv().is_err());
 }
 
-/// A release speaking raw HTTP/1.1 that answers `name` to every request and counts the
-/// connections it accepts; it closes a connection idle for `idle_close` without a word,
-/// as app servers with a short keep-alive timeout do (gunicorn 2 s, node 5 s).
-async fn counting_upstream(
-    name: &'static str,
-    idle_close: Duration,
-) -> (SocketAddr, Arc<AtomicU64>) {
+/// How a raw release ([`raw_release`]) answers each request head it reads.
+#[derive(Clone, Copy)]
+struct Script {
+    /// Written as it is.
+    answer: &'static [u8],
+    /// Written unasked 100 ms after the answer, on the same connection.
+    then: Option<&'static [u8]>,
+    /// The connection is closed after the answer.
+    close: bool,
+    /// A connection idle this long is closed without a word.
+    idle_close: Option<Duration>,
+}
+
+/// A release speaking raw bytes by `script`, counting the connections it accepts.
+async fn raw_release(script: Script) -> (SocketAddr, Arc<AtomicU64>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1457,19 +1465,22 @@ async fn counting_upstream(
                 let mut buf = Vec::new();
                 loop {
                     let mut chunk = [0u8; 4096];
-                    let n = match tokio::time::timeout(idle_close, s.read(&mut chunk)).await {
+                    let idle = script.idle_close.unwrap_or(Duration::from_secs(3600));
+                    let n = match tokio::time::timeout(idle, s.read(&mut chunk)).await {
                         Ok(Ok(n)) if n > 0 => n,
                         _ => return, // idle too long, or closed: close
                     };
                     buf.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         buf.drain(..end + 4);
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
-                            name.len()
-                        );
-                        if s.write_all(answer.as_bytes()).await.is_err() {
+                        if s.write_all(script.answer).await.is_err() || script.close {
                             return;
+                        }
+                        if let Some(then) = script.then {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if s.write_all(then).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
@@ -1477,6 +1488,26 @@ async fn counting_upstream(
         }
     });
     (addr, accepted)
+}
+
+/// A release speaking raw HTTP/1.1 that answers `name` to every request and counts the
+/// connections it accepts; it closes a connection idle for `idle_close` without a word,
+/// as app servers with a short keep-alive timeout do (gunicorn 2 s, node 5 s).
+async fn counting_upstream(
+    name: &'static str,
+    idle_close: Duration,
+) -> (SocketAddr, Arc<AtomicU64>) {
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+        name.len()
+    );
+    raw_release(Script {
+        answer: Box::leak(answer.into_bytes().into_boxed_slice()),
+        then: None,
+        close: false,
+        idle_close: Some(idle_close),
+    })
+    .await
 }
 
 /// Sends `GET /` on a raw keep-alive connection and returns the response's body.
@@ -1596,34 +1627,13 @@ fn a_proxy_stops_accepting_when_the_runtime_that_started_it_ends() {
 /// as it is, and the connection closed after it when `close` is set. Counts the
 /// connections it accepts.
 async fn scripted_upstream(answer: &'static [u8], close: bool) -> (SocketAddr, Arc<AtomicU64>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = match s.read(&mut chunk).await {
-                        Ok(n) if n > 0 => n,
-                        _ => return,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if s.write_all(answer).await.is_err() || close {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
+    raw_release(Script {
+        answer,
+        then: None,
+        close,
+        idle_close: None,
+    })
+    .await
 }
 
 /// Writes `request` on a raw client connection and reads one response: its head (lower
@@ -1953,38 +1963,13 @@ async fn chatty_upstream(
     answer: &'static [u8],
     then: &'static [u8],
 ) -> (SocketAddr, Arc<AtomicU64>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let mut chunk = [0u8; 4096];
-                    let n = match s.read(&mut chunk).await {
-                        Ok(n) if n > 0 => n,
-                        _ => return,
-                    };
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if s.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        if s.write_all(then).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
+    raw_release(Script {
+        answer,
+        then: Some(then),
+        close: false,
+        idle_close: None,
+    })
+    .await
 }
 
 #[tokio::test]

@@ -176,6 +176,18 @@ async fn exchange(
 
 const WELL_FORMED: &[u8] = b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
 
+/// Whether `resp` is the upstream's `ok` to [`WELL_FORMED`].
+fn answered(resp: &[u8]) -> Result<(), String> {
+    if resp.starts_with(b"HTTP/1.1 200 ") && resp.ends_with(b"\r\n\r\nok") {
+        Ok(())
+    } else {
+        Err(format!(
+            "a well-formed request after it got {:?}",
+            String::from_utf8_lossy(resp)
+        ))
+    }
+}
+
 #[test]
 fn proxy_http_requests() {
     use ripcord::config::Slot;
@@ -198,16 +210,6 @@ fn proxy_http_requests() {
         release_id: 1,
         version: "v1".into(),
     }));
-    let answered = |resp: &[u8]| -> Result<(), String> {
-        if resp.starts_with(b"HTTP/1.1 200 ") && resp.ends_with(b"\r\n\r\nok") {
-            Ok(())
-        } else {
-            Err(format!(
-                "a well-formed request after it got {:?}",
-                String::from_utf8_lossy(resp)
-            ))
-        }
-    };
     let first = rt
         .block_on(exchange(addr, WELL_FORMED, deadline()))
         .unwrap();
@@ -394,12 +396,7 @@ fn proxy_release_responses() {
                 let after = exchange(addr, WELL_FORMED, deadline())
                     .await
                     .map_err(|e| format!("connecting after it: {e}"))?;
-                if !(after.starts_with(b"HTTP/1.1 200 ") && after.ends_with(b"\r\n\r\nok")) {
-                    return Err(format!(
-                        "a well-formed request after it got {:?}",
-                        String::from_utf8_lossy(&after)
-                    ));
-                }
+                answered(&after)?;
                 panics_since(before)
             })
         },
