@@ -36,6 +36,20 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const BUSY_DRAIN: Duration = Duration::from_millis(10);
 /// Records in one drain that make the next one come after [`BUSY_DRAIN`].
 pub const BUSY_RECORDS: u64 = 200;
+
+/// When to drain the request records next, after a drain at `at` took `n` of them: soon
+/// while they come fast, else at the next evaluation.
+fn next_drain_at(
+    at: tokio::time::Instant,
+    n: u64,
+    next_eval: tokio::time::Instant,
+) -> tokio::time::Instant {
+    if n >= BUSY_RECORDS {
+        (at + BUSY_DRAIN).min(next_eval)
+    } else {
+        next_eval
+    }
+}
 /// How long the request records behind incident reports are kept, and at most how many:
 /// an incident keeps the minute before its first bad request, at any rate up to about
 /// 1,000 requests a second.
@@ -312,11 +326,7 @@ impl Guard {
                     if closed {
                         return;
                     }
-                    next_drain = if n >= BUSY_RECORDS {
-                        (at + BUSY_DRAIN).min(next_eval)
-                    } else {
-                        next_eval
-                    };
+                    next_drain = next_drain_at(at, n, next_eval);
                 }
             }
         }
@@ -1329,5 +1339,25 @@ async fn finish_rollback(
             );
             Ended::Failed
         }
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    #[test]
+    fn records_are_drained_soon_while_they_come_fast_and_once_a_tick_otherwise() {
+        let at = tokio::time::Instant::now();
+        let eval = at + Duration::from_millis(70);
+        // Just below the busy mark: the next drain is the evaluation's.
+        assert_eq!(next_drain_at(at, BUSY_RECORDS - 1, eval), eval);
+        assert_eq!(next_drain_at(at, 0, eval), eval);
+        // At it and above: BUSY_DRAIN later.
+        assert_eq!(next_drain_at(at, BUSY_RECORDS, eval), at + BUSY_DRAIN);
+        assert_eq!(next_drain_at(at, 100_000, eval), at + BUSY_DRAIN);
+        // Never later than the evaluation.
+        let soon = at + Duration::from_millis(3);
+        assert_eq!(next_drain_at(at, 100_000, soon), soon);
     }
 }
