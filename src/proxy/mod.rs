@@ -716,33 +716,45 @@ async fn handle(
     }
     // Read the target exactly once: this request stays on this slot whatever happens.
     let Some(route) = shared.route.load_full() else {
-        return Ok(plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "ripcord: service `{}` has no active release yet: deploy one with `ripcord deploy {} VERSION`\n",
-                shared.service, shared.service
+        return Ok(own_answer(
+            &shared.request_ids,
+            req.headers(),
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "ripcord: service `{}` has no active release yet: deploy one with `ripcord deploy {} VERSION`\n",
+                    shared.service, shared.service
+                ),
             ),
         ));
     };
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > shared.limits.max_uri_bytes {
-        return Ok(plain(
-            StatusCode::URI_TOO_LONG,
-            format!(
-                "ripcord: the request target is {uri_len} bytes, more than the {} allowed\n",
-                shared.limits.max_uri_bytes
+        return Ok(own_answer(
+            &shared.request_ids,
+            req.headers(),
+            plain(
+                StatusCode::URI_TOO_LONG,
+                format!(
+                    "ripcord: the request target is {uri_len} bytes, more than the {} allowed\n",
+                    shared.limits.max_uri_bytes
+                ),
             ),
         ));
     }
     let upgrade = headers::upgrade_of(req.headers());
     if upgrade.is_some() && shared.limits.upstream_protocol == UpstreamProtocol::H2c {
         // Not the release's failure, so not recorded: the proxy's configuration.
-        return Ok(plain(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "ripcord: service `{}` speaks HTTP/2 to its releases (upstream_protocol = \"h2c\"), \
+        return Ok(own_answer(
+            &shared.request_ids,
+            req.headers(),
+            plain(
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "ripcord: service `{}` speaks HTTP/2 to its releases (upstream_protocol = \"h2c\"), \
                  which has no upgrades: WebSockets need upstream_protocol = \"http1\"\n",
-                shared.service
+                    shared.service
+                ),
             ),
         ));
     }
@@ -1017,6 +1029,20 @@ async fn take_own(ctx: &Connection, route: &Arc<Route>) -> Option<Own> {
 
 /// How long connecting to a release may take.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// ripcord's own answer to a request it did not forward (no release yet, a target too
+/// long, an upgrade it cannot pass), with the request's id: the client's, or a new one.
+fn own_answer(
+    ids: &headers::RequestIds,
+    request: &hyper::HeaderMap,
+    resp: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let id = match request.get(headers::X_REQUEST_ID) {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => ids.next(),
+    };
+    with_id(resp, id)
+}
 
 /// The request's id on its response, unless the release gave one of its own.
 fn with_id(mut resp: Response<ProxyBody>, id: HeaderValue) -> Response<ProxyBody> {

@@ -131,9 +131,19 @@ async fn proxy(records: Option<mpsc::Sender<RequestRecord>>) -> Proxy {
 #[tokio::test]
 async fn no_target_is_a_clear_503() {
     let p = proxy(None).await;
-    let (status, _, body) = get(&client(), format!("http://{}/", p.local_addr())).await;
+    let (status, headers, body) = get(&client(), format!("http://{}/", p.local_addr())).await;
     assert_eq!(status, 503);
     assert!(body.contains("no active release"), "{body}");
+    // It has a request id like any answer, and keeps the client's.
+    assert!(headers.get("x-request-id").is_some_and(|id| !id.is_empty()));
+    let mut s = raw_connection(&p).await;
+    let (head, _) = exchange_raw(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine-1\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("\r\nx-request-id: mine-1"), "{head}");
 }
 
 #[tokio::test]
@@ -483,8 +493,10 @@ async fn oversized_heads_and_targets_are_refused_and_the_proxy_goes_on() {
         .status();
     assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     // A target over max_uri_bytes (but within the head limit) is a 414.
-    let (status, _, body) = get(&c, format!("http://{}/{}", p.local_addr(), "a".repeat(600))).await;
+    let (status, headers, body) =
+        get(&c, format!("http://{}/{}", p.local_addr(), "a".repeat(600))).await;
     assert_eq!(status, 414, "{body}");
+    assert!(headers.contains_key("x-request-id"), "{headers:?}");
     assert!(body.contains("601 bytes"), "{body}");
     // Just under the limit passes.
     let (status, _, _) = get(&c, format!("http://{}/{}", p.local_addr(), "a".repeat(500))).await;
@@ -1432,6 +1444,7 @@ async fn a_websocket_to_an_h2c_release_is_refused_saying_why() {
         panic!("not an HTTP answer: {err:?}");
     };
     assert_eq!(resp.status(), 501);
+    assert!(resp.headers().contains_key("x-request-id"));
     let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
     assert!(body.contains("upstream_protocol = \"http1\""), "{body}");
     // Not counted against the release.
