@@ -27,6 +27,7 @@ use std::time::Instant;
 use hyper::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use super::deadline::Deadline;
 use super::{
@@ -46,8 +47,39 @@ const MIN_READ: usize = 4096;
 
 /// Serves a client connection's requests until it closes, or until one is not for this
 /// path: then the bytes read and not yet served are returned, for hyper to serve the
-/// connection from there.
+/// connection from there. On shutdown (`stop`) a connection waiting for its next request
+/// is closed at once, one in the middle of a response after it.
 pub(super) async fn serve<I>(
+    shared: &Arc<Shared>,
+    client: &headers::Client,
+    io: &mut I,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<u8>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let stopping = Stopping::default();
+    let served = serve_until_stopped(shared, client, io, &stopping);
+    tokio::pin!(served);
+    let ended = tokio::select! {
+        rest = served.as_mut() => Some(rest),
+        _ = stop.wait_for(|stopped| *stopped) => None,
+    };
+    match ended {
+        Some(rest) => rest,
+        None => {
+            stopping.asked.store(true, Ordering::Relaxed);
+            if stopping.idle.load(Ordering::Relaxed) {
+                None
+            } else {
+                served.await
+            }
+        }
+    }
+}
+
+/// [`serve`], told of shutdown through `stopping`.
+async fn serve_until_stopped<I>(
     shared: &Arc<Shared>,
     client: &headers::Client,
     io: &mut I,
@@ -141,9 +173,9 @@ where
 /// was asked for (then it ends before its next request). One registration with the
 /// shutdown signal per connection, not one per request.
 #[derive(Default)]
-pub(super) struct Stopping {
-    pub(super) idle: AtomicBool,
-    pub(super) asked: AtomicBool,
+struct Stopping {
+    idle: AtomicBool,
+    asked: AtomicBool,
 }
 
 /// A client connection's state on this path, its buffers kept from request to request.
@@ -507,9 +539,8 @@ async fn response_head(
     id: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<Head, Failure> {
-    if !up.buf.is_empty() {
-        return Err(Failure::new("sent bytes nobody asked for", true));
-    }
+    // Its buffer is empty: a connection with bytes left over is never reused
+    // (`Upstream::idle`, and `exchange` lets go of one after its response).
     if let Err(e) = up.stream.write_all(request).await {
         return Err(Failure::new(e.to_string(), true));
     }
@@ -880,7 +911,7 @@ impl Name {
 /// Where a chunked body (RFC 9112 §7.1) is: passed on as it is, read only to find its
 /// end.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Chunks {
+enum Chunks {
     /// At a chunk's size line, before its first digit.
     #[default]
     Size0,
@@ -911,13 +942,13 @@ pub(super) enum Chunks {
 }
 
 impl Chunks {
-    pub(super) fn done(&self) -> bool {
+    fn done(&self) -> bool {
         *self == Chunks::Done
     }
 
     /// Reads `bytes` up to the body's end: how many of them are the body's. Err on
     /// bytes that are not a chunked body.
-    pub(super) fn advance(&mut self, bytes: &[u8]) -> Result<usize, ()> {
+    fn advance(&mut self, bytes: &[u8]) -> Result<usize, ()> {
         let mut at = 0;
         while at < bytes.len() && !self.done() {
             if let Chunks::Data(left) = *self {

@@ -594,50 +594,6 @@ async fn connection(
     }
 }
 
-/// Serves an HTTP/1 client connection on the fast path ([`h1`]) for as long as its
-/// requests are for it, then with hyper's server; an HTTP/2 one with hyper's.
-async fn serve<I>(
-    shared: Arc<Shared>,
-    builders: Arc<Builders>,
-    mut io: I,
-    client: headers::Client,
-    h2: bool,
-    mut stop: watch::Receiver<bool>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let first = if h2 || shared.limits.upstream_protocol != UpstreamProtocol::Http1 {
-        Vec::new()
-    } else {
-        let stopping = h1::Stopping::default();
-        let served = h1::serve(&shared, &client, &mut io, &stopping);
-        tokio::pin!(served);
-        let ended = tokio::select! {
-            rest = served.as_mut() => Some(rest),
-            _ = stop.wait_for(|stopped| *stopped) => None,
-        };
-        let rest = match ended {
-            Some(rest) => rest,
-            // Shutdown between requests: closed now; else after the response in progress.
-            None => {
-                stopping.asked.store(true, Ordering::Relaxed);
-                if stopping.idle.load(Ordering::Relaxed) {
-                    None
-                } else {
-                    served.await
-                }
-            }
-        };
-        match rest {
-            Some(rest) => rest,
-            None => return,
-        }
-    };
-    let io = h1::Rewind::new(first, io);
-    serve_connection(shared, builders, io, client, h2, stop, permit).await;
-}
-
 /// Drives a connection until it ends, or until shutdown: then it stops taking requests
 /// and lets those in flight finish.
 macro_rules! until_stopped {
@@ -654,12 +610,13 @@ macro_rules! until_stopped {
     }};
 }
 
-/// Serves one client connection until it closes, or until shutdown lets its requests in
-/// flight finish.
-async fn serve_connection<I>(
+/// Serves a client connection until it closes, or until shutdown lets its requests in
+/// flight finish: an HTTP/1 one on the fast path ([`h1`]) for as long as its requests
+/// are for it, then with hyper's server; an HTTP/2 one with hyper's.
+async fn serve<I>(
     shared: Arc<Shared>,
     builders: Arc<Builders>,
-    io: I,
+    mut io: I,
     client: headers::Client,
     h2: bool,
     mut stop: watch::Receiver<bool>,
@@ -667,6 +624,14 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let first = if h2 || shared.limits.upstream_protocol != UpstreamProtocol::Http1 {
+        Vec::new()
+    } else {
+        match h1::serve(&shared, &client, &mut io, &mut stop).await {
+            Some(rest) => rest,
+            None => return,
+        }
+    };
     let ctx = Arc::new(Connection {
         shared,
         client,
@@ -675,7 +640,7 @@ async fn serve_connection<I>(
         permit: std::sync::Mutex::new(Some(permit)),
     });
     let svc = service_fn(move |req| handle(ctx.clone(), req));
-    let io = TokioIo::new(io);
+    let io = TokioIo::new(h1::Rewind::new(first, io));
     if h2 {
         let served = builders.http2.serve_connection(io, svc);
         until_stopped!(served, stop);

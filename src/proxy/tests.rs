@@ -1727,6 +1727,13 @@ async fn proxy_closed(s: &mut tokio::net::TcpStream) -> bool {
     )
 }
 
+/// A proxy (no records) whose active release is `blue`, in slot blue.
+async fn proxy_to(blue: SocketAddr) -> Proxy {
+    let p = proxy(None).await;
+    p.switch(Some(target(Slot::Blue, blue, 1)));
+    p
+}
+
 async fn raw_connection(p: &Proxy) -> tokio::net::TcpStream {
     tokio::net::TcpStream::connect(p.local_addr())
         .await
@@ -1736,8 +1743,7 @@ async fn raw_connection(p: &Proxy) -> tokio::net::TcpStream {
 #[tokio::test]
 async fn the_fast_path_leaves_hop_by_hop_headers_out_both_ways_and_adds_the_forwarding_ones() {
     let blue = upstream("blue").await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut s = raw_connection(&p).await;
     // The release's response names x-up-hop in its Connection header and sends
     // Keep-Alive: neither reaches the client; an id does.
@@ -1783,8 +1789,7 @@ async fn the_fast_path_leaves_hop_by_hop_headers_out_both_ways_and_adds_the_forw
 async fn pipelined_and_head_requests_each_get_their_own_response() {
     use tokio::io::AsyncWriteExt;
     let blue = upstream("blue").await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut s = raw_connection(&p).await;
     s.write_all(b"HEAD /headers HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /headers HTTP/1.1\r\nHost: y\r\n\r\n")
         .await
@@ -1801,8 +1806,7 @@ async fn pipelined_and_head_requests_each_get_their_own_response() {
 #[tokio::test]
 async fn a_request_with_a_body_after_fast_ones_is_served_on_the_same_connection() {
     let blue = upstream("blue").await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut s = raw_connection(&p).await;
     let (_, body) = exchange_raw(&mut s, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(body, "blue");
@@ -1846,8 +1850,7 @@ async fn informational_responses_are_skipped_and_a_body_to_the_end_closes_the_co
 async fn chunked_bodies_with_trailers_and_a_release_closing_each_connection_cost_nothing() {
     let chunked: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nx-sum: 1\r\n\r\n";
     let (blue, accepted) = scripted_upstream(chunked, true).await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut s = raw_connection(&p).await;
     for _ in 0..3 {
         let (head, body) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -1866,8 +1869,7 @@ async fn chunked_bodies_with_trailers_and_a_release_closing_each_connection_cost
 #[tokio::test]
 async fn a_client_asking_to_close_gets_its_answer_and_the_close() {
     let blue = upstream("blue").await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut s = raw_connection(&p).await;
     let (head, body) = exchange_raw(
         &mut s,
@@ -1883,8 +1885,7 @@ async fn a_client_asking_to_close_gets_its_answer_and_the_close() {
 async fn a_release_breaking_off_mid_body_ends_that_client_connection_only() {
     let (blue, _) =
         scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true).await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut s = raw_connection(&p).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -1914,8 +1915,7 @@ async fn a_release_breaking_off_mid_body_ends_that_client_connection_only() {
 async fn shutdown_lets_a_request_in_flight_finish_and_closes_idle_connections() {
     use tokio::io::AsyncWriteExt;
     let blue = upstream("blue").await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut idle = raw_connection(&p).await;
     assert_eq!(
         exchange_raw(&mut idle, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -1947,8 +1947,7 @@ async fn shutdown_lets_a_request_in_flight_finish_and_closes_idle_connections() 
 #[tokio::test]
 async fn past_own_max_held_release_connections_clients_are_served_through_the_pool() {
     let (blue, accepted) = counting_upstream("blue", Duration::from_secs(60)).await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut clients = Vec::new();
     for _ in 0..OWN_MAX + 20 {
         let mut s = raw_connection(&p).await;
@@ -2016,8 +2015,7 @@ async fn a_length_is_passed_on_as_digits_and_never_dropped_for_the_connection_he
         false,
     )
     .await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut s = raw_connection(&p).await;
     for _ in 0..2 {
         let (head, body) = exchange_raw(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -2041,8 +2039,7 @@ async fn a_length_is_passed_on_as_digits_and_never_dropped_for_the_connection_he
 async fn shutdown_marks_the_last_response_of_a_connection() {
     use tokio::io::AsyncWriteExt;
     let blue = upstream("blue").await;
-    let p = proxy(None).await;
-    p.switch(Some(target(Slot::Blue, blue, 1)));
+    let p = proxy_to(blue).await;
     let mut s = raw_connection(&p).await;
     // Two pipelined requests; shutdown comes while the first is at the release.
     s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -188,28 +188,33 @@ fn answered(resp: &[u8]) -> Result<(), String> {
     }
 }
 
-#[test]
-fn proxy_http_requests() {
+/// A proxy on loopback whose active release is `upstream`, its records drained.
+fn proxy_to(rt: &Runtime, upstream: std::net::SocketAddr) -> ripcord::proxy::Proxy {
     use ripcord::config::Slot;
     use ripcord::proxy::{Proxy, Target};
-    count_panics();
-    let rt = runtime();
-    let (proxy, target) = rt.block_on(async {
-        let target = upstream().await;
+    let proxy = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
         let (proxy, _task) = Proxy::bind("fuzz", "127.0.0.1:0".parse().unwrap(), Some(tx))
             .await
             .unwrap();
-        (proxy, target)
+        proxy
     });
-    let addr = proxy.local_addr();
     proxy.switch(Some(Target {
         slot: Slot::Blue,
-        addr: target,
+        addr: upstream,
         release_id: 1,
         version: "v1".into(),
     }));
+    proxy
+}
+
+#[test]
+fn proxy_http_requests() {
+    count_panics();
+    let rt = runtime();
+    let proxy = proxy_to(&rt, rt.block_on(upstream()));
+    let addr = proxy.local_addr();
     let first = rt
         .block_on(exchange(addr, WELL_FORMED, deadline()))
         .unwrap();
@@ -351,25 +356,11 @@ async fn scripted_upstream(answer: Arc<Mutex<Vec<u8>>>) -> std::net::SocketAddr 
 
 #[test]
 fn proxy_release_responses() {
-    use ripcord::config::Slot;
-    use ripcord::proxy::{Proxy, Target};
     count_panics();
     let rt = runtime();
     let answer = Arc::new(Mutex::new(Vec::new()));
-    let (proxy, target) = rt.block_on(async {
-        let target = scripted_upstream(answer.clone()).await;
-        let (proxy, _task) = Proxy::bind("fuzz", "127.0.0.1:0".parse().unwrap(), None)
-            .await
-            .unwrap();
-        (proxy, target)
-    });
+    let proxy = proxy_to(&rt, rt.block_on(scripted_upstream(answer.clone())));
     let addr = proxy.local_addr();
-    proxy.switch(Some(Target {
-        slot: Slot::Blue,
-        addr: target,
-        release_id: 1,
-        version: "v1".into(),
-    }));
     let before = PANICS.load(Ordering::SeqCst);
     let strategy = inputs::bytes(response_seeds(), RESPONSE_WORDS);
     let handle = rt.handle().clone();
